@@ -1,0 +1,279 @@
+"""Video I/O with PyAV: probing, streaming decode with presentation timestamps, seeking, H.264 writing.
+
+Frames are RGB ``uint8`` arrays of shape ``(H, W, 3)``. Frame indices are 0-based positions in
+presentation order; times are seconds from the first frame's timestamp, taken from each frame's own
+PTS, so variable-frame-rate videos get correct times.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import VideoError, atomic_output
+
+logger = logging.getLogger(__name__)
+
+_FIX = "re-encode it, e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds. ``frame_times_s`` are the presentation times of every frame (seconds
+    from the first frame), read from the container's packets without decoding."""
+
+    path: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    duration_s: float
+    codec: str
+    frame_times_s: tuple[float, ...]
+    start_pts: int = 0
+    time_base: Fraction = Fraction(1, 1)
+
+    @property
+    def is_variable_frame_rate(self) -> bool:
+        if self.num_frames < 3:
+            return False
+        gaps = np.diff(np.asarray(self.frame_times_s))
+        return bool(gaps.max() - gaps.min() > 0.5 / max(self.fps, 1e-6))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: 0-based presentation index, time in seconds, RGB pixels (H, W, 3) uint8."""
+
+    index: int
+    time_s: float
+    image: np.ndarray
+
+
+def _open(path: str | os.PathLike):
+    import av
+
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"video not found: {p}")
+    if p.is_dir():
+        raise VideoError(f"video path is a directory, expected a file: {p}")
+    if p.stat().st_size == 0:
+        raise VideoError(f"video file is empty (0 bytes): {p}")
+    try:
+        container = av.open(str(p), mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoError(f"cannot open {p} as a video ({_short(exc)}): is it a complete video file? {_FIX}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{p} has no video stream: pass a video file")
+    return container
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read size, frame count, fps and every frame's presentation time by demuxing (no decoding)."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        pts: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # flush packet
+                    continue
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+                elif packet.dts is not None:
+                    pts.append(packet.dts)
+        except av.error.FFmpegError as exc:
+            logger.warning("demuxing %s stopped early: %s", path, _short(exc))
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        codec = ctx.name or "unknown"
+        time_base = stream.time_base or Fraction(1, 1)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    finally:
+        container.close()
+
+    if not pts:
+        raise VideoError(f"video has 0 frames: {path}: {_FIX}")
+    if width <= 0 or height <= 0:
+        raise VideoError(f"video has no frame size in its header: {path}: {_FIX}")
+    pts.sort()
+    t0 = pts[0]
+    times = tuple(float((p - t0) * time_base) for p in pts)
+    n = len(times)
+    if rate:
+        fps = float(rate)
+    elif n > 1 and times[-1] > 0:
+        fps = (n - 1) / times[-1]
+    else:
+        fps = 0.0
+    if fps <= 0 or not np.isfinite(fps):
+        raise VideoError(f"video has no usable frame rate: {path}: {_FIX}")
+    duration = n / fps if n < 2 else times[-1] + (times[-1] - times[0]) / (n - 1)
+    return VideoInfo(str(path), width, height, n, fps, float(duration), codec, times, t0, time_base)
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    start: int = 0,
+    stop: int | None = None,
+    step: int = 1,
+    info: VideoInfo | None = None,
+) -> Iterator[Frame]:
+    """Stream decoded frames ``start, start+step, ...`` (< ``stop``) in presentation order.
+
+    One sequential decode pass; a large ``start`` first seeks to the keyframe before it. Each frame's
+    index comes from its own PTS (so seeking and variable frame rates stay exact). Raises
+    :class:`VideoError` if the stream breaks off mid-way.
+    """
+    import av
+
+    if step < 1:
+        raise ValueError("step must be >= 1")
+    info = info or probe_video(path)
+    stop = info.num_frames if stop is None else min(stop, info.num_frames)
+    if start >= stop:
+        return
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if start > 0:
+            target = info.start_pts + int(round(info.frame_times_s[start] / info.time_base))
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        index = -1
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    index = _index_for_time(info, float((frame.pts - info.start_pts) * info.time_base))
+                else:  # no timestamp: count (only happens without seeking in practice)
+                    index += 1
+                if index >= stop:
+                    break
+                if index >= start and (index - start) % step == 0:
+                    yield Frame(index, info.frame_times_s[index], frame.to_ndarray(format="rgb24"))
+        except av.error.FFmpegError as exc:
+            raise VideoError(
+                f"video is truncated or corrupt near frame {max(index, 0)}: {path} ({_short(exc)}): {_FIX}"
+            ) from None
+        if index < 0:
+            raise VideoError(f"video has 0 decodable frames: {path}: {_FIX}")
+    finally:
+        container.close()
+
+
+def _index_for_time(info: VideoInfo, t: float) -> int:
+    """Nearest frame index for a presentation time (exact for the times ``probe_video`` read)."""
+    times = info.frame_times_s
+    i = bisect.bisect_left(times, t)
+    if i >= len(times):
+        return len(times) - 1
+    if i > 0 and abs(times[i - 1] - t) <= abs(times[i] - t):
+        return i - 1
+    return i
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None) -> list[Frame]:
+    """Decode the frames at ``indices`` (any order, repeats allowed) in one forward pass.
+
+    Returns them in the order asked.
+    """
+    info = info or probe_video(path)
+    wanted = set(int(i) for i in indices)
+    if not wanted:
+        return []
+    lo, hi = min(wanted), max(wanted)
+    if lo < 0 or hi >= info.num_frames:
+        raise VideoError(f"frame index out of range [0, {info.num_frames}) in {path}")
+    got = {f.index: f for f in iter_frames(path, start=lo, stop=hi + 1, info=info) if f.index in wanted}
+    missing = sorted(wanted - got.keys())
+    if missing:
+        raise VideoError(f"could not decode frames {missing[:5]} of {path}: {_FIX}")
+    return [got[int(i)] for i in indices]
+
+
+class VideoWriter:
+    """Write RGB frames to an H.264 MP4 (yuv420p), atomically: the file appears only on ``close()``.
+
+    Odd frame sizes are padded by one pixel (yuv420p needs even sizes). Use as a context manager;
+    an exception inside the block discards the partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int,
+                 codec: str = "libx264", crf: int = 18, preset: str = "medium"):
+        import av
+
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        self._enc_w, self._enc_h = self.width + self.width % 2, self.height + self.height % 2
+        self._atomic = atomic_output(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25, 1)
+        options = {"crf": str(crf), "preset": preset} if codec == "libx264" else {}
+        # Deterministic output: one encoder thread, no timestamps from the wall clock.
+        self._stream = self._container.add_stream(codec, rate=rate, options=options)
+        self._stream.width, self._stream.height = self._enc_w, self._enc_h
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.codec_context.thread_count = 1
+        self._container.metadata["creation_time"] = "1970-01-01T00:00:00Z"
+        self._closed = False
+        self.frames_written = 0
+
+    def write(self, image: np.ndarray) -> None:
+        import av
+
+        if image.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]}, writer expects {self.width}x{self.height}")
+        if (self._enc_w, self._enc_h) != (self.width, self.height):
+            image = np.pad(image, ((0, self._enc_h - self.height), (0, self._enc_w - self.width), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image, dtype=np.uint8), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def write_all(self, images: Iterable[np.ndarray]) -> None:
+        for image in images:
+            self.write(image)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        finally:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
