@@ -71,6 +71,12 @@ def eval_cmd(
     _echo_json(evaluate_files(pred, gt, convention=convention))
 
 
+# --- track (tracking issue) ---------------------------------------------------------------------
+
+
+# --- run (grounding issue) -----------------------------------------------------------------------
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point: runs the app and maps user errors to one line + exit code 2.
 

@@ -1,0 +1,36 @@
+"""Shared pytest fixtures. Area-specific fixtures live in their own test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests never download anything.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real HCSTVG-v2 queries and vtest.avi); tests skip if it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def write_test_video(path: Path, num_frames: int = 20, width: int = 64, height: int = 48, fps: float = 10.0) -> Path:
+    """A small H.264 clip whose frame i has red channel value 8*i (handy for checking indices)."""
+    from stvgr1_edge.video import VideoWriter
+
+    with VideoWriter(path, fps, width, height) as w:
+        for i in range(num_frames):
+            img = np.zeros((height, width, 3), np.uint8)
+            img[..., 0] = (8 * i) % 256
+            img[..., 1] = 60
+            w.write(img)
+    return path
