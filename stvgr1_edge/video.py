@@ -70,7 +70,7 @@ def _open(path: str | os.PathLike):
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise VideoError(f"cannot open {p} as a video ({_short(exc)}): is it a complete video file? {_FIX}") from None
+        raise VideoError(f"cannot open {p} as a video: {_short(exc)}; is it a complete, uncorrupted video file? {_FIX}") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{p} has no video stream: pass a video file")
@@ -78,8 +78,9 @@ def _open(path: str | os.PathLike):
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    """FFmpeg's reason without the errno and path noise (e.g. "Invalid data found when processing input")."""
+    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:160]
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:

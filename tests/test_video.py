@@ -1,0 +1,129 @@
+"""Video I/O: probing, streaming decode with timestamps, seeking, writing, and clear errors."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_test_video
+from stvgr1_edge.errors import VideoError
+from stvgr1_edge.video import VideoWriter, iter_frames, probe_video, read_frames
+
+
+def _red(frame) -> int:
+    return int(round(float(frame.image[..., 0].mean())))
+
+
+def test_probe_reports_size_count_fps_and_times(tmp_path):
+    path = write_test_video(tmp_path / "a.mp4", num_frames=20, width=64, height=48, fps=10.0)
+    info = probe_video(path)
+    assert (info.width, info.height, info.num_frames) == (64, 48, 20)
+    assert info.fps == pytest.approx(10.0)
+    assert info.duration_s == pytest.approx(2.0)
+    assert info.frame_times_s[:3] == pytest.approx((0.0, 0.1, 0.2))
+    assert not info.is_variable_frame_rate
+
+
+def test_streaming_decode_yields_every_frame_in_order_with_its_pixels(tmp_path):
+    path = write_test_video(tmp_path / "a.mp4", num_frames=20)
+    frames = list(iter_frames(path))
+    assert [f.index for f in frames] == list(range(20))
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
+    # frame i was written with red = 8*i; H.264 at crf 18 keeps flat colours within a few levels
+    assert all(abs(_red(f) - 8 * f.index) <= 3 for f in frames)
+    assert [f.time_s for f in frames[:2]] == pytest.approx([0.0, 0.1])
+
+
+def test_decode_with_start_stop_step_seeks_to_the_right_frames(tmp_path):
+    path = write_test_video(tmp_path / "a.mp4", num_frames=30)
+    got = list(iter_frames(path, start=17, stop=27, step=3))
+    assert [f.index for f in got] == [17, 20, 23, 26]
+    assert all(abs(_red(f) - 8 * f.index) <= 3 for f in got)
+
+
+def test_read_frames_returns_requested_order_with_repeats(tmp_path):
+    path = write_test_video(tmp_path / "a.mp4", num_frames=30)
+    got = read_frames(path, [25, 3, 25, 0])
+    assert [f.index for f in got] == [25, 3, 25, 0]
+    assert abs(_red(got[0]) - 200) <= 3 and abs(_red(got[1]) - 24) <= 3
+
+
+def test_variable_frame_rate_timestamps_come_from_pts(tmp_path):
+    import av
+
+    path = tmp_path / "vfr.mp4"
+    times = [0.0, 0.1, 0.2, 0.5, 0.6, 1.2]  # irregular gaps
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.time_base = Fraction(1, 1000)
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            img = np.full((32, 32, 3), 30 * i, np.uint8)
+            fr = av.VideoFrame.from_ndarray(img, format="rgb24")
+            fr.pts = int(t * 1000)
+            fr.time_base = Fraction(1, 1000)
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe_video(path)
+    assert info.num_frames == 6
+    assert info.frame_times_s == pytest.approx(times, abs=1e-3)
+    assert info.is_variable_frame_rate
+    got = list(iter_frames(path))
+    assert [f.time_s for f in got] == pytest.approx(times, abs=1e-3)
+    # seeking into the irregular part still lands on the right frame
+    assert [f.index for f in iter_frames(path, start=4)] == [4, 5]
+
+
+def test_writer_is_atomic_and_pads_odd_sizes(tmp_path):
+    out = tmp_path / "w.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(out, 10, 33, 21) as w:
+            w.write(np.zeros((21, 33, 3), np.uint8))
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with VideoWriter(out, 10, 33, 21) as w:
+        for _ in range(3):
+            w.write(np.full((21, 33, 3), 100, np.uint8))
+    info = probe_video(out)
+    assert (info.width, info.height, info.num_frames) == (34, 22, 3)
+    with pytest.raises(ValueError):
+        with VideoWriter(tmp_path / "bad.mp4", 10, 32, 32) as w:
+            w.write(np.zeros((16, 16, 3), np.uint8))
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated", "directory"])
+def test_unusable_videos_raise_one_line_video_errors(tmp_path, kind):
+    path = tmp_path / "v.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif kind == "truncated":
+        good = write_test_video(tmp_path / "good.mp4", num_frames=40)
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "directory":
+        path.mkdir()
+    with pytest.raises(VideoError) as err:
+        probe_video(path)
+        list(iter_frames(path))
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_real_old_codec_footage_decodes_and_seeks_exactly(shared_data):
+    path = shared_data / "vtest.avi"
+    info = probe_video(path)
+    assert (info.width, info.height, info.num_frames, info.codec) == (768, 576, 795, "msmpeg4")
+    assert info.fps == pytest.approx(10.0)
+    sequential = [f for f in iter_frames(path, stop=301) if f.index in (150, 300)]
+    seeked = read_frames(path, [300, 150], info=info)
+    assert np.array_equal(seeked[1].image, sequential[0].image)
+    assert np.array_equal(seeked[0].image, sequential[1].image)
