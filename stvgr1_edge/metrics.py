@@ -1,0 +1,415 @@
+"""Spatio-temporal grounding metrics (STVG-R1.md §8), in two labelled conventions.
+
+Per sample: temporal IoU (tIoU), vIoU = (1/|S_u|) * sum over t in S_i of IoU(pred_t, gt_t) (S_i: frames
+in both the predicted and the GT range, S_u: frames in either; a frame of S_i without a predicted box
+counts 0), whether the answered ID is the GT ID, and J/F for mask predictions. Over samples: the means
+(m_tIoU, m_vIoU), vIoU@R and tIoU@R (share of samples above R), ID accuracy, J&F.
+
+Conventions (both in use; the numbers differ, so every output says which one it is):
+
+``tubedetr`` -- the standard one (TubeDETR ``hcstvg_eval.py`` after the fix of its issue #3, where the
+  union's end was ``min`` of the two ends instead of ``max`` and vIoU came out too high). Frame-based:
+  the GT frames are ``st_frame..ed_frame``; the predicted frames are the native frames whose time
+  ``frame / fps`` lies in ``[start_s, end_s]``; tIoU = |S_i| / |S_u| on those frame sets; every native
+  frame is evaluated (TubeDETR subsamples to 5 fps first); thresholds are strict (vIoU > R).
+
+``stvg-r1`` -- the STVG-R1 reference script. tIoU on continuous seconds ``[start_s, end_s]`` vs
+  ``[st_time, ed_time]``; vIoU on native frames ``floor(t * fps)`` of both ranges, the union counted
+  inclusively (``max_end - min_start + 1``); thresholds with >=. Reproduced quirk: when the two frame
+  ranges share a single frame (``overlap_start == overlap_end``) the script scores vIoU 0. (We add
+  1e-6 before flooring so that ``st_frame / fps * fps`` maps back to ``st_frame`` despite float error.)
+  The script's "ID repair" belongs to tube building, not here: the tube in the prediction is scored as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .dataset import STVGSample, load_annotations
+from .errors import AnnotationError, BadInputError, read_json
+from .masks import box_iou, rle_to_mask
+
+logger = logging.getLogger(__name__)
+
+CONVENTIONS = {
+    "tubedetr": "TubeDETR hcstvg_eval.py (union fix): frame-based tIoU and vIoU on every native frame, "
+                "predicted frames = frames with time in [start_s, end_s], thresholds strict (> R)",
+    "stvg-r1": "STVG-R1 reference script: tIoU in seconds, vIoU on native frames floor(t*fps) with the union "
+               "counted inclusively (single-frame overlap scores 0), thresholds >= R",
+}
+THRESHOLDS = (0.3, 0.5, 0.7)
+DAVIS_BOUNDARY_TOLERANCE = 0.008
+"""F-measure tolerance as a fraction of the image diagonal (DAVIS ``bound_th``)."""
+_FRAME_EPS = 1e-6
+
+Box = Sequence[float]
+
+
+# --- temporal -----------------------------------------------------------------------------------------
+def temporal_iou_seconds(pred: tuple[float, float], gt: tuple[float, float]) -> float:
+    """IoU of two closed time intervals ``(start, end)`` in seconds; 0 when they do not overlap.
+
+    Two identical zero-length intervals score 1 (the reference script would divide by zero)."""
+    inter = min(pred[1], gt[1]) - max(pred[0], gt[0])
+    union = max(pred[1], gt[1]) - min(pred[0], gt[0])
+    if union <= 0:
+        return 1.0 if tuple(pred) == tuple(gt) else 0.0
+    return max(0.0, inter) / union
+
+
+def temporal_iou_frames(pred_frames: range, gt_frames: range) -> float:
+    """|S_i| / |S_u| for two ranges of frame indices (step 1)."""
+    inter = len(range(max(pred_frames.start, gt_frames.start), min(pred_frames.stop, gt_frames.stop)))
+    union = len(pred_frames) + len(gt_frames) - inter
+    return inter / union if union else 0.0
+
+
+def frames_in_time_range(start_s: float, end_s: float, fps: float, num_frames: int) -> range:
+    """Native frames ``f`` in ``0..num_frames-1`` with ``start_s <= f / fps <= end_s`` (empty if end < start)."""
+    first = max(0, math.ceil(start_s * fps - _FRAME_EPS))
+    last = min(num_frames - 1, math.floor(end_s * fps + _FRAME_EPS))
+    return range(first, max(first, last + 1))
+
+
+def time_to_frame_floor(t: float, fps: float) -> int:
+    """The STVG-R1 script's ``int(t * fps)`` for t >= 0 (floor, with float noise removed)."""
+    return math.floor(t * fps + _FRAME_EPS)
+
+
+# --- spatio-temporal ----------------------------------------------------------------------------------
+def frame_box_iou(pred: Box | None, gt: Box | None) -> float:
+    """IoU of two ``[x1, y1, x2, y2]`` boxes; 0 if either is missing."""
+    return 0.0 if pred is None or gt is None else box_iou(pred, gt)
+
+
+def viou(pred_tube: Mapping[int, Box], gt_boxes: Mapping[int, Box], pred_frames: range, gt_frames: range) -> float:
+    """(1/|S_u|) * sum over t in S_i of IoU(pred_tube[t], gt_boxes[t]) with S_i / S_u of the two frame ranges."""
+    s_i = range(max(pred_frames.start, gt_frames.start), min(pred_frames.stop, gt_frames.stop))
+    s_u = len(pred_frames) + len(gt_frames) - len(s_i)
+    if s_u == 0:
+        return 0.0
+    return sum(frame_box_iou(pred_tube.get(t), gt_boxes.get(t)) for t in s_i) / s_u
+
+
+def viou_stvg_r1(pred_tube: Mapping[int, Box], gt_boxes: Mapping[int, Box], pred_s: tuple[float, float],
+                 gt_s: tuple[float, float], fps: float) -> float:
+    """The reference script's vIoU: frame ranges ``floor(t * fps)`` (inclusive), union inclusive,
+    0 when the ranges overlap in fewer than two frames."""
+    ps, pe = time_to_frame_floor(pred_s[0], fps), time_to_frame_floor(pred_s[1], fps)
+    gs, ge = time_to_frame_floor(gt_s[0], fps), time_to_frame_floor(gt_s[1], fps)
+    overlap_start, overlap_end = max(ps, gs), min(pe, ge)
+    union_frames = max(pe, ge) - min(ps, gs) + 1
+    if overlap_start >= overlap_end or union_frames <= 0:
+        return 0.0
+    total = sum(frame_box_iou(pred_tube.get(t), gt_boxes.get(t)) for t in range(overlap_start, overlap_end + 1))
+    return total / union_frames
+
+
+def share_above(values: Sequence[float], threshold: float, strict: bool) -> float:
+    """Share of ``values`` above ``threshold`` (``>`` if strict else ``>=``); 0 for no values."""
+    if not values:
+        return 0.0
+    return sum((v > threshold) if strict else (v >= threshold) for v in values) / len(values)
+
+
+# --- masks: J (region IoU) and F (DAVIS boundary F-measure) -------------------------------------------
+def region_similarity(pred: np.ndarray, gt: np.ndarray) -> float:
+    """J: IoU of two boolean masks (1 when both are empty)."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def mask_boundary(mask: np.ndarray) -> np.ndarray:
+    """One-pixel inner boundary: mask pixels with a background 8-neighbour (outside the image counts as background)."""
+    import cv2
+
+    m = np.asarray(mask, np.uint8)
+    eroded = cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return (m - eroded).astype(bool)
+
+
+def boundary_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = DAVIS_BOUNDARY_TOLERANCE) -> float:
+    """F: DAVIS boundary F-measure. A boundary pixel matches if the other boundary is within
+    ``ceil(bound_th * image diagonal)`` pixels (Euclidean; ``bound_th >= 1`` is a pixel count)."""
+    from scipy.ndimage import distance_transform_edt
+
+    pred_b, gt_b = mask_boundary(pred), mask_boundary(gt)
+    n_pred, n_gt = int(pred_b.sum()), int(gt_b.sum())
+    if n_pred == 0 and n_gt == 0:
+        return 1.0
+    if n_pred == 0 or n_gt == 0:
+        return 0.0
+    tolerance = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*pred_b.shape))
+    dist_to_gt = distance_transform_edt(~gt_b)
+    dist_to_pred = distance_transform_edt(~pred_b)
+    precision = float((dist_to_gt[pred_b] <= tolerance).sum() / n_pred)
+    recall = float((dist_to_pred[gt_b] <= tolerance).sum() / n_gt)
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# --- predictions --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    """One answer to score: IDs, time range in seconds (None if unparsed), tube and masks per native frame."""
+
+    ids: tuple[int, ...] = ()
+    start_s: float | None = None
+    end_s: float | None = None
+    tube: Mapping[int, tuple[float, float, float, float]] | None = None
+    masks: Mapping[int, Mapping[str, Any]] | None = None
+
+    @property
+    def has_time(self) -> bool:
+        return self.start_s is not None and self.end_s is not None
+
+
+def _frame_keyed(obj: Any, where: str, name: str) -> dict[int, Any]:
+    if not isinstance(obj, dict):
+        raise AnnotationError(f"{where}: field '{name}' is {type(obj).__name__}, expected {{\"<frame>\": ...}}")
+    out = {}
+    for k, v in obj.items():
+        try:
+            frame = int(k)
+        except (TypeError, ValueError):
+            raise AnnotationError(f"{where}: field '{name}' has key {k!r}, expected a frame index") from None
+        out[frame] = v
+    return out
+
+
+def parse_prediction(obj: Any, where: str) -> Prediction:
+    """A :class:`Prediction` from one predictions-JSON (or run-result query) object; one-line errors."""
+    if not isinstance(obj, dict):
+        raise AnnotationError(f"{where}: is {type(obj).__name__}, expected an object with ids, start_s, end_s, tube")
+    ids = obj.get("ids", [])
+    if ids is None:
+        ids = []
+    if isinstance(ids, int) and not isinstance(ids, bool):
+        ids = [ids]
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise AnnotationError(f"{where}: field 'ids' is {ids!r}, expected a list of integers")
+    times = []
+    for name in ("start_s", "end_s"):
+        v = obj.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise AnnotationError(f"{where}: field '{name}' is {v!r}, expected seconds (a number) or null")
+        times.append(None if v is None else float(v))
+    tube = None
+    if obj.get("tube") is not None:
+        tube = {}
+        for frame, box in _frame_keyed(obj["tube"], where, "tube").items():
+            if box is None:
+                continue
+            if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+                raise AnnotationError(f"{where}: field 'tube' frame {frame} is {box!r}, expected [x1, y1, x2, y2]")
+            tube[frame] = tuple(float(v) for v in box)
+    masks = None
+    if obj.get("masks") is not None:
+        masks = {}
+        for frame, rle in _frame_keyed(obj["masks"], where, "masks").items():
+            if rle is None:
+                continue
+            if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+                raise AnnotationError(f"{where}: field 'masks' frame {frame} is not a COCO RLE {{size, counts}}")
+            masks[frame] = rle
+    return Prediction(tuple(ids), times[0], times[1], tube, masks)
+
+
+def _is_run_result(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("queries"), list) and "video" in obj
+
+
+def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> tuple[dict[str, Prediction], list[str]]:
+    """Assign the predictions in ``data`` to samples; returns ``({sample key: prediction}, unknown keys)``.
+
+    ``data`` is ``{key: prediction}`` keyed by the GT's sample key or the video's stem, or a `run`
+    result (``{"video": path, "queries": [...]}``, or a list of them), matched by the video file's stem
+    and, when a video has several samples, by the query text.
+    """
+    by_key = {s.key: s for s in samples}
+    by_stem: dict[str, list[STVGSample]] = {}
+    for s in samples:
+        by_stem.setdefault(s.video_stem, []).append(s)
+    matched: dict[str, Prediction] = {}
+    unknown: list[str] = []
+
+    def assign(sample_key: str, pred: Prediction, label: str) -> None:
+        if sample_key in matched:
+            raise AnnotationError(f"{source}: two predictions for '{sample_key}' (the second is {label})")
+        matched[sample_key] = pred
+
+    if _is_run_result(data) or (isinstance(data, list) and data and all(_is_run_result(d) for d in data)):
+        for result in [data] if isinstance(data, dict) else data:
+            stem = Path(str(result["video"])).stem
+            candidates = by_stem.get(stem, [])
+            for i, q in enumerate(result["queries"]):
+                label = f"{stem} query {i}"
+                pred = parse_prediction(q, f"{source}: {label}")
+                text = str(q.get("query", "")).strip().lower() if isinstance(q, dict) else ""
+                same_text = [s for s in candidates if s.query.strip().lower() == text]
+                if len(same_text) == 1 or (not same_text and len(candidates) == 1 and len(result["queries"]) == 1):
+                    assign((same_text or candidates)[0].key, pred, label)
+                else:
+                    unknown.append(label)
+        return matched, unknown
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{source}: predictions must be {{video key: {{ids, start_s, end_s, tube}}}} or a `run` result JSON")
+    for key, obj in data.items():
+        pred = parse_prediction(obj, f"{source}: video '{key}'")
+        if key in by_key:
+            assign(key, pred, key)
+        elif len(by_stem.get(Path(key).stem, [])) == 1:
+            assign(by_stem[Path(key).stem][0].key, pred, key)
+        else:
+            unknown.append(key)
+    return matched, unknown
+
+
+# --- per-sample scoring -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleScore:
+    """Scores of one sample; None where the metric does not apply."""
+
+    key: str
+    tiou: float
+    viou: float
+    id_correct: bool | None
+    j: float | None = None
+    f: float | None = None
+
+
+def gt_masks(sample: STVGSample) -> dict[int, dict] | None:
+    """The target's GT masks (RLE) at GT frames, from ``gt_tracks`` + ``target_id``; None if there are none."""
+    if sample.gt_tracks is None or sample.target_id is None:
+        return None
+    track = sample.gt_tracks["tracks"].get(str(sample.target_id))
+    if track is None:
+        return None
+    masks = {int(f): m for f, m in zip(track["frames"], track.get("masks") or []) if m is not None and sample.st_frame <= int(f) <= sample.ed_frame}
+    return masks or None
+
+
+def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = "tubedetr") -> SampleScore:
+    """tIoU, vIoU, ID correctness and (for mask predictions with GT masks) J and F of one sample."""
+    _check_convention(convention)
+    id_correct = None if sample.target_id is None else (pred is not None and set(pred.ids) == {sample.target_id})
+    if pred is None or not pred.has_time:
+        return SampleScore(sample.key, 0.0, 0.0, id_correct, *_mask_scores(sample, pred))
+    start_s, end_s = pred.start_s, pred.end_s
+    fps = sample.frame_rate()
+    tube = pred.tube or {}
+    if convention == "tubedetr":
+        pred_frames = frames_in_time_range(start_s, end_s, fps, sample.num_frames)
+        gt_frames = range(sample.st_frame, sample.ed_frame + 1)
+        tiou = temporal_iou_frames(pred_frames, gt_frames)
+        v = viou(tube, sample.gt_boxes, pred_frames, gt_frames)
+    else:
+        tiou = temporal_iou_seconds((start_s, end_s), (sample.st_time, sample.ed_time))
+        v = viou_stvg_r1(tube, sample.gt_boxes, (start_s, end_s), (sample.st_time, sample.ed_time), fps)
+    return SampleScore(sample.key, tiou, v, id_correct, *_mask_scores(sample, pred))
+
+
+def _mask_scores(sample: STVGSample, pred: Prediction | None) -> tuple[float | None, float | None]:
+    """Mean J and F over the GT frames that have a GT mask (a frame without a predicted mask is empty)."""
+    masks = gt_masks(sample)
+    if masks is None:
+        return None, None
+    js, fs = [], []
+    for frame, gt_rle in sorted(masks.items()):
+        gt = rle_to_mask(gt_rle)
+        pred_rle = None if pred is None or pred.masks is None else pred.masks.get(frame)
+        pm = np.zeros_like(gt) if pred_rle is None else rle_to_mask(pred_rle)
+        if pm.shape != gt.shape:
+            raise AnnotationError(f"video '{sample.key}': predicted mask at frame {frame} is {pm.shape[1]}x{pm.shape[0]}, GT is {gt.shape[1]}x{gt.shape[0]}")
+        js.append(region_similarity(pm, gt))
+        fs.append(boundary_f_measure(pm, gt))
+    return float(np.mean(js)), float(np.mean(fs))
+
+
+# --- aggregate ----------------------------------------------------------------------------------------
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise BadInputError(f"unknown convention '{convention}': use one of {', '.join(CONVENTIONS)}")
+
+
+def evaluate(predictions: Any, samples: Sequence[STVGSample], convention: str = "tubedetr",
+             per_video: bool = False, thresholds: Iterable[float] = THRESHOLDS, source: str = "predictions") -> dict:
+    """Score predictions (predictions JSON or `run` result, already parsed) against GT samples.
+
+    Missing predictions score 0 and are listed; predictions for unknown keys are listed and ignored.
+    vIoU metrics are null when no prediction carries a tube (temporal-only predictions); ID accuracy
+    when no sample has a target ID; J/F when no sample has GT masks or no prediction has masks.
+    """
+    _check_convention(convention)
+    thresholds = tuple(thresholds)
+    strict = convention == "tubedetr"
+    if not samples:
+        raise AnnotationError("the ground truth has no samples: nothing to evaluate")
+    no_gt = [s.key for s in samples if not s.has_ground_truth]
+    if no_gt:
+        raise AnnotationError(f"{len(no_gt)} sample(s) have no ground truth (first: '{no_gt[0]}'): a query list cannot be scored")
+    matched, unknown = match_predictions(predictions, samples, source)
+    scores = [score_sample(s, matched.get(s.key), convention) for s in samples]
+    missing = [s.key for s in samples if s.key not in matched]
+    if missing:
+        logger.warning("%d of %d samples have no prediction; they score 0", len(missing), len(samples))
+    has_tubes = any(p.tube is not None for p in matched.values())
+    has_masks = any(p.masks is not None for p in matched.values())
+
+    tious = [sc.tiou for sc in scores]
+    metrics: dict[str, float | None] = {"m_tIoU": float(np.mean(tious))}
+    vious = [sc.viou for sc in scores]
+    metrics["m_vIoU"] = float(np.mean(vious)) if has_tubes else None
+    for r in thresholds:
+        metrics[f"vIoU@{r}"] = share_above(vious, r, strict) if has_tubes else None
+    for r in thresholds:
+        metrics[f"tIoU@{r}"] = share_above(tious, r, strict)
+    with_id = [sc.id_correct for sc in scores if sc.id_correct is not None]
+    metrics["id_accuracy"] = sum(with_id) / len(with_id) if with_id else None
+    with_masks = [sc for sc in scores if sc.j is not None]
+    if has_masks and with_masks:
+        metrics["J"] = float(np.mean([sc.j for sc in with_masks]))
+        metrics["F"] = float(np.mean([sc.f for sc in with_masks]))
+        metrics["J&F"] = (metrics["J"] + metrics["F"]) / 2
+    else:
+        metrics["J"] = metrics["F"] = metrics["J&F"] = None
+
+    out: dict[str, Any] = {
+        "convention": convention,
+        "convention_description": CONVENTIONS[convention],
+        "counts": {
+            "samples": len(samples),
+            "predicted": len(matched),
+            "missing": len(missing),
+            "unknown": len(unknown),
+            "unparsed_time": sum(1 for p in matched.values() if not p.has_time),
+            "with_tube": sum(1 for p in matched.values() if p.tube is not None),
+            "with_target_id": len(with_id),
+            "with_gt_masks": len(with_masks),
+        },
+        "metrics": metrics,
+        "missing": missing,
+        "unknown": unknown,
+    }
+    if per_video:
+        out["per_video"] = {sc.key: {"tIoU": sc.tiou, "vIoU": sc.viou if has_tubes else None, "id_correct": sc.id_correct,
+                                     "J": sc.j if has_masks else None, "F": sc.f if has_masks else None} for sc in scores}
+    return out
+
+
+def evaluate_files(pred_path: str | os.PathLike, gt_path: str | os.PathLike, convention: str = "tubedetr",
+                   per_video: bool = False) -> dict:
+    """:func:`evaluate` on a predictions file (or `run` result) and an annotation file (any loadable format)."""
+    _check_convention(convention)
+    predictions = read_json(pred_path, "predictions file")
+    samples = load_annotations(gt_path)
+    out = evaluate(predictions, samples, convention, per_video=per_video, source=Path(pred_path).name)
+    out["files"] = {"predictions": str(pred_path), "ground_truth": str(gt_path)}
+    return out
