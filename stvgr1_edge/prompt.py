@@ -35,11 +35,11 @@ TIME_ONLY_PROMPT = (
 
 def normalize_query(query: str) -> str:
     """As in training: strip, lower-case, drop one final '.'. Empty queries are a user error."""
-    if query is None or not str(query).strip():
-        raise BadInputError("the query is empty: describe the target and its action, e.g. \"the man in blue sits down\"")
-    q = str(query).strip().lower()
+    q = "" if query is None else str(query).strip().lower()
     if q.endswith("."):
         q = q[:-1].rstrip()
+    if not q:
+        raise BadInputError("the query is empty: describe the target and its action, e.g. \"the man in blue sits down\"")
     return q
 
 
