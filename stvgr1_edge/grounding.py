@@ -1,0 +1,400 @@
+"""The grounder: a Qwen2.5-VL checkpoint (STVG-R1 by default) that reads prompted frames and a prompt.
+
+What reaches the model is exactly what the released checkpoint saw (`STVG-R1.md` §4, §5):
+
+- one user message, **text first, then the video**, no system message (the chat template's default
+  "You are a helpful assistant." applies);
+- the sampled frames, resized by :func:`stvgr1_edge.sampling.resize_frames` to the clip's ``smart_resize``
+  size (torchvision bicubic, antialiased, float 0..255 — qwen-vl-utils' own resize), handed to the processor as
+  an already-sampled, already-resized video: ``do_sample_frames=False``, ``do_resize=False``. The processor
+  then only rescales, normalises and patchifies. (Its ``cap_pixels_per_frame`` option is qwen-vl-utils'
+  *default* 128k-token budget applied inside the processor's own resize; with ``do_resize=False`` it never
+  runs, and the clip's 2048-token budget was already applied by qwen-vl-utils' rules upstream.)
+- ``VideoMetadata`` describing the clip as ``T`` frames at ``clip.sample_fps``: transformers derives the
+  temporal rotary spacing ``second_per_grid_ts = temporal_patch_size / metadata.sampled_fps`` and
+  ``sampled_fps = len(frames_indices) / total_num_frames * fps`` = ``clip.sample_fps`` exactly. (Passing
+  ``fps=`` to the processor as transformers 4.x code did no longer reaches this computation in 5.x: without
+  metadata the processor silently assumes 24 fps.)
+
+Timings: the vision encoder runs once per clip (:meth:`Grounder.encode_video`) and its output is handed to
+``generate`` as ``mm_encoder_outputs``, so several queries on one clip reuse it (:meth:`Grounder.ground_many`);
+prefill is the time to the first generated token, decode the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from .clip import PromptedClip
+from .errors import BadInputError, MissingWeightsError, read_json, require
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "XiaowenZhang/stvg-r1-model-7b"
+"""Hub id of the released STVG-R1 checkpoint (a Qwen2.5-VL-7B-Instruct fine-tune)."""
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+@dataclass(frozen=True)
+class GrounderConfig:
+    """How to load and run the grounding VLM. Defaults reproduce the STVG-R1 evaluation."""
+
+    model: str = DEFAULT_MODEL
+    """Hub id or local folder of a Qwen2.5-VL checkpoint (config.json + weights + processor files)."""
+    device: str = "auto"
+    """"auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Weights/compute dtype. "auto": bf16 on CUDA with bf16 support, fp16 on older CUDA (e.g. Jetson Xavier),
+    fp32 on CPU."""
+    quant: Literal["none", "nf4"] = "none"
+    """"nf4": 4-bit NormalFloat weights for the language model via bitsandbytes (CUDA only); the vision tower
+    and lm_head stay in ``dtype``."""
+    max_new_tokens: int = 1024
+    """Most tokens generated per query (the training completion limit)."""
+    min_new_tokens: int = 0
+    """Tokens generated before end-of-sequence may stop decoding (benchmarks set it to ``max_new_tokens`` for a
+    fixed decode length; 0 for real use)."""
+    do_sample: bool = False
+    """False: greedy decoding (deterministic). True: sample with ``temperature`` / ``top_p``."""
+    temperature: float = 1.0
+    """Sampling temperature (used only with ``do_sample``; training used 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (used only with ``do_sample``)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: "sdpa", "eager" or "flash_attention_2" (needs flash-attn)."""
+
+
+@dataclass(frozen=True)
+class VideoInputs:
+    """The processor's video tensors for one clip (the same for every query on it)."""
+
+    pixel_values_videos: "torch.Tensor"
+    """(num_patches, 3 * temporal_patch * 14 * 14) normalised patches."""
+    video_grid_thw: "torch.Tensor"
+    """(1, 3): temporal, height, width patch grid."""
+    second_per_grid_ts: "torch.Tensor"
+    """(1,): seconds per temporal patch (= temporal_patch_size / sample_fps)."""
+    num_visual_tokens: int
+    """Number of ``<|video_pad|>`` tokens the clip occupies in the prompt (grid / merge_size**2)."""
+    preprocess_ms: float
+    """Time spent resizing and patchifying the frames."""
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A clip's processor tensors plus its vision-encoder output, reusable across queries."""
+
+    inputs: VideoInputs
+    features: Any
+    """The vision encoder's ``BaseModelOutputWithPooling`` (``pooler_output``: merged visual tokens)."""
+    vision_ms: float
+    """Time the vision encoder took."""
+
+
+@dataclass(frozen=True)
+class GroundingOutput:
+    """The model's answer text for one query, with where the time went."""
+
+    text: str
+    """Generated text (special tokens removed)."""
+    timings_ms: dict[str, float]
+    """"preprocess", "vision" (0 when reused), "prefill" (to the first token), "decode" (the rest), "total"."""
+    num_generated_tokens: int
+    tokens_per_s: float
+    """Decode throughput: (tokens - 1) / decode seconds (0 when fewer than 2 tokens)."""
+    num_visual_tokens: int
+    num_prompt_tokens: int
+    vision_reused: bool
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> "torch.dtype":
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype not in table:
+        raise BadInputError(f"unknown dtype {dtype!r}: use auto, bf16, fp16 or fp32")
+    return table[dtype]
+
+
+def nf4_quantization_config(compute_dtype: "torch.dtype"):
+    """bitsandbytes NF4 for the language model; ``model.visual`` (the whole vision tower) and ``lm_head`` stay
+    unquantized. (Module names in transformers 5: ``model.visual.*``, ``model.language_model.*``, ``lm_head``;
+    skip patterns match from the start of the name, so "visual" alone would not skip the tower.)"""
+    require("bitsandbytes", "quant", "4-bit (nf4) grounding")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_use_double_quant=False, llm_int8_skip_modules=["model.visual", "lm_head"])
+
+
+def _missing_weights_message(model: str) -> str:
+    return (f"grounding model {model!r} is not available locally: download it with  "
+            f"huggingface-cli download {model}  "
+            f"(or --local-dir DIR and pass --model DIR)")
+
+
+def _resolve_model_source(model: str) -> tuple[str, bool]:
+    """``(source, local_files_only)``; checks a local folder holds a model before loading it."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BadInputError(f"--model {model} is a file: pass the folder that holds config.json and the weights")
+        if not (path / "config.json").exists():
+            raise BadInputError(f"{model} is not a model folder (no config.json): pass a Qwen2.5-VL checkpoint folder")
+        model_type = read_json(path / "config.json", what="model config").get("model_type")
+        if model_type != "qwen2_5_vl":
+            raise BadInputError(f"{model} holds a {model_type!r} model, not Qwen2.5-VL (model_type 'qwen2_5_vl'): "
+                                f"pass an STVG-R1 / Qwen2.5-VL checkpoint folder")
+        if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
+            raise MissingWeightsError(f"{model} has config.json but no weights (*.safetensors): "
+                                      f"download them with  huggingface-cli download {DEFAULT_MODEL} --local-dir {model}")
+        return str(path), True
+    if not _HUB_ID.match(model):
+        raise MissingWeightsError(f"model folder not found: {model}: pass an existing folder or a hub id "
+                                  f"such as {DEFAULT_MODEL}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    return model, offline
+
+
+class _TokenClock:
+    """A ``generate`` streamer that records when the first new token arrives (the end of prefill).
+
+    ``generate`` puts the prompt first, then each new token once it is on the host."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_s: float | None = None
+
+    def put(self, value) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_token_s = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class Grounder:
+    """A loaded Qwen2.5-VL model + processor. Load once per process and pass it around."""
+
+    def __init__(self, model, processor, config: GrounderConfig = GrounderConfig()) -> None:
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.device = next(model.parameters()).device
+        if getattr(processor, "chat_template", None) is None:
+            from .tiny import QWEN2_5_VL_CHAT_TEMPLATE
+
+            logger.info("processor has no chat template; using Qwen2.5-VL-Instruct's")
+            processor.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, config: GrounderConfig = GrounderConfig()) -> "Grounder":
+        """Load processor and model by hub id or local folder (never downloads when ``HF_HUB_OFFLINE`` is set)."""
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        source, local_only = _resolve_model_source(config.model)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=config.attn_implementation,
+                                      local_files_only=local_only)
+        if device.startswith("cuda"):
+            kwargs["device_map"] = {"": device}  # load straight onto the GPU
+        if config.quant == "nf4":
+            if not device.startswith("cuda"):
+                raise BadInputError("--quant nf4 needs a CUDA GPU (bitsandbytes 4-bit): use --quant none on CPU")
+            kwargs["quantization_config"] = nf4_quantization_config(dtype)
+        elif config.quant != "none":
+            raise BadInputError(f"unknown quantization {config.quant!r}: use none or nf4")
+        try:
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            if Path(source).exists():
+                raise BadInputError(f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
+                                    f"pass a complete Qwen2.5-VL checkpoint folder") from None
+            raise MissingWeightsError(_missing_weights_message(config.model)) from None
+        if "device_map" not in kwargs:
+            model = model.to(device)
+        model.eval()
+        logger.info("loaded %s on %s (%s, quant=%s)", config.model, device, dtype, config.quant)
+        return cls(model, processor, config)
+
+    # ------------------------------------------------------------------ inputs
+    def chat_text(self, prompt_text: str) -> str:
+        """The rendered chat: default system message, one user turn with the text first, then the video."""
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt_text}, {"type": "video"}]}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def check_prompt_fits(self, prompt_text: str, num_visual_tokens: int) -> None:
+        """Raise a one-line :class:`BadInputError` if prompt + video + ``max_new_tokens`` exceed the context."""
+        text_cfg = getattr(self.model.config, "text_config", self.model.config)
+        limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0)
+        if limit <= 0:
+            return
+        num_text = len(self.processor.tokenizer(self.chat_text(prompt_text))["input_ids"]) - 1  # minus the video slot
+        total = num_text + num_visual_tokens + self.config.max_new_tokens
+        if total > limit:
+            raise BadInputError(
+                f"the query is too long for the model: {num_text} prompt tokens + {num_visual_tokens} video tokens + "
+                f"up to {self.config.max_new_tokens} generated = {total} > its context of {limit} tokens; shorten the query")
+
+    def _video_processor_call(self, clip: PromptedClip, text: str):
+        from transformers.video_utils import VideoMetadata
+
+        from .sampling import resize_frames
+
+        factor = self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
+        if clip.resized_height % factor or clip.resized_width % factor:
+            raise BadInputError(f"clip resize target {clip.resized_height}x{clip.resized_width} is not a multiple of "
+                                f"{factor}: build the clip with stvgr1_edge.sampling.plan_sampling")
+        if clip.frames.ndim != 4 or clip.frames.shape[-1] != 3 or len(clip.frames) != clip.num_frames:
+            raise BadInputError(f"clip frames must be (T, H, W, 3) with T = {clip.num_frames}, got {clip.frames.shape}")
+        frames = resize_frames(clip.frames, clip.resized_height, clip.resized_width)
+        num_frames = len(frames)
+        metadata = VideoMetadata(total_num_frames=num_frames, fps=clip.sample_fps,
+                                 frames_indices=list(range(num_frames)))
+        return self.processor(text=[text], videos=[frames], video_metadata=[metadata], do_sample_frames=False,
+                              do_resize=False, cap_pixels_per_frame=False, return_tensors="pt")
+
+    def prepare_video(self, clip: PromptedClip) -> VideoInputs:
+        """Resize and patchify the clip's frames once (the video half of the model inputs)."""
+        start = time.perf_counter()
+        batch = self._video_processor_call(clip, f"{self.processor.video_token}")
+        merge = self.processor.video_processor.merge_size
+        grid = batch["video_grid_thw"]
+        return VideoInputs(
+            pixel_values_videos=batch["pixel_values_videos"],
+            video_grid_thw=grid,
+            second_per_grid_ts=batch["second_per_grid_ts"],
+            num_visual_tokens=int(grid.prod()) // merge**2,
+            preprocess_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+    def prepare_text(self, prompt_text: str, num_visual_tokens: int) -> dict[str, "torch.Tensor"]:
+        """Token ids for the chat with the video placeholder expanded to ``num_visual_tokens`` tokens — what
+        the processor does when it is given the video, without re-processing the pixels."""
+        import torch
+
+        token = self.processor.video_token
+        text = self.chat_text(prompt_text).replace(token, token * num_visual_tokens)
+        encoded = self.processor.tokenizer([text], return_tensors="pt")
+        mm_types = torch.tensor(self.processor.create_mm_token_type_ids(encoded["input_ids"]))
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                "mm_token_type_ids": mm_types}
+
+    def model_inputs(self, clip_or_video: PromptedClip | VideoInputs, prompt_text: str) -> dict[str, "torch.Tensor"]:
+        """Everything ``model.generate`` receives for one query (on CPU)."""
+        video = clip_or_video if isinstance(clip_or_video, VideoInputs) else self.prepare_video(clip_or_video)
+        inputs = self.prepare_text(prompt_text, video.num_visual_tokens)
+        inputs.update(pixel_values_videos=video.pixel_values_videos, video_grid_thw=video.video_grid_thw,
+                      second_per_grid_ts=video.second_per_grid_ts)
+        return inputs
+
+    # ------------------------------------------------------------------ running
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def encode_video(self, clip: PromptedClip) -> EncodedVideo:
+        """Run the vision encoder once; pass the result to :meth:`ground` for every query on this clip."""
+        import torch
+
+        video = self.prepare_video(clip)
+        pixels = video.pixel_values_videos.to(self.device)
+        grid = video.video_grid_thw.to(self.device)
+        self._sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            features = self.model.model.get_video_features(pixels, grid, return_dict=True)
+        self._sync()
+        return EncodedVideo(video, features, (time.perf_counter() - start) * 1e3)
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample)
+        if cfg.min_new_tokens:
+            kwargs["min_new_tokens"] = cfg.min_new_tokens
+        if cfg.do_sample:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
+        """Answer one prompt about ``clip``; reuses ``encoded`` (from :meth:`encode_video`) when given."""
+        import torch
+
+        reused = encoded is not None
+        encoded = encoded if encoded is not None else self.encode_video(clip)
+        video = encoded.inputs
+        text_inputs = self.prepare_text(prompt_text, video.num_visual_tokens)
+        inputs = {k: v.to(self.device) for k, v in text_inputs.items()}
+        inputs.update(video_grid_thw=video.video_grid_thw.to(self.device),
+                      second_per_grid_ts=video.second_per_grid_ts.to(self.device))
+        clock = _TokenClock()
+        self._sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output_ids = self.model.generate(**inputs, mm_encoder_outputs={"video": encoded.features},
+                                             streamer=clock, **self.generation_kwargs())
+        self._sync()
+        end = time.perf_counter()
+        prompt_len = inputs["input_ids"].shape[1]
+        new_ids = output_ids[0, prompt_len:]
+        text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        num_new = int(new_ids.numel())
+        first = clock.first_token_s if clock.first_token_s is not None else end
+        prefill_ms = (first - start) * 1e3
+        decode_ms = (end - first) * 1e3
+        vision_ms = 0.0 if reused else encoded.vision_ms
+        preprocess_ms = 0.0 if reused else video.preprocess_ms
+        timings = {"preprocess": preprocess_ms, "vision": vision_ms, "prefill": prefill_ms, "decode": decode_ms,
+                   "total": preprocess_ms + vision_ms + (end - start) * 1e3}
+        tokens_per_s = (num_new - 1) / (decode_ms / 1e3) if num_new > 1 and decode_ms > 0 else 0.0
+        return GroundingOutput(text=text, timings_ms=timings, num_generated_tokens=num_new, tokens_per_s=tokens_per_s,
+                               num_visual_tokens=video.num_visual_tokens, num_prompt_tokens=prompt_len,
+                               vision_reused=reused)
+
+    def ground_many(self, clip: PromptedClip, prompts: Sequence[str]) -> list[GroundingOutput]:
+        """Answer several prompts about one clip, encoding its frames once. The first output carries the
+        preprocess and vision time; the others report them as 0 and ``vision_reused=True``."""
+        encoded = self.encode_video(clip)
+        outputs = []
+        for i, prompt in enumerate(prompts):
+            out = self.ground(clip, prompt, encoded)
+            if i == 0:
+                timings = dict(out.timings_ms, preprocess=encoded.inputs.preprocess_ms, vision=encoded.vision_ms)
+                timings["total"] += encoded.inputs.preprocess_ms + encoded.vision_ms
+                out = GroundingOutput(out.text, timings, out.num_generated_tokens, out.tokens_per_s,
+                                      out.num_visual_tokens, out.num_prompt_tokens, vision_reused=False)
+            outputs.append(out)
+        return outputs

@@ -1,0 +1,222 @@
+"""video + queries → tracks → prompted frames → answers → tubes, in one streaming decode pass.
+
+The hot path, top to bottom (:meth:`GroundingPipeline.run`):
+
+1. probe the video and plan the VLM's frame sampling (§4) before any pixel is decoded;
+2. decode once: every frame goes to the tracker, the sampled ones are also kept (≤ 768 frames);
+3. draw ID markers on the kept frames at native resolution (§3) → ``PromptedClip``;
+4. encode the clip's frames once, then answer each query (vision features are shared);
+5. parse each answer (§6) and read its tube off the tracks.
+
+Models (tracker, grounder) are built once and passed in; nothing is reloaded per video or query.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .answer import GroundingAnswer, parse_answer
+from .clip import PromptedClip
+from .errors import BadInputError
+from .prompt import grounding_prompt, normalize_query, time_only_prompt
+from .prompted import SampledFrameCollector, render_prompted_clip
+from .sampling import FrameSampling, SamplingConfig, plan_sampling
+from .tracking.base import StreamingTracker
+from .tracks import TrackSet
+from .tube import Tube, build_tube
+from .video import Frame, VideoInfo, iter_frames, probe_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline does between the models. Defaults reproduce STVG-R1's evaluation."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Frame sampling and resizing for the VLM (§4)."""
+    time_only: bool = False
+    """Temporal grounding only: no markers, no IDs, no tube (``--time-only``)."""
+    normalize_query: bool = True
+    """Lower-case the query and drop a final "." as training did (§5)."""
+    interpolate: bool = True
+    """Fill tube boxes on frames the tracker skipped (``--every`` > 1) by linear interpolation."""
+    id_repair: bool = False
+    """The reference evaluation's lenient ID repair when the answered ID is missing in a frame (§6)."""
+
+
+@dataclass
+class QueryResult:
+    """One query's answer and tube (the per-query object of the result JSON)."""
+
+    query: str
+    answer: GroundingAnswer
+    tube: Tube
+    warnings: list[str]
+    timings_ms: dict[str, float]
+    num_generated_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        d = {"query": self.query, **self.answer.to_dict(), "tube": self.tube.boxes_json()}
+        d["warnings"] = list(self.warnings)
+        d["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
+        d["num_generated_tokens"] = self.num_generated_tokens
+        return d
+
+
+@dataclass
+class RunResult:
+    """Everything one `run` produced (see ARCHITECTURE.md, result JSON)."""
+
+    video: str
+    info: VideoInfo
+    sampling: FrameSampling
+    tracks: TrackSet
+    queries: list[QueryResult]
+    timings_ms: dict[str, float]
+    config: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "video": self.video,
+            "fps": self.info.fps,
+            "num_frames": self.info.num_frames,
+            "width": self.info.width,
+            "height": self.info.height,
+            "duration_s": round(self.info.duration_s, 4),
+            "sampled_frames": list(self.sampling.indices),
+            "sample_fps": self.sampling.sample_fps,
+            "num_tracks": len(self.tracks),
+            "queries": [q.to_dict() for q in self.queries],
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "config": self.config,
+        }
+
+
+class GroundingPipeline:
+    """Ties a tracker and a grounder together. ``grounder`` needs ``ground``/``encode_video`` as in
+    :class:`stvgr1_edge.grounding.Grounder` (or any object with the same two methods)."""
+
+    def __init__(self, tracker: StreamingTracker, grounder, config: PipelineConfig = PipelineConfig()):
+        self.tracker = tracker
+        self.grounder = grounder
+        self.config = config
+
+    def prompts_for(self, queries: Sequence[str]) -> list[str]:
+        make = time_only_prompt if self.config.time_only else grounding_prompt
+        return [make(q, normalize=self.config.normalize_query) for q in queries]
+
+    def run(self, video: str | Path, queries: Sequence[str],
+            on_frame: Callable[[Frame], None] | None = None,
+            on_stage: Callable[[str], None] | None = None) -> RunResult:
+        """Ground every query in ``video`` with one decode and one tracking pass."""
+        if not queries:
+            raise BadInputError("no query given: pass at least one sentence describing the target")
+        for q in queries:
+            normalize_query(q)  # empty queries fail here, before any decoding
+        prompts = self.prompts_for(queries)
+        stage = on_stage or (lambda name: None)
+        t_total = time.perf_counter()
+        timings: dict[str, float] = {"decode": 0.0, "track": 0.0, "render": 0.0, "vision": 0.0,
+                                     "prefill": 0.0, "decode_tokens": 0.0}
+
+        # 1. plan
+        info = probe_video(video)
+        sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
+        self._check_prompt_lengths(prompts, sampling, info)
+
+        # 2. one decode pass: track every frame, keep the sampled ones
+        stage("track")
+        collector = SampledFrameCollector(sampling)
+        tracker = self.tracker
+        tracker.config.always_track = frozenset(sampling.indices)  # markers come from real observations
+        tracker.start(info)
+        frames = iter_frames(video, info=info)
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            t1 = time.perf_counter()
+            timings["decode"] += (t1 - t0) * 1e3
+            if frame is None:
+                break
+            collector.add(frame)
+            if not self.config.time_only:
+                tracker.step(frame)
+            timings["track"] += (time.perf_counter() - t1) * 1e3
+            if on_frame is not None:
+                on_frame(frame)
+        t0 = time.perf_counter()
+        tracks = tracker.finish() if not self.config.time_only else TrackSet(info.width, info.height, info.fps, info.num_frames)
+        timings["track"] += (time.perf_counter() - t0) * 1e3
+        if not collector.complete:
+            raise BadInputError(f"{video}: {len(collector.missing)} sampled frame(s) could not be decoded "
+                                f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
+
+        # 3. markers on the sampled frames
+        stage("render")
+        t0 = time.perf_counter()
+        clip = render_prompted_clip(collector.frames(), tracks, sampling, draw_markers=not self.config.time_only,
+                                    video_fps=info.fps, num_video_frames=info.num_frames)
+        del collector
+        timings["render"] = (time.perf_counter() - t0) * 1e3
+
+        # 4-5. ground, parse, build tubes
+        stage("ground")
+        results = self._ground_all(queries, prompts, clip, tracks, info, timings)
+        timings["total"] = (time.perf_counter() - t_total) * 1e3
+        config = {"pipeline": _jsonable(asdict(self.config)),
+                  "tracker": type(tracker).__name__,
+                  "grounder": _jsonable(asdict(self.grounder.config)) if hasattr(self.grounder, "config") else None}
+        return RunResult(str(video), info, sampling, tracks, results, timings, config)
+
+    def _ground_all(self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo,
+                    timings: dict[str, float]) -> list[QueryResult]:
+        time_only = self.config.time_only
+        if not time_only and len(tracks) == 0:
+            warning = "no objects were detected or tracked in the video, so there is no ID to answer with"
+            logger.warning(warning)
+            return [QueryResult(q, GroundingAnswer((), None, None, False, warning), Tube((), None, None),
+                                [warning], {}) for q in queries]
+        encoded = self.grounder.encode_video(clip)
+        timings["vision"] = encoded.vision_ms + encoded.inputs.preprocess_ms
+        results = []
+        for query, prompt in zip(queries, prompts):
+            out = self.grounder.ground(clip, prompt, encoded)
+            timings["prefill"] += out.timings_ms["prefill"]
+            timings["decode_tokens"] += out.timings_ms["decode"]
+            answer = parse_answer(out.text, duration_s=info.duration_s,
+                                  valid_ids=None if time_only else tracks.ids, time_only=time_only)
+            tube = Tube(answer.ids, answer.start_s, answer.end_s) if time_only else build_tube(
+                answer, tracks, info.frame_times_s, interpolate=self.config.interpolate, id_repair=self.config.id_repair)
+            warnings = list(answer.warnings) + list(tube.warnings)
+            if not answer.parse_ok:
+                warnings.append(f"could not parse the model's answer: {answer.reason}")
+            results.append(QueryResult(query, answer, tube, warnings,
+                                       {"prefill": out.timings_ms["prefill"], "decode": out.timings_ms["decode"]},
+                                       out.num_generated_tokens))
+        return results
+
+    def _check_prompt_lengths(self, prompts: Sequence[str], sampling: FrameSampling, info: VideoInfo) -> None:
+        """A query that cannot fit the model's context is a user error, caught before decoding."""
+        limit_fn = getattr(self.grounder, "check_prompt_fits", None)
+        if limit_fn is None:
+            return
+        # tokens the clip will occupy: (T/2) * (h/28) * (w/28) after 2x2 merging and 2-frame tubes
+        t = -(-sampling.num_frames // 2)
+        num_visual = t * (sampling.resized_height // 28) * (sampling.resized_width // 28)
+        for prompt in prompts:
+            limit_fn(prompt, num_visual)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in sorted(obj)] if isinstance(obj, (set, frozenset)) else [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
