@@ -1,0 +1,335 @@
+"""Qwen2.5-VL's vision tower (patch embed, 2D rotary, window/full attention blocks, patch merger) as an ONNX graph
+with a dynamic number of patches.
+
+The stock ``Qwen2_5_VisionTransformerPretrainedModel.forward`` derives everything that depends on the grid (rotary
+angles, window order, attention segment boundaries) with Python loops and ``.tolist()``, so an export bakes one grid
+in. Here those tensors are computed outside the graph (:func:`compute_vision_side_inputs`, plain torch, reusing
+transformers' own ``vision_utils`` helpers) and fed as graph inputs; the graph is only tensor algebra over them.
+
+Attention runs per segment, batched: the segments of one kind (windows for windowed layers, frames for the
+full-attention layers) are gathered into a ``(segments, max_len)`` batch, padded keys masked out, one batched
+attention computed, and the valid rows scattered back. That equals the stock per-window loop.
+
+fp16 graphs keep the numerically sensitive parts in fp32: the residual stream, RMSNorm, rotary, the attention
+softmax. Only the linear layers and the two attention matmuls run in fp16 (their inputs cast down, outputs cast up).
+
+Graph inputs (``N`` patches, ``M = N / merge_size**2`` merged tokens):
+
+=================  =========================  ==========================================================
+name               shape / dtype              meaning
+=================  =========================  ==========================================================
+pixel_values       (N, C*Tp*P*P) float        processor patches (``pixel_values_videos``), processor order
+window_index       (M,) int64                 merged-token order used inside the tower (window order)
+reverse_index      (M,) int64                 its inverse permutation (``argsort(window_index)``)
+cos, sin           (N, head_dim) float32      rotary tables, already in window order
+window_gather      (Sw, Lw) int64             window-order positions of each window, padded with 0
+window_valid       (Sw, Lw) bool              which slots of ``window_gather`` are real
+window_scatter     (N,) int64                 flat slot ``s * Lw + l`` of every token, to undo the gather
+full_gather/...    (Sf, Lf) / (N,)            the same for the full-attention layers (one segment per frame)
+=================  =========================  ==========================================================
+
+Output ``visual_tokens``: (M, out_hidden_size) float32, processor order — the ``pooler_output`` of the stock tower.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import nn
+
+from stvgr1_edge.errors import BadInputError, atomic_output, require
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("pixel_values", "window_index", "reverse_index", "cos", "sin", "window_gather", "window_valid",
+               "window_scatter", "full_gather", "full_valid", "full_scatter")
+OUTPUT_NAME = "visual_tokens"
+METADATA_KEY = "qwen2_5_vl_vision_config"
+"""ONNX metadata key holding the vision config JSON (the runtime rebuilds the side inputs from it)."""
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class AttentionSegments:
+    """Contiguous attention segments of the window-ordered sequence, laid out as one padded batch."""
+
+    gather: torch.Tensor
+    """(segments, max_len) int64: sequence position of slot ``l`` of segment ``s`` (0 in padded slots)."""
+    valid: torch.Tensor
+    """(segments, max_len) bool: True where the slot holds a real token."""
+    scatter: torch.Tensor
+    """(N,) int64: flat slot ``s * max_len + l`` holding token ``n`` (inverse of ``gather``)."""
+
+
+@dataclass(frozen=True)
+class VisionSideInputs:
+    """Everything grid-dependent the vision graph needs besides the pixels (see the module table)."""
+
+    window_index: torch.Tensor
+    reverse_index: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    window: AttentionSegments
+    full: AttentionSegments
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The graph inputs after ``pixel_values``, in :data:`INPUT_NAMES` order."""
+        return (self.window_index, self.reverse_index, self.cos, self.sin,
+                self.window.gather, self.window.valid, self.window.scatter,
+                self.full.gather, self.full.valid, self.full.scatter)
+
+
+def segments_from_cu_seqlens(cu_seqlens: torch.Tensor) -> AttentionSegments:
+    """Padded-batch layout of the segments ``[cu[i], cu[i+1])`` (zero-length segments dropped)."""
+
+    cu = cu_seqlens.to(torch.int64).cpu()
+    lengths = cu[1:] - cu[:-1]
+    keep = lengths > 0
+    starts, lengths = cu[:-1][keep], lengths[keep]
+    max_len = int(lengths.max())
+    slot = torch.arange(max_len)
+    valid = slot[None, :] < lengths[:, None]
+    gather = torch.where(valid, starts[:, None] + slot[None, :], torch.zeros((), dtype=torch.int64))
+    flat_slots = torch.arange(valid.numel()).reshape(valid.shape)
+    scatter = flat_slots[valid]  # row-major over (segment, slot) = sequence order, segments being contiguous
+    return AttentionSegments(gather=gather, valid=valid, scatter=scatter)
+
+
+def compute_vision_side_inputs(grid_thw: torch.Tensor, vision_config) -> VisionSideInputs:
+    """The grid-dependent graph inputs for ``grid_thw`` ((videos, 3) T/H/W patch grids), as the stock tower
+    computes them in its ``forward`` (same transformers helpers, same order)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionRotaryEmbedding
+    from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+    grid_thw = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3).cpu()
+    merge = vision_config.spatial_merge_size
+    if bool(((grid_thw[:, 1:] % merge) != 0).any()):
+        raise BadInputError(f"video grid {grid_thw.tolist()} is not a multiple of the merge size {merge} in H/W: "
+                            "use the Qwen2.5-VL processor's patches")
+    merge_unit = merge * merge
+    num_patches = int(grid_thw.prod(-1).sum())
+
+    position_ids = get_vision_position_ids(grid_thw, merge)
+    window_index, cu_window_seqlens = get_vision_window_index(
+        grid_thw, spatial_merge_size=merge, window_size=vision_config.window_size,
+        patch_size=vision_config.patch_size)
+    cu_seqlens = get_vision_cu_seqlens(grid_thw)
+
+    rotary = Qwen2_5_VLVisionRotaryEmbedding(vision_config)
+    cos, sin = rotary(torch.empty(0), position_ids)
+
+    def to_window_order(table: torch.Tensor) -> torch.Tensor:
+        return table.reshape(num_patches // merge_unit, merge_unit, -1)[window_index].reshape(num_patches, -1)
+
+    return VisionSideInputs(
+        window_index=window_index.to(torch.int64),
+        reverse_index=torch.argsort(window_index).to(torch.int64),
+        cos=to_window_order(cos).float().contiguous(),
+        sin=to_window_order(sin).float().contiguous(),
+        window=segments_from_cu_seqlens(cu_window_seqlens),
+        full=segments_from_cu_seqlens(cu_seqlens),
+    )
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class VisionEncoderGraph(nn.Module):
+    """The stock tower's forward with the grid-dependent tensors as inputs, reusing the tower's weights.
+
+    The compute dtype is that of the tower's linear weights (fp32 or fp16); RMSNorm, rotary, softmax and
+    the residual stream always run in fp32.
+    """
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        config = tower.config
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.merged_hidden_size = tower.merger.hidden_size
+        self.fullatt_block_indexes = set(config.fullatt_block_indexes)
+        self.merge_unit = config.spatial_merge_size ** 2
+
+    @staticmethod
+    def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        weight = layer.weight
+        return nn.functional.linear(x.to(weight.dtype), weight, layer.bias).float()
+
+    @staticmethod
+    def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        return norm.weight.float() * x
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   gather: torch.Tensor, valid: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        qkv = self._linear(attn.qkv, x).reshape(n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (N, H, D) fp32
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        dtype = attn.qkv.weight.dtype
+        # (S, L, H, D) -> (S, H, L, D): one batch of padded segments
+        q = (q * attn.scaling)[gather].transpose(1, 2).to(dtype)
+        k = k[gather].transpose(1, 2).to(dtype)
+        v = v[gather].transpose(1, 2).to(dtype)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float()
+        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(dtype)
+        out = torch.matmul(probs, v).float()  # (S, H, L, D)
+        out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
+        out = out.index_select(0, scatter)  # back to (N, H*D), sequence order
+        return self._linear(attn.proj, out)
+
+    def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        gate = mlp.act_fn(self._linear(mlp.gate_proj, x))
+        return self._linear(mlp.down_proj, gate * self._linear(mlp.up_proj, x))
+
+    def forward(self, pixel_values, window_index, reverse_index, cos, sin, window_gather, window_valid,
+                window_scatter, full_gather, full_valid, full_scatter):
+        tower = self.tower
+        conv = tower.patch_embed.proj  # kernel == stride == one patch: a linear map over the flat patch
+        weight = conv.weight.reshape(conv.weight.shape[0], -1)
+        x = nn.functional.linear(pixel_values.to(weight.dtype), weight).float()
+        n, hidden = x.shape
+        x = x.reshape(-1, self.merge_unit, hidden)[window_index].reshape(n, hidden)
+        for layer_num, block in enumerate(tower.blocks):
+            if layer_num in self.fullatt_block_indexes:
+                segments = (full_gather, full_valid, full_scatter)
+            else:
+                segments = (window_gather, window_valid, window_scatter)
+            x = x + self._attention(block.attn, self._rms_norm(block.norm1, x), cos, sin, *segments)
+            x = x + self._mlp(block.mlp, self._rms_norm(block.norm2, x))
+        merger = tower.merger
+        x = self._rms_norm(merger.ln_q, x).reshape(-1, self.merged_hidden_size)
+        x = self._linear(merger.mlp[2], merger.mlp[1](self._linear(merger.mlp[0], x)))
+        return x[reverse_index]
+
+
+def vision_encoder_graph(tower, dtype: Literal["fp32", "fp16"] = "fp32"):
+    """The exportable ``nn.Module`` over ``tower`` (``model.model.visual``), in eval mode.
+
+    fp32 shares the tower's weights; fp16 uses a half-precision copy of the linear weights (norm weights stay fp32).
+    """
+
+    if dtype not in ("fp32", "fp16"):
+        raise BadInputError(f"unknown vision export dtype {dtype!r}: use fp32 or fp16")
+    target = torch.float32 if dtype == "fp32" else torch.float16
+    if next(tower.parameters()).dtype != target:
+        tower = copy.deepcopy(tower).to(target)
+    return VisionEncoderGraph(tower).eval()
+
+
+def _vision_tower(model):
+    """``model.model.visual`` of a ``Qwen2_5_VLForConditionalGeneration`` (or the tower itself)."""
+    if hasattr(model, "blocks") and hasattr(model, "merger"):
+        return model
+    inner = getattr(model, "model", model)
+    tower = getattr(inner, "visual", None)
+    if tower is None:
+        raise BadInputError(f"{type(model).__name__} has no vision tower at model.model.visual: "
+                            "pass a Qwen2.5-VL model")
+    return tower
+
+
+def _example_inputs(vision_config, grid_thw: Sequence[int]):
+
+    grid = torch.tensor([list(grid_thw)], dtype=torch.int64)
+    patch_dim = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(int(grid.prod()), patch_dim, generator=generator)
+    return (pixels, *compute_vision_side_inputs(grid, vision_config).as_tuple())
+
+
+def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp32", "fp16"] = "fp32",
+                          example_grid_thw: Sequence[int] = (2, 16, 20)) -> Path:
+    """Export ``model``'s vision tower (incl. the patch merger) to ``out_path`` as ONNX with dynamic patches.
+
+    Uses the TorchScript exporter (``dynamo=False``, opset 17), which needs no extra package and gives a graph
+    whose every size is symbolic; the vision config is stored in the model metadata for
+    :class:`OnnxVisionEncoder`. ``example_grid_thw`` only shapes the trace: choose one with more than one window
+    per frame and padded windows (the default 16x20 patches gives 2x3 windows, some partial).
+    """
+
+    require("onnx", "export", "ONNX export")
+    import onnx
+
+    tower = _vision_tower(model)
+    config = tower.config
+    graph = vision_encoder_graph(tower, dtype)
+    device = next(graph.parameters()).device
+    example = tuple(t.to(device) for t in _example_inputs(config, example_grid_thw))
+    dynamic_axes = {
+        "pixel_values": {0: "num_patches"}, "window_index": {0: "num_merged"}, "reverse_index": {0: "num_merged"},
+        "cos": {0: "num_patches"}, "sin": {0: "num_patches"},
+        "window_gather": {0: "num_windows", 1: "window_len"}, "window_valid": {0: "num_windows", 1: "window_len"},
+        "window_scatter": {0: "num_patches"},
+        "full_gather": {0: "num_frames", 1: "frame_len"}, "full_valid": {0: "num_frames", 1: "frame_len"},
+        "full_scatter": {0: "num_patches"}, OUTPUT_NAME: {0: "num_merged"},
+    }
+    out_path = Path(out_path)
+    with atomic_output(out_path, suffix=".onnx") as tmp, torch.no_grad():
+        torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=list(INPUT_NAMES),
+                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
+                          do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = METADATA_KEY, json.dumps(config.to_dict(), sort_keys=True, default=str)
+        dtype_meta = proto.metadata_props.add()
+        dtype_meta.key, dtype_meta.value = "weights_dtype", dtype
+        onnx.save(proto, str(tmp))
+    logger.info("exported vision encoder (%s, %d blocks) to %s", dtype, len(tower.blocks), out_path)
+    return out_path
+
+
+class OnnxVisionEncoder:
+    """Runs an exported vision encoder with onnxruntime; a drop-in for ``model.model.get_video_features``."""
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
+        ort = require("onnxruntime", "export", "running the ONNX vision encoder")
+        from transformers import Qwen2_5_VLVisionConfig
+
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"ONNX vision encoder not found: {path}: export one with export_vision_encoder")
+        self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise BadInputError(f"{path} has no {METADATA_KEY!r} metadata: re-export it with export_vision_encoder")
+        self.config = Qwen2_5_VLVisionConfig(**json.loads(meta[METADATA_KEY]))
+        self.path = path
+
+    def run_numpy(self, pixel_values, grid_thw) -> Any:
+        """(M, out_hidden_size) float32 numpy array of merged visual tokens, processor order."""
+        import numpy as np
+        import torch
+
+        side = compute_vision_side_inputs(torch.as_tensor(grid_thw), self.config)
+        pixels = torch.as_tensor(pixel_values).detach().float().cpu().numpy()
+        feed = {"pixel_values": np.ascontiguousarray(pixels)}
+        feed.update({name: t.cpu().numpy() for name, t in zip(INPUT_NAMES[1:], side.as_tuple())})
+        return self.session.run([OUTPUT_NAME], feed)[0]
+
+    def __call__(self, pixel_values, grid_thw, dtype: torch.dtype | None = None, device: Any = None):
+        """Like ``get_video_features(pixel_values, grid_thw)``: ``pooler_output`` is a tuple with one
+        (tokens, out_hidden_size) tensor per video (cast to ``dtype`` / moved to ``device`` when given)."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        grid = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3).cpu()
+        tokens = torch.from_numpy(self.run_numpy(pixel_values, grid))
+        tokens = tokens.to(device=device, dtype=dtype or torch.float32)
+        split_sizes = (grid.prod(-1) // self.config.spatial_merge_size ** 2).tolist()
+        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=torch.split(tokens, split_sizes))

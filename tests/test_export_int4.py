@@ -1,0 +1,217 @@
+"""Weight-only int4 linears (packing, kernels, model swap, folder round trip) and the NF4 skip-module logic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from export import int4
+from export.int4 import (
+    WeightOnlyInt4Linear,
+    dequantize_int4,
+    load_int4,
+    pack_uint4x2,
+    quantize_int4_,
+    quantize_weight_int4,
+    save_int4,
+    unpack_uint4x2,
+)
+from export.nf4 import nf4_skip_modules, require_nf4_runtime
+from stvgr1_edge.errors import BadInputError, MissingDependencyError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids():
+    return torch.randint(0, 800, (1, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny, prompt_ids):
+    """(fp32 logits, quantized model, quantized names): the tiny model quantized with group size 32."""
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    model, _ = build_tiny_qwen2_5_vl(seed=0)
+    with torch.no_grad():
+        reference = model(input_ids=prompt_ids).logits
+    names = quantize_int4_(model, group_size=32)
+    return reference, model, names
+
+
+# ----------------------------------------------------------------------------------------------- packing
+def test_quantize_weight_exact_on_integer_ramp():
+    weight = (torch.arange(64, dtype=torch.float32) % 16).reshape(1, 64).repeat(8, 1)  # each group spans 0..15
+    codes, scales, zeros = quantize_weight_int4(weight, group_size=32)
+    assert torch.equal(codes, weight.to(torch.uint8))
+    assert torch.equal(scales, torch.ones(8, 2)) and torch.equal(zeros, torch.full((8, 2), 8.0))
+    assert torch.equal(dequantize_int4(codes, scales, zeros, 32), weight)
+
+
+def test_uint4x2_packing_round_trips_with_even_index_in_high_nibble():
+    codes = torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8)
+    packed = pack_uint4x2(codes)
+    assert packed.tolist() == [[0x12, 0xF0]]
+    assert torch.equal(unpack_uint4x2(packed), codes)
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_linear_matches_dequantized_matmul(group_size):
+    torch.manual_seed(group_size)
+    linear = nn.Linear(256, 96, bias=True)
+    layer = WeightOnlyInt4Linear.from_linear(linear, group_size)
+    codes, scales, zeros = quantize_weight_int4(linear.weight, group_size)
+    dense = dequantize_int4(codes, scales, zeros, group_size)
+    x = torch.randn(2, 5, 256)
+    expected = nn.functional.linear(x, dense, linear.bias)
+    with torch.no_grad():
+        got = layer(x)
+    assert got.shape == (2, 5, 96)
+    assert (got - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+    assert torch.equal(layer.codes(), codes)  # the packed layout unpacks exactly
+
+
+def test_dequant_fallback_kernel_equals_packed_cpu_kernel(monkeypatch):
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64, bias=False)
+    packed = WeightOnlyInt4Linear.from_linear(linear, 64)
+    monkeypatch.setattr(int4, "kernel_for", lambda device: "dequant")
+    fallback = WeightOnlyInt4Linear.from_linear(linear, 64)
+    assert fallback.kernel == "dequant"
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        assert (packed(x) - fallback(x)).abs().max().item() < 1e-5
+    assert torch.equal(fallback.codes(), packed.codes())
+
+
+def test_unsupported_group_size_is_a_one_line_error():
+    with pytest.raises(BadInputError, match="group size 48"):
+        quantize_int4_(nn.Sequential(nn.Linear(96, 96)), group_size=48)
+
+
+# ----------------------------------------------------------------------------------------------- model level
+def test_quantize_swaps_only_language_model_linears(quantized):
+    _, model, names = quantized
+    assert len(names) == 14  # 2 decoder layers x (q, k, v, o, gate, up, down)
+    assert all(name.startswith("model.language_model.layers.") for name in names)
+    assert all(isinstance(model.get_submodule(name), WeightOnlyInt4Linear) for name in names)
+    assert isinstance(model.lm_head, nn.Linear)
+    assert not any(isinstance(m, WeightOnlyInt4Linear) for m in model.model.visual.modules())
+
+
+def test_quantized_logits_stay_close_and_greedy_generation_runs(quantized, prompt_ids):
+    reference, model, _ = quantized
+    with torch.no_grad():
+        logits = model(input_ids=prompt_ids).logits
+    cosine = torch.nn.functional.cosine_similarity(logits.flatten(), reference.flatten(), dim=0).item()
+    assert cosine > 0.99
+    generated = model.generate(input_ids=prompt_ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert generated.shape == (1, 30)
+
+
+def test_save_load_round_trip_gives_identical_outputs(quantized, prompt_ids, tmp_path):
+    _, model, names = quantized
+    folder = save_int4(model, tmp_path / "int4_model")
+    spec = json.loads((folder / int4.QUANT_FILE).read_text())
+    assert sorted(spec["modules"]) == sorted(names)
+    assert spec["modules"][names[0]]["group_size"] == 32
+    loaded = load_int4(folder)
+    assert all(isinstance(loaded.get_submodule(name), WeightOnlyInt4Linear) for name in names)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits)
+    greedy = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(loaded.generate(input_ids=prompt_ids, **greedy), model.generate(input_ids=prompt_ids, **greedy))
+
+
+def test_load_refuses_a_folder_without_int4_file(tmp_path):
+    with pytest.raises(BadInputError, match="not found"):
+        load_int4(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="tinygemm int4 needs CUDA")
+def test_cuda_tinygemm_matches_dequantized_matmul_in_bf16():
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 256, bias=True).cuda().to(torch.bfloat16)
+    layer = WeightOnlyInt4Linear.from_linear(linear, 128)
+    assert layer.kernel == "cuda"
+    codes, scales, zeros = quantize_weight_int4(linear.weight, 128)
+    dense = dequantize_int4(codes, scales, zeros, 128)
+    x = torch.randn(4, 512, device="cuda", dtype=torch.bfloat16)
+    expected = nn.functional.linear(x.float(), dense, linear.bias.float())
+    got = layer(x).float()
+    assert (got - expected).abs().max().item() < 2e-2 * expected.abs().max().item()
+    assert torch.equal(layer.codes(), codes)
+
+
+# ----------------------------------------------------------------------------------------------- NF4
+def test_nf4_skip_modules_name_the_real_vision_tower_and_head(tiny):
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    model, _ = tiny
+    skip = nf4_skip_modules(model)
+    assert skip == ["model.visual", "lm_head"]
+    assert nf4_skip_modules(model.config) == skip  # same list from the config alone (meta model)
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    kept = [name for name in linears if not should_convert_module(name, skip)]
+    assert kept == [name for name in linears if name.startswith("model.visual.") or name == "lm_head"]
+    assert any(name.startswith("model.language_model.") and should_convert_module(name, skip) for name in linears)
+    # the bare tower name would quantize the vision tower: transformers matches from the start of the name
+    assert should_convert_module("model.visual.blocks.0.attn.qkv", ["visual"])
+
+
+def test_nf4_without_bitsandbytes_or_cuda_is_a_missing_dependency():
+    try:
+        import bitsandbytes  # noqa: F401
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if available:
+        pytest.skip("bitsandbytes and CUDA present")
+    with pytest.raises(MissingDependencyError):
+        require_nf4_runtime()
+
+
+def test_nf4_folder_round_trip_keeps_vision_tower_unquantized(tiny, tmp_path, prompt_ids):
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("bitsandbytes 4-bit needs CUDA")
+    import bitsandbytes as bnb
+
+    from export.nf4 import load_nf4, quantize_nf4_to_folder
+    from stvgr1_edge.tiny import save_tiny_model
+
+    model, processor = tiny
+    source = save_tiny_model(tmp_path / "fp", model=model, processor=processor)
+    folder = quantize_nf4_to_folder(source, tmp_path / "nf4")
+    loaded = load_nf4(folder)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.model.visual.modules())
+    assert isinstance(loaded.model.language_model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
+    generated = loaded.generate(input_ids=prompt_ids.cuda(), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, 28)
+
+
+def test_tied_head_is_stored_once_and_retied_on_load(tmp_path, prompt_ids):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.tiny import build_tokenizer, tiny_qwen2_5_vl_config
+
+    config = tiny_qwen2_5_vl_config(build_tokenizer())
+    config.tie_word_embeddings = True  # as in Qwen2.5-VL-3B
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    quantize_int4_(model, group_size=32)
+    folder = save_int4(model, tmp_path / "tied")
+    spec = json.loads((folder / int4.QUANT_FILE).read_text())
+    assert spec["tied"] == {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    loaded = load_int4(folder)
+    assert loaded.lm_head.weight is loaded.model.language_model.embed_tokens.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits)

@@ -1,0 +1,188 @@
+"""Vision encoder -> ONNX (dynamic patches) and the TensorRT builder's dependency handling.
+
+Tolerances: the PyTorch wrapper vs the stock tower < 1e-5 max abs; onnxruntime fp32 vs PyTorch < 1e-4 max abs;
+onnxruntime fp16 vs PyTorch fp32 cosine > 0.999 (tiny random model, outputs of magnitude ~0.1).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from export.vision_onnx import (  # noqa: E402
+    INPUT_NAMES,
+    METADATA_KEY,
+    OnnxVisionEncoder,
+    compute_vision_side_inputs,
+    export_vision_encoder,
+    segments_from_cu_seqlens,
+    vision_encoder_graph,
+)
+from stvgr1_edge.errors import BadInputError, MissingDependencyError  # noqa: E402
+
+GRIDS = [(2, 16, 20), (1, 8, 8), (3, 12, 28)]
+"""Three grids: windows partial and whole, 1-3 temporal patches, square and wide frames."""
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    model, _ = build_tiny_qwen2_5_vl(seed=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vision_onnx")
+    return {dtype: export_vision_encoder(tiny_model, folder / f"vision_{dtype}.onnx", dtype=dtype)
+            for dtype in ("fp32", "fp16")}
+
+
+def _pixels(grid, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    num_patches = grid[0] * grid[1] * grid[2]
+    return torch.randn(num_patches, 3 * 2 * 14 * 14, generator=generator)
+
+
+def _stock(model, pixels, grid_thw):
+    with torch.no_grad():
+        return torch.cat(model.model.get_video_features(pixels, torch.tensor(grid_thw)).pooler_output)
+
+
+def test_segments_layout_pads_gathers_and_scatters_back_exactly():
+    segments = segments_from_cu_seqlens(torch.tensor([0, 3, 3, 8], dtype=torch.int32))
+    assert segments.gather.tolist() == [[0, 1, 2, 0, 0], [3, 4, 5, 6, 7]]  # empty segment dropped
+    assert segments.valid.tolist() == [[True, True, True, False, False], [True] * 5]
+    assert segments.scatter.tolist() == [0, 1, 2, 5, 6, 7, 8, 9]
+    sequence = torch.arange(8) * 10
+    assert torch.equal(sequence[segments.gather].reshape(-1)[segments.scatter], sequence)
+
+
+def test_side_inputs_for_a_grid_have_window_and_frame_segments(tiny_model):
+    side = compute_vision_side_inputs(torch.tensor([[2, 16, 20]]), tiny_model.model.visual.config)
+    # 8x10 merged tokens per frame, 4x4-merged-token windows -> 2x3 windows per frame, 2 frames
+    assert tuple(side.window.gather.shape) == (12, 64)
+    assert int(side.window.valid.sum()) == 640
+    assert tuple(side.full.gather.shape) == (2, 320)
+    assert torch.equal(side.window_index[side.reverse_index], torch.arange(160))
+    assert tuple(side.cos.shape) == (640, 16) and side.cos.dtype == torch.float32
+
+
+def test_side_inputs_reject_a_grid_not_divisible_by_the_merge_size(tiny_model):
+    with pytest.raises(BadInputError, match="merge size"):
+        compute_vision_side_inputs(torch.tensor([[1, 5, 4]]), tiny_model.model.visual.config)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_wrapper_module_equals_stock_tower(tiny_model, grid):
+    pixels = _pixels(grid)
+    side = compute_vision_side_inputs(torch.tensor([grid]), tiny_model.model.visual.config)
+    with torch.no_grad():
+        ours = vision_encoder_graph(tiny_model.model.visual)(pixels, *side.as_tuple())
+    reference = _stock(tiny_model, pixels, [grid])
+    assert ours.shape == reference.shape == (grid[0] * grid[1] * grid[2] // 4, 64)
+    assert (ours - reference).abs().max().item() < 1e-5
+
+
+def test_onnx_graph_passes_checker_with_symbolic_patch_axis(onnx_paths):
+    for path in onnx_paths.values():
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        inputs = {i.name: i for i in model.graph.input}
+        assert list(inputs) == list(INPUT_NAMES)
+        assert inputs["pixel_values"].type.tensor_type.shape.dim[0].dim_param == "num_patches"
+        assert METADATA_KEY in {p.key for p in model.metadata_props}
+
+
+def test_onnx_fp32_matches_pytorch_on_three_grids(tiny_model, onnx_paths):
+    encoder = OnnxVisionEncoder(onnx_paths["fp32"])
+    for grid in GRIDS:
+        pixels = _pixels(grid)
+        tokens = encoder(pixels, torch.tensor([grid])).pooler_output[0]
+        assert (tokens - _stock(tiny_model, pixels, [grid])).abs().max().item() < 1e-4, grid
+
+
+def test_onnx_fp16_matches_pytorch_on_three_grids(tiny_model, onnx_paths):
+    encoder = OnnxVisionEncoder(onnx_paths["fp16"])
+    for grid in GRIDS:
+        pixels = _pixels(grid)
+        tokens = encoder(pixels, torch.tensor([grid])).pooler_output[0]
+        reference = _stock(tiny_model, pixels, [grid])
+        cosine = torch.nn.functional.cosine_similarity(tokens.flatten(), reference.flatten(), dim=0).item()
+        assert cosine > 0.999, grid
+
+
+def test_fp16_graph_keeps_norms_and_softmax_in_fp32(onnx_paths):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_paths["fp16"])))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    softmax_inputs = [n.input[0] for n in model.graph.node if n.op_type == "Softmax"]
+    sqrt_inputs = [n.input[0] for n in model.graph.node if n.op_type == "Sqrt"]  # rsqrt of the RMSNorm variance
+    matmul_inputs = [n.input[1] for n in model.graph.node if n.op_type == "MatMul"]
+    assert softmax_inputs and sqrt_inputs
+    assert {types[name] for name in softmax_inputs + sqrt_inputs} == {onnx.TensorProto.FLOAT}
+    assert onnx.TensorProto.FLOAT16 in {types.get(name) for name in matmul_inputs}
+    assert types["pixel_values"] == onnx.TensorProto.FLOAT
+
+
+def test_runtime_splits_tokens_per_video_like_get_video_features(tiny_model, onnx_paths):
+    grids = [(1, 8, 8), (2, 4, 6)]
+    pixels = torch.cat([_pixels(grids[0], seed=2), _pixels(grids[1], seed=3)])
+    output = OnnxVisionEncoder(onnx_paths["fp32"])(pixels, torch.tensor(grids))
+    with torch.no_grad():
+        stock = tiny_model.model.get_video_features(pixels, torch.tensor(grids)).pooler_output
+    assert [t.shape[0] for t in output.pooler_output] == [t.shape[0] for t in stock] == [16, 12]
+    for ours, reference in zip(output.pooler_output, stock):
+        assert (ours - reference).abs().max().item() < 1e-4
+
+
+def test_runtime_refuses_an_onnx_file_without_vision_metadata(onnx_paths, tmp_path):
+    model = onnx.load(str(onnx_paths["fp32"]))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(BadInputError, match="re-export"):
+        OnnxVisionEncoder(bare)
+    with pytest.raises(BadInputError, match="not found"):
+        OnnxVisionEncoder(tmp_path / "missing.onnx")
+
+
+# ------------------------------------------------------------------------------------------------ TensorRT
+def test_tensorrt_missing_gives_one_line_saying_it_comes_from_nvidia(monkeypatch, onnx_paths, tmp_path):
+    from export.tensorrt import build_vision_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(MissingDependencyError) as info:
+        build_vision_engine(onnx_paths["fp32"], tmp_path / "vision.engine")
+    message = str(info.value)
+    assert "\n" not in message and "NVIDIA" in message and "JetPack" in message
+
+
+def test_engine_profile_shapes_cover_min_to_max_grid(tiny_model):
+    from export.tensorrt import VisionEngineProfile, profile_shapes
+
+    profile = VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 8, 8), max_grid=(4, 16, 20))
+    shapes = profile_shapes(tiny_model.model.visual.config, profile)
+    assert shapes["pixel_values"] == ((16, 1176), (128, 1176), (1280, 1176))
+    assert shapes["full_gather"] == ((1, 16), (2, 64), (4, 320))
+    with pytest.raises(BadInputError, match="componentwise"):
+        profile_shapes(tiny_model.model.visual.config, VisionEngineProfile(opt_grid=(8, 40, 40)))
+
+
+def test_tensorrt_engine_builds_with_metadata(onnx_paths, tmp_path):
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from export.tensorrt import VisionEngineProfile, build_vision_engine
+
+    engine = tmp_path / "vision_fp16.engine"
+    info = build_vision_engine(onnx_paths["fp16"], engine,
+                               VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 8, 8), max_grid=(2, 16, 16)))
+    assert engine.stat().st_size > 0 and (tmp_path / "vision_fp16.timing-cache").is_file()
+    assert info.tensorrt_version and info.profile["pixel_values"][2] == [512, 1176]
+    assert (tmp_path / "vision_fp16.engine.json").is_file()
