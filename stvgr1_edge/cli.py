@@ -28,6 +28,21 @@ app = typer.Typer(
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library progress (INFO) to stderr.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    if not verbose:
+        _quiet_third_party()
+
+
+def _quiet_third_party() -> None:
+    """Keep transformers' and the hub's progress bars and advice off the terminal: the CLI owns the output."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (e.g. main() called in-process): tell it directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _echo_json(obj) -> None:
@@ -62,19 +77,154 @@ def synth(
 @app.command("eval")
 def eval_cmd(
     pred: Path = typer.Argument(..., help="Predictions JSON ({video key: {ids, start_s, end_s, tube}}) or a `run` result JSON."),
-    gt: Path = typer.Argument(..., help="Ground truth in the HCSTVG-v2 format (e.g. `stvg-edge synth` annotations.json)."),
+    gt: Path = typer.Argument(..., help="Ground truth: HCSTVG-v2 (e.g. `stvg-edge synth` annotations.json), HCSTVG-v1 or VidSTG annotations."),
     convention: str = typer.Option("tubedetr", help="tubedetr (standard, frame-based) or stvg-r1 (the reference script's)."),
+    per_video: bool = typer.Option(False, "--per-video", help="Also print each video's tIoU, vIoU, ID correctness and J/F."),
 ) -> None:
     """Score predictions: m_tIoU, m_vIoU, vIoU@R, ID accuracy, tIoU@R (and J&F for masks)."""
     from .metrics import evaluate_files
 
-    _echo_json(evaluate_files(pred, gt, convention=convention))
+    _echo_json(evaluate_files(pred, gt, convention=convention, per_video=per_video))
 
 
-# --- track (tracking issue) ---------------------------------------------------------------------
+# --- track ---------------------------------------------------------------------------------------
+@app.command()
+def track(
+    video: Path = typer.Argument(..., help="Video file to track (any format PyAV/FFmpeg decodes)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."),
+    vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an annotated MP4 (boxes + IDs) here."),
+    tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
+    model: Optional[str] = typer.Option(None, "--model", help="SAM2.1/EdgeTAM weights: hub ID or local folder (sam2/edgetam only)."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."),
+    every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (others are interpolated later)."),
+    keyframe_interval: int = typer.Option(15, "--keyframe-interval", min=1, help="Re-detect every this many tracked frames (sam2/edgetam)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for model trackers (cpu, cuda, cuda:0)."),
+) -> None:
+    """Track every object with a consistent integer ID; write the tracks JSON (and an annotated MP4)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .render import draw_tracks
+    from .tracking.factory import make_tracker
+    from .video import VideoWriter, iter_frames, probe_video
+
+    info = probe_video(video)
+    output = output if output is not None else Path(f"{video.stem}.tracks.json")
+    streaming_tracker = make_tracker(tracker, model=model, detector=detector, device=device, every=every,
+                                     keyframe_interval=keyframe_interval)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("tracking", total=info.num_frames)
+        tracks = streaming_tracker.track_video(str(video), info=info, on_frame=lambda _f: progress.advance(task))
+        if vis is not None:  # written before the JSON: a failure leaves neither file behind
+            task = progress.add_task("rendering", total=info.num_frames)
+            with VideoWriter(vis, info.fps, info.width, info.height) as writer:
+                for frame in iter_frames(video, info=info):
+                    writer.write(draw_tracks(frame.image, tracks.objects_at(frame.index)))
+                    progress.advance(task)
+    tracks.save(output)
+    typer.echo(f"{len(tracks)} tracks over {info.num_frames} frames -> {output}" + (f", {vis}" if vis else ""))
 
 
-# --- run (grounding issue) -----------------------------------------------------------------------
+# --- run 
+@app.command()
+def run(
+    video: Path = typer.Argument(..., help="Video file."),
+    queries: List[str] = typer.Argument(..., help="One or more sentences describing who does what."),
+    output: Path = typer.Option(Path("result.json"), "--output", "-o", help="Result JSON to write."),
+    vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an MP4 showing each query's tube over its time range."),
+    model: str = typer.Option("XiaowenZhang/stvg-r1-model-7b", "--model", help="Qwen2.5-VL checkpoint: hub ID or local folder (default: the STVG-R1 7B checkpoint)."),
+    tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
+    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or folder) for --tracker sam2|edgetam."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."),
+    every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (the VLM's sampled frames are always tracked)."),
+    tracks: Optional[Path] = typer.Option(None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` instead of tracking again."),
+    quant: str = typer.Option("none", "--quant", help="none or nf4 (bitsandbytes 4-bit, CUDA)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
+    time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
+    id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
+) -> None:
+    """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import write_json_atomic
+    from .grounding import Grounder, GrounderConfig
+    from .pipeline import GroundingPipeline, PipelineConfig
+    from .prompt import normalize_query
+    from .tracking.factory import make_tracker
+    from .video import probe_video
+
+    for q in queries:
+        normalize_query(q)
+    info = probe_video(video)  # fail on bad input before loading any model
+    replay = None
+    if tracks is not None:
+        from .tracking.replay import ReplayTracker
+        from .tracks import TrackSet
+
+        replay = ReplayTracker(TrackSet.load(tracks), source=str(tracks))
+        replay.start(info)
+    console = Console(stderr=True)
+    with console.status(f"loading {model}"):
+        grounder = Grounder.from_pretrained(GrounderConfig(model=model, device=device, dtype=dtype, quant=quant,
+                                                           max_new_tokens=max_new_tokens))
+    trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device), every=every)
+    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, id_repair=id_repair))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task("decode + track", total=info.num_frames)
+        result = pipeline.run(video, queries, on_frame=lambda f: progress.advance(bar),
+                              on_stage=lambda s: progress.update(bar, description=f"{s}"))
+    write_json_atomic(output, result.to_dict(), indent=1)
+    if vis is not None:
+        from .vis import write_tube_video
+
+        write_tube_video(video, result, vis)
+    _print_run_summary(result, output, vis)
+
+
+def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{Path(result.video).name}: {result.info.num_frames} frames @ {result.info.fps:.2f} fps, "
+                        f"{len(result.tracks)} tracks, {result.sampling.num_frames} frames to the VLM")
+    for col in ("query", "IDs", "time range (s)", "tube frames", "parsed"):
+        table.add_column(col)
+    for q in result.queries:
+        a = q.answer
+        span = f"{a.start_s:.2f} – {a.end_s:.2f}" if a.has_time_range else "—"
+        table.add_row(q.query, ", ".join(map(str, a.ids)) or "—", span, str(len(q.tube)), "yes" if a.parse_ok else "no")
+    console = Console()
+    console.print(table)
+    for i, q in enumerate(result.queries):
+        for w in q.warnings:
+            console.print(f"[yellow]warning[/] (query {i + 1}): {w}")
+    t = result.timings_ms
+    console.print("time (ms): " + ", ".join(f"{k} {t[k]:.0f}" for k in ("decode", "track", "render", "vision", "prefill", "decode_tokens", "total") if k in t))
+    console.print(f"wrote {output}" + (f" and {vis}" if vis else ""))
+
+
+
+# --- train (the optional `train/` package) -------------------------------------------------------
+@app.command("train", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(ctx: typer.Context) -> None:
+    """Fine-tune the grounder: `stvg-edge train prepare|grpo|sft --help` (needs the `train` extra)."""
+    from .errors import MissingDependencyError, require
+
+    require("trl", "train", "stvg-edge train")
+    try:
+        from train.cli import app as train_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"stvg-edge train needs the `train/` package of the source checkout ({exc}): "
+                                     "run it from the repository root or install the checkout") from None
+    code = train_app(args=list(ctx.args), prog_name="stvg-edge train", standalone_mode=False)
+    if isinstance(code, int) and code:
+        raise typer.Exit(code)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,596 @@
+"""A weight-free detector and multi-object tracker for static-camera footage (and the synthetic clips).
+
+Detector: a per-pixel median background (estimated from early frames, then updated by a running
+average wherever no object is) → foreground by colour difference, shadows suppressed → morphology →
+connected components. Each component is one detection with its box and mask. A component whose outline
+is an edge in the background but not in the frame is a "ghost" (an object baked into the background
+estimate that has left): the background is healed there and no detection is made.
+
+Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_frame`):
+
+1. detect (on the frame downscaled to ``max_side``); describe each detection by its box, mask area and
+   an HSV colour histogram;
+2. split merged blobs: a detection that covers most of the predicted boxes of two or more tracks (for a
+   lost track: of where it vanished, if the blob has room for it) is divided pixel by pixel between
+   them by colour (histogram back-projection) and a box-shaped position prior; a part too small to be
+   the object means it is hidden, and its track coasts. Split parts never change a track's size,
+   colour or velocity model;
+3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
+   distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
+   where the track was predicted, so blinking and colour-changing objects keep their IDs);
+4. re-link lost tracks to the remaining detections near where they vanished (or would be by now) that
+   look the same (same ID);
+5. start tentative tracks from the rest. A tentative track gets the next ID (from 1, never reused)
+   after ``min_hits`` consecutive detections, unless it turns out to be a lost track coming back.
+
+Memory is bounded: per live track a few numbers and a histogram; output masks are stored as COCO RLE
+in the ``TrackSet`` at the video's native size. The only frames held are the first
+``background_frames`` tracked frames (at the processing size) while the background is being estimated;
+tracking of those frames waits until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..masks import box_iou_matrix, mask_to_rle
+from ..tracks import TrackSet
+from ..video import Frame, VideoInfo
+from .base import Detections, Detector, StreamingTracker, TrackerConfig
+
+logger = logging.getLogger(__name__)
+
+_HIST_BINS = (12, 4, 4)  # hue, saturation, value
+_HIST_RANGES = (0, 180, 0, 256, 0, 256)
+_INVALID = 1e6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Detector
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ClassicalDetectorConfig:
+    """Background-subtraction detector settings (pixel values are 0–255)."""
+
+    diff_threshold: float = 30.0
+    """A pixel is foreground when its largest per-channel difference to the background exceeds this."""
+    suppress_shadows: bool = True
+    """Treat pixels that are a uniformly darker version of the background (a shadow) as background."""
+    shadow_min_ratio: float = 0.5
+    """Shadow: brightness / background brightness at least this ..."""
+    shadow_max_ratio: float = 0.92
+    """... and at most this ..."""
+    shadow_max_chroma_shift: float = 0.035
+    """... with the normalised colour (r, g, b) / (r + g + b) changing by at most this per channel."""
+    background_rate: float = 0.02
+    """Running-average update rate of the background where no object is (follows slow lighting changes)."""
+    min_area_fraction: float = 0.0006
+    """Connected components smaller than this fraction of the frame are noise."""
+    max_area_fraction: float = 0.5
+    """Components larger than this fraction of the frame are a global change (e.g. lighting), not objects."""
+    ghost_edge_ratio: float = 0.5
+    """A blob whose outline is this many times weaker an edge in the frame than in the background is a
+    ghost (an object that was in the background estimate and left): the background is healed there. 0: off."""
+    kernel_fraction: float = 1 / 100
+    """Morphology kernel size as a fraction of the frame's short side (at least 3 pixels)."""
+
+
+class ClassicalDetector(Detector):
+    """Moving (or non-background) objects in a static-camera video, without weights.
+
+    It learns the background from the stream: call :meth:`fit_background` with a few early frames
+    (a per-pixel median), or let the first call take its frame as the background. Each call updates the
+    background where nothing was detected.
+    """
+
+    def __init__(self, config: ClassicalDetectorConfig | None = None):
+        self.config = config or ClassicalDetectorConfig()
+        self.background: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.background = None
+
+    def fit_background(self, images: Sequence[np.ndarray]) -> None:
+        """Set the background to the per-pixel median of ``images`` (RGB uint8, same size)."""
+        if len(images) == 0:
+            raise ValueError("fit_background needs at least one frame")
+        self.background = np.median(np.stack(images), axis=0).astype(np.float32)
+
+    def foreground_mask(self, image: np.ndarray) -> np.ndarray:
+        """Boolean (H, W) foreground after shadow suppression and morphology (no background update)."""
+        import cv2
+
+        cfg = self.config
+        frame = image.astype(np.float32)
+        bg = self.background
+        fg = np.abs(frame - bg).max(axis=2) > cfg.diff_threshold
+        if cfg.suppress_shadows:
+            brightness, bg_brightness = frame.sum(axis=2) + 1.0, bg.sum(axis=2) + 1.0
+            ratio = brightness / bg_brightness
+            chroma_shift = np.abs(frame / brightness[..., None] - bg / bg_brightness[..., None]).max(axis=2)
+            shadow = (ratio >= cfg.shadow_min_ratio) & (ratio <= cfg.shadow_max_ratio) & (chroma_shift <= cfg.shadow_max_chroma_shift)
+            fg &= ~shadow
+        k = max(3, int(round(min(image.shape[:2]) * cfg.kernel_fraction)) | 1)
+        fg_u8 = fg.astype(np.uint8)
+        fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        return fg_u8.astype(bool)
+
+    def update_background(self, image: np.ndarray, foreground: np.ndarray) -> None:
+        """Blend ``image`` into the background wherever ``foreground`` is False."""
+        import cv2
+
+        rate = self.config.background_rate
+        if rate <= 0:
+            return
+        k = max(3, int(round(min(image.shape[:2]) * self.config.kernel_fraction)) | 1)
+        near_object = cv2.dilate(foreground.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+        free = ~near_object
+        self.background[free] += rate * (image.astype(np.float32)[free] - self.background[free])
+
+    def _heal_if_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
+        """A "ghost" is an object baked into the background that has since moved away: the blob's outline
+        is an edge in the background but not in the frame. Heal the background there; True if a ghost."""
+        import cv2
+
+        if self.config.ghost_edge_ratio <= 0:
+            return False
+        x, y, w, h = (int(v) for v in stat[:4])
+        pad = 2
+        y0, y1, x0, x1 = max(0, y - pad), min(image.shape[0], y + h + pad), max(0, x - pad), min(image.shape[1], x + w + pad)
+        blob = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
+        outline = (blob - cv2.erode(blob, np.ones((3, 3), np.uint8))).astype(bool)
+        if not outline.any():
+            return False
+
+        def edge_strength(rgb: np.ndarray) -> float:  # colour gradient: the strongest channel's
+            gx = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3)).max(axis=2)
+            gy = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)).max(axis=2)
+            return float(np.hypot(gx, gy)[outline].mean())
+
+        frame_edges = edge_strength(image[y0:y1, x0:x1].astype(np.float32))
+        background_edges = edge_strength(self.background[y0:y1, x0:x1])
+        if frame_edges >= self.config.ghost_edge_ratio * background_edges:
+            return False
+        region = cv2.dilate(blob, np.ones((3, 3), np.uint8)).astype(bool)
+        self.background[y0:y1, x0:x1][region] = image[y0:y1, x0:x1][region]
+        logger.debug("healed a background ghost at %s", [x, y, x + w, y + h])
+        return True
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        import cv2
+
+        if self.background is None or self.background.shape != image.shape:
+            self.fit_background([image])
+            return Detections.empty()
+        fg = self.foreground_mask(image)
+        self.update_background(image, fg)
+        height, width = fg.shape
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+        min_area = self.config.min_area_fraction * height * width
+        max_area = self.config.max_area_fraction * height * width
+        keep = [i for i in range(1, count) if min_area <= stats[i, cv2.CC_STAT_AREA] <= max_area]
+        keep = [i for i in keep if not self._heal_if_ghost(image, labels, stats[i], i)]
+        if not keep:
+            return Detections.empty()
+        boxes = np.array([[stats[i, cv2.CC_STAT_LEFT], stats[i, cv2.CC_STAT_TOP],
+                           stats[i, cv2.CC_STAT_LEFT] + stats[i, cv2.CC_STAT_WIDTH],
+                           stats[i, cv2.CC_STAT_TOP] + stats[i, cv2.CC_STAT_HEIGHT]] for i in keep], np.float32)
+        masks = np.stack([labels == i for i in keep])
+        scores = np.ones(len(keep), np.float32)
+        return Detections(boxes, scores, ("object",) * len(keep), masks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tracker
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ClassicalTrackerConfig(TrackerConfig):
+    """Classical tracker settings (times in seconds of video, distances in units of the box diagonal)."""
+
+    detector: ClassicalDetectorConfig = field(default_factory=ClassicalDetectorConfig)
+    """Settings of the background-subtraction detector."""
+    max_side: int = 640
+    """Frames are tracked downscaled to at most this long side (0: native size); outputs are native."""
+    background_frames: int = 80
+    """Tracked frames held at the start (at the processing size) to estimate the background; their
+    tracking waits until then. Longer windows are fooled less by objects that pause."""
+    background_samples: int = 40
+    """At most this many of those frames, evenly spaced, enter the per-pixel median."""
+    min_hits: int = 3
+    """Consecutive detections before a new object gets an ID (filters flicker)."""
+    max_lost_s: float = 8.0
+    """A lost track is kept this long for re-linking, then forgotten."""
+    max_predict_s: float = 1.0
+    """Constant-velocity prediction runs at most this long past the last observation."""
+    match_gate: float = 1.0
+    """A recently seen track matches a detection only if they overlap or their centres are closer than this."""
+    relink_gate: float = 1.5
+    """A lost track re-links to a detection within this distance of its prediction ..."""
+    relink_gate_growth_per_s: float = 0.5
+    """... plus this much per second lost (a hidden object may have moved)."""
+    max_appearance_distance: float = 0.6
+    """Bhattacharyya distance of colour histograms above which a match is refused."""
+    relink_max_appearance_distance: float = 0.45
+    """The same bound for re-linking a lost track (stricter: position evidence is weaker)."""
+    appearance_free_iou: float = 0.3
+    """A recently seen track overlapping a detection by at least this IoU may match it whatever its colour ..."""
+    appearance_free_distance: float = 0.5
+    """... and so may one whose predicted centre is this close to the detection's."""
+    distance_weight: float = 0.5
+    """Weight of the centre distance in the matching cost (box IoU has weight 1)."""
+    appearance_weight: float = 1.0
+    """Weight of the colour-histogram distance in the matching cost."""
+    size_weight: float = 0.3
+    """Weight of |log(area ratio)| in the matching cost."""
+    merge_min_cover: float = 0.5
+    """A detection is a merge of several tracks if it covers at least this much of each one's predicted box ..."""
+    merge_min_extra_area: float = 0.5
+    """... and, if one of them was lost, its area exceeds the largest one's by this fraction of the second one's."""
+    min_visible_fraction: float = 0.2
+    """After splitting a merge, a part smaller than this fraction of its track's usual area counts as hidden."""
+
+
+@dataclass(eq=False)
+class _Observation:
+    box: np.ndarray
+    mask: np.ndarray
+    hist: np.ndarray
+    area: float
+    partial: bool = False
+    """Came from splitting a merged blob (box and area are only the visible part)."""
+
+
+@dataclass(eq=False)
+class _TrackState:
+    box: np.ndarray
+    velocity: np.ndarray
+    hist: np.ndarray
+    area: float
+    last_frame: int
+    hits: int = 1
+    track_id: int | None = None
+    pending: list = field(default_factory=list)
+
+    def predict(self, frame: int, max_predict_frames: float) -> np.ndarray:
+        dt = min(frame - self.last_frame, max_predict_frames)
+        vx, vy = self.velocity
+        return self.box + np.array([vx, vy, vx, vy], np.float32) * dt
+
+
+def _centre(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], axis=-1)
+
+
+def _diagonal(boxes: np.ndarray) -> np.ndarray:
+    return np.maximum(np.hypot(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]), 1.0)
+
+
+def _covered_fraction(box: np.ndarray, cover: np.ndarray) -> float:
+    """Share of ``box``'s area inside ``cover``."""
+    iw = min(box[2], cover[2]) - max(box[0], cover[0])
+    ih = min(box[3], cover[3]) - max(box[1], cover[1])
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1.0)
+    return float(max(iw, 0.0) * max(ih, 0.0) / area)
+
+
+def _shift_to_cover(box: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """``box`` moved (not resized) by the least amount that makes it cover ``part`` along each axis."""
+    shifted = box.copy()
+    for lo, hi in ((0, 2), (1, 3)):
+        if part[lo] < shifted[lo] and part[hi] <= shifted[hi]:
+            shifted[[lo, hi]] -= shifted[lo] - part[lo]
+        elif part[hi] > shifted[hi] and part[lo] >= shifted[lo]:
+            shifted[[lo, hi]] += part[hi] - shifted[hi]
+    return shifted
+
+
+def _hsv_bins(image_rgb: np.ndarray) -> np.ndarray:
+    """Flat histogram bin index of every pixel (H, W) for the HSV histogram."""
+    import cv2
+
+    hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV)
+    hb, sb, vb = _HIST_BINS
+    h = np.minimum(hsv[..., 0].astype(np.int32) * hb // 180, hb - 1)
+    s = hsv[..., 1].astype(np.int32) * sb // 256
+    v = hsv[..., 2].astype(np.int32) * vb // 256
+    return (h * sb + s) * vb + v
+
+
+def _colour_hist(bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    hist = np.bincount(bins[mask], minlength=int(np.prod(_HIST_BINS))).astype(np.float32)
+    return hist / max(hist.sum(), 1.0)
+
+
+def _hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya distance of two normalised histograms, in [0, 1]."""
+    bc = float(np.sqrt(a * b).sum())
+    return math.sqrt(max(0.0, 1.0 - min(bc, 1.0)))
+
+
+class ClassicalTracker(StreamingTracker):
+    """Weight-free multi-object tracker for static cameras (see the module docstring)."""
+
+    def __init__(self, config: ClassicalTrackerConfig | None = None):
+        self.config = config or ClassicalTrackerConfig()
+        self.detector = ClassicalDetector(self.config.detector)
+        self._info: VideoInfo | None = None
+
+    # -- StreamingTracker ---------------------------------------------------------------------------
+    def start(self, info: VideoInfo) -> None:
+        self._info = info
+        self.detector.reset()
+        self._tracks: list[_TrackState] = []
+        self._next_id = 1
+        self._buffer: list[Frame] = []
+        self._ready = False
+        self._prev_frame: int | None = None
+        fps = info.fps if info.fps > 0 else 25.0
+        self._fps = fps
+        self._max_lost_frames = self.config.max_lost_s * fps
+        self._max_predict_frames = self.config.max_predict_s * fps
+        self._result = TrackSet(info.width, info.height, info.fps, info.num_frames)
+        long_side = max(info.width, info.height)
+        self._scale = min(1.0, self.config.max_side / long_side) if self.config.max_side > 0 else 1.0
+        self._size = (max(1, int(round(info.width * self._scale))), max(1, int(round(info.height * self._scale))))
+
+    def step(self, frame: Frame) -> None:
+        if self._info is None:
+            raise RuntimeError("ClassicalTracker.step called before start()")
+        if not self.should_track(frame.index):
+            return
+        frame = Frame(frame.index, frame.time_s, self._to_processing_size(frame.image))
+        if self._ready:
+            self._track_frame(frame)
+            return
+        self._buffer.append(frame)
+        if len(self._buffer) >= self.config.background_frames:
+            self._flush_buffer()
+
+    def finish(self) -> TrackSet:
+        if self._info is None:
+            raise RuntimeError("ClassicalTracker.finish called before start()")
+        if not self._ready:
+            self._flush_buffer()
+        result = self._result
+        logger.info("classical tracker: %d tracks", len(result))
+        self._info, self._tracks, self._buffer = None, [], []
+        return result
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _to_processing_size(self, image: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if image.shape[1] != self._info.width or image.shape[0] != self._info.height:
+            raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]}, video is {self._info.width}x{self._info.height}")
+        if self._scale == 1.0:
+            return image
+        return cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+
+    def _flush_buffer(self) -> None:
+        """Estimate the background from the held frames, then track them in order."""
+        if self._buffer:
+            n = len(self._buffer)
+            picks = np.unique(np.linspace(0, n - 1, min(n, self.config.background_samples)).round().astype(int))
+            self.detector.fit_background([self._buffer[i].image for i in picks])
+        self._ready = True
+        buffer, self._buffer = self._buffer, []
+        for frame in buffer:
+            self._track_frame(frame)
+
+    def _observations(self, image: np.ndarray, bins: np.ndarray) -> list[_Observation]:
+        dets = self.detector(image)
+        obs = []
+        for box, mask in zip(dets.boxes, dets.masks if dets.masks is not None else []):
+            obs.append(_Observation(box.astype(np.float32), mask, _colour_hist(bins, mask), float(mask.sum())))
+        return obs
+
+    def _track_frame(self, frame: Frame) -> None:
+        cfg = self.config
+        f = frame.index
+        bins = _hsv_bins(frame.image)
+        obs = self._observations(frame.image, bins)
+
+        recent = [t for t in self._tracks if self._prev_frame is not None and t.last_frame == self._prev_frame]
+        lost = [t for t in self._tracks if t.track_id is not None and t not in recent]
+        preds = {id(t): t.predict(f, self._max_predict_frames) for t in self._tracks}
+
+        obs = self._split_merged(obs, [t for t in self._tracks if t.track_id is not None], preds, bins, f)
+
+        # 1. recently seen (and tentative) tracks <-> detections
+        matches, free_obs = self._assign(recent, obs, preds, gate=cfg.match_gate,
+                                         max_app=cfg.max_appearance_distance, frame=f)
+        # 2. lost tracks <-> remaining detections, near where they vanished
+        relinks, free_obs = self._assign(lost, free_obs, preds, gate=None,
+                                         max_app=cfg.relink_max_appearance_distance, frame=f)
+        matches.extend(relinks)
+        # 3. the rest start tentative tracks
+
+        matched_tracks = set()
+        for track, ob in matches:
+            self._update(track, ob, f)
+            matched_tracks.add(id(track))
+        for ob in free_obs:
+            self._tracks.append(_TrackState(ob.box, np.zeros(2, np.float32), ob.hist, ob.area, f,
+                                            pending=[self._record(ob, f)]))
+            matched_tracks.add(id(self._tracks[-1]))
+
+        survivors = []
+        for t in self._tracks:
+            if id(t) not in matched_tracks and t.track_id is None:
+                continue  # a tentative track must be seen in consecutive tracked frames
+            if t.track_id is not None and f - t.last_frame > self._max_lost_frames:
+                continue
+            survivors.append(t)
+        self._tracks = survivors
+        self._prev_frame = f
+
+    def _record(self, ob: _Observation, frame: int) -> tuple:
+        """An output observation ``(frame, box, mask RLE, score)`` at the video's native size."""
+        import cv2
+
+        box, mask = ob.box, ob.mask
+        if self._scale != 1.0:
+            info = self._info
+            box = box * np.array([info.width / self._size[0], info.height / self._size[1]] * 2, np.float32)
+            mask = cv2.resize(mask.astype(np.uint8), (info.width, info.height), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return frame, [float(v) for v in box], mask_to_rle(mask), 0.5 if ob.partial else 1.0
+
+    def _update(self, track: _TrackState, ob: _Observation, frame: int) -> None:
+        """Fold an observation into a track; confirm a tentative track after ``min_hits``."""
+        dt = max(frame - track.last_frame, 1)
+        if not ob.partial:  # a split part shows only what is visible: keep the object's model as it was
+            if dt <= self._max_predict_frames:
+                step = ((_centre(ob.box) - _centre(track.box)) / dt).astype(np.float32)
+                track.velocity = 0.5 * track.velocity + 0.5 * step if track.hits > 1 else step
+            else:
+                track.velocity = np.zeros(2, np.float32)
+            track.hist = 0.7 * track.hist + 0.3 * ob.hist
+            track.area = 0.5 * track.area + 0.5 * ob.area
+        if ob.partial:  # keep the object's full extent: coast on the prediction, shifted to cover what is seen
+            track.box = _shift_to_cover(track.predict(frame, self._max_predict_frames), ob.box)
+        else:
+            track.box = ob.box
+        track.last_frame = frame
+        track.hits += 1
+        record = self._record(ob, frame)
+        if track.track_id is not None:
+            self._result.add(track.track_id, *record)
+            return
+        track.pending.append(record)
+        if track.hits >= self.config.min_hits:
+            self._confirm(track, frame)
+
+    def _confirm(self, track: _TrackState, frame: int) -> None:
+        """Give a tentative track an ID: a lost track's, if it is that object coming back, else the next."""
+        first = track.pending[0][0]
+        lost = [t for t in self._tracks if t.track_id is not None and t.last_frame < first]
+        best, best_cost = None, _INVALID
+        for old in lost:
+            cost = self._relink_cost(old, track.box, track.hist, track.area, first)
+            if cost < best_cost:
+                best, best_cost = old, cost
+        if best is not None:
+            track.track_id = best.track_id
+            self._tracks.remove(best)
+            logger.debug("re-linked a reappearing object to ID %d", best.track_id)
+        else:
+            track.track_id = self._next_id
+            self._next_id += 1
+        for record in track.pending:
+            self._result.add(track.track_id, *record)
+        track.pending = []
+
+    def _relink_cost(self, track: _TrackState, box: np.ndarray, hist: np.ndarray, area: float, frame: int) -> float:
+        cfg = self.config
+        # where it would be if it kept moving, or where it vanished (it may have stopped, hidden)
+        dist = min(float(np.linalg.norm(_centre(c) - _centre(box)) / _diagonal(c))
+                   for c in (track.predict(frame, self._max_predict_frames), track.box))
+        lost_s = (frame - track.last_frame) / self._fps
+        if dist > cfg.relink_gate + cfg.relink_gate_growth_per_s * lost_s:
+            return _INVALID
+        app = _hist_distance(track.hist, hist)
+        if app > cfg.relink_max_appearance_distance:
+            return _INVALID
+        return cfg.appearance_weight * app + cfg.distance_weight * dist + cfg.size_weight * min(abs(math.log(max(area, 1.0) / max(track.area, 1.0))), 2.0)
+
+    def _assign(self, tracks: list[_TrackState], obs: list[_Observation], preds: dict, gate: float | None,
+                max_app: float, frame: int) -> tuple[list[tuple[_TrackState, _Observation]], list[_Observation]]:
+        """Hungarian assignment; ``gate=None`` means re-linking lost tracks (:meth:`_relink_cost`)."""
+        from scipy.optimize import linear_sum_assignment
+
+        if not tracks or not obs:
+            return [], list(obs)
+        cfg = self.config
+        cost = np.full((len(tracks), len(obs)), _INVALID)
+        ob_boxes = np.stack([o.box for o in obs])
+        if gate is None:
+            for i, t in enumerate(tracks):
+                for j, o in enumerate(obs):
+                    cost[i, j] = self._relink_cost(t, o.box, o.hist, o.area, frame)
+        else:
+            pred_boxes = np.stack([preds[id(t)] for t in tracks])
+            iou = box_iou_matrix(pred_boxes, ob_boxes)
+            dist = np.linalg.norm(_centre(pred_boxes)[:, None] - _centre(ob_boxes)[None], axis=2) / _diagonal(pred_boxes)[:, None]
+            for i, t in enumerate(tracks):
+                for j, o in enumerate(obs):
+                    if iou[i, j] <= 0 and dist[i, j] > gate:
+                        continue
+                    app = _hist_distance(t.hist, o.hist)
+                    if app > max_app and iou[i, j] < cfg.appearance_free_iou and dist[i, j] > cfg.appearance_free_distance:
+                        continue  # being where predicted wins over colour (objects blink, change colour)
+                    size = 0.0 if o.partial else min(abs(math.log(max(o.area, 1.0) / max(t.area, 1.0))), 2.0)
+                    cost[i, j] = (1 - iou[i, j]) + cfg.distance_weight * dist[i, j] + cfg.appearance_weight * app + cfg.size_weight * size
+        rows, cols = linear_sum_assignment(cost)
+        matches = [(tracks[r], obs[c]) for r, c in zip(rows, cols) if cost[r, c] < _INVALID]
+        used = {c for r, c in zip(rows, cols) if cost[r, c] < _INVALID}
+        return matches, [o for j, o in enumerate(obs) if j not in used]
+
+    def _split_merged(self, obs: list[_Observation], tracks: list[_TrackState], preds: dict,
+                      bins: np.ndarray, frame: int) -> list[_Observation]:
+        """Divide detections that hold several tracked objects (occlusion) between those objects.
+
+        A track is in a detection if the detection covers most of its predicted box or, for a lost
+        track, of the box where it was last seen (an object that vanished into a blob is still there).
+        """
+        cfg = self.config
+        if len(tracks) < 2 or not obs:
+            return obs
+        out: list[_Observation] = []
+        for ob in obs:
+            priors: dict[int, np.ndarray] = {}
+            members = []
+            for t in tracks:
+                candidates = [preds[id(t)]] + ([t.box] if t.last_frame != self._prev_frame else [])
+                covers = [_covered_fraction(c, ob.box) for c in candidates]
+                best = int(np.argmax(covers))
+                if covers[best] >= cfg.merge_min_cover:
+                    members.append(t)
+                    priors[id(t)] = candidates[best]
+            if len(members) < 2:
+                out.append(ob)
+                continue
+            if any(t.last_frame != self._prev_frame for t in members):
+                # a lost member is only believed to be inside if the blob has room for it
+                areas = sorted((t.area for t in members), reverse=True)
+                if ob.area < areas[0] + cfg.merge_min_extra_area * areas[1]:
+                    out.append(ob)
+                    continue
+            out.extend(self._split(ob, members, priors, bins))
+        return out
+
+    def _split(self, ob: _Observation, members: list[_TrackState], preds: dict, bins: np.ndarray) -> list[_Observation]:
+        x1, y1 = int(ob.box[0]), int(ob.box[1])
+        x2, y2 = int(math.ceil(ob.box[2])), int(math.ceil(ob.box[3]))
+        crop_mask = ob.mask[y1:y2, x1:x2]
+        crop_bins = bins[y1:y2, x1:x2]
+        ys, xs = np.mgrid[y1:y2, x1:x2]
+        scores = []
+        for t in members:
+            p = preds[id(t)]
+            cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
+            sx, sy = max((p[2] - p[0]) / 2, 1.0), max((p[3] - p[1]) / 2, 1.0)
+            # box-shaped prior: 1 inside the predicted box, decaying outside; a hair less far from the centre
+            d = np.maximum(np.abs(xs + 0.5 - cx) / sx, np.abs(ys + 0.5 - cy) / sy)
+            spatial = np.where(d <= 1, 1.0 - 1e-3 * d, np.exp(-3.0 * (d - 1)))
+            colour = t.hist[crop_bins] / max(float(t.hist.max()), 1e-6)
+            scores.append((colour + 0.05) * spatial)
+        scores = np.stack(scores)
+        owner = scores.argmax(axis=0)
+        parts = []
+        for k, t in enumerate(members):
+            part = crop_mask & (owner == k) & (scores[k] > 1e-3)
+            area = float(part.sum())
+            if area < self.config.min_visible_fraction * t.area:
+                continue  # hidden behind the others: its track coasts on its prediction
+            pys, pxs = np.nonzero(part)
+            box = np.array([pxs.min() + x1, pys.min() + y1, pxs.max() + 1 + x1, pys.max() + 1 + y1], np.float32)
+            full = np.zeros_like(ob.mask)
+            full[y1:y2, x1:x2] = part
+            parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True))
+        return parts

@@ -1,0 +1,128 @@
+"""STVG-R1 §3 ID markers: anchors, style, the 1/3 area filter and pixel-exact drawing."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from stvgr1_edge.markers import (
+    MARKER_COLOR_RGB,
+    box_to_mask,
+    draw_id_markers,
+    markable_objects,
+    marker_anchor,
+    marker_style,
+)
+from stvgr1_edge.masks import mask_to_rle
+
+
+def _rect(h, w, y1, y2, x1, x2):
+    """Mask with rows y1..y2 and columns x1..x2 set (inclusive)."""
+    m = np.zeros((h, w), bool)
+    m[y1:y2 + 1, x1:x2 + 1] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    "long_side, scale, thickness",
+    [(336, 20 / 30, 2), (640, (20 / 30) * 640 / 336, 2), (1280, (20 / 30) * 1280 / 336, 5),
+     (1920, (20 / 30) * 1920 / 336, 7)],
+)
+def test_marker_style_scale_and_thickness(long_side, scale, thickness):
+    assert marker_style(long_side * 3 // 4, long_side) == (pytest.approx(scale, abs=1e-12), thickness)
+    assert marker_style(long_side, long_side // 2) == (pytest.approx(scale, abs=1e-12), thickness)  # portrait
+
+
+def test_marker_style_values_by_hand():
+    # 1280: 0.6667 * 3.8095 = 2.5397 -> int(5.079) = 5; 1920: 3.8095 -> int(7.619) = 7
+    assert marker_style(720, 1280)[0] == pytest.approx(2.5396825, abs=1e-6)
+    assert marker_style(1080, 1920)[0] == pytest.approx(3.8095238, abs=1e-6)
+
+
+def test_anchor_rectangle_uses_int_of_row_mean():
+    m = _rect(12, 12, 2, 7, 3, 8)  # rows 2..7 -> cy = int(4.5) = 4; row 4 x = 3..8 -> mean 5.5 -> 5
+    assert marker_anchor(m) == (5, 4)
+
+
+def test_anchor_uses_pixels_of_middle_row_not_box_centre():
+    m = np.zeros((10, 20), bool)
+    m[0:9, 0:2] = True      # tall thin bar: rows 0..8 -> cy = 4
+    m[4, 10:19] = True      # row 4 also has x = 10..18
+    # row 4 x: 0, 1, 10..18 -> mean = (1 + 126) / 11 = 11.545 -> 11; box centre would be int(18 / 2) = 9
+    assert marker_anchor(m) == (11, 4)
+
+
+def test_anchor_empty_middle_row_falls_back_to_box_centre():
+    m = np.zeros((10, 20), bool)
+    m[0:2, 2:4] = True      # rows 0..1, x 2..3
+    m[7:9, 10:16] = True    # rows 7..8, x 10..15  -> ymin 0, ymax 8, cy = 4 (empty row)
+    assert marker_anchor(m) == (int((2 + 15) / 2), 4) == (8, 4)
+
+
+def test_anchor_of_empty_mask_is_none():
+    assert marker_anchor(np.zeros((5, 5), bool)) is None
+
+
+def test_markable_objects_drops_below_one_third_keeps_exactly_one_third():
+    assert markable_objects([300, 100, 99, 150]) == [0, 1, 3]  # 100 == 300/3 kept, 99 < 100 dropped
+    assert markable_objects([9, 3, 2]) == [0, 1]
+    assert markable_objects([0, 0]) == []
+    assert markable_objects([]) == []
+
+
+def test_box_to_mask_is_filled_rectangle_clipped():
+    m = box_to_mask([2, 1, 5, 4], 6, 6)
+    assert m.sum() == 9 and m[1:4, 2:5].all()
+    assert box_to_mask([-3, -3, 2, 2], 4, 4).sum() == 4
+
+
+def _reference_draw(rgb, items):
+    """Draw as the reference does: BGR frame, BGR red (0, 0, 255), then back to RGB."""
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    h, w = rgb.shape[:2]
+    scale = (20 / 30) * (max(h, w) / 336)
+    thickness = max(2, int(scale * 2))
+    for text, (x, y) in items:
+        cv2.putText(bgr, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 255), thickness, cv2.LINE_AA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def test_draw_matches_reference_bgr_pixels_exactly():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    original = frame.copy()
+    a = _rect(240, 320, 20, 119, 30, 109)     # area 100*80 = 8000, anchor cy=int(139/2)=69, cx=int(69.5)=69
+    b = _rect(240, 320, 130, 229, 200, 279)   # 8000, cy=179, cx=239
+    tiny = _rect(240, 320, 5, 14, 290, 299)   # 100 < 8000/3: not drawn
+    out = draw_id_markers(frame, [a, mask_to_rle(b), tiny], [3, 12, 7])
+    expected = _reference_draw(frame, [("3", (69, 69)), ("12", (239, 179))])
+    assert np.array_equal(out, expected)
+    assert not np.array_equal(out, frame)
+    assert np.array_equal(frame, original)  # the input is not drawn on
+
+
+def test_draw_with_boxes_equals_draw_with_rectangle_masks():
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    boxes = [[10, 10, 70, 90], [80, 20, 150, 100]]
+    masks = [box_to_mask(b, 120, 160) for b in boxes]
+    assert np.array_equal(draw_id_markers(frame, boxes, [1, 2]), draw_id_markers(frame, masks, [1, 2]))
+
+
+def test_drawn_colour_is_red_in_rgb():
+    frame = np.zeros((336, 336, 3), np.uint8)
+    out = draw_id_markers(frame, [_rect(336, 336, 100, 240, 100, 240)], [8])
+    drawn = out.reshape(-1, 3)[out.reshape(-1, 3).any(axis=1)]
+    assert len(drawn) > 50
+    assert drawn[:, 1].max() == 0 and drawn[:, 2].max() == 0 and drawn[:, 0].max() == 255
+    assert MARKER_COLOR_RGB == (255, 0, 0)
+
+
+def test_draw_returns_copy_and_rejects_size_mismatch():
+    frame = np.zeros((50, 60, 3), np.uint8)
+    out = draw_id_markers(frame, [[5, 5, 40, 40]], [1])
+    assert out is not frame and frame.max() == 0 and out.max() > 0
+    with pytest.raises(ValueError):
+        draw_id_markers(frame, [np.ones((10, 10), bool)], [1])
+    with pytest.raises(ValueError):
+        draw_id_markers(frame, [[5, 5, 40, 40]], [1, 2])
