@@ -102,6 +102,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                     pts.append(packet.dts)
         except av.error.FFmpegError as exc:
             logger.warning("demuxing %s stopped early: %s", path, _short(exc))
+        declared = int(stream.frames or 0)  # the container's own frame count (0 when it has none)
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         codec = ctx.name or "unknown"
         time_base = stream.time_base or Fraction(1, 1)
@@ -113,6 +114,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise VideoError(f"video has 0 frames: {path}: {_FIX}")
     if width <= 0 or height <= 0:
         raise VideoError(f"video has no frame size in its header: {path}: {_FIX}")
+    if declared > 0 and len(pts) < declared - max(2, declared // 50):
+        raise VideoError(f"video is truncated: its header lists {declared} frames but only {len(pts)} are present: "
+                         f"{path}: {_FIX}")
     pts.sort()
     t0 = pts[0]
     times = tuple(float((p - t0) * time_base) for p in pts)

@@ -118,6 +118,28 @@ def test_unusable_videos_raise_one_line_video_errors(tmp_path, kind):
     assert "\n" not in message and str(path) in message
 
 
+def test_truncated_faststart_mp4_is_reported_as_truncated(tmp_path):
+    """With the index at the front, a cut file still opens; the missing frames are what gives it away."""
+    import av
+
+    path = tmp_path / "fast.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(60):  # noise frames: every frame costs bytes, so a cut loses frames
+            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert probe_video(path).num_frames == 60
+    cut = tmp_path / "cut.mp4"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated: its header lists 60 frames"):
+        probe_video(cut)
+
+
 def test_real_old_codec_footage_decodes_and_seeks_exactly(shared_data):
     path = shared_data / "vtest.avi"
     info = probe_video(path)
