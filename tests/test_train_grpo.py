@@ -1,0 +1,177 @@
+"""GRPO on video with a tiny random Qwen2.5-VL (train/grpo.py): steps run, the video reaches every forward pass,
+the vision tower learns, checkpoints resume exactly; plus the SFT warm-start and the CLI."""
+
+import types
+
+import pytest
+
+pytest.importorskip("trl")
+import torch
+from trl import GRPOTrainer
+
+from train.cache import load_cached_dataset
+from train.grpo import MissingVideoError, build_grpo_trainer, load_run_config, run_grpo
+from train.prepare import prepare_cache
+
+from _train_helpers import write_mixed_synthetic
+
+TINY_GRPO = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.max_completion_length=16",
+             "grpo.seed=0", "grpo.gradient_checkpointing=false", "grpo.save_steps=1000"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from stvgr1_edge.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("grpo")
+    annotations = write_mixed_synthetic(root / "data", num_small=3, num_wide=2)
+    report = prepare_cache(annotations, root / "cache")
+    assert report["counts"] == {"cached": 5}
+    model_dir = save_tiny_model(root / "tiny")
+    return types.SimpleNamespace(root=root, cache=str(root / "cache"), model=str(model_dir))
+
+
+def _run(setup, output, overrides=(), **kw):
+    return load_run_config(None, TINY_GRPO + list(overrides), data=setup.cache, model=setup.model,
+                           output_dir=str(output), **kw)
+
+
+def _visual_params(model):
+    return [p for p in model.model.visual.parameters() if p.requires_grad]
+
+
+def test_two_grpo_steps_with_kl_and_old_policy_see_the_video_every_time(setup, tmp_path):
+    run = _run(setup, tmp_path / "out", ["grpo.max_steps=2", "grpo.beta=0.04", "grpo.num_iterations=2"])
+    trainer = build_grpo_trainer(run)
+    calls = {"policy": 0, "reference": 0}
+    trainer.model.model.visual.register_forward_hook(lambda *a: calls.__setitem__("policy", calls["policy"] + 1))
+    trainer.ref_model.model.visual.register_forward_hook(lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
+    trainer.train()
+    assert trainer.state.global_step == 2
+    # one generation (num_iterations=2 reuses it): generate + old-policy log-probs + 2 loss forwards; 1 reference
+    assert calls == {"policy": 4, "reference": 1}
+    assert [h["step"] for h in trainer.state.log_history if "kl" in h] == [1, 2]
+    rewards = [h for h in trainer.state.log_history if "reward" in h]  # logged once per generation
+    assert len(rewards) == 1 and {"rewards/temporal_iou_reward/mean", "rewards/id_match_reward/mean",
+                                  "rewards/format_reward/mean"} <= set(rewards[0])
+    assert len(trainer.seen_sample_ids) == 4 and len(set(trainer.seen_sample_ids)) == 2
+
+
+def _mixed_grid_rows(trainer):
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); these tests call the loss directly
+    rows = list(trainer.train_dataset)
+    small = next(r for r in rows if "s11" in r["sample_id"])
+    wide = next(r for r in rows if "s12" in r["sample_id"])
+    return [small, small, wide, wide]
+
+
+def test_vision_tower_gets_a_gradient_and_stock_trl_gives_none(setup, tmp_path):
+    trainer = build_grpo_trainer(_run(setup, tmp_path / "out", ["grpo.max_steps=1", "grpo.beta=0.0"]))
+    model = trainer.model
+    model.train()
+    batch = trainer._generate_and_score_completions(_mixed_grid_rows(trainer))
+    grids = torch.cat([v.video_grid_thw for v in batch["videos"]])
+    assert len({tuple(g.tolist()) for g in grids}) == 2  # two videos of different grids in one batch
+    batch["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])  # random-model rewards are all 0: give it a signal
+
+    trainer.compute_loss(model, batch).backward()
+    vision_grad = sum(float(p.grad.abs().sum()) for p in _visual_params(model) if p.grad is not None)
+    assert vision_grad > 0
+
+    model.zero_grad(set_to_none=True)
+    stock = types.MethodType(GRPOTrainer._get_per_token_logps_and_entropies, trainer)
+    trainer._get_per_token_logps_and_entropies = stock  # TRL's own loss forward: no video kwargs
+    GRPOTrainer._compute_loss(trainer, model, batch).backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in _visual_params(model))
+    assert float(model.lm_head.weight.grad.abs().sum()) > 0  # the loss itself is live
+
+
+def test_forward_without_video_fails_loudly(setup, tmp_path):
+    trainer = build_grpo_trainer(_run(setup, tmp_path / "out", ["grpo.max_steps=1", "grpo.beta=0.0"]))
+    batch = trainer._generate_and_score_completions(_mixed_grid_rows(trainer))
+    del batch["videos"]
+    with pytest.raises(MissingVideoError, match="video"):
+        trainer._compute_loss(trainer.model, batch)
+    ids = torch.ones((1, 4), dtype=torch.long)
+    with pytest.raises(MissingVideoError, match="pixel_values_videos"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)
+
+
+class _KillAfterCheckpoint:
+    """A callback that aborts training right after the checkpoint at ``step`` is written (a killed job)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __getattr__(self, name):  # TrainerCallback protocol: every other event is a no-op
+        return lambda *a, **k: None
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed after checkpoint")
+
+
+def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
+    """Killed right after the checkpoint at step 3 (mid-epoch: 5 samples, 2 prompts a step, 2 steps an epoch) and
+    resumed: steps 4 and 5 (crossing into the next epoch) see the same samples, and end on the same weights."""
+    # random-model rewards are all 0 (no policy gradient): decoupled weight decay at a large lr moves the weights
+    # every step, so the final weights show whether weights, optimizer and schedule were restored
+    steps = ["grpo.max_steps=5", "grpo.save_steps=3", "grpo.beta=0.0", "grpo.learning_rate=0.01",
+             "grpo.weight_decay=0.5"]
+    full = run_grpo(_run(setup, tmp_path / "full", steps))
+    per_step = len(full.seen_sample_ids) // 5
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(_run(setup, tmp_path / "killed", steps), callbacks=[_KillAfterCheckpoint(3)])
+    assert (tmp_path / "killed" / "checkpoint-3").is_dir()
+    resumed = run_grpo(_run(setup, tmp_path / "killed", steps, resume_from_checkpoint="latest"))
+
+    assert resumed.state.global_step == 5
+    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4, 5]  # 1-3 from the checkpoint
+    assert resumed.seen_sample_ids == full.seen_sample_ids[3 * per_step:]
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    initial = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model).named_parameters())
+    full_params = dict(full.model.named_parameters())
+    for name, p in resumed.model.named_parameters():
+        assert torch.equal(p, full_params[name]), name
+    moved = [n for n, p in resumed.model.named_parameters() if not torch.equal(p, initial[n])]
+    assert "lm_head.weight" in moved and "model.visual.patch_embed.proj.weight" in moved
+
+
+def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
+    from train.grpo import load_processor
+    from train.sft import SFTCollator, SFTRunConfig, run_sft, target_answer
+
+    processor, _ = load_processor(setup.model)
+    rows = list(load_cached_dataset(setup.cache))[:2]
+    batch = SFTCollator(processor)(rows)
+    for i, row in enumerate(rows):
+        answer_ids = batch["labels"][i][batch["labels"][i] != -100]
+        expected = target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]) + "<|im_end|>"
+        assert processor.tokenizer.decode(answer_ids) == expected
+    assert batch["video_grid_thw"].shape[0] == 2 and int((batch["mm_token_type_ids"] == 2).sum()) == \
+        sum(int(g.prod()) // 4 for g in batch["video_grid_thw"])
+
+    trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
+                                   per_device_train_batch_size=2, gradient_checkpointing=False))
+    assert trainer.state.global_step == 2
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    assert (tmp_path / "sft" / "config.json").is_file()
+
+
+def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
+    from stvgr1_edge.cli import main as stvg_main
+    from train.cli import main as train_main
+
+    out = tmp_path / "cli"
+    code = stvg_main(["train", "grpo", "--config", "train/configs/grpo_stvg_r1.yaml", "--data", setup.cache,
+                      "--model", setup.model, "--output", str(out), "grpo.max_steps=1", "grpo.num_generations=2",
+                      "grpo.per_device_train_batch_size=2", "grpo.gradient_accumulation_steps=1",
+                      "grpo.max_completion_length=8", "grpo.gradient_checkpointing=false"])
+    assert code == 0 and "trained 1 steps" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file()
+    assert train_main(["prepare", str(setup.root / "data" / "annotations.json"), "--out", setup.cache]) == 0
+    assert "skipped_existing 5" in capsys.readouterr().out
+    assert train_main(["grpo", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err

@@ -1,0 +1,393 @@
+"""GRPO on cached STVG samples: TRL's ``GRPOTrainer`` with the video reaching every forward pass.
+
+Stock TRL 1.16 builds multimodal inputs from ``image`` columns only; for a video prompt the loss forward gets
+``input_ids`` full of ``<|video_pad|>`` tokens and no pixels, so the policy is trained on placeholder embeddings
+and the vision tower never receives a gradient — silently. :class:`VideoGRPOTrainer` fixes that:
+
+* each row names its cached tensors (``video_file``); ``_generate_and_score_completions`` loads them once per
+  generation batch and carries them with the rows (``inputs["videos"]``: one :class:`VideoTensors` per row, so
+  TRL's shuffling and splitting keep them aligned);
+* ``_tokenize_prompts`` lays the prompt out exactly as the grounder does (``ClipProcessor.prepare_text``) and
+  hands ``pixel_values_videos``/``video_grid_thw``/``second_per_grid_ts`` to ``generate``;
+* ``_get_per_token_logps_and_entropies`` — used for the policy loss, old-policy log-probs (``num_iterations > 1``)
+  and reference log-probs (``beta > 0``) — adds the rows' video tensors (patches concatenated, grids stacked)
+  and ``mm_token_type_ids``, and **raises** when no video is attached or the placeholder count disagrees.
+
+Run with ``stvg-edge train grpo --config train/configs/grpo_stvg_r1.yaml`` (single process) or
+``accelerate launch --config_file train/configs/zero3.yaml -m train grpo --config ...`` (DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from stvgr1_edge.errors import BadInputError, MissingDependencyError
+
+from .cache import read_video_tensors
+from .checkpoint import ExactResumeMixin
+from .rewards import RewardConfig, build_reward_funcs
+from .video_inputs import ClipProcessor, VideoTensors, collate_videos, video_token_type_ids
+
+logger = logging.getLogger(__name__)
+
+VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+"""Never sampled: a generated placeholder would no longer match the video features in the next forward."""
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose shuffle depends only on ``(seed, epoch)``.
+
+    The stock sampler draws every epoch's permutation from one generator seeded once, so a run resumed in epoch
+    ``e`` replays epoch 0's order (the Trainer does not re-iterate the finished epochs). ``set_epoch`` (called by
+    the Trainer before each epoch) reseeds with ``seed + epoch``: resumed and uninterrupted runs see the same data.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + self.epoch)
+
+
+class MissingVideoError(RuntimeError):
+    """A forward pass of a video sample was about to run without its video tensors."""
+
+
+class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
+    """``GRPOTrainer`` for rows ``{"prompt": STVG-R1 prompt text, "video_file": cached tensors, ...}``; resumes
+    full-weight checkpoints exactly (:class:`~train.checkpoint.ExactResumeMixin`)."""
+
+    def __init__(self, *args: Any, video_cache_size: int = 64, **kwargs: Any) -> None:
+        hooks = ("_tokenize_prompts", "_generate_single_turn", "_get_per_token_logps_and_entropies", "_compute_loss")
+        if not all(hasattr(GRPOTrainer, h) for h in hooks):
+            import trl
+
+            raise MissingDependencyError(f"VideoGRPOTrainer hooks into TRL 1.16's GRPOTrainer; trl {trl.__version__} "
+                                         f"lacks {[h for h in hooks if not hasattr(GRPOTrainer, h)]}: "
+                                         f"pip install 'trl==1.16.*'")
+        processing_class = kwargs.get("processing_class")
+        if processing_class is None or not hasattr(processing_class, "video_processor"):
+            raise BadInputError("VideoGRPOTrainer needs the model's processor (processing_class) with a video processor")
+        grpo_args = kwargs.get("args")
+        if grpo_args is not None and (grpo_args.use_vllm or grpo_args.use_transformers_continuous_batching):
+            raise BadInputError("VideoGRPOTrainer generates with transformers `generate` (the video reaches it there): "
+                                "set grpo.use_vllm=false and grpo.use_transformers_continuous_batching=false")
+        tokenizer = processing_class.tokenizer
+        suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+        if grpo_args is not None:
+            gen = dict(grpo_args.generation_kwargs or {})
+            gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(suppress))
+            grpo_args.generation_kwargs = gen
+        super().__init__(*args, **kwargs)
+        self.clip_processor = ClipProcessor(self.processing_class)
+        self.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        self.merge_size = int(self.processing_class.video_processor.merge_size)
+        self._active_videos: list[VideoTensors] | None = None
+        self._video_cache: OrderedDict[str, VideoTensors] = OrderedDict()
+        self._video_cache_size = video_cache_size
+        self.seen_sample_ids: list[str] = []
+        """Sample ids of every training generation batch, in order (one entry per row, i.e. per completion)."""
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        return EpochSeededRepeatSampler(sampler.data_source, sampler.mini_repeat_count, sampler.batch_size,
+                                        sampler.repeat_count, sampler.shuffle, sampler.seed)
+
+    # --------------------------------------------------------------- video tensors per row
+    def load_video(self, path: str) -> VideoTensors:
+        video = self._video_cache.get(path)
+        if video is None:
+            video = read_video_tensors(path)
+            self._video_cache[path] = video
+            if len(self._video_cache) > self._video_cache_size:
+                self._video_cache.popitem(last=False)
+        else:
+            self._video_cache.move_to_end(path)
+        return video
+
+    def _videos_for(self, num_rows: int) -> list[VideoTensors]:
+        videos = self._active_videos
+        if videos is None:
+            raise MissingVideoError("a forward pass ran without the rows' video tensors (pixel_values_videos, "
+                                    "video_grid_thw, second_per_grid_ts): the model would see only <|video_pad|> "
+                                    "placeholders; call it through VideoGRPOTrainer with inputs['videos']")
+        if len(videos) != num_rows:
+            raise MissingVideoError(f"{len(videos)} videos attached to a batch of {num_rows} rows")
+        return videos
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if not inputs or "video_file" not in inputs[0]:
+            raise MissingVideoError("dataset rows have no 'video_file' column: build the dataset with "
+                                    "train.cache.load_cached_dataset")
+        videos = [self.load_video(row["video_file"]) for row in inputs]
+        if self.model.training:
+            self.seen_sample_ids.extend(str(row.get("sample_id", "")) for row in inputs)
+        self._active_videos = videos
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._active_videos = None
+        output["videos"] = videos
+        return output
+
+    def _compute_loss(self, model, inputs):
+        videos = inputs.get("videos")
+        if videos is None:
+            raise MissingVideoError("the loss batch carries no 'videos': the policy loss would ignore the video")
+        self._active_videos = list(videos)
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._active_videos = None
+
+    # --------------------------------------------------------------- prompts → generation inputs
+    def _tokenize_prompts(self, prompts: list):
+        videos = self._videos_for(len(prompts))
+        prompt_ids, token_types = [], []
+        for prompt, video in zip(prompts, videos):
+            if not isinstance(prompt, str):
+                raise BadInputError("VideoGRPOTrainer prompts are the STVG-R1 prompt text (a string), "
+                                    f"got {type(prompt).__name__}")
+            text = self.clip_processor.prepare_text(prompt, video.num_visual_tokens(self.merge_size))
+            prompt_ids.append(text["input_ids"][0].tolist())
+            token_types.append(text["mm_token_type_ids"][0].tolist())
+        multimodal_fields: dict[str, Any] = dict(collate_videos(videos))
+        multimodal_fields["mm_token_type_ids"] = token_types
+        return prompt_ids, None, multimodal_fields
+
+    # --------------------------------------------------------------- every scoring forward
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        """Per-token log-probs of the completion tokens, with each row's video in the forward pass."""
+        image_inputs = [k for k in ("pixel_values", "image_grid_thw") if multimodal.get(k) is not None]
+        if image_inputs:
+            raise BadInputError(f"image inputs {image_inputs} in a video GRPO batch: rows must carry video only")
+        videos = self._videos_for(input_ids.size(0))
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies, all_aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids = input_ids[start:end]
+            mask = attention_mask[start:end]
+            chunk_videos = videos[start:end]
+            expected = sum(v.num_visual_tokens(self.merge_size) for v in chunk_videos)
+            found = int((ids == self.video_token_id).sum())
+            if found != expected:
+                raise MissingVideoError(f"rows {start}..{end - 1} hold {found} <|video_pad|> tokens but their videos "
+                                        f"give {expected} visual tokens (truncated prompt?)")
+            model_inputs = {"input_ids": ids, "attention_mask": mask,
+                            "mm_token_type_ids": video_token_type_ids(ids, self.video_token_id),
+                            **collate_videos(chunk_videos, device=ids.device)}
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                all_entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                all_aux.append(outputs.aux_loss)
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        aux_loss = torch.stack(all_aux).mean() if compute_aux_loss else None
+        return logps, entropies, aux_loss
+
+
+# --- configuration -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraSettings:
+    """Optional LoRA / QLoRA adapters on the language model (the vision tower stays fully trainable or frozen
+    as the base model is)."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights."""
+    r: int = 64
+    """Adapter rank."""
+    alpha: int = 128
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    """Regex of the adapted modules (the language model's projections)."""
+    qlora: bool = False
+    """Load the base model in 4-bit NF4 (bitsandbytes, CUDA) — QLoRA."""
+
+
+@dataclass(frozen=True)
+class GRPORunConfig:
+    """A GRPO run: data, model, output, rewards, adapters, and TRL ``GRPOConfig`` fields (``grpo``)."""
+
+    data: str | None = None
+    """Training cache folder written by `stvg-edge train prepare`."""
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Hub id or folder of the Qwen2.5-VL model to fine-tune (STVG-R1 starts from the Instruct model)."""
+    output_dir: str = "runs/grpo_stvg_r1"
+    """Checkpoints and the final model go here."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder, or "latest" (the newest ``checkpoint-*`` in ``output_dir``)."""
+    rewards: RewardConfig = RewardConfig()
+    lora: LoraSettings = LoraSettings()
+    grpo: dict[str, Any] = field(default_factory=dict)
+    """``trl.GRPOConfig`` keyword arguments (paper defaults in ``train/configs/grpo_stvg_r1.yaml``)."""
+
+
+def _typed(cls, values: dict[str, Any] | None, where: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BadInputError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), **top_level: Any) -> GRPORunConfig:
+    """Read a run YAML, apply ``key=value`` overrides (``grpo.max_steps=2``, ``rewards.id_weight=0.5``,
+    ``model=DIR``) and non-None keyword arguments (``data=``, ``model=``, ``output_dir=``)."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise BadInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise BadInputError(f"{path} must be a mapping of settings")
+    for item in overrides:
+        if "=" not in item:
+            raise BadInputError(f"override {item!r} is not KEY=VALUE (e.g. grpo.max_steps=2)")
+        key, value = item.split("=", 1)
+        target = raw
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = _parse_value(value)
+    for key, value in top_level.items():
+        if value is not None:
+            raw[key] = value
+    where = str(path) if path is not None else "config"
+    raw["rewards"] = _typed(RewardConfig, raw.get("rewards"), f"{where}: rewards")
+    raw["lora"] = _typed(LoraSettings, raw.get("lora"), f"{where}: lora")
+    raw["grpo"] = dict(raw.get("grpo") or {})
+    return _typed(GRPORunConfig, raw, where)
+
+
+def load_processor(model: str):
+    """The model's processor (local files only for folders; the offline setting decides for hub ids)."""
+    from transformers import AutoProcessor
+
+    from stvgr1_edge.grounding import _resolve_model_source
+    from stvgr1_edge.errors import MissingWeightsError
+
+    source, local_only = _resolve_model_source(model)
+    try:
+        return AutoProcessor.from_pretrained(source, local_files_only=local_only), source
+    except OSError as exc:
+        if Path(source).exists():
+            raise BadInputError(f"cannot load a processor from {source} ({str(exc).splitlines()[0]})") from None
+        raise MissingWeightsError(f"model {model!r} is not available locally: download it with  "
+                                  f"huggingface-cli download {model}") from None
+
+
+def peft_settings(lora: LoraSettings, bf16: bool):
+    """(peft LoraConfig or None, quantization config or None)."""
+    if not lora.enabled:
+        if lora.qlora:
+            raise BadInputError("lora.qlora needs lora.enabled: true")
+        return None, None
+    from stvgr1_edge.errors import require
+
+    peft = require("peft", "train", "LoRA fine-tuning")
+    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    quant = None
+    if lora.qlora:
+        from stvgr1_edge.grounding import nf4_quantization_config
+
+        quant = nf4_quantization_config(torch.bfloat16 if bf16 else torch.float16)
+    return config, quant
+
+
+def build_grpo_config(run: GRPORunConfig, weights: list[float]) -> GRPOConfig:
+    kwargs = dict(run.grpo)
+    kwargs.setdefault("report_to", "none")
+    kwargs.setdefault("logging_steps", 1)
+    kwargs.setdefault("remove_unused_columns", False)
+    kwargs["reward_weights"] = weights
+    kwargs["output_dir"] = run.output_dir
+    if not torch.cuda.is_available():
+        for flag in ("bf16", "fp16"):
+            if kwargs.get(flag):
+                logger.warning("%s requested but CUDA is not available: training in fp32 on CPU", flag)
+                kwargs[flag] = False
+        kwargs.setdefault("use_cpu", True)
+    model_init = dict(kwargs.pop("model_init_kwargs", None) or {})
+    model_init.setdefault("dtype", "bfloat16" if kwargs.get("bf16") else "float32")
+    if not torch.cuda.is_available():
+        model_init["dtype"] = "float32"
+    kwargs["model_init_kwargs"] = model_init
+    try:
+        return GRPOConfig(**kwargs)
+    except TypeError as exc:
+        raise BadInputError(f"grpo settings: {exc}") from None
+    except ValueError as exc:
+        raise BadInputError(f"grpo settings: {exc}") from None
+
+
+def resolve_checkpoint(run: GRPORunConfig) -> str | bool | None:
+    if run.resume_from_checkpoint in (None, "", False):
+        return None
+    if run.resume_from_checkpoint in ("latest", True):
+        return True
+    path = Path(str(run.resume_from_checkpoint))
+    if not path.is_dir():
+        raise BadInputError(f"checkpoint folder not found: {path}")
+    return str(path)
+
+
+def build_grpo_trainer(run: GRPORunConfig, callbacks: list | None = None) -> VideoGRPOTrainer:
+    """Processor, cached dataset, rewards, ``GRPOConfig``, adapters → a ready :class:`VideoGRPOTrainer`."""
+    from .cache import load_cached_dataset
+
+    if not run.data:
+        raise BadInputError("no training data: pass --data CACHE (a folder written by `stvg-edge train prepare`)")
+    processor, source = load_processor(run.model)
+    dataset = load_cached_dataset(run.data, ClipProcessor(processor).constants())
+    funcs, weights = build_reward_funcs(run.rewards)
+    args = build_grpo_config(run, weights)
+    peft_config, quant = peft_settings(run.lora, bool(args.bf16))
+    kwargs: dict[str, Any] = {}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    logger.info("GRPO on %d samples from %s, model %s -> %s", len(dataset), run.data, source, run.output_dir)
+    return VideoGRPOTrainer(model=source, reward_funcs=funcs, args=args, train_dataset=dataset,
+                            processing_class=processor, peft_config=peft_config, callbacks=callbacks, **kwargs)
+
+
+def run_grpo(run: GRPORunConfig, callbacks: list | None = None) -> VideoGRPOTrainer:
+    """Train (resuming when asked), then save the final model and processor to ``output_dir``."""
+    trainer = build_grpo_trainer(run, callbacks)
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(run))
+    trainer.save_model(run.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(run.output_dir)
+    return trainer

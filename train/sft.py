@@ -1,0 +1,122 @@
+"""Optional supervised warm-start on the same cache, for models that cannot produce the answer format yet.
+
+The target is teacher-forced: ``<think>…</think><answer>Target ID: k, Time range: a to b</answer><|im_end|>``
+(GT ID and time range of the sample); the loss covers the answer tokens only. Same inputs as GRPO (the grounder's
+prompt layout, the cached video tensors), plain ``transformers.Trainer`` (checkpoints, resume, accelerate and
+DeepSpeed as usual). STVG-R1 itself used no SFT; this is for small models trained from scratch (e.g. the nano model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stvgr1_edge.errors import BadInputError
+
+from .cache import read_video_tensors
+from .checkpoint import ExactResumeMixin
+from .video_inputs import ClipProcessor, collate_videos, video_token_type_ids
+
+logger = logging.getLogger(__name__)
+
+
+def target_answer(gt_id: int, start_s: float, end_s: float) -> str:
+    """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5)."""
+    return (f"<think>The event occurs from {start_s:.2f} to {end_s:.2f} seconds; object ID \"{gt_id}\" "
+            f"is the target.</think> <answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>")
+
+
+class SFTCollator:
+    """Rows → ``input_ids`` (prompt + answer, right-padded), ``labels`` (answer only), video tensors."""
+
+    def __init__(self, processor) -> None:
+        self.clip_processor = ClipProcessor(processor)
+        self.tokenizer = processor.tokenizer
+        self.merge_size = int(processor.video_processor.merge_size)
+        self.video_token_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        self.end_token = "<|im_end|>"
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        videos = [read_video_tensors(r["video_file"]) for r in rows]
+        sequences, label_rows = [], []
+        for row, video in zip(rows, videos):
+            prompt = self.clip_processor.prepare_text(row["prompt"], video.num_visual_tokens(self.merge_size))
+            prompt_ids = prompt["input_ids"][0].tolist()
+            answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]))
+            answer_ids = self.tokenizer(answer + self.end_token, add_special_tokens=False)["input_ids"]
+            sequences.append(prompt_ids + answer_ids)
+            label_rows.append([-100] * len(prompt_ids) + answer_ids)
+        length = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
+            input_ids[i, :len(seq)] = torch.tensor(seq)
+            labels[i, :len(lab)] = torch.tensor(lab)
+            attention_mask[i, :len(seq)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                 "mm_token_type_ids": video_token_type_ids(input_ids, self.video_token_id)}
+        batch.update(collate_videos(videos))
+        return batch
+
+
+@dataclass(frozen=True)
+class SFTRunConfig:
+    """An SFT warm-start run."""
+
+    data: str | None = None
+    """Training cache folder (`stvg-edge train prepare`)."""
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Hub id or folder of the model."""
+    output_dir: str = "runs/sft_stvg_r1"
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder or "latest"."""
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run ``num_train_epochs``)."""
+    learning_rate: float = 1e-5
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    bf16: bool = True
+    """bf16 on CUDA (ignored on CPU)."""
+    gradient_checkpointing: bool = True
+    save_steps: int = 500
+    logging_steps: int = 1
+    seed: int = 42
+
+
+def run_sft(run: SFTRunConfig):
+    """Fine-tune on teacher-forced answers; saves the model and processor to ``output_dir``."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Trainer, TrainingArguments
+
+    from .cache import load_cached_dataset
+    from .grpo import load_processor
+
+    if not run.data:
+        raise BadInputError("no training data: pass --data CACHE (a folder written by `stvg-edge train prepare`)")
+    processor, source = load_processor(run.model)
+    dataset = load_cached_dataset(run.data, ClipProcessor(processor).constants())
+    cuda = torch.cuda.is_available()
+    bf16 = bool(run.bf16 and cuda)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.bfloat16 if bf16 else torch.float32)
+    args = TrainingArguments(
+        output_dir=run.output_dir, num_train_epochs=run.num_train_epochs, max_steps=run.max_steps,
+        learning_rate=run.learning_rate, per_device_train_batch_size=run.per_device_train_batch_size,
+        gradient_accumulation_steps=run.gradient_accumulation_steps, bf16=bf16,
+        gradient_checkpointing=run.gradient_checkpointing, save_steps=run.save_steps, logging_steps=run.logging_steps,
+        seed=run.seed, report_to="none", remove_unused_columns=False, use_cpu=not cuda)
+    trainer_cls = type("SFTTrainer", (ExactResumeMixin, Trainer), {})
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=SFTCollator(processor))
+    resume = run.resume_from_checkpoint
+    if resume not in (None, "", "latest") and not Path(resume).is_dir():
+        raise BadInputError(f"checkpoint folder not found: {resume}")
+    logger.info("SFT on %d samples from %s, model %s -> %s", len(dataset), run.data, source, run.output_dir)
+    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+    trainer.save_model(run.output_dir)
+    processor.save_pretrained(run.output_dir)
+    return trainer

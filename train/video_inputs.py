@@ -1,0 +1,86 @@
+"""The model inputs of one cached sample, and how several of them form one batch.
+
+Preprocessing is the grounder's own (:class:`stvgr1_edge.grounding.Grounder`): :class:`ClipProcessor` borrows
+``Grounder.prepare_video`` / ``prepare_text`` / ``chat_text``, which only need the processor, so training sees
+exactly the tensors and token layout that inference feeds the model.
+
+Batches of several videos follow the processor's own convention: patches of all videos concatenated along dim 0,
+one ``video_grid_thw`` row and one ``second_per_grid_ts`` entry per video, in row order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from stvgr1_edge.grounding import Grounder
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+"""The processor tensors every forward pass of a video sample needs."""
+
+
+class ClipProcessor:
+    """``Grounder``'s input preparation without a model: ``prepare_video(clip)``, ``prepare_text(prompt, n)``."""
+
+    prepare_video = Grounder.prepare_video
+    prepare_text = Grounder.prepare_text
+    chat_text = Grounder.chat_text
+    _video_processor_call = Grounder._video_processor_call
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        if getattr(processor, "chat_template", None) is None:
+            from stvgr1_edge.tiny import QWEN2_5_VL_CHAT_TEMPLATE
+
+            processor.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+
+    def constants(self) -> dict[str, object]:
+        """Preprocessing constants the cached tensors depend on (checked again at training time)."""
+        vp = self.processor.video_processor
+        return {"patch_size": int(vp.patch_size), "merge_size": int(vp.merge_size),
+                "temporal_patch_size": int(vp.temporal_patch_size),
+                "image_mean": [round(float(v), 6) for v in vp.image_mean],
+                "image_std": [round(float(v), 6) for v in vp.image_std]}
+
+
+@dataclass(frozen=True)
+class VideoTensors:
+    """One video's processor tensors (CPU)."""
+
+    pixel_values_videos: "torch.Tensor"
+    """(num_patches, C * temporal_patch * patch * patch)."""
+    video_grid_thw: "torch.Tensor"
+    """(1, 3) patch grid."""
+    second_per_grid_ts: "torch.Tensor"
+    """(1,) seconds per temporal patch."""
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.video_grid_thw.prod())
+
+    def num_visual_tokens(self, merge_size: int) -> int:
+        return self.num_patches // merge_size**2
+
+
+def collate_videos(videos: Sequence[VideoTensors], device=None) -> dict[str, "torch.Tensor"]:
+    """One batch's video kwargs: patches concatenated in row order, grids stacked, seconds-per-grid concatenated."""
+    import torch
+
+    if not videos:
+        raise ValueError("collate_videos: no videos")
+    batch = {
+        "pixel_values_videos": torch.cat([v.pixel_values_videos for v in videos], dim=0),
+        "video_grid_thw": torch.cat([v.video_grid_thw.reshape(-1, 3) for v in videos], dim=0),
+        "second_per_grid_ts": torch.cat([v.second_per_grid_ts.reshape(-1) for v in videos], dim=0),
+    }
+    if device is not None:
+        batch = {k: t.to(device) for k, t in batch.items()}
+    return batch
+
+
+def video_token_type_ids(input_ids: "torch.Tensor", video_token_id: int) -> "torch.Tensor":
+    """``mm_token_type_ids`` for Qwen2.5-VL's 3-D rotary positions: 2 on ``<|video_pad|>`` tokens, 0 elsewhere."""
+    return (input_ids == video_token_id).long() * 2
