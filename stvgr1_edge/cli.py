@@ -145,6 +145,7 @@ def run(
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
     id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its LLM, ONNX vision encoder and ONNX tracker replace --model / --tracker-model."),
 ) -> None:
     """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
     from rich.console import Console
@@ -168,10 +169,25 @@ def run(
         replay = ReplayTracker(TrackSet.load(tracks), source=str(tracks))
         replay.start(info)
     console = Console(stderr=True)
-    with console.status(f"loading {model}"):
-        grounder = Grounder.from_pretrained(GrounderConfig(model=model, device=device, dtype=dtype, quant=quant,
-                                                           max_new_tokens=max_new_tokens))
-    trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device), every=every)
+    loaded_bundle = None
+    if bundle is not None:
+        from .bundle import load_bundle
+
+        loaded_bundle = load_bundle(bundle, device=device)
+        with console.status(f"loading bundle {bundle}"):
+            grounder = loaded_bundle.grounder(max_new_tokens=max_new_tokens, dtype=dtype)
+    else:
+        with console.status(f"loading {model}"):
+            grounder = Grounder.from_pretrained(GrounderConfig(model=model, device=device, dtype=dtype, quant=quant,
+                                                               max_new_tokens=max_new_tokens))
+    if replay is None and loaded_bundle is not None and loaded_bundle.has_tracker:
+        from .tracking.factory import make_detector
+        from .tracking.sam2 import Sam2TrackerConfig
+
+        trk = loaded_bundle.tracker(make_detector(detector, device=str(grounder.device)), Sam2TrackerConfig(every=every))
+    else:
+        trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device),
+                                     every=every)
     pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, id_repair=id_repair))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -223,6 +239,24 @@ def train_cmd(ctx: typer.Context) -> None:
         raise MissingDependencyError(f"stvg-edge train needs the `train/` package of the source checkout ({exc}): "
                                      "run it from the repository root or install the checkout") from None
     code = train_app(args=list(ctx.args), prog_name="stvg-edge train", standalone_mode=False)
+    if isinstance(code, int) and code:
+        raise typer.Exit(code)
+
+
+# --- export (the optional `export/` package) -----------------------------------------------------
+@app.command("export", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def export_cmd(ctx: typer.Context) -> None:
+    """Write a deployable bundle (ONNX/TensorRT vision, int4/nf4 LLM, ONNX tracker): `stvg-edge export --help`."""
+    from .errors import MissingDependencyError, require
+
+    require("onnx", "export", "stvg-edge export")
+    try:
+        from export.cli import app as export_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"stvg-edge export needs the `export/` package of the source checkout ({exc}): "
+                                     "run it from the repository root or install stvg-edge[export]") from None
+    code = export_app(args=list(ctx.args), prog_name="stvg-edge export", standalone_mode=False)
     if isinstance(code, int) and code:
         raise typer.Exit(code)
 

@@ -207,6 +207,9 @@ class Grounder:
         self.processor = processor
         self.config = config
         self.device = next(model.parameters()).device
+        self.vision_encoder: Any = None
+        """Optional external vision encoder (e.g. an ONNX one from :mod:`stvgr1_edge.bundle`): a callable
+        ``(pixel_values, grid_thw) -> `` what ``model.model.get_video_features(..., return_dict=True)`` returns."""
         if getattr(processor, "chat_template", None) is None:
             from .tiny import QWEN2_5_VL_CHAT_TEMPLATE
 
@@ -334,7 +337,10 @@ class Grounder:
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():
-            features = self.model.model.get_video_features(pixels, grid, return_dict=True)
+            if self.vision_encoder is not None:
+                features = self.vision_encoder(pixels, grid)
+            else:
+                features = self.model.model.get_video_features(pixels, grid, return_dict=True)
         self._sync()
         return EncodedVideo(video, features, (time.perf_counter() - start) * 1e3)
 

@@ -1,0 +1,37 @@
+"""``stvg-edge export``: write a deployable bundle (see :mod:`export.bundle`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(name="stvg-edge export", add_completion=False, pretty_exceptions_enable=False,
+                  no_args_is_help=True)
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", help="Qwen2.5-VL checkpoint: hub ID or local folder."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (built next to it, renamed at the end)."),
+    vision: str = typer.Option("onnx", "--vision", help="onnx, or trt (also a TensorRT engine; needs tensorrt)."),
+    vision_dtype: str = typer.Option("fp32", "--vision-dtype", help="fp32 or fp16 vision graph."),
+    tracker: str = typer.Option("none", "--tracker", help="none, onnx (SAM2/EdgeTAM graphs) or trt (same graphs, "
+                                                          "TensorRT EP at run time; needs tensorrt)."),
+    tracker_model: Optional[str] = typer.Option(None, "--tracker-model",
+                                                help="SAM2.1/EdgeTAM weights: hub ID or folder."),
+    llm: str = typer.Option("none", "--llm", help="none (unquantized copy), int4 (weight-only) or nf4 (CUDA)."),
+    device: str = typer.Option("cpu", "--device", help="Device used to load the model for export (cpu, cuda)."),
+) -> None:
+    """Export the grounder (and tracker) into one bundle folder with manifest.json and parity numbers."""
+    from rich.console import Console
+
+    from .bundle import BundleOptions, export_bundle
+
+    console = Console(stderr=True)
+    options = BundleOptions(model=model, out=out, vision=vision, vision_dtype=vision_dtype, tracker=tracker,
+                            tracker_model=tracker_model, llm=llm, device=device)
+    with console.status("exporting") as status:
+        folder = export_bundle(options, on_stage=lambda s: status.update(s))
+    typer.echo(f"wrote bundle {folder}")

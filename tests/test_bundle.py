@@ -1,0 +1,190 @@
+"""`stvg-edge export` + `stvg-edge run --bundle` end to end on CPU with a tiny random Qwen2.5-VL.
+
+- fp32 ONNX vision + unquantized LLM: the bundle gives the *same* generated text (greedy) as the unexported model;
+- int4 LLM: runs; its agreement with the unexported answer is recorded (random weights: it may differ);
+- the manifest carries versions, shapes, dtypes and parity numbers; a bad bundle folder exits 2 with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from stvgr1_edge.cli import main  # noqa: E402
+from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset  # noqa: E402
+from stvgr1_edge.tiny import save_tiny_model  # noqa: E402
+
+MAX_NEW = "12"
+
+
+@pytest.fixture(scope="module")
+def video_and_query(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, num=1, seed=3, config=SynthConfig(seconds=3.0, width=160, height=120))
+    ann = json.loads((out / "annotations.json").read_text())
+    entry = next(iter(ann.values()))
+    return out / entry["video_path"], entry["English"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_qwen"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def bundles(model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for llm in ("none", "int4"):
+        folder = root / f"bundle_{llm}"
+        rc = main(["export", "--model", str(model_dir), "--out", str(folder), "--llm", llm])
+        assert rc == 0
+        out[llm] = folder
+    return out
+
+
+def _run(args: list[str], out: Path) -> dict:
+    assert main(["run", *args, "-o", str(out), "--device", "cpu", "--max-new-tokens", MAX_NEW]) == 0
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_bundle_with_fp32_vision_gives_the_same_answer_as_the_unexported_model(bundles, model_dir, video_and_query,
+                                                                               tmp_path):
+    video, query = video_and_query
+    reference = _run([str(video), query, "--model", str(model_dir)], tmp_path / "ref.json")
+    exported = _run([str(video), query, "--bundle", str(bundles["none"])], tmp_path / "bundle.json")
+    ref_q, got_q = reference["queries"][0], exported["queries"][0]
+    assert ref_q["num_generated_tokens"] == got_q["num_generated_tokens"] > 0
+    assert got_q["answer_text"] == ref_q["answer_text"]
+    assert exported["num_tracks"] == reference["num_tracks"]
+
+
+def test_bundle_with_int4_llm_runs_and_reports_agreement(bundles, model_dir, video_and_query, tmp_path):
+    video, query = video_and_query
+    reference = _run([str(video), query, "--model", str(model_dir)], tmp_path / "ref.json")
+    exported = _run([str(video), query, "--bundle", str(bundles["int4"])], tmp_path / "int4.json")
+    got = exported["queries"][0]
+    assert got["num_generated_tokens"] > 0 and isinstance(got["answer_text"], str)
+    ref_text = reference["queries"][0]["answer_text"]
+    same = sum(a == b for a, b in zip(ref_text, got["answer_text"]))
+    identical = ref_text == got["answer_text"]
+    print(f"int4 answer agreement: {same}/{max(len(ref_text), 1)} characters, identical={identical}")
+
+
+def test_manifest_records_versions_shapes_dtypes_and_parity(bundles):
+    import onnxruntime
+    import torch
+    import transformers
+
+    for llm, folder in bundles.items():
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["format"] == "stvg-edge-bundle/1"
+        assert manifest["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+        assert manifest["versions"]["transformers"] == transformers.__version__
+        assert manifest["versions"]["onnxruntime"] == onnxruntime.__version__
+        grounder = manifest["grounder"]
+        assert grounder["llm_quant"] == llm
+        assert grounder["vision"]["onnx"] == "vision_encoder.onnx" and (folder / "vision_encoder.onnx").is_file()
+        assert grounder["vision"]["dtype"] == "fp32" and grounder["vision"]["engine"] is None
+        assert grounder["vision"]["patch_dim"] == 3 * 2 * 14 * 14
+        assert grounder["hidden_size"] == 64 and grounder["num_hidden_layers"] == 2
+        assert (folder / "llm" / "config.json").is_file()
+        assert (folder / "llm" / "tokenizer_config.json").is_file() or (folder / "llm" / "tokenizer.json").is_file()
+        vision = manifest["parity"]["vision"]
+        assert vision["max_abs_err"] < 1e-4 and vision["cosine"] > 0.99999
+        assert manifest["tracker"] is None
+        assert not list(folder.parent.glob(f".{folder.name}.*"))  # temp build folder renamed away
+    int4 = json.loads((bundles["int4"] / "manifest.json").read_text())
+    assert 0.9 < int4["parity"]["int4_logits_cosine"] <= 1.0 + 1e-9
+    assert int4["grounder"]["int4"]["quantized_linears"] > 0
+    assert "int4_logits_cosine" not in json.loads((bundles["none"] / "manifest.json").read_text())["parity"]
+
+
+def test_bundle_with_onnx_tracker_runs_and_records_tracker_parity(model_dir, video_and_query, tmp_path):
+    from stvgr1_edge.tracking.tiny_configs import save_tiny_video_model
+
+    tracker_dir = save_tiny_video_model(tmp_path / "sam2", "sam2", object_score_bias=20.0)
+    folder = tmp_path / "bundle"
+    assert main(["export", "--model", str(model_dir), "--out", str(folder), "--tracker", "onnx",
+                 "--tracker-model", str(tracker_dir)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["tracker"]["family"] == "sam2" and manifest["tracker"]["memory_slots"] == 4
+    assert manifest["tracker"]["pointer_tokens"] == 10 and manifest["tracker"]["tokens_per_slot"] == 64
+    tracker_parity = manifest["parity"]["tracker"]
+    assert tracker_parity["same_ids"] is True and tracker_parity["min_mask_iou"] >= 0.99
+    assert max(tracker_parity["graph_max_abs_err"].values()) < 1e-3
+    video, query = video_and_query
+    result = _run([str(video), query, "--bundle", str(folder)], tmp_path / "r.json")
+    assert result["num_tracks"] >= 1
+
+
+def test_bundle_grounder_encodes_video_with_the_onnx_encoder(bundles, model_dir):
+    import numpy as np
+    import torch
+
+    from stvgr1_edge.bundle import load_bundle
+    from stvgr1_edge.clip import PromptedClip
+    from stvgr1_edge.grounding import Grounder, GrounderConfig
+
+    bundle = load_bundle(bundles["none"], device="cpu")
+    assert bundle.providers[-1] == "CPUExecutionProvider" and not bundle.has_tracker
+    grounder = bundle.grounder(max_new_tokens=4)
+    assert grounder.vision_encoder is not None
+    reference = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", max_new_tokens=4))
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+    clip = PromptedClip(frames=frames, frame_indices=(0, 1, 2, 3), sample_fps=2.0, resized_height=56,
+                        resized_width=84, video_fps=4.0, num_video_frames=4)
+    got = torch.cat(grounder.encode_video(clip).features.pooler_output)
+    want = torch.cat(reference.encode_video(clip).features.pooler_output)
+    assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4
+
+
+def test_runtime_module_imports_without_the_export_package():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['export'] = None; import stvgr1_edge.bundle, stvgr1_edge.cli; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "no_manifest", "bad_manifest", "incomplete"])
+def test_bad_bundle_dir_exits_2_with_one_line(case, bundles, video_and_query, tmp_path, capsys):
+    import shutil
+
+    video, query = video_and_query
+    folder = tmp_path / "b"
+    if case != "missing":
+        folder.mkdir()
+    if case == "bad_manifest":
+        (folder / "manifest.json").write_text('{"format": "something else"}')
+    if case == "incomplete":
+        shutil.copy(bundles["none"] / "manifest.json", folder / "manifest.json")
+    capsys.readouterr()
+    rc = main(["run", str(video), query, "--bundle", str(folder), "-o", str(tmp_path / "x.json"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "bundle" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_export_refuses_a_non_bundle_out_folder_and_trt_without_tensorrt(model_dir, tmp_path, capsys):
+    import importlib.util
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    capsys.readouterr()
+    assert main(["export", "--model", str(model_dir), "--out", str(busy)]) == 2
+    assert "not a bundle" in capsys.readouterr().err
+    assert (busy / "keep.txt").exists()
+    if importlib.util.find_spec("tensorrt") is None:
+        assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "t"), "--vision", "trt"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "tensorrt" in err
+        assert not (tmp_path / "t").exists()
