@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import StvgError
+from .errors import BadInputError, StvgError
 
 app = typer.Typer(
     name="stvg-edge",
@@ -143,6 +143,7 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
+    multi: bool = typer.Option(False, "--multi", help="Several targets: ask for every involved ID; the tube is their union box."),
     id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its LLM, ONNX vision encoder and ONNX tracker replace --model / --tracker-model."),
@@ -160,6 +161,8 @@ def run(
 
     for q in queries:
         normalize_query(q)
+    if time_only and multi:
+        raise BadInputError("--time-only and --multi exclude each other: time-only answers have no IDs")
     info = probe_video(video)  # fail on bad input before loading any model
     replay = None
     if tracks is not None:
@@ -188,7 +191,7 @@ def run(
     else:
         trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device),
                                      every=every)
-    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, id_repair=id_repair))
+    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task("decode + track", total=info.num_frames)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from .answer import GroundingAnswer, parse_answer
 from .clip import PromptedClip
 from .errors import BadInputError
-from .prompt import grounding_prompt, normalize_query, time_only_prompt
+from .prompt import grounding_prompt, multi_object_prompt, normalize_query, time_only_prompt
 from .prompted import SampledFrameCollector, render_prompted_clip
 from .sampling import FrameSampling, SamplingConfig, plan_sampling
 from .tracking.base import StreamingTracker
@@ -41,6 +41,8 @@ class PipelineConfig:
     """Frame sampling and resizing for the VLM (§4)."""
     time_only: bool = False
     """Temporal grounding only: no markers, no IDs, no tube (``--time-only``)."""
+    multi_object: bool = False
+    """Ask for every object ID involved (several targets); the tube is then the union box (``--multi``)."""
     normalize_query: bool = True
     """Lower-case the query and drop a final "." as training did (§5)."""
     interpolate: bool = True
@@ -107,7 +109,9 @@ class GroundingPipeline:
         self.config = config
 
     def prompts_for(self, queries: Sequence[str]) -> list[str]:
-        make = time_only_prompt if self.config.time_only else grounding_prompt
+        if self.config.time_only and self.config.multi_object:
+            raise BadInputError("--time-only and --multi exclude each other: time-only answers have no IDs")
+        make = time_only_prompt if self.config.time_only else multi_object_prompt if self.config.multi_object else grounding_prompt
         return [make(q, normalize=self.config.normalize_query) for q in queries]
 
     def run(self, video: str | Path, queries: Sequence[str],

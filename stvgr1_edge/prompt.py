@@ -33,6 +33,20 @@ TIME_ONLY_PROMPT = (
 )
 
 
+# Several targets ("the two men shake hands"): the same prompt, asking for every involved ID. Not part of the
+# released checkpoint's training; used by `--multi`. The answer parser reads "Target ID: 3, 5".
+MULTI_OBJECT_PROMPT = STVG_R1_PROMPT.replace(
+    "2.Identify which object ID is corresponding to the described event.",
+    "2.Identify which object IDs are corresponding to the described event (there may be more than one).",
+).replace(
+    "object ID in the format \"Target ID: [ID], Time range: [start time to end time]\"",
+    "object IDs in the format \"Target ID: [ID, ID, ...], Time range: [start time to end time]\"",
+).replace(
+    "For example: \"Target ID: 1, Time range: 12.54 to 17.83\".",
+    "For example: \"Target ID: 1, 4, Time range: 12.54 to 17.83\".",
+)
+
+
 def normalize_query(query: str) -> str:
     """As in training: strip, lower-case, drop one final '.'. Empty queries are a user error."""
     q = "" if query is None else str(query).strip().lower()
@@ -51,3 +65,8 @@ def grounding_prompt(query: str, normalize: bool = True) -> str:
 def time_only_prompt(query: str, normalize: bool = True) -> str:
     """Prompt for temporal grounding only (``--time-only``)."""
     return TIME_ONLY_PROMPT.replace("[EVENT]", normalize_query(query) if normalize else query)
+
+
+def multi_object_prompt(query: str, normalize: bool = True) -> str:
+    """Prompt asking for every object ID involved in the event (``--multi``)."""
+    return MULTI_OBJECT_PROMPT.replace("[EVENT]", normalize_query(query) if normalize else query)

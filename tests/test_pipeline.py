@@ -217,3 +217,32 @@ def test_missing_model_is_one_line_pointing_at_how_to_get_weights(synth_dir, ann
                "--model", str(tmp_path / "no_such_model_dir"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not found" in err[0] and "no_such_model_dir" in err[0]
+
+
+def test_multi_object_mode_asks_for_several_ids_and_unions_their_boxes(synth_dir, annotation, grounder):
+    key, ann = annotation
+    gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
+    a, b = gt_tracks.ids[:2]
+    prompts = []
+
+    class Recorder(ScriptedGrounder):
+        def ground(self, clip, prompt_text, encoded=None):
+            prompts.append(prompt_text)
+            return super().ground(clip, prompt_text, encoded)
+
+    scripted = Recorder(grounder, f"<think>x</think><answer>Target ID: {a}, {b}, Time range: 0.00 to 5.90</answer>")
+    result = GroundingPipeline(ReplayTracker(gt_tracks), scripted, PipelineConfig(multi_object=True)).run(
+        _video(synth_dir, annotation), ["the two red things move"])
+    assert "object IDs are corresponding" in prompts[0] and "Target ID: [ID, ID, ...]" in prompts[0]
+    q = result.queries[0]
+    assert q.answer.ids == (a, b)
+    both = sorted(set(gt_tracks.tracks[a].frames) & set(gt_tracks.tracks[b].frames))
+    f = both[len(both) // 2]
+    ba, bb = gt_tracks.tracks[a].box_at(f), gt_tracks.tracks[b].box_at(f)
+    assert q.tube.boxes[f] == [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
+
+
+def test_time_only_and_multi_together_is_a_user_error(synth_dir, annotation, model_dir, tmp_path, capsys):
+    rc = main(["run", str(_video(synth_dir, annotation)), "x moves", "--time-only", "--multi", "-o", str(tmp_path / "r.json"),
+               "--model", str(model_dir)])
+    assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -126,3 +126,13 @@ def test_all_real_hcstvg_v2_queries_format(shared_data):
         assert event == (lowered[:-1].rstrip() if lowered.endswith(".") else lowered), video
         assert event.count(".") <= query.count(".")
         assert time_only_prompt(query).count(event) == 1
+
+
+def test_multi_object_prompt_changes_only_the_id_question_and_format():
+    from stvgr1_edge.prompt import grounding_prompt, multi_object_prompt
+
+    single, multi = grounding_prompt("the two men shake hands."), multi_object_prompt("the two men shake hands.")
+    assert multi.count("object IDs") == 2 and "Target ID: 1, 4, Time range" in multi
+    # everything else is the training prompt, untouched
+    assert single.split("2.Identify")[0] == multi.split("2.Identify")[0]
+    assert single.split("Output your thought")[1].split("Then, provide")[0] == multi.split("Output your thought")[1].split("Then, provide")[0]
