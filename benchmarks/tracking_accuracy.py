@@ -2,12 +2,14 @@
 
 Each clip is synthesized from a seed (``stvgr1_edge.synth``), encoded to H.264 like a real video,
 tracked by :class:`ClassicalTracker`, and compared with the clip's GT tracks: IDF1, MOTA and ID
-switches per clip (motmetrics; a hypothesis box matches a GT box at IoU >= 0.5). The seeds used here
-(1000-1009 by default) were never used while developing the tracker.
+switches per clip (motmetrics; a hypothesis box matches a GT box at IoU >= 0.5). The tracker is developed
+on seeds 0-999 only; the held-out ranges (1000-1009, 2000-2019) are run once per tracker version.
 
-    python benchmarks/tracking_accuracy.py [--seeds 1000-1009] [--out benchmarks/results]
+    python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results]
 
-Writes ``tracking_accuracy.json`` and ``tracking_accuracy.png`` to ``--out``.
+``tracking_accuracy.json`` in ``--out`` keeps one summary per seed range under ``runs`` (a re-run of a
+range replaces it and moves the old one to ``superseded``); ``tracking_accuracy.png`` plots every range
+in ``runs``.
 """
 
 from __future__ import annotations
@@ -73,17 +75,6 @@ def track_synthetic_clip(seed: int, workdir: Path, config: SynthConfig = SynthCo
     return clip.gt_tracks, pred, time.perf_counter() - t0
 
 
-def _parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = part.split("-")
-            seeds.extend(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
-    return seeds
-
-
 def _plot(per_clip: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -112,23 +103,10 @@ def _plot(per_clip: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="1000-1009", help="clip seeds, e.g. 1000-1009 or 3,5,8")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args(argv)
-
-    per_clip = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in _parse_seeds(args.seeds):
-            gt, pred, seconds = track_synthetic_clip(seed, Path(tmp))
-            scores = {"seed": seed, **mot_scores(gt, pred), "track_seconds": round(seconds, 3),
-                      "frames": gt.num_frames}
-            per_clip.append(scores)
-            print(json.dumps(scores), file=sys.stderr)
+def summarize(per_clip: list[dict]) -> dict:
+    """Aggregate per-clip scores of one seed range."""
     cfg = SynthConfig()
-    summary = {
-        "benchmark": "tracking_accuracy",
+    return {
         "tracker": "classical",
         "tracker_config": "ClassicalTrackerConfig() defaults",
         "synth_config": {"width": cfg.width, "height": cfg.height, "fps": cfg.fps, "seconds": cfg.seconds},
@@ -145,9 +123,51 @@ def main(argv: list[str] | None = None) -> int:
         "tracking_fps_cpu": float(sum(c["frames"] for c in per_clip) / sum(c["track_seconds"] for c in per_clip)),
         "per_clip": per_clip,
     }
+
+
+def _load_results(path: Path) -> dict:
+    """The results file, upgraded from the old single-range layout (a summary at the top level)."""
+    if not path.exists():
+        return {"benchmark": "tracking_accuracy", "runs": {}, "superseded": []}
+    old = json.loads(path.read_text())
+    if "runs" in old:
+        return old
+    seeds = old.get("seeds", [])
+    key = f"{min(seeds)}-{max(seeds)}" if seeds else "unknown"
+    old.pop("benchmark", None)
+    return {"benchmark": "tracking_accuracy", "runs": {key: old}, "superseded": []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs=2, type=int, default=[1000, 10], metavar=("START", "COUNT"),
+                        help="clip seeds START .. START+COUNT-1 (default: 1000 10)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    start, count = args.seeds
+    if count < 1:
+        parser.error("COUNT must be at least 1")
+
+    per_clip = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(start, start + count):
+            gt, pred, seconds = track_synthetic_clip(seed, Path(tmp))
+            scores = {"seed": seed, **mot_scores(gt, pred), "track_seconds": round(seconds, 3),
+                      "frames": gt.num_frames}
+            per_clip.append(scores)
+            print(json.dumps(scores), file=sys.stderr)
+    summary = summarize(per_clip)
+    summary["run_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "tracking_accuracy.json", summary, indent=2)
-    _plot(per_clip, args.out / "tracking_accuracy.png")
+    path = args.out / "tracking_accuracy.json"
+    results = _load_results(path)
+    key = f"{start}-{start + count - 1}"
+    if key in results["runs"]:
+        results["superseded"].append({"seed_range": key, **results["runs"][key]})
+    results["runs"][key] = summary
+    write_json_atomic(path, results, indent=2)
+    _plot([c for run in results["runs"].values() for c in run["per_clip"]], args.out / "tracking_accuracy.png")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_clip"}, indent=2))
     return 0
 

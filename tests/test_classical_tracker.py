@@ -193,3 +193,18 @@ def test_synthetic_dev_clip_idf1_at_least_0_9(tmp_path, seed):
     scores = bench.mot_scores(gt, pred)
     assert scores["idf1"] >= 0.9, scores
     assert scores["id_switches"] <= 1, scores
+
+
+def test_object_that_vanishes_briefly_and_returns_in_another_colour_keeps_its_id():
+    """Two frames lost (its colour passes through the floor's), then back where predicted but blue: same ID."""
+    n = 40
+    images = _frames([((220, 30, 30), 14, lambda f: (5 + 3.0 * f, 40) if f < 20 else None),
+                      ((30, 80, 220), 14, lambda f: (5 + 3.0 * f, 42) if f >= 22 else None)], n)
+    ts = _track(images)
+    assert ts.ids == [1]
+    frames = ts.tracks[1].frames
+    assert 19 in frames and 20 not in frames and 21 not in frames and frames[-1] == n - 1
+
+    # the colour-free re-link near the prediction is what keeps it: without it the blue object is new
+    ts_strict = _track(images, ClassicalTrackerConfig(relink_appearance_free_distance=0.0))
+    assert ts_strict.ids == [1, 2]

@@ -10,16 +10,19 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
 
 1. detect (on the frame downscaled to ``max_side``); describe each detection by its box, mask area and
    an HSV colour histogram;
-2. split merged blobs: a detection that covers most of the predicted boxes of two or more tracks (for a
-   lost track: of where it vanished, if the blob has room for it) is divided pixel by pixel between
-   them by colour (histogram back-projection) and a box-shaped position prior; a part too small to be
-   the object means it is hidden, and its track coasts. Split parts never change a track's size,
-   colour or velocity model;
+2. split merged blobs: a detection that covers most of the predicted boxes of two or more tracks, or
+   of where they were last seen (they may have stopped, turned, or vanished into it; a lost one only if
+   the blob has room for it), and is the detection covering each of them best, is divided pixel by
+   pixel between them by colour (histogram back-projection) and a box-shaped position prior; a part
+   too small to be the object means it is hidden, and its track coasts. Each part goes to the track it
+   was cut out for; split parts never change a track's size, colour or velocity model;
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
-   where the track was predicted, so blinking and colour-changing objects keep their IDs);
+   where the track was predicted, or where track and detection are each other's nearest, so blinking
+   and colour-changing objects keep their IDs);
 4. re-link lost tracks to the remaining detections near where they vanished (or would be by now) that
-   look the same (same ID);
+   look the same (same ID); a track lost for less than ``max_predict_s`` re-links whatever its colour
+   to a same-size detection where it was predicted (colours fading through the floor's);
 5. start tentative tracks from the rest. A tentative track gets the next ID (from 1, never reused)
    after ``min_hits`` consecutive detections, unless it turns out to be a lost track coming back.
 
@@ -218,10 +221,17 @@ class ClassicalTrackerConfig(TrackerConfig):
     """Bhattacharyya distance of colour histograms above which a match is refused."""
     relink_max_appearance_distance: float = 0.45
     """The same bound for re-linking a lost track (stricter: position evidence is weaker)."""
+    relink_appearance_free_distance: float = 0.5
+    """A track lost for at most ``max_predict_s`` re-links whatever its colour to a detection this close to its
+    prediction whose size is within ``relink_max_size_change`` (objects change colour or fade into the floor
+    colour for a few frames)."""
+    relink_max_size_change: float = 0.4
+    """|log(area ratio)| up to which a detection near a recently lost track's prediction counts as the same size."""
     appearance_free_iou: float = 0.3
     """A recently seen track overlapping a detection by at least this IoU may match it whatever its colour ..."""
     appearance_free_distance: float = 0.5
-    """... and so may one whose predicted centre is this close to the detection's."""
+    """... and so may one whose predicted centre is this close to the detection's, or which is the
+    detection's nearest track while the detection is its nearest (within ``match_gate``): unambiguous by motion."""
     distance_weight: float = 0.5
     """Weight of the centre distance in the matching cost (box IoU has weight 1)."""
     appearance_weight: float = 1.0
@@ -244,6 +254,8 @@ class _Observation:
     area: float
     partial: bool = False
     """Came from splitting a merged blob (box and area are only the visible part)."""
+    owner: "_TrackState | None" = None
+    """The track a split part was cut out for: it goes to that track and to no other."""
 
 
 @dataclass(eq=False)
@@ -495,9 +507,13 @@ class ClassicalTracker(StreamingTracker):
         if dist > cfg.relink_gate + cfg.relink_gate_growth_per_s * lost_s:
             return _INVALID
         app = _hist_distance(track.hist, hist)
+        size = min(abs(math.log(max(area, 1.0) / max(track.area, 1.0))), 2.0)
         if app > cfg.relink_max_appearance_distance:
-            return _INVALID
-        return cfg.appearance_weight * app + cfg.distance_weight * dist + cfg.size_weight * min(abs(math.log(max(area, 1.0) / max(track.area, 1.0))), 2.0)
+            where_predicted = (frame - track.last_frame <= self._max_predict_frames
+                               and dist <= cfg.relink_appearance_free_distance and size <= cfg.relink_max_size_change)
+            if not where_predicted:
+                return _INVALID
+        return cfg.appearance_weight * app + cfg.distance_weight * dist + cfg.size_weight * size
 
     def _assign(self, tracks: list[_TrackState], obs: list[_Observation], preds: dict, gate: float | None,
                 max_app: float, frame: int) -> tuple[list[tuple[_TrackState, _Observation]], list[_Observation]]:
@@ -512,17 +528,26 @@ class ClassicalTracker(StreamingTracker):
         if gate is None:
             for i, t in enumerate(tracks):
                 for j, o in enumerate(obs):
-                    cost[i, j] = self._relink_cost(t, o.box, o.hist, o.area, frame)
+                    if o.owner is not None:
+                        cost[i, j] = 0.0 if o.owner is t else _INVALID
+                    else:
+                        cost[i, j] = self._relink_cost(t, o.box, o.hist, o.area, frame)
         else:
             pred_boxes = np.stack([preds[id(t)] for t in tracks])
             iou = box_iou_matrix(pred_boxes, ob_boxes)
             dist = np.linalg.norm(_centre(pred_boxes)[:, None] - _centre(ob_boxes)[None], axis=2) / _diagonal(pred_boxes)[:, None]
+            mutual_nearest = (dist == dist.min(axis=1, keepdims=True)) & (dist == dist.min(axis=0, keepdims=True))
             for i, t in enumerate(tracks):
                 for j, o in enumerate(obs):
+                    if o.owner is not None:  # a split part belongs to the track it was cut out for
+                        cost[i, j] = 0.0 if o.owner is t else _INVALID
+                        continue
                     if iou[i, j] <= 0 and dist[i, j] > gate:
                         continue
                     app = _hist_distance(t.hist, o.hist)
-                    if app > max_app and iou[i, j] < cfg.appearance_free_iou and dist[i, j] > cfg.appearance_free_distance:
+                    where_predicted = (iou[i, j] >= cfg.appearance_free_iou or dist[i, j] <= cfg.appearance_free_distance
+                                       or (mutual_nearest[i, j] and dist[i, j] <= gate))
+                    if app > max_app and not where_predicted:
                         continue  # being where predicted wins over colour (objects blink, change colour)
                     size = 0.0 if o.partial else min(abs(math.log(max(o.area, 1.0) / max(t.area, 1.0))), 2.0)
                     cost[i, j] = (1 - iou[i, j]) + cfg.distance_weight * dist[i, j] + cfg.appearance_weight * app + cfg.size_weight * size
@@ -535,23 +560,29 @@ class ClassicalTracker(StreamingTracker):
                       bins: np.ndarray, frame: int) -> list[_Observation]:
         """Divide detections that hold several tracked objects (occlusion) between those objects.
 
-        A track is in a detection if the detection covers most of its predicted box or, for a lost
-        track, of the box where it was last seen (an object that vanished into a blob is still there).
+        A track is in a detection if the detection covers most of its predicted box or of the box where
+        it was last seen (an object that stopped, turned, or vanished into a blob is still there), and
+        no other detection covers it better.
         """
         cfg = self.config
         if len(tracks) < 2 or not obs:
             return obs
-        out: list[_Observation] = []
-        for ob in obs:
-            priors: dict[int, np.ndarray] = {}
-            members = []
-            for t in tracks:
-                candidates = [preds[id(t)]] + ([t.box] if t.last_frame != self._prev_frame else [])
+        # how well each detection covers each track: its predicted box or where it was last seen (it may
+        # have stopped or turned - jumps, shakes - or vanished into the blob)
+        cover = np.zeros((len(tracks), len(obs)))
+        prior_of = {}
+        for i, t in enumerate(tracks):
+            candidates = [preds[id(t)], t.box]
+            for j, ob in enumerate(obs):
                 covers = [_covered_fraction(c, ob.box) for c in candidates]
                 best = int(np.argmax(covers))
-                if covers[best] >= cfg.merge_min_cover:
-                    members.append(t)
-                    priors[id(t)] = candidates[best]
+                cover[i, j], prior_of[i, j] = covers[best], candidates[best]
+        # a track is inside at most one blob: the one covering it best
+        inside = (cover >= cfg.merge_min_cover) & (cover == cover.max(axis=1, keepdims=True))
+        out: list[_Observation] = []
+        for j, ob in enumerate(obs):
+            members = [t for i, t in enumerate(tracks) if inside[i, j]]
+            priors = {id(t): prior_of[i, j] for i, t in enumerate(tracks) if inside[i, j]}
             if len(members) < 2:
                 out.append(ob)
                 continue
@@ -592,5 +623,5 @@ class ClassicalTracker(StreamingTracker):
             box = np.array([pxs.min() + x1, pys.min() + y1, pxs.max() + 1 + x1, pys.max() + 1 + y1], np.float32)
             full = np.zeros_like(ob.mask)
             full[y1:y2, x1:x2] = part
-            parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True))
+            parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t))
         return parts
