@@ -61,12 +61,13 @@ def synth(
     seconds: float = typer.Option(8.0, help="Clip length in seconds."),
 ) -> None:
     """Synthesize STVG clips with known tracks, events and queries (HCSTVG-v2 annotations)."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from .synth import SynthConfig, write_synthetic_dataset
 
     cfg = SynthConfig(width=width, height=height, fps=fps, seconds=seconds)
-    with Progress(transient=True) as progress:
+    with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("synthesizing clips", total=num)
         ann = write_synthetic_dataset(out_dir, num=num, seed=seed, config=cfg,
                                       on_clip=lambda _key: progress.advance(task))
