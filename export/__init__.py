@@ -1,11 +1,18 @@
-"""Export toolchain for stvg-edge: the Qwen2.5-VL vision encoder to ONNX / TensorRT, int4 and NF4 language models.
+"""Export toolchain for stvg-edge: the Qwen2.5-VL vision encoder to ONNX / TensorRT, the SAM2/EdgeTAM tracker to
+ONNX, int4 and NF4 language models, and the deployable bundle that holds them.
 
 Imports :mod:`stvgr1_edge`, never the reverse. Modules:
 
-- :mod:`export.vision_onnx` — vision tower -> ONNX with a dynamic number of patches; onnxruntime runner.
+- :mod:`export.vision_onnx` — vision tower -> ONNX with a dynamic number of patches (external weights file for
+  > 1 GiB towers); :class:`~export.vision_onnx.OnnxVisionEncoder`, the onnxruntime runner.
+- :mod:`export.tensorrt` — TensorRT engine from the vision ONNX and :class:`~export.tensorrt.TrtVisionEncoder`,
+  its runner on torch CUDA tensors (needs NVIDIA's ``tensorrt``).
+- :mod:`export.tracker_onnx` — SAM2.1 / EdgeTAM video tracker -> one ONNX graph per hot module, parity checks.
 - :mod:`export.int4` — gpt-fast-style weight-only int4 linears (tinygemm on CUDA), folder save/load.
 - :mod:`export.nf4` — bitsandbytes NF4 folder with the vision tower unquantized (CUDA only).
-- :mod:`export.tensorrt` — TensorRT engine from the vision ONNX (needs NVIDIA's ``tensorrt``).
+- :mod:`export.bundle` — ``stvg-edge export``: writes the bundle folder + ``manifest.json`` with parity numbers
+  (read back by :mod:`stvgr1_edge.bundle`).
+- :mod:`export.cli` — the ``stvg-edge export`` typer command.
 
 Submodules are imported on use, so ``import export`` stays light.
 """

@@ -6,9 +6,12 @@ leaves no half-written bundle. Layout (read back by :mod:`stvgr1_edge.bundle`)::
 
     OUT/
       manifest.json
-      vision_encoder.onnx          vision_encoder.engine (--vision trt)
+      vision_encoder.onnx          (+ vision_encoder.onnx.data: external weights of a large tower)
+      vision_encoder.engine        (--vision trt; + vision_encoder.engine.json)
       llm/                         config + weights (save_pretrained / save_int4 / NF4) + processor files
-      tracker/                     SAM2/EdgeTAM save_pretrained folder + *.onnx graphs + tracker_onnx.json
+      tracker/                     SAM2/EdgeTAM config + processor files, *.onnx graphs, tracker_onnx.json, and
+                                   model.safetensors with only the weights that stay PyTorch (the graphs carry
+                                   the rest)
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class BundleOptions:
     """"onnx": SAM2/EdgeTAM graphs; "trt": the same graphs, run through onnxruntime's TensorRT EP (needs tensorrt)."""
     tracker_model: str | None = None
     """SAM2/EdgeTAM weights (hub id or folder) for ``tracker != "none"``."""
+    vision_external_data: bool | None = None
+    """Write the vision graph's weights to ``vision_encoder.onnx.data``; None: only when over 1 GiB (a 7B tower)."""
     llm: Literal["none", "nf4", "int4"] = "none"
     """"none": an unquantized save_pretrained copy; "int4": gpt-fast weight-only int4; "nf4": bitsandbytes (CUDA)."""
     int4_group_size: int = 128
@@ -186,14 +191,17 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
 
 
 def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage) -> tuple[dict, dict]:
-    from export.vision_onnx import export_vision_encoder
+    from export.vision_onnx import export_vision_encoder, external_data_path
 
     parity: dict[str, Any] = {}
     stage("exporting the vision encoder")
-    onnx_path = export_vision_encoder(model, tmp / "vision_encoder.onnx", dtype=options.vision_dtype)
+    onnx_path = export_vision_encoder(model, tmp / "vision_encoder.onnx", dtype=options.vision_dtype,
+                                      external_data=options.vision_external_data)
     parity["vision"] = vision_parity(model, onnx_path)
     vision_cfg = model.model.visual.config
-    vision = {"onnx": onnx_path.name, "engine": None, "dtype": options.vision_dtype,
+    data_path = external_data_path(onnx_path)
+    vision = {"onnx": onnx_path.name, "onnx_data": data_path.name if data_path.is_file() else None,
+              "engine": None, "dtype": options.vision_dtype,
               "patch_dim": vision_cfg.in_channels * vision_cfg.temporal_patch_size * vision_cfg.patch_size ** 2,
               "out_hidden_size": vision_cfg.out_hidden_size, "spatial_merge_size": vision_cfg.spatial_merge_size}
     if options.vision == "trt":
@@ -202,7 +210,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
         stage("building the TensorRT engine")
         engine = build_vision_engine(onnx_path, tmp / "vision_encoder.engine")
         vision["engine"] = "vision_encoder.engine"
-        vision["engine_info"] = {k: str(v) for k, v in asdict(engine).items()}
+        vision["engine_info"] = {k: str(v) for k, v in asdict(engine).items() if k != "vision_config"}
     llm_dir = tmp / "llm"
     stage(f"writing the language model ({options.llm})")
     text_cfg = getattr(model.config, "text_config", model.config)
@@ -237,8 +245,35 @@ def _export_tracker(options: BundleOptions, tmp: Path) -> tuple[dict, dict]:
 
     folder = tmp / "tracker"
     spec = export_tracker_folder(options.tracker_model, folder)
+    kept = drop_exported_tracker_weights(folder)
     parity = tracker_iou(options.tracker_model, folder, spec.family)
     parity["graph_max_abs_err"] = tracker_parity(load_video_model(options.tracker_model, family=spec.family).model,
                                                  folder)
-    entry = {"folder": "tracker", "runtime": options.tracker, **asdict(spec)}
+    entry = {"folder": "tracker", "runtime": options.tracker, "pytorch_tensors": kept, **asdict(spec)}
     return entry, parity
+
+
+def drop_exported_tracker_weights(folder: Path) -> int:
+    """Rewrite the tracker folder's safetensors without the weights its ONNX graphs carry (the modules in
+    :data:`stvgr1_edge.bundle.TRACKER_EXPORTED_MODULES`), as one ``model.safetensors``; returns the tensors kept."""
+    from safetensors.torch import load_file, save_file
+
+    from stvgr1_edge.bundle import TRACKER_EXPORTED_MODULES
+
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise BadInputError(f"{folder} has no safetensors weights: the tracker save_pretrained step failed")
+    kept: dict[str, torch.Tensor] = {}
+    dropped = 0
+    for shard in shards:
+        for name, tensor in load_file(str(shard)).items():
+            if name.split(".", 1)[0] in TRACKER_EXPORTED_MODULES:
+                dropped += 1
+            else:
+                kept[name] = tensor.contiguous()
+    for shard in shards:
+        shard.unlink()
+    (folder / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_file(kept, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    logger.info("tracker folder: kept %d PyTorch tensors, dropped %d carried by the ONNX graphs", len(kept), dropped)
+    return len(kept)

@@ -21,6 +21,9 @@ def export(
                                                           "TensorRT EP at run time; needs tensorrt)."),
     tracker_model: Optional[str] = typer.Option(None, "--tracker-model",
                                                 help="SAM2.1/EdgeTAM weights: hub ID or folder."),
+    external_data: Optional[bool] = typer.Option(
+        None, "--external-data/--no-external-data",
+        help="Vision graph weights in vision_encoder.onnx.data (default: only when over 1 GiB, e.g. a 7B tower)."),
     llm: str = typer.Option("none", "--llm", help="none (unquantized copy), int4 (weight-only) or nf4 (CUDA)."),
     device: str = typer.Option("cpu", "--device", help="Device used to load the model for export (cpu, cuda)."),
 ) -> None:
@@ -31,7 +34,8 @@ def export(
 
     console = Console(stderr=True)
     options = BundleOptions(model=model, out=out, vision=vision, vision_dtype=vision_dtype, tracker=tracker,
-                            tracker_model=tracker_model, llm=llm, device=device)
+                            tracker_model=tracker_model, llm=llm, device=device,
+                            vision_external_data=external_data)
     with console.status("exporting") as status:
         folder = export_bundle(options, on_stage=lambda s: status.update(s))
     typer.echo(f"wrote bundle {folder}")

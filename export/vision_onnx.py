@@ -34,9 +34,11 @@ Output ``visual_tokens``: (M, out_hidden_size) float32, processor order — the 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -44,7 +46,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from stvgr1_edge.errors import BadInputError, atomic_output, require
+from stvgr1_edge.errors import BadInputError, require
 
 logger = logging.getLogger(__name__)
 
@@ -253,14 +255,34 @@ def _example_inputs(vision_config, grid_thw: Sequence[int]):
     return (pixels, *compute_vision_side_inputs(grid, vision_config).as_tuple())
 
 
+EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
+"""Towers whose weights exceed this are exported with external data (protobuf caps one file at 2 GB; a
+Qwen2.5-VL-7B tower in fp32 is ~2.7 GB)."""
+
+
+def external_data_path(onnx_path: str | os.PathLike) -> Path:
+    """The side file holding the weights of an ONNX file saved with external data: ``<name>.onnx.data``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".data")
+
+
+def _tower_bytes(tower: nn.Module, dtype: str) -> int:
+    bytes_per_weight = 4 if dtype == "fp32" else 2
+    return sum(p.numel() for p in tower.parameters()) * bytes_per_weight
+
+
 def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp32", "fp16"] = "fp32",
-                          example_grid_thw: Sequence[int] = (2, 16, 20)) -> Path:
+                          example_grid_thw: Sequence[int] = (2, 16, 20), external_data: bool | None = None) -> Path:
     """Export ``model``'s vision tower (incl. the patch merger) to ``out_path`` as ONNX with dynamic patches.
 
     Uses the TorchScript exporter (``dynamo=False``, opset 17), which needs no extra package and gives a graph
     whose every size is symbolic; the vision config is stored in the model metadata for
     :class:`OnnxVisionEncoder`. ``example_grid_thw`` only shapes the trace: choose one with more than one window
     per frame and padded windows (the default 16x20 patches gives 2x3 windows, some partial).
+
+    ``external_data``: write the weights to :func:`external_data_path` next to the graph (one side file) instead
+    of inside it; ``None`` (default) does so when the weights exceed :data:`EXTERNAL_DATA_THRESHOLD_BYTES`.
+    Load such a graph by path (``onnx.checker.check_model(path)``, ``onnxruntime.InferenceSession(path)``).
     """
 
     require("onnx", "export", "ONNX export")
@@ -268,6 +290,8 @@ def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp
 
     tower = _vision_tower(model)
     config = tower.config
+    if external_data is None:
+        external_data = _tower_bytes(tower, dtype) > EXTERNAL_DATA_THRESHOLD_BYTES
     graph = vision_encoder_graph(tower, dtype)
     device = next(graph.parameters()).device
     example = tuple(t.to(device) for t in _example_inputs(config, example_grid_thw))
@@ -280,56 +304,105 @@ def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp
         "full_scatter": {0: "num_patches"}, OUTPUT_NAME: {0: "num_merged"},
     }
     out_path = Path(out_path)
-    with atomic_output(out_path, suffix=".onnx") as tmp, torch.no_grad():
-        torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=list(INPUT_NAMES),
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    data_path = external_data_path(out_path)
+    # build in a scratch folder next to the output (the exporter itself spills > 2 GB graphs into one file per
+    # tensor there), then move the data file and the graph into place, the graph last
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as scratch, torch.no_grad():
+        traced = Path(scratch) / "traced.onnx"
+        torch.onnx.export(graph, example, str(traced), dynamo=False, input_names=list(INPUT_NAMES),
                           output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
                           do_constant_folding=True)
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(str(traced))  # pulls in any external data the exporter wrote
         meta = proto.metadata_props.add()
         meta.key, meta.value = METADATA_KEY, json.dumps(config.to_dict(), sort_keys=True, default=str)
         dtype_meta = proto.metadata_props.add()
         dtype_meta.key, dtype_meta.value = "weights_dtype", dtype
-        onnx.save(proto, str(tmp))
-    logger.info("exported vision encoder (%s, %d blocks) to %s", dtype, len(tower.blocks), out_path)
+        final = Path(scratch) / out_path.name
+        if external_data:
+            onnx.save_model(proto, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_path.name, size_threshold=1024)
+            os.replace(Path(scratch) / data_path.name, data_path)
+        else:
+            onnx.save(proto, str(final))
+            data_path.unlink(missing_ok=True)
+        os.replace(final, out_path)
+    logger.info("exported vision encoder (%s, %d blocks%s) to %s", dtype, len(tower.blocks),
+                ", external data" if external_data else "", out_path)
     return out_path
 
 
-class OnnxVisionEncoder:
-    """Runs an exported vision encoder with onnxruntime; a drop-in for ``model.model.get_video_features``."""
+def session_options(intra_op_num_threads: int = 0):
+    """onnxruntime ``SessionOptions`` for the exported graphs: all graph optimizations, errors-only logging and
+    no spinning of idle worker threads (they alternate with PyTorch ops on a small CPU and would starve them).
+    ``intra_op_num_threads`` 0 lets onnxruntime choose (one per physical core)."""
+    ort = require("onnxruntime", "export", "running an exported graph")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(intra_op_num_threads)
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
+
+def split_per_video(tokens: torch.Tensor, grid_thw: torch.Tensor, spatial_merge_size: int,
+                    dtype: torch.dtype | None = None, device: Any = None):
+    """``get_video_features``-style output: ``pooler_output`` is a tuple with one (tokens, hidden) tensor per
+    video (cast to ``dtype`` / moved to ``device`` when given)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    tokens = tokens.to(device=device, dtype=dtype or tokens.dtype)
+    split_sizes = (grid_thw.prod(-1) // spatial_merge_size ** 2).tolist()
+    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=torch.split(tokens, split_sizes))
+
+
+def grid_key(grid_thw) -> tuple[tuple[int, int, int], ...]:
+    """Hashable form of a (videos, 3) grid, the key of the side-input caches."""
+    return tuple(tuple(int(x) for x in row) for row in torch.as_tensor(grid_thw).reshape(-1, 3).tolist())
+
+
+class OnnxVisionEncoder:
+    """Runs an exported vision encoder with onnxruntime; a drop-in for ``model.model.get_video_features``.
+
+    The grid-dependent side inputs are computed once per distinct ``grid_thw`` (LRU of ``cache_size`` grids):
+    a deployment sees few distinct grids, so each call then costs only the pixel copy and the session run.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
+                 intra_op_num_threads: int = 0, cache_size: int = 8) -> None:
         ort = require("onnxruntime", "export", "running the ONNX vision encoder")
         from transformers import Qwen2_5_VLVisionConfig
 
         path = Path(path)
         if not path.is_file():
             raise BadInputError(f"ONNX vision encoder not found: {path}: export one with export_vision_encoder")
-        self.session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+        # by path, so onnxruntime finds an external-data side file next to the graph
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_num_threads),
+                                            providers=list(providers or ["CPUExecutionProvider"]))
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise BadInputError(f"{path} has no {METADATA_KEY!r} metadata: re-export it with export_vision_encoder")
         self.config = Qwen2_5_VLVisionConfig(**json.loads(meta[METADATA_KEY]))
         self.path = path
+        self.side_feed = functools.lru_cache(maxsize=cache_size)(self._side_feed)
+        """``grid key -> {input name: numpy array}`` for the side inputs, cached (see :func:`grid_key`)."""
+
+    def _side_feed(self, key: tuple[tuple[int, int, int], ...]) -> dict[str, Any]:
+        side = compute_vision_side_inputs(torch.tensor(key, dtype=torch.int64), self.config)
+        return {name: t.numpy() for name, t in zip(INPUT_NAMES[1:], side.as_tuple())}
 
     def run_numpy(self, pixel_values, grid_thw) -> Any:
         """(M, out_hidden_size) float32 numpy array of merged visual tokens, processor order."""
         import numpy as np
-        import torch
 
-        side = compute_vision_side_inputs(torch.as_tensor(grid_thw), self.config)
-        pixels = torch.as_tensor(pixel_values).detach().float().cpu().numpy()
-        feed = {"pixel_values": np.ascontiguousarray(pixels)}
-        feed.update({name: t.cpu().numpy() for name, t in zip(INPUT_NAMES[1:], side.as_tuple())})
+        pixels = torch.as_tensor(pixel_values).detach()
+        feed = {"pixel_values": np.ascontiguousarray(pixels.to("cpu", torch.float32).numpy())}
+        feed.update(self.side_feed(grid_key(grid_thw)))
         return self.session.run([OUTPUT_NAME], feed)[0]
 
     def __call__(self, pixel_values, grid_thw, dtype: torch.dtype | None = None, device: Any = None):
         """Like ``get_video_features(pixel_values, grid_thw)``: ``pooler_output`` is a tuple with one
         (tokens, out_hidden_size) tensor per video (cast to ``dtype`` / moved to ``device`` when given)."""
-        import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         grid = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3).cpu()
         tokens = torch.from_numpy(self.run_numpy(pixel_values, grid))
-        tokens = tokens.to(device=device, dtype=dtype or torch.float32)
-        split_sizes = (grid.prod(-1) // self.config.spatial_merge_size ** 2).tolist()
-        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=torch.split(tokens, split_sizes))
+        return split_per_video(tokens, grid, self.config.spatial_merge_size, dtype or torch.float32, device)

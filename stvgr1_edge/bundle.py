@@ -1,14 +1,17 @@
 """Runtime side of a deployable bundle written by ``stvg-edge export``: read its manifest, build onnxruntime-backed
 components.
 
-A bundle folder holds ``manifest.json``, ``vision_encoder.onnx`` (+ ``vision_encoder.engine`` for TensorRT),
-``llm/`` (the language model + processor files: unquantized ``save_pretrained``, int4 or NF4) and, optionally,
-``tracker/`` (a SAM2/EdgeTAM ``save_pretrained`` folder plus its ONNX graphs, see :mod:`export.tracker_onnx`).
+A bundle folder holds ``manifest.json``, ``vision_encoder.onnx`` (+ ``vision_encoder.onnx.data`` when its weights
+are external, + ``vision_encoder.engine`` for TensorRT), ``llm/`` (the language model + processor files:
+unquantized ``save_pretrained``, int4 or NF4) and, optionally, ``tracker/`` (SAM2/EdgeTAM config, processor files
+and only the weights that stay PyTorch, plus its ONNX graphs, see :mod:`export.tracker_onnx`).
 
 What runs where:
 
-- the grounder is a stock :class:`~stvgr1_edge.grounding.Grounder` whose ``vision_encoder`` hook is the ONNX vision
-  tower (onnxruntime; TensorRT EP > CUDA EP > CPU EP, whichever is installed) and whose LLM is the bundle's;
+- the grounder is a stock :class:`~stvgr1_edge.grounding.Grounder` whose ``vision_encoder`` hook is the bundle's
+  TensorRT engine (:class:`export.tensorrt.TrtVisionEncoder`, when the bundle has one) or its ONNX vision tower
+  (onnxruntime; TensorRT EP > CUDA EP > CPU EP, whichever is installed), and whose LLM is the bundle's; the
+  PyTorch vision tower's weights are released (:func:`release_vision_tower`), so only one copy is in memory;
 - the tracker is :class:`OnnxSam2Tracker`: the stock :class:`~stvgr1_edge.tracking.sam2.Sam2Tracker` (same
   detector / ID-manager code) on a model whose image encoder, prompt encoder, mask decoder, memory encoder and (SAM2)
   memory attention are swapped for onnxruntime graphs; the session bookkeeping (and EdgeTAM's spatial
@@ -41,6 +44,9 @@ BUNDLE_FORMAT = "stvg-edge-bundle/1"
 TRACKER_SPEC_FILE = "tracker_onnx.json"
 """Written by :func:`export.tracker_onnx.export_tracker` (same name there)."""
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+TRACKER_EXPORTED_MODULES = ("vision_encoder", "mask_decoder", "memory_encoder", "memory_attention")
+"""Top-level SAM2/EdgeTAM modules whose weights live in the ONNX graphs (not in the tracker folder's safetensors);
+the runtime replaces them (:func:`attach_onnx_tracker`)."""
 
 
 def _import_export(module: str, purpose: str):
@@ -231,9 +237,66 @@ class OnnxSam2Tracker(Sam2Tracker):
 
         folder = Path(folder)
         spec = read_json(folder / TRACKER_SPEC_FILE, what="tracker graph spec")
-        segmenter = load_video_model(str(folder), family=spec["family"], device=device)
+        # the folder holds no weights for the modules the graphs replace: transformers initialises them (and would
+        # warn about it) only for attach_onnx_tracker to drop them right after
+        with _transformers_errors_only():
+            segmenter = load_video_model(str(folder), family=spec["family"], device=device)
         self.spec = attach_onnx_tracker(segmenter.model, folder, providers or available_providers(device))
         super().__init__(segmenter, detector, config, device=device, family=spec["family"])
+
+
+def _transformers_errors_only():
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def scope():
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(previous)
+    return scope()
+
+
+def release_vision_tower(model) -> int:
+    """Free the weights of ``model.model.visual`` (a Qwen2.5-VL) once an external vision encoder replaces it:
+    every parameter becomes an empty tensor (same dtype and device, so ``model.device``/``dtype`` still work)
+    and calling the tower raises. Returns the number of weights freed."""
+    tower = model.model.visual
+    freed = 0
+    for param in tower.parameters():
+        freed += param.numel()
+        param.data = param.data.new_empty(0)
+
+    def released(*_args, **_kwargs):
+        raise RuntimeError("this model's PyTorch vision tower was released for the bundle's exported encoder: "
+                           "call grounder.vision_encoder instead")
+
+    tower.forward = released
+    logger.info("released the PyTorch vision tower (%d weights)", freed)
+    return freed
+
+
+def _check_vision_runtime(root: Path, vision: dict, device: str) -> None:
+    """One-line errors, before any loading, when the bundle's TensorRT engine cannot run here."""
+    if vision.get("engine"):
+        _import_export("tensorrt", "the bundle's TensorRT vision engine").import_tensorrt()  # where to get it
+        if not str(device).startswith("cuda"):
+            raise BadInputError(f"bundle {root} has a TensorRT vision engine, which needs a CUDA GPU: pass "
+                                "--device cuda, or re-export the bundle with --vision onnx")
+
+
+def _vision_encoder(root: Path, vision: dict, device: str, providers: Sequence[str]):
+    """The bundle's TensorRT engine when the manifest names one (needs tensorrt + CUDA), else its ONNX graph."""
+    _check_vision_runtime(root, vision, device)
+    if vision.get("engine"):
+        return _import_export("tensorrt", "the bundle's TensorRT vision engine").TrtVisionEncoder(
+            root / vision["engine"], device=device)
+    return _import_export("vision_onnx", "the bundle's ONNX vision encoder").OnnxVisionEncoder(
+        root / vision["onnx"], providers=providers)
 
 
 # -- the bundle ------------------------------------------------------------------------------------------------
@@ -251,12 +314,14 @@ class Bundle:
         return self.manifest.get("tracker") is not None
 
     def grounder(self, max_new_tokens: int = 1024, dtype: str = "auto", **config_kwargs: Any):
-        """A :class:`Grounder` with the bundle's LLM and its ONNX vision encoder."""
+        """A :class:`Grounder` with the bundle's LLM and its exported vision encoder (TensorRT engine or ONNX);
+        the LLM's own PyTorch vision tower is released."""
         from transformers import AutoProcessor
 
         from .grounding import Grounder, GrounderConfig, resolve_dtype
 
         info = self.manifest["grounder"]
+        _check_vision_runtime(self.root, info["vision"], self.device)  # fail before loading anything
         llm_dir = self.root / info["llm"]
         quant = info["llm_quant"]
         if quant == "int4":
@@ -276,17 +341,17 @@ class Bundle:
         config = GrounderConfig(model=str(llm_dir), device=self.device, dtype=dtype, max_new_tokens=max_new_tokens,
                                 **config_kwargs)
         grounder = Grounder(model, processor, config)
-        encoder = _import_export("vision_onnx", "the bundle's ONNX vision encoder").OnnxVisionEncoder(
-            self.root / info["vision"]["onnx"], providers=self.providers)
-        compute_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+        release_vision_tower(model)  # before the exported encoder loads its copy of the weights
+        encoder = _vision_encoder(self.root, info["vision"], self.device, self.providers)
+        compute_dtype = model.get_input_embeddings().weight.dtype  # the visual tokens join the text embeddings
         device = grounder.device
 
         def vision_encoder(pixel_values, grid_thw):
             return encoder(pixel_values, grid_thw, dtype=compute_dtype, device=device)
 
         grounder.vision_encoder = vision_encoder
-        logger.info("bundle grounder: llm %s (%s), vision %s on %s", llm_dir, quant, info["vision"]["onnx"],
-                    self.providers[0])
+        logger.info("bundle grounder: llm %s (%s), vision %s", llm_dir, quant,
+                    getattr(encoder, "path", info["vision"]["onnx"]))
         return grounder
 
     def tracker(self, detector: Detector, config: Sam2TrackerConfig | None = None) -> OnnxSam2Tracker:
@@ -311,7 +376,9 @@ def load_bundle(folder: str | os.PathLike, device: str = "auto") -> Bundle:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BadInputError(f"{root / MANIFEST} is not a {BUNDLE_FORMAT} manifest: re-export the bundle")
     grounder = manifest.get("grounder") or {}
-    needed = [grounder.get("vision", {}).get("onnx"), grounder.get("llm")]
+    vision = grounder.get("vision", {})
+    needed = [vision.get("onnx"), grounder.get("llm")]
+    needed += [vision[key] for key in ("onnx_data", "engine") if vision.get(key)]
     if manifest.get("tracker"):
         needed.append(manifest["tracker"].get("folder"))
     for rel in needed:

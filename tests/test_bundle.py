@@ -118,6 +118,16 @@ def test_bundle_with_onnx_tracker_runs_and_records_tracker_parity(model_dir, vid
     tracker_parity = manifest["parity"]["tracker"]
     assert tracker_parity["same_ids"] is True and tracker_parity["min_mask_iou"] >= 0.99
     assert max(tracker_parity["graph_max_abs_err"].values()) < 1e-3
+    from safetensors import safe_open
+
+    weights = sorted((folder / "tracker").glob("*.safetensors"))
+    assert [w.name for w in weights] == ["model.safetensors"]
+    with safe_open(str(weights[0]), "pt") as f:
+        kept = list(f.keys())
+    assert len(kept) == manifest["tracker"]["pytorch_tensors"] > 0
+    assert any(k.startswith("prompt_encoder.") for k in kept)  # stays PyTorch (box prompts)
+    assert not [k for k in kept if k.split(".")[0] in ("vision_encoder", "mask_decoder", "memory_encoder",
+                                                        "memory_attention")]  # carried by the graphs
     video, query = video_and_query
     result = _run([str(video), query, "--bundle", str(folder)], tmp_path / "r.json")
     assert result["num_tracks"] >= 1
@@ -135,6 +145,11 @@ def test_bundle_grounder_encodes_video_with_the_onnx_encoder(bundles, model_dir)
     assert bundle.providers[-1] == "CPUExecutionProvider" and not bundle.has_tracker
     grounder = bundle.grounder(max_new_tokens=4)
     assert grounder.vision_encoder is not None
+    tower = grounder.model.model.visual
+    assert sum(p.numel() for p in tower.parameters()) == 0  # released: the ONNX graph holds the only copy
+    assert grounder.model.device.type == "cpu" and grounder.device.type == "cpu"
+    with pytest.raises(RuntimeError, match="released"):
+        tower(torch.zeros(4, 1176), grid_thw=torch.tensor([[1, 2, 2]]))
     reference = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", max_new_tokens=4))
     frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
     clip = PromptedClip(frames=frames, frame_indices=(0, 1, 2, 3), sample_fps=2.0, resized_height=56,
@@ -142,6 +157,25 @@ def test_bundle_grounder_encodes_video_with_the_onnx_encoder(bundles, model_dir)
     got = torch.cat(grounder.encode_video(clip).features.pooler_output)
     want = torch.cat(reference.encode_video(clip).features.pooler_output)
     assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4
+
+
+def test_trt_bundle_without_tensorrt_exits_2_with_one_line(bundles, video_and_query, tmp_path, capsys, monkeypatch):
+    import shutil
+    import sys
+
+    folder = tmp_path / "trt_bundle"
+    shutil.copytree(bundles["none"], folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["grounder"]["vision"]["engine"] = "vision_encoder.engine"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "vision_encoder.engine").write_bytes(b"not an engine")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    video, query = video_and_query
+    capsys.readouterr()
+    rc = main(["run", str(video), query, "--bundle", str(folder), "-o", str(tmp_path / "x.json"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "tensorrt" in err and "NVIDIA" in err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_runtime_module_imports_without_the_export_package():

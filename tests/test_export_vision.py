@@ -92,8 +92,8 @@ def test_wrapper_module_equals_stock_tower(tiny_model, grid):
 
 def test_onnx_graph_passes_checker_with_symbolic_patch_axis(onnx_paths):
     for path in onnx_paths.values():
+        onnx.checker.check_model(str(path))  # by path, as for graphs with external data
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
         inputs = {i.name: i for i in model.graph.input}
         assert list(inputs) == list(INPUT_NAMES)
         assert inputs["pixel_values"].type.tensor_type.shape.dim[0].dim_param == "num_patches"
@@ -152,6 +152,39 @@ def test_runtime_refuses_an_onnx_file_without_vision_metadata(onnx_paths, tmp_pa
         OnnxVisionEncoder(tmp_path / "missing.onnx")
 
 
+def test_large_graphs_write_external_data_loaded_by_path(tiny_model, tmp_path, monkeypatch):
+    import export.vision_onnx as vision_onnx
+
+    path = tmp_path / "vision.onnx"
+    monkeypatch.setattr(vision_onnx, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # the tiny tower counts as "large"
+    export_vision_encoder(tiny_model, path)
+    data = vision_onnx.external_data_path(path)
+    assert data.name == "vision.onnx.data" and data.is_file()
+    tower_bytes = 4 * sum(p.numel() for p in tiny_model.model.visual.parameters())
+    assert data.stat().st_size >= 0.9 * tower_bytes and path.stat().st_size < 0.1 * tower_bytes
+    onnx.checker.check_model(str(path))  # by path: the checker follows the side file
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["vision.onnx", "vision.onnx.data"]  # no scratch left
+    grid = GRIDS[0]
+    pixels = _pixels(grid)
+    tokens = OnnxVisionEncoder(path)(pixels, torch.tensor([grid])).pooler_output[0]
+    assert (tokens - _stock(tiny_model, pixels, [grid])).abs().max().item() < 1e-4
+    export_vision_encoder(tiny_model, path, external_data=False)  # forced inline: the stale side file goes
+    assert not data.exists() and path.stat().st_size >= 0.9 * tower_bytes
+
+
+def test_runtime_session_options_and_side_inputs_cached_per_grid(onnx_paths):
+    encoder = OnnxVisionEncoder(onnx_paths["fp32"], intra_op_num_threads=1)
+    options = encoder.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    first = encoder(_pixels(GRIDS[1]), torch.tensor([GRIDS[1]])).pooler_output[0]
+    again = encoder(_pixels(GRIDS[1]), torch.tensor([GRIDS[1]])).pooler_output[0]
+    encoder(_pixels(GRIDS[0]), torch.tensor([GRIDS[0]]))
+    info = encoder.side_feed.cache_info()
+    assert (info.hits, info.misses, info.currsize) == (1, 2, 2)
+    assert torch.equal(first, again)
+
+
 # ------------------------------------------------------------------------------------------------ TensorRT
 def test_tensorrt_missing_gives_one_line_saying_it_comes_from_nvidia(monkeypatch, onnx_paths, tmp_path):
     from export.tensorrt import build_vision_engine
@@ -186,3 +219,24 @@ def test_tensorrt_engine_builds_with_metadata(onnx_paths, tmp_path):
     assert engine.stat().st_size > 0 and (tmp_path / "vision_fp16.timing-cache").is_file()
     assert info.tensorrt_version and info.profile["pixel_values"][2] == [512, 1176]
     assert (tmp_path / "vision_fp16.engine.json").is_file()
+
+
+def test_tensorrt_runtime_matches_onnxruntime(tiny_model, onnx_paths, tmp_path):
+    pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from export.tensorrt import TrtVisionEncoder, VisionEngineProfile, build_vision_engine
+
+    engine = tmp_path / "vision_fp32.engine"
+    build_vision_engine(onnx_paths["fp32"], engine,
+                        VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 16, 20), max_grid=(3, 16, 28)))
+    runner = TrtVisionEncoder(engine)
+    grids = [(2, 16, 20), (1, 8, 8)]
+    pixels = torch.cat([_pixels(grids[0], seed=2), _pixels(grids[1], seed=3)])
+    got = runner(pixels, torch.tensor(grids), device="cpu").pooler_output
+    want = OnnxVisionEncoder(onnx_paths["fp32"])(pixels, torch.tensor(grids)).pooler_output
+    assert [t.shape for t in got] == [t.shape for t in want] and got[0].dtype == torch.float32
+    for ours, reference in zip(got, want):
+        assert (ours - reference).abs().max().item() < 1e-3
+    with pytest.raises(BadInputError, match="profile"):
+        runner(_pixels((4, 16, 16)), torch.tensor([(4, 16, 16)]))
