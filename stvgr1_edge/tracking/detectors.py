@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError, MissingDependencyError, MissingWeightsError, require
+from ..hub import hub_source
 from .base import Detections, Detector
 
 logger = logging.getLogger(__name__)
@@ -110,16 +111,18 @@ def load_detector(spec: str, device: str = "cpu", text_prompt: str | None = None
     if is_path and not path.is_dir():
         raise MissingWeightsError(f"detector folder not found: {spec}: pass a folder saved with save_pretrained, "
                                   f"a hub id (e.g. {DEFAULT_DETECTOR}) or 'classical'")
-    source = str(path) if path.is_dir() else spec
+    source, local = str(path), True
+    if not path.is_dir():
+        source, local = hub_source(spec, f"download it with  huggingface-cli download {spec}  or pass a local folder")
     try:
-        config = transformers.AutoConfig.from_pretrained(source)
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
         open_vocabulary = config.model_type in OPEN_VOCABULARY_TYPES
         if open_vocabulary:
-            model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(source)
-            processor = transformers.AutoProcessor.from_pretrained(source)
+            model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(source, local_files_only=local)
+            processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=local)
         else:
-            model = transformers.AutoModelForObjectDetection.from_pretrained(source)
-            processor = transformers.AutoImageProcessor.from_pretrained(source)
+            model = transformers.AutoModelForObjectDetection.from_pretrained(source, local_files_only=local)
+            processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingWeightsError, require
+from ..hub import hub_source
 from ..masks import mask_to_box, mask_to_rle
 from ..tracks import TrackSet
 from ..video import Frame, VideoInfo
@@ -87,9 +88,12 @@ def load_video_model(spec: str, family: str = "sam2", device: str = "cpu", dtype
         raise MissingWeightsError(f"{family} model folder not found: {spec}: pass a folder saved with save_pretrained "
                                   f"or a hub id (e.g. {DEFAULT_CHECKPOINTS[family]})")
     dtype = dtype if dtype is not None else torch.float32
+    source, local_only = str(path), True
+    if not path.is_dir():
+        source, local_only = hub_source(spec, f"download it with  huggingface-cli download {spec}  or pass a local folder")
     try:
-        processor = transformers.Sam2VideoProcessor.from_pretrained(str(path) if path.is_dir() else spec)
-        model = model_cls.from_pretrained(str(path) if path.is_dir() else spec, dtype=dtype)
+        processor = transformers.Sam2VideoProcessor.from_pretrained(source, local_files_only=local_only)
+        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(
