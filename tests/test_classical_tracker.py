@@ -208,3 +208,18 @@ def test_object_that_vanishes_briefly_and_returns_in_another_colour_keeps_its_id
     # the colour-free re-link near the prediction is what keeps it: without it the blue object is new
     ts_strict = _track(images, ClassicalTrackerConfig(relink_appearance_free_distance=0.0))
     assert ts_strict.ids == [1, 2]
+
+
+def test_same_coloured_objects_crossing_are_told_apart_by_shape():
+    # Same colour: only their shapes (sizes) and motion say which part of the merged blob is which.
+    n = 40
+    big = ((220, 30, 30), 22, lambda f: (4 + 3.0 * f, 40))
+    small = ((220, 30, 30), 12, lambda f: (144 - 3.0 * f, 50))  # drawn in front
+    ts = _track(_frames([big, small], n))
+    assert ts.ids == [1, 2]
+    left = next(tid for tid in ts.ids if _centre_x(ts, tid, 2) < W / 2)
+    right = 3 - left
+    assert _centre_x(ts, left, n - 2) > W / 2 and _centre_x(ts, right, n - 2) < W / 2  # no swap
+    for frame in (2, n - 2):  # each ID keeps its object's size before and after the crossing
+        assert ts.tracks[left].box_at(frame)[2] - ts.tracks[left].box_at(frame)[0] == 22
+        assert ts.tracks[right].box_at(frame)[2] - ts.tracks[right].box_at(frame)[0] == 12

@@ -13,9 +13,14 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
 2. split merged blobs: a detection that covers most of the predicted boxes of two or more tracks, or
    of where they were last seen (they may have stopped, turned, or vanished into it; a lost one only if
    the blob has room for it), and is the detection covering each of them best, is divided pixel by
-   pixel between them by colour (histogram back-projection) and a box-shaped position prior; a part
-   too small to be the object means it is hidden, and its track coasts. Each part goes to the track it
-   was cut out for; split parts never change a track's size, colour or velocity model;
+   pixel between them. Each member's last unsplit mask (its shape) is slid over the blob near its
+   prior position (template matching: blob pixels of its colour for, pixels off the blob against), the
+   best fitting member first; pixels a placed shape explains are no evidence for the next, so two
+   same-coloured objects do not land on the same pixels. A pixel then goes to the member whose placed
+   shape covers it (colour likelihood, i.e. histogram back-projection, decides where shapes overlap),
+   else to the nearest shape; a part too small to be the object means it is hidden, and its track
+   coasts. Each part goes to the track it was cut out for; split parts never change a track's size,
+   colour, shape or velocity model;
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
    where the track was predicted, or where track and detection are each other's nearest, so blinking
@@ -26,8 +31,8 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
 5. start tentative tracks from the rest. A tentative track gets the next ID (from 1, never reused)
    after ``min_hits`` consecutive detections, unless it turns out to be a lost track coming back.
 
-Memory is bounded: per live track a few numbers and a histogram; output masks are stored as COCO RLE
-in the ``TrackSet`` at the video's native size. The only frames held are the first
+Memory is bounded: per live track a few numbers, a histogram and its last mask crop; output masks are
+stored as COCO RLE in the ``TrackSet`` at the video's native size. The only frames held are the first
 ``background_frames`` tracked frames (at the processing size) while the background is being estimated;
 tracking of those frames waits until then.
 """
@@ -244,6 +249,9 @@ class ClassicalTrackerConfig(TrackerConfig):
     """... and, if one of them was lost, its area exceeds the largest one's by this fraction of the second one's."""
     min_visible_fraction: float = 0.2
     """After splitting a merge, a part smaller than this fraction of its track's usual area counts as hidden."""
+    split_search_fraction: float = 0.35
+    """When splitting a merge, each member's last seen shape is slid over the blob up to this fraction of
+    its size (plus its speed) around its prior position to find where it is (template matching)."""
 
 
 @dataclass(eq=False)
@@ -268,6 +276,8 @@ class _TrackState:
     hits: int = 1
     track_id: int | None = None
     pending: list = field(default_factory=list)
+    shape: np.ndarray | None = None
+    """The mask of the last unsplit detection, cropped to its box (the object's shape, for splitting merges)."""
 
     def predict(self, frame: int, max_predict_frames: float) -> np.ndarray:
         dt = min(frame - self.last_frame, max_predict_frames)
@@ -300,6 +310,12 @@ def _shift_to_cover(box: np.ndarray, part: np.ndarray) -> np.ndarray:
         elif part[hi] > shifted[hi] and part[lo] >= shifted[lo]:
             shifted[[lo, hi]] += part[hi] - shifted[hi]
     return shifted
+
+
+def _crop(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``mask`` cropped to the integer pixel box covering ``box``."""
+    x1, y1 = int(box[0]), int(box[1])
+    return mask[y1:int(math.ceil(box[3])), x1:int(math.ceil(box[2]))].copy()
 
 
 def _hsv_bins(image_rgb: np.ndarray) -> np.ndarray:
@@ -429,7 +445,7 @@ class ClassicalTracker(StreamingTracker):
             matched_tracks.add(id(track))
         for ob in free_obs:
             self._tracks.append(_TrackState(ob.box, np.zeros(2, np.float32), ob.hist, ob.area, f,
-                                            pending=[self._record(ob, f)]))
+                                            pending=[self._record(ob, f)], shape=_crop(ob.mask, ob.box)))
             matched_tracks.add(id(self._tracks[-1]))
 
         survivors = []
@@ -468,6 +484,7 @@ class ClassicalTracker(StreamingTracker):
             track.box = _shift_to_cover(track.predict(frame, self._max_predict_frames), ob.box)
         else:
             track.box = ob.box
+            track.shape = _crop(ob.mask, ob.box)
         track.last_frame = frame
         track.hits += 1
         record = self._record(ob, frame)
@@ -595,21 +612,61 @@ class ClassicalTracker(StreamingTracker):
             out.extend(self._split(ob, members, priors, bins))
         return out
 
-    def _split(self, ob: _Observation, members: list[_TrackState], preds: dict, bins: np.ndarray) -> list[_Observation]:
+    def _split(self, ob: _Observation, members: list[_TrackState], priors: dict, bins: np.ndarray) -> list[_Observation]:
+        """Divide one blob's pixels between the tracks inside it.
+
+        Each member's last seen shape is placed where it fits the blob best near its prior box (template
+        matching: blob pixels of the member's colour count for it, pixels off the blob against it). A blob
+        pixel goes to the member whose placed shape covers it (colour decides where shapes overlap), else
+        to the nearest placed shape.
+        """
+        import cv2
+
         x1, y1 = int(ob.box[0]), int(ob.box[1])
         x2, y2 = int(math.ceil(ob.box[2])), int(math.ceil(ob.box[3]))
         crop_mask = ob.mask[y1:y2, x1:x2]
         crop_bins = bins[y1:y2, x1:x2]
         ys, xs = np.mgrid[y1:y2, x1:x2]
+        # place the shapes one by one, best fitting (the least hidden) first; blob pixels a placed shape
+        # explains are no evidence for the next (same-coloured objects must not land on the same pixels)
+        claimed = np.zeros_like(ob.mask)
+        placements: dict[int, tuple[int, int] | None] = {}
+        unplaced = list(members)
+        while unplaced:
+            fits = [self._place_shape(t, priors[id(t)], ob.mask, claimed, bins) for t in unplaced]
+            best = int(np.argmax([-np.inf if fit is None else fit[1] for fit in fits]))
+            t, fit = unplaced.pop(best), fits[best]
+            placements[id(t)] = None if fit is None else fit[0]
+            if fit is not None:
+                (px, py), th, tw = fit[0], *t.shape.shape
+                fx0, fy0 = max(px, 0), max(py, 0)
+                fx1, fy1 = min(px + tw, claimed.shape[1]), min(py + th, claimed.shape[0])
+                if fx1 > fx0 and fy1 > fy0:
+                    claimed[fy0:fy1, fx0:fx1] |= t.shape[fy0 - py:fy1 - py, fx0 - px:fx1 - px]
         scores = []
         for t in members:
-            p = preds[id(t)]
-            cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
-            sx, sy = max((p[2] - p[0]) / 2, 1.0), max((p[3] - p[1]) / 2, 1.0)
-            # box-shaped prior: 1 inside the predicted box, decaying outside; a hair less far from the centre
-            d = np.maximum(np.abs(xs + 0.5 - cx) / sx, np.abs(ys + 0.5 - cy) / sy)
-            spatial = np.where(d <= 1, 1.0 - 1e-3 * d, np.exp(-3.0 * (d - 1)))
             colour = t.hist[crop_bins] / max(float(t.hist.max()), 1e-6)
+            placed = placements[id(t)]
+            if placed is None:  # no shape: a box-shaped prior at the prior box
+                p = priors[id(t)]
+                cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
+                sx, sy = max((p[2] - p[0]) / 2, 1.0), max((p[3] - p[1]) / 2, 1.0)
+                d = np.maximum(np.abs(xs + 0.5 - cx) / sx, np.abs(ys + 0.5 - cy) / sy)
+                spatial = np.where(d <= 1, 1.0 - 1e-3 * d, np.exp(-3.0 * (d - 1)))
+            else:
+                px, py = placed
+                th, tw = t.shape.shape
+                inside = np.zeros((y2 - y1, x2 - x1), np.uint8)
+                ax1, ay1, ax2, ay2 = max(px, x1), max(py, y1), min(px + tw, x2), min(py + th, y2)
+                if ax2 > ax1 and ay2 > ay1:
+                    inside[ay1 - y1:ay2 - y1, ax1 - x1:ax2 - x1] = t.shape[ay1 - py:ay2 - py, ax1 - px:ax2 - px]
+                if inside.any():
+                    gap = cv2.distanceTransform((1 - inside).astype(np.uint8), cv2.DIST_L2, 3)
+                else:
+                    gap = np.hypot(np.maximum(np.maximum(px - xs, xs - (px + tw)), 0), np.maximum(np.maximum(py - ys, ys - (py + th)), 0))
+                radius = max(min(th, tw) / 2, 1.0)
+                centre_d = np.hypot(xs + 0.5 - (px + tw / 2), ys + 0.5 - (py + th / 2)) / radius
+                spatial = np.where(inside > 0, 1.0 - 1e-3 * centre_d, np.exp(-3.0 * gap / radius))
             scores.append((colour + 0.05) * spatial)
         scores = np.stack(scores)
         owner = scores.argmax(axis=0)
@@ -625,3 +682,37 @@ class ClassicalTracker(StreamingTracker):
             full[y1:y2, x1:x2] = part
             parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t))
         return parts
+
+    def _place_shape(self, track: _TrackState, prior: np.ndarray, blob: np.ndarray, claimed: np.ndarray,
+                     bins: np.ndarray) -> tuple[tuple[int, int], float] | None:
+        """Top-left corner (x, y) where ``track``'s last seen shape fits ``blob`` best, searching around the
+        centre of ``prior``, and the fit per shape pixel; None if the track has no shape. Blob pixels in
+        ``claimed`` (explained by another object) count as neither for nor against."""
+        import cv2
+
+        shape = track.shape
+        if shape is None or shape.size == 0 or not shape.any():
+            return None
+        th, tw = shape.shape
+        speed = float(np.hypot(*track.velocity))
+        radius = int(math.ceil(self.config.split_search_fraction * max(th, tw) + speed))
+        cx, cy = (prior[0] + prior[2]) / 2, (prior[1] + prior[3]) / 2
+        px0, py0 = int(round(cx - tw / 2)), int(round(cy - th / 2))
+        # evidence image around the search window: + for blob pixels (more for the track's colour),
+        # - for pixels off the blob, 0 outside the frame (the object may be partly out of view)
+        rx0, ry0 = px0 - radius, py0 - radius
+        rw, rh = tw + 2 * radius, th + 2 * radius
+        evidence = np.zeros((rh, rw), np.float32)
+        height, width = blob.shape
+        fx0, fy0, fx1, fy1 = max(rx0, 0), max(ry0, 0), min(rx0 + rw, width), min(ry0 + rh, height)
+        if fx1 <= fx0 or fy1 <= fy0:
+            return (px0, py0), 0.0
+        sub_blob = blob[fy0:fy1, fx0:fx1]
+        colour = track.hist[bins[fy0:fy1, fx0:fx1]] / max(float(track.hist.max()), 1e-6)
+        support = np.where(claimed[fy0:fy1, fx0:fx1], 0.0, 0.5 + 0.5 * np.minimum(colour, 1.0))
+        evidence[fy0 - ry0:fy1 - ry0, fx0 - rx0:fx1 - rx0] = np.where(sub_blob, support, -1.0)
+        fit = cv2.matchTemplate(evidence, shape.astype(np.float32), cv2.TM_CCORR)  # (2r+1, 2r+1)
+        oy, ox = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        fit = fit - 0.25 * float(shape.sum()) * ((ox ** 2 + oy ** 2) / max(radius, 1) ** 2)  # stay near the prior
+        dy, dx = np.unravel_index(int(np.argmax(fit)), fit.shape)
+        return (px0 + int(dx) - radius, py0 + int(dy) - radius), float(fit[dy, dx]) / float(shape.sum())
