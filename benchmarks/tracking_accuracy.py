@@ -3,7 +3,8 @@
 Each clip is synthesized from a seed (``stvgr1_edge.synth``), encoded to H.264 like a real video,
 tracked by :class:`ClassicalTracker`, and compared with the clip's GT tracks: IDF1, MOTA and ID
 switches per clip (motmetrics; a hypothesis box matches a GT box at IoU >= 0.5). The tracker is developed
-on seeds 0-999 only; the held-out ranges (1000-1009, 2000-2019) are run once per tracker version.
+on seeds 0-999 only; the held-out ranges (1000-1009, 2000-2019, 3000-3019, 4000-4019) are run once per
+tracker version.
 
     python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results]
 

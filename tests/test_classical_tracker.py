@@ -223,3 +223,37 @@ def test_same_coloured_objects_crossing_are_told_apart_by_shape():
     for frame in (2, n - 2):  # each ID keeps its object's size before and after the crossing
         assert ts.tracks[left].box_at(frame)[2] - ts.tracks[left].box_at(frame)[0] == 22
         assert ts.tracks[right].box_at(frame)[2] - ts.tracks[right].box_at(frame)[0] == 12
+
+
+def test_differently_coloured_objects_touching_when_they_appear_get_their_own_ids():
+    n = 30
+    red = ((220, 30, 30), 14, lambda f: (60 - 2.0 * f, 50))  # touching the blue one at frame 0
+    blue = ((30, 80, 220), 14, lambda f: (74 + 2.0 * f, 50))
+    ts = _track(_frames([red, blue], n))
+    assert ts.ids == [1, 2]
+    for tid in ts.ids:
+        assert ts.tracks[tid].frames[0] == 0  # split from the first frame on, not after they part
+    left = min(ts.ids, key=lambda tid: _centre_x(ts, tid, 0))
+    assert ts.tracks[left].box_at(0) == [60.0, 50.0, 74.0, 64.0]
+    assert ts.tracks[3 - left].box_at(0) == [74.0, 50.0, 88.0, 64.0]
+    assert _centre_x(ts, left, n - 1) < _centre_x(ts, 3 - left, n - 1)
+
+
+def test_two_colour_split_needs_distinct_colours_and_compact_parts():
+    tracker = ClassicalTracker()
+    image = np.full((40, 40, 3), 200, np.uint8)
+    image[10:20, 10:30] = (220, 30, 30)
+    image[20:30, 10:30] = (30, 80, 220)
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    from stvgr1_edge.tracking.classical import _Observation
+
+    ob = _Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
+    parts = tracker._colour_parts(ob, image)
+    assert sorted(int(p.sum()) for p in parts) == [200, 200]
+    assert {tuple(np.argwhere(p).min(axis=0)) for p in parts} == {(10, 10), (20, 10)}
+    image[20:30, 10:30] = (220, 40, 40)  # the same red, a shade apart: one object
+    assert tracker._colour_parts(ob, image) == []
+    image[10:30, 10:30] = (220, 30, 30)
+    image[10:30:2, 10:30] = (30, 80, 220)  # stripes: two colours, but not two compact objects
+    assert tracker._colour_parts(ob, image) == []

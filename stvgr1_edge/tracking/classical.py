@@ -21,6 +21,9 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    else to the nearest shape; a part too small to be the object means it is hidden, and its track
    coasts. Each part goes to the track it was cut out for; split parts never change a track's size,
    colour, shape or velocity model;
+   then split blobs by colour: a blob that no recently seen track already looks like (the whole blob)
+   and that holds two or three clearly different saturated colours, each a compact piece, is divided
+   into one detection per colour (2-means in Lab; objects touching when they first appear);
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
    where the track was predicted, or where track and detection are each other's nearest, so blinking
@@ -252,6 +255,17 @@ class ClassicalTrackerConfig(TrackerConfig):
     split_search_fraction: float = 0.35
     """When splitting a merge, each member's last seen shape is slid over the blob up to this fraction of
     its size (plus its speed) around its prior position to find where it is (template matching)."""
+    colour_split: bool = True
+    """Split a blob no track explains that holds two or three clearly different saturated colours (objects
+    that touch when they first appear) into one detection per colour, by 2-means clustering in Lab."""
+    colour_split_min_chroma: float = 25.0
+    """Pixels with Lab chroma (OpenCV 8-bit a, b) below this are not colour evidence (floor, dark, edges)."""
+    colour_split_min_share: float = 0.2
+    """Each colour must cover at least this share of the blob's coloured pixels ..."""
+    colour_split_min_distance: float = 30.0
+    """... and the colours' Lab centres (OpenCV 8-bit units) must be at least this far apart ..."""
+    colour_split_min_compactness: float = 0.8
+    """... and each colour's largest connected piece must hold this share of it (objects, not texture)."""
 
 
 @dataclass(eq=False)
@@ -333,6 +347,24 @@ def _hsv_bins(image_rgb: np.ndarray) -> np.ndarray:
 def _colour_hist(bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
     hist = np.bincount(bins[mask], minlength=int(np.prod(_HIST_BINS))).astype(np.float32)
     return hist / max(hist.sum(), 1.0)
+
+
+def _two_means(points: np.ndarray, min_distance: float, iterations: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+    """Indices of the two clusters of ``points`` (N, 3) by 2-means seeded with the two farthest-apart
+    extremes (deterministic), or None if the cluster centres end up closer than ``min_distance``."""
+    if len(points) < 2:
+        return None
+    a = points[np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1))]
+    b = points[np.argmax(np.linalg.norm(points - a, axis=1))]
+    centres = np.stack([a, b])
+    for _ in range(iterations):
+        nearest = np.linalg.norm(points[:, None] - centres[None], axis=2).argmin(axis=1)
+        if nearest.min() == nearest.max():
+            return None
+        centres = np.stack([points[nearest == k].mean(axis=0) for k in range(2)])
+    if np.linalg.norm(centres[0] - centres[1]) < min_distance:
+        return None
+    return np.nonzero(nearest == 0)[0], np.nonzero(nearest == 1)[0]
 
 
 def _hist_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -429,6 +461,8 @@ class ClassicalTracker(StreamingTracker):
         preds = {id(t): t.predict(f, self._max_predict_frames) for t in self._tracks}
 
         obs = self._split_merged(obs, [t for t in self._tracks if t.track_id is not None], preds, bins, f)
+        if cfg.colour_split:
+            obs = self._split_by_colour(obs, frame.image, bins, [t for t in recent if t.track_id is not None], preds)
 
         # 1. recently seen (and tentative) tracks <-> detections
         matches, free_obs = self._assign(recent, obs, preds, gate=cfg.match_gate,
@@ -681,6 +715,78 @@ class ClassicalTracker(StreamingTracker):
             full = np.zeros_like(ob.mask)
             full[y1:y2, x1:x2] = part
             parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t))
+        return parts
+
+    def _split_by_colour(self, obs: list[_Observation], image: np.ndarray, bins: np.ndarray,
+                         tracks: list[_TrackState], preds: dict) -> list[_Observation]:
+        """Split each blob that no track has been seeing whole and that holds several clearly different
+        colours into one observation per colour (objects touching when they first appear)."""
+        out = []
+        for ob in obs:
+            if ob.owner is not None or any(
+                    box_iou_matrix(preds[id(t)][None], ob.box[None])[0, 0] >= 0.5
+                    and _hist_distance(t.hist, ob.hist) <= 0.3 for t in tracks):
+                out.append(ob)  # a split part, or a (multi-coloured) object a track already follows
+                continue
+            parts = self._colour_parts(ob, image)
+            if len(parts) < 2:
+                out.append(ob)
+                continue
+            logger.debug("split a %d-colour blob at %s", len(parts), ob.box.tolist())
+            for part in parts:
+                pys, pxs = np.nonzero(part)
+                box = np.array([pxs.min(), pys.min(), pxs.max() + 1, pys.max() + 1], np.float32)
+                out.append(_Observation(box, part, _colour_hist(bins, part), float(part.sum())))
+        return out
+
+    def _colour_parts(self, ob: _Observation, image: np.ndarray) -> list[np.ndarray]:
+        """Full-frame masks of ``ob``'s colour parts (2 or 3), or [] if it is one colour (or not compact)."""
+        import cv2
+        from scipy import ndimage
+
+        cfg = self.config
+        x1, y1 = int(ob.box[0]), int(ob.box[1])
+        x2, y2 = int(math.ceil(ob.box[2])), int(math.ceil(ob.box[3]))
+        blob = ob.mask[y1:y2, x1:x2]
+        lab = cv2.cvtColor(np.ascontiguousarray(image[y1:y2, x1:x2]), cv2.COLOR_RGB2LAB).astype(np.float32)
+        chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+        coloured = blob & (chroma >= cfg.colour_split_min_chroma)
+        n = int(coloured.sum())
+        if n < 0.5 * blob.sum():
+            return []
+        pixels = lab[coloured]
+        groups = [np.arange(n)]
+        for _ in range(2):  # up to three colours: split the groups once more
+            new_groups = []
+            for g in groups:
+                halves = _two_means(pixels[g], cfg.colour_split_min_distance)
+                if halves is not None and all(len(h) >= cfg.colour_split_min_share * n for h in halves):
+                    new_groups.extend(g[h] for h in halves)
+                else:
+                    new_groups.append(g)
+            if len(new_groups) == len(groups):
+                break
+            groups = new_groups
+        if len(groups) < 2:
+            return []
+        labels = np.zeros(blob.shape, np.int32)  # 0: not yet assigned
+        cy, cx = np.nonzero(coloured)
+        for k, g in enumerate(groups, start=1):
+            labels[cy[g], cx[g]] = k
+        # uncoloured blob pixels (outlines, dark or faded parts) go to the nearest coloured one
+        _, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        labels = np.where(blob, labels[iy, ix], 0)
+        min_area = self.detector.config.min_area_fraction * image.shape[0] * image.shape[1]
+        parts = []
+        for k in range(1, len(groups) + 1):
+            part = labels == k
+            count, cc = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
+            largest = max(np.bincount(cc[part]).tolist()) if part.any() else 0
+            if part.sum() < min_area or largest < cfg.colour_split_min_compactness * part.sum():
+                return []
+            full = np.zeros_like(ob.mask)
+            full[y1:y2, x1:x2] = part
+            parts.append(full)
         return parts
 
     def _place_shape(self, track: _TrackState, prior: np.ndarray, blob: np.ndarray, claimed: np.ndarray,
