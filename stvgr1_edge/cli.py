@@ -38,6 +38,7 @@ def _quiet_third_party() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its HTTP retry chatter
     if "transformers" in sys.modules:  # already imported (e.g. main() called in-process): tell it directly
         from transformers.utils import logging as hf_logging
 
@@ -263,6 +264,36 @@ def export_cmd(ctx: typer.Context) -> None:
     code = export_app(args=list(ctx.args), prog_name="stvg-edge export", standalone_mode=False)
     if isinstance(code, int) and code:
         raise typer.Exit(code)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("stvg_demo"), "--out", "-o", help="Folder for the clip, result.json and result.mp4."),
+    seed: int = typer.Option(5000, "--seed", "-s", help="Synthetic clip seed (5000+ were never trained on)."),
+    model: str = typer.Option("nano", "--model", help="Grounding model (default: the packaged nano model)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Synthesize a clip, ground its query with the packaged nano model, print the answer next to the truth."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .demo import DemoConfig, run_demo
+
+    console = Console()
+    with Console(stderr=True).status("synthesizing, tracking and grounding"):
+        r = run_demo(DemoConfig(out_dir=str(out), seed=seed, model=model, device=device))
+    span = f"{r.answer_start_s:.2f} – {r.answer_end_s:.2f}" if r.answer_start_s is not None else "—"
+    table = Table(title=f"query: {r.query}")
+    for col in ("", "target ID (tracker)", "time range (s)"):
+        table.add_column(col)
+    table.add_row("answer", ", ".join(map(str, r.answer_ids)) or "—", span)
+    table.add_row("ground truth", "—" if r.gt_tracker_id is None else str(r.gt_tracker_id),
+                  f"{r.gt_start_s:.2f} – {r.gt_end_s:.2f}")
+    console.print(table)
+    console.print(f"model text: {r.answer_text!r}")
+    console.print(f"tIoU {r.tiou:.2f}, vIoU {r.viou:.2f}, ID {'correct' if r.id_correct else 'wrong'}")
+    console.print(f"wrote {r.result_json} and {r.result_mp4}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

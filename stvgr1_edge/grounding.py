@@ -24,7 +24,6 @@ prefill is the time to the first generated token, decode the rest.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from .clip import PromptedClip
 from .errors import BadInputError, MissingWeightsError, read_json, require
+from .hub import hub_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -51,7 +51,8 @@ class GrounderConfig:
     """How to load and run the grounding VLM. Defaults reproduce the STVG-R1 evaluation."""
 
     model: str = DEFAULT_MODEL
-    """Hub id or local folder of a Qwen2.5-VL checkpoint (config.json + weights + processor files)."""
+    """Hub id or local folder of a Qwen2.5-VL checkpoint (config.json + weights + processor files), or "nano"
+    (the small model shipped in the package, trained on synthetic clips)."""
     device: str = "auto"
     """"auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -152,14 +153,33 @@ def nf4_quantization_config(compute_dtype: "torch.dtype"):
                               bnb_4bit_use_double_quant=False, llm_int8_skip_modules=["model.visual", "lm_head"])
 
 
+NANO_MODEL = "nano"
+"""Name of the small grounding model shipped inside the package (trained on synthetic clips by
+``train/recipes/nano``): works offline, for demos and pipeline checks, not for real footage."""
+
+
+def packaged_model_dir(name: str = NANO_MODEL) -> Path:
+    """Folder of a model shipped inside the package (``stvgr1_edge/models/<name>``)."""
+    return Path(__file__).resolve().parent / "models" / name
+
+
+def _how_to_get(model: str) -> str:
+    return (f"download it with  huggingface-cli download {model}  (or --local-dir DIR and pass --model DIR); "
+            f"offline, try the packaged demo model with --model nano")
+
+
 def _missing_weights_message(model: str) -> str:
-    return (f"grounding model {model!r} is not available locally: download it with  "
-            f"huggingface-cli download {model}  "
-            f"(or --local-dir DIR and pass --model DIR)")
+    return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
 
 
 def _resolve_model_source(model: str) -> tuple[str, bool]:
-    """``(source, local_files_only)``; checks a local folder holds a model before loading it."""
+    """``(source, local_files_only)``; checks a local folder holds a model before loading it.
+    ``"nano"`` is the model shipped in the package (:func:`packaged_model_dir`)."""
+    if model == NANO_MODEL and not (Path(model) / "config.json").exists():  # a local ./nano model folder wins
+        model = str(packaged_model_dir())
+        if not (Path(model) / "model.safetensors").exists():
+            raise MissingWeightsError(f"the packaged nano model is missing from {model}: reinstall stvg-edge "
+                                      f"(its wheel ships stvgr1_edge/models/nano)")
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -177,8 +197,8 @@ def _resolve_model_source(model: str) -> tuple[str, bool]:
     if not _HUB_ID.match(model):
         raise MissingWeightsError(f"model folder not found: {model}: pass an existing folder or a hub id "
                                   f"such as {DEFAULT_MODEL}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
-    return model, offline
+    # cached → no network at all; uncached and offline/unreachable → one line at once, not minutes of retries
+    return hub_source(model, _how_to_get(model))
 
 
 class _TokenClock:

@@ -1,0 +1,212 @@
+"""Grounding accuracy of a model and its quantized / exported variants on a held-out synthetic set, in one run.
+
+Each held-out clip (``stvg-edge synth --seed 5000``, 224x168, 6 s: the nano model's clip format; seeds never
+used in training) is decoded and tracked once with the classical tracker; every variant then grounds the same
+prompted clip (the tracks are replayed), so the variants differ only in the grounder:
+
+- ``fp32``: the model as shipped (``--model``, default the packaged nano model);
+- ``int4``: its language model's linears quantized in place with ``export/int4.py`` (weight-only, group-wise);
+- ``nf4``: bitsandbytes 4-bit (needs CUDA; reported as skipped on CPU);
+- ``bundle``: an ``stvg-edge export`` bundle (ONNX vision encoder + int4 LLM) built from the model.
+
+Metrics (``stvgr1_edge.metrics.evaluate``, tubedetr convention): m_tIoU, m_vIoU, vIoU@0.3/0.5. ID accuracy is
+scored against the *tracker* ID of the GT target (:func:`stvgr1_edge.demo.tracker_id_of_target`), since the
+answer names tracker IDs, not the synthesizer's object IDs.
+
+    python benchmarks/accuracy.py [--model nano] [--num 40] [--variants fp32,int4,nf4,bundle] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HELDOUT_SEED = 5000
+"""Root seed of the held-out clips (training used root seed 0)."""
+CLIP = dict(width=224, height=168, seconds=6.0)
+"""The nano model's clip format."""
+VARIANTS = ("fp32", "int4", "nf4", "bundle")
+
+logger = logging.getLogger("benchmarks.accuracy")
+
+
+def heldout_set(folder: Path, num: int, seed: int = HELDOUT_SEED) -> list:
+    """Synthesize (once) and load ``num`` held-out clips under ``folder``."""
+    from stvgr1_edge.dataset import load_annotations
+    from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
+
+    annotations = folder / "annotations.json"
+    if not annotations.exists():
+        write_synthetic_dataset(folder, num=num, seed=seed, config=SynthConfig(**CLIP))
+    samples = load_annotations(annotations)
+    if len(samples) < num:
+        raise SystemExit(f"{annotations} holds {len(samples)} clips < --num {num}: use another folder")
+    return samples[:num]
+
+
+def load_variant(name: str, model: str, work: Path, int4_group_size: int):
+    """A :class:`~stvgr1_edge.grounding.Grounder` for variant ``name``, or a string saying why it is skipped."""
+    import torch
+
+    from stvgr1_edge.grounding import Grounder, GrounderConfig
+
+    config = GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=128)
+    if name == "fp32":
+        return Grounder.from_pretrained(config)
+    if name == "int4":
+        from export.int4 import quantize_int4_
+
+        grounder = Grounder.from_pretrained(config)
+        quantize_int4_(grounder.model, group_size=int4_group_size)
+        return grounder
+    if name == "nf4":
+        if not torch.cuda.is_available():
+            return "skipped: bitsandbytes NF4 needs a CUDA GPU"
+        return Grounder.from_pretrained(GrounderConfig(model=model, device="cuda", quant="nf4", max_new_tokens=128))
+    if name == "bundle":
+        from export.bundle import BundleOptions, export_bundle
+        from stvgr1_edge.bundle import load_bundle
+
+        folder = export_bundle(BundleOptions(model=model, out=work / "bundle", llm="int4",
+                                             int4_group_size=int4_group_size))
+        return load_bundle(folder, device="cpu").grounder(max_new_tokens=128, dtype="fp32")
+    raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
+
+
+def score_results(results: list[dict], samples: list, target_ids: list[int | None]) -> dict[str, Any]:
+    """evaluate() metrics plus ID accuracy against the tracker ID of each GT target."""
+    from stvgr1_edge.metrics import evaluate
+
+    scored = evaluate(results, samples, per_video=True)
+    metrics = {k: scored["metrics"][k] for k in ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")}
+    correct = [r["queries"][0]["ids"] == [t] for r, t in zip(results, target_ids) if t is not None]
+    metrics["id_accuracy"] = sum(correct) / len(samples)
+    metrics["parse_ok"] = sum(r["queries"][0]["parse_ok"] for r in results) / len(results)
+    metrics["num_samples"] = len(samples)
+    metrics["num_target_tracked"] = sum(t is not None for t in target_ids)
+    return metrics
+
+
+def evaluate_grounders(samples: list, grounders: dict[str, Any],
+                       on_clip: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Run every grounder on every clip (tracking once per clip); metrics per variant name."""
+    from stvgr1_edge.demo import tracker_id_of_target
+    from stvgr1_edge.pipeline import GroundingPipeline
+    from stvgr1_edge.tracking.factory import make_tracker
+    from stvgr1_edge.tracking.replay import ReplayTracker
+
+    results: dict[str, list[dict]] = {name: [] for name in grounders}
+    seconds: dict[str, float] = {name: 0.0 for name in grounders}
+    target_ids: list[int | None] = []
+    for i, sample in enumerate(samples):
+        tracks = None
+        for name, grounder in grounders.items():
+            tracker = make_tracker("classical") if tracks is None else ReplayTracker(tracks, source=sample.key)
+            start = time.perf_counter()
+            result = GroundingPipeline(tracker, grounder).run(sample.video_path, [sample.query])
+            seconds[name] += time.perf_counter() - start
+            if tracks is None:
+                tracks = result.tracks
+                target_ids.append(tracker_id_of_target(tracks, sample.gt_boxes))
+            results[name].append(result.to_dict())
+        if on_clip is not None:
+            on_clip(i)
+    out = {}
+    reference = next(iter(grounders), None)
+    for name in grounders:
+        out[name] = score_results(results[name], samples, target_ids)
+        out[name]["seconds_per_clip"] = seconds[name] / len(samples)
+        same = sum(a["queries"][0]["answer_text"] == b["queries"][0]["answer_text"]
+                   for a, b in zip(results[name], results[reference]))
+        out[name][f"answers_identical_to_{reference}"] = same / len(samples)
+    return out
+
+
+def evaluate_model_on_synth(model: str, folder: str | Path, num: int | None = None) -> dict[str, Any]:
+    """Full-precision metrics of ``model`` on the clips in ``folder`` (used by the nano recipe)."""
+    from stvgr1_edge.dataset import load_annotations
+    from stvgr1_edge.grounding import Grounder, GrounderConfig
+
+    samples = load_annotations(Path(folder) / "annotations.json")
+    samples = samples[:num] if num else samples
+    grounder = Grounder.from_pretrained(GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=128))
+    return evaluate_grounders(samples, {"fp32": grounder})["fp32"]
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, v in summary["variants"].items() if isinstance(v, dict)]
+    keys = ["m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "id_accuracy"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        values = [summary["variants"][name][k] or 0.0 for k in keys]
+        ax.bar([i + j * width for i in range(len(keys))], values, width, label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(keys))], keys)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(f"{summary['model']} on {summary['num_samples']} held-out synthetic clips (seed {summary['seed']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from stvgr1_edge.errors import write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="nano", help="Grounding model: nano (packaged) or a folder.")
+    parser.add_argument("--num", type=int, default=40, help="Held-out clips.")
+    parser.add_argument("--seed", type=int, default=HELDOUT_SEED, help="Root seed of the held-out clips.")
+    parser.add_argument("--data", type=Path, default=None, help="Folder for the held-out clips (default: temporary).")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--int4-group-size", type=int, default=64, help="int4 group size (the nano hidden size is 192).")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="stvg_accuracy_") as tmp:
+        work = Path(tmp)
+        samples = heldout_set(args.data or work / "heldout", args.num, args.seed)
+        grounders, skipped = {}, {}
+        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            try:
+                loaded = load_variant(name, args.model, work, args.int4_group_size)
+            except Exception as exc:  # a variant that cannot be built is reported, not fatal
+                loaded = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if isinstance(loaded, str):
+                skipped[name] = loaded
+                logger.warning("%s %s", name, loaded)
+            else:
+                grounders[name] = loaded
+        variants: dict[str, Any] = evaluate_grounders(
+            samples, grounders, on_clip=lambda i: logger.info("clip %d/%d", i + 1, len(samples)))
+    if "fp32" in variants:
+        for name, v in variants.items():
+            v["m_vIoU_minus_fp32_points"] = 100 * ((v["m_vIoU"] or 0) - (variants["fp32"]["m_vIoU"] or 0))
+    variants.update(skipped)
+    summary = {"model": args.model, "seed": args.seed, "num_samples": len(samples), "clip": CLIP,
+               "tracker": "classical", "convention": "tubedetr",
+               "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
+               "torch_threads": torch.get_num_threads(), "variants": variants}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "accuracy.json", summary, indent=1)
+    plot(summary, args.out / "accuracy.png")
+    for name, v in variants.items():
+        print(name, v if isinstance(v, str) else {k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})
+    return summary
+
+
+if __name__ == "__main__":
+    main()

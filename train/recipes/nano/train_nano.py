@@ -1,0 +1,142 @@
+"""The nano recipe, stage by stage: data → init → SFT → GRPO → held-out evaluation → ship.
+
+    python -m train.recipes.nano.train_nano all  --work runs/nano            # everything, in order
+    python -m train.recipes.nano.train_nano data --work runs/nano            # synth + prepare (train and held-out)
+    python -m train.recipes.nano.train_nano init --work runs/nano            # random-init nano model + processor
+    python -m train.recipes.nano.train_nano sft  --work runs/nano [--max-steps N]
+    python -m train.recipes.nano.train_nano grpo --work runs/nano [--max-steps N]
+    python -m train.recipes.nano.train_nano eval --work runs/nano --model runs/nano/grpo [--num 40]
+    python -m train.recipes.nano.train_nano ship --work runs/nano --model runs/nano/grpo
+
+Data seeds: training clips are ``stvg-edge synth --seed 0 --num 800``; the held-out set is ``--seed 5000 --num 60``
+(disjoint ``SeedSequence`` roots, never trained on). Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives
+12 frames at 2 fps and 288 visual tokens. Stage settings live in ``sft.yaml`` and ``grpo.yaml`` next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent
+TRAIN_SEED, TRAIN_NUM = 0, 800
+HELDOUT_SEED, HELDOUT_NUM = 5000, 60
+CLIP_ARGS = ["--width", "224", "--height", "168", "--seconds", "6"]
+
+logger = logging.getLogger("train.recipes.nano")
+
+
+def _stvg_edge(*args: str) -> None:
+    cmd = [sys.executable, "-m", "stvgr1_edge", *args]
+    logger.info("$ %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def stage_data(work: Path, workers: int) -> None:
+    init = work / "init"
+    if not (init / "config.json").exists():
+        stage_init(work)
+    for name, seed, num in (("train", TRAIN_SEED, TRAIN_NUM), ("heldout", HELDOUT_SEED, HELDOUT_NUM)):
+        if not (work / name / "annotations.json").exists():
+            _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *CLIP_ARGS)
+        _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(work / f"cache_{name}"),
+                   "--model", str(init), "--workers", str(workers))
+
+
+def stage_init(work: Path) -> None:
+    from .build_nano import build_nano
+
+    build_nano(work / "init")
+
+
+def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
+              learning_rate: float | None = None) -> None:
+    import yaml
+
+    from train.sft import SFTRunConfig, run_sft
+
+    settings = yaml.safe_load((RECIPE_DIR / "sft.yaml").read_text())
+    known = {f.name for f in fields(SFTRunConfig)}
+    settings = {k: v for k, v in settings.items() if k in known}
+    if max_steps is not None:
+        settings["max_steps"] = max_steps
+    if learning_rate is not None:
+        settings["learning_rate"] = learning_rate
+    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "init"),
+                         output_dir=output or str(work / "sft"), **settings))
+
+
+def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None) -> None:
+    from train.grpo import load_run_config, run_grpo
+
+    overrides = [f"grpo.max_steps={max_steps}"] if max_steps is not None else []
+    run = load_run_config(RECIPE_DIR / "grpo.yaml", overrides, data=str(work / "cache_train"),
+                          model=start or str(work / "sft"), output_dir=output or str(work / "grpo"))
+    run_grpo(run)
+
+
+def stage_eval(work: Path, model: str, num: int | None) -> None:
+    from benchmarks.accuracy import evaluate_model_on_synth
+
+    scores = evaluate_model_on_synth(model, work / "heldout", num=num)
+    print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()})
+
+
+def stage_ship(work: Path, model: str) -> None:
+    """Copy the model's weights, config and processor files into the package (``stvgr1_edge/models/nano``)."""
+    target = Path(__file__).resolve().parents[3] / "stvgr1_edge" / "models" / "nano"
+    target.mkdir(parents=True, exist_ok=True)
+    keep = ("model.safetensors", "config.json", "generation_config.json", "chat_template.jinja",
+            "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+    for name in keep:
+        src = Path(model) / name
+        if src.exists():
+            shutil.copy2(src, target / name)
+    size_mb = (target / "model.safetensors").stat().st_size / 2**20
+    if size_mb > 25:
+        raise SystemExit(f"model.safetensors is {size_mb:.1f} MB > 25 MB: shrink NANO_ARCH")
+    print(f"shipped {model} -> {target} ({size_mb:.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.train_nano", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["all", "data", "init", "sft", "grpo", "eval", "ship"])
+    parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
+    parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
+    parser.add_argument("--max-steps", type=int, default=None, help="Cut the SFT/GRPO stage to this many steps.")
+    parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
+    parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
+    parser.add_argument("--from", dest="start", default=None,
+                        help="Starting model of the sft/grpo stage (default: WORK/init for sft, WORK/sft for grpo).")
+    parser.add_argument("--output", default=None, help="Output folder of the sft/grpo stage (default: WORK/sft, WORK/grpo).")
+    parser.add_argument("--lr", type=float, default=None, help="Override the SFT learning rate of sft.yaml.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or str(work / "grpo")
+    if args.stage in ("init",):
+        stage_init(work)
+    if args.stage in ("all", "data"):
+        stage_data(work, args.workers)
+    if args.stage in ("all", "sft"):
+        stage_sft(work, args.max_steps, args.start, args.output, args.lr)
+    if args.stage in ("all", "grpo"):
+        stage_grpo(work, args.max_steps, args.start if args.stage == "grpo" else None,
+                   args.output if args.stage == "grpo" else None)
+    if args.stage == "all":
+        stage_eval(work, str(work / "sft"), args.num)
+    if args.stage in ("all", "eval"):
+        stage_eval(work, model, args.num)
+    if args.stage in ("all", "ship"):
+        stage_ship(work, model)
+
+
+if __name__ == "__main__":
+    main()
