@@ -230,40 +230,38 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
 
 
 
-# --- train (the optional `train/` package) -------------------------------------------------------
-@app.command("train", add_help_option=False,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --- train / export (the optional toolchain packages) --------------------------------------------
+def _run_toolchain(ctx: typer.Context, package: str, extra: str, marker_module: str) -> None:
+    """Hand the remaining arguments to ``<package>.cli.app``. The runtime never imports ``train``/``export``
+    at module level (a Jetson installs only the runtime): they are looked up here, when asked for."""
+    import importlib
+
+    from .errors import MissingDependencyError, require
+
+    require(marker_module, extra, f"stvg-edge {package}")
+    try:
+        toolchain = importlib.import_module(f"{package}.cli")
+    except ImportError as exc:
+        raise MissingDependencyError(f"stvg-edge {package} needs the `{package}/` package of the source checkout "
+                                     f"({exc}): install the checkout with  pip install -e '.[{extra}]'") from None
+    code = toolchain.app(args=list(ctx.args), prog_name=f"stvg-edge {package}", standalone_mode=False)
+    if isinstance(code, int) and code:
+        raise typer.Exit(code)
+
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command("train", add_help_option=False, context_settings=_PASS_THROUGH)
 def train_cmd(ctx: typer.Context) -> None:
     """Fine-tune the grounder: `stvg-edge train prepare|grpo|sft --help` (needs the `train` extra)."""
-    from .errors import MissingDependencyError, require
-
-    require("trl", "train", "stvg-edge train")
-    try:
-        from train.cli import app as train_app
-    except ImportError as exc:
-        raise MissingDependencyError(f"stvg-edge train needs the `train/` package of the source checkout ({exc}): "
-                                     "run it from the repository root or install the checkout") from None
-    code = train_app(args=list(ctx.args), prog_name="stvg-edge train", standalone_mode=False)
-    if isinstance(code, int) and code:
-        raise typer.Exit(code)
+    _run_toolchain(ctx, "train", "train", "trl")
 
 
-# --- export (the optional `export/` package) -----------------------------------------------------
-@app.command("export", add_help_option=False,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("export", add_help_option=False, context_settings=_PASS_THROUGH)
 def export_cmd(ctx: typer.Context) -> None:
     """Write a deployable bundle (ONNX/TensorRT vision, int4/nf4 LLM, ONNX tracker): `stvg-edge export --help`."""
-    from .errors import MissingDependencyError, require
-
-    require("onnx", "export", "stvg-edge export")
-    try:
-        from export.cli import app as export_app
-    except ImportError as exc:
-        raise MissingDependencyError(f"stvg-edge export needs the `export/` package of the source checkout ({exc}): "
-                                     "run it from the repository root or install stvg-edge[export]") from None
-    code = export_app(args=list(ctx.args), prog_name="stvg-edge export", standalone_mode=False)
-    if isinstance(code, int) and code:
-        raise typer.Exit(code)
+    _run_toolchain(ctx, "export", "export", "onnx")
 
 
 # --- demo ----------------------------------------------------------------------------------------
