@@ -17,9 +17,6 @@ leaves no half-written bundle. Layout (read back by :mod:`stvgr1_edge.bundle`)::
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -27,7 +24,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from stvgr1_edge.bundle import BUNDLE_FORMAT, MANIFEST
-from stvgr1_edge.errors import BadInputError, write_json_atomic
+from stvgr1_edge.errors import BadInputError, atomic_output_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +167,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
     stage("loading the model")
     grounder = Grounder.from_pretrained(GrounderConfig(model=options.model, device=options.device, dtype="fp32"))
     model, processor = grounder.model, grounder.processor
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as tmp:
         manifest: dict[str, Any] = {"format": BUNDLE_FORMAT, "source_model": options.model, "versions": _versions(),
                                     "options": {k: str(v) for k, v in asdict(options).items()}}
         manifest["grounder"], manifest["parity"] = _export_grounder(options, model, processor, tmp, stage)
@@ -180,12 +176,6 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
             stage("exporting the tracker")
             manifest["tracker"], manifest["parity"]["tracker"] = _export_tracker(options, tmp)
         write_json_atomic(tmp / MANIFEST, manifest, indent=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     logger.info("wrote bundle %s", out)
     return out
 

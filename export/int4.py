@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,7 +30,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from stvgr1_edge.errors import BadInputError, read_json, require
+from stvgr1_edge.errors import BadInputError, atomic_output_dir, read_json, require
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +258,7 @@ def save_int4(model: nn.Module, folder: str | os.PathLike, processor=None) -> Pa
         specs[name] = asdict(Int4ModuleSpec(module.in_features, module.out_features, module.group_size,
                                             module.bias is not None,
                                             str(module.scales_and_zeros.dtype).removeprefix("torch.")))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_output_dir(folder) as tmp:
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
@@ -271,12 +267,6 @@ def save_int4(model: nn.Module, folder: str | os.PathLike, processor=None) -> Pa
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         spec = {"format": FORMAT, "modules": specs, "tied": tied}
         (tmp / QUANT_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     logger.info("saved int4 model (%d quantized linears) to %s", len(specs), folder)
     return folder
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
-from stvgr1_edge.errors import BadInputError, MissingDependencyError, require
+from stvgr1_edge.errors import BadInputError, MissingDependencyError, atomic_output_dir, require
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +83,12 @@ def quantize_nf4_to_folder(source: str | os.PathLike, out_folder: str | os.PathL
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[compute_dtype]
     model = model_class.from_pretrained(source, quantization_config=nf4_config(skip, compute_dtype), dtype=dtype,
                                         device_map=device)
-    out_folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_folder.name}.", dir=out_folder.parent))
-    try:
+    with atomic_output_dir(out_folder) as tmp:
         model.save_pretrained(tmp)
         try:
             transformers.AutoProcessor.from_pretrained(source).save_pretrained(tmp)
         except (OSError, ValueError) as exc:  # a weights-only folder: the processor comes from elsewhere
             logger.warning("no processor saved with the nf4 model (%s)", exc)
-        if out_folder.exists():
-            shutil.rmtree(out_folder)
-        os.replace(tmp, out_folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     logger.info("saved nf4 model to %s (unquantized: %s)", out_folder, ", ".join(skip))
     return out_folder
 

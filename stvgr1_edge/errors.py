@@ -75,6 +75,28 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
+
+    For outputs that are whole folders (bundles, quantized models): a failed export never leaves a partial
+    folder behind, and an existing one is replaced only by a complete new one.
+    """
+    import shutil
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (sorted keys for byte-stable output)."""
     with atomic_output(path) as tmp:

@@ -71,3 +71,21 @@ def test_read_json_errors_are_single_lines(tmp_path, content, fragment):
     with pytest.raises(BadInputError) as err:
         read_json(p, "predictions file")
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_atomic_output_dir_replaces_a_folder_only_when_complete(tmp_path):
+    from stvgr1_edge.errors import atomic_output_dir
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(out) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("export failed")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no scratch folder left
+    with atomic_output_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
