@@ -172,7 +172,7 @@ def _missing_weights_message(model: str) -> str:
     return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
 
 
-def _resolve_model_source(model: str) -> tuple[str, bool]:
+def resolve_model_source(model: str) -> tuple[str, bool]:
     """``(source, local_files_only)``; checks a local folder holds a model before loading it.
     ``"nano"`` is the model shipped in the package (:func:`packaged_model_dir`)."""
     if model == NANO_MODEL and not (Path(model) / "config.json").exists():  # a local ./nano model folder wins
@@ -219,74 +219,25 @@ class _TokenClock:
         pass
 
 
-class Grounder:
-    """A loaded Qwen2.5-VL model + processor. Load once per process and pass it around."""
+class GroundingInputs:
+    """The model inputs of one query, from the processor alone (no model).
 
-    def __init__(self, model, processor, config: GrounderConfig = GrounderConfig()) -> None:
-        self.model = model
+    Inference (:class:`Grounder`) and training (``train/``) both build their inputs here, so the tensors and the
+    token layout a fine-tuned model learns from are exactly the ones it is later asked with.
+    """
+
+    def __init__(self, processor) -> None:
         self.processor = processor
-        self.config = config
-        self.device = next(model.parameters()).device
-        self.vision_encoder: Any = None
-        """Optional external vision encoder (e.g. an ONNX one from :mod:`stvgr1_edge.bundle`): a callable
-        ``(pixel_values, grid_thw) -> `` what ``model.model.get_video_features(..., return_dict=True)`` returns."""
         if getattr(processor, "chat_template", None) is None:
             from .tiny import QWEN2_5_VL_CHAT_TEMPLATE
 
             logger.info("processor has no chat template; using Qwen2.5-VL-Instruct's")
             processor.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
 
-    # ------------------------------------------------------------------ loading
-    @classmethod
-    def from_pretrained(cls, config: GrounderConfig = GrounderConfig()) -> "Grounder":
-        """Load processor and model by hub id or local folder (never downloads when ``HF_HUB_OFFLINE`` is set)."""
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-        source, local_only = _resolve_model_source(config.model)
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=config.attn_implementation,
-                                      local_files_only=local_only)
-        if device.startswith("cuda"):
-            kwargs["device_map"] = {"": device}  # load straight onto the GPU
-        if config.quant == "nf4":
-            if not device.startswith("cuda"):
-                raise BadInputError("--quant nf4 needs a CUDA GPU (bitsandbytes 4-bit): use --quant none on CPU")
-            kwargs["quantization_config"] = nf4_quantization_config(dtype)
-        elif config.quant != "none":
-            raise BadInputError(f"unknown quantization {config.quant!r}: use none or nf4")
-        try:
-            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
-        except OSError as exc:
-            if Path(source).exists():
-                raise BadInputError(f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
-                                    f"pass a complete Qwen2.5-VL checkpoint folder") from None
-            raise MissingWeightsError(_missing_weights_message(config.model)) from None
-        if "device_map" not in kwargs:
-            model = model.to(device)
-        model.eval()
-        logger.info("loaded %s on %s (%s, quant=%s)", config.model, device, dtype, config.quant)
-        return cls(model, processor, config)
-
-    # ------------------------------------------------------------------ inputs
     def chat_text(self, prompt_text: str) -> str:
         """The rendered chat: default system message, one user turn with the text first, then the video."""
         messages = [{"role": "user", "content": [{"type": "text", "text": prompt_text}, {"type": "video"}]}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def check_prompt_fits(self, prompt_text: str, num_visual_tokens: int) -> None:
-        """Raise a one-line :class:`BadInputError` if prompt + video + ``max_new_tokens`` exceed the context."""
-        text_cfg = getattr(self.model.config, "text_config", self.model.config)
-        limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0)
-        if limit <= 0:
-            return
-        num_text = len(self.processor.tokenizer(self.chat_text(prompt_text))["input_ids"]) - 1  # minus the video slot
-        total = num_text + num_visual_tokens + self.config.max_new_tokens
-        if total > limit:
-            raise BadInputError(
-                f"the query is too long for the model: {num_text} prompt tokens + {num_visual_tokens} video tokens + "
-                f"up to {self.config.max_new_tokens} generated = {total} > its context of {limit} tokens; shorten the query")
 
     def _video_processor_call(self, clip: PromptedClip, text: str):
         from transformers.video_utils import VideoMetadata
@@ -339,6 +290,66 @@ class Grounder:
         inputs.update(pixel_values_videos=video.pixel_values_videos, video_grid_thw=video.video_grid_thw,
                       second_per_grid_ts=video.second_per_grid_ts)
         return inputs
+
+
+class Grounder(GroundingInputs):
+    """A loaded Qwen2.5-VL model + processor. Load once per process and pass it around."""
+
+    def __init__(self, model, processor, config: GrounderConfig = GrounderConfig()) -> None:
+        super().__init__(processor)
+        self.model = model
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.vision_encoder: Any = None
+        """Optional external vision encoder (e.g. an ONNX one from :mod:`stvgr1_edge.bundle`): a callable
+        ``(pixel_values, grid_thw) -> `` what ``model.model.get_video_features(..., return_dict=True)`` returns."""
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, config: GrounderConfig = GrounderConfig()) -> "Grounder":
+        """Load processor and model by hub id or local folder (never downloads when ``HF_HUB_OFFLINE`` is set)."""
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        source, local_only = resolve_model_source(config.model)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=config.attn_implementation,
+                                      local_files_only=local_only)
+        if device.startswith("cuda"):
+            kwargs["device_map"] = {"": device}  # load straight onto the GPU
+        if config.quant == "nf4":
+            if not device.startswith("cuda"):
+                raise BadInputError("--quant nf4 needs a CUDA GPU (bitsandbytes 4-bit): use --quant none on CPU")
+            kwargs["quantization_config"] = nf4_quantization_config(dtype)
+        elif config.quant != "none":
+            raise BadInputError(f"unknown quantization {config.quant!r}: use none or nf4")
+        try:
+            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            if Path(source).exists():
+                raise BadInputError(f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
+                                    f"pass a complete Qwen2.5-VL checkpoint folder") from None
+            raise MissingWeightsError(_missing_weights_message(config.model)) from None
+        if "device_map" not in kwargs:
+            model = model.to(device)
+        model.eval()
+        logger.info("loaded %s on %s (%s, quant=%s)", config.model, device, dtype, config.quant)
+        return cls(model, processor, config)
+
+    # ------------------------------------------------------------------ limits
+    def check_prompt_fits(self, prompt_text: str, num_visual_tokens: int) -> None:
+        """Raise a one-line :class:`BadInputError` if prompt + video + ``max_new_tokens`` exceed the context."""
+        text_cfg = getattr(self.model.config, "text_config", self.model.config)
+        limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0)
+        if limit <= 0:
+            return
+        num_text = len(self.processor.tokenizer(self.chat_text(prompt_text))["input_ids"]) - 1  # minus the video slot
+        total = num_text + num_visual_tokens + self.config.max_new_tokens
+        if total > limit:
+            raise BadInputError(
+                f"the query is too long for the model: {num_text} prompt tokens + {num_visual_tokens} video tokens + "
+                f"up to {self.config.max_new_tokens} generated = {total} > its context of {limit} tokens; shorten the query")
 
     # ------------------------------------------------------------------ running
     def _sync(self) -> None:

@@ -209,9 +209,10 @@ class GroundingPipeline:
         limit_fn = getattr(self.grounder, "check_prompt_fits", None)
         if limit_fn is None:
             return
-        # tokens the clip will occupy: (T/2) * (h/28) * (w/28) after 2x2 merging and 2-frame tubes
+        # tokens the clip will occupy: one per merged 28x28 patch of every 2-frame tube
+        factor = self.config.sampling.patch_factor
         t = -(-sampling.num_frames // 2)
-        num_visual = t * (sampling.resized_height // 28) * (sampling.resized_width // 28)
+        num_visual = t * (sampling.resized_height // factor) * (sampling.resized_width // factor)
         for prompt in prompts:
             limit_fn(prompt, num_visual)
 

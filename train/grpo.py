@@ -295,10 +295,10 @@ def load_processor(model: str):
     """The model's processor (local files only for folders; the offline setting decides for hub ids)."""
     from transformers import AutoProcessor
 
-    from stvgr1_edge.grounding import _resolve_model_source
+    from stvgr1_edge.grounding import resolve_model_source
     from stvgr1_edge.errors import MissingWeightsError
 
-    source, local_only = _resolve_model_source(model)
+    source, local_only = resolve_model_source(model)
     try:
         return AutoProcessor.from_pretrained(source, local_files_only=local_only), source
     except OSError as exc:

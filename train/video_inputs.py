@@ -1,8 +1,8 @@
 """The model inputs of one cached sample, and how several of them form one batch.
 
-Preprocessing is the grounder's own (:class:`stvgr1_edge.grounding.Grounder`): :class:`ClipProcessor` borrows
-``Grounder.prepare_video`` / ``prepare_text`` / ``chat_text``, which only need the processor, so training sees
-exactly the tensors and token layout that inference feeds the model.
+Preprocessing is the grounder's own: :class:`ClipProcessor` is :class:`stvgr1_edge.grounding.GroundingInputs`
+(the model-free half of the ``Grounder``), so training sees exactly the tensors and token layout that inference
+feeds the model.
 
 Batches of several videos follow the processor's own convention: patches of all videos concatenated along dim 0,
 one ``video_grid_thw`` row and one ``second_per_grid_ts`` entry per video, in row order.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from stvgr1_edge.grounding import Grounder
+from stvgr1_edge.grounding import GroundingInputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -22,20 +22,8 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 """The processor tensors every forward pass of a video sample needs."""
 
 
-class ClipProcessor:
-    """``Grounder``'s input preparation without a model: ``prepare_video(clip)``, ``prepare_text(prompt, n)``."""
-
-    prepare_video = Grounder.prepare_video
-    prepare_text = Grounder.prepare_text
-    chat_text = Grounder.chat_text
-    _video_processor_call = Grounder._video_processor_call
-
-    def __init__(self, processor) -> None:
-        self.processor = processor
-        if getattr(processor, "chat_template", None) is None:
-            from stvgr1_edge.tiny import QWEN2_5_VL_CHAT_TEMPLATE
-
-            processor.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+class ClipProcessor(GroundingInputs):
+    """The grounder's input preparation (``prepare_video``, ``prepare_text``), plus the constants the cache checks."""
 
     def constants(self) -> dict[str, object]:
         """Preprocessing constants the cached tensors depend on (checked again at training time)."""
