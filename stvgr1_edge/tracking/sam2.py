@@ -161,7 +161,7 @@ class Sam2Tracker(StreamingTracker):
             return
         import torch
 
-        seg, session, t = self.segmenter, self._session, self._t
+        seg, t = self.segmenter, self._t
         self._t += 1
         with torch.inference_mode():
             pixels = seg.processor(images=frame.image, return_tensors="pt")["pixel_values"][0].to(seg.device)
