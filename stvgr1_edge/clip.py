@@ -9,11 +9,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PromptedClip:
-    """Sampled frames at native resolution, with ID markers already drawn (or not, for ``--time-only``).
+    """Sampled frames with ID markers already drawn (or not, for ``--time-only``).
 
-    ``frames`` (T, H, W, 3) uint8 RGB; ``frame_indices`` their 0-based native indices; ``sample_fps`` the
-    effective fps of the sampled clip (what the processor must be told); ``resized_height/width`` the
-    `smart_resize` target (multiples of 28) the grounder resizes to.
+    ``frames`` (T, H, W, 3) uint8 RGB, at native resolution or already resized to ``resized_height x
+    resized_width`` (the markers are drawn at native resolution either way, §3); ``frame_indices`` their
+    0-based native indices; ``sample_fps`` the effective fps of the sampled clip (what the processor must be
+    told); ``resized_height/width`` the `smart_resize` target (multiples of 28) the grounder resizes to.
     """
 
     frames: np.ndarray

@@ -3,8 +3,9 @@
 The hot path, top to bottom (:meth:`GroundingPipeline.run`):
 
 1. probe the video and plan the VLM's frame sampling (§4) before any pixel is decoded;
-2. decode once: every frame goes to the tracker, the sampled ones are also kept (≤ 768 frames);
-3. draw ID markers on the kept frames at native resolution (§3) → ``PromptedClip``;
+2. decode once: every frame goes to the tracker, the sampled ones are also kept (≤ 768 frames; past
+   ``frame_memory_mb`` they wait in a temporary folder);
+3. draw ID markers on the kept frames at native resolution (§3), shrink each to the VLM's size → ``PromptedClip``;
 4. encode the clip's frames once, then answer each query (vision features are shared);
 5. parse each answer (§6) and read its tube off the tracks.
 
@@ -49,6 +50,12 @@ class PipelineConfig:
     """Fill tube boxes on frames the tracker skipped (``--every`` > 1) by linear interpolation."""
     id_repair: bool = False
     """The reference evaluation's lenient ID repair when the answered ID is missing in a frame (§6)."""
+    frame_memory_mb: float | None = 1024.0
+    """The sampled frames wait at native resolution until tracking ends (the markers need the final tracks):
+    past this many MB they wait in a temporary folder instead of memory (None: always in memory). 768 frames of
+    1080p are 4.8 GB."""
+    frame_spill_dir: str | None = None
+    """Where that temporary folder goes (default: the system's temp folder)."""
 
 
 @dataclass
@@ -135,7 +142,31 @@ class GroundingPipeline:
 
         # 2. one decode pass: track every frame, keep the sampled ones
         stage("track")
-        collector = SampledFrameCollector(sampling)
+        with SampledFrameCollector(sampling, self.config.frame_memory_mb, self.config.frame_spill_dir) as collector:
+            tracks = self._decode_and_track(video, info, sampling, collector, timings, on_frame)
+            if not collector.complete:
+                raise BadInputError(f"{video}: {len(collector.missing)} sampled frame(s) could not be decoded "
+                                    f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
+
+            # 3. markers on the sampled frames at native resolution, then each frame resized for the VLM
+            stage("render")
+            t0 = time.perf_counter()
+            clip = render_prompted_clip(collector.kept(), tracks, sampling, draw_markers=not self.config.time_only,
+                                        resize=True, video_fps=info.fps, num_video_frames=info.num_frames)
+        timings["render"] = (time.perf_counter() - t0) * 1e3
+
+        # 4-5. ground, parse, build tubes
+        stage("ground")
+        results = self._ground_all(queries, prompts, clip, tracks, info, timings)
+        timings["total"] = (time.perf_counter() - t_total) * 1e3
+        config = {"pipeline": _jsonable(asdict(self.config)),
+                  "tracker": type(self.tracker).__name__,
+                  "grounder": _jsonable(asdict(self.grounder.config)) if hasattr(self.grounder, "config") else None}
+        return RunResult(str(video), info, sampling, tracks, results, timings, config)
+
+    def _decode_and_track(self, video, info: VideoInfo, sampling, collector: SampledFrameCollector,
+                          timings: dict[str, float], on_frame) -> TrackSet:
+        """One decode pass: every frame goes to the tracker, the sampled ones also to ``collector``."""
         tracker = self.tracker
         tracker.config.always_track = frozenset(sampling.indices)  # markers come from real observations
         tracker.start(info)
@@ -156,26 +187,9 @@ class GroundingPipeline:
         t0 = time.perf_counter()
         tracks = tracker.finish() if not self.config.time_only else TrackSet(info.width, info.height, info.fps, info.num_frames)
         timings["track"] += (time.perf_counter() - t0) * 1e3
-        if not collector.complete:
-            raise BadInputError(f"{video}: {len(collector.missing)} sampled frame(s) could not be decoded "
-                                f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
-
-        # 3. markers on the sampled frames
-        stage("render")
-        t0 = time.perf_counter()
-        clip = render_prompted_clip(collector.frames(), tracks, sampling, draw_markers=not self.config.time_only,
-                                    video_fps=info.fps, num_video_frames=info.num_frames)
-        del collector
-        timings["render"] = (time.perf_counter() - t0) * 1e3
-
-        # 4-5. ground, parse, build tubes
-        stage("ground")
-        results = self._ground_all(queries, prompts, clip, tracks, info, timings)
-        timings["total"] = (time.perf_counter() - t_total) * 1e3
-        config = {"pipeline": _jsonable(asdict(self.config)),
-                  "tracker": type(tracker).__name__,
-                  "grounder": _jsonable(asdict(self.grounder.config)) if hasattr(self.grounder, "config") else None}
-        return RunResult(str(video), info, sampling, tracks, results, timings, config)
+        if collector.spilled:
+            logger.info("%d of %d sampled frames waited on disk (over frame_memory_mb)", collector.spilled, len(collector))
+        return tracks
 
     def _ground_all(self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo,
                     timings: dict[str, float]) -> list[QueryResult]:

@@ -4,38 +4,79 @@ resolution, on exactly the frames the VLM will see (`STVG-R1.md` §4 sampling).
 :class:`SampledFrameCollector` sits on the decoded frame stream and keeps only the sampled frames
 (at most ``FrameSampling.num_frames`` ≤ 768 of them), so a pipeline decodes the video once::
 
-    collector = SampledFrameCollector(sampling)
-    for frame in collector.watch(iter_frames(path, info=info)):
-        tracker.step(frame)
-    clip = render_prompted_clip(collector.frames(), tracker.finish(), sampling)
+    with SampledFrameCollector(sampling, memory_mb=1024) as collector:
+        for frame in collector.watch(iter_frames(path, info=info)):
+            tracker.step(frame)
+        clip = render_prompted_clip(collector.kept(), tracker.finish(), sampling, resize=True)
+
+The markers need the final tracks, so the native frames wait until tracking ends. Past ``memory_mb`` the
+collector keeps them in a temporary folder instead of memory (768 frames of 1080p are 4.8 GB); with
+``resize=True`` each frame is shrunk to the VLM's size right after its markers are drawn, so the clip itself
+stays small (exactly what the grounder would have computed: the same resize, one frame at a time).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from .clip import PromptedClip
-from .sampling import FrameSampling
+from .sampling import FrameSampling, resize_frame
 from .tracks import TrackSet
 from .video import Frame
 
+logger = logging.getLogger(__name__)
+
 
 class SampledFrameCollector:
-    """Keeps the frames of a stream whose index is in ``sampling.indices``; drops the rest at once."""
+    """Keeps the frames of a stream whose index is in ``sampling.indices``; drops the rest at once.
 
-    def __init__(self, sampling: FrameSampling):
+    ``memory_mb``: once the kept frames would take more than this, further frames go to a temporary folder
+    (raw ``.npy``, under ``spill_dir`` or the system's temp) and are read back one at a time by :meth:`kept`.
+    ``None`` keeps everything in memory. Use it as a context manager (or call :meth:`close`) so the folder is
+    removed.
+    """
+
+    def __init__(self, sampling: FrameSampling, memory_mb: float | None = None, spill_dir: str | None = None):
         self.sampling = sampling
         self._wanted = frozenset(sampling.indices)
-        self._kept: dict[int, Frame] = {}
+        self._kept: dict[int, Frame | tuple[float, Path]] = {}
+        self._memory_bytes = None if memory_mb is None else int(memory_mb * 2**20)
+        self._bytes_in_memory = 0
+        self._spill_parent = spill_dir
+        self._spill_dir: Path | None = None
 
     def add(self, frame: Frame) -> bool:
         """Offer one decoded frame; returns whether it was kept (a repeated index replaces the old one)."""
         if frame.index not in self._wanted:
             return False
-        self._kept[frame.index] = frame
+        self._drop(frame.index)
+        if self._memory_bytes is not None and self._bytes_in_memory + frame.image.nbytes > self._memory_bytes:
+            self._kept[frame.index] = (frame.time_s, self._spill(frame))
+        else:
+            self._kept[frame.index] = frame
+            self._bytes_in_memory += frame.image.nbytes
         return True
+
+    def _drop(self, index: int) -> None:
+        old = self._kept.pop(index, None)
+        if isinstance(old, Frame):
+            self._bytes_in_memory -= old.image.nbytes
+        elif old is not None:
+            old[1].unlink(missing_ok=True)
+
+    def _spill(self, frame: Frame) -> Path:
+        if self._spill_dir is None:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="stvg-frames-", dir=self._spill_parent))
+            logger.info("sampled frames over the in-memory budget go to %s", self._spill_dir)
+        path = self._spill_dir / f"{frame.index}.npy"
+        np.save(path, frame.image, allow_pickle=False)
+        return path
 
     def watch(self, frames: Iterable[Frame]) -> Iterator[Frame]:
         """Pass every frame through unchanged, keeping the sampled ones on the way."""
@@ -47,6 +88,11 @@ class SampledFrameCollector:
         return len(self._kept)
 
     @property
+    def spilled(self) -> int:
+        """How many kept frames are on disk rather than in memory."""
+        return sum(1 for v in self._kept.values() if not isinstance(v, Frame))
+
+    @property
     def missing(self) -> tuple[int, ...]:
         """Sampled indices not seen yet."""
         return tuple(i for i in self.sampling.indices if i not in self._kept)
@@ -55,50 +101,85 @@ class SampledFrameCollector:
     def complete(self) -> bool:
         return not self.missing
 
-    def frames(self) -> list[Frame]:
-        """The kept frames in sampling order. Raises ValueError if any sampled frame never came."""
+    def kept(self) -> Iterator[Frame]:
+        """The kept frames in sampling order, spilled ones read back one at a time. Raises ValueError (before
+        yielding anything) if any sampled frame never came."""
         missing = self.missing
         if missing:
             raise ValueError(f"{len(missing)} sampled frame(s) never arrived, e.g. {list(missing[:5])}: "
                              "the stream ended early or skipped them")
-        return [self._kept[i] for i in self.sampling.indices]
+        return self._iter_kept()
+
+    def _iter_kept(self) -> Iterator[Frame]:
+        for index in self.sampling.indices:
+            entry = self._kept[index]
+            if isinstance(entry, Frame):
+                yield entry
+            else:
+                yield Frame(index, entry[0], np.load(entry[1], allow_pickle=False))
+
+    def frames(self) -> list[Frame]:
+        """The kept frames in sampling order, all in memory. Raises ValueError if any sampled frame never came."""
+        return list(self.kept())
+
+    def close(self) -> None:
+        """Forget the frames and remove the temporary folder, if any."""
+        self._kept.clear()
+        self._bytes_in_memory = 0
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
+
+    def __enter__(self) -> "SampledFrameCollector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def render_prompted_clip(
-    frames: Sequence[Frame],
+    frames: Iterable[Frame],
     tracks: TrackSet,
     sampling: FrameSampling,
     *,
     draw_markers: bool = True,
+    resize: bool = False,
     video_fps: float | None = None,
     num_video_frames: int | None = None,
 ) -> PromptedClip:
     """Stack the sampled frames (T, H, W, 3) uint8 with every tracked object's ID drawn on each.
 
-    ``frames`` must contain every index of ``sampling.indices`` (extra frames are ignored); they are
-    not modified. Each object observed at a sampled frame (``TrackSet.objects_at``) is marked from its
-    mask when it has one, else from its box. ``draw_markers=False`` (time-only grounding) keeps the
-    pixels as decoded. ``video_fps``/``num_video_frames`` default to the track set's.
+    ``frames`` must contain every index of ``sampling.indices`` (extra frames are ignored; any order); they
+    are not modified, and are consumed one at a time (an iterator keeps only one native frame alive). Each
+    object observed at a sampled frame (``TrackSet.objects_at``) is marked from its mask when it has one, else
+    from its box. ``draw_markers=False`` (time-only grounding) keeps the pixels as decoded. ``resize=True``
+    shrinks each marked frame to ``sampling.resized_height x resized_width`` at once (qwen-vl-utils' resize, as
+    the grounder would do it later; the clip then holds the small frames). ``video_fps``/``num_video_frames``
+    default to the track set's.
     """
-    by_index = {frame.index: frame for frame in frames}
-    missing = [i for i in sampling.indices if i not in by_index]
-    if missing:
-        raise ValueError(f"render_prompted_clip: sampled frame(s) {missing[:5]} not among the "
-                         f"{len(by_index)} frames given")
     if not sampling.indices:
         raise ValueError("render_prompted_clip: the sampling has no frames")
     if draw_markers:
         from .markers import draw_id_markers
 
-    images = []
-    for index in sampling.indices:
-        image = by_index[index].image
-        objects = tracks.objects_at(index) if draw_markers else []
+    wanted = frozenset(sampling.indices)
+    images: dict[int, np.ndarray] = {}
+    for frame in frames:
+        if frame.index not in wanted:
+            continue
+        image = frame.image
+        objects = tracks.objects_at(frame.index) if draw_markers else []
         if objects:
             image = draw_id_markers(image, [mask if mask is not None else box for _, box, mask in objects],
                                     [track_id for track_id, _, _ in objects])
-        images.append(image)
-    stacked = np.stack(images).astype(np.uint8, copy=False)
+        if resize:
+            image = resize_frame(image, sampling.resized_height, sampling.resized_width)
+        images[frame.index] = image
+    missing = [i for i in sampling.indices if i not in images]
+    if missing:
+        raise ValueError(f"render_prompted_clip: sampled frame(s) {missing[:5]} not among the "
+                         f"{len(images)} frames given")
+    stacked = np.stack([images.pop(i) for i in sampling.indices]).astype(np.uint8, copy=False)
     return PromptedClip(
         frames=stacked,
         frame_indices=tuple(sampling.indices),

@@ -96,12 +96,31 @@ def plan_sampling(total_frames: int, video_fps: float, height: int, width: int,
     return FrameSampling(tuple(int(i) for i in idx), sampled_fps(len(idx), total_frames, video_fps), h, w)
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int):
-    """Resize RGB frames ``(T, H, W, 3)`` uint8 to a float tensor ``(T, 3, height, width)`` exactly as
-    qwen-vl-utils does (torchvision bicubic, antialiased, values kept in 0..255 floats)."""
-    import torch
+def _resize_video_uint8(video, height: int, width: int):
+    """qwen-vl-utils' resize of a uint8 (T, 3, H, W) tensor: torchvision bicubic, antialiased, rounded to uint8.
+    Frames already at the size come back as they are (which is also what torchvision does)."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
+    if tuple(video.shape[-2:]) == (height, width):
+        return video
+    return TF.resize(video, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int):
+    """Resize RGB frames ``(T, H, W, 3)`` uint8 to a float tensor ``(T, 3, height, width)`` exactly as
+    qwen-vl-utils does (torchvision bicubic, antialiased, values kept in 0..255 floats). Frames that are
+    already ``height x width`` (see :func:`resize_frame`) pass through unchanged."""
+    import torch
+
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    return TF.resize(video, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    return _resize_video_uint8(video, height, width).float()
+
+
+def resize_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One RGB frame ``(H, W, 3)`` uint8 resized as :func:`resize_frames` would, kept as ``(height, width, 3)``
+    uint8 (the resize rounds to uint8 anyway, so nothing is lost; per frame equals per clip)."""
+    import torch
+
+    video = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    return _resize_video_uint8(video, height, width)[0].permute(1, 2, 0).contiguous().numpy()

@@ -166,6 +166,31 @@ def test_markers_are_drawn_on_the_frames_the_model_sees(synth_dir, annotation, g
     assert (changed[:, 0].astype(int) > changed[:, 1].astype(int)).mean() > 0.5  # ... mostly towards red
 
 
+def test_frames_waiting_on_disk_give_the_model_the_same_pixels(synth_dir, annotation, grounder, tmp_path, caplog):
+    """frame_memory_mb=0 sends every sampled frame to a temporary folder while tracking runs: the clip the model
+    sees is the same, already at the VLM's size, and the folder is gone afterwards."""
+    key, ann = annotation
+    gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
+    seen = {}
+
+    class Spy(ScriptedGrounder):
+        def encode_video(self, clip):
+            seen[self.mode] = clip
+            return super().encode_video(clip)
+
+    caplog.set_level("INFO", logger="stvgr1_edge.pipeline")
+    for mode, budget in (("memory", None), ("disk", 0)):
+        spy = Spy(grounder, "<answer>Target ID: 1, Time range: 1.00 to 2.00</answer>")
+        spy.mode = mode
+        config = PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path))
+        GroundingPipeline(ReplayTracker(gt_tracks), spy, config).run(_video(synth_dir, annotation), [ann["English"]])
+    assert np.array_equal(seen["memory"].frames, seen["disk"].frames)
+    clip = seen["disk"]
+    assert f"{clip.num_frames} of {clip.num_frames} sampled frames waited on disk" in caplog.text
+    assert clip.frames.shape[1:3] == (clip.resized_height, clip.resized_width)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_time_only_mode_returns_a_range_without_ids_or_tube(synth_dir, annotation, grounder):
     key, ann = annotation
     scripted = ScriptedGrounder(grounder, "<think>x</think><answer>Time range: 1.5 to 3</answer>")

@@ -159,3 +159,43 @@ def test_frames_given_as_the_collector_output_or_a_superset_are_the_same(samplin
 def test_a_missing_sampled_frame_is_an_error(sampling):
     with pytest.raises(ValueError, match=r"sampled frame\(s\) \[22, 28, 33, 39\]"):
         render_prompted_clip(grey_stream(22), tracks_on_some_frames(), sampling)
+
+
+# --- bounded memory: spilling the waiting frames, shrinking each frame after its markers --------------------
+def test_frames_over_the_memory_budget_wait_on_disk_and_come_back_identical(sampling, tmp_path):
+    frame_bytes = H * W * 3
+    tracks = tracks_on_some_frames()
+    in_memory = render_prompted_clip(grey_stream(), tracks, sampling)
+    with SampledFrameCollector(sampling, memory_mb=3.5 * frame_bytes / 2**20, spill_dir=str(tmp_path)) as collector:
+        for frame in grey_stream():
+            collector.add(frame)
+        assert collector.spilled == 5 and len(collector) == 8      # 3 frames fit the budget, 5 went to disk
+        spill_dirs = list(tmp_path.iterdir())
+        assert len(spill_dirs) == 1 and len(list(spill_dirs[0].glob("*.npy"))) == 5
+        collector.add(grey_stream()[39])                           # a repeated index replaces the old file
+        assert len(list(spill_dirs[0].glob("*.npy"))) == 5
+        spilled = render_prompted_clip(collector.kept(), tracks, sampling)
+    assert np.array_equal(spilled.frames, in_memory.frames)
+    assert list(tmp_path.iterdir()) == []                          # the folder goes with the collector
+
+
+def test_missing_frames_fail_before_any_spilled_frame_is_read(sampling, tmp_path):
+    with SampledFrameCollector(sampling, memory_mb=0, spill_dir=str(tmp_path)) as collector:
+        for frame in grey_stream(22):
+            collector.add(frame)
+        with pytest.raises(ValueError, match="4 sampled frame"):
+            collector.kept()
+
+
+def test_resizing_each_frame_after_its_markers_equals_the_grounders_resize_of_the_native_clip(sampling):
+    from stvgr1_edge.sampling import resize_frames
+
+    rng = np.random.default_rng(0)
+    frames = [Frame(f.index, f.time_s, rng.integers(0, 256, (H, W, 3), dtype=np.uint8)) for f in grey_stream()]
+    tracks = tracks_on_some_frames()
+    native = render_prompted_clip(frames, tracks, sampling)
+    small = render_prompted_clip(iter(frames), tracks, sampling, resize=True)
+    h, w = sampling.resized_height, sampling.resized_width
+    assert (h, w) != (H, W) and small.frames.shape == (8, h, w, 3) and small.frames.dtype == np.uint8
+    expected = resize_frames(native.frames, h, w)                  # what the grounder computes from native frames
+    assert expected.equal(resize_frames(small.frames, h, w))       # already-sized frames pass through unchanged

@@ -141,6 +141,7 @@ def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
 
 def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
     from train.grpo import load_processor
+    from stvgr1_edge.prompt import normalize_query
     from train.sft import SFTCollator, SFTRunConfig, run_sft, target_answer
 
     processor, _ = load_processor(setup.model)
@@ -152,6 +153,13 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
         assert processor.tokenizer.decode(answer_ids) == expected
     assert batch["video_grid_thw"].shape[0] == 2 and int((batch["mm_token_type_ids"] == 2).sum()) == \
         sum(int(g.prod()) // 4 for g in batch["video_grid_thw"])
+
+    restated = SFTCollator(processor, restate_query=True)(rows)
+    for i, row in enumerate(rows):
+        text = processor.tokenizer.decode(restated["labels"][i][restated["labels"][i] != -100])
+        # the query (as the prompt normalises it) comes right before the ID; the <answer> part is unchanged
+        assert f'"{normalize_query(row["query"])}" is object ID "{row["gt_id"]}"' in text
+        assert text.split("</think>")[1] == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
 
     trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
                                    per_device_train_batch_size=2, gradient_checkpointing=False))

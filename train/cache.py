@@ -64,7 +64,7 @@ class CachedSample:
 
     def to_row(self, cache_dir: Path) -> dict[str, Any]:
         """A dataset row for the trainers (every column is passed to the reward functions)."""
-        return {"prompt": self.prompt, "sample_id": self.sample_id, "video_file": str(cache_dir / self.video_file),
+        return {"prompt": self.prompt, "query": self.query, "sample_id": self.sample_id, "video_file": str(cache_dir / self.video_file),
                 "gt_id": int(self.gt_id), "gt_start_s": float(self.gt_start_s), "gt_end_s": float(self.gt_end_s),
                 "duration_s": float(self.duration_s), "valid_ids": list(self.valid_ids)}
 

@@ -87,13 +87,16 @@ def sft(
     lr: float = typer.Option(1e-5, "--lr", help="Learning rate."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Samples per device per step."),
     save_steps: int = typer.Option(500, "--save-steps", min=1, help="Checkpoint every this many steps."),
+    restate_query: bool = typer.Option(False, "--restate-query",
+                                       help="Teach a reasoning that restates the query before naming the ID."),
 ) -> None:
     """Supervised warm-start on teacher-forced answers (for models that cannot produce the format yet)."""
     from .sft import SFTRunConfig, run_sft
 
     run = SFTRunConfig(data=data, model=model, output_dir=output, resume_from_checkpoint=resume,
                        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
-                       per_device_train_batch_size=batch_size, save_steps=save_steps)
+                       per_device_train_batch_size=batch_size, save_steps=save_steps,
+                       restate_query=restate_query)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")
 

@@ -201,13 +201,13 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, config.sampling)
         tracker = make_tracker(config.tracker, model=config.tracker_model, detector=config.detector,
                                device=config.device, always_track=sampling.indices)
-        collector = SampledFrameCollector(sampling)
-        tracker.start(info)
-        for frame in collector.watch(iter_frames(video_path, info=info)):
-            tracker.step(frame)
-        tracks = tracker.finish()
-        clip = render_prompted_clip(collector.frames(), tracks, sampling, video_fps=info.fps,
-                                    num_video_frames=info.num_frames)
+        with SampledFrameCollector(sampling, memory_mb=1024) as collector:  # past 1 GB, frames wait on disk
+            tracker.start(info)
+            for frame in collector.watch(iter_frames(video_path, info=info)):
+                tracker.step(frame)
+            tracks = tracker.finish()
+            clip = render_prompted_clip(collector.kept(), tracks, sampling, resize=True, video_fps=info.fps,
+                                        num_video_frames=info.num_frames)
     except (StvgError, ValueError) as exc:
         return [_sample_result(s, "failed", f"video {video_path}: {exc}") for s in samples]
     track_s = time.perf_counter() - start
