@@ -147,6 +147,9 @@ def run(
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
     multi: bool = typer.Option(False, "--multi", help="Several targets: ask for every involved ID; the tube is their union box."),
     id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
+    frame_memory_mb: float = typer.Option(1024.0, "--frame-memory-mb", min=0,
+                                          help="Sampled frames wait for the final tracks in memory up to this many MB, "
+                                               "then in a temporary folder (lower it on small devices)."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its LLM, ONNX vision encoder and ONNX tracker replace --model / --tracker-model."),
 ) -> None:
@@ -193,7 +196,8 @@ def run(
     else:
         trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device),
                                      every=every)
-    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair))
+    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair,
+                                                                frame_memory_mb=frame_memory_mb))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task("decode + track", total=info.num_frames)

@@ -101,6 +101,20 @@ def test_run_cli_end_to_end_writes_a_result_that_follows_the_contract(synth_dir,
     assert "tracks" in capsys.readouterr().out  # the one-screen summary
 
 
+def test_run_cli_frame_memory_budget_changes_nothing_but_where_frames_wait(synth_dir, annotation, model_dir, tmp_path, capsys):
+    video = _video(synth_dir, annotation)
+    texts = []
+    for budget in ("1024", "0"):
+        out = tmp_path / f"result_{budget}.json"
+        rc = main(["run", str(video), annotation[1]["English"], "-o", str(out), "--model", str(model_dir),
+                   "--device", "cpu", "--max-new-tokens", "12", "--frame-memory-mb", budget])
+        assert rc == 0, capsys.readouterr().err
+        result = json.loads(out.read_text(encoding="utf-8"))
+        assert result["config"]["pipeline"]["frame_memory_mb"] == float(budget)
+        texts.append(result["queries"][0]["answer_text"])
+    assert texts[0] == texts[1]
+
+
 class ScriptedGrounder:
     """The real grounder's inputs and timings, but the model's text replaced by a given answer."""
 
