@@ -132,6 +132,21 @@ class ScriptedGrounder:
                                out.num_visual_tokens, out.num_prompt_tokens, out.vision_reused)
 
 
+def clip_seen_by_the_model(synth_dir, annotation, grounder, config: PipelineConfig, answer: str):
+    """Run the pipeline on the annotation's video with its GT tracks replayed; the PromptedClip the grounder got."""
+    key, ann = annotation
+    seen = []
+
+    class Spy(ScriptedGrounder):
+        def encode_video(self, clip):
+            seen.append(clip)
+            return super().encode_video(clip)
+
+    GroundingPipeline(ReplayTracker(TrackSet.from_dict(ann["gt_tracks"])), Spy(grounder, answer), config).run(
+        _video(synth_dir, annotation), [ann["English"]])
+    return seen[0]
+
+
 def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annotation, grounder, tmp_path, capsys):
     key, ann = annotation
     gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
@@ -159,20 +174,9 @@ def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annota
 
 def test_markers_are_drawn_on_the_frames_the_model_sees(synth_dir, annotation, grounder):
     """The clip handed to the grounder carries red ID digits where the tracks are; time-only carries none."""
-    key, ann = annotation
-    gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
-    seen = {}
-
-    class Spy(ScriptedGrounder):
-        def encode_video(self, clip):
-            seen[self.mode] = clip
-            return super().encode_video(clip)
-
-    for mode, time_only in (("ids", False), ("time", True)):
-        spy = Spy(grounder, "<answer>Time range: 1.00 to 2.00</answer>")
-        spy.mode = mode
-        GroundingPipeline(ReplayTracker(gt_tracks), spy, PipelineConfig(time_only=time_only)).run(
-            _video(synth_dir, annotation), [ann["English"]])
+    answer = "<answer>Time range: 1.00 to 2.00</answer>"
+    seen = {mode: clip_seen_by_the_model(synth_dir, annotation, grounder, PipelineConfig(time_only=time_only), answer)
+            for mode, time_only in (("ids", False), ("time", True))}
     diff = np.abs(seen["ids"].frames.astype(int) - seen["time"].frames.astype(int)).sum(axis=-1)
     assert seen["ids"].frame_indices == seen["time"].frame_indices
     assert (diff > 0).any()  # markers changed pixels ...
@@ -183,21 +187,11 @@ def test_markers_are_drawn_on_the_frames_the_model_sees(synth_dir, annotation, g
 def test_frames_waiting_on_disk_give_the_model_the_same_pixels(synth_dir, annotation, grounder, tmp_path, caplog):
     """frame_memory_mb=0 sends every sampled frame to a temporary folder while tracking runs: the clip the model
     sees is the same, already at the VLM's size, and the folder is gone afterwards."""
-    key, ann = annotation
-    gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
-    seen = {}
-
-    class Spy(ScriptedGrounder):
-        def encode_video(self, clip):
-            seen[self.mode] = clip
-            return super().encode_video(clip)
-
     caplog.set_level("INFO", logger="stvgr1_edge.pipeline")
-    for mode, budget in (("memory", None), ("disk", 0)):
-        spy = Spy(grounder, "<answer>Target ID: 1, Time range: 1.00 to 2.00</answer>")
-        spy.mode = mode
-        config = PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path))
-        GroundingPipeline(ReplayTracker(gt_tracks), spy, config).run(_video(synth_dir, annotation), [ann["English"]])
+    answer = "<answer>Target ID: 1, Time range: 1.00 to 2.00</answer>"
+    seen = {mode: clip_seen_by_the_model(synth_dir, annotation, grounder,
+                                         PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path)), answer)
+            for mode, budget in (("memory", None), ("disk", 0))}
     assert np.array_equal(seen["memory"].frames, seen["disk"].frames)
     clip = seen["disk"]
     assert f"{clip.num_frames} of {clip.num_frames} sampled frames waited on disk" in caplog.text

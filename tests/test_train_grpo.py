@@ -160,6 +160,11 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
         # the query (as the prompt normalises it) comes right before the ID; the <answer> part is unchanged
         assert f'"{normalize_query(row["query"])}" is object ID "{row["gt_id"]}"' in text
         assert text.split("</think>")[1] == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
+    described = SFTCollator(processor, describe_objects=True)(rows)
+    for i, row in enumerate(rows):
+        text = processor.tokenizer.decode(described["labels"][i][described["labels"][i] != -100])
+        inventory = "".join(f"Object {k}: {label or 'unclear'}. " for k, label in zip(row["valid_ids"], row["object_labels"]))
+        assert any(row["object_labels"]) and text.startswith(f"<think>{inventory}\"{normalize_query(row['query'])}\" is object ID")
 
     trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
                                    per_device_train_batch_size=2, gradient_checkpointing=False))

@@ -111,6 +111,12 @@ def test_prepare_cache_real_tracking_report_and_resume(synthetic, tmp_path):
     for s in samples:
         truth = next(r for r in report["samples"] if r["sample_id"] == s.sample_id)
         assert s.gt_id == truth["true_track_id"]
+        # every tracked ID gets the label of the true object it matches; the target's is the annotated target's
+        target = ann[s.sample_id]["objects"][str(ann[s.sample_id]["target_id"])]
+        assert len(s.object_labels) == len(s.valid_ids)
+        assert s.object_labels[s.valid_ids.index(s.gt_id)] == f"{target['size']} {target['colour']} {target['shape']}"
+        known = {o["size"] + " " + o["colour"] + " " + o["shape"] for o in ann[s.sample_id]["objects"].values()} | {""}
+        assert set(s.object_labels) <= known
         assert s.gt_start_s == ann[s.sample_id]["st_time"] and s.gt_end_s == ann[s.sample_id]["ed_time"]
         assert s.duration_s == pytest.approx(ann[s.sample_id]["img_num"] / ann[s.sample_id]["fps"])
         video = read_video_tensors(out / s.video_file)

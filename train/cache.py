@@ -58,6 +58,9 @@ class CachedSample:
     """All tracked IDs drawn into the video."""
     vote_share: float
     mean_iou: float
+    object_labels: tuple[str, ...] = ()
+    """What each of ``valid_ids`` is, where the annotations say (synthetic clips: "size colour shape" of the true
+    object the track matches; "" where none matches). Empty for datasets without per-object labels."""
     processor: dict[str, Any] = field(default_factory=dict)
     """Preprocessing constants the tensors were made with."""
     version: int = CACHE_VERSION
@@ -66,7 +69,8 @@ class CachedSample:
         """A dataset row for the trainers (every column is passed to the reward functions)."""
         return {"prompt": self.prompt, "query": self.query, "sample_id": self.sample_id, "video_file": str(cache_dir / self.video_file),
                 "gt_id": int(self.gt_id), "gt_start_s": float(self.gt_start_s), "gt_end_s": float(self.gt_end_s),
-                "duration_s": float(self.duration_s), "valid_ids": list(self.valid_ids)}
+                "duration_s": float(self.duration_s), "valid_ids": list(self.valid_ids),
+                "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids)}
 
 
 def sample_path(cache_dir: Path, sample_id: str) -> Path:
@@ -104,6 +108,7 @@ def write_sample(cache_dir: Path, sample: CachedSample) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     d = asdict(sample)
     d["valid_ids"] = list(sample.valid_ids)
+    d["object_labels"] = list(sample.object_labels)
     write_json_atomic(path, d, indent=1)
     return path
 
@@ -130,6 +135,7 @@ def load_cached_samples(cache_dir: str | Path) -> list[CachedSample]:
     for path in sorted(folder.glob("*.json")):
         meta = read_json(path, "cached sample")
         meta["valid_ids"] = tuple(meta.get("valid_ids", ()))
+        meta["object_labels"] = tuple(meta.get("object_labels", ()))
         sample = CachedSample(**meta)
         if not (cache_dir / sample.video_file).is_file():
             raise BadInputError(f"{path} names {sample.video_file}, which is missing: rerun `stvg-edge train prepare`")

@@ -89,6 +89,9 @@ def sft(
     save_steps: int = typer.Option(500, "--save-steps", min=1, help="Checkpoint every this many steps."),
     restate_query: bool = typer.Option(False, "--restate-query",
                                        help="Teach a reasoning that restates the query before naming the ID."),
+    describe_objects: bool = typer.Option(False, "--describe-objects",
+                                          help="Teach a reasoning that first says what each marked object is (where "
+                                               "the cache knows: synthetic clips); implies --restate-query."),
 ) -> None:
     """Supervised warm-start on teacher-forced answers (for models that cannot produce the format yet)."""
     from .sft import SFTRunConfig, run_sft
@@ -96,7 +99,7 @@ def sft(
     run = SFTRunConfig(data=data, model=model, output_dir=output, resume_from_checkpoint=resume,
                        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
                        per_device_train_batch_size=batch_size, save_steps=save_steps,
-                       restate_query=restate_query)
+                       restate_query=restate_query, describe_objects=describe_objects)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")
 

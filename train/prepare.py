@@ -213,6 +213,9 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
     track_s = time.perf_counter() - start
 
     assignments = {s.key: assign_gt_id(tracks, s.gt_boxes, config.gt_id) for s in samples}
+    truth = {}  # {true object id: tracked id}, where the annotations have every object's track (synthetic clips)
+    if samples[0].gt_tracks is not None:
+        truth = match_tracks_to_gt(tracks, samples[0].gt_trackset())
     results, tensors_written = [], False
     video_file = video_file_name(video_path)
     for s in samples:
@@ -220,9 +223,8 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
         extra: dict[str, Any] = {"assignment": {k: v for k, v in asdict(assignment).items() if k != "track_id"},
                                  "gt_id": assignment.track_id, "num_tracks": len(tracks)}
         if s.target_id is not None and s.gt_tracks is not None:
-            truth = match_tracks_to_gt(tracks, s.gt_trackset()).get(int(s.target_id))
-            extra["true_track_id"] = truth
-            extra["agrees_with_truth"] = assignment.track_id is not None and assignment.track_id == truth
+            extra["true_track_id"] = truth.get(int(s.target_id))
+            extra["agrees_with_truth"] = assignment.track_id is not None and assignment.track_id == extra["true_track_id"]
         if assignment.status != "ok":
             results.append(_sample_result(s, assignment.status, assignment.reason, **extra))
             continue
@@ -237,10 +239,22 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
             gt_id=int(assignment.track_id), gt_start_s=float(s.st_time), gt_end_s=float(s.ed_time),
             duration_s=float(clip.duration_s), num_visual_tokens=int(num_visual_tokens),
             valid_ids=tuple(tracks.ids), vote_share=round(assignment.vote_share, 4),
-            mean_iou=round(assignment.mean_iou, 4), processor=processor.constants()))
+            mean_iou=round(assignment.mean_iou, 4), object_labels=object_labels(s, truth, tracks.ids),
+            processor=processor.constants()))
         results.append(_sample_result(s, "cached", **extra))
     logger.info("%s: %d tracks, %d samples, tracked in %.2fs", video_path, len(tracks), len(samples), track_s)
     return results
+
+
+def object_labels(sample: STVGSample, truth: dict[int, int], track_ids: Sequence[int]) -> tuple[str, ...]:
+    """ "size colour shape" of the true object each tracked ID matches (``truth``: true id → tracked id), "" where
+    none does; () when the annotations carry no per-object labels (only ``stvg-edge synth`` files do)."""
+    objects = sample.extras.get("objects")
+    if not objects or not truth:
+        return ()
+    by_track = {tid: objects.get(str(gid)) for gid, tid in truth.items()}
+    return tuple(" ".join(str(o[k]) for k in ("size", "colour", "shape")) if (o := by_track.get(t)) else ""
+                 for t in track_ids)
 
 
 def _resolve_video_path(sample: STVGSample, videos_dir: Path | None) -> str | None:
