@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .clip import PromptedClip
+from .errors import BadInputError
 from .sampling import FrameSampling, resize_frame
 from .tracks import TrackSet
 from .video import Frame
@@ -75,7 +76,11 @@ class SampledFrameCollector:
             self._spill_dir = Path(tempfile.mkdtemp(prefix="stvg-frames-", dir=self._spill_parent))
             logger.info("sampled frames over the in-memory budget go to %s", self._spill_dir)
         path = self._spill_dir / f"{frame.index}.npy"
-        np.save(path, frame.image, allow_pickle=False)
+        try:
+            np.save(path, frame.image, allow_pickle=False)
+        except OSError as exc:  # e.g. a full disk: say so in one line instead of a traceback
+            raise BadInputError(f"cannot keep sampled frames in {self._spill_dir} ({exc.strerror or exc}): free disk "
+                                "space there or raise --frame-memory-mb") from exc
         return path
 
     def watch(self, frames: Iterable[Frame]) -> Iterator[Frame]:

@@ -199,3 +199,16 @@ def test_resizing_each_frame_after_its_markers_equals_the_grounders_resize_of_th
     assert (h, w) != (H, W) and small.frames.shape == (8, h, w, 3) and small.frames.dtype == np.uint8
     expected = resize_frames(native.frames, h, w)                  # what the grounder computes from native frames
     assert expected.equal(resize_frames(small.frames, h, w))       # already-sized frames pass through unchanged
+
+
+def test_a_spill_folder_that_cannot_be_written_is_one_clear_error(sampling, tmp_path, monkeypatch):
+    from stvgr1_edge.errors import BadInputError
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with SampledFrameCollector(sampling, memory_mb=0, spill_dir=str(tmp_path)) as collector:
+        with pytest.raises(BadInputError, match="No space left on device.*--frame-memory-mb"):
+            collector.add(grey_stream()[0])
+    assert list(tmp_path.iterdir()) == []

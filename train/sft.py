@@ -32,8 +32,9 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
     With ``query``, the reasoning restates the event and names its object ID before the time range, so the ID is
     predicted right after the description it depends on. With ``objects`` ((ID, "what it is") pairs, e.g. from
     synthetic annotations) it first says what each marked object is: one supervised look at a marker per object
-    instead of one per sample, after which finding the target is matching words. A small model trained from scratch
-    learns to read the markers much faster this way. The ``<answer>`` part is the same in every case.
+    instead of one per sample, after which finding the target is matching words (meant for small models trained
+    from scratch, which otherwise get one ID token of signal per sample). The ``<answer>`` part is the same in
+    every case.
     """
     answer = f"<answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>"
     if query is None:
