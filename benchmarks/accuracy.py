@@ -54,7 +54,7 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int):
 
     from stvgr1_edge.grounding import Grounder, GrounderConfig
 
-    config = GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=128)
+    config = GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=256)
     if name == "fp32":
         return Grounder.from_pretrained(config)
     if name == "int4":
@@ -66,14 +66,14 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int):
     if name == "nf4":
         if not torch.cuda.is_available():
             return "skipped: bitsandbytes NF4 needs a CUDA GPU"
-        return Grounder.from_pretrained(GrounderConfig(model=model, device="cuda", quant="nf4", max_new_tokens=128))
+        return Grounder.from_pretrained(GrounderConfig(model=model, device="cuda", quant="nf4", max_new_tokens=256))
     if name == "bundle":
         from export.bundle import BundleOptions, export_bundle
         from stvgr1_edge.bundle import load_bundle
 
         folder = export_bundle(BundleOptions(model=model, out=work / "bundle", llm="int4",
                                              int4_group_size=int4_group_size))
-        return load_bundle(folder, device="cpu").grounder(max_new_tokens=128, dtype="fp32")
+        return load_bundle(folder, device="cpu").grounder(max_new_tokens=256, dtype="fp32")
     raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
 
 
@@ -133,7 +133,7 @@ def evaluate_model_on_synth(model: str, folder: str | Path, num: int | None = No
 
     samples = load_annotations(Path(folder) / "annotations.json")
     samples = samples[:num] if num else samples
-    grounder = Grounder.from_pretrained(GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=128))
+    grounder = Grounder.from_pretrained(GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=256))
     return evaluate_grounders(samples, {"fp32": grounder})["fp32"]
 
 

@@ -40,8 +40,8 @@ class DemoConfig:
     """Clip length (the nano model was trained on 6 s clips at 10 fps)."""
     device: str = "cpu"
     """Torch device for the grounder."""
-    max_new_tokens: int = 128
-    """Most tokens generated (the nano model's answer is about 60 tokens)."""
+    max_new_tokens: int = 256
+    """Most tokens generated (the nano model answers in 60-130 tokens, depending on its reasoning format)."""
 
 
 @dataclass(frozen=True)

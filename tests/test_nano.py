@@ -21,7 +21,7 @@ ANSWER = re.compile(r"<answer>Target ID: \d+, Time range: \d+\.\d\d to \d+\.\d\d
 
 @pytest.fixture(scope="module")
 def nano() -> Grounder:
-    return Grounder.from_pretrained(GrounderConfig(model="nano", device="cpu", max_new_tokens=128))
+    return Grounder.from_pretrained(GrounderConfig(model="nano", device="cpu", max_new_tokens=256))
 
 
 def test_packaged_files_and_size():
