@@ -8,8 +8,8 @@
     python -m train.recipes.nano.train_nano eval --work runs/nano --model runs/nano/grpo [--num 40]
     python -m train.recipes.nano.train_nano ship --work runs/nano --model runs/nano/grpo
 
-Data seeds: training clips are ``stvg-edge synth --seed 0 --num 800`` plus ``--seed 1 --num 2400`` (one cache); the
-held-out set is ``--seed 5000 --num 60`` (disjoint ``SeedSequence`` roots, never trained on). Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives
+Data seeds: training clips are ``stvg-edge synth --seed 0 --num 800``; the held-out set is ``--seed 5000 --num 60``
+(disjoint ``SeedSequence`` roots, never trained on). Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives
 12 frames at 2 fps and 288 visual tokens. Stage settings live in ``sft.yaml`` and ``grpo.yaml`` next to this file.
 """
 
@@ -24,8 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 RECIPE_DIR = Path(__file__).resolve().parent
-TRAIN_SETS = (("train", 0, 800), ("train1", 1, 2400))
-"""(folder, synth root seed, clips): every training set is prepared into the one ``cache_train``."""
+TRAIN_SEED, TRAIN_NUM = 0, 800
 HELDOUT_SEED, HELDOUT_NUM = 5000, 60
 CLIP_ARGS = ["--width", "224", "--height", "168", "--seconds", "6"]
 
@@ -42,11 +41,10 @@ def stage_data(work: Path, workers: int) -> None:
     init = work / "init"
     if not (init / "config.json").exists():
         stage_init(work)
-    for name, seed, num in (*TRAIN_SETS, ("heldout", HELDOUT_SEED, HELDOUT_NUM)):
+    for name, seed, num in (("train", TRAIN_SEED, TRAIN_NUM), ("heldout", HELDOUT_SEED, HELDOUT_NUM)):
         if not (work / name / "annotations.json").exists():
             _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *CLIP_ARGS)
-        cache = work / ("cache_heldout" if name == "heldout" else "cache_train")
-        _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(cache),
+        _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(work / f"cache_{name}"),
                    "--model", str(init), "--workers", str(workers))
 
 
