@@ -167,10 +167,14 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
         assert any(row["object_labels"]) and text.startswith(f"<think>{inventory}\"{normalize_query(row['query'])}\" is object ID")
 
     trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
-                                   per_device_train_batch_size=2, gradient_checkpointing=False))
+                                   per_device_train_batch_size=2, gradient_checkpointing=False, save_steps=2))
     assert trainer.state.global_step == 2
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
     assert (tmp_path / "sft" / "config.json").is_file()
+    # a checkpoint is a complete model folder: the grounder loads it with its processor
+    from stvgr1_edge.grounding import Grounder, GrounderConfig
+    checkpoint = Grounder.from_pretrained(GrounderConfig(model=str(tmp_path / "sft" / "checkpoint-2"), device="cpu"))
+    assert checkpoint.processor.video_processor.merge_size == processor.video_processor.merge_size
 
 
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):

@@ -137,7 +137,9 @@ def run_sft(run: SFTRunConfig):
         gradient_checkpointing=run.gradient_checkpointing, save_steps=run.save_steps, logging_steps=run.logging_steps,
         seed=run.seed, report_to="none", remove_unused_columns=False, use_cpu=not cuda)
     trainer_cls = type("SFTTrainer", (ExactResumeMixin, Trainer), {})
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=SFTCollator(processor, run.restate_query, run.describe_objects))
+    # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")
