@@ -165,13 +165,12 @@ def bench_decode(model, tokenizer, device: str, tokens: int, repeats: int) -> di
 def bench_tracker(arch: str, device: str, frames: int, objects: int, repeats: int, workdir: Path) -> dict:
     import torch
 
-    from benchmarks.tracker_latency import render_frames, square_boxes
+    from benchmarks.tracker_latency import render_frames, square_boxes, time_tracker
     from export.tracker_onnx import export_tracker_folder
     from stvgr1_edge.bundle import OnnxSam2Tracker, available_providers
     from stvgr1_edge.tracking.base import Detections, Detector
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from stvgr1_edge.tracking.tiny_configs import build_video_model
-    from stvgr1_edge.video import Frame, VideoInfo
 
     height, width = (96, 128) if arch == "tiny" else (480, 640)
     model, processor = build_video_model("sam2", real_size=arch != "tiny")
@@ -191,25 +190,11 @@ def bench_tracker(arch: str, device: str, frames: int, objects: int, repeats: in
         def __call__(self, image):
             return Detections(boxes, np.full(len(boxes), 0.9))
 
-    info = VideoInfo(path="<synthetic>", width=width, height=height, num_frames=frames, fps=10.0,
-                     duration_s=frames / 10.0, codec="raw", frame_times_s=tuple(i / 10.0 for i in range(frames)))
     config = Sam2TrackerConfig(keyframe_interval=10**6)
 
-    def frame_times(tracker) -> list[float]:
-        tracker.start(info)
-        times = []
-        for i, image in enumerate(images):
-            _sync(device)
-            start = time.perf_counter()
-            tracker.step(Frame(i, i / 10.0, image))
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-        tracker.finish()
-        return times[1:]  # frame 0 is the keyframe
-
-    def median_ms(tracker) -> float:  # one warm-up clip, then ``repeats`` clips
-        frame_times(tracker)
-        return statistics.median(t for _ in range(repeats) for t in frame_times(tracker))
+    def median_ms(tracker) -> float:  # one warm-up clip, then ``repeats`` clips; frame 0 (the keyframe) left out
+        time_tracker(tracker, images, device, skip=1)
+        return statistics.median(t for _ in range(repeats) for t in time_tracker(tracker, images, device, skip=1)[0])
 
     # PyTorch first (see bench_vision), then the ONNX tracker
     torch_ms = median_ms(Sam2Tracker(str(source), Boxes(), config, device=device, family="sam2"))
