@@ -23,6 +23,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def write_two_box_clip(path: Path, num_frames: int, width: int, height: int, wobble_a: int, wobble_b: int) -> Path:
+    """Two grey boxes on a dark floor (for the SAM2/EdgeTAM trackers): the left edge of box a moves right by
+    ``i % wobble_a`` pixels in frame i, that of box b left by ``i % wobble_b`` (1: still)."""
+    from stvgr1_edge.video import VideoWriter
+
+    with VideoWriter(path, 10.0, width, height) as writer:
+        for i in range(num_frames):
+            img = np.full((height, width, 3), 60, np.uint8)
+            img[8:28, 8 + i % wobble_a:24] = 200
+            img[12:40, 36 - i % wobble_b:56] = 120
+            writer.write(img)
+    return path
+
+
 def write_test_video(path: Path, num_frames: int = 20, width: int = 64, height: int = 48, fps: float = 10.0) -> Path:
     """A small H.264 clip whose frame i has red channel value 8*i (handy for checking indices)."""
     from stvgr1_edge.video import VideoWriter

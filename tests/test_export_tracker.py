@@ -19,7 +19,7 @@ from export.tracker_onnx import (GRAPH_FILES, SPEC_FILE, example_inputs, export_
                                  torch_reference)
 from stvgr1_edge.masks import rle_iou  # noqa: E402
 from stvgr1_edge.tracking.base import Detections, Detector  # noqa: E402
-from stvgr1_edge.video import VideoWriter  # noqa: E402
+from conftest import write_two_box_clip  # noqa: E402
 
 H, W, N = 48, 64, 10
 BOXES = np.array([[8, 8, 24, 28], [36, 12, 56, 40]], np.float32)
@@ -108,14 +108,7 @@ def test_memory_bank_padding_does_not_change_the_result(exported, family):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    with VideoWriter(path, 10.0, W, H) as writer:
-        for i in range(N):
-            img = np.full((H, W, 3), 60, np.uint8)
-            img[8:28, 8 + i % 3:24] = 200
-            img[12:40, 36 - i % 2:56] = 120
-            writer.write(img)
-    return path
+    return write_two_box_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", N, W, H, wobble_a=3, wobble_b=2)
 
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])

@@ -16,7 +16,8 @@ from stvgr1_edge.errors import MissingWeightsError
 from stvgr1_edge.masks import mask_to_box, rle_to_mask
 from stvgr1_edge.tracking.base import Detections, Detector
 from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig, load_video_model
-from stvgr1_edge.video import VideoWriter, iter_frames, probe_video
+from conftest import write_two_box_clip
+from stvgr1_edge.video import iter_frames, probe_video
 
 H, W, N = 48, 64, 12
 BOXES = np.array([[8, 8, 24, 28], [36, 12, 56, 40]], np.float32)
@@ -41,14 +42,7 @@ class ScriptedDetector(Detector):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    with VideoWriter(path, 10.0, W, H) as writer:
-        for i in range(N):
-            img = np.full((H, W, 3), 60, np.uint8)
-            img[8:28, 8 + i % 2:24] = 200
-            img[12:40, 36:56] = 120
-            writer.write(img)
-    return path
+    return write_two_box_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", N, W, H, wobble_a=2, wobble_b=1)
 
 
 @pytest.fixture(scope="module")
