@@ -12,6 +12,7 @@ from stvgr1_edge.masks import rle_to_mask
 from stvgr1_edge.tracking.base import StreamingTracker
 from stvgr1_edge.tracking.classical import (
     ClassicalDetector,
+    ClassicalDetectorConfig,
     ClassicalTracker,
     ClassicalTrackerConfig,
 )
@@ -257,3 +258,25 @@ def test_two_colour_split_needs_distinct_colours_and_compact_parts():
     image[10:30, 10:30] = (220, 30, 30)
     image[10:30:2, 10:30] = (30, 80, 220)  # stripes: two colours, but not two compact objects
     assert tracker._colour_parts(ob, image) == []
+
+
+def test_object_standing_still_for_most_of_the_clip_is_not_absorbed_into_the_background():
+    """Still for 40 of 60 frames: it is in the median of the frames the background is estimated from. It
+    creeps into that spot (its early ghosts touch it, so runtime ghost healing cannot see them) and leaves."""
+    n = 60
+
+    def path(f):
+        if f < 10:
+            return (40 + f, 50)
+        return (50, 50) if f < 50 else (50 + 4 * (f - 49), 50)
+
+    images = _frames([((30, 80, 220), 16, path), ((220, 30, 30), 12, lambda f: (140 - 2 * f, 90))], n)
+    ts = _track(images)
+    assert ts.ids == [1, 2]
+    still = next(tid for tid in ts.ids if ts.tracks[tid].box_at(0)[1] == 50)
+    assert ts.tracks[still].frames == list(range(n))  # seen while it stands still, one ID throughout
+    assert ts.tracks[still].box_at(30) == [50.0, 50.0, 66.0, 66.0]
+
+    # the repair of the estimate is what finds it: without it only the part of it the median missed is seen
+    unrepaired = _track(images, ClassicalTrackerConfig(detector=ClassicalDetectorConfig(background_ghost_min_samples=0)))
+    assert [50.0, 50.0, 66.0, 66.0] not in [t.box_at(30) for t in unrepaired.tracks.values() if 30 in t.frames]

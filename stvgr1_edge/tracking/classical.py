@@ -4,7 +4,9 @@ Detector: a per-pixel median background (estimated from early frames, then updat
 average wherever no object is) → foreground by colour difference, shadows suppressed → morphology →
 connected components. Each component is one detection with its box and mask. A component whose outline
 is an edge in the background but not in the frame is a "ghost" (an object baked into the background
-estimate that has left): the background is healed there and no detection is made.
+estimate that has left): the background is healed there and no detection is made. The same test repairs
+the estimate itself: an object that stood still for half the early frames is in their median, and the
+frames where it is elsewhere show the spot as a ghost; the background there is their median instead.
 
 Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_frame`):
 
@@ -87,6 +89,9 @@ class ClassicalDetectorConfig:
     ghost_edge_ratio: float = 0.5
     """A blob whose outline is this many times weaker an edge in the frame than in the background is a
     ghost (an object that was in the background estimate and left): the background is healed there. 0: off."""
+    background_ghost_min_samples: int = 2
+    """When the background is estimated, a spot that at least this many of the frames show as a ghost held an
+    object standing still; the background there becomes the median of those frames. 0: off."""
     kernel_fraction: float = 1 / 100
     """Morphology kernel size as a fraction of the frame's short side (at least 3 pixels)."""
 
@@ -107,10 +112,41 @@ class ClassicalDetector(Detector):
         self.background = None
 
     def fit_background(self, images: Sequence[np.ndarray]) -> None:
-        """Set the background to the per-pixel median of ``images`` (RGB uint8, same size)."""
+        """Set the background to the per-pixel median of ``images`` (RGB uint8, same size), then repair
+        it where it holds an object that stood still for much of that time (see :meth:`_repair_ghosts`)."""
         if len(images) == 0:
             raise ValueError("fit_background needs at least one frame")
-        self.background = np.median(np.stack(images), axis=0).astype(np.float32)
+        stack = np.stack(images)
+        self.background = np.median(stack, axis=0).astype(np.float32)
+        if self.config.background_ghost_min_samples > 0 and len(images) > 1:
+            self._repair_ghosts(stack)
+
+    def _repair_ghosts(self, stack: np.ndarray) -> None:
+        """An object that stood still in ``stack`` for about half the time (or more) is in the median: in the
+        frames where it is elsewhere, the spot shows up as a ghost (a blob whose outline is an edge in the
+        background but not in the frame). Where at least ``background_ghost_min_samples`` frames show a ghost,
+        the background becomes the median of those frames there (what is under the object)."""
+        import cv2
+
+        n, height, width = stack.shape[:3]
+        ghost = np.zeros((n, height, width), bool)
+        min_area = self.config.min_area_fraction * height * width
+        max_area = self.config.max_area_fraction * height * width
+        for k in range(n):
+            fg = self.foreground_mask(stack[k])
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+            for i in range(1, count):
+                if min_area <= stats[i, cv2.CC_STAT_AREA] <= max_area and self._is_ghost(stack[k], labels, stats[i], i):
+                    ghost[k] |= labels == i
+        votes = ghost.sum(axis=0)
+        repair = votes >= self.config.background_ghost_min_samples
+        if not repair.any():
+            return
+        ys, xs = np.nonzero(repair)
+        samples = stack[:, ys, xs].astype(np.float32)  # (n, P, 3)
+        samples[~ghost[:, ys, xs]] = np.nan
+        self.background[ys, xs] = np.nanmedian(samples, axis=0)
+        logger.debug("background: repaired %d pixels that held a still object", len(ys))
 
     def foreground_mask(self, image: np.ndarray) -> np.ndarray:
         """Boolean (H, W) foreground after shadow suppression and morphology (no background update)."""
@@ -144,9 +180,9 @@ class ClassicalDetector(Detector):
         free = ~near_object
         self.background[free] += rate * (image.astype(np.float32)[free] - self.background[free])
 
-    def _heal_if_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
+    def _is_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
         """A "ghost" is an object baked into the background that has since moved away: the blob's outline
-        is an edge in the background but not in the frame. Heal the background there; True if a ghost."""
+        is an edge in the background but not in the frame."""
         import cv2
 
         if self.config.ghost_edge_ratio <= 0:
@@ -166,8 +202,18 @@ class ClassicalDetector(Detector):
 
         frame_edges = edge_strength(image[y0:y1, x0:x1].astype(np.float32))
         background_edges = edge_strength(self.background[y0:y1, x0:x1])
-        if frame_edges >= self.config.ghost_edge_ratio * background_edges:
+        return frame_edges < self.config.ghost_edge_ratio * background_edges
+
+    def _heal_if_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
+        """If the blob is a ghost (:meth:`_is_ghost`), heal the background there; True if a ghost."""
+        import cv2
+
+        if not self._is_ghost(image, labels, stat, label):
             return False
+        x, y, w, h = (int(v) for v in stat[:4])
+        pad = 2
+        y0, y1, x0, x1 = max(0, y - pad), min(image.shape[0], y + h + pad), max(0, x - pad), min(image.shape[1], x + w + pad)
+        blob = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
         region = cv2.dilate(blob, np.ones((3, 3), np.uint8)).astype(bool)
         self.background[y0:y1, x0:x1][region] = image[y0:y1, x0:x1][region]
         logger.debug("healed a background ghost at %s", [x, y, x + w, y + h])
