@@ -611,6 +611,12 @@ def _make_background(rng, cfg: SynthConfig) -> np.ndarray:
     return img
 
 
+def object_label_map(clip: SynthClip, frame: int) -> np.ndarray:
+    """(H, W) uint8 map of which object ID owns each pixel of ``frame`` (0: floor): the occlusion order the
+    GT masks and :func:`render_frames` use. For per-pixel labels (e.g. teaching a vision encoder)."""
+    return _label_map(clip.objects, frame, clip.config.height, clip.config.width)
+
+
 def render_frames(clip: SynthClip) -> Iterator[np.ndarray]:
     """The clip's frames as RGB ``uint8`` (H, W, 3) arrays: the same pixels the GT masks were taken from."""
     cfg = clip.config

@@ -92,6 +92,8 @@ def sft(
     describe_objects: bool = typer.Option(False, "--describe-objects",
                                           help="Teach a reasoning that first says what each marked object is (where "
                                                "the cache knows: synthetic clips); implies --restate-query."),
+    freeze_vision: bool = typer.Option(False, "--freeze-vision",
+                                       help="Train the language model only (keep a pretrained vision tower)."),
 ) -> None:
     """Supervised warm-start on teacher-forced answers (for models that cannot produce the format yet)."""
     from .sft import SFTRunConfig, run_sft
@@ -99,7 +101,7 @@ def sft(
     run = SFTRunConfig(data=data, model=model, output_dir=output, resume_from_checkpoint=resume,
                        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
                        per_device_train_batch_size=batch_size, save_steps=save_steps,
-                       restate_query=restate_query, describe_objects=describe_objects)
+                       restate_query=restate_query, describe_objects=describe_objects, freeze_vision=freeze_vision)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")
 

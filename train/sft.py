@@ -45,10 +45,35 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
             f"{start_s:.2f} to {end_s:.2f} seconds.</think> {answer}")
 
 
-class SFTCollator:
-    """Rows → ``input_ids`` (prompt + answer, right-padded), ``labels`` (answer only), video tensors."""
+class FrozenVisionFeatures:
+    """Each cached video's merged visual tokens, computed once by a frozen vision tower and reused every epoch.
 
-    def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False) -> None:
+    With ``freeze_vision`` the tower's output for a video never changes, so after the first epoch SFT only runs
+    the language model (the tower's forward is most of a step for a small model on long clips). The features are
+    fed as ``mm_encoder_outputs``, the model's own way of taking pre-encoded video."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self._features: dict[str, torch.Tensor] = {}
+
+    def __call__(self, video_file: str, video) -> torch.Tensor:
+        features = self._features.get(video_file)
+        if features is None:
+            device = next(self.model.parameters()).device
+            with torch.no_grad():
+                out = self.model.model.get_video_features(video.pixel_values_videos.to(device),
+                                                          video.video_grid_thw.to(device), return_dict=True)
+            features = self._features[video_file] = out.pooler_output[0].detach().cpu()
+        return features
+
+
+class SFTCollator:
+    """Rows → ``input_ids`` (prompt + answer, right-padded), ``labels`` (answer only), video tensors (or, with
+    ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``)."""
+
+    def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
+                 vision_features: FrozenVisionFeatures | None = None) -> None:
+        self.vision_features = vision_features
         self.restate_query = restate_query or describe_objects
         self.describe_objects = describe_objects
         self.clip_processor = ClipProcessor(processor)
@@ -83,6 +108,12 @@ class SFTCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                  "mm_token_type_ids": video_token_type_ids(input_ids, self.video_token_id)}
         batch.update(collate_videos(videos))
+        if self.vision_features is not None:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            del batch["pixel_values_videos"]
+            features = tuple(self.vision_features(r["video_file"], v) for r, v in zip(rows, videos))
+            batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=features)}
         return batch
 
 
@@ -101,6 +132,10 @@ class SFTRunConfig:
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run ``num_train_epochs``)."""
     learning_rate: float = 1e-5
+    lr_scheduler_type: str = "linear"
+    """``transformers`` scheduler name ("linear", "cosine", "constant_with_warmup", ...)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the schedule."""
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     bf16: bool = True
@@ -114,6 +149,9 @@ class SFTRunConfig:
     describe_objects: bool = False
     """Teach a reasoning that first says what each marked object is, where the cache knows (synthetic clips);
     implies ``restate_query``."""
+    freeze_vision: bool = False
+    """Train the language model only; the vision tower and its merger keep their weights (for a vision tower
+    trained first, e.g. by the nano recipe's dense vision stage)."""
 
 
 def run_sft(run: SFTRunConfig):
@@ -130,16 +168,20 @@ def run_sft(run: SFTRunConfig):
     cuda = torch.cuda.is_available()
     bf16 = bool(run.bf16 and cuda)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if run.freeze_vision:
+        model.model.visual.requires_grad_(False)
     args = TrainingArguments(
         output_dir=run.output_dir, num_train_epochs=run.num_train_epochs, max_steps=run.max_steps,
-        learning_rate=run.learning_rate, per_device_train_batch_size=run.per_device_train_batch_size,
+        learning_rate=run.learning_rate, lr_scheduler_type=run.lr_scheduler_type, warmup_steps=run.warmup_steps,
+        per_device_train_batch_size=run.per_device_train_batch_size,
         gradient_accumulation_steps=run.gradient_accumulation_steps, bf16=bf16,
         gradient_checkpointing=run.gradient_checkpointing, save_steps=run.save_steps, logging_steps=run.logging_steps,
         seed=run.seed, report_to="none", remove_unused_columns=False, use_cpu=not cuda)
     trainer_cls = type("SFTTrainer", (ExactResumeMixin, Trainer), {})
     # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
+    features = FrozenVisionFeatures(model) if run.freeze_vision else None
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects))
+                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")

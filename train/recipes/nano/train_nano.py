@@ -1,16 +1,20 @@
-"""The nano recipe, stage by stage: data → init → SFT → GRPO → held-out evaluation → ship.
+"""The nano recipe, stage by stage: data → init → dense vision stage → SFT → GRPO → evaluation → ship.
 
-    python -m train.recipes.nano.train_nano all  --work runs/nano            # everything, in order
-    python -m train.recipes.nano.train_nano data --work runs/nano            # synth + prepare (train and held-out)
-    python -m train.recipes.nano.train_nano init --work runs/nano            # random-init nano model + processor
-    python -m train.recipes.nano.train_nano sft  --work runs/nano [--max-steps N]
-    python -m train.recipes.nano.train_nano grpo --work runs/nano [--max-steps N]
-    python -m train.recipes.nano.train_nano eval --work runs/nano --model runs/nano/grpo [--num 40]
-    python -m train.recipes.nano.train_nano ship --work runs/nano --model runs/nano/grpo
+    python -m train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
+    python -m train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
+    python -m train.recipes.nano.train_nano init   --work runs/nano          # random-init nano model + processor
+    python -m train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
+    python -m train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
+    python -m train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
+    python -m train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
+    python -m train.recipes.nano.train_nano eval   --work runs/nano --model runs/nano/grpo [--num 40]
+    python -m train.recipes.nano.train_nano ship   --work runs/nano --model runs/nano/grpo
 
-Data seeds: training clips are ``stvg-edge synth --seed 0 --num 800``; the held-out set is ``--seed 5000 --num 60``
-(disjoint ``SeedSequence`` roots, never trained on). Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives
-12 frames at 2 fps and 288 visual tokens. Stage settings live in ``sft.yaml`` and ``grpo.yaml`` next to this file.
+Data seeds (disjoint ``SeedSequence`` roots): training clips ``stvg-edge synth --seed 0 --num 800`` and
+``--seed 1 --num 2400``; validation (model selection, ``val``) ``--seed 4000 --num 200``; held-out (final metrics
+only, ``eval``) ``--seed 5000 --num 200``; the vision stage draws its own clips from root seeds 10000/10001.
+Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps and 288 visual tokens. Stage settings
+live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``sft.yaml`` and ``grpo.yaml`` next to this file.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ from dataclasses import fields
 from pathlib import Path
 
 RECIPE_DIR = Path(__file__).resolve().parent
-TRAIN_SEED, TRAIN_NUM = 0, 800
-HELDOUT_SEED, HELDOUT_NUM = 5000, 60
+TRAIN_SETS = ((0, 800), (1, 2400))
+"""(root seed, clips) of the training sets, prepared into one cache (``WORK/cache_train``)."""
+VAL_SEED, VAL_NUM = 4000, 200
+"""Validation clips (``WORK/cache_val``): model selection and quick checks during training."""
+HELDOUT_SEED, HELDOUT_NUM = 5000, 200
+"""Held-out clips: the final metrics only (full pipeline from the MP4s); never used for any choice."""
 CLIP_ARGS = ["--width", "224", "--height", "168", "--seconds", "6"]
 
 logger = logging.getLogger("train.recipes.nano")
@@ -41,17 +49,34 @@ def stage_data(work: Path, workers: int) -> None:
     init = work / "init"
     if not (init / "config.json").exists():
         stage_init(work)
-    for name, seed, num in (("train", TRAIN_SEED, TRAIN_NUM), ("heldout", HELDOUT_SEED, HELDOUT_NUM)):
+    sets = [(f"train{seed}", seed, num, "cache_train") for seed, num in TRAIN_SETS]
+    sets += [("val", VAL_SEED, VAL_NUM, "cache_val"), ("heldout", HELDOUT_SEED, HELDOUT_NUM, None)]
+    for name, seed, num, cache in sets:
         if not (work / name / "annotations.json").exists():
             _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *CLIP_ARGS)
-        _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(work / f"cache_{name}"),
-                   "--model", str(init), "--workers", str(workers))
+        if cache is not None:
+            _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(work / cache),
+                       "--model", str(init), "--workers", str(workers))
 
 
 def stage_init(work: Path) -> None:
     from .build_nano import build_nano
 
     build_nano(work / "init")
+
+
+def stage_vision(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None) -> None:
+    from .pretrain_vision import VisionPretrainConfig, pretrain_vision
+
+    config = VisionPretrainConfig() if max_steps is None else VisionPretrainConfig(steps=max_steps)
+    pretrain_vision(start or work / "init", output or work / "vision", config)
+
+
+def stage_val(work: Path, model: str, num: int | None) -> None:
+    from train.evaluate import evaluate_cache
+
+    scores = evaluate_cache(model, work / "cache_val", num=num)
+    print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k != "samples"})
 
 
 def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
@@ -67,7 +92,7 @@ def stage_sft(work: Path, max_steps: int | None, start: str | None = None, outpu
         settings["max_steps"] = max_steps
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
-    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "init"),
+    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "vision"),
                          output_dir=output or str(work / "sft"), **settings))
 
 
@@ -106,15 +131,16 @@ def stage_ship(work: Path, model: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.train_nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["all", "data", "init", "sft", "grpo", "eval", "ship"])
+    parser.add_argument("stage", choices=["all", "data", "init", "vision", "sft", "grpo", "val", "eval", "ship"])
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
     parser.add_argument("--max-steps", type=int, default=None, help="Cut the SFT/GRPO stage to this many steps.")
     parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
     parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
     parser.add_argument("--from", dest="start", default=None,
-                        help="Starting model of the sft/grpo stage (default: WORK/init for sft, WORK/sft for grpo).")
-    parser.add_argument("--output", default=None, help="Output folder of the sft/grpo stage (default: WORK/sft, WORK/grpo).")
+                        help="Starting model of the vision/sft/grpo stage (default: WORK/init, WORK/vision, WORK/sft).")
+    parser.add_argument("--output", default=None,
+                        help="Output folder of the vision/sft/grpo stage (default: WORK/vision, WORK/sft, WORK/grpo).")
     parser.add_argument("--lr", type=float, default=None, help="Override the SFT learning rate of sft.yaml.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -125,11 +151,17 @@ def main(argv: list[str] | None = None) -> None:
         stage_init(work)
     if args.stage in ("all", "data"):
         stage_data(work, args.workers)
+    if args.stage in ("all", "vision"):
+        stage_vision(work, args.max_steps if args.stage == "vision" else None,
+                     args.start if args.stage == "vision" else None, args.output if args.stage == "vision" else None)
     if args.stage in ("all", "sft"):
-        stage_sft(work, args.max_steps, args.start, args.output, args.lr)
+        stage_sft(work, args.max_steps if args.stage == "sft" else None, args.start if args.stage == "sft" else None,
+                  args.output if args.stage == "sft" else None, args.lr)
     if args.stage in ("all", "grpo"):
-        stage_grpo(work, args.max_steps, args.start if args.stage == "grpo" else None,
+        stage_grpo(work, args.max_steps if args.stage == "grpo" else None, args.start if args.stage == "grpo" else None,
                    args.output if args.stage == "grpo" else None)
+    if args.stage == "val":
+        stage_val(work, args.model or str(work / "sft"), args.num)
     if args.stage == "all":
         stage_eval(work, str(work / "sft"), args.num)
     if args.stage in ("all", "eval"):

@@ -1,0 +1,136 @@
+"""The nano recipe's dense vision stage (train/recipes/nano/pretrain_vision.py) and the SFT paths it relies on:
+labels that follow the pixels, the grounder's exact tensors, only the vision tower trained, and SFT on frozen
+vision features computing the same loss as SFT on pixels."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+import torch
+
+from train.recipes.nano.pretrain_vision import (MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig, labelled_clip,
+                                                label_classes, pretrain_vision, video_tensors)
+
+CONFIG = VisionPretrainConfig(steps=2, batch_clips=1, val_clips=1, eval_every=1, data_workers=0, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from stvgr1_edge.tiny import save_tiny_model
+    from transformers import AutoProcessor
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
+
+
+def _frames_from_patches(pixel_values, grid, video_processor) -> np.ndarray:
+    """Undo patchify + normalisation: (T, H, W, 3) uint8 (the layout of Qwen2VLVideoProcessor.patchify)."""
+    t, h, w = (int(v) for v in grid[0])
+    m, p, tp = video_processor.merge_size, video_processor.patch_size, video_processor.temporal_patch_size
+    x = pixel_values.reshape(t, h // m, w // m, m, m, 3, tp, p, p)
+    x = x.permute(0, 6, 1, 3, 7, 2, 4, 8, 5).reshape(t * tp, h * p, w * p, 3).numpy()
+    x = x * np.asarray(video_processor.image_std) + np.asarray(video_processor.image_mean)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def test_labels_follow_the_drawn_markers_and_objects(tiny, tmp_path):
+    vp = tiny.processor.video_processor
+    # clip 19: five small objects, one of them blinking, none changing colour (whose blends have no single name)
+    items = labelled_clip(19, vp, CONFIG, np.random.default_rng(3), tmp_path, variants=3)
+    classes = label_classes()
+    for video, labels in items:
+        frames = _frames_from_patches(video.pixel_values_videos, video.video_grid_thw, vp)
+        groups, rows, cols = len(frames) // TEMPORAL_PATCH, frames.shape[1] // MERGED_PX, frames.shape[2] // MERGED_PX
+        digit = labels["digit"].reshape(groups, rows, cols).numpy()
+        colour = labels["colour"].reshape(groups, rows, cols).numpy()
+        # marker cores are pure red (255, 0, 0); the palette's red is (220, 30, 30)
+        red = (frames[..., 0] >= 245) & (frames[..., 1] <= 15) & (frames[..., 2] <= 15)
+        cells = red.reshape(groups, TEMPORAL_PATCH, rows, MERGED_PX, cols, MERGED_PX).any(axis=(1, 3, 5))
+        assert digit.any() and (cells[digit > 0]).all(), "a token labelled with an ID shows no marker pixels"
+        # a marker's text may reach into a neighbouring token, but markers are not drawn where no ID is labelled
+        assert (cells & (digit == 0)).sum() <= 2 * (digit > 0).sum()
+        # an object token's colour label is the colour most of its object pixels have (both frames of the tube)
+        from stvgr1_edge.synth import PALETTE
+        palette = np.asarray(list(PALETTE.values()), np.float64)
+        checked = 0
+        for g, r, c in zip(*np.nonzero(colour)):
+            name = classes["colour"][colour[g, r, c]]
+            if name == "dark" or cells[g, r, c]:
+                continue  # marker edges blend red into the object's colour
+            patch = frames[TEMPORAL_PATCH * g:TEMPORAL_PATCH * (g + 1),
+                           r * MERGED_PX:(r + 1) * MERGED_PX, c * MERGED_PX:(c + 1) * MERGED_PX]
+            px = patch.reshape(-1, 3).astype(np.float64)
+            dist = ((px[:, None, :] - palette[None]) ** 2).sum(-1)
+            near = dist.min(axis=1) < 40 ** 2
+            if near.sum() < 30:
+                continue
+            votes = np.bincount(dist[near].argmin(axis=1), minlength=len(palette))
+            assert list(PALETTE)[int(votes.argmax())] == name
+            checked += 1
+        assert checked >= 3
+        for name in ("colour", "shape", "size", "event"):  # object labels do not depend on the IDs drawn
+            assert torch.equal(labels[name], items[0][1][name])
+
+
+def test_tensors_are_the_grounders(tiny):
+    from stvgr1_edge.clip import PromptedClip
+    from stvgr1_edge.grounding import GroundingInputs
+
+    frames = np.random.default_rng(0).integers(0, 256, (12, 168, 224, 3)).astype(np.uint8)
+    clip = PromptedClip(frames, tuple(range(12)), 2.0, 168, 224, 10.0, 60)
+    ref = GroundingInputs(tiny.processor).prepare_video(clip)
+    ours = video_tensors(frames, 2.0, tiny.processor.video_processor)
+    assert torch.equal(ours.pixel_values_videos, ref.pixel_values_videos)
+    assert torch.equal(ours.video_grid_thw, ref.video_grid_thw)
+    assert torch.equal(ours.second_per_grid_ts.float(), ref.second_per_grid_ts.float())
+
+
+def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    report = pretrain_vision(tiny.folder, tmp_path / "out", CONFIG)
+    assert report["final"]["step"] == 2 and 0.0 <= report["final"]["digit_acc"] <= 1.0
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("model.visual.merger.") for k in changed)
+
+
+def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
+    from train.cache import load_cached_dataset
+    from train.grpo import load_processor
+    from train.prepare import prepare_cache
+    from train.sft import FrozenVisionFeatures, SFTCollator, SFTRunConfig, run_sft
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.tiny import save_tiny_model
+
+    from _train_helpers import write_mixed_synthetic
+
+    annotations = write_mixed_synthetic(tmp_path / "data", num_small=2, num_wide=1)
+    prepare_cache(annotations, tmp_path / "cache")
+    folder = save_tiny_model(tmp_path / "tiny")
+    processor, _ = load_processor(str(folder))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+    rows = list(load_cached_dataset(tmp_path / "cache"))
+    features = FrozenVisionFeatures(model)
+    with torch.no_grad():
+        from_pixels = model(**SFTCollator(processor, describe_objects=True)(rows)).loss
+        batch = SFTCollator(processor, describe_objects=True, vision_features=features)(rows)
+        assert "pixel_values_videos" not in batch
+        from_features = model(**batch).loss
+    assert torch.allclose(from_pixels, from_features, atol=1e-5)
+
+    trainer = run_sft(SFTRunConfig(data=str(tmp_path / "cache"), model=str(folder), output_dir=str(tmp_path / "sft"),
+                                   max_steps=2, per_device_train_batch_size=2, gradient_checkpointing=False,
+                                   save_steps=100, freeze_vision=True, learning_rate=1e-3))
+    assert trainer.state.global_step == 2
+    trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "sft").state_dict()
+    start = model.state_dict()
+    assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith("model.visual."))
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("model.language_model."))
