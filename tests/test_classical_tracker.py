@@ -280,3 +280,26 @@ def test_object_standing_still_for_most_of_the_clip_is_not_absorbed_into_the_bac
     # the repair of the estimate is what finds it: without it only the part of it the median missed is seen
     unrepaired = _track(images, ClassicalTrackerConfig(detector=ClassicalDetectorConfig(background_ghost_min_samples=0)))
     assert [50.0, 50.0, 66.0, 66.0] not in [t.box_at(30) for t in unrepaired.tracks.values() if 30 in t.frames]
+
+
+def test_colour_split_gives_thin_stray_pixels_to_the_neighbouring_object():
+    """A one-pixel column of the red square's edge came out blue (blended by compression): it clusters with
+    the blue square, but it is no part of it, so the blue square's box stays its own."""
+    tracker = ClassicalTracker()
+    image = np.full((40, 50, 3), 200, np.uint8)
+    image[10:30, 10:30] = (220, 30, 30)
+    image[10:20, 30:40] = (30, 80, 220)
+    image[10:30, 29] = (40, 70, 210)  # the stray column, touching the blue square
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 10:30] = True
+    mask[10:20, 30:40] = True
+    from stvgr1_edge.tracking.classical import _Observation
+
+    ob = _Observation(np.array([10, 10, 40, 30], np.float32), mask, np.zeros(1), float(mask.sum()))
+    parts = tracker._colour_parts(ob, image)
+    assert len(parts) == 2
+    blue = next(p for p in parts if p[15, 35])
+    red = next(p for p in parts if p[25, 15])
+    rows = np.nonzero(blue.any(axis=1))[0]
+    assert (rows.min(), rows.max()) == (10, 19)  # not stretched down the red square's edge
+    assert red[20:30, 29].all()

@@ -823,15 +823,27 @@ class ClassicalTracker(StreamingTracker):
         _, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
         labels = np.where(blob, labels[iy, ix], 0)
         min_area = self.detector.config.min_area_fraction * image.shape[0] * image.shape[1]
-        parts = []
+        cores = np.zeros(blob.shape, np.int32)
         for k in range(1, len(groups) + 1):
             part = labels == k
             count, cc = cv2.connectedComponents(part.astype(np.uint8), connectivity=8)
-            largest = max(np.bincount(cc[part]).tolist()) if part.any() else 0
-            if part.sum() < min_area or largest < cfg.colour_split_min_compactness * part.sum():
+            sizes = np.bincount(cc[part]) if part.any() else np.zeros(1, np.int64)
+            if part.sum() < min_area or sizes.max() < cfg.colour_split_min_compactness * part.sum():
                 return []
+            # each object is its colour's main piece without thin strays (blended edge pixels of a
+            # neighbour, compression fringes); the strays go to the nearest object
+            opened = cv2.morphologyEx(part.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            count, cc = cv2.connectedComponents(opened, connectivity=8)
+            if count > 1:
+                cores[cc == 1 + int(np.argmax(np.bincount(cc[cc > 0])[1:]))] = k
+        if len(np.unique(cores[cores > 0])) < len(groups):
+            return []
+        _, (iy, ix) = ndimage.distance_transform_edt(cores == 0, return_indices=True)
+        labels = np.where(blob, cores[iy, ix], 0)
+        parts = []
+        for k in range(1, len(groups) + 1):
             full = np.zeros_like(ob.mask)
-            full[y1:y2, x1:x2] = part
+            full[y1:y2, x1:x2] = labels == k
             parts.append(full)
         return parts
 
