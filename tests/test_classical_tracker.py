@@ -303,3 +303,65 @@ def test_colour_split_gives_thin_stray_pixels_to_the_neighbouring_object():
     rows = np.nonzero(blue.any(axis=1))[0]
     assert (rows.min(), rows.max()) == (10, 19)  # not stretched down the red square's edge
     assert red[20:30, 29].all()
+
+
+def test_a_fragment_of_a_track_does_not_shrink_it_so_it_relinks_when_it_comes_back():
+    """The object fades: for two frames only a sliver of it differs from the floor, then for two frames
+    nothing; it comes back where predicted in another colour. The sliver is a fragment: it must not
+    become the track's size and speed, or the object coming back looks like another one."""
+    bg = _background()
+    images = []
+    for f in range(40):
+        img = bg.copy()
+        x = int(round(5 + 3.0 * f))
+        if f < 20:
+            img[40:54, x:x + 14] = (220, 30, 30)
+        elif f < 22:
+            img[40:54, x + 10:x + 14] = (220, 30, 30)  # the sliver
+        elif f >= 24:
+            img[41:55, x:x + 14] = (30, 80, 220)
+        images.append(img)
+    ts = _track(images)
+    assert ts.ids == [1]
+    assert {20, 21} <= set(ts.tracks[1].frames) and ts.tracks[1].frames[-1] == 39
+
+    no_fragments = _track(images, ClassicalTrackerConfig(fragment_max_fraction=0.0))
+    assert no_fragments.ids == [1, 2]
+
+
+def _split_two_red_squares(small_box, blob_extra=None, config: ClassicalTrackerConfig | None = None) -> dict:
+    """Split a red blob (a 20x20 square at 20..40, plus ``blob_extra`` (rows, cols) slices) between a big
+    track (that square) and a small 8x8 track of the same colour with prior box ``small_box``;
+    returns {"big"|"small": part box}."""
+    from stvgr1_edge.tracking.classical import _colour_hist, _hsv_bins, _Observation, _TrackState
+
+    image = np.full((60, 70, 3), 200, np.uint8)
+    image[20:40, 20:40] = (220, 30, 30)
+    if blob_extra is not None:
+        image[blob_extra] = (220, 30, 30)
+    blob = np.all(image == (220, 30, 30), axis=2)
+    bins = _hsv_bins(image)
+    hist = _colour_hist(bins, blob)
+    big = _TrackState(np.array([20, 20, 40, 40], np.float32), np.zeros(2, np.float32), hist, 400.0, 0,
+                      shape=np.ones((20, 20), bool))
+    small = _TrackState(np.array(small_box, np.float32), np.zeros(2, np.float32), hist, 64.0, 0, shape=np.ones((8, 8), bool))
+    ys, xs = np.nonzero(blob)
+    ob = _Observation(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32), blob, hist, float(blob.sum()))
+    parts = ClassicalTracker(config)._split(ob, [small, big], {id(big): big.box, id(small): small.box}, bins)
+    return {("big" if p.owner is big else "small"): p.box.tolist() for p in parts}
+
+
+def test_merge_split_places_the_largest_shape_first():
+    """The small square sticks out of the big one's right edge; its prior is a little inside the big one.
+    Placed after the big one, it is looked for where the big one leaves the blob unexplained."""
+    parts = _split_two_red_squares([33, 26, 41, 34], blob_extra=(slice(26, 34), slice(36, 44)))
+    assert parts["big"] == [20.0, 20.0, 40.0, 40.0]
+    assert parts["small"][2] == 44.0  # it holds the part sticking out
+
+
+def test_merge_split_hides_a_shape_lying_within_a_larger_one_of_the_same_colour():
+    """The blob is the big square alone: the small same-coloured one, somewhere inside, cannot be told
+    from it, so it is hidden (it coasts) instead of taking the big one's pixels."""
+    assert _split_two_red_squares([21, 21, 29, 29]) == {"big": [20.0, 20.0, 40.0, 40.0]}
+    without = _split_two_red_squares([21, 21, 29, 29], config=ClassicalTrackerConfig(engulf_min_overlap=1.01))
+    assert "small" in without

@@ -17,19 +17,22 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    the blob has room for it), and is the detection covering each of them best, is divided pixel by
    pixel between them. Each member's last unsplit mask (its shape) is slid over the blob near its
    prior position (template matching: blob pixels of its colour for, pixels off the blob against), the
-   best fitting member first; pixels a placed shape explains are no evidence for the next, so two
+   largest member first; pixels a placed shape explains are no evidence for the next, so two
    same-coloured objects do not land on the same pixels. A pixel then goes to the member whose placed
    shape covers it (colour likelihood, i.e. histogram back-projection, decides where shapes overlap),
-   else to the nearest shape; a part too small to be the object means it is hidden, and its track
-   coasts. Each part goes to the track it was cut out for; split parts never change a track's size,
-   colour, shape or velocity model;
+   else to the nearest shape; a part too small to be the object means it is hidden, and so does a shape
+   lying within a clearly larger same-coloured member's (indistinguishable from it): its track coasts.
+   Each part goes to the track it was cut out for; split parts never change a track's size, colour,
+   shape or velocity model;
    then split blobs by colour: a blob that no recently seen track already looks like (the whole blob)
    and that holds two or three clearly different saturated colours, each a compact piece, is divided
    into one detection per colour (2-means in Lab; objects touching when they first appear);
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
    where the track was predicted, or where track and detection are each other's nearest, so blinking
-   and colour-changing objects keep their IDs);
+   and colour-changing objects keep their IDs); a matched detection much smaller than its track, with no
+   other detection where the track was predicted, is a fragment of the object (fading into the floor,
+   mostly hidden) and, like a split part, leaves the track's model as it was;
 4. re-link lost tracks to the remaining detections near where they vanished (or would be by now) that
    look the same (same ID); a track lost for less than ``max_predict_s`` re-links whatever its colour
    to a same-size detection where it was predicted (colours fading through the floor's);
@@ -296,6 +299,19 @@ class ClassicalTrackerConfig(TrackerConfig):
     """A detection is a merge of several tracks if it covers at least this much of each one's predicted box ..."""
     merge_min_extra_area: float = 0.5
     """... and, if one of them was lost, its area exceeds the largest one's by this fraction of the second one's."""
+    engulf_min_overlap: float = 0.9
+    """When splitting a merge, a member whose placed shape lies this much inside the placed shapes of members
+    at least ``engulf_min_area_ratio`` times its size and of the same colour (``engulf_max_appearance_distance``)
+    is hidden: indistinguishable from them, it coasts."""
+    engulf_min_area_ratio: float = 1.5
+    """How much larger an engulfing member must be (two alike objects overlapping engulf neither)."""
+    engulf_max_appearance_distance: float = 0.3
+    """Bhattacharyya distance of colour histograms up to which two members count as the same colour."""
+    fragment_max_fraction: float = 0.5
+    """A detection matched to a track but smaller than this fraction of its usual area, with no other detection
+    where the track was predicted, is a fragment of it (the object fading into the floor's colour, or mostly
+    hidden): like a split part, it shows where the object is but does not change its size, colour, shape or
+    velocity model."""
     min_visible_fraction: float = 0.2
     """After splitting a merge, a part smaller than this fraction of its track's usual area counts as hidden."""
     split_search_fraction: float = 0.35
@@ -519,6 +535,7 @@ class ClassicalTracker(StreamingTracker):
         matches.extend(relinks)
         # 3. the rest start tentative tracks
 
+        self._mark_fragments(matches, obs, preds)
         matched_tracks = set()
         for track, ob in matches:
             self._update(track, ob, f)
@@ -537,6 +554,19 @@ class ClassicalTracker(StreamingTracker):
             survivors.append(t)
         self._tracks = survivors
         self._prev_frame = f
+
+    def _mark_fragments(self, matches: list[tuple[_TrackState, _Observation]], obs: list[_Observation], preds: dict) -> None:
+        """A detection much smaller than the track it matched, with no other detection where the track was
+        predicted, is a fragment of that object (fading into the floor's colour, mostly hidden): it only shows
+        where the object is (as a split part does). With another detection there, the track was two objects
+        that have come apart."""
+        cfg = self.config
+        for track, ob in matches:
+            if ob.partial or track.track_id is None or ob.area >= cfg.fragment_max_fraction * track.area:
+                continue
+            pred = preds[id(track)]
+            if not any(o is not ob and _covered_fraction(o.box, pred) > 0 for o in obs):
+                ob.partial = True
 
     def _record(self, ob: _Observation, frame: int) -> tuple:
         """An output observation ``(frame, box, mask RLE, score)`` at the video's native size."""
@@ -707,15 +737,13 @@ class ClassicalTracker(StreamingTracker):
         crop_mask = ob.mask[y1:y2, x1:x2]
         crop_bins = bins[y1:y2, x1:x2]
         ys, xs = np.mgrid[y1:y2, x1:x2]
-        # place the shapes one by one, best fitting (the least hidden) first; blob pixels a placed shape
-        # explains are no evidence for the next (same-coloured objects must not land on the same pixels)
+        # place the shapes one by one, the largest first; blob pixels a placed shape explains are no
+        # evidence for the next (same-coloured objects must not land on the same pixels, and a small object
+        # in front of or behind a large one is looked for where the large one leaves the blob unexplained)
         claimed = np.zeros_like(ob.mask)
         placements: dict[int, tuple[int, int] | None] = {}
-        unplaced = list(members)
-        while unplaced:
-            fits = [self._place_shape(t, priors[id(t)], ob.mask, claimed, bins) for t in unplaced]
-            best = int(np.argmax([-np.inf if fit is None else fit[1] for fit in fits]))
-            t, fit = unplaced.pop(best), fits[best]
+        for t in sorted(members, key=lambda m: -m.area):
+            fit = self._place_shape(t, priors[id(t)], ob.mask, claimed, bins)
             placements[id(t)] = None if fit is None else fit[0]
             if fit is not None:
                 (px, py), th, tw = fit[0], *t.shape.shape
@@ -723,10 +751,39 @@ class ClassicalTracker(StreamingTracker):
                 fx1, fy1 = min(px + tw, claimed.shape[1]), min(py + th, claimed.shape[0])
                 if fx1 > fx0 and fy1 > fy0:
                     claimed[fy0:fy1, fx0:fx1] |= t.shape[fy0 - py:fy1 - py, fx0 - px:fx1 - px]
+        # each placed shape as a mask over the blob's box
+        shape_masks: dict[int, np.ndarray] = {}
+        for t in members:
+            if placements[id(t)] is None:
+                continue
+            (px, py), (th, tw) = placements[id(t)], t.shape.shape
+            inside = np.zeros((y2 - y1, x2 - x1), np.uint8)
+            ax1, ay1, ax2, ay2 = max(px, x1), max(py, y1), min(px + tw, x2), min(py + th, y2)
+            if ax2 > ax1 and ay2 > ay1:
+                inside[ay1 - y1:ay2 - y1, ax1 - x1:ax2 - x1] = t.shape[ay1 - py:ay2 - py, ax1 - px:ax2 - px]
+            shape_masks[id(t)] = inside
+        # a shape that lies within a larger same-coloured one is indistinguishable from it: that object is
+        # hidden (it coasts), not a part of the other's pixels
+        cfg = self.config
+        engulfed = set()
+        for t in members:
+            own = shape_masks.get(id(t))
+            if own is None or not (own.astype(bool) & crop_mask).any():
+                continue
+            others = np.zeros_like(crop_mask)
+            for u in members:
+                if u is not t and id(u) in shape_masks and u.area >= cfg.engulf_min_area_ratio * t.area and _hist_distance(t.hist, u.hist) <= cfg.engulf_max_appearance_distance:
+                    others |= shape_masks[id(u)].astype(bool)
+            on_blob = own.astype(bool) & crop_mask
+            if (on_blob & others).sum() >= cfg.engulf_min_overlap * on_blob.sum():
+                engulfed.add(id(t))
         scores = []
         for t in members:
             colour = t.hist[crop_bins] / max(float(t.hist.max()), 1e-6)
             placed = placements[id(t)]
+            if id(t) in engulfed:
+                scores.append(np.zeros(crop_mask.shape))
+                continue
             if placed is None:  # no shape: a box-shaped prior at the prior box
                 p = priors[id(t)]
                 cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
@@ -736,10 +793,7 @@ class ClassicalTracker(StreamingTracker):
             else:
                 px, py = placed
                 th, tw = t.shape.shape
-                inside = np.zeros((y2 - y1, x2 - x1), np.uint8)
-                ax1, ay1, ax2, ay2 = max(px, x1), max(py, y1), min(px + tw, x2), min(py + th, y2)
-                if ax2 > ax1 and ay2 > ay1:
-                    inside[ay1 - y1:ay2 - y1, ax1 - x1:ax2 - x1] = t.shape[ay1 - py:ay2 - py, ax1 - px:ax2 - px]
+                inside = shape_masks[id(t)]
                 if inside.any():
                     gap = cv2.distanceTransform((1 - inside).astype(np.uint8), cv2.DIST_L2, 3)
                 else:
