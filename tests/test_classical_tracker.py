@@ -365,3 +365,18 @@ def test_merge_split_hides_a_shape_lying_within_a_larger_one_of_the_same_colour(
     assert _split_two_red_squares([21, 21, 29, 29]) == {"big": [20.0, 20.0, 40.0, 40.0]}
     without = _split_two_red_squares([21, 21, 29, 29], config=ClassicalTrackerConfig(engulf_min_overlap=1.01))
     assert "small" in without
+
+
+def test_detector_suppresses_shadows_but_not_dark_objects():
+    bg = _background()
+    img = bg.copy()
+    img[20:40, 20:50] = (bg[20:40, 20:50] * 0.7).astype(np.uint8)  # a shadow: the floor, uniformly darker
+    img[70:90, 100:124] = (35, 35, 35)  # a dark grey object
+    det = ClassicalDetector()
+    det.fit_background([bg])
+    fg = det.foreground_mask(img)
+    assert not fg[20:40, 20:50].any()
+    assert fg[70:90, 100:124].all()
+    no_shadows = ClassicalDetector(ClassicalDetectorConfig(suppress_shadows=False))
+    no_shadows.fit_background([bg])
+    assert no_shadows.foreground_mask(img)[22:38, 22:48].all()
