@@ -3,8 +3,8 @@
 Each clip is synthesized from a seed (``stvgr1_edge.synth``), encoded to H.264 like a real video,
 tracked by :class:`ClassicalTracker`, and compared with the clip's GT tracks: IDF1, MOTA and ID
 switches per clip (motmetrics; a hypothesis box matches a GT box at IoU >= 0.5). The tracker is developed
-on seeds 0-999 only; the held-out ranges (1000-1009, 2000-2019, 3000-3019, 4000-4019) are run once per
-tracker version.
+on seeds 0-999 only; the held-out ranges (1000-1009, 2000-2019, 3000-3019, 4000-4019, 6000-6019, then the
+fresh 7000-7019 and 8000-8019) are run once per tracker version. Each summary names the commit it ran at.
 
     python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,12 +105,26 @@ def _plot(per_clip: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _git_commit() -> str | None:
+    """The repository's HEAD commit (``-dirty`` if the tracker or this script has uncommitted changes), or None
+    outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "stvgr1_edge/tracking", "benchmarks/tracking_accuracy.py"],
+                               cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def summarize(per_clip: list[dict]) -> dict:
     """Aggregate per-clip scores of one seed range."""
     cfg = SynthConfig()
     return {
         "tracker": "classical",
         "tracker_config": "ClassicalTrackerConfig() defaults",
+        "git_commit": _git_commit(),
         "synth_config": {"width": cfg.width, "height": cfg.height, "fps": cfg.fps, "seconds": cfg.seconds},
         "match_iou": MATCH_IOU,
         "metrics_library": "motmetrics",
