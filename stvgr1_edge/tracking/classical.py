@@ -26,7 +26,8 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    shape or velocity model;
    then split blobs by colour: a blob that no recently seen track already looks like (the whole blob)
    and that holds two or three clearly different saturated colours, each a compact piece, is divided
-   into one detection per colour (2-means in Lab; objects touching when they first appear);
+   into one detection per colour (2-means in Lab; objects touching when they first appear), each
+   colour's main piece, thin stray pixels going to the neighbouring piece;
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
    where the track was predicted, or where track and detection are each other's nearest, so blinking
