@@ -83,9 +83,13 @@ def _plot(per_clip: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeds = [str(c["seed"]) for c in per_clip]
+    seeds = [c["seed"] for c in per_clip]
     x = np.arange(len(seeds))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    if len(seeds) > 40:  # many ranges: name the first seed of each
+        seeds = [str(s) if i == 0 or s != seeds[i - 1] + 1 else "" for i, s in enumerate(seeds)]
+    else:
+        seeds = [str(s) for s in seeds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(11.0, 0.12 * len(seeds)), 3.8))
     ax1.bar(x - 0.2, [c["idf1"] for c in per_clip], 0.4, label="IDF1")
     ax1.bar(x + 0.2, [c["mota"] for c in per_clip], 0.4, label="MOTA")
     ax1.axhline(0.9, color="k", ls="--", lw=1, label="IDF1 target 0.90")
