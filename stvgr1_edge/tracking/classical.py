@@ -18,9 +18,10 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    pixel between them. Each member's last unsplit mask (its shape) is slid over the blob near its
    prior position (template matching: blob pixels of its colour for, pixels off the blob against), the
    largest member first; pixels a placed shape explains are no evidence for the next, so two
-   same-coloured objects do not land on the same pixels. A pixel then goes to the member whose placed
-   shape covers it (colour likelihood, i.e. histogram back-projection, decides where shapes overlap),
-   else to the nearest shape; a part too small to be the object means it is hidden, and so does a shape
+   same-coloured objects do not land on the same pixels. A pixel then goes to the member scoring highest
+   on its colour likelihood (histogram back-projection) times closeness to its placed shape (1 inside the
+   shape, decaying with distance outside), so covering shapes win and colour decides between them,
+   though a strong colour match may outweigh a nearby shape's edge; a part too small to be the object means it is hidden, and so does a shape
    lying within a clearly larger same-coloured member's (indistinguishable from it): its track coasts.
    Each part goes to the track it was cut out for; split parts never change a track's size, colour,
    shape or velocity model;
@@ -730,8 +731,9 @@ class ClassicalTracker(StreamingTracker):
 
         Each member's last seen shape is placed where it fits the blob best near its prior box (template
         matching: blob pixels of the member's colour count for it, pixels off the blob against it). A blob
-        pixel goes to the member whose placed shape covers it (colour decides where shapes overlap), else
-        to the nearest placed shape.
+        pixel goes to the member with the highest colour likelihood times closeness to its placed shape
+        (1 inside it, decaying outside): in effect to the shape covering it, colour deciding where shapes
+        overlap, else to the nearest shape.
         """
         import cv2
 
