@@ -611,6 +611,17 @@ def _make_background(rng, cfg: SynthConfig) -> np.ndarray:
     return img
 
 
+def draw_object(canvas: np.ndarray, obj: SynthObject, frame: int, value) -> None:
+    """Fill ``obj``'s shape at ``frame`` into ``canvas`` with ``value``, exactly as clips are rendered (no
+    anti-aliasing). For scenes built outside :func:`generate_clip` (e.g. small training crops)."""
+    _draw_object(canvas, obj, frame, value)
+
+
+def make_background(rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
+    """A static floor as clips have (:class:`SynthConfig` size), drawn from ``rng``."""
+    return _make_background(rng, config)
+
+
 def object_label_map(clip: SynthClip, frame: int) -> np.ndarray:
     """(H, W) uint8 map of which object ID owns each pixel of ``frame`` (0: floor): the occlusion order the
     GT masks and :func:`render_frames` use. For per-pixel labels (e.g. teaching a vision encoder)."""

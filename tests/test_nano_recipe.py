@@ -12,10 +12,12 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from train.recipes.nano.pretrain_vision import (MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig, labelled_clip,
-                                                label_classes, pretrain_vision, video_tensors)
+from train.recipes.nano.pretrain_vision import (IGNORE, MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig,
+                                                label_classes, labelled_clip, pretrain_vision, small_scene,
+                                                video_tensors)
 
-CONFIG = VisionPretrainConfig(steps=2, batch_clips=1, val_clips=1, eval_every=1, data_workers=0, warmup_steps=1)
+CONFIG = VisionPretrainConfig(scene_steps=2, scene_batch=2, steps=2, batch_clips=1, val_clips=1, eval_every=1,
+                              data_workers=0, warmup_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_labels_follow_the_drawn_markers_and_objects(tiny, tmp_path):
         from stvgr1_edge.synth import PALETTE
         palette = np.asarray(list(PALETTE.values()), np.float64)
         checked = 0
-        for g, r, c in zip(*np.nonzero(colour)):
+        for g, r, c in zip(*np.nonzero(colour > 0)):
             name = classes["colour"][colour[g, r, c]]
             if name == "dark" or cells[g, r, c]:
                 continue  # marker edges blend red into the object's colour
@@ -74,6 +76,34 @@ def test_labels_follow_the_drawn_markers_and_objects(tiny, tmp_path):
         assert checked >= 3
         for name in ("colour", "shape", "size", "event"):  # object labels do not depend on the IDs drawn
             assert torch.equal(labels[name], items[0][1][name])
+
+
+def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
+    import cv2
+
+    from stvgr1_edge.markers import marker_style
+    from stvgr1_edge.synth import SynthConfig, make_background
+
+    rng = np.random.default_rng(0)
+    backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]
+    font_scale, thickness = marker_style(168, 224)
+    (_, glyph_height), _ = cv2.getTextSize("8", cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    labelled, tallest = 0, 0
+    for _ in range(40):
+        frames, labels = small_scene(rng, backgrounds, CONFIG)
+        assert frames.shape == (2, 56, 56, 3) and labels["digit"].shape == (2, 2)
+        assert (labels["event"] == IGNORE).all()
+        red = (frames[0, ..., 0] >= 245) & (frames[0, ..., 1] <= 15) & (frames[0, ..., 2] <= 15)
+        for r, c in zip(*np.nonzero(labels["digit"])):
+            labelled += 1
+            both = (frames[..., 0] >= 245) & (frames[..., 1] <= 15) & (frames[..., 2] <= 15)
+            assert both[:, r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].any()
+        rows = np.nonzero(red.any(axis=1))[0]
+        if len(rows):
+            tallest = max(tallest, rows.max() - rows.min() + 1)
+    assert labelled >= 20
+    # digits as tall as the 224x168 frame's markers, not the crop's (a 56-pixel frame's are ~3 px tall)
+    assert tallest >= glyph_height - 1
 
 
 def test_tensors_are_the_grounders(tiny):
@@ -93,7 +123,8 @@ def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     report = pretrain_vision(tiny.folder, tmp_path / "out", CONFIG)
-    assert report["final"]["step"] == 2 and 0.0 <= report["final"]["digit_acc"] <= 1.0
+    assert [h["phase"] for h in report["history"]] == ["scene", "scene", "clip", "clip"]
+    assert report["final"]["step"] == 4 and 0.0 <= report["final"]["digit_acc"] <= 1.0
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -7,7 +7,9 @@ it never learned to read the markers: its video features hardly varied from toke
 (patch embedding, blocks and the patch merger, whose outputs the language model reads) is trained first on a dense
 per-token objective. Linear heads on each merged visual token (28x28 pixels x 2 frames) predict:
 
-- ``digit``: the ID whose §3 marker text is centred in the token (0: none);
+- ``digit``: the ID most of whose §3 marker pixels fall in the token (0: none). Besides the objects' markers, a
+  few markers with random IDs are drawn anywhere in each tube, so that reading a marker cannot be replaced by
+  recognising the object it sits on;
 - ``colour``, ``shape``, ``size``: of the object covering most of the token (0: no object; the colour it shows,
   "dark" only when it is blinking dark in both frames);
 - ``event``: what that object is doing in those two frames (0: nothing, or no object).
@@ -24,6 +26,7 @@ them); the grounder's own input preparation (:class:`stvgr1_edge.grounding.Groun
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -44,6 +47,8 @@ TEMPORAL_PATCH = 2
 """Frames per visual token (Qwen2.5-VL's 2-frame tubes)."""
 MAX_DISPLAY_ID = 15
 """Largest marker ID drawn (the digit head has classes 0..15)."""
+IGNORE = -100
+"""Label of tokens the loss skips (``F.cross_entropy``'s ignore index)."""
 
 
 def label_classes() -> dict[str, list[str]]:
@@ -57,10 +62,16 @@ def label_classes() -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class VisionPretrainConfig:
-    """The dense vision stage."""
+    """The dense vision stage: small scenes first (reading digits and shapes), then whole clips (events, context)."""
 
+    scene_steps: int = 3000
+    """Optimizer steps on :func:`small_scene` crops."""
+    scene_batch: int = 64
+    """Crops per step."""
+    scene_tokens: int = 2
+    """Crop side in merged tokens (2: 56x56 pixels)."""
     steps: int = 1500
-    """Optimizer steps."""
+    """Optimizer steps on whole clips, after the scenes."""
     batch_clips: int = 2
     """Clips per step."""
     learning_rate: float = 1e-3
@@ -70,7 +81,9 @@ class VisionPretrainConfig:
     digit_weight: float = 4.0
     """Weight of the token classes that hold a marker (rare: a few of 48 tokens per frame pair)."""
     min_object_pixels: int = 30
-    """A token belongs to an object when the object covers at least this many of its 2 x 28 x 28 pixels."""
+    """A token belongs to an object when the object covers at least this many of its 2 x 28 x 28 pixels ..."""
+    min_object_share: float = 0.2
+    """... and this share of the object's pixels in the tube (else the token is not labelled for the object heads)."""
     seed: int = 10_000
     """Root seed of the pretraining clips (the recipe trains on 0 and 1, validates on 4000, holds out 5000)."""
     val_clips: int = 24
@@ -80,8 +93,11 @@ class VisionPretrainConfig:
     """Training items per generated clip, each with other marker IDs (generating the clip costs the most)."""
     data_workers: int = 1
     """Processes generating clips while the model trains (0: in the training process)."""
-    shuffle_ids_prob: float = 0.25
+    shuffle_ids_prob: float = 0.5
     """Chance that a clip's marker IDs are a random permutation instead of the order of first appearance."""
+    extra_markers_per_frame: int = 2
+    """Markers with random IDs (1..9) drawn at random places of each tube, besides the objects' own: within a clip
+    an object's ID and its looks go together, which a head can learn instead of reading the digits."""
     offset_ids_prob: float = 0.2
     """Chance that a clip's IDs start above 1 (IDs consumed by earlier tracks, as after ID switches)."""
     width: int = 224
@@ -102,23 +118,58 @@ def display_ids(clip, rng: np.random.Generator, config: VisionPretrainConfig) ->
     return {o.object_id: int(i) for o, i in zip(order, ids)}
 
 
-def _marker_centres(label_map: np.ndarray, ids: dict[int, int]) -> list[tuple[int, float, float, int]]:
-    """``(synthetic id, x, y, area)`` of the centre of each marker's text in one frame, for the objects §3 marks."""
-    import cv2
+def _object_markers(label_map: np.ndarray, ids: dict[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """``(drawn ID, anchor)`` of each object marker §3 draws in one frame (``label_map``: synthetic object IDs),
+    in :func:`stvgr1_edge.markers.draw_id_markers`'s drawing order."""
+    from stvgr1_edge.markers import marker_anchor, markable_objects
 
-    from stvgr1_edge.markers import marker_anchor, marker_style, markable_objects
-
-    height, width = label_map.shape
-    font_scale, thickness = marker_style(height, width)
     present = [k for k in ids if (label_map == k).any()]
     masks = [label_map == k for k in present]
     out = []
     for i in markable_objects([int(m.sum()) for m in masks]):
         anchor = marker_anchor(masks[i])
-        if anchor is None:
-            continue
-        (w, h), _ = cv2.getTextSize(str(ids[present[i]]), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        out.append((present[i], anchor[0] + w / 2.0, anchor[1] - h / 2.0, int(masks[i].sum())))
+        if anchor is not None:
+            out.append((ids[present[i]], anchor))
+    return out
+
+
+def extra_markers(height: int, width: int, sampled: Sequence[int], count: int,
+                  rng: np.random.Generator) -> dict[int, list[tuple[int, tuple[int, int]]]]:
+    """Frame → ``count`` ``(random ID 1..9, anchor)`` markers whose §3 text lies inside the frame. The markers of
+    the two frames of a tube are the same IDs a few pixels apart, as an object's marker moves with it."""
+    import cv2
+
+    from stvgr1_edge.markers import marker_style
+
+    font_scale, thickness = marker_style(height, width)
+    out: dict[int, list[tuple[int, tuple[int, int]]]] = {}
+    for g in range(0, len(sampled), TEMPORAL_PATCH):
+        tube = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+        for _ in range(count):
+            marker_id = int(rng.integers(1, 10))
+            (w, h), _ = cv2.getTextSize(str(marker_id), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(h + 1, height - 1))
+            for f in tube:
+                out.setdefault(f, []).append((marker_id, (x, y)))
+                x = int(np.clip(x + rng.integers(-6, 7), 0, width - w - 1))
+                y = int(np.clip(y + rng.integers(-6, 7), h + 1, height - 2))
+    return out
+
+
+def draw_markers(image: np.ndarray, markers: Sequence[tuple[int, tuple[int, int]]],
+                 frame_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A copy of ``image`` with ``markers`` (``(ID, anchor)``) drawn exactly as
+    :func:`stvgr1_edge.markers.draw_id_markers` draws IDs, in the style of a ``frame_size`` (H, W) frame (default:
+    the image's own; a crop of a frame passes the frame's)."""
+    import cv2
+
+    from stvgr1_edge.markers import MARKER_COLOR_RGB, marker_style
+
+    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    font_scale, thickness = marker_style(*(frame_size or image.shape[:2]))
+    for marker_id, anchor in markers:
+        cv2.putText(out, str(marker_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale, MARKER_COLOR_RGB, thickness,
+                    cv2.LINE_AA)
     return out
 
 
@@ -130,58 +181,197 @@ def _nearest_colour(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((values - np.asarray(rgb, np.float64)) ** 2).sum(axis=1)))]
 
 
-def object_token_labels(clip, sampled: Sequence[int], min_object_pixels: int) -> dict[str, np.ndarray]:
-    """Per merged visual token ``(groups, rows, cols)`` int64 class indices of the object heads (colour, shape,
-    size, event; see the module doc). ``sampled``: the native frame indices the VLM sees, in order (pairs form the
-    2-frame tubes). Labels are in the clip's native pixel grid, which must be the resized grid (multiples of 28)."""
-    from stvgr1_edge.synth import EVENTS, SHAPES, SIZES, object_label_map
-
+def tube_object_labels(maps: Sequence[np.ndarray], describe, min_object_pixels: int,
+                       min_object_share: float) -> dict[str, np.ndarray]:
+    """``(rows, cols)`` labels of the object heads for one tube. ``maps``: each frame's object map (object ID per
+    pixel, 0: floor); ``describe(object_id, j)``: ``(colour shown in frame j or None if absent, shape, size, event
+    name or None)`` in the names of :func:`label_classes`. The token's object is the one covering most of it over the
+    tube; :data:`IGNORE` where that object covers at least ``min_object_pixels`` of it but the token holds less than
+    ``min_object_share`` of the object (a sliver cannot tell a circle's edge from a square's)."""
     classes = label_classes()
-    height, width = clip.config.height, clip.config.width
-    if height % MERGED_PX or width % MERGED_PX or len(sampled) % TEMPORAL_PATCH:
-        raise ValueError(f"token labels need a {MERGED_PX}-multiple frame and an even frame count, "
-                         f"got {width}x{height} and {len(sampled)} frames")
-    rows, cols, groups = height // MERGED_PX, width // MERGED_PX, len(sampled) // TEMPORAL_PATCH
-    labels = {name: np.zeros((groups, rows, cols), np.int64) for name in ("colour", "shape", "size", "event")}
-    objects = {o.object_id: o for o in clip.objects}
-    for g in range(groups):
-        pair = [int(f) for f in sampled[TEMPORAL_PATCH * g:TEMPORAL_PATCH * (g + 1)]]
-        counts = np.zeros((len(objects) + 1, rows, cols), np.int64)
-        for f in pair:
-            cells = object_label_map(clip, f).reshape(rows, MERGED_PX, cols, MERGED_PX)
-            for k in objects:
-                counts[k] += (cells == k).sum(axis=(1, 3))
-        owner = counts.argmax(axis=0)
-        owned = counts.max(axis=0) >= min_object_pixels
-        for r, c in zip(*np.nonzero(owned)):
-            obj = objects[int(owner[r, c])]
-            # a blinking object is dark in one frame of the tube and its own colour in the other: its own wins
-            colours = [_nearest_colour(obj.rgb[f]) for f in pair if obj.present[f]]
-            colour = next((name for name in colours if name != "dark"), colours[0])
-            labels["colour"][g, r, c] = classes["colour"].index(colour)
-            labels["shape"][g, r, c] = SHAPES.index(obj.shape) + 1
-            labels["size"][g, r, c] = SIZES.index(obj.size) + 1
-            e = obj.event
-            if e is not None and any(e.start_frame <= f <= e.end_frame for f in pair):
-                labels["event"][g, r, c] = EVENTS.index(e.name) + 1
+    height, width = maps[0].shape
+    rows, cols = height // MERGED_PX, width // MERGED_PX
+    labels = {name: np.zeros((rows, cols), np.int64) for name in ("colour", "shape", "size", "event")}
+    ids = sorted({int(k) for m in maps for k in np.unique(m) if k > 0})
+    if not ids:
+        return labels
+    counts = np.zeros((len(ids), rows, cols), np.int64)
+    for m in maps:
+        cells = m.reshape(rows, MERGED_PX, cols, MERGED_PX)
+        for i, k in enumerate(ids):
+            counts[i] += (cells == k).sum(axis=(1, 3))
+    owner = counts.argmax(axis=0)
+    owned = counts.max(axis=0) >= min_object_pixels
+    share = counts.max(axis=0) / np.maximum(counts.sum(axis=(1, 2))[owner], 1)
+    for name in labels:
+        labels[name][owned & (share < min_object_share)] = IGNORE
+    for r, c in zip(*np.nonzero(owned & (share >= min_object_share))):
+        k = ids[int(owner[r, c])]
+        facts = [describe(k, j) for j in range(len(maps))]
+        # a blinking object is dark in one frame of the tube and its own colour in the other: its own wins
+        colours = [f[0] for f in facts if f[0] is not None]
+        labels["colour"][r, c] = classes["colour"].index(next((n for n in colours if n != "dark"), colours[0]))
+        labels["shape"][r, c] = classes["shape"].index(facts[0][1])
+        labels["size"][r, c] = classes["size"].index(facts[0][2])
+        events = [f[3] for f in facts if f[3] is not None]
+        labels["event"][r, c] = classes["event"].index(events[0]) if events else 0
     return labels
 
 
-def digit_token_labels(clip, sampled: Sequence[int], ids: dict[int, int]) -> np.ndarray:
-    """``(groups, rows, cols)`` int64: the ID whose marker text is centred in each token in either frame of the
-    tube (the first frame wins; within a frame the larger object wins), 0 where none."""
+def tube_digit_labels(markers: Sequence[Sequence[tuple[int, tuple[int, int]]]], height: int, width: int,
+                      font_scale: float, thickness: int, min_glyph_pixels: int = 6) -> np.ndarray:
+    """``(rows, cols)`` int64 for one tube: per token, the ID most of whose drawn digit pixels fall in it (the
+    tube's first frame counting double), if at least ``min_glyph_pixels`` of them do in one frame; 0 elsewhere. A
+    two-digit ID labels the tokens of both its digits. ``markers``: per frame, ``(ID, anchor)`` in drawing order."""
+    import cv2
+
+    rows, cols = height // MERGED_PX, width // MERGED_PX
+    score = np.zeros((MAX_DISPLAY_ID + 1, rows, cols))
+    enough = np.zeros((MAX_DISPLAY_ID + 1, rows, cols), bool)
+    for j, frame_markers in enumerate(markers):
+        canvas = np.zeros((height, width), np.uint8)  # drawn ID per pixel, later markers on top
+        for marker_id, anchor in frame_markers:
+            cv2.putText(canvas, str(marker_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale, int(marker_id),
+                        thickness, cv2.LINE_8)
+        cells = canvas.reshape(rows, MERGED_PX, cols, MERGED_PX)
+        for marker_id in np.unique(canvas[canvas > 0]):
+            count = (cells == marker_id).sum(axis=(1, 3))
+            score[marker_id] += count * (2 if j == 0 else 1)
+            enough[marker_id] |= count >= min_glyph_pixels
+    score[~enough] = 0
+    return np.where(score.max(axis=0) > 0, score.argmax(axis=0), 0)
+
+
+def _check_grid(height: int, width: int, num_frames: int) -> None:
+    if height % MERGED_PX or width % MERGED_PX or num_frames % TEMPORAL_PATCH:
+        raise ValueError(f"token labels need a {MERGED_PX}-multiple frame and an even frame count, "
+                         f"got {width}x{height} and {num_frames} frames")
+
+
+def object_token_labels(clip, sampled: Sequence[int], min_object_pixels: int,
+                        min_object_share: float) -> dict[str, np.ndarray]:
+    """:func:`tube_object_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``. ``sampled``: the
+    native frame indices the VLM sees, in order (pairs form the 2-frame tubes). Labels are in the clip's native
+    pixel grid, which must be the resized grid (multiples of 28)."""
+    from stvgr1_edge.synth import object_label_map
+
+    _check_grid(clip.config.height, clip.config.width, len(sampled))
+    objects = {o.object_id: o for o in clip.objects}
+    tubes = []
+    for g in range(0, len(sampled), TEMPORAL_PATCH):
+        pair = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+
+        def describe(k: int, j: int, pair=pair):
+            obj, f = objects[k], pair[j]
+            e = obj.event
+            active = e is not None and e.start_frame <= f <= e.end_frame
+            return (_nearest_colour(obj.rgb[f]) if obj.present[f] else None, obj.shape, obj.size,
+                    e.name if active else None)
+
+        tubes.append(tube_object_labels([object_label_map(clip, f) for f in pair], describe, min_object_pixels,
+                                        min_object_share))
+    return {name: np.stack([t[name] for t in tubes]) for name in tubes[0]}
+
+
+def digit_token_labels(clip, sampled: Sequence[int], ids: dict[int, int],
+                       extras: dict[int, list[tuple[int, tuple[int, int]]]] | None = None,
+                       min_glyph_pixels: int = 6) -> np.ndarray:
+    """:func:`tube_digit_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``: the objects' §3
+    markers (``ids``: synthetic object ID → drawn ID) over the ``extras`` (frame → :func:`extra_markers`)."""
+    from stvgr1_edge.markers import marker_style
     from stvgr1_edge.synth import object_label_map
 
     height, width = clip.config.height, clip.config.width
-    rows, cols, groups = height // MERGED_PX, width // MERGED_PX, len(sampled) // TEMPORAL_PATCH
-    digits = np.zeros((groups, rows, cols), np.int64)
-    for g in range(groups):
-        pair = [int(f) for f in sampled[TEMPORAL_PATCH * g:TEMPORAL_PATCH * (g + 1)]]
-        for f in reversed(pair):
-            for k, x, y, _area in sorted(_marker_centres(object_label_map(clip, f), ids), key=lambda t: t[3]):
-                r, c = min(rows - 1, max(0, int(y // MERGED_PX))), min(cols - 1, max(0, int(x // MERGED_PX)))
-                digits[g, r, c] = ids[k]
-    return digits
+    _check_grid(height, width, len(sampled))
+    font_scale, thickness = marker_style(height, width)
+    tubes = []
+    for g in range(0, len(sampled), TEMPORAL_PATCH):
+        pair = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+        markers = [(extras or {}).get(f, []) + _object_markers(object_label_map(clip, f), ids) for f in pair]
+        tubes.append(tube_digit_labels(markers, height, width, font_scale, thickness, min_glyph_pixels))
+    return np.stack(tubes)
+
+
+# --- stage 1: small scenes -------------------------------------------------------------------------
+def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], config: "VisionPretrainConfig"):
+    """One two-frame crop of ``config.scene_tokens`` x ``config.scene_tokens`` merged tokens: a piece of a synthetic
+    floor with 1-3 random objects moving a little between the frames, each marked by §3 with a random ID (with the
+    frame size's marker style), and maybe one extra marker. Returns ``(frames (2, S, S, 3) uint8, labels)``.
+
+    Thousands of these cost less than one clip: a from-scratch ViT with 14-pixel patches needs a few hundred
+    thousand digits before it reads them at all (a probe on single digits stayed at chance for 64k, then jumped to
+    98% by 450k), far more than clips can supply on a CPU."""
+    import cv2
+
+    from stvgr1_edge.markers import marker_anchor, marker_style, markable_objects
+    from stvgr1_edge.synth import PALETTE, SHAPES, SIZES, SynthObject, draw_object
+
+    size = config.scene_tokens * MERGED_PX
+    font_scale, thickness = marker_style(config.height, config.width)
+    bg = backgrounds[int(rng.integers(len(backgrounds)))]
+    y0, x0 = int(rng.integers(0, bg.shape[0] - size + 1)), int(rng.integers(0, bg.shape[1] - size + 1))
+    floor = bg[y0:y0 + size, x0:x0 + size]
+    n = int(rng.integers(1, 4))
+    base = min(config.width, config.height)
+    objects, ids = [], rng.choice(np.arange(1, 10), size=n, replace=False)
+    if rng.random() < 0.15:
+        ids = ids + int(rng.integers(1, MAX_DISPLAY_ID - 9 + 1))
+    for i in range(n):
+        colour, shape, sz = (str(rng.choice(list(PALETTE))), str(rng.choice(SHAPES)), str(rng.choice(SIZES)))
+        radius = (0.045 if sz == "small" else 0.08) * base * rng.uniform(0.9, 1.1)
+        centre = rng.uniform(-0.1 * size, 1.1 * size, size=2)
+        step = rng.uniform(-5, 5, size=2)
+        angle = rng.uniform(0, 360)
+        objects.append(SynthObject(i + 1, colour, shape, sz, i, None, np.ones(2, bool),
+                                   np.stack([centre, centre + step]), np.full(2, radius),
+                                   np.array([angle, angle + rng.uniform(-20, 20)]),
+                                   np.tile(np.asarray(PALETTE[colour], np.uint8), (2, 1))))
+    extra = []
+    if rng.random() < 0.5:
+        extra_id = int(rng.integers(1, 10))
+        (w, h), _ = cv2.getTextSize(str(extra_id), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        x, y = int(rng.integers(-w // 2, size - w // 2)), int(rng.integers(h // 2, size + h // 2))
+        extra = [(extra_id, (x, y)), (extra_id, (x + int(rng.integers(-4, 5)), y + int(rng.integers(-4, 5))))]
+    frames, maps, markers = [], [], []
+    for j in range(TEMPORAL_PATCH):
+        label_map = np.zeros((size, size), np.uint8)
+        for obj in objects:
+            draw_object(label_map, obj, j, obj.object_id)
+        image = floor.copy()
+        for obj in objects:
+            image[label_map == obj.object_id] = obj.rgb[j]
+        masks = [label_map == obj.object_id for obj in objects]
+        marked = [(int(ids[i]), marker_anchor(masks[i])) for i in markable_objects([int(m.sum()) for m in masks])]
+        frame_markers = ([extra[j]] if extra else []) + [m for m in marked if m[1] is not None]
+        frames.append(draw_markers(image, frame_markers, (config.height, config.width)))
+        maps.append(label_map)
+        markers.append(frame_markers)
+    by_id = {obj.object_id: obj for obj in objects}
+    labels = tube_object_labels(maps, lambda k, j: (by_id[k].colour, by_id[k].shape, by_id[k].size, None),
+                                config.min_object_pixels, config.min_object_share)
+    labels["event"][:] = IGNORE  # nothing happens in a crop
+    labels["digit"] = tube_digit_labels(markers, size, size, font_scale, thickness)
+    return np.stack(frames), labels
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """An endless stream of :func:`small_scene` batches as ``(VideoTensors of the batch, labels)``."""
+
+    def __init__(self, seed: int, video_processor, config: "VisionPretrainConfig"):
+        self.seed, self.video_processor, self.config = seed, video_processor, config
+
+    def __iter__(self):
+        from stvgr1_edge.synth import SynthConfig, make_background
+
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(self.seed)
+        synth = SynthConfig(width=self.config.width, height=self.config.height)
+        backgrounds = [make_background(rng, synth) for _ in range(64)]
+        while True:
+            scenes = [small_scene(rng, backgrounds, self.config) for _ in range(self.config.scene_batch)]
+            videos = [video_tensors(frames, 2.0, self.video_processor) for frames, _ in scenes]
+            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in scenes]).reshape(-1)) for k in scenes[0][1]}
+            yield videos, labels
 
 
 def video_tensors(frames: np.ndarray, sample_fps: float, video_processor):
@@ -225,7 +415,7 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
                      preset=synth.video_preset) as writer:
         writer.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
     decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
-    objects = object_token_labels(clip, sampling.indices, config.min_object_pixels)
+    objects = object_token_labels(clip, sampling.indices, config.min_object_pixels, config.min_object_share)
     out = []
     for _ in range(variants):
         ids = display_ids(clip, rng, config)
@@ -234,8 +424,10 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
             for f, box, mask in zip(track.frames, track.boxes, track.masks):
                 if f in wanted:
                     shown.add(ids[obj_id], f, box, mask, 1.0)
-        prompted = render_prompted_clip(decoded, shown, sampling)
-        labels = dict(objects, digit=digit_token_labels(clip, sampling.indices, ids))
+        extras = extra_markers(synth.height, synth.width, sampling.indices, config.extra_markers_per_frame, rng)
+        with_extras = [Frame(fr.index, fr.time_s, draw_markers(fr.image, extras[fr.index])) for fr in decoded]
+        prompted = render_prompted_clip(with_extras, shown, sampling)
+        labels = dict(objects, digit=digit_token_labels(clip, sampling.indices, ids, extras))
         out.append((video_tensors(prompted.frames, prompted.sample_fps, video_processor),
                     {k: torch.from_numpy(v.reshape(-1)) for k, v in labels.items()}))
     return out
@@ -275,18 +467,19 @@ class TokenProbe:
 
 
 def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
-    import torch
     import torch.nn.functional as F
 
     losses, hits = {}, {}
     for name, head in probe.items():
         logits = head(features)
         target = labels[name]
+        if not (target != IGNORE).any():  # e.g. events in still crops
+            continue
         weight = None
         if name == "digit":
             weight = torch.full((logits.shape[-1],), config.digit_weight, device=logits.device)
             weight[0] = 1.0
-        losses[name] = F.cross_entropy(logits, target, weight=weight)
+        losses[name] = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
         pred = logits.argmax(-1)
         # accuracy where there is something to see (marker tokens; object tokens; event tokens)
         keep = target > 0
@@ -295,26 +488,25 @@ def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
     return losses, hits
 
 
-def _batch(items, device):
-    import torch
+def _collate_clips(items):
+    """DataLoader items ``(VideoTensors, labels)`` → ``(videos, labels)`` of one batch."""
+    return [v for v, _ in items], {k: torch.cat([lab[k] for _, lab in items]) for k in items[0][1]}
 
+
+def _forward(visual, videos, device):
     from train.video_inputs import collate_videos
 
-    videos = collate_videos([v for v, _ in items], device=device)
-    labels = {k: torch.cat([lab[k] for _, lab in items]).to(device) for k in items[0][1]}
-    return videos, labels
+    batch = collate_videos(videos, device=device)
+    return visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"]).pooler_output
 
 
-def _evaluate(visual, probe, val_items, config, device) -> dict[str, float]:
-    import torch
-
+def _evaluate(visual, probe, val_batches, config, device) -> dict[str, float]:
     totals: dict[str, list[int]] = {}
     visual.eval()
     with torch.no_grad():
-        for i in range(0, len(val_items), config.batch_clips):
-            videos, labels = _batch(val_items[i:i + config.batch_clips], device)
-            out = visual(videos["pixel_values_videos"], grid_thw=videos["video_grid_thw"]).pooler_output
-            _, hits = _losses_and_hits(probe, out, labels, config)
+        for videos, labels in val_batches:
+            out = _forward(visual, videos, device)
+            _, hits = _losses_and_hits(probe, out, {k: v.to(device) for k, v in labels.items()}, config)
             for name, h in hits.items():
                 totals[name] = [a + b for a, b in zip(totals.get(name, [0, 0, 0, 0]), h)]
     visual.train()
@@ -327,9 +519,9 @@ def _evaluate(visual, probe, val_items, config, device) -> dict[str, float]:
 
 def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPretrainConfig = VisionPretrainConfig(),
                     device: str = "cpu") -> dict:
-    """Train ``init_dir``'s vision tower (+ merger) on the dense labels; save the whole model (LM unchanged) and
-    its processor to ``out_dir``. Returns the validation scores (also written to ``out_dir/pretrain_vision.json``)."""
-    import torch
+    """Train ``init_dir``'s vision tower (+ merger) on the dense labels, small scenes then clips; save the whole
+    model (LM unchanged) and its processor to ``out_dir`` after every evaluation. Returns the validation scores
+    (also in ``out_dir/pretrain_vision.json``): ``scene_*`` on held-out crops, the rest on held-out clips."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(config.seed)
@@ -340,47 +532,68 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
     probe = TokenProbe.build(model.config.text_config.hidden_size).to(device)
     vp = processor.video_processor
     params = [p for p in visual.parameters()] + [p for p in probe.parameters()]
+    total = config.scene_steps + config.steps
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    val_stream = labelled_clips(config.seed + 1, vp, config)
-    val_items = [next(val_stream) for _ in range(config.val_clips)]
-    stream = iter(torch.utils.data.DataLoader(
-        ClipStream(config.seed, vp, config), batch_size=config.batch_clips, collate_fn=list,
-        num_workers=config.data_workers, prefetch_factor=4 if config.data_workers else None))
-    history = []
+    workers = dict(num_workers=config.data_workers, prefetch_factor=4 if config.data_workers else None)
+    scene_val = list(itertools.islice(iter(SceneStream(config.seed + 2, vp, config)), 8))
+    clip_stream = labelled_clips(config.seed + 1, vp, config)
+    clip_val = [_collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
+                for _ in range(max(1, config.val_clips // config.batch_clips))]
+    phases = [("scene", config.scene_steps, scene_val,
+               torch.utils.data.DataLoader(SceneStream(config.seed, vp, config), batch_size=None, **workers)),
+              ("clip", config.steps, clip_val,
+               torch.utils.data.DataLoader(ClipStream(config.seed, vp, config), batch_size=config.batch_clips,
+                                           collate_fn=_collate_clips, **workers))]
+    history: list[dict] = []
+    report: dict = {}
     start = time.perf_counter()
-    running: dict[str, float] = {}
-    for step in range(config.steps):
-        videos, labels = _batch(next(stream), device)
-        out = visual(videos["pixel_values_videos"], grid_thw=videos["video_grid_thw"]).pooler_output
-        losses, _ = _losses_and_hits(probe, out, labels, config)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        for k, v in losses.items():
-            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
-        if (step + 1) % 50 == 0:
-            logger.info("step %d/%d  %.1f s  losses %s", step + 1, config.steps, time.perf_counter() - start,
-                        {k: round(v, 3) for k, v in running.items()})
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            scores = _evaluate(visual, probe, val_items, config, device)
-            history.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1), **scores})
-            logger.info("val at step %d: %s", step + 1, {k: round(v, 3) for k, v in scores.items()})
+    step = 0
+    for phase, steps, val_batches, loader in phases:
+        if steps <= 0:
+            continue
+        stream = iter(loader)
+        running: dict[str, float] = {}
+        for phase_step in range(steps):
+            videos, labels = next(stream)
+            out = _forward(visual, videos, device)
+            losses, _ = _losses_and_hits(probe, out, {k: v.to(device) for k, v in labels.items()}, config)
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k, v in losses.items():
+                running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
+            if (phase_step + 1) % 50 == 0:
+                logger.info("%s step %d/%d  %.1f s  losses %s", phase, phase_step + 1, steps,
+                            time.perf_counter() - start, {k: round(v, 3) for k, v in running.items()})
+            if (phase_step + 1) % config.eval_every == 0 or phase_step + 1 == steps:
+                scores = _evaluate(visual, probe, val_batches, config, device)
+                history.append({"phase": phase, "step": step, "seconds": round(time.perf_counter() - start, 1),
+                                **scores})
+                logger.info("%s val at step %d: %s", phase, phase_step + 1, {k: round(v, 3) for k, v in scores.items()})
+                report = _save(model, processor, out_dir, config, history)  # a usable model after every evaluation
+    return report
+
+
+def _save(model, processor, out_dir, config: VisionPretrainConfig, history: list[dict]) -> dict:
+    from stvgr1_edge.errors import write_json_atomic
+
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     report = {"config": asdict(config), "history": history, "final": history[-1] if history else {}}
-    (out_dir / "pretrain_vision.json").write_text(json.dumps(report, indent=1))
+    write_json_atomic(out_dir / "pretrain_vision.json", report, indent=1)
     return report
 
 
@@ -389,14 +602,19 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("init", help="Model folder to start from (the random-init nano model).")
     parser.add_argument("out", help="Output folder (whole model + processor).")
-    parser.add_argument("--steps", type=int, default=VisionPretrainConfig.steps)
+    parser.add_argument("--scene-steps", type=int, default=VisionPretrainConfig.scene_steps)
+    parser.add_argument("--steps", type=int, default=VisionPretrainConfig.steps, help="Clip steps.")
     parser.add_argument("--batch-clips", type=int, default=VisionPretrainConfig.batch_clips)
     parser.add_argument("--lr", type=float, default=VisionPretrainConfig.learning_rate)
     parser.add_argument("--eval-every", type=int, default=VisionPretrainConfig.eval_every)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 is faster than 2 on a 2-core machine that runs anything else)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = VisionPretrainConfig(steps=args.steps, batch_clips=args.batch_clips, learning_rate=args.lr,
-                                  eval_every=args.eval_every)
+    config = VisionPretrainConfig(scene_steps=args.scene_steps, steps=args.steps, batch_clips=args.batch_clips,
+                                  learning_rate=args.lr, eval_every=args.eval_every)
     report = pretrain_vision(args.init, args.out, config)
     print(json.dumps(report["final"], indent=1))
 
