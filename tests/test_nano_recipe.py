@@ -13,10 +13,10 @@ pytest.importorskip("trl")
 import torch
 
 from train.recipes.nano.pretrain_vision import (IGNORE, MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig,
-                                                label_classes, labelled_clip, pretrain_vision, small_scene,
+                                                glyph_crop, label_classes, labelled_clip, pretrain_vision, small_scene,
                                                 video_tensors)
 
-CONFIG = VisionPretrainConfig(scene_steps=2, scene_batch=2, steps=2, batch_clips=1, val_clips=1, eval_every=1,
+CONFIG = VisionPretrainConfig(glyph_steps=2, glyph_batch=2, scene_steps=2, scene_batch=2, steps=2, batch_clips=1, val_clips=1, eval_every=1,
                               data_workers=0, warmup_steps=1)
 
 
@@ -106,6 +106,24 @@ def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
     assert tallest >= glyph_height - 1
 
 
+def test_glyph_crops_are_labelled_by_the_marker_they_show():
+    from stvgr1_edge.synth import SynthConfig, make_background
+
+    rng = np.random.default_rng(1)
+    backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]
+    seen = set()
+    for _ in range(200):
+        frames, labels = glyph_crop(rng, backgrounds, CONFIG)
+        assert frames.shape == (TEMPORAL_PATCH, MERGED_PX, MERGED_PX, 3) and labels["digit"].shape == (1, 1)
+        assert all((labels[k] == IGNORE).all() for k in ("colour", "shape", "size", "event"))
+        red = (frames[..., 0] >= 245) & (frames[..., 1] <= 15) & (frames[..., 2] <= 15)
+        digit = int(labels["digit"][0, 0])
+        # a marker's centre lies in the crop, so some of its red strokes do; an unmarked crop has none
+        assert red.any(axis=(1, 2)).all() == (digit > 0) and red.any() == (digit > 0)
+        seen.add(digit)
+    assert {0, *range(1, 10)} <= seen and any(d >= 10 for d in seen)
+
+
 def test_tensors_are_the_grounders(tiny):
     from stvgr1_edge.clip import PromptedClip
     from stvgr1_edge.grounding import GroundingInputs
@@ -123,8 +141,8 @@ def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     report = pretrain_vision(tiny.folder, tmp_path / "out", CONFIG)
-    assert [h["phase"] for h in report["history"]] == ["scene", "scene", "clip", "clip"]
-    assert report["final"]["step"] == 4 and 0.0 <= report["final"]["digit_acc"] <= 1.0
+    assert [h["phase"] for h in report["history"]] == ["glyph", "glyph", "scene", "scene", "clip", "clip"]
+    assert report["final"]["step"] == 6 and 0.0 <= report["final"]["digit_acc"] <= 1.0
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

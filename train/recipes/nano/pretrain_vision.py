@@ -64,8 +64,12 @@ def label_classes() -> dict[str, list[str]]:
 class VisionPretrainConfig:
     """The dense vision stage: small scenes first (reading digits and shapes), then whole clips (events, context)."""
 
+    glyph_steps: int = 2000
+    """Optimizer steps on :func:`glyph_crop` crops (first)."""
+    glyph_batch: int = 256
+    """Crops per step."""
     scene_steps: int = 3000
-    """Optimizer steps on :func:`small_scene` crops."""
+    """Optimizer steps on :func:`small_scene` crops (next)."""
     scene_batch: int = 64
     """Crops per step."""
     scene_tokens: int = 2
@@ -354,11 +358,46 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
     return np.stack(frames), labels
 
 
-class SceneStream(torch.utils.data.IterableDataset):
-    """An endless stream of :func:`small_scene` batches as ``(VideoTensors of the batch, labels)``."""
+def glyph_crop(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], config: "VisionPretrainConfig"):
+    """One two-frame crop of a single merged token (28x28): a piece of floor, sometimes under an object's colour,
+    with one §3 marker (random ID, in the frame's marker style) whose centre lies in the crop, moved a few pixels
+    in the second frame; one crop in eight has none. Returns ``(frames (2, 28, 28, 3) uint8, labels)``, only
+    ``digit`` labelled. The easiest form of reading a marker: the stage starts here."""
+    import cv2
 
-    def __init__(self, seed: int, video_processor, config: "VisionPretrainConfig"):
+    from stvgr1_edge.markers import marker_style
+    from stvgr1_edge.synth import PALETTE
+
+    font_scale, thickness = marker_style(config.height, config.width)
+    bg = backgrounds[int(rng.integers(len(backgrounds)))]
+    y0, x0 = int(rng.integers(0, bg.shape[0] - MERGED_PX + 1)), int(rng.integers(0, bg.shape[1] - MERGED_PX + 1))
+    crop = bg[y0:y0 + MERGED_PX, x0:x0 + MERGED_PX].copy()
+    if rng.random() < 0.5:  # an object under the marker: its colour over part or all of the crop
+        colour = np.asarray(list(PALETTE.values())[int(rng.integers(len(PALETTE)))], np.uint8)
+        cx, cy, r = rng.uniform(0, MERGED_PX, size=2).tolist() + [float(rng.uniform(8, 20))]
+        yy, xx = np.mgrid[:MERGED_PX, :MERGED_PX]
+        crop[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = colour
+    marker_id = int(rng.integers(1, 10)) if rng.random() < 0.85 else int(rng.integers(10, MAX_DISPLAY_ID + 1))
+    (w, h), _ = cv2.getTextSize(str(marker_id), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    present = rng.random() >= 0.125
+    cx, cy = rng.uniform(0, MERGED_PX, size=2)
+    frames = []
+    for _ in range(TEMPORAL_PATCH):
+        markers = [(marker_id, (int(cx - w / 2), int(cy + h / 2)))] if present else []
+        frames.append(draw_markers(crop, markers, (config.height, config.width)))
+        cx, cy = np.clip([cx + rng.uniform(-4, 4), cy + rng.uniform(-4, 4)], 0, MERGED_PX - 1)
+    labels = {name: np.full((1, 1), IGNORE, np.int64) for name in ("colour", "shape", "size", "event")}
+    labels["digit"] = np.full((1, 1), marker_id if present else 0, np.int64)
+    return np.stack(frames), labels
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """An endless stream of ``make`` (:func:`small_scene` or :func:`glyph_crop`) batches of ``batch`` as
+    ``(VideoTensors of the batch, labels)``."""
+
+    def __init__(self, seed: int, video_processor, config: "VisionPretrainConfig", make=None, batch: int | None = None):
         self.seed, self.video_processor, self.config = seed, video_processor, config
+        self.make, self.batch = make or small_scene, batch or config.scene_batch
 
     def __iter__(self):
         from stvgr1_edge.synth import SynthConfig, make_background
@@ -368,7 +407,7 @@ class SceneStream(torch.utils.data.IterableDataset):
         synth = SynthConfig(width=self.config.width, height=self.config.height)
         backgrounds = [make_background(rng, synth) for _ in range(64)]
         while True:
-            scenes = [small_scene(rng, backgrounds, self.config) for _ in range(self.config.scene_batch)]
+            scenes = [self.make(rng, backgrounds, self.config) for _ in range(self.batch)]
             videos = [video_tensors(frames, 2.0, self.video_processor) for frames, _ in scenes]
             labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in scenes]).reshape(-1)) for k in scenes[0][1]}
             yield videos, labels
@@ -532,7 +571,7 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
     probe = TokenProbe.build(model.config.text_config.hidden_size).to(device)
     vp = processor.video_processor
     params = [p for p in visual.parameters()] + [p for p in probe.parameters()]
-    total = config.scene_steps + config.steps
+    total = config.glyph_steps + config.scene_steps + config.steps
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -543,11 +582,15 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     workers = dict(num_workers=config.data_workers, prefetch_factor=4 if config.data_workers else None)
+    glyph_val = list(itertools.islice(iter(SceneStream(config.seed + 3, vp, config, glyph_crop, 256)), 4))
     scene_val = list(itertools.islice(iter(SceneStream(config.seed + 2, vp, config)), 8))
     clip_stream = labelled_clips(config.seed + 1, vp, config)
     clip_val = [_collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
                 for _ in range(max(1, config.val_clips // config.batch_clips))]
-    phases = [("scene", config.scene_steps, scene_val,
+    phases = [("glyph", config.glyph_steps, glyph_val,
+               torch.utils.data.DataLoader(SceneStream(config.seed, vp, config, glyph_crop, config.glyph_batch),
+                                           batch_size=None, **workers)),
+              ("scene", config.scene_steps, scene_val,
                torch.utils.data.DataLoader(SceneStream(config.seed, vp, config), batch_size=None, **workers)),
               ("clip", config.steps, clip_val,
                torch.utils.data.DataLoader(ClipStream(config.seed, vp, config), batch_size=config.batch_clips,
@@ -602,6 +645,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("init", help="Model folder to start from (the random-init nano model).")
     parser.add_argument("out", help="Output folder (whole model + processor).")
+    parser.add_argument("--glyph-steps", type=int, default=VisionPretrainConfig.glyph_steps)
     parser.add_argument("--scene-steps", type=int, default=VisionPretrainConfig.scene_steps)
     parser.add_argument("--steps", type=int, default=VisionPretrainConfig.steps, help="Clip steps.")
     parser.add_argument("--batch-clips", type=int, default=VisionPretrainConfig.batch_clips)
@@ -613,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = VisionPretrainConfig(scene_steps=args.scene_steps, steps=args.steps, batch_clips=args.batch_clips,
+    config = VisionPretrainConfig(glyph_steps=args.glyph_steps, scene_steps=args.scene_steps, steps=args.steps, batch_clips=args.batch_clips,
                                   learning_rate=args.lr, eval_every=args.eval_every)
     report = pretrain_vision(args.init, args.out, config)
     print(json.dumps(report["final"], indent=1))
