@@ -380,3 +380,29 @@ def test_detector_suppresses_shadows_but_not_dark_objects():
     no_shadows = ClassicalDetector(ClassicalDetectorConfig(suppress_shadows=False))
     no_shadows.fit_background([bg])
     assert no_shadows.foreground_mask(img)[22:38, 22:48].all()
+
+
+def test_two_colour_split_separates_close_colours_but_not_one_colour_with_noise():
+    """Blue and purple are only 28.6 apart in Lab: seeded by the farthest-apart pixels (a few blended edge
+    pixels), 2-means never came out with them. One colour with compression-like noise is still one object."""
+    from stvgr1_edge.tracking.classical import _Observation
+
+    tracker = ClassicalTracker()
+    image = np.full((40, 40, 3), 200, np.uint8)
+    image[10:30, 10:20] = (30, 80, 220)  # blue
+    image[10:30, 20:30] = (130, 50, 180)  # purple
+    image[10:30, 19:21] = (80, 65, 200)  # a blended seam
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 10:30] = True
+    ob = _Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
+    parts = tracker._colour_parts(ob, image)
+    assert len(parts) == 2
+    blue = next(p for p in parts if p[15, 12])
+    purple = next(p for p in parts if p[15, 27])
+    assert blue is not purple
+    assert blue[10:30, 10:19].all() and purple[10:30, 21:30].all()
+
+    rng = np.random.default_rng(0)
+    noisy = np.full((40, 40, 3), 200, np.uint8)
+    noisy[10:30, 10:30] = np.clip(np.array([245, 215, 30]) + rng.normal(0, 12, (20, 20, 3)), 0, 255).astype(np.uint8)
+    assert tracker._colour_parts(ob, noisy) == []

@@ -27,7 +27,8 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    shape or velocity model;
    then split blobs by colour: a blob that no recently seen track already looks like (the whole blob)
    and that holds two or three clearly different saturated colours, each a compact piece, is divided
-   into one detection per colour (2-means in Lab; objects touching when they first appear), each
+   into one detection per colour (2-means in Lab, seeded along the principal axis, colours that are
+   far apart for their spread; objects touching when they first appear), each
    colour's main piece, thin stray pixels going to the neighbouring piece;
 3. match recently seen and tentative tracks to detections (Hungarian assignment on box IoU, centre
    distance after constant-velocity prediction, colour and size; colour is not a veto for a detection
@@ -328,8 +329,12 @@ class ClassicalTrackerConfig(TrackerConfig):
     """Pixels with Lab chroma (OpenCV 8-bit a, b) below this are not colour evidence (floor, dark, edges)."""
     colour_split_min_share: float = 0.2
     """Each colour must cover at least this share of the blob's coloured pixels ..."""
-    colour_split_min_distance: float = 30.0
-    """... and the colours' Lab centres (OpenCV 8-bit units) must be at least this far apart ..."""
+    colour_split_min_distance: float = 20.0
+    """... and the colours' Lab centres (OpenCV 8-bit units) must be at least this far apart (blue and purple
+    are 28.6 apart, every other pair of the synthetic palette 60 or more) ..."""
+    colour_split_min_separation: float = 4.0
+    """... and that many robust standard deviations of either colour along the line between them (two flat
+    colours, not one colour's noise or gradient cut in half) ..."""
     colour_split_min_compactness: float = 0.8
     """... and each colour's largest connected piece must hold this share of it (objects, not texture)."""
 
@@ -415,21 +420,40 @@ def _colour_hist(bins: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return hist / max(hist.sum(), 1.0)
 
 
-def _two_means(points: np.ndarray, min_distance: float, iterations: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
-    """Indices of the two clusters of ``points`` (N, 3) by 2-means seeded with the two farthest-apart
-    extremes (deterministic), or None if the cluster centres end up closer than ``min_distance``."""
+def _two_means(points: np.ndarray, min_distance: float, min_separation: float = 0.0,
+               iterations: int = 8) -> tuple[np.ndarray, np.ndarray] | None:
+    """Indices of the two clusters of ``points`` (N, 3) by 2-means, or None if they are not two colours.
+
+    Seeds: the points at the 10th and 90th percentile along the principal axis (deterministic). Seeding
+    with the farthest-apart extremes instead lets a few blended fringe pixels capture one cluster, so two
+    close colours (blue and purple) never come apart. Two colours means the centres are at least
+    ``min_distance`` apart and at least ``min_separation`` robust standard deviations (1.4826 x the median
+    absolute deviation along the line between the centres, the larger of the two clusters'): a single
+    colour with a spread (compression noise, a gradient) cut in two halves fails the second test.
+    """
     if len(points) < 2:
         return None
-    a = points[np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1))]
-    b = points[np.argmax(np.linalg.norm(points - a, axis=1))]
-    centres = np.stack([a, b])
+    centred = points - points.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred[::max(1, len(points) // 2000)], full_matrices=False)
+    proj = centred @ vt[0]
+    lo, hi = np.percentile(proj, [10, 90])
+    centres = np.stack([points[np.argmin(np.abs(proj - lo))], points[np.argmin(np.abs(proj - hi))]])
     for _ in range(iterations):
         nearest = np.linalg.norm(points[:, None] - centres[None], axis=2).argmin(axis=1)
         if nearest.min() == nearest.max():
             return None
         centres = np.stack([points[nearest == k].mean(axis=0) for k in range(2)])
-    if np.linalg.norm(centres[0] - centres[1]) < min_distance:
+    distance = float(np.linalg.norm(centres[0] - centres[1]))
+    if distance < max(min_distance, 1e-6):
         return None
+    if min_separation > 0:
+        axis = (centres[1] - centres[0]) / distance
+        spread = 0.0
+        for k in range(2):
+            along = points[nearest == k] @ axis
+            spread = max(spread, 1.4826 * float(np.median(np.abs(along - np.median(along)))))
+        if distance < min_separation * max(spread, 1.0):
+            return None
     return np.nonzero(nearest == 0)[0], np.nonzero(nearest == 1)[0]
 
 
@@ -864,7 +888,7 @@ class ClassicalTracker(StreamingTracker):
         for _ in range(2):  # up to three colours: split the groups once more
             new_groups = []
             for g in groups:
-                halves = _two_means(pixels[g], cfg.colour_split_min_distance)
+                halves = _two_means(pixels[g], cfg.colour_split_min_distance, cfg.colour_split_min_separation)
                 if halves is not None and all(len(h) >= cfg.colour_split_min_share * n for h in halves):
                     new_groups.extend(g[h] for h in halves)
                 else:
