@@ -406,3 +406,72 @@ def test_two_colour_split_separates_close_colours_but_not_one_colour_with_noise(
     noisy = np.full((40, 40, 3), 200, np.uint8)
     noisy[10:30, 10:30] = np.clip(np.array([245, 215, 30]) + rng.normal(0, 12, (20, 20, 3)), 0, 255).astype(np.uint8)
     assert tracker._colour_parts(ob, noisy) == []
+
+
+def test_identical_objects_crossing_keep_their_ids_by_motion():
+    """Two identical purple crosses pass each other: colour and shape cannot tell them apart in the merged
+    blob, only where each is heading. Placed one by one, the first one takes whichever spot fits its
+    shape best (here the other's); every order of placing them is tried, and the one that explains the
+    blob best near each one's prediction wins."""
+    n, size = 40, 15
+
+    def draw_cross(img, x, y):
+        x, y, t = int(round(x)), int(round(y)), size // 3
+        img[y + t:y + size - t, x:x + size] = (130, 50, 180)
+        img[y:y + size, x + t:x + size - t] = (130, 50, 180)
+
+    images = []
+    for f in range(n):
+        img = _background()
+        draw_cross(img, 10 + 3.5 * f, 42)
+        draw_cross(img, 130 - 3.5 * f, 40 + 0.2 * f)
+        images.append(img)
+    ts = _track(images)
+    assert ts.ids == [1, 2]
+    left = min(ts.ids, key=lambda tid: _centre_x(ts, tid, 2))
+    right = 3 - left
+    assert _centre_x(ts, left, ts.tracks[left].frames[-1]) > _centre_x(ts, right, ts.tracks[right].frames[-1])  # no swap
+    greedy = _track(images, ClassicalTrackerConfig(split_max_orders_members=1))
+    assert _centre_x(greedy, left, greedy.tracks[left].frames[-1]) < _centre_x(greedy, right, greedy.tracks[right].frames[-1])
+
+
+def test_a_track_placed_in_a_merge_follows_the_placed_shape():
+    """A split part with a well-fitting placed shape moves the track's box there and pulls its velocity
+    towards the shape's motion (an object that turned while merged); without a placement it coasts."""
+    from stvgr1_edge.tracking.classical import _Observation, _TrackState
+
+    tracker = ClassicalTracker()
+    tracker.start(_info(10))
+    track = _TrackState(np.array([50, 50, 60, 60], np.float32), np.array([4.0, 0.0], np.float32), np.ones(1), 100.0, 4,
+                        hits=5, track_id=1, shape=np.ones((10, 10), bool))
+    mask = np.zeros((H, W), bool)
+    mask[50:60, 46:52] = True
+    part = _Observation(np.array([46, 50, 52, 60], np.float32), mask, np.ones(1), 60.0, partial=True, owner=track,
+                        placed=np.array([46, 50, 56, 60], np.float32))
+    tracker._update(track, part, 5)
+    assert track.box.tolist() == [46.0, 50.0, 56.0, 60.0]
+    assert track.velocity[0] < 4.0 * (1 - tracker.config.split_motion_rate) + 1e-6  # turned towards -4
+    assert track.area == 100.0 and track.shape.shape == (10, 10)  # the object's model is kept
+
+    coasting = _TrackState(np.array([50, 50, 60, 60], np.float32), np.array([4.0, 0.0], np.float32), np.ones(1), 100.0, 4,
+                           hits=5, track_id=2, shape=np.ones((10, 10), bool))
+    part.placed, part.owner = None, coasting
+    tracker._update(coasting, part, 5)
+    assert coasting.velocity.tolist() == [4.0, 0.0]  # coasting: the model is kept
+    assert coasting.box[2] - coasting.box[0] == 10.0
+
+
+def test_an_object_hidden_behind_another_stays_in_the_merge():
+    """A large square passes in front of a small slow one. While it is hidden, the blob is split
+    for both (the hidden one coasts), instead of the front one taking the whole blob as its own - which
+    would grow it and send it off with the wrong size when they part."""
+    n = 40
+    slow = ((30, 80, 220), 12, lambda f: (100 - 1.0 * f, 54))
+    front = ((220, 30, 30), 24, lambda f: (10 + 3.5 * f, 48))  # drawn in front
+    ts = _track(_frames([slow, front], n))
+    assert ts.ids == [1, 2]
+    mover = next(tid for tid in ts.ids if _centre_x(ts, tid, n - 1) > 100)
+    for frame in ts.tracks[mover].frames:
+        box = ts.tracks[mover].box_at(frame)
+        assert box[2] - box[0] <= 25, (frame, box)  # never the union of the two
+    assert ts.tracks[3 - mover].frames[-1] == n - 1  # the still one keeps its ID after being uncovered

@@ -14,17 +14,21 @@ Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_fram
    an HSV colour histogram;
 2. split merged blobs: a detection that covers most of the predicted boxes of two or more tracks, or
    of where they were last seen (they may have stopped, turned, or vanished into it; a lost one only if
-   the blob has room for it), and is the detection covering each of them best, is divided pixel by
-   pixel between them. Each member's last unsplit mask (its shape) is slid over the blob near its
-   prior position (template matching: blob pixels of its colour for, pixels off the blob against), the
-   largest member first; pixels a placed shape explains are no evidence for the next, so two
-   same-coloured objects do not land on the same pixels. A pixel then goes to the member scoring highest
-   on its colour likelihood (histogram back-projection) times closeness to its placed shape (1 inside the
-   shape, decaying with distance outside), so covering shapes win and colour decides between them,
-   though a strong colour match may outweigh a nearby shape's edge; a part too small to be the object means it is hidden, and so does a shape
-   lying within a clearly larger same-coloured member's (indistinguishable from it): its track coasts.
-   Each part goes to the track it was cut out for; split parts never change a track's size, colour,
-   shape or velocity model;
+   the blob has room for it or was found hidden in it the frame before), and is the detection covering
+   each of them best, is divided pixel by pixel between them. Each member's last unsplit mask (its
+   shape) is slid over the blob near its prior position (template matching: blob pixels of its colour
+   for, pixels off the blob against), one after the other; pixels a placed shape explains are no
+   evidence for the next, so two same-coloured objects do not land on the same pixels. Every order of
+   placing them is tried (up to three members) and the one explaining the blob best near the priors wins:
+   placed first, one of two identical objects crossing may take the other's spot. A pixel then goes to
+   the member scoring highest on its colour likelihood (histogram back-projection) times closeness to its
+   placed shape (1 inside the shape, decaying with distance outside), so covering shapes win and colour
+   decides between them, though a strong colour match may outweigh a nearby shape's edge; a part too
+   small to be the object means it is hidden, and so does a shape lying within a clearly larger
+   same-coloured member's (indistinguishable from it): its track coasts. Each part goes to the track it
+   was cut out for; split parts never change a track's size, colour or shape, but a well-fitting placed
+   shape is where the whole object is: the track's box follows it, and its velocity follows it slowly
+   (an object that turns while merged, bouncing off a wall, must not drift away on its old velocity);
    then split blobs by colour: a blob that no recently seen track already looks like (the whole blob)
    and that holds two or three clearly different saturated colours, each a compact piece, is divided
    into one detection per colour (2-means in Lab, seeded along the principal axis, colours that are
@@ -322,6 +326,17 @@ class ClassicalTrackerConfig(TrackerConfig):
     split_search_fraction: float = 0.35
     """When splitting a merge, each member's last seen shape is slid over the blob up to this fraction of
     its size (plus its speed) around its prior position to find where it is (template matching)."""
+    split_max_orders_members: int = 3
+    """Merges of up to this many members try every order of placing their shapes (see
+    ``ClassicalTracker._place_members``); larger ones place the largest first."""
+    split_motion_min_fit: float = 0.6
+    """A member's shape placed in a merge with at least this fit per shape pixel (1: every shape pixel on
+    the blob, in its colour) shows where the whole object is: its track's box follows the placed shape and
+    its velocity follows the placed shape's motion (at ``split_motion_rate``). Otherwise the track coasts on
+    its prediction. Without this, an object that turned while merged (bounced off a wall) keeps its old
+    velocity for as long as the merge lasts and drifts away from itself."""
+    split_motion_rate: float = 0.3
+    """Weight of a placed shape's frame-to-frame motion in the track's velocity (a full detection has 0.5)."""
     colour_split: bool = True
     """Split a blob no track explains that holds two or three clearly different saturated colours (objects
     that touch when they first appear) into one detection per colour, by 2-means clustering in Lab."""
@@ -349,6 +364,9 @@ class _Observation:
     """Came from splitting a merged blob (box and area are only the visible part)."""
     owner: "_TrackState | None" = None
     """The track a split part was cut out for: it goes to that track and to no other."""
+    placed: np.ndarray | None = None
+    """For a split part: the box of its track's shape where it fits the merged blob well (the whole
+    object's extent, hidden parts included), or None."""
 
 
 @dataclass(eq=False)
@@ -363,6 +381,8 @@ class _TrackState:
     pending: list = field(default_factory=list)
     shape: np.ndarray | None = None
     """The mask of the last unsplit detection, cropped to its box (the object's shape, for splitting merges)."""
+    hidden_frame: int | None = None
+    """The last frame a merge split found this track hidden inside it (too little of it visible)."""
 
     def predict(self, frame: int, max_predict_frames: float) -> np.ndarray:
         dt = min(frame - self.last_frame, max_predict_frames)
@@ -470,6 +490,7 @@ class ClassicalTracker(StreamingTracker):
         self.config = config or ClassicalTrackerConfig()
         self.detector = ClassicalDetector(self.config.detector)
         self._info: VideoInfo | None = None
+        self._frame = -1  # the frame being tracked
 
     # -- StreamingTracker ---------------------------------------------------------------------------
     def start(self, info: VideoInfo) -> None:
@@ -480,6 +501,7 @@ class ClassicalTracker(StreamingTracker):
         self._buffer: list[Frame] = []
         self._ready = False
         self._prev_frame: int | None = None
+        self._frame = -1
         fps = info.fps if info.fps > 0 else 25.0
         self._fps = fps
         self._max_lost_frames = self.config.max_lost_s * fps
@@ -543,6 +565,7 @@ class ClassicalTracker(StreamingTracker):
     def _track_frame(self, frame: Frame) -> None:
         cfg = self.config
         f = frame.index
+        self._frame = f
         bins = _hsv_bins(frame.image)
         obs = self._observations(frame.image, bins)
 
@@ -618,7 +641,13 @@ class ClassicalTracker(StreamingTracker):
                 track.velocity = np.zeros(2, np.float32)
             track.hist = 0.7 * track.hist + 0.3 * ob.hist
             track.area = 0.5 * track.area + 0.5 * ob.area
-        if ob.partial:  # keep the object's full extent: coast on the prediction, shifted to cover what is seen
+        if ob.partial and ob.placed is not None:  # the whole object, found by its shape in a merge
+            if dt <= self._max_predict_frames:
+                step = ((_centre(ob.placed) - _centre(track.box)) / dt).astype(np.float32)
+                rate = self.config.split_motion_rate
+                track.velocity = (1 - rate) * track.velocity + rate * step
+            track.box = ob.placed
+        elif ob.partial:  # keep the object's full extent: coast on the prediction, shifted to cover what is seen
             track.box = _shift_to_cover(track.predict(frame, self._max_predict_frames), ob.box)
         else:
             track.box = ob.box
@@ -741,8 +770,9 @@ class ClassicalTracker(StreamingTracker):
             if len(members) < 2:
                 out.append(ob)
                 continue
-            if any(t.last_frame != self._prev_frame for t in members):
-                # a lost member is only believed to be inside if the blob has room for it
+            if any(t.last_frame != self._prev_frame and t.hidden_frame != self._prev_frame for t in members):
+                # a lost member is only believed to be inside if the blob has room for it, unless it was
+                # found hidden in this merge the frame before (an object behind another stays there)
                 areas = sorted((t.area for t in members), reverse=True)
                 if ob.area < areas[0] + cfg.merge_min_extra_area * areas[1]:
                     out.append(ob)
@@ -766,20 +796,8 @@ class ClassicalTracker(StreamingTracker):
         crop_mask = ob.mask[y1:y2, x1:x2]
         crop_bins = bins[y1:y2, x1:x2]
         ys, xs = np.mgrid[y1:y2, x1:x2]
-        # place the shapes one by one, the largest first; blob pixels a placed shape explains are no
-        # evidence for the next (same-coloured objects must not land on the same pixels, and a small object
-        # in front of or behind a large one is looked for where the large one leaves the blob unexplained)
-        claimed = np.zeros_like(ob.mask)
-        placements: dict[int, tuple[int, int] | None] = {}
-        for t in sorted(members, key=lambda m: -m.area):
-            fit = self._place_shape(t, priors[id(t)], ob.mask, claimed, bins)
-            placements[id(t)] = None if fit is None else fit[0]
-            if fit is not None:
-                (px, py), th, tw = fit[0], *t.shape.shape
-                fx0, fy0 = max(px, 0), max(py, 0)
-                fx1, fy1 = min(px + tw, claimed.shape[1]), min(py + th, claimed.shape[0])
-                if fx1 > fx0 and fy1 > fy0:
-                    claimed[fy0:fy1, fx0:fx1] |= t.shape[fy0 - py:fy1 - py, fx0 - px:fx1 - px]
+        # place the shapes one by one (in the order that explains the blob best, see _place_members)
+        placements, fits = self._place_members(members, priors, ob.mask, bins)
         # each placed shape as a mask over the blob's box
         shape_masks: dict[int, np.ndarray] = {}
         for t in members:
@@ -838,13 +856,59 @@ class ClassicalTracker(StreamingTracker):
             part = crop_mask & (owner == k) & (scores[k] > 1e-3)
             area = float(part.sum())
             if area < self.config.min_visible_fraction * t.area:
-                continue  # hidden behind the others: its track coasts on its prediction
+                t.hidden_frame = self._frame  # hidden behind the others: its track coasts on its prediction
+                continue
             pys, pxs = np.nonzero(part)
             box = np.array([pxs.min() + x1, pys.min() + y1, pxs.max() + 1 + x1, pys.max() + 1 + y1], np.float32)
             full = np.zeros_like(ob.mask)
             full[y1:y2, x1:x2] = part
-            parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t))
+            placed = None
+            if placements[id(t)] is not None and fits[id(t)] is not None and fits[id(t)] >= cfg.split_motion_min_fit:
+                (px, py), (th, tw) = placements[id(t)], t.shape.shape
+                placed = np.array([px, py, px + tw, py + th], np.float32)
+            parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t, placed=placed))
         return parts
+
+    def _place_members(self, members: list[_TrackState], priors: dict, blob: np.ndarray,
+                       bins: np.ndarray) -> tuple[dict, dict]:
+        """Where each member's last seen shape lies in ``blob``: top-left corners and fits per shape pixel
+        (None for a member without a shape), keyed by ``id(track)``.
+
+        Shapes are placed one by one; blob pixels a placed shape explains are no evidence for the next
+        (same-coloured objects must not land on the same pixels, and a small object in front of or behind
+        a large one is looked for where the large one leaves the blob unexplained). The order matters when
+        the members look alike (two identical objects crossing: the first placed takes the better-fitting
+        spot, which may be the other's), so for up to ``split_max_orders_members`` members every order is
+        tried and the one explaining the blob best near the members' priors wins (ties: largest first).
+        """
+        from itertools import permutations
+
+        by_size = sorted(members, key=lambda m: -m.area)
+        orders = permutations(by_size) if len(members) <= self.config.split_max_orders_members else [by_size]
+        best, best_total = None, -math.inf
+        for order in orders:
+            claimed = np.zeros_like(blob)
+            placements: dict[int, tuple[int, int] | None] = {}
+            fits: dict[int, float | None] = {}
+            total = 0.0
+            for t in order:
+                fit = self._place_shape(t, priors[id(t)], blob, claimed, bins)
+                placements[id(t)] = None if fit is None else fit[0]
+                fits[id(t)] = None if fit is None else fit[1]
+                if fit is None:
+                    continue
+                total += fit[1] * float(t.shape.sum())
+                (px, py), (th, tw) = fit[0], t.shape.shape
+                fx0, fy0 = max(px, 0), max(py, 0)
+                fx1, fy1 = min(px + tw, claimed.shape[1]), min(py + th, claimed.shape[0])
+                if fx1 > fx0 and fy1 > fy0:
+                    claimed[fy0:fy1, fx0:fx1] |= t.shape[fy0 - py:fy1 - py, fx0 - px:fx1 - px]
+            if total > best_total + 1e-6:
+                if best is not None:
+                    logger.debug("merge split: placing tracks %s in this order explains the blob better",
+                                 [t.track_id for t in order])
+                best, best_total = (placements, fits), total
+        return best
 
     def _split_by_colour(self, obs: list[_Observation], image: np.ndarray, bins: np.ndarray,
                          tracks: list[_TrackState], preds: dict) -> list[_Observation]:
