@@ -64,17 +64,17 @@ def label_classes() -> dict[str, list[str]]:
 class VisionPretrainConfig:
     """The dense vision stage: small scenes first (reading digits and shapes), then whole clips (events, context)."""
 
-    glyph_steps: int = 2000
+    glyph_steps: int = 2500
     """Optimizer steps on :func:`glyph_crop` crops (first)."""
     glyph_batch: int = 256
     """Crops per step."""
-    scene_steps: int = 3000
+    scene_steps: int = 800
     """Optimizer steps on :func:`small_scene` crops (next)."""
     scene_batch: int = 64
     """Crops per step."""
     scene_tokens: int = 2
     """Crop side in merged tokens (2: 56x56 pixels)."""
-    steps: int = 1500
+    steps: int = 300
     """Optimizer steps on whole clips, after the scenes."""
     batch_clips: int = 2
     """Clips per step."""
