@@ -582,7 +582,7 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     workers = dict(num_workers=config.data_workers, prefetch_factor=4 if config.data_workers else None)
-    glyph_val = list(itertools.islice(iter(SceneStream(config.seed + 3, vp, config, glyph_crop, 256)), 4))
+    glyph_val = list(itertools.islice(iter(SceneStream(config.seed + 3, vp, config, glyph_crop, config.glyph_batch)), 4))
     scene_val = list(itertools.islice(iter(SceneStream(config.seed + 2, vp, config)), 8))
     clip_stream = labelled_clips(config.seed + 1, vp, config)
     clip_val = [_collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
