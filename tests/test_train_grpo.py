@@ -165,6 +165,15 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
         text = processor.tokenizer.decode(described["labels"][i][described["labels"][i] != -100])
         inventory = "".join(f"Object {k}: {label or 'unclear'}. " for k, label in zip(row["valid_ids"], row["object_labels"]))
         assert any(row["object_labels"]) and text.startswith(f"<think>{inventory}\"{normalize_query(row['query'])}\" is object ID")
+    marked = SFTCollator(processor, mark_target=True)(rows)
+    for i, row in enumerate(rows):
+        text = processor.tokenizer.decode(marked["labels"][i][marked["labels"][i] != -100])
+        lines = [f"Object {k}: {label or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
+                 for k, label in zip(row["valid_ids"], row["object_labels"])]
+        assert text.startswith(f"<think>\"{normalize_query(row['query'])}\". " + ". ".join(lines)
+                               + f". The target is object ID \"{row['gt_id']}\"")
+        assert text.count(", the target.") == 1
+        assert text.split("</think>")[1] == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
 
     trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
                                    per_device_train_batch_size=2, gradient_checkpointing=False, save_steps=2))

@@ -92,6 +92,9 @@ def sft(
     describe_objects: bool = typer.Option(False, "--describe-objects",
                                           help="Teach a reasoning that first says what each marked object is (where "
                                                "the cache knows: synthetic clips); implies --restate-query."),
+    mark_target: bool = typer.Option(False, "--mark-target",
+                                     help="Like --describe-objects, with the query first and the target's line "
+                                          "marked \", the target.\"; implies --describe-objects."),
     freeze_vision: bool = typer.Option(False, "--freeze-vision",
                                        help="Train the language model only (keep a pretrained vision tower)."),
 ) -> None:
@@ -101,7 +104,8 @@ def sft(
     run = SFTRunConfig(data=data, model=model, output_dir=output, resume_from_checkpoint=resume,
                        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
                        per_device_train_batch_size=batch_size, save_steps=save_steps,
-                       restate_query=restate_query, describe_objects=describe_objects, freeze_vision=freeze_vision)
+                       restate_query=restate_query, describe_objects=describe_objects, mark_target=mark_target,
+                       freeze_vision=freeze_vision)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")
 

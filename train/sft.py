@@ -26,23 +26,29 @@ logger = logging.getLogger(__name__)
 
 
 def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = None,
-                  objects: Sequence[tuple[int, str]] = ()) -> str:
+                  objects: Sequence[tuple[int, str]] = (), mark_target: bool = False) -> str:
     """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5).
 
     With ``query``, the reasoning restates the event and names its object ID before the time range, so the ID is
     predicted right after the description it depends on. With ``objects`` ((ID, "what it is") pairs, e.g. from
     synthetic annotations) it first says what each marked object is: one supervised look at a marker per object
     instead of one per sample, after which finding the target is matching words (meant for small models trained
-    from scratch, which otherwise get one ID token of signal per sample). The ``<answer>`` part is the same in
-    every case.
+    from scratch, which otherwise get one ID token of signal per sample). With ``mark_target`` too, the query comes
+    first and the target's line ends ", the target." (the others "."): each line is checked against the query as it
+    is written, and the ID is then read off the marked line, instead of one match over all lines at the ID token.
+    The ``<answer>`` part is the same in every case.
     """
     answer = f"<answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>"
     if query is None:
         return (f"<think>The event occurs from {start_s:.2f} to {end_s:.2f} seconds; object ID \"{gt_id}\" "
                 f"is the target.</think> {answer}")
+    timing = f"the event occurs from {start_s:.2f} to {end_s:.2f} seconds.</think> {answer}"
+    if mark_target and objects:
+        lines = "".join(f"Object {i}: {label or 'unclear'}{', the target' if i == gt_id else ''}. "
+                        for i, label in objects)
+        return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\"; {timing}"
     inventory = "".join(f"Object {i}: {label or 'unclear'}. " for i, label in objects)
-    return (f"<think>{inventory}\"{normalize_query(query)}\" is object ID \"{gt_id}\"; the event occurs from "
-            f"{start_s:.2f} to {end_s:.2f} seconds.</think> {answer}")
+    return f"<think>{inventory}\"{normalize_query(query)}\" is object ID \"{gt_id}\"; {timing}"
 
 
 class FrozenVisionFeatures:
@@ -72,10 +78,11 @@ class SFTCollator:
     ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``)."""
 
     def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
-                 vision_features: FrozenVisionFeatures | None = None) -> None:
+                 vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False) -> None:
         self.vision_features = vision_features
-        self.restate_query = restate_query or describe_objects
-        self.describe_objects = describe_objects
+        self.restate_query = restate_query or describe_objects or mark_target
+        self.describe_objects = describe_objects or mark_target
+        self.mark_target = mark_target
         self.clip_processor = ClipProcessor(processor)
         self.tokenizer = processor.tokenizer
         self.merge_size = int(processor.video_processor.merge_size)
@@ -92,7 +99,7 @@ class SFTCollator:
             if self.describe_objects and any(row.get("object_labels") or ()):
                 objects = tuple(zip(row["valid_ids"], row["object_labels"]))
             answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]),
-                                   row.get("query") if self.restate_query else None, objects)
+                                   row.get("query") if self.restate_query else None, objects, self.mark_target)
             answer_ids = self.tokenizer(answer + self.end_token, add_special_tokens=False)["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
@@ -149,6 +156,9 @@ class SFTRunConfig:
     describe_objects: bool = False
     """Teach a reasoning that first says what each marked object is, where the cache knows (synthetic clips);
     implies ``restate_query``."""
+    mark_target: bool = False
+    """Like ``describe_objects``, with the query first and the target's line marked (see :func:`target_answer`);
+    implies ``describe_objects``."""
     freeze_vision: bool = False
     """Train the language model only; the vision tower and its merger keep their weights (for a vision tower
     trained first, e.g. by the nano recipe's dense vision stage)."""
@@ -181,7 +191,8 @@ def run_sft(run: SFTRunConfig):
     # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
     features = FrozenVisionFeatures(model) if run.freeze_vision else None
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features))
+                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features,
+                                                    run.mark_target))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")

@@ -1,9 +1,10 @@
-"""The nano recipe, stage by stage: data → init → dense vision stage → SFT → GRPO → evaluation → ship.
+"""The nano recipe, stage by stage: data → init → dense vision stage → text stage → SFT → GRPO → evaluation → ship.
 
     python -m train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
     python -m train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
     python -m train.recipes.nano.train_nano init   --work runs/nano          # random-init nano model + processor
     python -m train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
+    python -m train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
     python -m train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
     python -m train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
     python -m train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
@@ -14,7 +15,7 @@ Data seeds (disjoint ``SeedSequence`` roots): training clips ``stvg-edge synth -
 ``--seed 1 --num 2400``; validation (model selection, ``val``) ``--seed 4000 --num 200``; held-out (final metrics
 only, ``eval``) ``--seed 5000 --num 200``; the vision stage draws its own clips from root seeds 10000/10001.
 Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps and 288 visual tokens. Stage settings
-live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``sft.yaml`` and ``grpo.yaml`` next to this file.
+live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml`` and ``grpo.yaml`` next to this file.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def stage_vision(work: Path, max_steps: int | None, start: str | None = None, ou
     pretrain_vision(start or work / "init", output or work / "vision", config)
 
 
+def stage_text(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None) -> None:
+    from .pretrain_text import TextPretrainConfig, pretrain_text
+
+    config = TextPretrainConfig() if max_steps is None else TextPretrainConfig(steps=max_steps)
+    pretrain_text(start or work / "vision", output or work / "text", config)
+
+
 def stage_val(work: Path, model: str, num: int | None) -> None:
     from train.evaluate import evaluate_cache
 
@@ -92,7 +100,7 @@ def stage_sft(work: Path, max_steps: int | None, start: str | None = None, outpu
         settings["max_steps"] = max_steps
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
-    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "vision"),
+    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "text"),
                          output_dir=output or str(work / "sft"), **settings))
 
 
@@ -131,16 +139,18 @@ def stage_ship(work: Path, model: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.train_nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["all", "data", "init", "vision", "sft", "grpo", "val", "eval", "ship"])
+    parser.add_argument("stage", choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"])
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
-    parser.add_argument("--max-steps", type=int, default=None, help="Cut the SFT/GRPO stage to this many steps.")
+    parser.add_argument("--max-steps", type=int, default=None, help="Cut the vision/text/SFT/GRPO stage to this many steps.")
     parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
     parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
     parser.add_argument("--from", dest="start", default=None,
-                        help="Starting model of the vision/sft/grpo stage (default: WORK/init, WORK/vision, WORK/sft).")
+                        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, WORK/text, "
+                             "WORK/sft).")
     parser.add_argument("--output", default=None,
-                        help="Output folder of the vision/sft/grpo stage (default: WORK/vision, WORK/sft, WORK/grpo).")
+                        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, WORK/sft, "
+                             "WORK/grpo).")
     parser.add_argument("--lr", type=float, default=None, help="Override the SFT learning rate of sft.yaml.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -154,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "vision"):
         stage_vision(work, args.max_steps if args.stage == "vision" else None,
                      args.start if args.stage == "vision" else None, args.output if args.stage == "vision" else None)
+    if args.stage in ("all", "text"):
+        stage_text(work, args.max_steps if args.stage == "text" else None, args.start if args.stage == "text" else None,
+                   args.output if args.stage == "text" else None)
     if args.stage in ("all", "sft"):
         stage_sft(work, args.max_steps if args.stage == "sft" else None, args.start if args.stage == "sft" else None,
                   args.output if args.stage == "sft" else None, args.lr)

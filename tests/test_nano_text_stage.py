@@ -1,0 +1,117 @@
+"""The nano recipe's text stage (train/recipes/nano/pretrain_text.py): episodes whose query names one inventory line,
+the grounder's prompt layout without the video, labels on the restated query and ID only, the LM trained alone."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+import torch
+
+from train.recipes.nano.pretrain_text import (IGNORE, TextEpisodeEncoder, TextPretrainConfig, _id_positions, collate,
+                                              pretrain_text, text_episode)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from stvgr1_edge.tiny import save_tiny_model
+    from transformers import AutoProcessor
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
+
+
+def _phrase_words(query: str) -> set[str]:
+    from stvgr1_edge.synth import PALETTE, SHAPES, SIZES
+
+    words = query.lower().rstrip(".").split()
+    # every phrase ends with the shape ("the small red star", "the red star", "the small star"); what follows is the
+    # event, whose colour ("... turns orange") is the one turned to
+    end = next(i for i, w in enumerate(words) if w in SHAPES)
+    return {w for w in words[:end + 1] if w in PALETTE or w in SHAPES or w in SIZES}
+
+
+def test_the_query_names_exactly_the_target_line():
+    rng = np.random.default_rng(0)
+    positions, unclear = [], 0
+    for _ in range(400):
+        e = text_episode(rng)
+        labels, gt = e["object_labels"], e["gt_id"]
+        assert e["valid_ids"] == list(range(1, len(labels) + 1)) and 3 <= sum(bool(x) for x in labels) <= 5
+        words = _phrase_words(e["query"])
+        assert len(words) >= 2  # at least two of size, colour, shape
+        matching = [i + 1 for i, label in enumerate(labels) if label and words <= set(label.split())]
+        assert matching == [gt], (e, words)
+        assert e["gt_start_s"] < e["gt_end_s"]
+        positions.append(gt / len(labels))
+        unclear += "" in labels
+    # the target is anywhere in the list, and some lists hold an unmatched track
+    assert np.std(positions) > 0.2 and 10 <= unclear <= 80
+
+
+@pytest.mark.parametrize("mark_target", [True, False])
+def test_labels_cover_the_reasoning_but_not_what_the_video_would_tell(tiny, mark_target):
+    from stvgr1_edge.grounding import GroundingInputs
+    from stvgr1_edge.prompt import grounding_prompt
+
+    encoder = TextEpisodeEncoder(tiny.processor, mark_target)
+    tok = tiny.processor.tokenizer
+    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
+               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
+               "gt_end_s": 3.4}
+    ids, labels = encoder(episode)
+    assert len(ids) == len(labels)
+    # the prompt is the grounder's chat text (STVG-R1 prompt, then the video) with the video block left out
+    chat = GroundingInputs(tiny.processor).chat_text(grounding_prompt(episode["query"]))
+    prompt_len = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert tok.decode(ids[:prompt_len]) == chat.replace("<|vision_start|><|video_pad|><|vision_end|>", "")
+    answer = tok.decode(ids[prompt_len:])
+    supervised = "".join(tok.decode([t]) if t != IGNORE else "_" for t in labels[prompt_len:])
+    if mark_target:
+        assert answer.startswith('<think>"the small red star spins around". Object 1: large red star. '
+                                 'Object 2: small red star, the target. Object 3: unclear. The target is object ID "2"')
+        # each line's end is learnt (the check against the query), not what the line says the object is
+        assert supervised.startswith('<think>"the small red star spins around".')
+        assert supervised.count("_.") == 2 and supervised.count("_, the target.") == 1
+        assert 'target is object ID "2"' in supervised
+    else:
+        assert answer.startswith("<think>Object 1: large red star. Object 2: small red star. Object 3: unclear.")
+        assert 'the small red star spins around" is object ID "2"' in supervised
+    assert "Target ID: 2" in supervised and supervised.endswith("<|im_end|>")
+    assert not any(w in supervised for w in ("Object", "large", "unclear", "1.20", "3.40", "1", "3", "4"))
+    batch = collate([(ids, labels)], tok.pad_token_id)
+    pos = _id_positions(batch["labels"], tok)
+    assert tok.decode(batch["labels"][0, pos[0]]) == "2"
+
+
+def test_text_stage_trains_the_language_model_only(tiny, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = TextPretrainConfig(steps=3, batch=2, warmup_steps=1, val_episodes=4, eval_every=2)
+    report = pretrain_text(tiny.folder, tmp_path / "out", config)
+    assert [h["step"] for h in report["history"]] == [2, 3]
+    assert all(0.0 <= report["final"][k] <= 1.0 for k in ("id_acc", "token_acc", "reasoning_acc", "line_end_acc"))
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(k.startswith("model.visual.") for k in changed)
+    assert any(k.startswith("model.language_model.") for k in changed)
+
+
+def test_tower_swap_takes_the_other_models_vision_and_keeps_the_language_model(tiny, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.tiny import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    pretrain_text(tiny.folder, tmp_path / "out", TextPretrainConfig(steps=0, val_episodes=2), tower_dir=other)
+    lm = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
+    tower = Qwen2_5_VLForConditionalGeneration.from_pretrained(other).state_dict()
+    out = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
+    visual = [k for k in out if k.startswith("model.visual.")]
+    assert visual and all(torch.equal(out[k], tower[k]) for k in visual)
+    assert any(not torch.equal(lm[k], tower[k]) for k in visual)  # the two models differ: the swap is visible
+    assert all(torch.equal(out[k], lm[k]) for k in out if not k.startswith("model.visual."))

@@ -1,0 +1,278 @@
+"""Stage 0b of the nano recipe: teach the language model to match the query with an object inventory (text only).
+
+    python -m train.recipes.nano.pretrain_text MODEL_DIR OUT_DIR [--steps N]
+
+With ``describe_objects`` the SFT answer first lists what each marked object is ("Object 1: small red square. …"),
+restates the query, then names the ID. After SFT on the video (stop 11) the inventory read the clips (colours,
+sizes, object counts mostly right) but the 4-layer LM neither copied the query nor picked the inventory line it
+describes: the ID stayed at chance. Both are text skills, and text costs nothing to make. So before SFT the LM is
+trained on the answer's reasoning alone, without the video: the prompt (the real STVG-R1 text with a synthetic
+query), the gold inventory given as context, and the loss on the rest of the answer — the restated query and the
+ID — but not on the inventory (there is no video to read it from) nor on the times (likewise).
+
+Episodes are drawn with ``stvgr1_edge.synth``'s own rules for attributes, distractors, phrases and query templates,
+so the words and their statistics are the clips' (generating a real clip costs seconds; an episode microseconds).
+IDs are 1..N as the tracker numbers tracks; a few inventory lines are "unclear", as tracker-only tracks are in the
+training cache. The vision tower is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("train.recipes.nano.pretrain_text")
+
+IGNORE = -100
+"""Label of tokens the loss skips."""
+
+
+@dataclass(frozen=True)
+class TextPretrainConfig:
+    steps: int = 3000
+    batch: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    """Linear warm-up, then cosine decay to 10% of ``learning_rate``."""
+    weight_decay: float = 0.01
+    unclear_prob: float = 0.1
+    """Chance of one extra "unclear" inventory line (a track the cache could not match to an object)."""
+    seed: int = 20_000
+    """Root of the episodes (disjoint from every clip seed of the recipe)."""
+    val_episodes: int = 256
+    eval_every: int = 500
+    mark_target: bool = True
+    """The answer of ``train.sft.target_answer(..., mark_target=True)`` (the query first, the target's line marked),
+    as SFT then uses (``sft.yaml``); False: the plain describe-objects answer."""
+
+
+# --- episodes ----------------------------------------------------------------------------------------
+def text_episode(rng: np.random.Generator, config: TextPretrainConfig = TextPretrainConfig()) -> dict:
+    """One synthetic grounding episode without pixels: ``query``, ``valid_ids``, ``object_labels`` ("size colour
+    shape", "" when unclear), ``gt_id``, ``gt_start_s``, ``gt_end_s`` (random: there is no video to time)."""
+    from stvgr1_edge import synth
+
+    cfg = synth.SynthConfig()
+    num_objects = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    event = synth._pick(rng, synth.EVENTS)
+    target = synth._pick_target_attributes(rng, event)
+    attrs = [target] + [synth._pick_distractor_attributes(rng, cfg, target) for _ in range(num_objects - 1)]
+    objects = [SimpleNamespace(colour=c, shape=s, size=z) for c, s, z in attrs]
+    order = rng.permutation(num_objects)  # the target's ID tells nothing, as in the clips
+    phrase = synth._attribute_phrase(objects[0], objects, cfg, rng)
+    new_colour = synth._new_colour(rng, target[0]) if event == "changes_colour" else None
+    query = synth._query(phrase, synth.ObjectEvent(event, 0, 0, new_colour), rng)
+    labels = [f"{objects[i].size} {objects[i].colour} {objects[i].shape}" for i in order]
+    gt_index = int(np.flatnonzero(order == 0)[0])
+    if rng.random() < config.unclear_prob:
+        at = int(rng.integers(len(labels) + 1))
+        labels.insert(at, "")
+        gt_index += at <= gt_index
+    start = float(rng.uniform(0.0, 4.0))
+    return {"query": query, "valid_ids": list(range(1, len(labels) + 1)), "object_labels": labels,
+            "gt_id": gt_index + 1, "gt_start_s": round(start, 1), "gt_end_s": round(start + rng.uniform(0.5, 2.0), 1)}
+
+
+class TextEpisodeEncoder:
+    """Episode → ``(input_ids, labels)``: the grounder's chat layout without the video, then the answer of
+    :func:`train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no video to
+    read it from), the word after the last line (how many lines there are is the video's too) and the times."""
+
+    def __init__(self, processor, mark_target: bool = True) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.mark_target = mark_target
+        token = processor.video_token
+        self.video_block = f"<|vision_start|>{token}<|vision_end|>"
+
+    def prompt_text(self, query: str) -> str:
+        from stvgr1_edge.prompt import grounding_prompt
+
+        messages = [{"role": "user", "content": [{"type": "text", "text": grounding_prompt(query)}, {"type": "video"}]}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.video_block not in text:
+            raise ValueError(f"the chat template does not place the video as {self.video_block!r}")
+        return text.replace(self.video_block, "")
+
+    def __call__(self, episode: dict) -> tuple[list[int], list[int]]:
+        from train.sft import target_answer
+
+        objects = tuple(zip(episode["valid_ids"], episode["object_labels"]))
+        answer = target_answer(episode["gt_id"], episode["gt_start_s"], episode["gt_end_s"], episode["query"], objects,
+                               self.mark_target)
+        answer += "<|im_end|>"
+        hidden, at = [], 0
+        for i, label in objects:
+            line = f"Object {i}: {label or 'unclear'}"
+            at = answer.index(line, at)
+            hidden.append((at, at + len(line)))
+            at += len(line)
+        after = answer.index(". ", at) + 1  # the line's end, then the next line or the closing sentence
+        hidden.append((after, after + 2))
+        hidden += [m.span() for m in re.finditer(r"\d+\.\d\d", answer)]
+        prompt_ids = self.tokenizer(self.prompt_text(episode["query"]), add_special_tokens=False)["input_ids"]
+        encoded = self.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+        labels = [IGNORE if any(a < hi and b > lo for lo, hi in hidden) else t
+                  for t, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"])]
+        return prompt_ids + encoded["input_ids"], [IGNORE] * len(prompt_ids) + labels
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(ids) for ids, _ in pairs)
+    input_ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), length), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    for i, (ids, lab) in enumerate(pairs):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        attention_mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# --- training ----------------------------------------------------------------------------------------
+def _id_positions(labels: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Per row, the position of the first supervised digit: the reasoning's ``is object ID "k"`` (queries have no
+    digits and the times are not supervised)."""
+    digits = torch.tensor([tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+    is_digit = torch.isin(labels, digits)
+    if not is_digit.any(dim=1).all():
+        raise ValueError("no ID in a labelled answer")
+    return is_digit.int().argmax(dim=1)
+
+
+def evaluate_text(model, batches, tokenizer) -> dict[str, float]:
+    """Teacher-forced scores: ``id_acc`` (the reasoning's ID token, given the gold reasoning before it),
+    ``token_acc`` (all supervised tokens), ``reasoning_acc`` (rows whose every supervised token before the ID is
+    right: the restated query and, with ``mark_target``, each line's end), ``line_end_acc`` (rows whose every
+    supervised token right after an unsupervised one is right: with ``mark_target``, whether each line is the
+    target)."""
+    id_hits = tok_hits = tok_total = reasoning_hits = line_end_hits = rows = 0
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            pred, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+            keep = target != IGNORE
+            tok_hits += int((pred[keep] == target[keep]).sum())
+            tok_total += int(keep.sum())
+            pos = _id_positions(target, tokenizer)
+            id_hits += int((pred[torch.arange(len(pos)), pos] == target[torch.arange(len(pos)), pos]).sum())
+            after_hidden = keep & ~torch.nn.functional.pad(keep, (1, 0))[:, :-1]
+            after_hidden[:, 0] = False
+            right = pred == target
+            for i, p in enumerate(pos.tolist()):  # the supervised tokens before the ID
+                span = keep[i, :p]
+                reasoning_hits += bool(right[i, :p][span].all())
+                first = int(keep[i].int().argmax())  # the answer's start follows the (unsupervised) prompt
+                ends = after_hidden[i, first + 1:p]
+                line_end_hits += bool(right[i, first + 1:p][ends].all())
+            rows += len(pos)
+    model.train()
+    return {"id_acc": id_hits / rows, "token_acc": tok_hits / tok_total, "reasoning_acc": reasoning_hits / rows,
+            "line_end_acc": line_end_hits / rows}
+
+
+def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretrainConfig = TextPretrainConfig(),
+                  tower_dir: str | Path | None = None) -> dict:
+    """Train ``model_dir``'s language model on text episodes; save the whole model (vision unchanged) and processor
+    to ``out_dir`` after every evaluation. Returns the report (also ``out_dir/pretrain_text.json``).
+
+    ``tower_dir``: take the vision tower (and merger) from that model instead. The text stage never reads or changes
+    the tower, so this equals running the stage on ``tower_dir`` itself: it lets the two stages run side by side
+    (``steps=0`` only swaps the tower in)."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(config.seed)
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32)
+    if tower_dir is not None:
+        tower = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tower_dir), dtype=torch.float32)
+        model.model.visual.load_state_dict(tower.model.visual.state_dict())
+        del tower
+    model.model.visual.requires_grad_(False)
+    model.train()
+    encode = TextEpisodeEncoder(processor, config.mark_target)
+    pad = processor.tokenizer.pad_token_id
+    val_rng = np.random.default_rng([config.seed, 1])
+    val_pairs = [encode(text_episode(val_rng, config)) for _ in range(config.val_episodes)]
+    val_batches = [collate(val_pairs[i:i + config.batch], pad) for i in range(0, len(val_pairs), config.batch)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    rng = np.random.default_rng([config.seed, 0])
+    history: list[dict] = []
+    report: dict = {}
+    start, running = time.perf_counter(), None
+    for step in range(1, config.steps + 1):
+        batch = collate([encode(text_episode(rng, config)) for _ in range(config.batch)], pad)
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            logger.info("step %d/%d  %.1f s  loss %.4f", step, config.steps, time.perf_counter() - start, running)
+        if step % config.eval_every == 0 or step == config.steps:
+            scores = evaluate_text(model, val_batches, processor.tokenizer)
+            history.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(running, 4),
+                            **scores})
+            logger.info("val at step %d: %s", step, {k: round(v, 3) for k, v in scores.items()})
+            report = _save(model, processor, out_dir, config, history)
+    if config.steps == 0:
+        report = _save(model, processor, out_dir, config, history)
+    return report
+
+
+def _save(model, processor, out_dir, config: TextPretrainConfig, history: list[dict]) -> dict:
+    from stvgr1_edge.errors import write_json_atomic
+
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    report = {"config": asdict(config), "history": history, "final": history[-1] if history else {}}
+    write_json_atomic(out_dir / "pretrain_text.json", report, indent=1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.pretrain_text", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="Model folder to start from (the vision stage's output).")
+    parser.add_argument("out", help="Output folder (whole model + processor).")
+    parser.add_argument("--steps", type=int, default=TextPretrainConfig.steps)
+    parser.add_argument("--batch", type=int, default=TextPretrainConfig.batch)
+    parser.add_argument("--lr", type=float, default=TextPretrainConfig.learning_rate)
+    parser.add_argument("--eval-every", type=int, default=TextPretrainConfig.eval_every)
+    parser.add_argument("--tower", default=None,
+                        help="Take the vision tower from this model folder (see pretrain_text); with --steps 0, only that.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = TextPretrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.lr, eval_every=args.eval_every)
+    report = pretrain_text(args.model, args.out, config, args.tower)
+    print(json.dumps(report["final"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
