@@ -625,18 +625,20 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
                 history.append({"phase": phase, "step": step, "seconds": round(time.perf_counter() - start, 1),
                                 **scores})
                 logger.info("%s val at step %d: %s", phase, phase_step + 1, {k: round(v, 3) for k, v in scores.items()})
-                report = _save(model, processor, out_dir, config, history)  # a usable model after every evaluation
+                report = save_stage(model, processor, out_dir, config, history)  # a usable model after every evaluation
     return report
 
 
-def _save(model, processor, out_dir, config: VisionPretrainConfig, history: list[dict]) -> dict:
+def save_stage(model, processor, out_dir, config, history: list[dict], report_name: str = "pretrain_vision.json") -> dict:
+    """Save the whole model and its processor to ``out_dir`` with ``report_name``: the stage's ``config`` (a
+    dataclass), its validation ``history`` and the last entry as ``final``. Returns that report."""
     from stvgr1_edge.errors import write_json_atomic
 
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     report = {"config": asdict(config), "history": history, "final": history[-1] if history else {}}
-    write_json_atomic(out_dir / "pretrain_vision.json", report, indent=1)
+    write_json_atomic(out_dir / report_name, report, indent=1)
     return report
 
 

@@ -1,4 +1,4 @@
-"""The nano recipe, stage by stage: data → init → dense vision stage → text stage → SFT → GRPO → evaluation → ship.
+"""The nano recipe, stage by stage: data → init → vision stage → text stage → SFT → GRPO → eval → ship.
 
     python -m train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
     python -m train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
@@ -15,7 +15,8 @@ Data seeds (disjoint ``SeedSequence`` roots): training clips ``stvg-edge synth -
 ``--seed 1 --num 2400``; validation (model selection, ``val``) ``--seed 4000 --num 200``; held-out (final metrics
 only, ``eval``) ``--seed 5000 --num 200``; the vision stage draws its own clips from root seeds 10000/10001.
 Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps and 288 visual tokens. Stage settings
-live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml`` and ``grpo.yaml`` next to this file.
+live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml``
+and ``grpo.yaml`` next to this file.
 """
 
 from __future__ import annotations
@@ -139,18 +140,20 @@ def stage_ship(work: Path, model: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.train_nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"])
+    parser.add_argument("stage",
+                        choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"])
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
-    parser.add_argument("--max-steps", type=int, default=None, help="Cut the vision/text/SFT/GRPO stage to this many steps.")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="Cut the vision/text/SFT/GRPO stage to this many steps.")
     parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
     parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
     parser.add_argument("--from", dest="start", default=None,
-                        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, WORK/text, "
-                             "WORK/sft).")
+                        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, "
+                             "WORK/text, WORK/sft).")
     parser.add_argument("--output", default=None,
-                        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, WORK/sft, "
-                             "WORK/grpo).")
+                        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, "
+                             "WORK/sft, WORK/grpo).")
     parser.add_argument("--lr", type=float, default=None, help="Override the SFT learning rate of sft.yaml.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
