@@ -65,6 +65,8 @@ class TextPretrainConfig:
 def text_episode(rng: np.random.Generator, config: TextPretrainConfig = TextPretrainConfig()) -> dict:
     """One synthetic grounding episode without pixels: ``query``, ``valid_ids``, ``object_labels`` ("size colour
     shape", "" when unclear), ``gt_id``, ``gt_start_s``, ``gt_end_s`` (random: there is no video to time)."""
+    # synth's private planning helpers, on purpose: the episodes must follow the clips' rules exactly, and
+    # generate_clip cannot be refactored around them without changing every recipe seed's clips
     from stvgr1_edge import synth
 
     cfg = synth.SynthConfig()
