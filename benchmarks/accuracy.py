@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED, help="Root seed of the held-out clips.")
     parser.add_argument("--data", type=Path, default=None, help="Folder for the held-out clips (default: temporary).")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
-    parser.add_argument("--int4-group-size", type=int, default=64, help="int4 group size (the nano hidden size is 192).")
+    parser.add_argument("--int4-group-size", type=int, default=32,
+                        help="int4 group size (the nano hidden size is 192; 32 was picked over 64 on the validation "
+                             "clips, seed 4000: 0.59 vs 1.67 points m_vIoU from fp32).")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
