@@ -347,7 +347,7 @@ def _split_two_red_squares(small_box, blob_extra=None, config: ClassicalTrackerC
     small = _TrackState(np.array(small_box, np.float32), np.zeros(2, np.float32), hist, 64.0, 0, shape=np.ones((8, 8), bool))
     ys, xs = np.nonzero(blob)
     ob = _Observation(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32), blob, hist, float(blob.sum()))
-    parts = ClassicalTracker(config)._split(ob, [small, big], {id(big): big.box, id(small): small.box}, bins)
+    parts = ClassicalTracker(config)._split(ob, [small, big], {id(big): big.box, id(small): small.box}, bins, frame=1)
     return {("big" if p.owner is big else "small"): p.box.tolist() for p in parts}
 
 

@@ -490,7 +490,6 @@ class ClassicalTracker(StreamingTracker):
         self.config = config or ClassicalTrackerConfig()
         self.detector = ClassicalDetector(self.config.detector)
         self._info: VideoInfo | None = None
-        self._frame = -1  # the frame being tracked
 
     # -- StreamingTracker ---------------------------------------------------------------------------
     def start(self, info: VideoInfo) -> None:
@@ -501,7 +500,6 @@ class ClassicalTracker(StreamingTracker):
         self._buffer: list[Frame] = []
         self._ready = False
         self._prev_frame: int | None = None
-        self._frame = -1
         fps = info.fps if info.fps > 0 else 25.0
         self._fps = fps
         self._max_lost_frames = self.config.max_lost_s * fps
@@ -565,7 +563,6 @@ class ClassicalTracker(StreamingTracker):
     def _track_frame(self, frame: Frame) -> None:
         cfg = self.config
         f = frame.index
-        self._frame = f
         bins = _hsv_bins(frame.image)
         obs = self._observations(frame.image, bins)
 
@@ -777,10 +774,11 @@ class ClassicalTracker(StreamingTracker):
                 if ob.area < areas[0] + cfg.merge_min_extra_area * areas[1]:
                     out.append(ob)
                     continue
-            out.extend(self._split(ob, members, priors, bins))
+            out.extend(self._split(ob, members, priors, bins, frame))
         return out
 
-    def _split(self, ob: _Observation, members: list[_TrackState], priors: dict, bins: np.ndarray) -> list[_Observation]:
+    def _split(self, ob: _Observation, members: list[_TrackState], priors: dict, bins: np.ndarray,
+               frame: int) -> list[_Observation]:
         """Divide one blob's pixels between the tracks inside it.
 
         Each member's last seen shape is placed where it fits the blob best near its prior box (template
@@ -856,14 +854,14 @@ class ClassicalTracker(StreamingTracker):
             part = crop_mask & (owner == k) & (scores[k] > 1e-3)
             area = float(part.sum())
             if area < self.config.min_visible_fraction * t.area:
-                t.hidden_frame = self._frame  # hidden behind the others: its track coasts on its prediction
+                t.hidden_frame = frame  # hidden behind the others: its track coasts on its prediction
                 continue
             pys, pxs = np.nonzero(part)
             box = np.array([pxs.min() + x1, pys.min() + y1, pxs.max() + 1 + x1, pys.max() + 1 + y1], np.float32)
             full = np.zeros_like(ob.mask)
             full[y1:y2, x1:x2] = part
             placed = None
-            if placements[id(t)] is not None and fits[id(t)] is not None and fits[id(t)] >= cfg.split_motion_min_fit:
+            if fits[id(t)] is not None and fits[id(t)] >= cfg.split_motion_min_fit:  # placed, and well
                 (px, py), (th, tw) = placements[id(t)], t.shape.shape
                 placed = np.array([px, py, px + tw, py + th], np.float32)
             parts.append(_Observation(box, full, _colour_hist(bins, full), area, partial=True, owner=t, placed=placed))
