@@ -25,6 +25,25 @@ from .video_inputs import ClipProcessor, collate_videos, video_token_type_ids
 logger = logging.getLogger(__name__)
 
 
+def object_line(object_id: int, label: str) -> str:
+    """One inventory line of the describe-objects reasoning, without its end: ``Object 3: small red star``."""
+    return f"Object {object_id}: {label or 'unclear'}"
+
+
+def pad_right(sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]],
+              pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` (right-padded with ``pad_id``), ``labels`` (-100 on padding) and ``attention_mask``."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), length), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        attention_mask[i, :len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
 def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = None,
                   objects: Sequence[tuple[int, str]] = (), mark_target: bool = False) -> str:
     """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5).
@@ -44,10 +63,9 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
                 f"is the target.</think> {answer}")
     timing = f"the event occurs from {start_s:.2f} to {end_s:.2f} seconds.</think> {answer}"
     if mark_target and objects:
-        lines = "".join(f"Object {i}: {label or 'unclear'}{', the target' if i == gt_id else ''}. "
-                        for i, label in objects)
+        lines = "".join(f"{object_line(i, label)}{', the target' if i == gt_id else ''}. " for i, label in objects)
         return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\"; {timing}"
-    inventory = "".join(f"Object {i}: {label or 'unclear'}. " for i, label in objects)
+    inventory = "".join(f"{object_line(i, label)}. " for i, label in objects)
     return f"<think>{inventory}\"{normalize_query(query)}\" is object ID \"{gt_id}\"; {timing}"
 
 
@@ -103,17 +121,8 @@ class SFTCollator:
             answer_ids = self.tokenizer(answer + self.end_token, add_special_tokens=False)["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
-        length = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        labels = torch.full((len(rows), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
-            input_ids[i, :len(seq)] = torch.tensor(seq)
-            labels[i, :len(lab)] = torch.tensor(lab)
-            attention_mask[i, :len(seq)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "mm_token_type_ids": video_token_type_ids(input_ids, self.video_token_id)}
+        batch = pad_right(sequences, label_rows, self.tokenizer.pad_token_id)
+        batch["mm_token_type_ids"] = video_token_type_ids(batch["input_ids"], self.video_token_id)
         batch.update(collate_videos(videos))
         if self.vision_features is not None:
             from transformers.modeling_outputs import BaseModelOutputWithPooling

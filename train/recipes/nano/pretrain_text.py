@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -96,23 +95,25 @@ class TextEpisodeEncoder:
     read it from), the word after the last line (how many lines there are is the video's too) and the times."""
 
     def __init__(self, processor, mark_target: bool = True) -> None:
-        self.processor = processor
+        from stvgr1_edge.grounding import GroundingInputs
+
+        self.inputs = GroundingInputs(processor)
         self.tokenizer = processor.tokenizer
         self.mark_target = mark_target
         token = processor.video_token
         self.video_block = f"<|vision_start|>{token}<|vision_end|>"
 
     def prompt_text(self, query: str) -> str:
+        """The grounder's chat text for ``query`` (:meth:`GroundingInputs.chat_text`) without the video block."""
         from stvgr1_edge.prompt import grounding_prompt
 
-        messages = [{"role": "user", "content": [{"type": "text", "text": grounding_prompt(query)}, {"type": "video"}]}]
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.inputs.chat_text(grounding_prompt(query))
         if self.video_block not in text:
             raise ValueError(f"the chat template does not place the video as {self.video_block!r}")
         return text.replace(self.video_block, "")
 
     def __call__(self, episode: dict) -> tuple[list[int], list[int]]:
-        from train.sft import target_answer
+        from train.sft import object_line, target_answer
 
         objects = tuple(zip(episode["valid_ids"], episode["object_labels"]))
         answer = target_answer(episode["gt_id"], episode["gt_start_s"], episode["gt_end_s"], episode["query"], objects,
@@ -120,7 +121,7 @@ class TextEpisodeEncoder:
         answer += "<|im_end|>"
         hidden, at = [], 0
         for i, label in objects:
-            line = f"Object {i}: {label or 'unclear'}"
+            line = object_line(i, label)
             at = answer.index(line, at)
             hidden.append((at, at + len(line)))
             at += len(line)
@@ -135,15 +136,10 @@ class TextEpisodeEncoder:
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    length = max(len(ids) for ids, _ in pairs)
-    input_ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(pairs), length), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
-    for i, (ids, lab) in enumerate(pairs):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        attention_mask[i, :len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    """Encoded episodes → a right-padded batch (``train.sft.pad_right``)."""
+    from train.sft import pad_right
+
+    return pad_right([ids for ids, _ in pairs], [lab for _, lab in pairs], pad_id)
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -199,7 +195,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     (``steps=0`` only swaps the tower in)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from .pretrain_vision import save_stage
+    from .pretrain_vision import save_stage, warmup_cosine
 
     torch.manual_seed(config.seed)
     processor = AutoProcessor.from_pretrained(str(model_dir))
@@ -218,13 +214,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     rng = np.random.default_rng([config.seed, 0])
     history: list[dict] = []
     report: dict = {}

@@ -574,15 +574,10 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
     total = config.glyph_steps + config.scene_steps + config.steps
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, total)
     workers = dict(num_workers=config.data_workers, prefetch_factor=4 if config.data_workers else None)
-    glyph_val = list(itertools.islice(iter(SceneStream(config.seed + 3, vp, config, glyph_crop, config.glyph_batch)), 4))
+    glyph_stream = SceneStream(config.seed + 3, vp, config, glyph_crop, config.glyph_batch)
+    glyph_val = list(itertools.islice(iter(glyph_stream), 4))
     scene_val = list(itertools.islice(iter(SceneStream(config.seed + 2, vp, config)), 8))
     clip_stream = labelled_clips(config.seed + 1, vp, config)
     clip_val = [_collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
@@ -629,7 +624,19 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
     return report
 
 
-def save_stage(model, processor, out_dir, config, history: list[dict], report_name: str = "pretrain_vision.json") -> dict:
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    """The nano stages' schedule: linear warm-up over ``warmup_steps``, then cosine decay to 10% of the rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_stage(model, processor, out_dir, config, history: list[dict],
+               report_name: str = "pretrain_vision.json") -> dict:
     """Save the whole model and its processor to ``out_dir`` with ``report_name``: the stage's ``config`` (a
     dataclass), its validation ``history`` and the last entry as ``final``. Returns that report."""
     from stvgr1_edge.errors import write_json_atomic
