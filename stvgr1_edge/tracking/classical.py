@@ -68,8 +68,9 @@ from .base import Detections, Detector, StreamingTracker, TrackerConfig
 
 logger = logging.getLogger(__name__)
 
-_HIST_BINS = (12, 4, 4)  # hue, saturation, value
-_HIST_RANGES = (0, 180, 0, 256, 0, 256)
+# hue, saturation, value. Hue bins are 10 of OpenCV's 180 units wide: at 15 units, orange (hue 15) and yellow
+# (hue 26) shared a bin, so a yellow object behind an orange one came back under the orange one's ID.
+_HIST_BINS = (18, 4, 4)
 _INVALID = 1e6
 
 
