@@ -240,6 +240,21 @@ def test_differently_coloured_objects_touching_when_they_appear_get_their_own_id
     assert _centre_x(ts, left, n - 1) < _centre_x(ts, 3 - left, n - 1)
 
 
+def test_colour_model_tells_every_pair_of_palette_colours_apart():
+    """Flat patches of any two synthetic palette colours are farther apart than a match allows (with 15-unit
+    hue bins orange and yellow shared one bin: distance 0, and one came back under the other's ID)."""
+    from itertools import combinations
+
+    from stvgr1_edge.synth import PALETTE
+    from stvgr1_edge.tracking.classical import _colour_hist, _hist_distance, _hsv_bins
+
+    cfg = ClassicalTrackerConfig()
+    mask = np.ones((8, 8), bool)
+    hists = {name: _colour_hist(_hsv_bins(np.full((8, 8, 3), rgb, np.uint8)), mask) for name, rgb in PALETTE.items()}
+    for a, b in combinations(PALETTE, 2):
+        assert _hist_distance(hists[a], hists[b]) > cfg.max_appearance_distance, (a, b)
+
+
 def test_two_colour_split_needs_distinct_colours_and_compact_parts():
     tracker = ClassicalTracker()
     image = np.full((40, 40, 3), 200, np.uint8)
