@@ -164,18 +164,20 @@ def main(argv: list[str] | None = None) -> None:
         stage_init(work)
     if args.stage in ("all", "data"):
         stage_data(work, args.workers)
+
+    def overrides(stage: str) -> tuple:
+        """--max-steps, --from and --output of the stage named on the command line (`all` runs every stage with its
+        defaults)."""
+        return (args.max_steps, args.start, args.output) if args.stage == stage else (None, None, None)
+
     if args.stage in ("all", "vision"):
-        stage_vision(work, args.max_steps if args.stage == "vision" else None,
-                     args.start if args.stage == "vision" else None, args.output if args.stage == "vision" else None)
+        stage_vision(work, *overrides("vision"))
     if args.stage in ("all", "text"):
-        stage_text(work, args.max_steps if args.stage == "text" else None, args.start if args.stage == "text" else None,
-                   args.output if args.stage == "text" else None)
+        stage_text(work, *overrides("text"))
     if args.stage in ("all", "sft"):
-        stage_sft(work, args.max_steps if args.stage == "sft" else None, args.start if args.stage == "sft" else None,
-                  args.output if args.stage == "sft" else None, args.lr)
+        stage_sft(work, *overrides("sft"), args.lr)
     if args.stage in ("all", "grpo"):
-        stage_grpo(work, args.max_steps if args.stage == "grpo" else None, args.start if args.stage == "grpo" else None,
-                   args.output if args.stage == "grpo" else None)
+        stage_grpo(work, *overrides("grpo"))
     if args.stage == "val":
         stage_val(work, args.model or str(work / "sft"), args.num)
     if args.stage == "all":
