@@ -3,6 +3,7 @@ the grounder's prompt layout without the video, labels on the restated query and
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -12,7 +13,7 @@ pytest.importorskip("trl")
 import torch
 
 from train.recipes.nano.pretrain_text import (IGNORE, TextEpisodeEncoder, TextPretrainConfig, _id_positions, collate,
-                                              pretrain_text, text_episode)
+                                              line_end_weights, pretrain_text, text_episode)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,54 @@ def test_labels_cover_the_reasoning_but_not_what_the_video_would_tell(tiny, mark
     batch = collate([(ids, labels)], tok.pad_token_id)
     pos = _id_positions(batch["labels"], tok)
     assert tok.decode(batch["labels"][0, pos[0]]) == "2"
+
+
+def test_line_end_weight_lands_on_the_line_checks(tiny):
+    tok = tiny.processor.tokenizer
+    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
+               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
+               "gt_end_s": 3.4}
+    batch = collate([TextEpisodeEncoder(tiny.processor)(episode)], tok.pad_token_id)
+    weights = line_end_weights(batch["labels"], 5.0)
+    labelled = batch["labels"] != IGNORE
+    assert torch.all(weights[~labelled] == 0) and set(weights[labelled].tolist()) == {1.0, 5.0}
+    heavy = [tok.decode([t]) for t in batch["input_ids"][0][weights[0] == 5.0]]
+    # the three lines' ends first (the restated query right after the prompt is not one), then the words after the
+    # other unlabelled spans (the word after the last line, the times)
+    assert heavy[:4] == [".", ",", ".", " target"], heavy
+    assert torch.equal(line_end_weights(batch["labels"], 1.0), labelled.float())
+
+
+def test_check_tags_mark_exactly_the_target_line_and_only_the_tags_are_labelled(tiny):
+    from train.sft import checked_label, query_attributes
+
+    assert query_attributes("The pink circle turns green.") == (None, "pink", "circle")
+    assert query_attributes("the small star spins around") == ("small", None, "star")
+    assert checked_label("large pink circle", (None, "pink", "circle")) == "large+ pink+ circle+"
+    assert checked_label("large pink square", (None, "pink", "circle")) == "large+ pink+ square-"
+    assert checked_label("small green circle", ("large", None, "circle")) == "small- green- circle-"  # "-" sticks
+    assert checked_label("", (None, "pink", "circle")) == ""
+    rng = np.random.default_rng(1)
+    for _ in range(300):  # on the episodes: the last tag is "+" on the target's line alone
+        e = text_episode(rng)
+        wanted = query_attributes(e["query"])
+        ends = [checked_label(label, wanted)[-1:] for label in e["object_labels"]]
+        assert [i + 1 for i, end in enumerate(ends) if end == "+"] == [e["gt_id"]], e
+
+    tok = tiny.processor.tokenizer
+    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
+               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
+               "gt_end_s": 3.4}
+    ids, labels = TextEpisodeEncoder(tiny.processor, check_attributes=True)(episode)
+    prompt_len = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert tok.decode(ids[prompt_len:]).startswith(
+        '<think>"the small red star spins around". Object 1: large- red- star-. Object 2: small+ red+ star+, the '
+        'target. Object 3: unclear. The target is object ID "2"')
+    supervised = "".join(tok.decode([t]) if t != IGNORE else "_" for t in labels[prompt_len:])
+    # the tags and each line's end are learnt, not the words (the video's) nor the IDs of the lines
+    assert '"._-_-_-._+_+_+, the target._._ target is object ID "2"' in re.sub("_+", "_", supervised)
+    after_query = supervised.split('spins around".')[1]
+    assert not any(w in after_query for w in ("Object", "large", "small", "red", "unclear"))
 
 
 def test_text_stage_trains_the_language_model_only(tiny, tmp_path):

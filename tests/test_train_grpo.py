@@ -1,6 +1,7 @@
 """GRPO on video with a tiny random Qwen2.5-VL (train/grpo.py): steps run, the video reaches every forward pass,
 the vision tower learns, checkpoints resume exactly; plus the SFT warm-start and the CLI."""
 
+import re
 import types
 
 import pytest
@@ -184,6 +185,64 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
     from stvgr1_edge.grounding import Grounder, GrounderConfig
     checkpoint = Grounder.from_pretrained(GrounderConfig(model=str(tmp_path / "sft" / "checkpoint-2"), device="cpu"))
     assert checkpoint.processor.video_processor.merge_size == processor.video_processor.merge_size
+
+
+def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(setup):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from train.grpo import load_processor
+    from stvgr1_edge.prompt import normalize_query
+    from train.sft import (SFTCollator, WeightedLossMixin, checked_label, query_attributes,
+                           weighted_next_token_loss)
+
+    processor, _ = load_processor(setup.model)
+    tok = processor.tokenizer
+    rows = list(load_cached_dataset(setup.cache))[:2]
+    plain = SFTCollator(processor, mark_target=True)(rows)
+    assert "loss_weights" not in plain  # weight 1.0: the model's own loss, as before
+    weighted = SFTCollator(processor, mark_target=True, line_end_weight=4.0)(rows)
+    assert torch.equal(weighted["input_ids"], plain["input_ids"])
+    weights, labels = weighted["loss_weights"], weighted["labels"]
+    assert torch.all(weights[labels == -100] == 0) and set(weights[labels != -100].tolist()) == {1.0, 4.0}
+    for i, row in enumerate(rows):
+        ends = [tok.decode([t]) for t in weighted["input_ids"][i][weights[i] == 4.0]]
+        # one per line, right after what the line says: "," (of ", the target") on the target's line, "." elsewhere
+        assert ends == ["," if k == row["gt_id"] else "." for k in row["valid_ids"]], ends
+
+    checked = SFTCollator(processor, mark_target=True, check_attributes=True, line_end_weight=4.0)(rows)
+    for i, row in enumerate(rows):
+        text = tok.decode(checked["labels"][i][checked["labels"][i] != -100])
+        wanted = query_attributes(row["query"])
+        lines = [f"Object {k}: {checked_label(label, wanted) or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
+                 for k, label in zip(row["valid_ids"], row["object_labels"])]
+        assert text.startswith(f"<think>\"{normalize_query(row['query'])}\". " + ". ".join(lines) + ". The target is")
+        heavy = [tok.decode([t]) for t in checked["input_ids"][i][checked["loss_weights"][i] == 4.0]]
+        # every check tag, then the line's end: "," after the target's last "+", "." elsewhere
+        expected = []
+        for line in lines:
+            expected += re.findall(r"[+-]", line) + ["," if line.endswith("the target") else "."]
+        assert heavy == expected and "+" in expected and "-" in expected
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model)
+    with torch.no_grad():
+        own = model(**plain).loss
+        inputs = {k: v for k, v in weighted.items() if k not in ("labels", "loss_weights")}
+        logits = model(**inputs).logits
+    ones = (labels != -100).float()
+    assert torch.allclose(weighted_next_token_loss(logits, labels, ones), own, atol=1e-6)
+    only_ends = (weights == 4.0).float()
+    end_loss = weighted_next_token_loss(logits, labels, only_ends)
+    mixed = weighted_next_token_loss(logits, labels, weights)
+    assert min(own, end_loss) < mixed < max(own, end_loss)  # pulled from the plain mean toward the line ends
+
+    class OwnLoss:  # what Trainer.compute_loss does here: the model's own loss
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return model(**inputs).loss
+
+    trainer = type("T", (WeightedLossMixin, OwnLoss), {})()
+    with torch.no_grad():
+        assert torch.allclose(trainer.compute_loss(model, dict(weighted)), mixed, atol=1e-6)
+        assert torch.allclose(trainer.compute_loss(model, dict(plain)), own, atol=1e-6)
 
 
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):

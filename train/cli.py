@@ -95,6 +95,11 @@ def sft(
     mark_target: bool = typer.Option(False, "--mark-target",
                                      help="Like --describe-objects, with the query first and the target's line "
                                           "marked \", the target.\"; implies --describe-objects."),
+    check_attributes: bool = typer.Option(False, "--check-attributes",
+                                          help="With --mark-target: tag each word of each line \"+\" (agrees with "
+                                               "the query so far) or \"-\"."),
+    line_end_weight: float = typer.Option(1.0, "--line-end-weight", min=0.0,
+                                          help="With --mark-target: loss weight of each line's end and check tags."),
     freeze_vision: bool = typer.Option(False, "--freeze-vision",
                                        help="Train the language model only (keep a pretrained vision tower)."),
 ) -> None:
@@ -105,6 +110,7 @@ def sft(
                        num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
                        per_device_train_batch_size=batch_size, save_steps=save_steps,
                        restate_query=restate_query, describe_objects=describe_objects, mark_target=mark_target,
+                       check_attributes=check_attributes, line_end_weight=line_end_weight,
                        freeze_vision=freeze_vision)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")

@@ -30,6 +30,68 @@ def object_line(object_id: int, label: str) -> str:
     return f"Object {object_id}: {label or 'unclear'}"
 
 
+def line_spans(answer: str, object_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Character spans of the inventory lines (:func:`object_line`, with any check tags) of a describe-objects
+    ``answer``, in order; each ends where its end ("," of ", the target", or ".") starts."""
+    spans, at = [], 0
+    for object_id in object_ids:
+        start = answer.index(f"Object {object_id}: ", at)
+        end = min(i for i in (answer.find(",", start), answer.find(".", start)) if i >= 0)
+        spans.append((start, end))
+        at = end
+    return spans
+
+
+CHECK_TAGS = ("+", "-")
+"""The check tags of :func:`checked_label`: the line still agrees with the query / no longer does."""
+
+
+def check_tag_offsets(answer: str, span: tuple[int, int]) -> list[int]:
+    """Character offsets of the check tags inside one line ``span`` of :func:`line_spans`."""
+    start, end = span
+    return [start + j for j, c in enumerate(answer[start:end]) if c in CHECK_TAGS]
+
+
+def query_attributes(query: str) -> tuple[str | None, str | None, str | None]:
+    """(size, colour, shape) as a synthetic query's attribute phrase names them (None: not named): its vocabulary
+    words up to the first shape ("The pink circle turns green." → (None, "pink", "circle"); the colour after the
+    shape is the event's)."""
+    from stvgr1_edge.synth import PALETTE, SHAPES, SIZES
+
+    size = colour = None
+    for word in normalize_query(query).split():
+        if word in SHAPES:
+            return size, colour, word
+        if word in SIZES and size is None:
+            size = word
+        elif word in PALETTE and colour is None:
+            colour = word
+    raise ValueError(f"no shape in the query {query!r}: attribute checks need a synthetic query")
+
+
+def checked_label(label: str, wanted: tuple[str | None, str | None, str | None]) -> str:
+    """``"large pink circle"`` with a check tag after each word: "+" while every word so far agrees with the query's
+    (or the query names no such attribute), "-" from the first that does not (``wanted``: :func:`query_attributes`).
+    So the line check is made one word at a time, each tag decided by the word just written, the query, and the tag
+    before it; the line is the target when its last tag is "+". Unclear lines ("") stay as they are."""
+    if not label:
+        return label
+    agrees, words = True, []
+    for word, asked in zip(label.split(), wanted, strict=True):
+        agrees = agrees and asked in (None, word)
+        words.append(word + CHECK_TAGS[0 if agrees else 1])
+    return " ".join(words)
+
+
+def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy as a weighted mean: ``weights`` (aligned with ``labels``) per predicted token, 0 on
+    ``-100`` labels. All ones on the labelled tokens give the model's own loss."""
+    target, weights = labels[:, 1:], weights[:, 1:] * (labels[:, 1:] != -100)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100,
+                                           reduction="none").view_as(target)
+    return (ce * weights).sum() / weights.sum()
+
+
 def pad_right(sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]],
               pad_id: int) -> dict[str, torch.Tensor]:
     """``input_ids`` (right-padded with ``pad_id``), ``labels`` (-100 on padding) and ``attention_mask``."""
@@ -45,7 +107,8 @@ def pad_right(sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[
 
 
 def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = None,
-                  objects: Sequence[tuple[int, str]] = (), mark_target: bool = False) -> str:
+                  objects: Sequence[tuple[int, str]] = (), mark_target: bool = False,
+                  check_attributes: bool = False) -> str:
     """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5).
 
     With ``query``, the reasoning restates the event and names its object ID before the time range, so the ID is
@@ -55,6 +118,9 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
     from scratch, which otherwise get one ID token of signal per sample). With ``mark_target`` too, the query comes
     first and the target's line ends ", the target." (the others "."): each line is checked against the query as it
     is written, and the ID is then read off the marked line, instead of one match over all lines at the ID token.
+    With ``check_attributes`` too, each word of a line carries a check tag (:func:`checked_label`: "Object 2: large+
+    pink+ circle+, the target."): a 4-layer LM compares the word it has just written with the query well, but not
+    the words two or three tokens back, so one check at the line's end marked lines by their shape alone.
     The ``<answer>`` part is the same in every case.
     """
     answer = f"<answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>"
@@ -63,6 +129,9 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
                 f"is the target.</think> {answer}")
     timing = f"the event occurs from {start_s:.2f} to {end_s:.2f} seconds.</think> {answer}"
     if mark_target and objects:
+        if check_attributes:
+            wanted = query_attributes(query)
+            objects = [(i, checked_label(label, wanted)) for i, label in objects]
         lines = "".join(f"{object_line(i, label)}{', the target' if i == gt_id else ''}. " for i, label in objects)
         return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\"; {timing}"
     inventory = "".join(f"{object_line(i, label)}. " for i, label in objects)
@@ -96,8 +165,11 @@ class SFTCollator:
     ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``)."""
 
     def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
-                 vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False) -> None:
+                 vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False,
+                 line_end_weight: float = 1.0, check_attributes: bool = False) -> None:
         self.vision_features = vision_features
+        self.line_end_weight = line_end_weight
+        self.check_attributes = check_attributes
         self.restate_query = restate_query or describe_objects or mark_target
         self.describe_objects = describe_objects or mark_target
         self.mark_target = mark_target
@@ -109,7 +181,7 @@ class SFTCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         videos = [read_video_tensors(r["video_file"]) for r in rows]
-        sequences, label_rows = [], []
+        sequences, label_rows, weight_rows = [], [], []
         for row, video in zip(rows, videos):
             prompt = self.clip_processor.prepare_text(row["prompt"], video.num_visual_tokens(self.merge_size))
             prompt_ids = prompt["input_ids"][0].tolist()
@@ -117,11 +189,23 @@ class SFTCollator:
             if self.describe_objects and any(row.get("object_labels") or ()):
                 objects = tuple(zip(row["valid_ids"], row["object_labels"]))
             answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]),
-                                   row.get("query") if self.restate_query else None, objects, self.mark_target)
-            answer_ids = self.tokenizer(answer + self.end_token, add_special_tokens=False)["input_ids"]
+                                   row.get("query") if self.restate_query else None, objects, self.mark_target,
+                                   self.check_attributes)
+            encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False, return_offsets_mapping=True)
+            answer_ids = encoded["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
+            # the line check: the token right after each line ("," of ", the target" or ".") and its check tags
+            checks = set()
+            for span in line_spans(answer, [i for i, _ in objects]) if self.mark_target else ():
+                checks |= {span[1], *check_tag_offsets(answer, span)}
+            weight_rows.append([0.0] * len(prompt_ids)
+                               + [self.line_end_weight if a in checks else 1.0 for a, _ in encoded["offset_mapping"]])
         batch = pad_right(sequences, label_rows, self.tokenizer.pad_token_id)
+        if self.line_end_weight != 1.0:
+            batch["loss_weights"] = torch.zeros(batch["labels"].shape)
+            for i, w in enumerate(weight_rows):
+                batch["loss_weights"][i, :len(w)] = torch.tensor(w)
         batch["mm_token_type_ids"] = video_token_type_ids(batch["input_ids"], self.video_token_id)
         batch.update(collate_videos(videos))
         if self.vision_features is not None:
@@ -131,6 +215,20 @@ class SFTCollator:
             features = tuple(self.vision_features(r["video_file"], v) for r, v in zip(rows, videos))
             batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=features)}
         return batch
+
+
+class WeightedLossMixin:
+    """Put before ``Trainer``: a batch with ``loss_weights`` (:class:`SFTCollator`) is scored with
+    :func:`weighted_next_token_loss` instead of the model's own loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop("loss_weights", None)
+        if weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = weighted_next_token_loss(outputs.logits, labels, weights.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
 
 
 @dataclass(frozen=True)
@@ -171,6 +269,12 @@ class SFTRunConfig:
     freeze_vision: bool = False
     """Train the language model only; the vision tower and its merger keep their weights (for a vision tower
     trained first, e.g. by the nano recipe's dense vision stage)."""
+    line_end_weight: float = 1.0
+    """With ``mark_target``: loss weight of the token that ends each inventory line ("," of ", the target", or
+    "."), and of its check tags, the line check, against 1.0 for every other answer token (a hundred of them for a
+    handful of checks)."""
+    check_attributes: bool = False
+    """With ``mark_target``: a check tag after each word of each line (see :func:`target_answer`)."""
 
 
 def run_sft(run: SFTRunConfig):
@@ -196,12 +300,12 @@ def run_sft(run: SFTRunConfig):
         gradient_accumulation_steps=run.gradient_accumulation_steps, bf16=bf16,
         gradient_checkpointing=run.gradient_checkpointing, save_steps=run.save_steps, logging_steps=run.logging_steps,
         seed=run.seed, report_to="none", remove_unused_columns=False, use_cpu=not cuda)
-    trainer_cls = type("SFTTrainer", (ExactResumeMixin, Trainer), {})
+    trainer_cls = type("SFTTrainer", (ExactResumeMixin, WeightedLossMixin, Trainer), {})
     # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
     features = FrozenVisionFeatures(model) if run.freeze_vision else None
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
                           data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features,
-                                                    run.mark_target))
+                                                    run.mark_target, run.line_end_weight, run.check_attributes))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")

@@ -14,6 +14,12 @@ Episodes are drawn with ``stvgr1_edge.synth``'s own rules for attributes, distra
 so the words and their statistics are the clips' (generating a real clip costs seconds; an episode microseconds).
 IDs are 1..N as the tracker numbers tracks; a few inventory lines are "unclear", as tracker-only tracks are in the
 training cache. The vision tower is not touched.
+
+With ``check_attributes`` (the default since stop 14) each word of a line carries a check tag ("Object 2: large+ pink+
+circle+, the target."; ``train.sft.checked_label``). With one check at the line's end, the LM marked lines by their
+shape alone — the word just before the check — (text-only probe: no shape-mismatched line marked, but a line with the
+right shape and the wrong colour marked in 1 of 4 cases and the target's own line in 1 of 2); with a tag after every
+word each decision is about the word just written, and the last tag was right on every line of 128 probe episodes.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ class TextPretrainConfig:
 
     steps: int = 2000
     batch: int = 16
-    """Episodes per step (the run behind the shipped model: 2,000 x 16, 50 min on one shared CPU thread)."""
+    """Episodes per step (2,000 x 16: 50 min on one shared CPU thread)."""
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     """Linear warm-up, then cosine decay to 10% of ``learning_rate``."""
@@ -55,6 +61,13 @@ class TextPretrainConfig:
     """Root of the episodes (disjoint from every clip seed of the recipe)."""
     val_episodes: int = 256
     eval_every: int = 250
+    line_end_weight: float = 5.0
+    """Loss weight of the tokens right after an unsupervised span: with ``mark_target``, each inventory line's end
+    (", the target." or ".") or, with ``check_attributes``, each check tag: the line check itself. Its few tokens
+    are outnumbered by the restated query's and the template's, which the LM learns first."""
+    check_attributes: bool = True
+    """With ``mark_target``: a check tag after each word of each line (``train.sft.target_answer``); the tags are
+    labelled, the words not."""
     mark_target: bool = True
     """The answer of ``train.sft.target_answer(..., mark_target=True)`` (the query first, the target's line marked),
     as SFT then uses (``sft.yaml``); False: the plain describe-objects answer."""
@@ -94,9 +107,10 @@ class TextEpisodeEncoder:
     :func:`train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no video to
     read it from), the word after the last line (how many lines there are is the video's too) and the times."""
 
-    def __init__(self, processor, mark_target: bool = True) -> None:
+    def __init__(self, processor, mark_target: bool = True, check_attributes: bool = False) -> None:
         from stvgr1_edge.grounding import GroundingInputs
 
+        self.check_attributes = check_attributes
         self.inputs = GroundingInputs(processor)
         self.tokenizer = processor.tokenizer
         self.mark_target = mark_target
@@ -113,19 +127,18 @@ class TextEpisodeEncoder:
         return text.replace(self.video_block, "")
 
     def __call__(self, episode: dict) -> tuple[list[int], list[int]]:
-        from train.sft import object_line, target_answer
+        from train.sft import check_tag_offsets, line_spans, target_answer
 
         objects = tuple(zip(episode["valid_ids"], episode["object_labels"]))
         answer = target_answer(episode["gt_id"], episode["gt_start_s"], episode["gt_end_s"], episode["query"], objects,
-                               self.mark_target)
+                               self.mark_target, self.check_attributes)
         answer += "<|im_end|>"
-        hidden, at = [], 0
-        for i, label in objects:
-            line = object_line(i, label)
-            at = answer.index(line, at)
-            hidden.append((at, at + len(line)))
-            at += len(line)
-        after = answer.index(". ", at) + 1  # the line's end, then the next line or the closing sentence
+        spans = line_spans(answer, episode["valid_ids"])
+        hidden = []  # each line but its check tags
+        for start, end in spans:
+            tags = check_tag_offsets(answer, (start, end))
+            hidden += [(a, b) for a, b in zip([start] + [t + 1 for t in tags], tags + [end]) if a < b]
+        after = answer.index(". ", spans[-1][1]) + 1  # the line's end, then the next line or the closing sentence
         hidden.append((after, after + 2))
         hidden += [m.span() for m in re.finditer(r"\d+\.\d\d", answer)]
         prompt_ids = self.tokenizer(self.prompt_text(episode["query"]), add_special_tokens=False)["input_ids"]
@@ -153,6 +166,22 @@ def _id_positions(labels: torch.Tensor, tokenizer) -> torch.Tensor:
     return is_digit.int().argmax(dim=1)
 
 
+def after_unsupervised(labels: torch.Tensor) -> torch.Tensor:
+    """Mask of the supervised tokens right after an unsupervised one, past each row's first supervised token (the
+    prompt is unsupervised too): with ``mark_target``, the inventory lines' ends."""
+    keep = labels != IGNORE
+    after = keep & ~torch.nn.functional.pad(keep, (1, 0))[:, :-1]
+    first = keep.int().argmax(dim=1, keepdim=True)
+    return after & (torch.arange(labels.shape[1]) > first)
+
+
+def line_end_weights(labels: torch.Tensor, line_end_weight: float) -> torch.Tensor:
+    """Per-token loss weights: 1 on the supervised tokens, ``line_end_weight`` on those of :func:`after_unsupervised`."""
+    weights = (labels != IGNORE).float()
+    weights[after_unsupervised(labels)] = line_end_weight
+    return weights
+
+
 def evaluate_text(model, batches, tokenizer) -> dict[str, float]:
     """Teacher-forced scores: ``id_acc`` (the reasoning's ID token, given the gold reasoning before it),
     ``token_acc`` (all supervised tokens), ``reasoning_acc`` (rows whose every supervised token before the ID is
@@ -170,8 +199,7 @@ def evaluate_text(model, batches, tokenizer) -> dict[str, float]:
             tok_total += int(keep.sum())
             pos = _id_positions(target, tokenizer)
             id_hits += int((pred[torch.arange(len(pos)), pos] == target[torch.arange(len(pos)), pos]).sum())
-            after_hidden = keep & ~torch.nn.functional.pad(keep, (1, 0))[:, :-1]
-            after_hidden[:, 0] = False
+            after_hidden = after_unsupervised(target)
             right = pred == target
             for i, p in enumerate(pos.tolist()):  # the supervised tokens before the ID
                 span = keep[i, :p]
@@ -195,6 +223,8 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     (``steps=0`` only swaps the tower in)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    from train.sft import weighted_next_token_loss
+
     from .pretrain_vision import save_stage, warmup_cosine
 
     torch.manual_seed(config.seed)
@@ -206,7 +236,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
         del tower
     model.model.visual.requires_grad_(False)
     model.train()
-    encode = TextEpisodeEncoder(processor, config.mark_target)
+    encode = TextEpisodeEncoder(processor, config.mark_target, config.check_attributes)
     pad = processor.tokenizer.pad_token_id
     val_rng = np.random.default_rng([config.seed, 1])
     val_pairs = [encode(text_episode(val_rng, config)) for _ in range(config.val_episodes)]
@@ -221,7 +251,8 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     start, running = time.perf_counter(), None
     for step in range(1, config.steps + 1):
         batch = collate([encode(text_episode(rng, config)) for _ in range(config.batch)], pad)
-        loss = model(**batch).loss
+        labels = batch.pop("labels")
+        loss = weighted_next_token_loss(model(**batch).logits, labels, line_end_weights(labels, config.line_end_weight))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -250,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=TextPretrainConfig.batch)
     parser.add_argument("--lr", type=float, default=TextPretrainConfig.learning_rate)
     parser.add_argument("--eval-every", type=int, default=TextPretrainConfig.eval_every)
+    parser.add_argument("--line-end-weight", type=float, default=TextPretrainConfig.line_end_weight,
+                        help="Loss weight of each inventory line's end (the line check).")
+    parser.add_argument("--check-attributes", action=argparse.BooleanOptionalAction,
+                        default=TextPretrainConfig.check_attributes,
+                        help="A check tag after each word of each inventory line (train.sft.target_answer).")
     parser.add_argument("--tower", default=None,
                         help="Take the vision tower from this model folder (see pretrain_text); with --steps 0, "
                              "only that.")
@@ -258,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = TextPretrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.lr, eval_every=args.eval_every)
+    config = TextPretrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.lr, eval_every=args.eval_every,
+                                line_end_weight=args.line_end_weight, check_attributes=args.check_attributes)
     report = pretrain_text(args.model, args.out, config, args.tower)
     print(json.dumps(report["final"], indent=1))
 
