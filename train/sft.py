@@ -170,6 +170,7 @@ class SFTCollator:
         self.vision_features = vision_features
         self.line_end_weight = line_end_weight
         self.check_attributes = check_attributes
+        self.weigh_checks = mark_target and line_end_weight != 1.0
         self.restate_query = restate_query or describe_objects or mark_target
         self.describe_objects = describe_objects or mark_target
         self.mark_target = mark_target
@@ -178,6 +179,14 @@ class SFTCollator:
         self.merge_size = int(processor.video_processor.merge_size)
         self.video_token_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
         self.end_token = "<|im_end|>"
+
+    def _check_weights(self, answer: str, objects, offsets) -> list[float]:
+        """Per answer token: ``line_end_weight`` on the line check (each line's end, "," of ", the target" or ".",
+        and its check tags), 1.0 elsewhere."""
+        checks = set()
+        for span in line_spans(answer, [i for i, _ in objects]):
+            checks |= {span[1], *check_tag_offsets(answer, span)}
+        return [self.line_end_weight if start in checks else 1.0 for start, _ in offsets]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         videos = [read_video_tensors(r["video_file"]) for r in rows]
@@ -191,18 +200,16 @@ class SFTCollator:
             answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]),
                                    row.get("query") if self.restate_query else None, objects, self.mark_target,
                                    self.check_attributes)
-            encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False, return_offsets_mapping=True)
+            encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False,
+                                     return_offsets_mapping=self.weigh_checks)
             answer_ids = encoded["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
-            # the line check: the token right after each line ("," of ", the target" or ".") and its check tags
-            checks = set()
-            for span in line_spans(answer, [i for i, _ in objects]) if self.mark_target else ():
-                checks |= {span[1], *check_tag_offsets(answer, span)}
-            weight_rows.append([0.0] * len(prompt_ids)
-                               + [self.line_end_weight if a in checks else 1.0 for a, _ in encoded["offset_mapping"]])
+            if self.weigh_checks:
+                weights = self._check_weights(answer, objects, encoded["offset_mapping"])
+                weight_rows.append([0.0] * len(prompt_ids) + weights)
         batch = pad_right(sequences, label_rows, self.tokenizer.pad_token_id)
-        if self.line_end_weight != 1.0:
+        if self.weigh_checks:
             batch["loss_weights"] = torch.zeros(batch["labels"].shape)
             for i, w in enumerate(weight_rows):
                 batch["loss_weights"][i, :len(w)] = torch.tensor(w)
@@ -219,7 +226,8 @@ class SFTCollator:
 
 class WeightedLossMixin:
     """Put before ``Trainer``: a batch with ``loss_weights`` (:class:`SFTCollator`) is scored with
-    :func:`weighted_next_token_loss` instead of the model's own loss."""
+    :func:`weighted_next_token_loss` instead of the model's own loss (a mean per micro-batch: with gradient
+    accumulation, micro-batches count alike whatever their token counts)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("loss_weights", None)
