@@ -150,6 +150,28 @@ def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
     assert any(k.startswith("model.visual.merger.") for k in changed)
 
 
+def test_event_weight_weighs_the_event_classes_against_none():
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from train.recipes.nano.pretrain_vision import TokenProbe, _losses_and_hits
+
+    torch.manual_seed(0)
+    probe = TokenProbe.build(16)
+    features = torch.randn(40, 16)
+    labels = {name: torch.randint(0, len(names), (40,)) for name, names in label_classes().items()}
+    labels["event"][:30] = 0  # mostly "none", as in the clips
+    plain, _ = _losses_and_hits(probe, features, labels, CONFIG)
+    weighted, _ = _losses_and_hits(probe, features, labels, dataclasses.replace(CONFIG, event_weight=5.0))
+    weight = torch.full((len(label_classes()["event"]),), 5.0)
+    weight[0] = 1.0
+    with torch.no_grad():
+        expected = F.cross_entropy(probe["event"](features), labels["event"], weight=weight)
+        assert torch.allclose(weighted["event"], expected) and not torch.allclose(plain["event"], expected)
+        assert all(torch.equal(weighted[k], plain[k]) for k in plain if k != "event")
+
+
 def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
     from train.cache import load_cached_dataset
     from train.grpo import load_processor

@@ -245,6 +245,23 @@ def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(se
         assert torch.allclose(trainer.compute_loss(model, dict(plain)), own, atol=1e-6)
 
 
+def test_sft_time_weight_weighs_exactly_the_digits_of_both_time_ranges(setup):
+    from train.grpo import load_processor
+    from train.sft import SFTCollator
+
+    processor, _ = load_processor(setup.model)
+    tok = processor.tokenizer
+    rows = list(load_cached_dataset(setup.cache))[:2]
+    for kwargs in ({}, {"mark_target": True, "check_attributes": True, "line_end_weight": 4.0}):
+        timed = SFTCollator(processor, time_weight=3.0, **kwargs)(rows)
+        weights = timed["loss_weights"]
+        for i, row in enumerate(rows):
+            heavy = "".join(tok.decode([t]) for t in timed["input_ids"][i][weights[i] == 3.0])
+            times = f"{row['gt_start_s']:.2f}{row['gt_end_s']:.2f}"
+            assert heavy == times * 2, heavy  # the reasoning's range, then the <answer>'s; nothing else
+            if kwargs:  # the line checks keep their own weight
+                assert (weights[i] == 4.0).sum() == len(re.findall(r"[+-]", tok.decode(timed["labels"][i][
+                    timed["labels"][i] != -100]).split("The target is")[0])) + len(row["valid_ids"])
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge.cli import main as stvg_main
     from train.cli import main as train_main

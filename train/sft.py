@@ -9,6 +9,7 @@ DeepSpeed as usual). STVG-R1 itself used no SFT; this is for small models traine
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,6 +82,19 @@ def checked_label(label: str, wanted: tuple[str | None, str | None, str | None])
         agrees = agrees and asked in (None, word)
         words.append(word + CHECK_TAGS[0 if agrees else 1])
     return " ".join(words)
+
+
+TIME_PATTERN = re.compile(r"(?:occurs from|Time range:) (\d+\.\d+) to (\d+\.\d+)")
+"""The answer's two time ranges: the reasoning's "occurs from a to b" and the ``<answer>``'s "Time range: a to b"."""
+
+
+def time_offsets(answer: str) -> set[int]:
+    """Character offsets of every character of the times in ``answer`` (both ranges of :data:`TIME_PATTERN`)."""
+    offsets: set[int] = set()
+    for match in TIME_PATTERN.finditer(answer):
+        for group in (1, 2):
+            offsets |= set(range(match.start(group), match.end(group)))
+    return offsets
 
 
 def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -166,11 +180,13 @@ class SFTCollator:
 
     def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
                  vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False,
-                 line_end_weight: float = 1.0, check_attributes: bool = False) -> None:
+                 line_end_weight: float = 1.0, check_attributes: bool = False, time_weight: float = 1.0) -> None:
         self.vision_features = vision_features
         self.line_end_weight = line_end_weight
+        self.time_weight = time_weight
         self.check_attributes = check_attributes
         self.weigh_checks = mark_target and line_end_weight != 1.0
+        self.weigh_tokens = self.weigh_checks or time_weight != 1.0
         self.restate_query = restate_query or describe_objects or mark_target
         self.describe_objects = describe_objects or mark_target
         self.mark_target = mark_target
@@ -180,13 +196,16 @@ class SFTCollator:
         self.video_token_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
         self.end_token = "<|im_end|>"
 
-    def _check_weights(self, answer: str, objects, offsets) -> list[float]:
+    def _token_weights(self, answer: str, objects, offsets) -> list[float]:
         """Per answer token: ``line_end_weight`` on the line check (each line's end, "," of ", the target" or ".",
-        and its check tags), 1.0 elsewhere."""
+        and its check tags; with ``mark_target``), ``time_weight`` on the times' digits and points, 1.0 elsewhere."""
         checks = set()
-        for span in line_spans(answer, [i for i, _ in objects]):
-            checks |= {span[1], *check_tag_offsets(answer, span)}
-        return [self.line_end_weight if start in checks else 1.0 for start, _ in offsets]
+        if self.weigh_checks:
+            for span in line_spans(answer, [i for i, _ in objects]):
+                checks |= {span[1], *check_tag_offsets(answer, span)}
+        times = time_offsets(answer) if self.time_weight != 1.0 else set()
+        return [self.line_end_weight if start in checks else self.time_weight if start in times else 1.0
+                for start, _ in offsets]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         videos = [read_video_tensors(r["video_file"]) for r in rows]
@@ -201,15 +220,15 @@ class SFTCollator:
                                    row.get("query") if self.restate_query else None, objects, self.mark_target,
                                    self.check_attributes)
             encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False,
-                                     return_offsets_mapping=self.weigh_checks)
+                                     return_offsets_mapping=self.weigh_tokens)
             answer_ids = encoded["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
-            if self.weigh_checks:
-                weights = self._check_weights(answer, objects, encoded["offset_mapping"])
+            if self.weigh_tokens:
+                weights = self._token_weights(answer, objects, encoded["offset_mapping"])
                 weight_rows.append([0.0] * len(prompt_ids) + weights)
         batch = pad_right(sequences, label_rows, self.tokenizer.pad_token_id)
-        if self.weigh_checks:
+        if self.weigh_tokens:
             batch["loss_weights"] = torch.zeros(batch["labels"].shape)
             for i, w in enumerate(weight_rows):
                 batch["loss_weights"][i, :len(w)] = torch.tensor(w)
@@ -283,6 +302,9 @@ class SFTRunConfig:
     handful of checks)."""
     check_attributes: bool = False
     """With ``mark_target``: a check tag after each word of each line (see :func:`target_answer`)."""
+    time_weight: float = 1.0
+    """Loss weight of the times' tokens (both ranges: the reasoning's and the ``<answer>``'s; 16 tokens of a
+    hundred), against 1.0 for the rest."""
 
 
 def run_sft(run: SFTRunConfig):
@@ -313,7 +335,8 @@ def run_sft(run: SFTRunConfig):
     features = FrozenVisionFeatures(model) if run.freeze_vision else None
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
                           data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features,
-                                                    run.mark_target, run.line_end_weight, run.check_attributes))
+                                                    run.mark_target, run.line_end_weight, run.check_attributes,
+                                                    run.time_weight))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")
