@@ -262,6 +262,8 @@ def test_sft_time_weight_weighs_exactly_the_digits_of_both_time_ranges(setup):
             if kwargs:  # the line checks keep their own weight
                 assert (weights[i] == 4.0).sum() == len(re.findall(r"[+-]", tok.decode(timed["labels"][i][
                     timed["labels"][i] != -100]).split("The target is")[0])) + len(row["valid_ids"])
+
+
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge.cli import main as stvg_main
     from train.cli import main as train_main

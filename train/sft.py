@@ -84,17 +84,14 @@ def checked_label(label: str, wanted: tuple[str | None, str | None, str | None])
     return " ".join(words)
 
 
-TIME_PATTERN = re.compile(r"(?:occurs from|Time range:) (\d+\.\d+) to (\d+\.\d+)")
-"""The answer's two time ranges: the reasoning's "occurs from a to b" and the ``<answer>``'s "Time range: a to b"."""
+TIME_PATTERN = re.compile(r"\d+\.\d+")
+"""A time in a teacher answer (:func:`target_answer` writes them "%.2f"; its IDs are integers and its words have no
+digits, so every decimal number in it is one of the two times of the reasoning's or the ``<answer>``'s range)."""
 
 
 def time_offsets(answer: str) -> set[int]:
-    """Character offsets of every character of the times in ``answer`` (both ranges of :data:`TIME_PATTERN`)."""
-    offsets: set[int] = set()
-    for match in TIME_PATTERN.finditer(answer):
-        for group in (1, 2):
-            offsets |= set(range(match.start(group), match.end(group)))
-    return offsets
+    """Character offsets of every character of the times in ``answer`` (:data:`TIME_PATTERN`)."""
+    return {i for match in TIME_PATTERN.finditer(answer) for i in range(match.start(), match.end())}
 
 
 def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
