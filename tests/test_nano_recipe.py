@@ -78,6 +78,19 @@ def test_labels_follow_the_drawn_markers_and_objects(tiny, tmp_path):
             assert torch.equal(labels[name], items[0][1][name])
 
 
+def test_a_clip_without_extra_markers_labels_only_its_objects_ids(tiny, tmp_path):
+    from dataclasses import replace
+
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+
+    # IDs 1..N in order of appearance and no random extra markers: the only digits are the objects' own
+    config = replace(CONFIG, extra_markers_per_frame=0, shuffle_ids_prob=0.0, offset_ids_prob=0.0)
+    (_, labels), = labelled_clip(19, tiny.processor.video_processor, config, np.random.default_rng(3), tmp_path)
+    clip = generate_clip(19, SynthConfig(width=config.width, height=config.height, seconds=config.seconds))
+    shown = {label_classes()["digit"][k] for k in labels["digit"].unique().tolist() if k > 0}
+    assert shown and shown <= {str(i) for i in range(1, len(clip.objects) + 1)}
+
+
 def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
     import cv2
 
@@ -205,3 +218,43 @@ def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
     start = model.state_dict()
     assert all(torch.equal(trained[k], start[k]) for k in start if k.startswith("model.visual."))
     assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("model.language_model."))
+
+
+def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
+    from train.recipes.nano.probe_lm import ridge_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16))
+    train = np.arange(3000) < 1800
+    six = (x @ rng.normal(size=(16, 6))).argmax(1)  # 6 classes, linearly separable
+    assert (ridge_probe(x, six, train) == six)[~train].mean() > 0.8
+    assert (ridge_probe(x, rng.permutation(six), train) == six)[~train].mean() < 0.3  # no signal: near chance
+    rare = x[:, 2] > 1.6  # ~5% of the rows
+    plain, balanced = ridge_probe(x, rare, train), ridge_probe(x, rare, train, balanced=True)
+    assert plain[~train & rare].mean() < 0.5 < balanced[~train & rare].mean()
+    assert balanced[~train & ~rare].mean() < 0.25
+
+
+def test_probe_states_start_with_the_towers_merged_tokens(tiny, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from train.recipes.nano.probe_lm import video_token_states
+    from train.video_inputs import ClipProcessor, collate_videos
+
+    from stvgr1_edge.prompt import grounding_prompt
+
+    vp = tiny.processor.video_processor
+    (video, _), = labelled_clip(19, vp, CONFIG, np.random.default_rng(3), tmp_path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder, dtype=torch.float32).eval()
+    text = ClipProcessor(tiny.processor).prepare_text(grounding_prompt("the red circle jumps"),
+                                                      video.num_visual_tokens(vp.merge_size))
+    video_token_id = tiny.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    states = video_token_states(model, text["input_ids"], video, video_token_id)
+    assert states.shape == (model.config.text_config.num_hidden_layers + 1, video.num_visual_tokens(vp.merge_size),
+                            model.config.text_config.hidden_size)
+    batch = collate_videos([video])
+    with torch.no_grad():
+        merged = model.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"],
+                                                return_dict=True).pooler_output[0]
+    np.testing.assert_allclose(states[0], merged.numpy(), atol=1e-5)
+    assert not np.allclose(states[1], states[0])  # the LM's first layer changed them

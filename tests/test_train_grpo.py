@@ -41,6 +41,15 @@ def _visual_params(model):
     return [p for p in model.model.visual.parameters() if p.requires_grad]
 
 
+def test_run_config_reads_exponent_floats_from_yaml_and_overrides(tmp_path):
+    # PyYAML alone reads "1e-6" (YAML 1.1: no dot) as a string, which reached AdamW as the learning rate
+    path = tmp_path / "run.yaml"
+    path.write_text("grpo:\n  learning_rate: 1e-6\n  max_steps: 3\n  run_name: 5e\n")
+    run = load_run_config(path, ["grpo.beta=4E-2", "rewards.id_weight=2"])
+    assert run.grpo == {"learning_rate": 1e-6, "max_steps": 3, "run_name": "5e", "beta": 0.04}
+    assert run.rewards.id_weight == 2
+
+
 def test_two_grpo_steps_with_kl_and_old_policy_see_the_video_every_time(setup, tmp_path):
     run = _run(setup, tmp_path / "out", ["grpo.max_steps=2", "grpo.beta=0.04", "grpo.num_iterations=2"])
     trainer = build_grpo_trainer(run)

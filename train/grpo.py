@@ -250,10 +250,19 @@ def _typed(cls, values: dict[str, Any] | None, where: str):
     return cls(**values)
 
 
-def _parse_value(text: str) -> Any:
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads YAML 1.2 floats: PyYAML follows YAML 1.1, where ``1e-5`` (no dot) is the
+    string "1e-5", and a learning rate written that way would reach the optimizer as text."""
+    import re
+
     import yaml
 
-    return yaml.safe_load(text)
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), **top_level: Any) -> GRPORunConfig:
@@ -267,7 +276,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), **to
         if not path.is_file():
             raise BadInputError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise BadInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(raw, dict):
@@ -280,7 +289,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), **to
         *parents, leaf = key.strip().split(".")
         for p in parents:
             target = target.setdefault(p, {})
-        target[leaf] = _parse_value(value)
+        target[leaf] = load_yaml(value)
     for key, value in top_level.items():
         if value is not None:
             raw[key] = value

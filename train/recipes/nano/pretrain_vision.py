@@ -467,7 +467,7 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
                 if f in wanted:
                     shown.add(ids[obj_id], f, box, mask, 1.0)
         extras = extra_markers(synth.height, synth.width, sampling.indices, config.extra_markers_per_frame, rng)
-        with_extras = [Frame(fr.index, fr.time_s, draw_markers(fr.image, extras[fr.index])) for fr in decoded]
+        with_extras = [Frame(fr.index, fr.time_s, draw_markers(fr.image, extras.get(fr.index, []))) for fr in decoded]
         prompted = render_prompted_clip(with_extras, shown, sampling)
         labels = dict(objects, digit=digit_token_labels(clip, sampling.indices, ids, extras))
         out.append((video_tensors(prompted.frames, prompted.sample_fps, video_processor),

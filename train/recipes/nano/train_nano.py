@@ -90,11 +90,10 @@ def stage_val(work: Path, model: str, num: int | None) -> None:
 
 def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
               learning_rate: float | None = None) -> None:
-    import yaml
-
+    from train.grpo import load_yaml
     from train.sft import SFTRunConfig, run_sft
 
-    settings = yaml.safe_load((RECIPE_DIR / "sft.yaml").read_text())
+    settings = load_yaml((RECIPE_DIR / "sft.yaml").read_text())
     known = {f.name for f in fields(SFTRunConfig)}
     settings = {k: v for k, v in settings.items() if k in known}
     if max_steps is not None:
@@ -105,10 +104,13 @@ def stage_sft(work: Path, max_steps: int | None, start: str | None = None, outpu
                          output_dir=output or str(work / "sft"), **settings))
 
 
-def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None) -> None:
+def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
+               learning_rate: float | None = None) -> None:
     from train.grpo import load_run_config, run_grpo
 
     overrides = [f"grpo.max_steps={max_steps}"] if max_steps is not None else []
+    if learning_rate is not None:
+        overrides.append(f"grpo.learning_rate={learning_rate}")
     run = load_run_config(RECIPE_DIR / "grpo.yaml", overrides, data=str(work / "cache_train"),
                           model=start or str(work / "sft"), output_dir=output or str(work / "grpo"))
     run_grpo(run)
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None,
                         help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, "
                              "WORK/sft, WORK/grpo).")
-    parser.add_argument("--lr", type=float, default=None, help="Override the SFT learning rate of sft.yaml.")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Override the learning rate of sft.yaml (sft) or grpo.yaml (grpo).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = args.work
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "sft"):
         stage_sft(work, *overrides("sft"), args.lr)
     if args.stage in ("all", "grpo"):
-        stage_grpo(work, *overrides("grpo"))
+        stage_grpo(work, *overrides("grpo"), args.lr if args.stage == "grpo" else None)
     if args.stage == "val":
         stage_val(work, args.model or str(work / "sft"), args.num)
     if args.stage == "all":

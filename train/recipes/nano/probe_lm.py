@@ -1,0 +1,137 @@
+"""Linear probes on a nano model's hidden states: where the model knows *when*, and where it sees the event.
+
+    python -m train.recipes.nano.probe_lm WORK/sft_t6 [--clips 150] [--out probes.json]
+
+Fresh vision-stage clips (:func:`pretrain_vision.labelled_clip`, root seed 20000, never trained on) go through the
+model with the STVG-R1 prompt of each clip's own query. Every video token's state after each layer (0: the tower's
+merged output, 1..N: the LM's layers) is probed by ridge regression, fit on the first 60% of the clips and scored on
+the rest:
+
+- ``tube``: the token's 2-frame tube (accuracy; chance 1/6 for 12 frames). The tower has no temporal position, so
+  anything above chance comes from the LM (M-RoPE, causal attention).
+- ``event``: on object tokens only, whether that object is doing its event in that tube (balanced accuracy, with
+  its recall and false-positive rate). The answer's time range can only be as good as this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PROBE_SEED = 20_000
+"""Root seed of the probe clips (training uses 0/1 and 10000/10001, validation 4000, held-out 5000)."""
+
+
+def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarray:
+    """(layers + 1, video tokens, hidden) of one clip: the merged tower output, then each LM layer's output."""
+    import torch
+
+    from train.video_inputs import collate_videos, video_token_type_ids
+
+    with torch.no_grad():
+        out = model(input_ids=input_ids, mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
+                    output_hidden_states=True, **collate_videos([video]))
+    positions = (input_ids[0] == video_token_id).nonzero()[:, 0]
+    return torch.stack(out.hidden_states)[:, 0, positions].float().numpy()
+
+
+def ridge_probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray, l2: float = 10.0,
+                balanced: bool = False) -> np.ndarray:
+    """Predicted class of every row: one-vs-rest ridge regression on the ``train`` rows (with ``balanced``, each
+    class's rows weigh alike, so a rare class is not simply never predicted)."""
+    x = np.c_[features, np.ones(len(features))]
+    classes = np.unique(labels[train])
+    targets = (labels[:, None] == classes[None]).astype(np.float64)
+    weight = np.ones(len(features))
+    if balanced:
+        counts = {c: (labels[train] == c).sum() for c in classes}
+        weight = np.array([train.sum() / (len(classes) * counts.get(c, 1)) for c in labels])
+    xt, wt = x[train], weight[train][:, None]
+    coef = np.linalg.solve(xt.T @ (xt * wt) + l2 * np.eye(x.shape[1]), xt.T @ (targets[train] * wt))
+    return classes[(x @ coef).argmax(1)]
+
+
+def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dict:
+    """Per layer: ``tube_acc``, ``event_balanced_acc``, ``event_recall``, ``event_false_positive_rate``."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.prompt import grounding_prompt
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+    from train.grpo import load_processor
+    from train.video_inputs import ClipProcessor
+
+    from .pretrain_vision import VisionPretrainConfig, labelled_clip
+
+    processor, source = load_processor(model_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    clip_processor = ClipProcessor(processor)
+    video_token_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    config = VisionPretrainConfig()
+    states, tubes, events, objects, clip_of = [], [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="nano-probe-") as tmp:
+        for i in range(clips):
+            clip_seed = int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0])
+            (video, labels), = labelled_clip(clip_seed, processor.video_processor, config,
+                                             np.random.default_rng(clip_seed), Path(tmp))
+            query = generate_clip(clip_seed, SynthConfig(width=config.width, height=config.height,
+                                                         seconds=config.seconds)).query
+            input_ids = clip_processor.prepare_text(grounding_prompt(query),
+                                                    video.num_visual_tokens(processor.video_processor.merge_size))
+            s = video_token_states(model, input_ids["input_ids"], video, video_token_id)
+            groups = int(video.video_grid_thw[0, 0])
+            states.append(s)
+            tubes.append(np.arange(s.shape[1]) // (s.shape[1] // groups))
+            events.append(labels["event"].numpy())
+            objects.append(labels["shape"].numpy() > 0)
+            clip_of.append(np.full(s.shape[1], i))
+            logger.info("probe clip %d/%d", i + 1, clips)
+    x = np.concatenate(states, 1)
+    tube, active, on_object = np.concatenate(tubes), np.concatenate(events) > 0, np.concatenate(objects)
+    train = np.concatenate(clip_of) < int(0.6 * clips)
+    layers = []
+    for layer in range(x.shape[0]):
+        tube_pred = ridge_probe(x[layer], tube, train)
+        event_pred = ridge_probe(x[layer][on_object], active[on_object], train[on_object], balanced=True)
+        test, truth = ~train[on_object], active[on_object]
+        recall = float(event_pred[test & truth].mean())
+        false_pos = float(event_pred[test & ~truth].mean())
+        layers.append({"layer": layer, "tube_acc": float((tube_pred == tube)[~train].mean()),
+                       "event_balanced_acc": (recall + 1 - false_pos) / 2, "event_recall": recall,
+                       "event_false_positive_rate": false_pos})
+    return {"model": model_dir, "clips": clips, "seed": seed, "test_clips": clips - int(0.6 * clips),
+            "object_tokens": int(on_object.sum()), "event_tokens": int((on_object & active).sum()), "layers": layers}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="Model folder.")
+    parser.add_argument("--clips", type=int, default=150, help="Probe clips (60%% fit, 40%% scored).")
+    parser.add_argument("--out", default=None, help="Also write the scores to this JSON file.")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    scores = probe_model(args.model, args.clips)
+    for row in scores["layers"]:
+        print(f"layer {row['layer']}: tube {row['tube_acc']:.3f}  event balanced {row['event_balanced_acc']:.3f} "
+              f"(recall {row['event_recall']:.3f}, false positives {row['event_false_positive_rate']:.3f})")
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(scores, indent=1))
+        tmp.replace(out)
+
+
+if __name__ == "__main__":
+    main()
