@@ -48,6 +48,14 @@ FORMAT = "stvg-edge-int4-v1"
 
 
 # ----------------------------------------------------------------------------------------------- packing
+def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Codes (float, 0..15) and scales of ``groups`` on the grid ``[lo, hi]``, and each group's squared error."""
+    scales = ((hi - lo) / 15).clamp(min=1e-6)
+    codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
+    error = ((codes * scales[..., None] + lo[..., None] - groups) ** 2).sum(dim=-1)
+    return codes, scales, error
+
+
 def quantize_weight_int4(weight: torch.Tensor, group_size: int, range_shrinks: Sequence[float] = RANGE_SHRINKS
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, scales, zeros)``: uint8 codes (out, in) in 0..15 and fp32 (out, in / group_size) scales and
@@ -56,21 +64,18 @@ def quantize_weight_int4(weight: torch.Tensor, group_size: int, range_shrinks: S
     out_features, in_features = weight.shape
     groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
     full_lo, full_hi = groups.amin(dim=-1), groups.amax(dim=-1)
-    best_error = best_codes = best_scales = best_lo = None
-    for shrink in range_shrinks:
-        lo, hi = full_lo * shrink, full_hi * shrink
-        scales = ((hi - lo) / 15).clamp(min=1e-6)
-        codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
-        error = ((codes * scales[..., None] + lo[..., None] - groups) ** 2).sum(dim=-1)
-        if best_error is None:
-            best_error, best_codes, best_scales, best_lo = error, codes, scales, lo
-            continue
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best_codes = torch.where(better[..., None], codes, best_codes)
-        best_scales, best_lo = torch.where(better, scales, best_scales), torch.where(better, lo, best_lo)
-    zeros = best_lo + 8 * best_scales
-    return best_codes.to(torch.uint8).reshape(out_features, in_features), best_scales, zeros
+    first, *rest = range_shrinks
+    best_lo = full_lo * first
+    codes, scales, error = _round_to_range(groups, best_lo, full_hi * first)
+    for shrink in rest:  # one shrink at a time: a (shrinks, out, in) stack would not fit for a 7B model's linears
+        lo = full_lo * shrink
+        c, sc, e = _round_to_range(groups, lo, full_hi * shrink)
+        better = e < error
+        codes = torch.where(better[..., None], c, codes)
+        scales, best_lo = torch.where(better, sc, scales), torch.where(better, lo, best_lo)
+        error = torch.where(better, e, error)
+    zeros = best_lo + 8 * scales
+    return codes.to(torch.uint8).reshape(out_features, in_features), scales, zeros
 
 
 def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:

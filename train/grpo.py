@@ -19,6 +19,7 @@ Run with ``stvg-edge train grpo --config train/configs/grpo_stvg_r1.yaml`` (sing
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
@@ -250,9 +251,8 @@ def _typed(cls, values: dict[str, Any] | None, where: str):
     return cls(**values)
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that also reads YAML 1.2 floats: PyYAML follows YAML 1.1, where ``1e-5`` (no dot) is the
-    string "1e-5", and a learning rate written that way would reach the optimizer as text."""
+@functools.cache
+def _yaml_loader():
     import re
 
     import yaml
@@ -262,7 +262,15 @@ def load_yaml(text: str) -> Any:
 
     exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads YAML 1.2 floats: PyYAML follows YAML 1.1, where ``1e-5`` (no dot) is the
+    string "1e-5", and a learning rate written that way would reach the optimizer as text."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), **top_level: Any) -> GRPORunConfig:
