@@ -220,6 +220,17 @@ def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
     assert any(not torch.equal(trained[k], start[k]) for k in start if k.startswith("model.language_model."))
 
 
+def test_recipe_sft_settings_are_sft_fields_and_a_misspelt_key_stops_the_run(tmp_path):
+    from train.recipes.nano.train_nano import RECIPE_DIR, sft_settings
+
+    settings = sft_settings(RECIPE_DIR / "sft.yaml")
+    assert settings["mark_target"] is True and settings["time_weight"] == 3.0 and settings["learning_rate"] == 5e-4
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("event_timline: true\n")  # was dropped without a word before
+    with pytest.raises(SystemExit, match="unknown SFT setting.*event_timline"):
+        sft_settings(typo)
+
+
 def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
     from train.recipes.nano.probe_lm import ridge_probe
 

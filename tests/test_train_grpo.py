@@ -273,6 +273,47 @@ def test_sft_time_weight_weighs_exactly_the_digits_of_both_time_ranges(setup):
                     timed["labels"][i] != -100]).split("The target is")[0])) + len(row["valid_ids"])
 
 
+def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_tags(setup):
+    import json
+
+    from stvgr1_edge.errors import BadInputError
+    from stvgr1_edge.sampling import sample_frame_indices
+    from train.grpo import load_processor
+    from train.sft import SFTCollator
+
+    processor, _ = load_processor(setup.model)
+    tok = processor.tokenizer
+    rows = list(load_cached_dataset(setup.cache))
+    gt = json.loads((setup.root / "data" / "annotations.json").read_text())
+    batch = SFTCollator(processor, mark_target=True, check_attributes=True, time_weight=3.0, event_timeline=True)(rows)
+    seen = set()
+    for i, row in enumerate(rows):
+        labels = batch["labels"][i]
+        text = tok.decode(labels[labels != -100])
+        timeline = re.search(r"its event in time: ([^;]*);", text).group(1).split(", ")
+        num_tubes = int(batch["video_grid_thw"][i, 0])
+        assert len(timeline) == num_tubes  # one tag per 2-frame tube
+        # each tag from the frames the sampler really took (native index / fps), not from the approximation
+        entry = gt[row["sample_id"]]
+        fps, total = entry["fps"], entry["img_num"]
+        times = sample_frame_indices(total, fps) / fps
+        expected = ["+" if any(row["gt_start_s"] <= t <= row["gt_end_s"] for t in times[2 * j:2 * j + 2]) else "-"
+                    for j in range(num_tubes)]
+        assert [t[-1] for t in timeline] == expected
+        assert "".join(expected).strip("-").count("-") == 0  # one event: a single run of "+"
+        seen |= set(expected)
+        # the tags weigh like the range's digits; the tube times (one decimal) do not
+        heavy = "".join(tok.decode([t]) for t in batch["input_ids"][i][batch["loss_weights"][i] == 3.0])
+        times_text = f"{row['gt_start_s']:.2f}{row['gt_end_s']:.2f}"
+        assert heavy == "".join(expected) + times_text * 2, heavy
+    assert seen == {"+", "-"}
+    plain = SFTCollator(processor, mark_target=True, check_attributes=True, time_weight=3.0)(rows)
+    assert "its event in time" not in tok.decode(plain["labels"][0][plain["labels"][0] != -100])
+    old_cache_row = dict(rows[0], frame_times_s=[])  # a cache written before the times were recorded
+    with pytest.raises(BadInputError, match="rerun `stvg-edge train prepare`"):
+        SFTCollator(processor, mark_target=True, event_timeline=True)([old_cache_row])
+
+
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge.cli import main as stvg_main
     from train.cli import main as train_main

@@ -63,6 +63,8 @@ class CachedSample:
     object the track matches; "" where none matches). Empty for datasets without per-object labels."""
     processor: dict[str, Any] = field(default_factory=dict)
     """Preprocessing constants the tensors were made with."""
+    frame_times_s: tuple[float, ...] = ()
+    """Time of each sampled frame (native index / fps), in tensor order; empty in caches written before it."""
     version: int = CACHE_VERSION
 
     def to_row(self, cache_dir: Path) -> dict[str, Any]:
@@ -70,7 +72,8 @@ class CachedSample:
         return {"prompt": self.prompt, "query": self.query, "sample_id": self.sample_id, "video_file": str(cache_dir / self.video_file),
                 "gt_id": int(self.gt_id), "gt_start_s": float(self.gt_start_s), "gt_end_s": float(self.gt_end_s),
                 "duration_s": float(self.duration_s), "valid_ids": list(self.valid_ids),
-                "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids)}
+                "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids),
+                "frame_times_s": list(self.frame_times_s)}
 
 
 def sample_path(cache_dir: Path, sample_id: str) -> Path:
@@ -109,6 +112,7 @@ def write_sample(cache_dir: Path, sample: CachedSample) -> Path:
     d = asdict(sample)
     d["valid_ids"] = list(sample.valid_ids)
     d["object_labels"] = list(sample.object_labels)
+    d["frame_times_s"] = list(sample.frame_times_s)
     write_json_atomic(path, d, indent=1)
     return path
 
@@ -136,6 +140,7 @@ def load_cached_samples(cache_dir: str | Path) -> list[CachedSample]:
         meta = read_json(path, "cached sample")
         meta["valid_ids"] = tuple(meta.get("valid_ids", ()))
         meta["object_labels"] = tuple(meta.get("object_labels", ()))
+        meta["frame_times_s"] = tuple(meta.get("frame_times_s", ()))
         sample = CachedSample(**meta)
         if not (cache_dir / sample.video_file).is_file():
             raise BadInputError(f"{path} names {sample.video_file}, which is missing: rerun `stvg-edge train prepare`")

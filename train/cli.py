@@ -102,6 +102,9 @@ def sft(
                                           help="With --mark-target: loss weight of each line's end and check tags."),
     time_weight: float = typer.Option(1.0, "--time-weight", min=0.0,
                                       help="Loss weight of the answer's time tokens (both time ranges)."),
+    event_timeline: bool = typer.Option(False, "--event-timeline",
+                                        help="With --mark-target: state the target's event tube by tube (+ or - "
+                                             "per 2-frame tube) before the time range."),
     freeze_vision: bool = typer.Option(False, "--freeze-vision",
                                        help="Train the language model only (keep a pretrained vision tower)."),
 ) -> None:
@@ -113,7 +116,7 @@ def sft(
                        per_device_train_batch_size=batch_size, save_steps=save_steps,
                        restate_query=restate_query, describe_objects=describe_objects, mark_target=mark_target,
                        check_attributes=check_attributes, line_end_weight=line_end_weight,
-                       time_weight=time_weight, freeze_vision=freeze_vision)
+                       time_weight=time_weight, event_timeline=event_timeline, freeze_vision=freeze_vision)
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")
 

@@ -84,9 +84,45 @@ def checked_label(label: str, wanted: tuple[str | None, str | None, str | None])
     return " ".join(words)
 
 
-TIME_PATTERN = re.compile(r"\d+\.\d+")
-"""A time in a teacher answer (:func:`target_answer` writes them "%.2f"; its IDs are integers and its words have no
-digits, so every decimal number in it is one of the two times of the reasoning's or the ``<answer>``'s range)."""
+TIME_PATTERN = re.compile(r"\d+\.\d\d")
+"""A time of a range in a teacher answer (:func:`target_answer` writes them "%.2f"; its IDs are integers, its words
+have no digits and the :func:`event_timeline`'s tube times have one decimal, so every two-decimal number in it is one
+of the two times of the reasoning's or the ``<answer>``'s range)."""
+
+
+def tube_frame_times(frame_times_s: Sequence[float], num_tubes: int) -> list[tuple[float, float]]:
+    """Times of the two sampled frames of each of a clip's ``num_tubes`` visual tubes (Qwen2.5-VL's 2-frame tubes;
+    an odd last frame is repeated, as the video processor pads it)."""
+    times = list(frame_times_s)
+    if len(times) % 2:
+        times.append(times[-1])
+    if len(times) != 2 * num_tubes:
+        raise BadInputError(f"{len(frame_times_s)} sampled frame times for {num_tubes} visual tubes: the cache does "
+                            "not match its tensors; rerun `stvg-edge train prepare`")
+    return [(times[2 * j], times[2 * j + 1]) for j in range(num_tubes)]
+
+
+TIMELINE_LEAD = " its event in time: "
+"""What precedes the :func:`event_timeline` in a teacher answer."""
+
+
+def event_timeline(start_s: float, end_s: float, tubes: Sequence[tuple[float, float]]) -> str:
+    """The target's event tube by tube, ``"0.0-, 1.1-, 2.2+, 3.3+, 4.4-"``: each tube's first frame time, then "+" when
+    one of its two frames lies in the event's range, "-" otherwise. Written before the range, it splits the time
+    decision into one look per tube (the LM attends to that tube's tokens of the target); the range's times then
+    follow from the first and last "+"."""
+    return ", ".join(f"{t0:.1f}{CHECK_TAGS[0 if any(start_s <= t <= end_s for t in (t0, t1)) else 1]}"
+                     for t0, t1 in tubes)
+
+
+def timeline_tag_offsets(answer: str) -> list[int]:
+    """Character offsets of the "+"/"-" tags of the :func:`event_timeline` in ``answer`` (none without one)."""
+    start = answer.find(TIMELINE_LEAD)
+    if start < 0:
+        return []
+    start += len(TIMELINE_LEAD)
+    end = answer.index(";", start)
+    return [start + j for j, c in enumerate(answer[start:end]) if c in CHECK_TAGS]
 
 
 def time_offsets(answer: str) -> set[int]:
@@ -119,7 +155,7 @@ def pad_right(sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[
 
 def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = None,
                   objects: Sequence[tuple[int, str]] = (), mark_target: bool = False,
-                  check_attributes: bool = False) -> str:
+                  check_attributes: bool = False, tubes: Sequence[tuple[float, float]] = ()) -> str:
     """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5).
 
     With ``query``, the reasoning restates the event and names its object ID before the time range, so the ID is
@@ -132,6 +168,8 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
     With ``check_attributes`` too, each word of a line carries a check tag (:func:`checked_label`: "Object 2: large+
     pink+ circle+, the target."): a 4-layer LM compares the word it has just written with the query well, but not
     the words two or three tokens back, so one check at the line's end marked lines by their shape alone.
+    With ``tubes`` too (:func:`tube_frame_times`), the ID is followed by the target's :func:`event_timeline`
+    ("The target is object ID "2"; its event in time: 0.0-, 1.1+, ...; the event occurs from ...").
     The ``<answer>`` part is the same in every case.
     """
     answer = f"<answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>"
@@ -144,7 +182,8 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
             wanted = query_attributes(query)
             objects = [(i, checked_label(label, wanted)) for i, label in objects]
         lines = "".join(f"{object_line(i, label)}{', the target' if i == gt_id else ''}. " for i, label in objects)
-        return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\"; {timing}"
+        timeline = f"{TIMELINE_LEAD}{event_timeline(start_s, end_s, tubes)};" if tubes else ""
+        return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\";{timeline} {timing}"
     inventory = "".join(f"{object_line(i, label)}. " for i, label in objects)
     return f"<think>{inventory}\"{normalize_query(query)}\" is object ID \"{gt_id}\"; {timing}"
 
@@ -177,8 +216,10 @@ class SFTCollator:
 
     def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
                  vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False,
-                 line_end_weight: float = 1.0, check_attributes: bool = False, time_weight: float = 1.0) -> None:
+                 line_end_weight: float = 1.0, check_attributes: bool = False, time_weight: float = 1.0,
+                 event_timeline: bool = False) -> None:
         self.vision_features = vision_features
+        self.event_timeline = event_timeline and mark_target
         self.line_end_weight = line_end_weight
         self.time_weight = time_weight
         self.check_attributes = check_attributes
@@ -195,12 +236,13 @@ class SFTCollator:
 
     def _token_weights(self, answer: str, objects, offsets) -> list[float]:
         """Per answer token: ``line_end_weight`` on the line check (each line's end, "," of ", the target" or ".",
-        and its check tags; with ``mark_target``), ``time_weight`` on the times' digits and points, 1.0 elsewhere."""
+        and its check tags; with ``mark_target``), ``time_weight`` on the times' digits and points and on the event
+        timeline's tags (they decide the times), 1.0 elsewhere."""
         checks = set()
         if self.weigh_checks:
             for span in line_spans(answer, [i for i, _ in objects]):
                 checks |= {span[1], *check_tag_offsets(answer, span)}
-        times = time_offsets(answer) if self.time_weight != 1.0 else set()
+        times = time_offsets(answer) | set(timeline_tag_offsets(answer)) if self.time_weight != 1.0 else set()
         return [self.line_end_weight if start in checks else self.time_weight if start in times else 1.0
                 for start, _ in offsets]
 
@@ -213,9 +255,15 @@ class SFTCollator:
             objects = ()
             if self.describe_objects and any(row.get("object_labels") or ()):
                 objects = tuple(zip(row["valid_ids"], row["object_labels"]))
+            tubes = ()
+            if self.event_timeline:
+                if not row.get("frame_times_s"):
+                    raise BadInputError(f"sample {row['sample_id']!r} has no sampled frame times (a cache written "
+                                        "before they were recorded): rerun `stvg-edge train prepare` into a new folder")
+                tubes = tube_frame_times(row["frame_times_s"], int(video.video_grid_thw[0, 0]))
             answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]),
                                    row.get("query") if self.restate_query else None, objects, self.mark_target,
-                                   self.check_attributes)
+                                   self.check_attributes, tubes)
             encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False,
                                      return_offsets_mapping=self.weigh_tokens)
             answer_ids = encoded["input_ids"]
@@ -302,6 +350,11 @@ class SFTRunConfig:
     time_weight: float = 1.0
     """Loss weight of the times' tokens (both ranges: the reasoning's and the ``<answer>``'s; 16 tokens of a
     hundred), against 1.0 for the rest."""
+    event_timeline: bool = False
+    """With ``mark_target``: after the ID, the target's event tube by tube, "+" or "-" per 2-frame tube, before
+    the time range (see :func:`event_timeline`); its tags weigh ``time_weight``. Needs a cache with sampled frame
+    times. (On the nano model, whose tower hardly shows the events, the LM wrote one timeline for every clip: see
+    its model card, stop 17.)"""
 
 
 def run_sft(run: SFTRunConfig):
@@ -333,7 +386,7 @@ def run_sft(run: SFTRunConfig):
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
                           data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features,
                                                     run.mark_target, run.line_end_weight, run.check_attributes,
-                                                    run.time_weight))
+                                                    run.time_weight, run.event_timeline))
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")

@@ -88,14 +88,24 @@ def stage_val(work: Path, model: str, num: int | None) -> None:
     print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k != "samples"})
 
 
+def sft_settings(path: Path) -> dict:
+    """SFTRunConfig fields from a recipe YAML file; a key that is not a field stops the run (a misspelt setting
+    would otherwise be dropped without a word)."""
+    from train.grpo import load_yaml
+    from train.sft import SFTRunConfig
+
+    settings = load_yaml(path.read_text()) or {}
+    unknown = sorted(set(settings) - {f.name for f in fields(SFTRunConfig)})
+    if unknown:
+        raise SystemExit(f"{path}: unknown SFT setting(s) {', '.join(unknown)}; see train.sft.SFTRunConfig")
+    return settings
+
+
 def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
               learning_rate: float | None = None) -> None:
-    from train.grpo import load_yaml
     from train.sft import SFTRunConfig, run_sft
 
-    settings = load_yaml((RECIPE_DIR / "sft.yaml").read_text())
-    known = {f.name for f in fields(SFTRunConfig)}
-    settings = {k: v for k, v in settings.items() if k in known}
+    settings = sft_settings(RECIPE_DIR / "sft.yaml")
     if max_steps is not None:
         settings["max_steps"] = max_steps
     if learning_rate is not None:
