@@ -64,7 +64,8 @@ class CachedSample:
     processor: dict[str, Any] = field(default_factory=dict)
     """Preprocessing constants the tensors were made with."""
     frame_times_s: tuple[float, ...] = ()
-    """Time of each sampled frame (native index / fps), in tensor order; empty in caches written before it."""
+    """Presentation time of each sampled frame (``VideoInfo.frame_times_s``), in tensor order; empty in caches
+    written before it."""
     version: int = CACHE_VERSION
 
     def to_row(self, cache_dir: Path) -> dict[str, Any]:

@@ -241,7 +241,7 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
             valid_ids=tuple(tracks.ids), vote_share=round(assignment.vote_share, 4),
             mean_iou=round(assignment.mean_iou, 4), object_labels=object_labels(s, truth, tracks.ids),
             processor=processor.constants(),
-            frame_times_s=tuple(round(i / info.fps, 6) for i in clip.frame_indices)))
+            frame_times_s=tuple(info.frame_times_s[i] for i in clip.frame_indices)))
         results.append(_sample_result(s, "cached", **extra))
     logger.info("%s: %d tracks, %d samples, tracked in %.2fs", video_path, len(tracks), len(samples), track_s)
     return results

@@ -92,14 +92,11 @@ of the two times of the reasoning's or the ``<answer>``'s range)."""
 
 def tube_frame_times(frame_times_s: Sequence[float], num_tubes: int) -> list[tuple[float, float]]:
     """Times of the two sampled frames of each of a clip's ``num_tubes`` visual tubes (Qwen2.5-VL's 2-frame tubes;
-    an odd last frame is repeated, as the video processor pads it)."""
-    times = list(frame_times_s)
-    if len(times) % 2:
-        times.append(times[-1])
-    if len(times) != 2 * num_tubes:
+    the §4 sampler always takes an even number of frames)."""
+    if len(frame_times_s) != 2 * num_tubes:
         raise BadInputError(f"{len(frame_times_s)} sampled frame times for {num_tubes} visual tubes: the cache does "
                             "not match its tensors; rerun `stvg-edge train prepare`")
-    return [(times[2 * j], times[2 * j + 1]) for j in range(num_tubes)]
+    return [(frame_times_s[2 * j], frame_times_s[2 * j + 1]) for j in range(num_tubes)]
 
 
 TIMELINE_LEAD = " its event in time: "
