@@ -5,15 +5,20 @@ used in training) is decoded and tracked once with the classical tracker; every 
 prompted clip (the tracks are replayed), so the variants differ only in the grounder:
 
 - ``fp32``: the model as shipped (``--model``, default the packaged nano model);
-- ``int4``: its language model's linears quantized in place with ``export/int4.py`` (weight-only, group-wise);
+- ``int4``: its language model's linears quantized in place with ``export/int4.py`` (weight-only, group-wise,
+  each weight rounded on its group's searched range);
+- ``int4_gptq``: the same format with the weights chosen by GPTQ, calibrated on ``--int4-calibration`` (a
+  ``train prepare`` cache of clips that are not the held-out ones; skipped without it);
 - ``nf4``: bitsandbytes 4-bit (needs CUDA; reported as skipped on CPU);
-- ``bundle``: an ``stvg-edge export`` bundle (ONNX vision encoder + int4 LLM) built from the model.
+- ``bundle``: an ``stvg-edge export`` bundle (ONNX vision encoder + int4 LLM, GPTQ when ``--int4-calibration`` is
+  given) built from the model.
 
 Metrics (``stvgr1_edge.metrics.evaluate``, tubedetr convention): m_tIoU, m_vIoU, vIoU@0.3/0.5. ID accuracy is
 scored against the *tracker* ID of the GT target (:func:`stvgr1_edge.demo.tracker_id_of_target`), since the
 answer names tracker IDs, not the synthesizer's object IDs.
 
-    python benchmarks/accuracy.py [--model nano] [--num 40] [--variants fp32,int4,nf4,bundle] [--out benchmarks/results]
+    python benchmarks/accuracy.py [--model nano] [--num 40] [--variants fp32,int4,int4_gptq,nf4,bundle]
+        [--int4-calibration CACHE] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ HELDOUT_SEED = 5000
 """Root seed of the held-out clips (training used root seed 0)."""
 CLIP = dict(width=224, height=168, seconds=6.0)
 """The nano model's clip format."""
-VARIANTS = ("fp32", "int4", "nf4", "bundle")
+VARIANTS = ("fp32", "int4", "int4_gptq", "nf4", "bundle")
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -48,7 +53,8 @@ def heldout_set(folder: Path, num: int, seed: int = HELDOUT_SEED) -> list:
     return samples[:num]
 
 
-def load_variant(name: str, model: str, work: Path, int4_group_size: int):
+def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibration: Path | None = None,
+                 calibration_num: int = 32):
     """A :class:`~stvgr1_edge.grounding.Grounder` for variant ``name``, or a string saying why it is skipped."""
     import torch
 
@@ -63,6 +69,15 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int):
         grounder = Grounder.from_pretrained(config)
         quantize_int4_(grounder.model, group_size=int4_group_size)
         return grounder
+    if name == "int4_gptq":
+        if calibration is None:
+            return "skipped: GPTQ needs calibration clips: pass --int4-calibration CACHE (a train prepare folder)"
+        from export.int4 import cache_calibration_inputs, quantize_int4_
+
+        grounder = Grounder.from_pretrained(config)
+        batches = cache_calibration_inputs(grounder.model, grounder.processor, calibration, num=calibration_num)
+        quantize_int4_(grounder.model, group_size=int4_group_size, calibration=batches)
+        return grounder
     if name == "nf4":
         if not torch.cuda.is_available():
             return "skipped: bitsandbytes NF4 needs a CUDA GPU"
@@ -72,7 +87,9 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int):
         from stvgr1_edge.bundle import load_bundle
 
         folder = export_bundle(BundleOptions(model=model, out=work / "bundle", llm="int4",
-                                             int4_group_size=int4_group_size))
+                                             int4_group_size=int4_group_size,
+                                             int4_calibration=None if calibration is None else str(calibration),
+                                             int4_calibration_num=calibration_num))
         return load_bundle(folder, device="cpu").grounder(max_new_tokens=256, dtype="fp32")
     raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
 
@@ -172,6 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--int4-group-size", type=int, default=32,
                         help="int4 group size (the nano hidden size is 192; 32 was picked over 64 on the validation "
                              "clips, seed 4000: 0.59 vs 1.67 points m_vIoU from fp32).")
+    parser.add_argument("--int4-calibration", type=Path, default=None,
+                        help="`train prepare` cache whose clips calibrate GPTQ (int4_gptq and the bundle); never the "
+                             "held-out clips (the nano recipe's validation cache, WORK/cache_val).")
+    parser.add_argument("--int4-calibration-num", type=int, default=32, help="Calibration clips taken from it.")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -184,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
         grounders, skipped = {}, {}
         for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
             try:
-                loaded = load_variant(name, args.model, work, args.int4_group_size)
+                loaded = load_variant(name, args.model, work, args.int4_group_size, args.int4_calibration,
+                                      args.int4_calibration_num)
             except Exception as exc:  # a variant that cannot be built is reported, not fatal
                 loaded = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if isinstance(loaded, str):
@@ -199,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
             v["m_vIoU_minus_fp32_points"] = 100 * ((v["m_vIoU"] or 0) - (variants["fp32"]["m_vIoU"] or 0))
     variants.update(skipped)
     summary = {"model": args.model, "seed": args.seed, "num_samples": len(samples), "clip": CLIP,
+               "int4": {"group_size": args.int4_group_size, "calibration": None if args.int4_calibration is None
+                        else str(args.int4_calibration), "calibration_num": args.int4_calibration_num},
                "tracker": "classical", "convention": "tubedetr",
                "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
                "torch_threads": torch.get_num_threads(), "variants": variants}

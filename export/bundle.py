@@ -54,6 +54,10 @@ class BundleOptions:
     """"none": an unquantized save_pretrained copy; "int4": gpt-fast weight-only int4; "nf4": bitsandbytes (CUDA)."""
     int4_group_size: int = 128
     """Group size of the int4 quantization."""
+    int4_calibration: str | None = None
+    """A ``train prepare`` cache whose clips calibrate GPTQ for ``llm="int4"``; None: searched rounding, no data."""
+    int4_calibration_num: int = 32
+    """Calibration clips taken from ``int4_calibration``."""
     device: str = "cpu"
     """Device the checkpoint is loaded on for export and parity measurement."""
 
@@ -163,6 +167,12 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
         from export.nf4 import require_nf4_runtime
 
         require_nf4_runtime()
+    if options.int4_calibration is not None:
+        if options.llm != "int4":
+            raise BadInputError(f"--int4-calibration calibrates the int4 LLM: add --llm int4 (got --llm {options.llm})")
+        if not (Path(options.int4_calibration) / "samples").is_dir():
+            raise BadInputError(f"--int4-calibration {options.int4_calibration} is not a training cache: "
+                                "run  stvg-edge train prepare ANNOTATIONS --out DIR  and pass DIR")
 
     stage("loading the model")
     grounder = Grounder.from_pretrained(GrounderConfig(model=options.model, device=options.device, dtype="fp32"))
@@ -208,12 +218,20 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
                            "hidden_size": text_cfg.hidden_size, "num_hidden_layers": text_cfg.num_hidden_layers,
                            "vocab_size": text_cfg.vocab_size}
     if options.llm == "int4":
-        from export.int4 import quantize_int4_, save_int4
+        from export.int4 import cache_calibration_inputs, quantize_int4_, save_int4
 
         reference = _parity_logits(model, processor)
-        quantized = quantize_int4_(model, group_size=options.int4_group_size)
+        calibration = None
+        if options.int4_calibration is not None:
+            stage(f"generating GPTQ calibration answers on {options.int4_calibration_num} clips")
+            calibration = cache_calibration_inputs(model, processor, options.int4_calibration,
+                                                   num=options.int4_calibration_num)
+        quantized = quantize_int4_(model, group_size=options.int4_group_size, calibration=calibration)
         parity["int4_logits_cosine"] = _cosine(_parity_logits(model, processor), reference)
-        llm["int4"] = {"group_size": options.int4_group_size, "quantized_linears": len(quantized)}
+        llm["int4"] = {"group_size": options.int4_group_size, "quantized_linears": len(quantized),
+                       "method": "searched rounding" if calibration is None else "GPTQ",
+                       "calibration": options.int4_calibration,
+                       "calibration_clips": None if calibration is None else len(calibration)}
         save_int4(model, llm_dir, processor=processor)
     elif options.llm == "nf4":
         from export.nf4 import quantize_nf4_to_folder

@@ -25,6 +25,11 @@ def export(
         None, "--external-data/--no-external-data",
         help="Vision graph weights in vision_encoder.onnx.data (default: only when over 1 GiB, e.g. a 7B tower)."),
     llm: str = typer.Option("none", "--llm", help="none (unquantized copy), int4 (weight-only) or nf4 (CUDA)."),
+    int4_group_size: int = typer.Option(128, "--int4-group-size", help="int4 group size: 32, 64, 128 or 256."),
+    int4_calibration: Optional[Path] = typer.Option(
+        None, "--int4-calibration",
+        help="`stvg-edge train prepare` cache: its clips calibrate GPTQ for --llm int4 (default: searched rounding)."),
+    int4_calibration_num: int = typer.Option(32, "--int4-calibration-num", help="Calibration clips taken from it."),
     device: str = typer.Option("cpu", "--device", help="Device used to load the model for export (cpu, cuda)."),
 ) -> None:
     """Export the grounder (and tracker) into one bundle folder with manifest.json and parity numbers."""
@@ -35,7 +40,9 @@ def export(
     console = Console(stderr=True)
     options = BundleOptions(model=model, out=out, vision=vision, vision_dtype=vision_dtype, tracker=tracker,
                             tracker_model=tracker_model, llm=llm, device=device,
-                            vision_external_data=external_data)
+                            vision_external_data=external_data, int4_group_size=int4_group_size,
+                            int4_calibration=None if int4_calibration is None else str(int4_calibration),
+                            int4_calibration_num=int4_calibration_num)
     with console.status("exporting") as status:
         folder = export_bundle(options, on_stage=lambda s: status.update(s))
     typer.echo(f"wrote bundle {folder}")

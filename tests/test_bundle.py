@@ -222,3 +222,32 @@ def test_export_refuses_a_non_bundle_out_folder_and_trt_without_tensorrt(model_d
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "tensorrt" in err
         assert not (tmp_path / "t").exists()
+
+
+def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(bundles, model_dir, video_and_query,
+                                                                             tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from train.prepare import prepare_cache
+
+    video, _ = video_and_query
+    cache = tmp_path / "cache"
+    assert prepare_cache(video.parent.parent / "annotations.json", cache)["counts"] == {"cached": 1}
+    folder = tmp_path / "gptq"
+    assert main(["export", "--model", str(model_dir), "--out", str(folder), "--llm", "int4",
+                 "--int4-calibration", str(cache), "--int4-calibration-num", "1"]) == 0
+    int4 = json.loads((folder / "manifest.json").read_text())["grounder"]["int4"]
+    assert int4["method"] == "GPTQ" and int4["calibration_clips"] == 1 and int4["calibration"] == str(cache)
+    rounded = json.loads((bundles["int4"] / "manifest.json").read_text())["grounder"]["int4"]
+    assert rounded["method"] == "searched rounding" and rounded["calibration_clips"] is None
+    gptq_weights, rounded_weights = (load_file(f / "llm" / "model.safetensors") for f in (folder, bundles["int4"]))
+    packed = [k for k in gptq_weights if k.endswith(".codes_uint4x2")]  # group 128: the tiny LM's down projections
+    assert packed and not all(torch.equal(gptq_weights[k], rounded_weights[k]) for k in packed)
+    # the calibration only applies to an int4 LLM, and must be a training cache: one line, exit 2, nothing written
+    capsys.readouterr()
+    for extra in (["--llm", "none", "--int4-calibration", str(cache)], ["--llm", "int4", "--int4-calibration", str(video)]):
+        assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "bad"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--int4-calibration" in err
+        assert not (tmp_path / "bad").exists()

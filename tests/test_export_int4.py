@@ -12,11 +12,14 @@ from export import int4
 from export.int4 import (
     RANGE_SHRINKS,
     WeightOnlyInt4Linear,
+    cache_calibration_inputs,
+    collect_input_hessians,
     dequantize_int4,
     load_int4,
     pack_uint4x2,
     quantize_int4_,
     quantize_weight_int4,
+    quantize_weight_int4_gptq,
     save_int4,
     unpack_uint4x2,
 )
@@ -70,6 +73,33 @@ def test_range_search_never_reconstructs_a_group_worse_than_min_max_and_lowers_t
     assert torch.allclose(zeros - 8 * scales, weight.reshape(64, 8, 32).amin(-1))
     assert (errors["searched"] <= errors["min_max"] * (1 + 1e-5)).all()
     assert errors["searched"].sum() < 0.97 * errors["min_max"].sum()  # Gaussian weights: about 5% less
+
+
+def test_gptq_moves_the_layer_outputs_less_than_rounding_on_unseen_inputs():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 256, generator=gen)
+    mixing = torch.randn(256, 256, generator=gen) * torch.logspace(0, -2, 256)[:, None]
+    calibration, unseen = (torch.randn(n, 256, generator=gen) @ mixing for n in (2048, 1024))
+    hessian = calibration.T @ calibration / len(calibration)
+    rounded = dequantize_int4(*quantize_weight_int4(weight, 32), 32)
+    codes, scales, zeros = quantize_weight_int4_gptq(weight, hessian, 32)
+    assert codes.dtype == torch.uint8 and codes.shape == weight.shape and int(codes.max()) <= 15
+    gptq = dequantize_int4(codes, scales, zeros, 32)
+
+    def output_error(w):
+        return ((unseen @ (w - weight).T) ** 2).mean().item()
+
+    assert output_error(gptq) < 0.7 * output_error(rounded)
+    # it trades weight error for output error: the weights themselves are further from the original
+    assert ((gptq - weight) ** 2).sum() > ((rounded - weight) ** 2).sum()
+
+
+def test_gptq_with_uncorrelated_inputs_is_plain_searched_rounding():
+    # a diagonal Hessian propagates no error to other columns, so GPTQ must pick the rounding's codes exactly
+    weight = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
+    hessian = torch.diag(torch.rand(128, generator=torch.Generator().manual_seed(2)) + 0.5)
+    for expected, got in zip(quantize_weight_int4(weight, 64), quantize_weight_int4_gptq(weight, hessian, 64)):
+        assert torch.allclose(expected.float(), got.float(), atol=1e-6)
 
 
 def test_uint4x2_packing_round_trips_with_even_index_in_high_nibble():
@@ -131,6 +161,94 @@ def test_quantized_logits_stay_close_and_greedy_generation_runs(quantized, promp
     assert cosine > 0.99
     generated = model.generate(input_ids=prompt_ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert generated.shape == (1, 30)
+
+
+def _dense(layer: WeightOnlyInt4Linear) -> torch.Tensor:
+    scales_and_zeros = layer.scales_and_zeros.float()
+    return dequantize_int4(layer.codes(), scales_and_zeros[..., 0].t(), scales_and_zeros[..., 1].t(), layer.group_size)
+
+
+def test_gptq_on_the_model_calibrates_each_linear_on_its_own_inputs():
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    calibration = [{"input_ids": torch.randint(0, 800, (1, 32), generator=torch.Generator().manual_seed(i))}
+                   for i in range(4)]
+    reference, _ = build_tiny_qwen2_5_vl(seed=0)
+    names = [n for n, m in reference.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.language")]
+    hessians = collect_input_hessians(reference, names, calibration)
+    assert sorted(hessians) == sorted(names)
+    layer = "model.language_model.layers.0"
+    # q, k and v read the same normed hidden states, o reads the attention output: the hooks sit on the right modules
+    assert torch.allclose(hessians[f"{layer}.self_attn.q_proj"], hessians[f"{layer}.self_attn.v_proj"])
+    assert not torch.allclose(hessians[f"{layer}.self_attn.q_proj"], hessians[f"{layer}.self_attn.o_proj"])
+    assert not any(m._forward_hooks for m in reference.modules())  # the hooks are gone afterwards
+
+    rounded, _ = build_tiny_qwen2_5_vl(seed=0)
+    gptq, _ = build_tiny_qwen2_5_vl(seed=0)
+    assert quantize_int4_(rounded, group_size=32) == quantize_int4_(gptq, group_size=32, calibration=calibration)
+    errors = {"rounded": 0.0, "gptq": 0.0}
+    for name in names:
+        weight, h = reference.get_submodule(name).weight.detach(), hessians[name]
+        for kind, model in (("rounded", rounded), ("gptq", gptq)):
+            delta = _dense(model.get_submodule(name)) - weight
+            errors[kind] += torch.trace(delta @ h @ delta.T).item()  # the mean squared output change on those inputs
+    assert errors["gptq"] < 0.9 * errors["rounded"]
+
+
+def test_gptq_calibrates_one_decoder_layer_at_a_time_on_the_layers_already_quantized(monkeypatch):
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    model, _ = build_tiny_qwen2_5_vl(seed=0)
+    calibration = [{"input_ids": torch.randint(0, 800, (1, 16), generator=torch.Generator().manual_seed(0))}]
+    calls = []
+
+    def recording(model_, names, batches):
+        calls.append((list(names), [isinstance(m, WeightOnlyInt4Linear) for m in model_.modules()].count(True)))
+        return collect_input_hessians(model_, names, batches)
+
+    monkeypatch.setattr(int4, "collect_input_hessians", recording)
+    names = quantize_int4_(model, group_size=32, calibration=calibration)
+    layers = [{n for n in names if n.startswith(f"model.language_model.layers.{i}.")} for i in range(2)]
+    assert [set(c[0]) for c in calls] == layers  # one pass per layer, holding only that layer's matrices
+    assert [c[1] for c in calls] == [0, 7]  # the second layer is calibrated behind the quantized first one
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A `train prepare` cache of two synthetic clips and the tiny model saved next to it."""
+    from _train_helpers import write_mixed_synthetic
+
+    from stvgr1_edge.tiny import save_tiny_model
+    from train.prepare import prepare_cache
+
+    root = tmp_path_factory.mktemp("calibration")
+    annotations = write_mixed_synthetic(root / "data", num_small=2, num_wide=0)
+    assert prepare_cache(annotations, root / "cache")["counts"] == {"cached": 2}
+    return root / "cache", save_tiny_model(root / "tiny")
+
+
+def test_cache_calibration_inputs_are_the_prompted_clips_followed_by_the_models_answer(prepared):
+    from stvgr1_edge.grounding import Grounder, GrounderConfig, VideoInputs
+    from train.cache import load_cached_samples, read_video_tensors
+
+    cache, model_dir = prepared
+    grounder = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", dtype="fp32"))
+    batches = cache_calibration_inputs(grounder.model, grounder.processor, cache, num=1, max_new_tokens=8)
+    assert len(batches) == 1
+    batch = batches[0]
+    sample = load_cached_samples(cache)[0]
+    video = read_video_tensors(cache / sample.video_file)
+    prompt = grounder.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
+                                               video.second_per_grid_ts, video.num_visual_tokens(2), 0.0), sample.prompt)
+    length = prompt["input_ids"].shape[1]
+    assert torch.equal(batch["pixel_values_videos"], video.pixel_values_videos)
+    assert torch.equal(batch["input_ids"][:, :length], prompt["input_ids"])  # the cached sample's own prompt ...
+    answer = grounder.model.generate(**prompt, do_sample=False, max_new_tokens=8)[:, length:]
+    assert answer.shape[1] > 0 and torch.equal(batch["input_ids"][:, length:], answer)  # ... then the greedy answer
+    assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape == batch["attention_mask"].shape
+    assert int(batch["mm_token_type_ids"][0, length:].abs().sum()) == 0  # the answer is text
+    with pytest.raises(BadInputError, match="not a training cache"):
+        cache_calibration_inputs(grounder.model, grounder.processor, cache / "samples", num=1)
 
 
 def test_save_load_round_trip_gives_identical_outputs(quantized, prompt_ids, tmp_path):
