@@ -341,23 +341,18 @@ def cache_calibration_inputs(model: nn.Module, processor, cache_dir: str | os.Pa
     """GPTQ calibration batches from a ``stvg-edge train prepare`` cache: for each of its first ``num`` samples,
     the prompted clip's inputs followed by the model's own greedy answer (generated here, in full precision), so
     that the answer tokens' activations — the ones decoding depends on — are calibrated too."""
-    from stvgr1_edge.grounding import GroundingInputs, VideoInputs
-    from train.cache import load_cached_samples, read_video_tensors
+    from stvgr1_edge.grounding import GroundingInputs
+    from train.cache import cached_model_inputs, load_cached_samples
 
     samples = load_cached_samples(cache_dir)[:num]
     if not samples:
         raise BadInputError(f"{cache_dir} holds no prepared samples: point --int4-calibration at a "
                             "`stvg-edge train prepare` folder")
     inputs_for = GroundingInputs(processor)
-    merge = int(processor.video_processor.merge_size)
     device = next(model.parameters()).device
     batches = []
     for sample in samples:
-        video = read_video_tensors(Path(cache_dir) / sample.video_file)
-        inputs = inputs_for.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
-                                                     video.second_per_grid_ts, video.num_visual_tokens(merge), 0.0),
-                                         sample.prompt)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs = {k: v.to(device) for k, v in cached_model_inputs(inputs_for, cache_dir, sample).items()}
         with torch.inference_mode():
             sequence = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
         answer_len = sequence.shape[1] - inputs["input_ids"].shape[1]

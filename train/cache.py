@@ -163,3 +163,15 @@ def load_cached_dataset(cache_dir: str | Path, processor_constants: dict[str, An
                 raise BadInputError(f"sample {s.sample_id!r} was prepared with processor constants {s.processor}, "
                                     f"the model's processor has {processor_constants}: rerun prepare with --model")
     return Dataset.from_list([s.to_row(Path(cache_dir)) for s in samples])
+
+
+def cached_model_inputs(inputs_for, cache_dir: str | Path, sample: CachedSample) -> dict[str, Any]:
+    """Everything ``model.generate`` receives for a cached sample: its stored video tensors and its prompt, laid out
+    by ``inputs_for`` (a :class:`stvgr1_edge.grounding.GroundingInputs`, e.g. a Grounder), on CPU."""
+    from stvgr1_edge.grounding import VideoInputs
+
+    video = read_video_tensors(Path(cache_dir) / sample.video_file)
+    merge = int(inputs_for.processor.video_processor.merge_size)
+    return inputs_for.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
+                                               video.second_per_grid_ts, video.num_visual_tokens(merge), 0.0),
+                                   sample.prompt)

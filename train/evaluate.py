@@ -29,21 +29,17 @@ def evaluate_cache(model: str, cache: str | Path, num: int | None = None, max_ne
     of ``cache`` (sorted by sample id), with the per-sample rows under ``"samples"``."""
     import torch
 
-    from stvgr1_edge.grounding import Grounder, GrounderConfig, VideoInputs
+    from stvgr1_edge.grounding import Grounder, GrounderConfig
 
-    from .cache import load_cached_samples, read_video_tensors
+    from .cache import cached_model_inputs, load_cached_samples
 
     grounder = Grounder.from_pretrained(GrounderConfig(model=str(model), device=device, dtype="fp32",
                                                        max_new_tokens=max_new_tokens))
     processor = grounder.processor
-    merge = int(processor.video_processor.merge_size)
     samples = load_cached_samples(cache)[:num]
     rows = []
     for sample in samples:
-        video = read_video_tensors(Path(cache) / sample.video_file)
-        inputs = grounder.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
-                                                   video.second_per_grid_ts, video.num_visual_tokens(merge), 0.0),
-                                       sample.prompt)
+        inputs = cached_model_inputs(grounder, cache, sample)
         inputs = {k: v.to(grounder.device) for k, v in inputs.items()}
         with torch.inference_mode():
             out = grounder.model.generate(**inputs, **grounder.generation_kwargs())
