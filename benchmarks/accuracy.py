@@ -9,7 +9,7 @@ prompted clip (the tracks are replayed), so the variants differ only in the grou
   each weight rounded on its group's searched range);
 - ``int4_gptq``: the same format with the weights chosen by GPTQ, calibrated on ``--int4-calibration`` (a
   ``train prepare`` cache of clips that are not the held-out ones; skipped without it);
-- ``nf4``: bitsandbytes 4-bit (needs CUDA; reported as skipped on CPU);
+- ``nf4``: bitsandbytes 4-bit (CUDA, or CPU with a bitsandbytes that has CPU 4-bit kernels; else skipped);
 - ``bundle``: an ``stvg-edge export`` bundle (ONNX vision encoder + int4 LLM, GPTQ when ``--int4-calibration`` is
   given) built from the model.
 
@@ -79,9 +79,15 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
         quantize_int4_(grounder.model, group_size=int4_group_size, calibration=batches)
         return grounder
     if name == "nf4":
-        if not torch.cuda.is_available():
-            return "skipped: bitsandbytes NF4 needs a CUDA GPU"
-        return Grounder.from_pretrained(GrounderConfig(model=model, device="cuda", quant="nf4", max_new_tokens=256))
+        from stvgr1_edge.grounding import bitsandbytes_4bit_on_cpu
+
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif bitsandbytes_4bit_on_cpu():
+            device = "cpu"  # bitsandbytes' CPU kernels: the same NF4 codes, computed in fp32
+        else:
+            return "skipped: bitsandbytes NF4 needs a CUDA GPU or a bitsandbytes with CPU 4-bit kernels"
+        return Grounder.from_pretrained(GrounderConfig(model=model, device=device, quant="nf4", max_new_tokens=256))
     if name == "bundle":
         from export.bundle import BundleOptions, export_bundle
         from stvgr1_edge.bundle import load_bundle

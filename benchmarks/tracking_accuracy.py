@@ -57,11 +57,13 @@ def mot_scores(gt: TrackSet, pred: TrackSet, match_iou: float = MATCH_IOU) -> di
         h = pred.objects_at(frame)
         dist = _iou_distances([b for _, b, _ in g], [b for _, b, _ in h], match_iou)
         acc.update([i for i, _, _ in g], [i for i, _, _ in h], dist)
-    names = ["idf1", "mota", "num_switches", "num_false_positives", "num_misses", "num_objects",
+    names = ["idf1", "mota", "motp", "num_switches", "num_false_positives", "num_misses", "num_objects",
              "num_unique_objects", "mostly_tracked", "num_fragmentations"]
     summary = mm.metrics.create().compute(acc, metrics=names, name="clip")
     row = summary.loc["clip"]
-    return {"idf1": float(row["idf1"]), "mota": float(row["mota"]), "id_switches": int(row["num_switches"]),
+    return {"idf1": float(row["idf1"]), "mota": float(row["mota"]),
+            "matched_box_iou": float(1.0 - row["motp"]),  # MOTP here is the mean 1 - IoU of matched pairs
+            "id_switches": int(row["num_switches"]),
             "false_positives": int(row["num_false_positives"]), "misses": int(row["num_misses"]),
             "gt_boxes": int(row["num_objects"]), "gt_objects": int(row["num_unique_objects"]),
             "mostly_tracked": int(row["mostly_tracked"]), "fragmentations": int(row["num_fragmentations"]),
@@ -138,6 +140,7 @@ def summarize(per_clip: list[dict]) -> dict:
         "mean_idf1": float(np.mean([c["idf1"] for c in per_clip])),
         "min_idf1": float(np.min([c["idf1"] for c in per_clip])),
         "mean_mota": float(np.mean([c["mota"] for c in per_clip])),
+        "mean_matched_box_iou": float(np.mean([c["matched_box_iou"] for c in per_clip])),
         "total_id_switches": int(sum(c["id_switches"] for c in per_clip)),
         "max_id_switches_per_clip": int(max(c["id_switches"] for c in per_clip)),
         "target": {"idf1_min": 0.9, "id_switches_max_per_clip": 1},

@@ -141,7 +141,9 @@ def run(
     detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."),
     every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (the VLM's sampled frames are always tracked)."),
     tracks: Optional[Path] = typer.Option(None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` instead of tracking again."),
-    quant: str = typer.Option("none", "--quant", help="none or nf4 (bitsandbytes 4-bit, CUDA)."),
+    quant: str = typer.Option("none", "--quant",
+                              help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where bitsandbytes has CPU 4-bit "
+                                   "kernels)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),

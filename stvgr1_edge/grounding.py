@@ -59,8 +59,8 @@ class GrounderConfig:
     """Weights/compute dtype. "auto": bf16 on CUDA with bf16 support, fp16 on older CUDA (e.g. Jetson Xavier),
     fp32 on CPU."""
     quant: Literal["none", "nf4"] = "none"
-    """"nf4": 4-bit NormalFloat weights for the language model via bitsandbytes (CUDA only); the vision tower
-    and lm_head stay in ``dtype``."""
+    """"nf4": 4-bit NormalFloat weights for the language model via bitsandbytes (CUDA, or CPU where the installed
+    bitsandbytes has CPU 4-bit kernels, e.g. 0.50); the vision tower and lm_head stay in ``dtype``."""
     max_new_tokens: int = 1024
     """Most tokens generated per query (the training completion limit)."""
     min_new_tokens: int = 0
@@ -151,6 +151,21 @@ def nf4_quantization_config(compute_dtype: "torch.dtype"):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
                               bnb_4bit_use_double_quant=False, llm_int8_skip_modules=["model.visual", "lm_head"])
+
+
+def bitsandbytes_4bit_on_cpu() -> bool:
+    """Whether the installed bitsandbytes has CPU 4-bit kernels (recent releases; older ones are CUDA-only): an NF4
+    round trip of one small CPU matrix is tried, rather than a version number read."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        weight = torch.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64)
+        packed, state = bnb.functional.quantize_4bit(weight, quant_type="nf4")
+        restored = bnb.functional.dequantize_4bit(packed, state)
+    except Exception:  # ImportError, or a CUDA-only build raising on CPU tensors
+        return False
+    return restored.shape == weight.shape and bool((restored - weight).abs().max() < 0.2)
 
 
 NANO_MODEL = "nano"
@@ -318,8 +333,10 @@ class Grounder(GroundingInputs):
         if device.startswith("cuda"):
             kwargs["device_map"] = {"": device}  # load straight onto the GPU
         if config.quant == "nf4":
-            if not device.startswith("cuda"):
-                raise BadInputError("--quant nf4 needs a CUDA GPU (bitsandbytes 4-bit): use --quant none on CPU")
+            if not device.startswith("cuda") and not bitsandbytes_4bit_on_cpu():
+                require("bitsandbytes", "quant", "4-bit (nf4) grounding")
+                raise BadInputError("--quant nf4 on CPU needs a bitsandbytes with CPU 4-bit kernels (e.g. 0.50): "
+                                    "upgrade it, use a CUDA GPU, or use --quant none")
             kwargs["quantization_config"] = nf4_quantization_config(dtype)
         elif config.quant != "none":
             raise BadInputError(f"unknown quantization {config.quant!r}: use none or nf4")

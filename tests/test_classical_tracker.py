@@ -178,12 +178,13 @@ def test_mot_scores_by_hand():
     pred = TrackSet(W, H, 10.0, 3)
     for f in range(3):
         gt.add(1, f, [0, 0, 10, 10])
-        pred.add(7 if f < 2 else 8, f, [0, 0, 10, 10])  # an ID switch at frame 2
+        pred.add(7 if f < 2 else 8, f, [0, 0, 10, 10] if f < 2 else [0, 0, 10, 8])  # an ID switch at frame 2
     pred.add(9, 1, [50, 50, 60, 60])  # a false positive
     s = bench.mot_scores(gt, pred)
     assert s["id_switches"] == 1 and s["false_positives"] == 1 and s["misses"] == 0
     assert s["mota"] == pytest.approx(1 - (0 + 1 + 1) / 3)
     assert s["idf1"] == pytest.approx(2 * 2 / (3 + 4))  # IDTP 2 (ID 7), |GT| 3, |pred| 4
+    assert s["matched_box_iou"] == pytest.approx((1 + 1 + 0.8) / 3)  # frame 2's box covers 80% of the GT's
 
 
 @pytest.mark.parametrize("seed", [8, 26])
@@ -490,3 +491,36 @@ def test_an_object_hidden_behind_another_stays_in_the_merge():
         box = ts.tracks[mover].box_at(frame)
         assert box[2] - box[0] <= 25, (frame, box)  # never the union of the two
     assert ts.tracks[3 - mover].frames[-1] == n - 1  # the still one keeps its ID after being uncovered
+
+
+def test_boxes_keep_thin_parts_and_find_blurred_edges_on_encoded_clips(tmp_path):
+    """Synthetic clips through H.264 (colour blurred over ~1 pixel at every edge, chroma subsampled): with thin
+    parts restored and outline pixels cut at half contrast, target boxes match the exact GT masks' boxes closely;
+    the opening alone loses star tips and the plain threshold keeps a blurred halo."""
+    from stvgr1_edge.dataset import load_annotations
+    from stvgr1_edge.demo import tracker_id_of_target
+    from stvgr1_edge.masks import box_iou
+    from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
+
+    annotations = write_synthetic_dataset(tmp_path, num=4, seed=5000,
+                                          config=SynthConfig(width=224, height=168, seconds=6.0))
+    samples = load_annotations(annotations)
+
+    def mean_target_iou(detector: ClassicalDetectorConfig) -> float:
+        ious = []
+        for sample in samples:
+            tracks = ClassicalTracker(ClassicalTrackerConfig(detector=detector)).track_video(sample.video_path)
+            target = tracker_id_of_target(tracks, sample.gt_boxes)
+            assert target is not None
+            for frame, gt_box in sample.gt_boxes.items():
+                box = tracks.tracks[target].box_at(int(frame))
+                ious.append(0.0 if box is None else box_iou(box, gt_box))
+        return float(np.mean(ious))
+
+    refined = mean_target_iou(ClassicalDetectorConfig())
+    opening_only = mean_target_iou(ClassicalDetectorConfig(restore_thin_parts=False, edge_contrast_fraction=0.0))
+    halo = mean_target_iou(ClassicalDetectorConfig(edge_contrast_fraction=0.0))
+    # measured: 0.961, opening only 0.861, with the halo 0.935
+    assert refined >= 0.94, (refined, opening_only, halo)
+    assert refined >= opening_only + 0.05, (refined, opening_only)
+    assert refined >= halo + 0.015, (refined, halo)

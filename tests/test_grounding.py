@@ -198,9 +198,42 @@ def test_uncached_hub_id_offline_is_missing_weights(monkeypatch):
         Grounder.from_pretrained(GrounderConfig(model="stvg-edge-tests/no-such-model", device="cpu"))
 
 
-def test_nf4_on_cpu_is_a_clear_error(model_dir):
-    with pytest.raises(BadInputError, match="CUDA"):
+def test_nf4_on_cpu_without_cpu_kernels_is_a_clear_error(model_dir, monkeypatch):
+    import stvgr1_edge.grounding as grounding
+
+    monkeypatch.setattr(grounding, "bitsandbytes_4bit_on_cpu", lambda: False)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        expected = MissingDependencyError  # the install hint comes first
+    else:
+        expected = BadInputError
+    with pytest.raises(expected, match="stvg-edge\\[quant\\]|CPU 4-bit kernels"):
         Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", quant="nf4"))
+
+
+def test_nf4_on_cpu_quantizes_the_language_model_only(model_dir, grounder):
+    from stvgr1_edge.grounding import bitsandbytes_4bit_on_cpu
+
+    if not bitsandbytes_4bit_on_cpu():
+        pytest.skip("this bitsandbytes has no CPU 4-bit kernels")
+    import bitsandbytes as bnb
+
+    nf4 = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", quant="nf4",
+                                                  max_new_tokens=NEW_TOKENS))
+    quantized = {n: m for n, m in nf4.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    reference = dict(grounder.model.named_modules())
+    language = [n for n, m in reference.items() if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model.")]
+    assert sorted(quantized) == sorted(language)  # every LM linear, nothing of the tower, not the head
+    qkv = "model.visual.blocks.0.attn.qkv"
+    assert torch.equal(dict(nf4.model.named_modules())[qkv].weight, reference[qkv].weight)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name in language:
+            x = torch.randn(5, reference[name].in_features, generator=generator)
+            got, want = quantized[name](x), reference[name](x)
+            error = float((got - want).norm() / want.norm())
+            assert 0.0 < error < 0.2, (name, error)  # NF4 precision: close, and not the fp32 weights themselves
 
 
 # ---------------------------------------------------------------- dtype and quantization settings

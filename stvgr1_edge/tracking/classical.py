@@ -1,12 +1,15 @@
 """A weight-free detector and multi-object tracker for static-camera footage (and the synthetic clips).
 
 Detector: a per-pixel median background (estimated from early frames, then updated by a running
-average wherever no object is) → foreground by colour difference, shadows suppressed → morphology →
-connected components. Each component is one detection with its box and mask. A component whose outline
-is an edge in the background but not in the frame is a "ghost" (an object baked into the background
-estimate that has left): the background is healed there and no detection is made. The same test repairs
-the estimate itself: an object that stood still for half the early frames is in their median, and the
-frames where it is elsewhere show the spot as a ghost; the background there is their median instead.
+average wherever no object is) → foreground by colour difference, shadows suppressed → morphology (an
+opening against speckle, then the opened blobs grown back into the raw foreground they touch, so thin parts
+survive; a closing) → outline pixels below half the object's contrast dropped (a coded video blurs each
+edge over about a pixel) → connected components. Each component is one detection with its box and mask.
+A component whose outline is an edge in the background but not in the frame is a "ghost" (an object baked
+into the background estimate that has left): the background is healed there and no detection is made. The
+same test repairs the estimate itself: an object that stood still for half the early frames is in their
+median, and the frames where it is elsewhere show the spot as a ghost; the background there is their median
+instead.
 
 Tracker (one tracked frame, top to bottom in :meth:`ClassicalTracker._track_frame`):
 
@@ -105,6 +108,14 @@ class ClassicalDetectorConfig:
     object standing still; the background there becomes the median of those frames. 0: off."""
     kernel_fraction: float = 1 / 100
     """Morphology kernel size as a fraction of the frame's short side (at least 3 pixels)."""
+    restore_thin_parts: bool = True
+    """After the 3x3 opening (which removes speckle), grow what survived back into the raw foreground it touches
+    (geodesic reconstruction), so thin parts of an object (a star's tips, a person's arm) are kept. Off: the
+    opening alone (40 held-out synthetic clips: small stars' mean box IoU 0.69 instead of 0.92)."""
+    edge_contrast_fraction: float = 0.5
+    """An outline pixel whose difference to the background is below this fraction of the strongest difference
+    within 2 pixels inside the object is background: a compressed video blurs each edge over about one pixel,
+    and the half-contrast point is where the edge is. 0: off (boxes about a pixel too large on each side)."""
 
 
 class ClassicalDetector(Detector):
@@ -166,7 +177,8 @@ class ClassicalDetector(Detector):
         cfg = self.config
         frame = image.astype(np.float32)
         bg = self.background
-        fg = np.abs(frame - bg).max(axis=2) > cfg.diff_threshold
+        difference = np.abs(frame - bg).max(axis=2)
+        fg = difference > cfg.diff_threshold
         if cfg.suppress_shadows:  # tested only where the colour differs (the same result, a fraction of the work)
             ys, xs = np.nonzero(fg)
             f_px, b_px = frame[ys, xs], bg[ys, xs]
@@ -176,9 +188,20 @@ class ClassicalDetector(Detector):
             shadow = (ratio >= cfg.shadow_min_ratio) & (ratio <= cfg.shadow_max_ratio) & (chroma_shift <= cfg.shadow_max_chroma_shift)
             fg[ys[shadow], xs[shadow]] = False
         k = max(3, int(round(min(image.shape[:2]) * cfg.kernel_fraction)) | 1)
-        fg_u8 = fg.astype(np.uint8)
-        fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        square3 = np.ones((3, 3), np.uint8)
+        raw = fg.astype(np.uint8)
+        fg_u8 = cv2.morphologyEx(raw, cv2.MORPH_OPEN, square3)
+        if cfg.restore_thin_parts:  # reconstruction by dilation: the raw blobs the opening left any part of
+            count, raw_labels = cv2.connectedComponents(raw, connectivity=8)
+            touched = np.zeros(count, bool)
+            touched[raw_labels[fg_u8 > 0]] = True
+            touched[0] = False
+            fg_u8 = touched[raw_labels].astype(np.uint8)
         fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        if cfg.edge_contrast_fraction > 0:
+            outline = fg_u8.astype(bool) & ~cv2.erode(fg_u8, square3).astype(bool)
+            inside = cv2.dilate(difference * fg_u8, np.ones((5, 5), np.uint8))
+            fg_u8[outline & (difference < cfg.edge_contrast_fraction * inside)] = 0
         return fg_u8.astype(bool)
 
     def update_background(self, image: np.ndarray, foreground: np.ndarray) -> None:
