@@ -56,8 +56,6 @@ def heldout_set(folder: Path, num: int, seed: int = HELDOUT_SEED) -> list:
 def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibration: Path | None = None,
                  calibration_num: int = 32):
     """A :class:`~stvgr1_edge.grounding.Grounder` for variant ``name``, or a string saying why it is skipped."""
-    import torch
-
     from stvgr1_edge.grounding import Grounder, GrounderConfig
 
     config = GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=256)
@@ -79,15 +77,12 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
         quantize_int4_(grounder.model, group_size=int4_group_size, calibration=batches)
         return grounder
     if name == "nf4":
-        from stvgr1_edge.grounding import bitsandbytes_4bit_on_cpu
+        from stvgr1_edge.errors import BadInputError, MissingDependencyError
 
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif bitsandbytes_4bit_on_cpu():
-            device = "cpu"  # bitsandbytes' CPU kernels: the same NF4 codes, computed in fp32
-        else:
-            return "skipped: bitsandbytes NF4 needs a CUDA GPU or a bitsandbytes with CPU 4-bit kernels"
-        return Grounder.from_pretrained(GrounderConfig(model=model, device=device, quant="nf4", max_new_tokens=256))
+        try:  # CUDA, else bitsandbytes' CPU kernels; the Grounder says why when neither is there
+            return Grounder.from_pretrained(GrounderConfig(model=model, device="auto", quant="nf4", max_new_tokens=256))
+        except (BadInputError, MissingDependencyError) as exc:
+            return f"skipped: {exc}"
     if name == "bundle":
         from export.bundle import BundleOptions, export_bundle
         from stvgr1_edge.bundle import load_bundle

@@ -194,8 +194,7 @@ class ClassicalDetector(Detector):
         if cfg.restore_thin_parts:  # reconstruction by dilation: the raw blobs the opening left any part of
             count, raw_labels = cv2.connectedComponents(raw, connectivity=8)
             touched = np.zeros(count, bool)
-            touched[raw_labels[fg_u8 > 0]] = True
-            touched[0] = False
+            touched[raw_labels[fg_u8 > 0]] = True  # never label 0: the opening lies within the raw foreground
             fg_u8 = touched[raw_labels].astype(np.uint8)
         fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         if cfg.edge_contrast_fraction > 0:
