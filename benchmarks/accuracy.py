@@ -18,7 +18,7 @@ scored against the *tracker* ID of the GT target (:func:`stvgr1_edge.demo.tracke
 answer names tracker IDs, not the synthesizer's object IDs.
 
     python benchmarks/accuracy.py [--model nano] [--num 40] [--variants fp32,int4,int4_gptq,nf4,bundle]
-        [--int4-calibration CACHE] [--out benchmarks/results]
+        [--int4-calibration CACHE] [--out benchmarks/results/accuracy.json]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from stvgr1_edge.evaluation import evaluate_grounders
 
 HELDOUT_SEED = 5000
 """Root seed of the held-out clips (training used root seed 0)."""
@@ -62,7 +63,7 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
     if name == "fp32":
         return Grounder.from_pretrained(config)
     if name == "int4":
-        from export.int4 import quantize_int4_
+        from stvgr1_edge_export.int4 import quantize_int4_
 
         grounder = Grounder.from_pretrained(config)
         quantize_int4_(grounder.model, group_size=int4_group_size)
@@ -70,7 +71,7 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
     if name == "int4_gptq":
         if calibration is None:
             return "skipped: GPTQ needs calibration clips: pass --int4-calibration CACHE (a train prepare folder)"
-        from export.int4 import cache_calibration_inputs, quantize_int4_
+        from stvgr1_edge_export.int4 import cache_calibration_inputs, quantize_int4_
 
         grounder = Grounder.from_pretrained(config)
         batches = cache_calibration_inputs(grounder.model, grounder.processor, calibration, num=calibration_num)
@@ -84,7 +85,7 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
         except (BadInputError, MissingDependencyError) as exc:
             return f"skipped: {exc}"
     if name == "bundle":
-        from export.bundle import BundleOptions, export_bundle
+        from stvgr1_edge_export.bundle import BundleOptions, export_bundle
         from stvgr1_edge.bundle import load_bundle
 
         folder = export_bundle(BundleOptions(model=model, out=work / "bundle", llm="int4",
@@ -93,66 +94,6 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
                                              int4_calibration_num=calibration_num))
         return load_bundle(folder, device="cpu").grounder(max_new_tokens=256, dtype="fp32")
     raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
-
-
-def score_results(results: list[dict], samples: list, target_ids: list[int | None]) -> dict[str, Any]:
-    """evaluate() metrics plus ID accuracy against the tracker ID of each GT target."""
-    from stvgr1_edge.metrics import evaluate
-
-    scored = evaluate(results, samples, per_video=True)
-    metrics = {k: scored["metrics"][k] for k in ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")}
-    correct = [r["queries"][0]["ids"] == [t] for r, t in zip(results, target_ids) if t is not None]
-    metrics["id_accuracy"] = sum(correct) / len(samples)
-    metrics["parse_ok"] = sum(r["queries"][0]["parse_ok"] for r in results) / len(results)
-    metrics["num_samples"] = len(samples)
-    metrics["num_target_tracked"] = sum(t is not None for t in target_ids)
-    return metrics
-
-
-def evaluate_grounders(samples: list, grounders: dict[str, Any],
-                       on_clip: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Run every grounder on every clip (tracking once per clip); metrics per variant name."""
-    from stvgr1_edge.demo import tracker_id_of_target
-    from stvgr1_edge.pipeline import GroundingPipeline
-    from stvgr1_edge.tracking.factory import make_tracker
-    from stvgr1_edge.tracking.replay import ReplayTracker
-
-    results: dict[str, list[dict]] = {name: [] for name in grounders}
-    seconds: dict[str, float] = {name: 0.0 for name in grounders}
-    target_ids: list[int | None] = []
-    for i, sample in enumerate(samples):
-        tracks = None
-        for name, grounder in grounders.items():
-            tracker = make_tracker("classical") if tracks is None else ReplayTracker(tracks, source=sample.key)
-            start = time.perf_counter()
-            result = GroundingPipeline(tracker, grounder).run(sample.video_path, [sample.query])
-            seconds[name] += time.perf_counter() - start
-            if tracks is None:
-                tracks = result.tracks
-                target_ids.append(tracker_id_of_target(tracks, sample.gt_boxes))
-            results[name].append(result.to_dict())
-        if on_clip is not None:
-            on_clip(i)
-    out = {}
-    reference = next(iter(grounders), None)
-    for name in grounders:
-        out[name] = score_results(results[name], samples, target_ids)
-        out[name]["seconds_per_clip"] = seconds[name] / len(samples)
-        same = sum(a["queries"][0]["answer_text"] == b["queries"][0]["answer_text"]
-                   for a, b in zip(results[name], results[reference]))
-        out[name][f"answers_identical_to_{reference}"] = same / len(samples)
-    return out
-
-
-def evaluate_model_on_synth(model: str, folder: str | Path, num: int | None = None) -> dict[str, Any]:
-    """Full-precision metrics of ``model`` on the clips in ``folder`` (used by the nano recipe)."""
-    from stvgr1_edge.dataset import load_annotations
-    from stvgr1_edge.grounding import Grounder, GrounderConfig
-
-    samples = load_annotations(Path(folder) / "annotations.json")
-    samples = samples[:num] if num else samples
-    grounder = Grounder.from_pretrained(GrounderConfig(model=model, device="cpu", dtype="fp32", max_new_tokens=256))
-    return evaluate_grounders(samples, {"fp32": grounder})["fp32"]
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -194,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="`train prepare` cache whose clips calibrate GPTQ (int4_gptq and the bundle); never the "
                              "held-out clips (the nano recipe's validation cache, WORK/cache_val).")
     parser.add_argument("--int4-calibration-num", type=int, default=32, help="Calibration clips taken from it.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "accuracy.json",
+                        help="Result JSON; the plot is written beside it (same name, .png).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -227,9 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
                "tracker": "classical", "convention": "tubedetr",
                "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
                "torch_threads": torch.get_num_threads(), "variants": variants}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "accuracy.json", summary, indent=1)
-    plot(summary, args.out / "accuracy.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, summary, indent=1)
+    plot(summary, args.out.with_suffix(".png"))
     for name, v in variants.items():
         print(name, v if isinstance(v, str) else {k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})
     return summary

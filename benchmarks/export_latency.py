@@ -3,7 +3,7 @@
 Stages:
 
 - vision encoder: PyTorch ``get_video_features`` (model dtype) vs ONNX fp32 and fp16 (onnxruntime, best provider);
-- LLM decode: ms per generated token, PyTorch (bf16 on CUDA, fp32 on CPU) vs weight-only int4 (:mod:`export.int4`);
+- LLM decode: ms per generated token, PyTorch (bf16 on CUDA, fp32 on CPU) vs weight-only int4 (:mod:`stvgr1_edge_export.int4`);
 - tracker: ms per propagated frame, PyTorch ``Sam2Tracker`` vs ``OnnxSam2Tracker`` (same frames, same detector).
 
 ``--arch tiny`` uses the tiny random models (CPU-friendly); ``3b``/``7b`` build random weights of the real
@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracker-frames", type=int, default=6, help="frames per tracker measurement (first = keyframe)")
     p.add_argument("--objects", type=int, default=2, help="objects tracked")
     p.add_argument("--repeats", type=int, default=5, help="runs of each variant, interleaved")
-    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
 
@@ -97,8 +97,8 @@ def build_model(arch: str, device: str):
 def bench_vision(model, grid, device: str, repeats: int, workdir: Path) -> dict:
     import torch
 
-    from export.vision_onnx import OnnxVisionEncoder, export_vision_encoder
-    from stvgr1_edge.bundle import available_providers
+    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder, export_vision_encoder
+    from stvgr1_edge.backends.onnx_tracker import available_providers
 
     cfg = model.model.visual.config
     grid_t = torch.tensor([grid])
@@ -135,7 +135,7 @@ def bench_vision(model, grid, device: str, repeats: int, workdir: Path) -> dict:
 def bench_decode(model, tokenizer, device: str, tokens: int, repeats: int) -> dict:
     import torch
 
-    from export.int4 import quantize_int4_
+    from stvgr1_edge_export.int4 import quantize_int4_
 
     ids = tokenizer(["Target ID: 2, Time range: 1.0 to 3.5 seconds. The person walks"],
                     return_tensors="pt")["input_ids"].to(device)
@@ -166,8 +166,8 @@ def bench_tracker(arch: str, device: str, frames: int, objects: int, repeats: in
     import torch
 
     from benchmarks.tracker_latency import render_frames, square_boxes, time_tracker
-    from export.tracker_onnx import export_tracker_folder
-    from stvgr1_edge.bundle import OnnxSam2Tracker, available_providers
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
+    from stvgr1_edge.backends.onnx_tracker import OnnxSam2Tracker, available_providers
     from stvgr1_edge.tracking.base import Detections, Detector
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from stvgr1_edge.tracking.tiny_configs import build_video_model
@@ -258,11 +258,11 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     result = run(args)
-    results = json.loads(args.output.read_text()) if args.output.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results[f"{args.arch}-{args.device}"] = result
-    write_json_atomic(args.output, results, indent=2)
-    plot(results, args.output.with_suffix(".png"))
-    logger.info("wrote %s and %s", args.output, args.output.with_suffix(".png"))
+    write_json_atomic(args.out, results, indent=2)
+    plot(results, args.out.with_suffix(".png"))
+    logger.info("wrote %s and %s", args.out, args.out.with_suffix(".png"))
     print(json.dumps(result, indent=2))
 
 

@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attn", default="sdpa", help="attention implementation")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (medians are reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "grounding_latency.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "grounding_latency.json")
     parser.add_argument("--label", default=None, help="result key (default: derived from the configuration)")
     return parser.parse_args(argv)
 
@@ -207,10 +207,10 @@ def main(argv=None) -> None:
     except StvgError as exc:
         sys.exit(f"error: {exc}")
     label = args.label or default_label(args, result)
-    results = json.loads(args.output.read_text()) if args.output.exists() else {}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results[label] = result
-    write_json_atomic(args.output, results, indent=2)
-    plot(results, args.output.with_suffix(".png"))
+    write_json_atomic(args.out, results, indent=2)
+    plot(results, args.out.with_suffix(".png"))
     summary = {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items() if k != "runs_ms"}
     print(json.dumps({label: summary}, indent=2))
 

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=3, help="track every k-th frame (the sampled ones always)")
     parser.add_argument("--budgets", nargs="+", default=["none", "0"],
                         help="frame_memory_mb values to compare ('none': always in memory)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_memory.json",
+                        help="Result JSON; the plot is written beside it (same name, .png).")
     parser.add_argument("--child", nargs=3, metavar=("VIDEO", "BUDGET", "EVERY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -155,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
               "query": QUERY, "tracker": f"classical, every {args.every}", "model": "nano",
               "sampled_frames_native_mb": native_mb, "same_answer": len({r["answer_text"] for r in runs}) == 1,
               "machine": platform.platform(), "runs": runs, "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "pipeline_memory.json", result, indent=2)
-    _plot(runs, native_mb, args.out / "pipeline_memory.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result, indent=2)
+    _plot(runs, native_mb, args.out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     return 0
 

@@ -3,16 +3,16 @@ ONNX, int4 and NF4 language models, and the deployable bundle that holds them.
 
 Imports :mod:`stvgr1_edge`, never the reverse. Modules:
 
-- :mod:`export.vision_onnx` — vision tower -> ONNX with a dynamic number of patches (external weights file for
-  > 1 GiB towers); :class:`~export.vision_onnx.OnnxVisionEncoder`, the onnxruntime runner.
-- :mod:`export.tensorrt` — TensorRT engine from the vision ONNX and :class:`~export.tensorrt.TrtVisionEncoder`,
+- :mod:`stvgr1_edge_export.vision_onnx` — vision tower -> ONNX with a dynamic number of patches (external weights file for
+  > 1 GiB towers); :class:`~stvgr1_edge_export.vision_onnx.OnnxVisionEncoder`, the onnxruntime runner.
+- :mod:`stvgr1_edge_export.tensorrt` — TensorRT engine from the vision ONNX and :class:`~stvgr1_edge_export.tensorrt.TrtVisionEncoder`,
   its runner on torch CUDA tensors (needs NVIDIA's ``tensorrt``).
-- :mod:`export.tracker_onnx` — SAM2.1 / EdgeTAM video tracker -> one ONNX graph per hot module, parity checks.
-- :mod:`export.int4` — gpt-fast-style weight-only int4 linears (tinygemm on CUDA), folder save/load.
-- :mod:`export.nf4` — bitsandbytes NF4 folder with the vision tower unquantized (CUDA only).
-- :mod:`export.bundle` — ``stvg-edge export``: writes the bundle folder + ``manifest.json`` with parity numbers
+- :mod:`stvgr1_edge_export.tracker_onnx` — SAM2.1 / EdgeTAM video tracker -> one ONNX graph per hot module, parity checks.
+- :mod:`stvgr1_edge_export.int4` — gpt-fast-style weight-only int4 linears (tinygemm on CUDA), folder save/load.
+- :mod:`stvgr1_edge_export.nf4` — bitsandbytes NF4 folder with the vision tower unquantized (CUDA only).
+- :mod:`stvgr1_edge_export.bundle` — ``stvg-edge export``: writes the bundle folder + ``manifest.json`` with parity numbers
   (read back by :mod:`stvgr1_edge.bundle`).
-- :mod:`export.cli` — the ``stvg-edge export`` typer command.
+- :mod:`stvgr1_edge_export.cli` — the ``stvg-edge export`` typer command.
 
 Submodules are imported on use, so ``import export`` stays light.
 """

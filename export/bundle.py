@@ -80,7 +80,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def vision_parity(model, onnx_path: Path) -> dict[str, float]:
     """Max abs error and cosine of the ONNX vision encoder (onnxruntime CPU) vs PyTorch on random patches."""
-    from export.vision_onnx import OnnxVisionEncoder
+    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder
 
     grid = torch.tensor([PARITY_GRID])
     gen = torch.Generator().manual_seed(0)
@@ -105,7 +105,7 @@ def tracker_iou(source: str, tracker_dir: Path, family: str) -> dict[str, Any]:
     clip's own ground-truth boxes), objects forced present so every frame runs the memory path."""
     import numpy as np
 
-    from stvgr1_edge.bundle import OnnxSam2Tracker
+    from stvgr1_edge.backends.onnx_tracker import OnnxSam2Tracker
     from stvgr1_edge.masks import rle_iou
     from stvgr1_edge.tracking.base import Detections, Detector
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
@@ -160,11 +160,11 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
     if options.tracker != "none" and not options.tracker_model:
         raise BadInputError(f"--tracker {options.tracker} needs --tracker-model (SAM2/EdgeTAM hub id or folder)")
     if "trt" in (options.vision, options.tracker):
-        from export.tensorrt import import_tensorrt
+        from stvgr1_edge_export.tensorrt import import_tensorrt
 
         import_tensorrt()  # one-line MissingDependencyError before any work
     if options.llm == "nf4":
-        from export.nf4 import require_nf4_runtime
+        from stvgr1_edge_export.nf4 import require_nf4_runtime
 
         require_nf4_runtime()
     if options.int4_calibration is not None:
@@ -191,7 +191,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
 
 
 def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage) -> tuple[dict, dict]:
-    from export.vision_onnx import export_vision_encoder, external_data_path
+    from stvgr1_edge_export.vision_onnx import export_vision_encoder, external_data_path
 
     parity: dict[str, Any] = {}
     stage("exporting the vision encoder")
@@ -205,7 +205,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
               "patch_dim": vision_cfg.in_channels * vision_cfg.temporal_patch_size * vision_cfg.patch_size ** 2,
               "out_hidden_size": vision_cfg.out_hidden_size, "spatial_merge_size": vision_cfg.spatial_merge_size}
     if options.vision == "trt":
-        from export.tensorrt import build_vision_engine
+        from stvgr1_edge_export.tensorrt import build_vision_engine
 
         stage("building the TensorRT engine")
         engine = build_vision_engine(onnx_path, tmp / "vision_encoder.engine")
@@ -218,7 +218,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
                            "hidden_size": text_cfg.hidden_size, "num_hidden_layers": text_cfg.num_hidden_layers,
                            "vocab_size": text_cfg.vocab_size}
     if options.llm == "int4":
-        from export.int4 import cache_calibration_inputs, quantize_int4_, save_int4
+        from stvgr1_edge_export.int4 import cache_calibration_inputs, quantize_int4_, save_int4
 
         reference = _parity_logits(model, processor)
         calibration = None
@@ -234,7 +234,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
                        "calibration_clips": None if calibration is None else len(calibration)}
         save_int4(model, llm_dir, processor=processor)
     elif options.llm == "nf4":
-        from export.nf4 import quantize_nf4_to_folder
+        from stvgr1_edge_export.nf4 import quantize_nf4_to_folder
 
         source = Path(options.model).expanduser()
         if not source.is_dir():
@@ -248,7 +248,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
 
 
 def _export_tracker(options: BundleOptions, tmp: Path) -> tuple[dict, dict]:
-    from export.tracker_onnx import export_tracker_folder, tracker_parity
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder, tracker_parity
     from stvgr1_edge.tracking.sam2 import load_video_model
 
     folder = tmp / "tracker"
@@ -263,10 +263,10 @@ def _export_tracker(options: BundleOptions, tmp: Path) -> tuple[dict, dict]:
 
 def drop_exported_tracker_weights(folder: Path) -> int:
     """Rewrite the tracker folder's safetensors without the weights its ONNX graphs carry (the modules in
-    :data:`stvgr1_edge.bundle.TRACKER_EXPORTED_MODULES`), as one ``model.safetensors``; returns the tensors kept."""
+    :data:`stvgr1_edge.backends.onnx_tracker.TRACKER_EXPORTED_MODULES`), as one ``model.safetensors``; returns the tensors kept."""
     from safetensors.torch import load_file, save_file
 
-    from stvgr1_edge.bundle import TRACKER_EXPORTED_MODULES
+    from stvgr1_edge.backends.onnx_tracker import TRACKER_EXPORTED_MODULES
 
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:

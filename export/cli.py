@@ -1,4 +1,4 @@
-"""``stvg-edge export``: write a deployable bundle (see :mod:`export.bundle`)."""
+"""``stvg-edge export``: write a deployable bundle (see :mod:`stvgr1_edge_export.bundle`)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from stvgr1_edge.errors import BadInputError, MissingDependencyError, atomic_output_dir, require
+from stvgr1_edge.backends.nf4 import load_nf4, require_nf4_runtime  # noqa: F401  (the runtime loads what this writes)
+from stvgr1_edge.errors import BadInputError, atomic_output_dir, require
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ def nf4_skip_modules(model_or_config) -> list[str]:
         names.append("lm_head")
     return names
 
-
-def require_nf4_runtime() -> None:
-    """Raise :class:`MissingDependencyError` unless bitsandbytes and CUDA are both available."""
-    import torch
-
-    require("bitsandbytes", "quant", "4-bit (nf4) quantization")
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("nf4 (bitsandbytes 4-bit) needs a CUDA GPU: use --quant int4 on CPU")
 
 
 def nf4_config(skip_modules: list[str], compute_dtype: Literal["bf16", "fp16"] = "bf16"):
@@ -91,17 +84,3 @@ def quantize_nf4_to_folder(source: str | os.PathLike, out_folder: str | os.PathL
             logger.warning("no processor saved with the nf4 model (%s)", exc)
     logger.info("saved nf4 model to %s (unquantized: %s)", out_folder, ", ".join(skip))
     return out_folder
-
-
-def load_nf4(folder: str | os.PathLike, device: str = "cuda"):
-    """Reload a folder written by :func:`quantize_nf4_to_folder` (its config carries the NF4 settings)."""
-    import transformers
-
-    require_nf4_runtime()
-    folder = Path(folder)
-    config = transformers.AutoConfig.from_pretrained(folder)
-    if getattr(config, "quantization_config", None) is None:
-        raise BadInputError(f"{folder} is not an nf4 folder (no quantization_config): create it with "
-                            "quantize_nf4_to_folder")
-    model_class = getattr(transformers, (config.architectures or ["Qwen2_5_VLForConditionalGeneration"])[0])
-    return model_class.from_pretrained(folder, device_map=device).eval()

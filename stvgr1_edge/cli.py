@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -24,8 +24,25 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"stvg-edge {version('stvg-edge')}")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            from . import __version__
+
+            typer.echo(f"stvg-edge {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library progress (INFO) to stderr.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library progress (INFO) to stderr."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if not verbose:
@@ -96,24 +113,28 @@ def track(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."),
     vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an annotated MP4 (boxes + IDs) here."),
     tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
-    model: Optional[str] = typer.Option(None, "--model", help="SAM2.1/EdgeTAM weights: hub ID or local folder (sam2/edgetam only)."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."),
+    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights: hub ID or "
+                                                                              "local folder (sam2/edgetam only)."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, "
+                                                                    "folder, or classical."),
     every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (others are interpolated later)."),
-    keyframe_interval: int = typer.Option(15, "--keyframe-interval", min=1, help="Re-detect every this many tracked frames (sam2/edgetam)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for model trackers (cpu, cuda, cuda:0)."),
+    keyframe_interval: int = typer.Option(15, "--keyframe-interval", min=1,
+                                          help="Re-detect every this many tracked frames (sam2/edgetam)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (model trackers)."),
 ) -> None:
     """Track every object with a consistent integer ID; write the tracks JSON (and an annotated MP4)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .grounding import resolve_device
     from .render import draw_tracks
     from .tracking.factory import make_tracker
     from .video import VideoWriter, iter_frames, probe_video
 
     info = probe_video(video)
     output = output if output is not None else Path(f"{video.stem}.tracks.json")
-    streaming_tracker = make_tracker(tracker, model=model, detector=detector, device=device, every=every,
-                                     keyframe_interval=keyframe_interval)
+    streaming_tracker = make_tracker(tracker, model=tracker_model, detector=detector, device=resolve_device(device),
+                                     every=every, keyframe_interval=keyframe_interval)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("tracking", total=info.num_frames)
@@ -128,89 +149,92 @@ def track(
     typer.echo(f"{len(tracks)} tracks over {info.num_frames} frames -> {output}" + (f", {vis}" if vis else ""))
 
 
-# --- run 
+# --- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(
     video: Path = typer.Argument(..., help="Video file."),
     queries: List[str] = typer.Argument(..., help="One or more sentences describing who does what."),
     output: Path = typer.Option(Path("result.json"), "--output", "-o", help="Result JSON to write."),
-    vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an MP4 showing each query's tube over its time range."),
-    model: str = typer.Option("XiaowenZhang/stvg-r1-model-7b", "--model", help="Qwen2.5-VL checkpoint: hub ID or local folder (default: the STVG-R1 7B checkpoint)."),
-    tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
-    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or folder) for --tracker sam2|edgetam."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."),
-    every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (the VLM's sampled frames are always tracked)."),
-    tracks: Optional[Path] = typer.Option(None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` instead of tracking again."),
-    quant: str = typer.Option("none", "--quant",
-                              help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where bitsandbytes has CPU 4-bit "
-                                   "kernels)."),
+    vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an MP4 showing each query's tube over its "
+                                                           "time range."),
+    model: Optional[str] = typer.Option(None, "--model", help="Grounding VLM (Qwen2.5-VL): hub ID, local folder or "
+                                                              "nano [default: the STVG-R1 7B checkpoint]."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its language "
+                                                                 "model, vision encoder and tracker (if it has one)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where "
+                                                              "bitsandbytes has CPU 4-bit kernels) [default: none]."),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help="classical (no weights), sam2 or edgetam "
+                                                                  "[default: classical]."),
+    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or "
+                                                                              "folder) for --tracker sam2|edgetam."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, "
+                                                                    "folder, or classical."),
+    every: Optional[int] = typer.Option(None, "--every", help="Track every k-th frame; the VLM's sampled frames "
+                                                              "are always tracked [default: 1]."),
+    keyframe_interval: Optional[int] = typer.Option(None, "--keyframe-interval",
+                                                    help="Re-detect every this many tracked frames (sam2/edgetam) "
+                                                         "[default: 15]."),
+    tracks: Optional[Path] = typer.Option(None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` "
+                                                                 "instead of tracking again."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 [default: auto]."),
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
-    multi: bool = typer.Option(False, "--multi", help="Several targets: ask for every involved ID; the tube is their union box."),
+    multi: bool = typer.Option(False, "--multi", help="Several targets: ask for every involved ID; the tube is "
+                                                      "their union box."),
     id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
     frame_memory_mb: float = typer.Option(1024.0, "--frame-memory-mb", min=0,
-                                          help="Sampled frames wait for the final tracks in memory up to this many MB, "
-                                               "then in a temporary folder (lower it on small devices)."),
+                                          help="Sampled frames wait for the final tracks in memory up to this many "
+                                               "MB, then in a temporary folder (lower it on small devices)."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its LLM, ONNX vision encoder and ONNX tracker replace --model / --tracker-model."),
 ) -> None:
     """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .errors import write_json_atomic
-    from .grounding import Grounder, GrounderConfig
-    from .pipeline import GroundingPipeline, PipelineConfig
+    from .pipeline import PipelineConfig
     from .prompt import normalize_query
-    from .tracking.factory import make_tracker
+    from .run_config import RunConfig, build_pipeline, check_run_config
     from .video import probe_video
 
+    _check_choice("--quant", quant, ("none", "nf4"))
+    _check_choice("--tracker", tracker, ("classical", "sam2", "edgetam"))
+    _check_choice("--dtype", dtype, ("auto", "bf16", "fp16", "fp32"))
+    # the choices were checked above, so the typed fields take the strings as they are
+    options: dict[str, Any] = dict(
+        model=model, bundle=None if bundle is None else str(bundle), quant=quant, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens, tracker=tracker, tracker_model=tracker_model, detector=detector, every=every,
+        keyframe_interval=keyframe_interval, tracks=None if tracks is None else str(tracks))
+    config = RunConfig(**options, pipeline=PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair,
+                                                          frame_memory_mb=frame_memory_mb))
+    check_run_config(config)  # conflicting options fail before anything is read
     for q in queries:
         normalize_query(q)
-    if time_only and multi:
-        raise BadInputError("--time-only and --multi exclude each other: time-only answers have no IDs")
     info = probe_video(video)  # fail on bad input before loading any model
-    replay = None
     if tracks is not None:
         from .tracking.replay import ReplayTracker
         from .tracks import TrackSet
 
-        replay = ReplayTracker(TrackSet.load(tracks), source=str(tracks))
-        replay.start(info)
+        ReplayTracker(TrackSet.load(tracks), source=str(tracks)).start(info)  # the tracks are for this video
     console = Console(stderr=True)
-    loaded_bundle = None
-    if bundle is not None:
-        from .bundle import load_bundle
-
-        loaded_bundle = load_bundle(bundle, device=device)
-        with console.status(f"loading bundle {bundle}"):
-            grounder = loaded_bundle.grounder(max_new_tokens=max_new_tokens, dtype=dtype)
-    else:
-        with console.status(f"loading {model}"):
-            grounder = Grounder.from_pretrained(GrounderConfig(model=model, device=device, dtype=dtype, quant=quant,
-                                                               max_new_tokens=max_new_tokens))
-    if replay is None and loaded_bundle is not None and loaded_bundle.has_tracker:
-        from .tracking.factory import make_detector
-        from .tracking.sam2 import Sam2TrackerConfig
-
-        trk = loaded_bundle.tracker(make_detector(detector, device=str(grounder.device)), Sam2TrackerConfig(every=every))
-    else:
-        trk = replay or make_tracker(tracker, model=tracker_model, detector=detector, device=str(grounder.device),
-                                     every=every)
-    pipeline = GroundingPipeline(trk, grounder, PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair,
-                                                                frame_memory_mb=frame_memory_mb))
+    with console.status(f"loading {bundle or model or 'the grounding model'}"):
+        pipeline = build_pipeline(config)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task("decode + track", total=info.num_frames)
         result = pipeline.run(video, queries, on_frame=lambda f: progress.advance(bar),
                               on_stage=lambda s: progress.update(bar, description=f"{s}"))
-    write_json_atomic(output, result.to_dict(), indent=1)
-    if vis is not None:
+    if vis is not None:  # the video first: a failure there leaves no result JSON behind either
         from .vis import write_tube_video
 
         write_tube_video(video, result, vis)
+    write_json_atomic(output, result.to_dict(), indent=1)
     _print_run_summary(result, output, vis)
+
+
+def _check_choice(flag: str, value: Optional[str], choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise BadInputError(f"{flag} {value!r} is not one of {', '.join(choices)}")
 
 
 def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
@@ -238,18 +262,18 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
 
 # --- train / export (the optional toolchain packages) --------------------------------------------
 def _run_toolchain(ctx: typer.Context, package: str, extra: str, marker_module: str) -> None:
-    """Hand the remaining arguments to ``<package>.cli.app``. The runtime never imports ``train``/``export``
-    at module level (a Jetson installs only the runtime): they are looked up here, when asked for."""
+    """Hand the remaining arguments to ``stvgr1_edge_<package>.cli.app``. The runtime never imports the toolchain
+    at module level (a Jetson needs only the runtime): it is looked up here, when asked for."""
     import importlib
 
     from .errors import MissingDependencyError, require
 
     require(marker_module, extra, f"stvg-edge {package}")
     try:
-        toolchain = importlib.import_module(f"{package}.cli")
+        toolchain = importlib.import_module(f"stvgr1_edge_{package}.cli")
     except ImportError as exc:
-        raise MissingDependencyError(f"stvg-edge {package} needs the `{package}/` package of the source checkout "
-                                     f"({exc}): install the checkout with  pip install -e '.[{extra}]'") from None
+        raise MissingDependencyError(f"stvg-edge {package} needs the stvgr1_edge_{package} package ({exc}): "
+                                     f"install it with  pip install 'stvg-edge[{extra}]'") from None
     code = toolchain.app(args=list(ctx.args), prog_name=f"stvg-edge {package}", standalone_mode=False)
     if isinstance(code, int) and code:
         raise typer.Exit(code)
@@ -304,16 +328,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point: runs the app and maps user errors to one line + exit code 2.
 
     Returns the exit code (the console script passes it to ``sys.exit``)."""
+    import importlib
+
     try:  # typer >= 0.26 vendors click; older typer uses the click package
-        from typer._click import exceptions as click_exceptions
+        click_exceptions = importlib.import_module("typer._click.exceptions")
     except ImportError:  # pragma: no cover - depends on the installed typer
-        from click import exceptions as click_exceptions
+        click_exceptions = importlib.import_module("click.exceptions")
 
     try:
         app(args=argv, prog_name="stvg-edge", standalone_mode=False)
     except StvgError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except click_exceptions.NoArgsIsHelpError:
+        return 0  # a bare `stvg-edge`: the help was printed, nothing went wrong
     except click_exceptions.UsageError as exc:
         cmd = f" {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.parent is not None else ""
         typer.echo(f"error: {exc.format_message()} (see: stvg-edge{cmd} --help)", err=True)

@@ -93,25 +93,24 @@ def synthesize_demo_clip(config: DemoConfig):
     return load_annotations(annotations)[0]
 
 
-def run_demo(config: DemoConfig = DemoConfig(), grounder=None) -> DemoResult:
-    """Synthesize, track, ground, score; write ``result.json`` and ``result.mp4`` in ``out_dir``."""
-    from .grounding import Grounder, GrounderConfig
+def run_demo(config: DemoConfig = DemoConfig(), pipeline=None) -> DemoResult:
+    """Synthesize, track, ground, score; write ``result.json`` and ``result.mp4`` in ``out_dir``. ``pipeline``: an
+    already built :class:`~stvgr1_edge.pipeline.GroundingPipeline` (default: built from ``config``, the way
+    ``stvg-edge run`` builds one)."""
     from .metrics import evaluate
-    from .pipeline import GroundingPipeline
-    from .tracking.factory import make_tracker
+    from .run_config import RunConfig, build_pipeline
     from .vis import write_tube_video
 
     out = Path(config.out_dir)
     sample = synthesize_demo_clip(config)
-    if grounder is None:
-        grounder = Grounder.from_pretrained(GrounderConfig(model=config.model, device=config.device,
-                                                           max_new_tokens=config.max_new_tokens))
-    pipeline = GroundingPipeline(make_tracker("classical"), grounder)
+    if pipeline is None:
+        pipeline = build_pipeline(RunConfig(model=config.model, device=config.device,
+                                            max_new_tokens=config.max_new_tokens))
     result = pipeline.run(sample.video_path, [sample.query])
     result_json = out / "result.json"
     result_mp4 = out / "result.mp4"
+    write_tube_video(sample.video_path, result, result_mp4)  # the video first: a failure leaves neither file
     write_json_atomic(result_json, result.to_dict(), indent=1)
-    write_tube_video(sample.video_path, result, result_mp4)
     scores = evaluate(result.to_dict(), [sample], per_video=True)["per_video"][sample.key]
     answer = result.queries[0].answer
     gt_id = tracker_id_of_target(result.tracks, sample.gt_boxes)

@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
 from .clip import PromptedClip
 from .errors import BadInputError, MissingWeightsError, read_json, require
@@ -117,6 +117,22 @@ class GroundingOutput:
     num_visual_tokens: int
     num_prompt_tokens: int
     vision_reused: bool
+
+
+class VideoGrounder(Protocol):
+    """What the pipeline needs of a grounder: encode a prompted clip once, answer each query on it. Implemented by
+    :class:`Grounder` (transformers; a bundle's grounder is one with an exported vision encoder)."""
+
+    config: GrounderConfig
+
+    def check_prompt_fits(self, prompt_text: str, num_visual_tokens: int) -> None:
+        """Raise a one-line error if the prompt, the clip and the answer cannot fit the model's context."""
+
+    def encode_video(self, clip: PromptedClip) -> EncodedVideo:
+        """The clip's processor tensors and vision features, shared by every query on it."""
+
+    def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
+        """The model's answer text to ``prompt_text`` about ``clip``."""
 
 
 def resolve_device(device: str) -> str:

@@ -23,8 +23,9 @@ from typing import Callable, Sequence
 from .answer import GroundingAnswer, parse_answer
 from .clip import PromptedClip
 from .errors import BadInputError
+from .grounding import VideoGrounder
 from .prompt import grounding_prompt, multi_object_prompt, normalize_query, time_only_prompt
-from .prompted import SampledFrameCollector, render_prompted_clip
+from .prompted import track_and_prompt
 from .sampling import FrameSampling, SamplingConfig, plan_sampling
 from .tracking.base import StreamingTracker
 from .tracks import TrackSet
@@ -107,13 +108,29 @@ class RunResult:
 
 
 class GroundingPipeline:
-    """Ties a tracker and a grounder together. ``grounder`` needs ``ground``/``encode_video`` as in
-    :class:`stvgr1_edge.grounding.Grounder` (or any object with the same two methods)."""
+    """Ties a tracker and a grounder together (build one from a :class:`~stvgr1_edge.run_config.RunConfig` with
+    :func:`~stvgr1_edge.run_config.build_pipeline`). ``tracker`` may be None for time-only grounding.
 
-    def __init__(self, tracker: StreamingTracker, grounder, config: PipelineConfig = PipelineConfig()):
+    ``description`` is what the models are (set by ``build_pipeline``: the grounder's source, quantization, device
+    and dtype, the tracker that runs); every result's ``config`` records it next to the pipeline settings."""
+
+    def __init__(self, tracker: StreamingTracker | None, grounder: VideoGrounder,
+                 config: PipelineConfig = PipelineConfig(), description: dict | None = None):
+        if tracker is None and not config.time_only:
+            raise BadInputError("a pipeline without a tracker can only ground time ranges: set time_only")
         self.tracker = tracker
         self.grounder = grounder
         self.config = config
+        self.description = description
+
+    def describe(self) -> dict:
+        """The result's ``config``: what ran (models, as built) and how (the pipeline settings)."""
+        models = self.description
+        if models is None:  # assembled by hand: say what the objects are
+            grounder_config = getattr(self.grounder, "config", None)
+            models = {"grounder": _jsonable(asdict(grounder_config)) if grounder_config is not None else None,
+                      "tracker": {"name": type(self.tracker).__name__ if self.tracker is not None else "none"}}
+        return {**models, "pipeline": _jsonable(asdict(self.config))}
 
     def prompts_for(self, queries: Sequence[str]) -> list[str]:
         if self.config.time_only and self.config.multi_object:
@@ -140,56 +157,20 @@ class GroundingPipeline:
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
         self._check_prompt_lengths(prompts, sampling, info)
 
-        # 2. one decode pass: track every frame, keep the sampled ones
+        # 2-3. one decode pass: track every frame, keep the sampled ones, then draw their markers and resize them
         stage("track")
-        with SampledFrameCollector(sampling, self.config.frame_memory_mb, self.config.frame_spill_dir) as collector:
-            tracks = self._decode_and_track(video, info, sampling, collector, timings, on_frame)
-            if not collector.complete:
-                raise BadInputError(f"{video}: {len(collector.missing)} sampled frame(s) could not be decoded "
-                                    f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
-
-            # 3. markers on the sampled frames at native resolution, then each frame resized for the VLM
-            stage("render")
-            t0 = time.perf_counter()
-            clip = render_prompted_clip(collector.kept(), tracks, sampling, draw_markers=not self.config.time_only,
-                                        resize=True, video_fps=info.fps, num_video_frames=info.num_frames)
-        timings["render"] = (time.perf_counter() - t0) * 1e3
+        tracked = track_and_prompt(iter_frames(video, info=info), info, None if self.config.time_only else self.tracker,
+                                   sampling, draw_markers=not self.config.time_only,
+                                   frame_memory_mb=self.config.frame_memory_mb,
+                                   frame_spill_dir=self.config.frame_spill_dir, on_frame=on_frame)
+        timings.update(tracked.timings_ms)
+        clip, tracks = tracked.clip, tracked.tracks
 
         # 4-5. ground, parse, build tubes
         stage("ground")
         results = self._ground_all(queries, prompts, clip, tracks, info, timings)
         timings["total"] = (time.perf_counter() - t_total) * 1e3
-        config = {"pipeline": _jsonable(asdict(self.config)),
-                  "tracker": type(self.tracker).__name__,
-                  "grounder": _jsonable(asdict(self.grounder.config)) if hasattr(self.grounder, "config") else None}
-        return RunResult(str(video), info, sampling, tracks, results, timings, config)
-
-    def _decode_and_track(self, video, info: VideoInfo, sampling, collector: SampledFrameCollector,
-                          timings: dict[str, float], on_frame) -> TrackSet:
-        """One decode pass: every frame goes to the tracker, the sampled ones also to ``collector``."""
-        tracker = self.tracker
-        tracker.config.always_track = frozenset(sampling.indices)  # markers come from real observations
-        tracker.start(info)
-        frames = iter_frames(video, info=info)
-        while True:
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            t1 = time.perf_counter()
-            timings["decode"] += (t1 - t0) * 1e3
-            if frame is None:
-                break
-            collector.add(frame)
-            if not self.config.time_only:
-                tracker.step(frame)
-            timings["track"] += (time.perf_counter() - t1) * 1e3
-            if on_frame is not None:
-                on_frame(frame)
-        t0 = time.perf_counter()
-        tracks = tracker.finish() if not self.config.time_only else TrackSet(info.width, info.height, info.fps, info.num_frames)
-        timings["track"] += (time.perf_counter() - t0) * 1e3
-        if collector.spilled:
-            logger.info("%d of %d sampled frames waited on disk (over frame_memory_mb)", collector.spilled, len(collector))
-        return tracks
+        return RunResult(str(video), info, sampling, tracks, results, timings, self.describe())
 
     def _ground_all(self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo,
                     timings: dict[str, float]) -> list[QueryResult]:
@@ -220,9 +201,7 @@ class GroundingPipeline:
 
     def _check_prompt_lengths(self, prompts: Sequence[str], sampling: FrameSampling, info: VideoInfo) -> None:
         """A query that cannot fit the model's context is a user error, caught before decoding."""
-        limit_fn = getattr(self.grounder, "check_prompt_fits", None)
-        if limit_fn is None:
-            return
+        limit_fn = self.grounder.check_prompt_fits
         # tokens the clip will occupy: one per merged 28x28 patch of every 2-frame tube
         factor = self.config.sampling.patch_factor
         t = -(-sampling.num_frames // 2)

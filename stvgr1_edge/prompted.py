@@ -9,6 +9,9 @@ resolution, on exactly the frames the VLM will see (`STVG-R1.md` §4 sampling).
             tracker.step(frame)
         clip = render_prompted_clip(collector.kept(), tracker.finish(), sampling, resize=True)
 
+:func:`track_and_prompt` is that pass, written once: inference, training-data preparation and pre-training all
+call it, so the pixels a model is trained on and the pixels it answers on cannot drift apart.
+
 The markers need the final tracks, so the native frames wait until tracking ends. Past ``memory_mb`` the
 collector keeps them in a temporary folder instead of memory (768 frames of 1080p are 4.8 GB); with
 ``resize=True`` each frame is shrunk to the VLM's size right after its markers are drawn, so the clip itself
@@ -20,8 +23,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,7 +34,10 @@ from .clip import PromptedClip
 from .errors import BadInputError
 from .sampling import FrameSampling, resize_frame
 from .tracks import TrackSet
-from .video import Frame
+from .video import Frame, VideoInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tracking.base import StreamingTracker
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +202,73 @@ def render_prompted_clip(
         video_fps=float(tracks.fps if video_fps is None else video_fps),
         num_video_frames=int(tracks.num_frames if num_video_frames is None else num_video_frames),
     )
+
+
+@dataclass(frozen=True)
+class TrackedClip:
+    """What one decode pass over a video gives the grounder: its tracks and its prompted clip."""
+
+    info: VideoInfo
+    sampling: FrameSampling
+    tracks: TrackSet
+    """Every tracked object (empty when no tracker ran: time-only grounding)."""
+    clip: PromptedClip
+    """The sampled frames with ID markers drawn (unless ``draw_markers`` was off), resized for the VLM."""
+    timings_ms: dict[str, float]
+    """``decode``, ``track`` and ``render`` wall time."""
+    spilled_frames: int = 0
+    """Sampled frames that waited on disk (over ``frame_memory_mb``)."""
+
+
+def track_and_prompt(
+    frames: Iterable[Frame],
+    info: VideoInfo,
+    tracker: StreamingTracker | None,
+    sampling: FrameSampling,
+    *,
+    draw_markers: bool = True,
+    frame_memory_mb: float | None = 1024.0,
+    frame_spill_dir: str | None = None,
+    on_frame: Callable[[Frame], None] | None = None,
+) -> TrackedClip:
+    """The one way a video becomes a prompted clip — for inference, training-data preparation and pre-training.
+
+    One pass over ``frames`` (decoded in order): each goes to ``tracker`` (which also tracks every sampled frame,
+    so markers come from real observations, never from interpolation), the sampled ones are kept at native
+    resolution; once tracking ends the §3 markers are drawn on them and each is resized for the VLM (§4).
+    ``tracker=None`` skips tracking (time-only grounding: no markers). ``on_frame`` sees every frame (progress).
+    """
+    timings = {"decode": 0.0, "track": 0.0, "render": 0.0}
+    frames = iter(frames)
+    if tracker is not None:
+        tracker.start(info, always_track=frozenset(sampling.indices))
+    with SampledFrameCollector(sampling, frame_memory_mb, frame_spill_dir) as collector:
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            t1 = time.perf_counter()
+            timings["decode"] += (t1 - t0) * 1e3
+            if frame is None:
+                break
+            collector.add(frame)
+            if tracker is not None:
+                tracker.step(frame)
+            timings["track"] += (time.perf_counter() - t1) * 1e3
+            if on_frame is not None:
+                on_frame(frame)
+        t0 = time.perf_counter()
+        tracks = tracker.finish() if tracker is not None else TrackSet(info.width, info.height, info.fps,
+                                                                        info.num_frames)
+        timings["track"] += (time.perf_counter() - t0) * 1e3
+        if not collector.complete:
+            raise BadInputError(f"{info.path}: {len(collector.missing)} sampled frame(s) could not be decoded "
+                                f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
+        if collector.spilled:
+            logger.info("%d of %d sampled frames waited on disk (over frame_memory_mb)", collector.spilled,
+                        len(collector))
+        t0 = time.perf_counter()
+        clip = render_prompted_clip(collector.kept(), tracks, sampling, draw_markers=draw_markers and tracker is not None,
+                                    resize=True, video_fps=info.fps, num_video_frames=info.num_frames)
+        timings["render"] = (time.perf_counter() - t0) * 1e3
+        spilled = collector.spilled
+    return TrackedClip(info, sampling, tracks, clip, timings, spilled)

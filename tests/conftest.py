@@ -12,15 +12,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+"""Real data the tests need, copied into the repo with its provenance (``fixtures/README.md``)."""
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` (real HCSTVG-v2 queries and vtest.avi); tests skip if it is absent."""
-    if not SHARED_DATA.exists():
-        pytest.skip("../shared/data is not present")
-    return SHARED_DATA
+def fixtures() -> Path:
+    return FIXTURES
 
 
 def write_two_box_clip(path: Path, num_frames: int, width: int, height: int, wobble_a: int, wobble_b: int) -> Path:

@@ -124,10 +124,19 @@ def test_new_ids_start_at_one_and_are_never_reused():
 def test_every_k_and_always_track_choose_the_tracked_frames():
     n = 30
     red = ((220, 30, 30), 14, lambda f: (5 + 3 * f, 40))
-    ts = _track(_frames([red], n), ClassicalTrackerConfig(every=3, always_track=frozenset({4, 7})))
-    frames = ts.tracks[1].frames
+    tracker = ClassicalTracker(ClassicalTrackerConfig(every=3))
+
+    def track(always_track=frozenset()):
+        tracker.start(_info(n), always_track=always_track)
+        for i, img in enumerate(_frames([red], n)):
+            tracker.step(Frame(i, i / 10.0, img))
+        return tracker.finish().tracks[1].frames
+
+    frames = track(frozenset({4, 7}))
     assert set(frames) <= {f for f in range(n) if f % 3 == 0} | {4, 7}
     assert {4, 7} <= set(frames)
+    # the frames to always track belong to one video: the same tracker's next video tracks every 3rd frame only
+    assert set(track()) <= {f for f in range(n) if f % 3 == 0}
 
 
 def test_masks_are_native_size_rle_and_json_round_trips(tmp_path):

@@ -149,8 +149,8 @@ def test_vidstg_sentence_with_unknown_target_is_an_error(tmp_path):
         load_annotations(_write(tmp_path, [entry]))
 
 
-def test_real_hcstvg_v2_query_list_loads_as_query_only_samples(shared_data):
-    samples = load_annotations(shared_data / "hcstvg_v2_queries.json")
+def test_real_hcstvg_v2_query_list_loads_as_query_only_samples(fixtures):
+    samples = load_annotations(fixtures / "hcstvg_v2_queries.json")
     assert len(samples) == 2931
     first = samples[0]
     assert (first.key, first.video_stem, first.dataset) == ("3_5MxjqHfkWFI.mkv", "3_5MxjqHfkWFI", "queries")

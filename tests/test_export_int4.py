@@ -8,23 +8,22 @@ import pytest
 import torch
 from torch import nn
 
-from export import int4
-from export.int4 import (
+from stvgr1_edge.backends import int4
+from stvgr1_edge.backends.int4 import WeightOnlyInt4Linear, dequantize_int4, load_int4, pack_uint4x2, unpack_uint4x2
+from stvgr1_edge.backends.nf4 import require_nf4_runtime
+from stvgr1_edge.errors import BadInputError, MissingDependencyError
+import stvgr1_edge_export.int4
+from stvgr1_edge_export.int4 import (
     RANGE_SHRINKS,
-    WeightOnlyInt4Linear,
     cache_calibration_inputs,
     collect_input_hessians,
-    dequantize_int4,
-    load_int4,
-    pack_uint4x2,
+    int4_linear_from,
     quantize_int4_,
     quantize_weight_int4,
     quantize_weight_int4_gptq,
     save_int4,
-    unpack_uint4x2,
 )
-from export.nf4 import nf4_skip_modules, require_nf4_runtime
-from stvgr1_edge.errors import BadInputError, MissingDependencyError
+from stvgr1_edge_export.nf4 import nf4_skip_modules
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +112,7 @@ def test_uint4x2_packing_round_trips_with_even_index_in_high_nibble():
 def test_int4_linear_matches_dequantized_matmul(group_size):
     torch.manual_seed(group_size)
     linear = nn.Linear(256, 96, bias=True)
-    layer = WeightOnlyInt4Linear.from_linear(linear, group_size)
+    layer = int4_linear_from(linear, group_size)
     codes, scales, zeros = quantize_weight_int4(linear.weight, group_size)
     dense = dequantize_int4(codes, scales, zeros, group_size)
     x = torch.randn(2, 5, 256)
@@ -128,9 +127,9 @@ def test_int4_linear_matches_dequantized_matmul(group_size):
 def test_dequant_fallback_kernel_equals_packed_cpu_kernel(monkeypatch):
     torch.manual_seed(0)
     linear = nn.Linear(128, 64, bias=False)
-    packed = WeightOnlyInt4Linear.from_linear(linear, 64)
+    packed = int4_linear_from(linear, 64)
     monkeypatch.setattr(int4, "kernel_for", lambda device: "dequant")
-    fallback = WeightOnlyInt4Linear.from_linear(linear, 64)
+    fallback = int4_linear_from(linear, 64)
     assert fallback.kernel == "dequant"
     x = torch.randn(3, 128)
     with torch.no_grad():
@@ -206,7 +205,7 @@ def test_gptq_calibrates_one_decoder_layer_at_a_time_on_the_layers_already_quant
         calls.append((list(names), [isinstance(m, WeightOnlyInt4Linear) for m in model_.modules()].count(True)))
         return collect_input_hessians(model_, names, batches)
 
-    monkeypatch.setattr(int4, "collect_input_hessians", recording)
+    monkeypatch.setattr(stvgr1_edge_export.int4, "collect_input_hessians", recording)
     names = quantize_int4_(model, group_size=32, calibration=calibration)
     layers = [{n for n in names if n.startswith(f"model.language_model.layers.{i}.")} for i in range(2)]
     assert [set(c[0]) for c in calls] == layers  # one pass per layer, holding only that layer's matrices
@@ -219,7 +218,7 @@ def prepared(tmp_path_factory):
     from _train_helpers import write_mixed_synthetic
 
     from stvgr1_edge.tiny import save_tiny_model
-    from train.prepare import prepare_cache
+    from stvgr1_edge_train.prepare import prepare_cache
 
     root = tmp_path_factory.mktemp("calibration")
     annotations = write_mixed_synthetic(root / "data", num_small=2, num_wide=0)
@@ -229,7 +228,7 @@ def prepared(tmp_path_factory):
 
 def test_cache_calibration_inputs_are_the_prompted_clips_followed_by_the_models_answer(prepared):
     from stvgr1_edge.grounding import Grounder, GrounderConfig, VideoInputs
-    from train.cache import load_cached_samples, read_video_tensors
+    from stvgr1_edge.prepared import load_cached_samples, read_video_tensors
 
     cache, model_dir = prepared
     grounder = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", dtype="fp32"))
@@ -274,7 +273,7 @@ def test_load_refuses_a_folder_without_int4_file(tmp_path):
 def test_cuda_tinygemm_matches_dequantized_matmul_in_bf16():
     torch.manual_seed(0)
     linear = nn.Linear(512, 256, bias=True).cuda().to(torch.bfloat16)
-    layer = WeightOnlyInt4Linear.from_linear(linear, 128)
+    layer = int4_linear_from(linear, 128)
     assert layer.kernel == "cuda"
     codes, scales, zeros = quantize_weight_int4(linear.weight, 128)
     dense = dequantize_int4(codes, scales, zeros, 128)
@@ -319,7 +318,7 @@ def test_nf4_folder_round_trip_keeps_vision_tower_unquantized(tiny, tmp_path, pr
         pytest.skip("bitsandbytes 4-bit needs CUDA")
     import bitsandbytes as bnb
 
-    from export.nf4 import load_nf4, quantize_nf4_to_folder
+    from stvgr1_edge_export.nf4 import load_nf4, quantize_nf4_to_folder
     from stvgr1_edge.tiny import save_tiny_model
 
     model, processor = tiny

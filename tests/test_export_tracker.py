@@ -15,7 +15,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from export.tracker_onnx import (GRAPH_FILES, SPEC_FILE, example_inputs, export_tracker, memory_bank_size,  # noqa: E402
+from stvgr1_edge_export.tracker_onnx import (GRAPH_FILES, SPEC_FILE, example_inputs, export_tracker, memory_bank_size,  # noqa: E402
                                  torch_reference)
 from stvgr1_edge.masks import rle_iou  # noqa: E402
 from stvgr1_edge.tracking.base import Detections, Detector  # noqa: E402
@@ -113,8 +113,8 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])
 def test_onnx_tracker_masks_match_pytorch_tracker(tmp_path, clip, family):
-    from export.tracker_onnx import export_tracker_folder
-    from stvgr1_edge.bundle import OnnxSam2Tracker
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
+    from stvgr1_edge.backends.onnx_tracker import OnnxSam2Tracker
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from stvgr1_edge.tracking.tiny_configs import save_tiny_video_model
 

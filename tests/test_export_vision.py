@@ -14,7 +14,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export.vision_onnx import (  # noqa: E402
+from stvgr1_edge_export.vision_onnx import (  # noqa: E402
     INPUT_NAMES,
     METADATA_KEY,
     OnnxVisionEncoder,
@@ -153,7 +153,7 @@ def test_runtime_refuses_an_onnx_file_without_vision_metadata(onnx_paths, tmp_pa
 
 
 def test_large_graphs_write_external_data_loaded_by_path(tiny_model, tmp_path, monkeypatch):
-    import export.vision_onnx as vision_onnx
+    import stvgr1_edge_export.vision_onnx as vision_onnx
 
     path = tmp_path / "vision.onnx"
     monkeypatch.setattr(vision_onnx, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # the tiny tower counts as "large"
@@ -187,7 +187,7 @@ def test_runtime_session_options_and_side_inputs_cached_per_grid(onnx_paths):
 
 # ------------------------------------------------------------------------------------------------ TensorRT
 def test_tensorrt_missing_gives_one_line_saying_it_comes_from_nvidia(monkeypatch, onnx_paths, tmp_path):
-    from export.tensorrt import build_vision_engine
+    from stvgr1_edge_export.tensorrt import build_vision_engine
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(MissingDependencyError) as info:
@@ -197,7 +197,7 @@ def test_tensorrt_missing_gives_one_line_saying_it_comes_from_nvidia(monkeypatch
 
 
 def test_engine_profile_shapes_cover_min_to_max_grid(tiny_model):
-    from export.tensorrt import VisionEngineProfile, profile_shapes
+    from stvgr1_edge_export.tensorrt import VisionEngineProfile, profile_shapes
 
     profile = VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 8, 8), max_grid=(4, 16, 20))
     shapes = profile_shapes(tiny_model.model.visual.config, profile)
@@ -211,7 +211,7 @@ def test_tensorrt_engine_builds_with_metadata(onnx_paths, tmp_path):
     pytest.importorskip("tensorrt")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from export.tensorrt import VisionEngineProfile, build_vision_engine
+    from stvgr1_edge_export.tensorrt import VisionEngineProfile, build_vision_engine
 
     engine = tmp_path / "vision_fp16.engine"
     info = build_vision_engine(onnx_paths["fp16"], engine,
@@ -225,7 +225,7 @@ def test_tensorrt_runtime_matches_onnxruntime(tiny_model, onnx_paths, tmp_path):
     pytest.importorskip("tensorrt")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
-    from export.tensorrt import TrtVisionEncoder, VisionEngineProfile, build_vision_engine
+    from stvgr1_edge_export.tensorrt import TrtVisionEncoder, VisionEngineProfile, build_vision_engine
 
     engine = tmp_path / "vision_fp32.engine"
     build_vision_engine(onnx_paths["fp32"], engine,

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from train.recipes.nano.pretrain_vision import (IGNORE, MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig,
+from stvgr1_edge_train.recipes.nano.pretrain_vision import (IGNORE, MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig,
                                                 glyph_crop, label_classes, labelled_clip, pretrain_vision, small_scene,
                                                 video_tensors)
 
@@ -168,7 +168,7 @@ def test_event_weight_weighs_the_event_classes_against_none():
 
     import torch.nn.functional as F
 
-    from train.recipes.nano.pretrain_vision import TokenProbe, _losses_and_hits
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import TokenProbe, _losses_and_hits
 
     torch.manual_seed(0)
     probe = TokenProbe.build(16)
@@ -186,10 +186,10 @@ def test_event_weight_weighs_the_event_classes_against_none():
 
 
 def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
-    from train.cache import load_cached_dataset
-    from train.grpo import load_processor
-    from train.prepare import prepare_cache
-    from train.sft import FrozenVisionFeatures, SFTCollator, SFTRunConfig, run_sft
+    from stvgr1_edge_train.cache import load_cached_dataset
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.prepare import prepare_cache
+    from stvgr1_edge_train.sft import FrozenVisionFeatures, SFTCollator, SFTRunConfig, run_sft
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from stvgr1_edge.tiny import save_tiny_model
@@ -221,7 +221,7 @@ def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
 
 
 def test_recipe_sft_settings_are_sft_fields_and_a_misspelt_key_stops_the_run(tmp_path):
-    from train.recipes.nano.train_nano import RECIPE_DIR, sft_settings
+    from stvgr1_edge_train.recipes.nano.train_nano import RECIPE_DIR, sft_settings
 
     settings = sft_settings(RECIPE_DIR / "sft.yaml")
     assert settings["mark_target"] is True and settings["time_weight"] == 3.0 and settings["learning_rate"] == 5e-4
@@ -232,7 +232,7 @@ def test_recipe_sft_settings_are_sft_fields_and_a_misspelt_key_stops_the_run(tmp
 
 
 def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
-    from train.recipes.nano.probe_lm import ridge_probe
+    from stvgr1_edge_train.recipes.nano.probe_lm import ridge_probe
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 16))
@@ -249,8 +249,8 @@ def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
 def test_probe_states_start_with_the_towers_merged_tokens(tiny, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from train.recipes.nano.probe_lm import video_token_states
-    from train.video_inputs import ClipProcessor, collate_videos
+    from stvgr1_edge_train.recipes.nano.probe_lm import video_token_states
+    from stvgr1_edge_train.video_inputs import ClipProcessor, collate_videos
 
     from stvgr1_edge.prompt import grounding_prompt
 

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from train.recipes.nano.pretrain_text import (IGNORE, TextEpisodeEncoder, TextPretrainConfig, _id_positions, collate,
+from stvgr1_edge_train.recipes.nano.pretrain_text import (IGNORE, TextEpisodeEncoder, TextPretrainConfig, _id_positions, collate,
                                               line_end_weights, pretrain_text, text_episode)
 
 
@@ -105,7 +105,7 @@ def test_line_end_weight_lands_on_the_line_checks(tiny):
 
 
 def test_check_tags_mark_exactly_the_target_line_and_only_the_tags_are_labelled(tiny):
-    from train.sft import checked_label, query_attributes
+    from stvgr1_edge_train.sft import checked_label, query_attributes
 
     assert query_attributes("The pink circle turns green.") == (None, "pink", "circle")
     assert query_attributes("the small star spins around") == ("small", None, "star")

@@ -122,6 +122,9 @@ class ScriptedGrounder:
         self.inner, self.answer_text, self.config = grounder, answer_text, grounder.config
         self.encode_calls = 0
 
+    def check_prompt_fits(self, prompt_text: str, num_visual_tokens: int) -> None:
+        self.inner.check_prompt_fits(prompt_text, num_visual_tokens)
+
     def encode_video(self, clip):
         self.encode_calls += 1
         return self.inner.encode_video(clip)
@@ -187,7 +190,7 @@ def test_markers_are_drawn_on_the_frames_the_model_sees(synth_dir, annotation, g
 def test_frames_waiting_on_disk_give_the_model_the_same_pixels(synth_dir, annotation, grounder, tmp_path, caplog):
     """frame_memory_mb=0 sends every sampled frame to a temporary folder while tracking runs: the clip the model
     sees is the same, already at the VLM's size, and the folder is gone afterwards."""
-    caplog.set_level("INFO", logger="stvgr1_edge.pipeline")
+    caplog.set_level("INFO", logger="stvgr1_edge.prompted")
     answer = "<answer>Target ID: 1, Time range: 1.00 to 2.00</answer>"
     seen = {mode: clip_seen_by_the_model(synth_dir, annotation, grounder,
                                          PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path)), answer)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,8 @@ import pytest
 from stvgr1_edge.errors import BadInputError
 from stvgr1_edge.prompt import STVG_R1_PROMPT, TIME_ONLY_PROMPT, grounding_prompt, normalize_query, time_only_prompt
 
-REFERENCE_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "STVG-R1.md"
+REFERENCE_PROMPT = Path(__file__).resolve().parent / "fixtures" / "stvg_r1_prompt.txt"
+"""STVG-R1.md §5's code block, byte for byte (see fixtures/README.md)."""
 
 # The §5 text, typed out again here line by line, so the test does not depend on the module's own string.
 EXPECTED_LINES = [
@@ -32,18 +32,8 @@ EXPECTED_LINES = [
 ]
 
 
-def section_5_block() -> str:
-    text = REFERENCE_MD.read_text(encoding="utf-8")
-    section = text[text.index("## 5."):text.index("## 6.")]
-    match = re.search(r"```\n(.*?)\n```", section, re.DOTALL)
-    assert match, "no code block in STVG-R1.md §5"
-    return match.group(1)
-
-
 def test_template_matches_the_reference_document_exactly():
-    if not REFERENCE_MD.exists():
-        pytest.skip("shared/reference/STVG-R1.md is not present")
-    assert STVG_R1_PROMPT == section_5_block()
+    assert STVG_R1_PROMPT.encode("utf-8") == REFERENCE_PROMPT.read_bytes()
 
 
 def test_template_lines_and_newlines():
@@ -113,8 +103,8 @@ def test_non_ascii_query_is_inserted_once_and_intact():
     assert prompt.encode("utf-8").decode("utf-8") == prompt
 
 
-def test_all_real_hcstvg_v2_queries_format(shared_data):
-    queries = json.loads((shared_data / "hcstvg_v2_queries.json").read_text(encoding="utf-8"))
+def test_all_real_hcstvg_v2_queries_format(fixtures):
+    queries = json.loads((fixtures / "hcstvg_v2_queries.json").read_text(encoding="utf-8"))
     assert len(queries) == 2931
     head, tail = STVG_R1_PROMPT.split("[EVENT]")
     for video, query in queries.items():

@@ -75,9 +75,9 @@ def test_scripted_objects_keep_ids_from_one_across_keyframes(models, clip, famil
 
 def test_every_two_tracks_even_frames_and_always_track_with_disjoint_masks(models, clip):
     detector = ScriptedDetector(with_masks=False)
-    config = Sam2TrackerConfig(every=2, always_track=frozenset({3}), keyframe_interval=3)
+    config = Sam2TrackerConfig(every=2, keyframe_interval=3)
     tracker = Sam2Tracker(models[("sam2", 20.0)], detector, config)
-    tracks = tracker.track_video(str(clip))
+    tracks = tracker.track_video(str(clip), always_track=frozenset({3}))
     tracked = {0, 2, 3, 4, 6, 8, 10}
     assert detector.calls == 3  # tracked frames #0, #3, #6 = native 0, 4, 8
     assert tracks.ids == list(range(1, len(tracks) + 1))

@@ -88,8 +88,8 @@ def test_track_every_k_tracks_only_those_frames(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--tracker", "nope"], "unknown tracker"),
-    (["--tracker", "sam2"], "--model"),
-    (["--model", "some/model"], "no model"),
+    (["--tracker", "sam2"], "--tracker-model"),
+    (["--tracker-model", "some/model"], "no model"),
     (["--detector", "some/detector"], "--detector"),
 ])
 def test_bad_tracker_options_exit_2(tmp_path, capsys, argv, fragment):
@@ -100,9 +100,11 @@ def test_bad_tracker_options_exit_2(tmp_path, capsys, argv, fragment):
 
 
 def test_make_tracker_classical_and_errors():
-    tracker = make_tracker("classical", every=3, keyframe_interval=5, always_track=[7])
+    tracker = make_tracker("classical", every=3, keyframe_interval=5)
     assert isinstance(tracker, ClassicalTracker)
-    assert (tracker.config.every, tracker.config.keyframe_interval, tracker.config.always_track) == (3, 5, frozenset({7}))
+    assert (tracker.config.every, tracker.config.keyframe_interval) == (3, 5)
+    with pytest.raises(AttributeError):  # settings are frozen: per-video state goes to start()
+        tracker.config.every = 1  # type: ignore[misc]
     with pytest.raises(MissingWeightsError):
         make_tracker("edgetam")
     with pytest.raises(BadInputError):

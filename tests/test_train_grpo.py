@@ -10,9 +10,9 @@ pytest.importorskip("trl")
 import torch
 from trl import GRPOTrainer
 
-from train.cache import load_cached_dataset
-from train.grpo import MissingVideoError, build_grpo_trainer, load_run_config, run_grpo
-from train.prepare import prepare_cache
+from stvgr1_edge_train.cache import load_cached_dataset
+from stvgr1_edge_train.grpo import MissingVideoError, build_grpo_trainer, load_run_config, run_grpo
+from stvgr1_edge_train.prepare import prepare_cache
 
 from _train_helpers import write_mixed_synthetic
 
@@ -150,9 +150,9 @@ def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
 
 
 def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
-    from train.grpo import load_processor
+    from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge.prompt import normalize_query
-    from train.sft import SFTCollator, SFTRunConfig, run_sft, target_answer
+    from stvgr1_edge_train.sft import SFTCollator, SFTRunConfig, run_sft, target_answer
 
     processor, _ = load_processor(setup.model)
     rows = list(load_cached_dataset(setup.cache))[:2]
@@ -199,9 +199,9 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
 def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(setup):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from train.grpo import load_processor
+    from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge.prompt import normalize_query
-    from train.sft import (SFTCollator, WeightedLossMixin, checked_label, query_attributes,
+    from stvgr1_edge_train.sft import (SFTCollator, WeightedLossMixin, checked_label, query_attributes,
                            weighted_next_token_loss)
 
     processor, _ = load_processor(setup.model)
@@ -255,8 +255,8 @@ def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(se
 
 
 def test_sft_time_weight_weighs_exactly_the_digits_of_both_time_ranges(setup):
-    from train.grpo import load_processor
-    from train.sft import SFTCollator
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import SFTCollator
 
     processor, _ = load_processor(setup.model)
     tok = processor.tokenizer
@@ -278,8 +278,8 @@ def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_
 
     from stvgr1_edge.errors import BadInputError
     from stvgr1_edge.sampling import sample_frame_indices
-    from train.grpo import load_processor
-    from train.sft import SFTCollator
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import SFTCollator
 
     processor, _ = load_processor(setup.model)
     tok = processor.tokenizer
@@ -316,7 +316,7 @@ def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_
 
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge.cli import main as stvg_main
-    from train.cli import main as train_main
+    from stvgr1_edge_train.cli import main as train_main
 
     out = tmp_path / "cli"
     code = stvg_main(["train", "grpo", "--config", "train/configs/grpo_stvg_r1.yaml", "--data", setup.cache,

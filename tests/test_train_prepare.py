@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("trl")
 
 from stvgr1_edge.tracks import TrackSet
-from train.cache import load_cached_samples, read_video_tensors, sample_path
-from train.prepare import GTIdConfig, PrepareConfig, assign_gt_id, match_tracks_to_gt, prepare_cache
+from stvgr1_edge.prepared import load_cached_samples, read_video_tensors, sample_path
+from stvgr1_edge_train.prepare import GTIdConfig, PrepareConfig, assign_gt_id, match_tracks_to_gt, prepare_cache
 
 from _train_helpers import SMALL, write_mixed_synthetic
 
@@ -142,3 +142,36 @@ def test_prepare_cache_parallel_workers_match_serial(synthetic, tmp_path):
     for s in load_cached_samples(tmp_path / "b"):
         assert read_video_tensors(tmp_path / "b" / s.video_file).pixel_values_videos.equal(
             read_video_tensors(tmp_path / "a" / a[s.sample_id].video_file).pixel_values_videos)
+
+
+def _cache_digest(cache) -> dict:
+    """Per sample: a hash of its metadata (without the cache's file names, which depend on where the videos
+    lie) and a hash of its video's tensors."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted((cache / "samples").glob("*.json")):
+        sample = json.loads(path.read_text())
+        tensors = load_file(str(cache / sample["video_file"]))
+        digest = hashlib.sha256()
+        for key in sorted(tensors):
+            digest.update(key.encode())
+            digest.update(tensors[key].contiguous().numpy().tobytes())
+        meta = {k: v for k, v in sample.items() if k != "video_file"}
+        out[sample["sample_id"]] = {"json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
+                                    "tensors": digest.hexdigest()}
+    return out
+
+
+def test_prepared_cache_is_byte_identical_to_the_recorded_reference(tmp_path):
+    """Preparation goes through the runtime's `track_and_prompt`, the same function inference uses; its output
+    (sample metadata and processor tensors) equals, bit for bit, what the preparation wrote before that function
+    existed (tests/fixtures/prepare_digest.json, see the fixtures README)."""
+    from pathlib import Path
+
+    reference = json.loads((Path(__file__).parent / "fixtures" / "prepare_digest.json").read_text())
+    annotations = write_mixed_synthetic(tmp_path / "data", num_small=2, num_wide=1)
+    prepare_cache(annotations, tmp_path / "cache")
+    assert _cache_digest(tmp_path / "cache") == reference

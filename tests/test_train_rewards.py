@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from train.rewards import (RewardConfig, boundary_penalty_reward, build_reward_funcs, format_reward, id_match_reward,
+from stvgr1_edge_train.rewards import (RewardConfig, boundary_penalty_reward, build_reward_funcs, format_reward, id_match_reward,
                            interval_iou, temporal_iou_reward, total_reward)
 
 GOOD = "<think>the cross shrinks between 2 and 6</think>\n<answer>Target ID: 3, Time range: 2.00 to 6.00</answer>"

@@ -1,5 +1,5 @@
-"""`python -m train prepare|grpo|sft ...`"""
+"""`python -m stvgr1_edge_train prepare|grpo|sft ...`"""
 
-from train.cli import main
+from stvgr1_edge_train.cli import main
 
 raise SystemExit(main())

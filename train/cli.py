@@ -1,4 +1,4 @@
-"""`stvg-edge train prepare|grpo|sft` (also `python -m train ...`). The CLI prints; the library logs."""
+"""`stvg-edge train prepare|grpo|sft` (also `python -m stvgr1_edge_train ...`). The CLI prints; the library logs."""
 
 from __future__ import annotations
 
@@ -122,19 +122,19 @@ def sft(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m train`: user errors end in one line on stderr and exit code 2."""
+    """`python -m stvgr1_edge_train`: user errors end in one line on stderr and exit code 2."""
     try:  # typer >= 0.26 vendors click; older typer uses the click package
         from typer._click import exceptions as click_exceptions
     except ImportError:  # pragma: no cover - depends on the installed typer
         from click import exceptions as click_exceptions
 
     try:
-        result = app(args=argv, prog_name="python -m train", standalone_mode=False)
+        result = app(args=argv, prog_name="python -m stvgr1_edge_train", standalone_mode=False)
     except StvgError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
     except click_exceptions.UsageError as exc:
-        typer.echo(f"error: {exc.format_message()} (see: python -m train --help)", err=True)
+        typer.echo(f"error: {exc.format_message()} (see: python -m stvgr1_edge_train --help)", err=True)
         return 2
     except typer.Exit as exc:
         return exc.exit_code

@@ -5,7 +5,7 @@ and time range, so nothing is decoded or tracked again (``stvg-edge eval`` and `
 whole pipeline instead). Per sample: the answer's ID against ``gt_id``, its time range against the GT range (tIoU in
 seconds), the format, and the weighted reward.
 
-    python -m train.evaluate MODEL CACHE [--num N]
+    python -m stvgr1_edge_train.evaluate MODEL CACHE [--num N]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def evaluate_cache(model: str, cache: str | Path, num: int | None = None, max_ne
 
     from stvgr1_edge.grounding import Grounder, GrounderConfig
 
-    from .cache import cached_model_inputs, load_cached_samples
+    from stvgr1_edge.prepared import cached_model_inputs, load_cached_samples
 
     grounder = Grounder.from_pretrained(GrounderConfig(model=str(model), device=device, dtype="fp32",
                                                        max_new_tokens=max_new_tokens))
@@ -60,7 +60,7 @@ def evaluate_cache(model: str, cache: str | Path, num: int | None = None, max_ne
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Model folder or hub id.")
     parser.add_argument("cache", help="Cache folder from `stvg-edge train prepare`.")

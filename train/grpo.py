@@ -14,7 +14,7 @@ and the vision tower never receives a gradient — silently. :class:`VideoGRPOTr
   and ``mm_token_type_ids``, and **raises** when no video is attached or the placeholder count disagrees.
 
 Run with ``stvg-edge train grpo --config train/configs/grpo_stvg_r1.yaml`` (single process) or
-``accelerate launch --config_file train/configs/zero3.yaml -m train grpo --config ...`` (DeepSpeed).
+``accelerate launch --config_file train/configs/zero3.yaml -m stvgr1_edge_train grpo --config ...`` (DeepSpeed).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from trl.trainer.utils import RepeatSampler
 
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
 
-from .cache import read_video_tensors
+from stvgr1_edge.prepared import read_video_tensors
 from .checkpoint import ExactResumeMixin
 from .rewards import RewardConfig, build_reward_funcs
 from .video_inputs import ClipProcessor, VideoTensors, collate_videos, video_token_type_ids
@@ -63,7 +63,7 @@ class MissingVideoError(RuntimeError):
 
 class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
     """``GRPOTrainer`` for rows ``{"prompt": STVG-R1 prompt text, "video_file": cached tensors, ...}``; resumes
-    full-weight checkpoints exactly (:class:`~train.checkpoint.ExactResumeMixin`)."""
+    full-weight checkpoints exactly (:class:`~stvgr1_edge_train.checkpoint.ExactResumeMixin`)."""
 
     def __init__(self, *args: Any, video_cache_size: int = 64, **kwargs: Any) -> None:
         hooks = ("_tokenize_prompts", "_generate_single_turn", "_get_per_token_logps_and_entropies", "_compute_loss")
@@ -128,7 +128,7 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if not inputs or "video_file" not in inputs[0]:
             raise MissingVideoError("dataset rows have no 'video_file' column: build the dataset with "
-                                    "train.cache.load_cached_dataset")
+                                    "stvgr1_edge_train.cache.load_cached_dataset")
         videos = [self.load_video(row["video_file"]) for row in inputs]
         if self.model.training:
             self.seen_sample_ids.extend(str(row.get("sample_id", "")) for row in inputs)

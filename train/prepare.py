@@ -7,7 +7,7 @@ Per video (one tracking pass serves every sample on it):
    the GT frames, with an IoU floor and a minimum vote share (the reference has neither). Samples that fail
    are **reported** (``report.json``: reason, votes), never silently dropped;
 3. draw the ID markers on the sampled frames, run the grounder's preprocessing (:class:`ClipProcessor`) and
-   write the tensors once per video plus one metadata JSON per sample (:mod:`train.cache`).
+   write the tensors once per video plus one metadata JSON per sample (:mod:`stvgr1_edge.prepared`).
 
 Resumable (complete samples are skipped) and parallel over videos (``concurrent.futures`` processes).
 When the annotations carry the true target (synthetic data: ``target_id`` + ``gt_tracks``), every assignment
@@ -32,7 +32,8 @@ from stvgr1_edge.masks import box_iou_matrix
 from stvgr1_edge.sampling import SamplingConfig
 from stvgr1_edge.tracks import TrackSet
 
-from .cache import CachedSample, sample_is_complete, video_file_name, write_sample, write_video_tensors
+from stvgr1_edge.prepared import (CachedSample, sample_is_complete, video_file_name, write_sample,
+                                  write_video_tensors)
 from .video_inputs import ClipProcessor, VideoTensors
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
                           processor: ClipProcessor | None = None) -> list[dict[str, Any]]:
     """Track one video once and cache every sample on it; returns one result dict per sample."""
     from stvgr1_edge.prompt import grounding_prompt
-    from stvgr1_edge.prompted import SampledFrameCollector, render_prompted_clip
+    from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.tracking.factory import make_tracker
     from stvgr1_edge.video import iter_frames, probe_video
@@ -200,14 +201,10 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
         info = probe_video(video_path)
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, config.sampling)
         tracker = make_tracker(config.tracker, model=config.tracker_model, detector=config.detector,
-                               device=config.device, always_track=sampling.indices)
-        with SampledFrameCollector(sampling, memory_mb=1024) as collector:  # past 1 GB, frames wait on disk
-            tracker.start(info)
-            for frame in collector.watch(iter_frames(video_path, info=info)):
-                tracker.step(frame)
-            tracks = tracker.finish()
-            clip = render_prompted_clip(collector.kept(), tracks, sampling, resize=True, video_fps=info.fps,
-                                        num_video_frames=info.num_frames)
+                               device=config.device)
+        # past 1 GB, the sampled frames wait on disk
+        tracked = track_and_prompt(iter_frames(video_path, info=info), info, tracker, sampling, frame_memory_mb=1024)
+        tracks, clip = tracked.tracks, tracked.clip
     except (StvgError, ValueError) as exc:
         return [_sample_result(s, "failed", f"video {video_path}: {exc}") for s in samples]
     track_s = time.perf_counter() - start

@@ -19,7 +19,7 @@ import torch
 from stvgr1_edge.errors import BadInputError
 from stvgr1_edge.prompt import normalize_query
 
-from .cache import read_video_tensors
+from stvgr1_edge.prepared import read_video_tensors
 from .checkpoint import ExactResumeMixin
 from .video_inputs import ClipProcessor, collate_videos, video_token_type_ids
 

@@ -10,10 +10,10 @@ one ``video_grid_thw`` row and one ``second_per_grid_ts`` entry per video, in ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from stvgr1_edge.grounding import GroundingInputs
+from stvgr1_edge.prepared import VideoTensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,24 +33,6 @@ class ClipProcessor(GroundingInputs):
                 "image_mean": [round(float(v), 6) for v in vp.image_mean],
                 "image_std": [round(float(v), 6) for v in vp.image_std]}
 
-
-@dataclass(frozen=True)
-class VideoTensors:
-    """One video's processor tensors (CPU)."""
-
-    pixel_values_videos: "torch.Tensor"
-    """(num_patches, C * temporal_patch * patch * patch)."""
-    video_grid_thw: "torch.Tensor"
-    """(1, 3) patch grid."""
-    second_per_grid_ts: "torch.Tensor"
-    """(1,) seconds per temporal patch."""
-
-    @property
-    def num_patches(self) -> int:
-        return int(self.video_grid_thw.prod())
-
-    def num_visual_tokens(self, merge_size: int) -> int:
-        return self.num_patches // merge_size**2
 
 
 def collate_videos(videos: Sequence[VideoTensors], device=None) -> dict[str, "torch.Tensor"]:

@@ -1,15 +1,16 @@
 """The tracking seam: detections in, a streaming tracker, a ``TrackSet`` out.
 
 A tracker sees one decoded frame at a time (``step``) and keeps only what it needs (bounded memory);
-``finish`` returns the ``TrackSet``. It runs on every ``every``-th frame plus any frame listed in
-``always_track`` (the pipeline passes the frames the VLM will see, so markers are drawn from real
-observations there, never from interpolation).
+``finish`` returns the ``TrackSet``. Settings are frozen configs; what belongs to one video is made by ``start``:
+the tracker's state and its :class:`TrackingSchedule` — every ``every``-th frame plus the frames passed as
+``always_track`` (the pipeline passes the frames the VLM will see, so markers are drawn from real observations
+there, never from interpolation).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -61,7 +62,7 @@ class Detector(ABC):
     def __call__(self, image: np.ndarray) -> Detections: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackerConfig:
     """Shared tracker settings. Defaults follow STVG-R1 §2."""
 
@@ -69,18 +70,34 @@ class TrackerConfig:
     """Track every k-th frame; frames in between are interpolated when a tube is built."""
     keyframe_interval: int = 15
     """Run the detector again every this many *tracked* frames (the reference: 15)."""
-    always_track: frozenset[int] = field(default_factory=frozenset)
-    """Frame indices that are tracked regardless of ``every`` (e.g. the frames sampled for the VLM)."""
+
+
+@dataclass(frozen=True)
+class TrackingSchedule:
+    """Which frames of one video are tracked: every ``every``-th, plus ``always_track``."""
+
+    every: int = 1
+    always_track: frozenset[int] = frozenset()
+    """Frame indices tracked regardless of ``every`` (e.g. the frames sampled for the VLM)."""
+
+    def should_track(self, index: int) -> bool:
+        return index % self.every == 0 or index in self.always_track
 
 
 class StreamingTracker(ABC):
     """Frame-by-frame tracker with temporally consistent integer IDs starting at 1."""
 
     config: TrackerConfig
+    schedule: TrackingSchedule = TrackingSchedule()
+    """This video's schedule, set by :meth:`start` (via :meth:`_schedule_video`)."""
 
     @abstractmethod
-    def start(self, info: VideoInfo) -> None:
-        """Reset state for a new video."""
+    def start(self, info: VideoInfo, always_track: frozenset[int] = frozenset()) -> None:
+        """Reset state for a new video; ``always_track``: frames to track whatever ``config.every`` says.
+        Implementations call :meth:`_schedule_video` first."""
+
+    def _schedule_video(self, always_track: frozenset[int] | set[int] | tuple[int, ...]) -> None:
+        self.schedule = TrackingSchedule(self.config.every, frozenset(int(i) for i in always_track))
 
     @abstractmethod
     def step(self, frame: Frame) -> None:
@@ -91,13 +108,14 @@ class StreamingTracker(ABC):
         """Flush and return all tracks."""
 
     def should_track(self, index: int) -> bool:
-        return index % self.config.every == 0 or index in self.config.always_track
+        return self.schedule.should_track(index)
 
     def track_video(self, path: str, info: VideoInfo | None = None,
-                    on_frame: Callable[[Frame], None] | None = None) -> TrackSet:
+                    on_frame: Callable[[Frame], None] | None = None,
+                    always_track: frozenset[int] = frozenset()) -> TrackSet:
         """Convenience: decode ``path`` once and track it (``on_frame`` sees every frame, e.g. a progress bar)."""
         info = info or probe_video(path)
-        self.start(info)
+        self.start(info, always_track)
         for frame in iter_frames(path, info=info):
             self.step(frame)
             if on_frame is not None:

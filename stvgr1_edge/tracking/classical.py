@@ -80,7 +80,7 @@ _INVALID = 1e6
 # ---------------------------------------------------------------------------------------------------
 # Detector
 # ---------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ClassicalDetectorConfig:
     """Background-subtraction detector settings (pixel values are 0–255)."""
 
@@ -281,7 +281,7 @@ class ClassicalDetector(Detector):
 # ---------------------------------------------------------------------------------------------------
 # Tracker
 # ---------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ClassicalTrackerConfig(TrackerConfig):
     """Classical tracker settings (times in seconds of video, distances in units of the box diagonal)."""
 
@@ -515,7 +515,8 @@ class ClassicalTracker(StreamingTracker):
         self._info: VideoInfo | None = None
 
     # -- StreamingTracker ---------------------------------------------------------------------------
-    def start(self, info: VideoInfo) -> None:
+    def start(self, info: VideoInfo, always_track: frozenset[int] = frozenset()) -> None:
+        self._schedule_video(always_track)
         self._info = info
         self.detector.reset()
         self._tracks: list[_TrackState] = []

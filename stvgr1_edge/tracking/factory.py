@@ -6,8 +6,6 @@ transformers.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 from ..errors import BadInputError, MissingWeightsError
 from .base import Detector, StreamingTracker
 
@@ -33,7 +31,6 @@ def make_tracker(
     device: str = "cpu",
     every: int = 1,
     keyframe_interval: int = 15,
-    always_track: Iterable[int] = (),
     text_prompt: str | None = None,
     person_only: bool = False,
     dtype=None,
@@ -49,24 +46,22 @@ def make_tracker(
         raise BadInputError(f"--every must be >= 1, got {every}")
     if keyframe_interval < 1:
         raise BadInputError(f"--keyframe-interval must be >= 1, got {keyframe_interval}")
-    always = frozenset(int(i) for i in always_track)
     if name == "classical":
         if model is not None:
-            raise BadInputError("the classical tracker uses no model: drop --model, or pick --tracker sam2|edgetam")
+            raise BadInputError("the classical tracker uses no model: drop --tracker-model, or pick --tracker sam2|edgetam")
         if detector not in (None, "classical"):
             raise BadInputError("the classical tracker has its own background-subtraction detector: "
                                 "drop --detector, or pick --tracker sam2|edgetam")
         from .classical import ClassicalTracker, ClassicalTrackerConfig
 
-        return ClassicalTracker(ClassicalTrackerConfig(every=every, keyframe_interval=keyframe_interval,
-                                                       always_track=always))
+        return ClassicalTracker(ClassicalTrackerConfig(every=every, keyframe_interval=keyframe_interval))
     if name in ("sam2", "edgetam"):
         if model is None:
-            raise MissingWeightsError(f"--tracker {name} needs weights: pass --model HUB_ID or a local folder "
+            raise MissingWeightsError(f"--tracker {name} needs weights: pass --tracker-model HUB_ID or a local folder "
                                       f"(or use --tracker classical, which needs none)")
         from .sam2 import Sam2Tracker, Sam2TrackerConfig
 
-        config = Sam2TrackerConfig(every=every, keyframe_interval=keyframe_interval, always_track=always)
+        config = Sam2TrackerConfig(every=every, keyframe_interval=keyframe_interval)
         det = make_detector(detector, device=device, text_prompt=text_prompt, person_only=person_only)
         return Sam2Tracker(model, det, config, device=device, dtype=dtype, family=name)
     raise BadInputError(f"unknown tracker {name!r}: choose one of {', '.join(TRACKER_NAMES)}")

@@ -20,7 +20,8 @@ class ReplayTracker(StreamingTracker):
         self.source = source
         self.config = TrackerConfig()
 
-    def start(self, info: VideoInfo) -> None:
+    def start(self, info: VideoInfo, always_track: frozenset[int] = frozenset()) -> None:
+        self._schedule_video(always_track)
         t = self.tracks
         if (t.width, t.height, t.num_frames) != (info.width, info.height, info.num_frames):
             raise BadInputError(

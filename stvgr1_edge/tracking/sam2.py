@@ -42,9 +42,9 @@ DEFAULT_CHECKPOINTS = {"sam2": "facebook/sam2.1-hiera-tiny", "edgetam": "yonigoz
 """Hub ids used when a user names only the family."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sam2TrackerConfig(TrackerConfig):
-    """SAM2/EdgeTAM tracker settings (plus ``every``, ``keyframe_interval``, ``always_track``)."""
+    """SAM2/EdgeTAM tracker settings (plus ``every`` and ``keyframe_interval``)."""
 
     ids: IdManagerConfig = field(default_factory=IdManagerConfig)
     """Keyframe ID rules (STVG-R1 §2 thresholds, re-linking, refresh)."""
@@ -144,7 +144,8 @@ class Sam2Tracker(StreamingTracker):
         self._tracks: TrackSet | None = None
 
     # -- StreamingTracker -------------------------------------------------------------------------
-    def start(self, info: VideoInfo) -> None:
+    def start(self, info: VideoInfo, always_track: frozenset[int] = frozenset()) -> None:
+        self._schedule_video(always_track)
         seg = self.segmenter
         self._session = seg.processor.init_video_session(inference_device=seg.device, dtype=seg.dtype)
         self._size = (int(info.height), int(info.width))

@@ -1,6 +1,6 @@
 """Build the randomly initialised nano Qwen2.5-VL (the SFT starting point) and its processor.
 
-    python -m train.recipes.nano.build_nano runs/nano/init
+    python -m stvgr1_edge_train.recipes.nano.build_nano runs/nano/init
 
 The tokenizer is :func:`stvgr1_edge.tiny.build_tokenizer` trained on the STVG-R1 prompt, the answer format and the
 synthetic domain's vocabulary (colours, shapes, sizes, events, query templates); the architecture is Qwen2.5-VL's

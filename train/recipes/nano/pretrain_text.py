@@ -1,6 +1,6 @@
 """Stage 0b of the nano recipe: teach the language model to match the query with an object inventory (text only).
 
-    python -m train.recipes.nano.pretrain_text MODEL_DIR OUT_DIR [--steps N]
+    python -m stvgr1_edge_train.recipes.nano.pretrain_text MODEL_DIR OUT_DIR [--steps N]
 
 With ``describe_objects`` the SFT answer first lists what each marked object is ("Object 1: small red square. …"),
 restates the query, then names the ID. After SFT on the video (stop 11) the inventory read the clips (colours,
@@ -16,7 +16,7 @@ IDs are 1..N as the tracker numbers tracks; a few inventory lines are "unclear",
 training cache. The vision tower is not touched.
 
 With ``check_attributes`` (the default since stop 14) each word of a line carries a check tag ("Object 2:
-large+ pink+ circle+, the target."; ``train.sft.checked_label``). With one check at the line's end, the LM marked
+large+ pink+ circle+, the target."; ``stvgr1_edge_train.sft.checked_label``). With one check at the line's end, the LM marked
 lines by their shape alone, the word right before the check (text-only probe, 256 episodes: no line with the wrong
 shape marked, 7-21% of those with the right shape and a wrong colour or size, 47-57% of the fully matching ones);
 with a tag after every word each decision is about the word just written, and the last tag was right on all 517
@@ -37,7 +37,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-logger = logging.getLogger("train.recipes.nano.pretrain_text")
+logger = logging.getLogger("stvgr1_edge_train.recipes.nano.pretrain_text")
 
 IGNORE = -100
 """Label of tokens the loss skips."""
@@ -67,10 +67,10 @@ class TextPretrainConfig:
     (", the target." or ".") or, with ``check_attributes``, each check tag: the line check itself. Its few tokens
     are outnumbered by the restated query's and the template's, which the LM learns first."""
     check_attributes: bool = True
-    """With ``mark_target``: a check tag after each word of each line (``train.sft.target_answer``); the tags are
+    """With ``mark_target``: a check tag after each word of each line (``stvgr1_edge_train.sft.target_answer``); the tags are
     labelled, the words not."""
     mark_target: bool = True
-    """The answer of ``train.sft.target_answer(..., mark_target=True)`` (the query first, the target's line marked),
+    """The answer of ``stvgr1_edge_train.sft.target_answer(..., mark_target=True)`` (the query first, the target's line marked),
     as SFT then uses (``sft.yaml``); False: the plain describe-objects answer."""
 
 
@@ -105,7 +105,7 @@ def text_episode(rng: np.random.Generator, config: TextPretrainConfig = TextPret
 
 class TextEpisodeEncoder:
     """Episode → ``(input_ids, labels)``: the grounder's chat layout without the video, then the answer of
-    :func:`train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no video to
+    :func:`stvgr1_edge_train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no video to
     read it from), the word after the last line (how many lines there are is the video's too) and the times."""
 
     def __init__(self, processor, mark_target: bool = True, check_attributes: bool = False) -> None:
@@ -128,7 +128,7 @@ class TextEpisodeEncoder:
         return text.replace(self.video_block, "")
 
     def __call__(self, episode: dict) -> tuple[list[int], list[int]]:
-        from train.sft import check_tag_offsets, line_spans, target_answer
+        from stvgr1_edge_train.sft import check_tag_offsets, line_spans, target_answer
 
         objects = tuple(zip(episode["valid_ids"], episode["object_labels"]))
         answer = target_answer(episode["gt_id"], episode["gt_start_s"], episode["gt_end_s"], episode["query"], objects,
@@ -150,8 +150,8 @@ class TextEpisodeEncoder:
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Encoded episodes → a right-padded batch (``train.sft.pad_right``)."""
-    from train.sft import pad_right
+    """Encoded episodes → a right-padded batch (``stvgr1_edge_train.sft.pad_right``)."""
+    from stvgr1_edge_train.sft import pad_right
 
     return pad_right([ids for ids, _ in pairs], [lab for _, lab in pairs], pad_id)
 
@@ -225,7 +225,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     (``steps=0`` only swaps the tower in)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from train.sft import weighted_next_token_loss
+    from stvgr1_edge_train.sft import weighted_next_token_loss
 
     from .pretrain_vision import save_stage, warmup_cosine
 
@@ -275,7 +275,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.pretrain_text", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.pretrain_text", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Model folder to start from (the vision stage's output).")
     parser.add_argument("out", help="Output folder (whole model + processor).")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="Loss weight of each inventory line's end (the line check).")
     parser.add_argument("--check-attributes", action=argparse.BooleanOptionalAction,
                         default=TextPretrainConfig.check_attributes,
-                        help="A check tag after each word of each inventory line (train.sft.target_answer).")
+                        help="A check tag after each word of each inventory line (stvgr1_edge_train.sft.target_answer).")
     parser.add_argument("--tower", default=None,
                         help="Take the vision tower from this model folder (see pretrain_text); with --steps 0, "
                              "only that.")

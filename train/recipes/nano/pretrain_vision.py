@@ -1,6 +1,6 @@
 """Stage 0 of the nano recipe: teach the random vision tower to see markers, objects and events (dense labels).
 
-    python -m train.recipes.nano.pretrain_vision INIT_DIR OUT_DIR [--steps N]
+    python -m stvgr1_edge_train.recipes.nano.pretrain_vision INIT_DIR OUT_DIR [--steps N]
 
 A 4.7 M-parameter VLM trained from scratch on the STVG answer alone gets one supervised ID token per clip. In stop 9
 it never learned to read the markers: its video features hardly varied from token to token. So the vision tower
@@ -39,7 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-logger = logging.getLogger("train.recipes.nano.pretrain_vision")
+logger = logging.getLogger("stvgr1_edge_train.recipes.nano.pretrain_vision")
 
 MERGED_PX = 28
 """Side of one merged visual token in pixels (14-pixel patches, 2x2 merge)."""
@@ -422,7 +422,7 @@ def video_tensors(frames: np.ndarray, sample_fps: float, video_processor):
     spends most of its time validating and grouping; see the test)."""
     import torch
 
-    from train.video_inputs import VideoTensors
+    from stvgr1_edge_train.video_inputs import VideoTensors
 
     vp = video_processor
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()[None]
@@ -439,11 +439,12 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
     (see the module doc for how the clip is made)."""
     import torch
 
-    from stvgr1_edge.prompted import render_prompted_clip
+    from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import SynthConfig, generate_clip, render_frames
+    from stvgr1_edge.tracking.replay import ReplayTracker
     from stvgr1_edge.tracks import TrackSet
-    from stvgr1_edge.video import Frame, VideoWriter, iter_frames
+    from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
 
     synth = SynthConfig(width=config.width, height=config.height, seconds=config.seconds)
     clip = generate_clip(clip_seed, synth)
@@ -457,6 +458,9 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
                      preset=synth.video_preset) as writer:
         writer.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
     decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
+    # the clip as the pipeline would see it (only its sampled frames are decoded: the others carry no pixels here)
+    info = VideoInfo(str(video_path), synth.width, synth.height, clip.num_frames, synth.fps,
+                     clip.num_frames / synth.fps, "h264", tuple(f / synth.fps for f in range(clip.num_frames)))
     objects = object_token_labels(clip, sampling.indices, config.min_object_pixels, config.min_object_share)
     out = []
     for _ in range(variants):
@@ -468,7 +472,8 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
                     shown.add(ids[obj_id], f, box, mask, 1.0)
         extras = extra_markers(synth.height, synth.width, sampling.indices, config.extra_markers_per_frame, rng)
         with_extras = [Frame(fr.index, fr.time_s, draw_markers(fr.image, extras.get(fr.index, []))) for fr in decoded]
-        prompted = render_prompted_clip(with_extras, shown, sampling)
+        prompted = track_and_prompt(with_extras, info, ReplayTracker(shown, source="the clip's true tracks"),
+                                    sampling, frame_memory_mb=None).clip
         labels = dict(objects, digit=digit_token_labels(clip, sampling.indices, ids, extras))
         out.append((video_tensors(prompted.frames, prompted.sample_fps, video_processor),
                     {k: torch.from_numpy(v.reshape(-1)) for k, v in labels.items()}))
@@ -537,7 +542,7 @@ def _collate_clips(items):
 
 
 def _forward(visual, videos, device):
-    from train.video_inputs import collate_videos
+    from stvgr1_edge_train.video_inputs import collate_videos
 
     batch = collate_videos(videos, device=device)
     return visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"]).pooler_output
@@ -654,7 +659,7 @@ def save_stage(model, processor, out_dir, config, history: list[dict],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.pretrain_vision", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.pretrain_vision", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("init", help="Model folder to start from (the random-init nano model).")
     parser.add_argument("out", help="Output folder (whole model + processor).")

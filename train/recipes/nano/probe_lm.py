@@ -1,6 +1,6 @@
 """Linear probes on a nano model's hidden states: where the model knows *when*, and where it sees the event.
 
-    python -m train.recipes.nano.probe_lm WORK/sft_t6 [--clips 150] [--out probes.json]
+    python -m stvgr1_edge_train.recipes.nano.probe_lm WORK/sft_t6 [--clips 150] [--out probes.json]
 
 Fresh vision-stage clips (:func:`pretrain_vision.labelled_clip`, root seed 20000, never trained on) go through the
 model with the STVG-R1 prompt of each clip's own query. Every video token's state after each layer (0: the tower's
@@ -33,7 +33,7 @@ def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarr
     """(layers + 1, video tokens, hidden) of one clip: the merged tower output, then each LM layer's output."""
     import torch
 
-    from train.video_inputs import collate_videos, video_token_type_ids
+    from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
 
     with torch.no_grad():
         out = model(input_ids=input_ids, mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
@@ -65,8 +65,8 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
 
     from stvgr1_edge.prompt import grounding_prompt
     from stvgr1_edge.synth import SynthConfig, generate_clip
-    from train.grpo import load_processor
-    from train.video_inputs import ClipProcessor
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.video_inputs import ClipProcessor
 
     from .pretrain_vision import VisionPretrainConfig, labelled_clip
 

@@ -1,15 +1,15 @@
 """The nano recipe, stage by stage: data → init → vision stage → text stage → SFT → GRPO → eval → ship.
 
-    python -m train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
-    python -m train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
-    python -m train.recipes.nano.train_nano init   --work runs/nano          # random-init nano model + processor
-    python -m train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
-    python -m train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
-    python -m train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
-    python -m train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
-    python -m train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
-    python -m train.recipes.nano.train_nano eval   --work runs/nano --model runs/nano/grpo [--num 40]
-    python -m train.recipes.nano.train_nano ship   --work runs/nano --model runs/nano/grpo
+    python -m stvgr1_edge_train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
+    python -m stvgr1_edge_train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
+    python -m stvgr1_edge_train.recipes.nano.train_nano init   --work runs/nano          # random-init nano model + processor
+    python -m stvgr1_edge_train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
+    python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
+    python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
+    python -m stvgr1_edge_train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
+    python -m stvgr1_edge_train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
+    python -m stvgr1_edge_train.recipes.nano.train_nano eval   --work runs/nano --model runs/nano/grpo [--num 40]
+    python -m stvgr1_edge_train.recipes.nano.train_nano ship   --work runs/nano --model runs/nano/grpo
 
 Data seeds (disjoint ``SeedSequence`` roots): training clips ``stvg-edge synth --seed 0 --num 800`` and
 ``--seed 1 --num 2400``; validation (model selection, ``val``) ``--seed 4000 --num 200``; held-out (final metrics
@@ -38,7 +38,7 @@ HELDOUT_SEED, HELDOUT_NUM = 5000, 200
 """Held-out clips: the final metrics only (full pipeline from the MP4s); never used for any choice."""
 CLIP_ARGS = ["--width", "224", "--height", "168", "--seconds", "6"]
 
-logger = logging.getLogger("train.recipes.nano")
+logger = logging.getLogger("stvgr1_edge_train.recipes.nano")
 
 
 def _stvg_edge(*args: str) -> None:
@@ -82,7 +82,7 @@ def stage_text(work: Path, max_steps: int | None, start: str | None = None, outp
 
 
 def stage_val(work: Path, model: str, num: int | None) -> None:
-    from train.evaluate import evaluate_cache
+    from stvgr1_edge_train.evaluate import evaluate_cache
 
     scores = evaluate_cache(model, work / "cache_val", num=num)
     print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k != "samples"})
@@ -91,19 +91,19 @@ def stage_val(work: Path, model: str, num: int | None) -> None:
 def sft_settings(path: Path) -> dict:
     """SFTRunConfig fields from a recipe YAML file; a key that is not a field stops the run (a misspelt setting
     would otherwise be dropped without a word)."""
-    from train.grpo import load_yaml
-    from train.sft import SFTRunConfig
+    from stvgr1_edge_train.grpo import load_yaml
+    from stvgr1_edge_train.sft import SFTRunConfig
 
     settings = load_yaml(path.read_text()) or {}
     unknown = sorted(set(settings) - {f.name for f in fields(SFTRunConfig)})
     if unknown:
-        raise SystemExit(f"{path}: unknown SFT setting(s) {', '.join(unknown)}; see train.sft.SFTRunConfig")
+        raise SystemExit(f"{path}: unknown SFT setting(s) {', '.join(unknown)}; see stvgr1_edge_train.sft.SFTRunConfig")
     return settings
 
 
 def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
               learning_rate: float | None = None) -> None:
-    from train.sft import SFTRunConfig, run_sft
+    from stvgr1_edge_train.sft import SFTRunConfig, run_sft
 
     settings = sft_settings(RECIPE_DIR / "sft.yaml")
     if max_steps is not None:
@@ -116,7 +116,7 @@ def stage_sft(work: Path, max_steps: int | None, start: str | None = None, outpu
 
 def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
                learning_rate: float | None = None) -> None:
-    from train.grpo import load_run_config, run_grpo
+    from stvgr1_edge_train.grpo import load_run_config, run_grpo
 
     overrides = [f"grpo.max_steps={max_steps}"] if max_steps is not None else []
     if learning_rate is not None:
@@ -127,7 +127,7 @@ def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, outp
 
 
 def stage_eval(work: Path, model: str, num: int | None) -> None:
-    from benchmarks.accuracy import evaluate_model_on_synth
+    from stvgr1_edge.evaluation import evaluate_model_on_synth
 
     scores = evaluate_model_on_synth(model, work / "heldout", num=num)
     print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()})
@@ -150,7 +150,7 @@ def stage_ship(work: Path, model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.recipes.nano.train_nano", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.train_nano", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage",
                         choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"])

@@ -1,0 +1,211 @@
+"""Runs weight-only int4 language models written by ``stvg-edge export --llm int4``: the gpt-fast-style
+``nn.Linear`` swap (:class:`WeightOnlyInt4Linear`) with its kernels and packing, and :func:`load_int4` for a saved
+folder. Choosing the codes (rounding search, GPTQ) is the toolchain's job (``stvgr1_edge_export.int4``).
+
+Quantization is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs;
+a group with range ``[lo, hi]`` (its min and max, shrunk by the :data:`RANGE_SHRINKS` factor that reconstructs
+the group best) gets ``scale = (hi - lo) / 15`` and integer codes ``q = round((w - lo) / scale)``
+in 0..15. The kernels (torch's tinygemm ops) dequantize ``(q - 8) * scale + zero`` with ``zero = lo + 8 * scale``.
+Given calibration inputs, GPTQ (:func:`quantize_weight_int4_gptq`) picks the codes instead, in the same format: it
+rounds one input column at a time and folds each column's error into the columns still to come, so that the layer's
+outputs on real activations move least (stop 17's nano model, validation prompts: 83% of int4 answers word for word
+full precision's with GPTQ (60 prompts), 49% with rounding (100 prompts)).
+
+Kernels, chosen by the device the module is packed on:
+
+- ``"cuda"``: ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, bf16 activations), weights packed by
+  ``_convert_weight_to_int4pack`` from uint8 ``(out, in / 2)`` (even input index in the high nibble);
+- ``"cpu"``: ``_weight_int4pack_mm_for_cpu`` with ``_convert_weight_to_int4pack_for_cpu`` (int32 codes);
+- ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
+  ``F.linear``.
+
+The kernel layouts are device-specific, so the saved folder holds a portable form (codes packed two per byte,
+scales and zeros) and loading packs for the target device. A packed model must not be moved across device
+types; quantize or load it on the device it will run on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError, read_json, require
+
+SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
+QUANT_FILE = "int4_quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "stvg-edge-int4-v1"
+
+
+# ----------------------------------------------------------------------------------------------- packing
+def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """fp32 (out, in) weight from group codes 0..15, per-group scales and zeros."""
+    out_features, in_features = codes.shape
+    groups = codes.float().reshape(out_features, in_features // group_size, group_size)
+    weight = (groups - 8) * scales.float()[..., None] + zeros.float()[..., None]
+    return weight.reshape(out_features, in_features)
+
+
+def pack_uint4x2(codes: torch.Tensor) -> torch.Tensor:
+    """(out, in) codes 0..15 -> (out, in / 2) uint8, even input index in the high nibble (tinygemm's input)."""
+    codes = codes.to(torch.uint8)
+    return (codes[:, ::2] << 4) | codes[:, 1::2]
+
+
+def unpack_uint4x2(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_uint4x2`."""
+    return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(packed.shape[0], -1)
+
+
+def pack_scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(in / group, out, 2) tensor the tinygemm ops take."""
+    return torch.stack([scales.t(), zeros.t()], dim=-1).to(dtype).contiguous()
+
+
+def inner_k_tiles_for(in_features: int) -> int | None:
+    """Largest tinygemm ``innerKTiles`` (8, 4, 2) with ``in_features % (16 * tiles) == 0``; None if none fits."""
+    for tiles in (8, 4, 2):
+        if in_features % (16 * tiles) == 0:
+            return tiles
+    return None
+
+
+def kernel_for(device: torch.device) -> str:
+    """"cuda" (tinygemm), "cpu" (torch's CPU int4 kernel) or "dequant" (fallback) for ``device``."""
+    if device.type == "cuda":  # tinygemm needs Ampere or newer (Jetson Orin yes, Xavier no)
+        return "cuda" if torch.cuda.get_device_capability(device) >= (8, 0) else "dequant"
+    if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return "cpu"
+    return "dequant"
+
+
+
+# ----------------------------------------------------------------------------------------------- the module
+class WeightOnlyInt4Linear(nn.Module):
+    """``y = x @ dequant(W).T + b`` with int4 group-quantized ``W`` held in the kernel's packed layout.
+
+    Buffers: ``weight`` (kernel layout), ``scales_and_zeros`` ((in / group, out, 2), the activation dtype the
+    kernel computes in: bf16 on CUDA, the model dtype elsewhere), ``bias`` (or None).
+    """
+
+    def __init__(self, in_features: int, out_features: int, codes: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, bias: torch.Tensor | None, group_size: int, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        if group_size not in SUPPORTED_GROUP_SIZES:
+            raise BadInputError(f"int4 group size {group_size} is not supported: use one of {SUPPORTED_GROUP_SIZES}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        device = codes.device
+        self.kernel = kernel_for(device)
+        self.inner_k_tiles = inner_k_tiles_for(in_features) or 2
+        if self.kernel == "cuda":
+            compute_dtype = torch.bfloat16  # tinygemm computes in bf16
+            packed = torch.ops.aten._convert_weight_to_int4pack(pack_uint4x2(codes).contiguous(), self.inner_k_tiles)
+        elif self.kernel == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(),
+                                                                         self.inner_k_tiles)
+        else:
+            packed = pack_uint4x2(codes).contiguous()
+        self.register_buffer("weight", packed)
+        self.register_buffer("scales_and_zeros", pack_scales_and_zeros(scales, zeros, compute_dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def _mm(self, x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "cuda":
+            return torch.ops.aten._weight_int4pack_mm(x, weight, self.group_size, scales_and_zeros)
+        if self.kernel == "cpu":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, weight, self.group_size, scales_and_zeros)
+        scales, zeros = scales_and_zeros[..., 0].t(), scales_and_zeros[..., 1].t()
+        dense = dequantize_int4(unpack_uint4x2(weight), scales, zeros, self.group_size)
+        return nn.functional.linear(x, dense.to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = self._mm(x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype), self.weight,
+                       self.scales_and_zeros)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def codes(self) -> torch.Tensor:
+        """The uint8 (out, in) codes 0..15, recovered from any kernel layout.
+
+        For the packed kernels: multiply the identity by the weight with scale 1 and zero 8, which dequantizes
+        ``(q - 8) * 1 + 8 = q`` exactly (small integers are exact in bf16/fp32)."""
+        if self.kernel == "dequant":
+            return unpack_uint4x2(self.weight)
+        groups = self.in_features // self.group_size
+        dtype = self.scales_and_zeros.dtype
+        unit = torch.stack([torch.ones(groups, self.out_features), torch.full((groups, self.out_features), 8.0)],
+                           dim=-1).to(device=self.weight.device, dtype=dtype)
+        eye = torch.eye(self.in_features, device=self.weight.device, dtype=dtype)
+        return self._mm(eye, self.weight, unit).t().round().to(torch.uint8)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"kernel={self.kernel}, bias={self.bias is not None}")
+
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+
+@dataclass(frozen=True)
+class Int4ModuleSpec:
+    """One quantized linear in the saved folder."""
+
+    in_features: int
+    out_features: int
+    group_size: int
+    has_bias: bool
+    compute_dtype: str
+    """Activation dtype of the kernel ("float32", "bfloat16", "float16"); CUDA packing always uses bf16."""
+
+
+
+def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_int4` on ``device`` (int4 layers packed for its kernel), in eval mode.
+
+    The model is built with empty (meta) parameters, then every tensor is assigned from the file, so nothing is
+    initialised twice and no full-precision copy of the quantized layers ever exists.
+    """
+    import transformers
+    init_empty_weights = require("accelerate", "export", "loading an int4 model folder").init_empty_weights
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    spec = read_json(folder / QUANT_FILE, what="int4 quantization file")
+    if spec.get("format") != FORMAT:
+        raise BadInputError(f"{folder / QUANT_FILE} is not a {FORMAT} file: re-save the model with save_int4")
+    device = torch.device(device)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    model_class = getattr(transformers, (config.architectures or ["Qwen2_5_VLForConditionalGeneration"])[0])
+    with init_empty_weights(include_buffers=False):
+        model = model_class._from_config(config)
+    tensors = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    for name, info in spec["modules"].items():
+        module_spec = Int4ModuleSpec(**info)
+        pop = lambda suffix: tensors.pop(f"{name}.{suffix}")  # noqa: E731
+        codes = unpack_uint4x2(pop("codes_uint4x2")).to(device)
+        scales, zeros = pop("scales").to(device), pop("zeros").to(device)
+        bias = pop("bias").to(device) if module_spec.has_bias else None
+        compute_dtype = getattr(torch, module_spec.compute_dtype)
+        set_submodule(model, name, WeightOnlyInt4Linear(module_spec.in_features, module_spec.out_features, codes,
+                                                         scales, zeros, bias, module_spec.group_size, compute_dtype))
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    missing = [k for k in missing if k not in spec["tied"] and k.rpartition(".")[0] not in spec["modules"]]
+    if missing or unexpected:
+        raise BadInputError(f"{folder} does not match its config ({len(missing)} missing, {len(unexpected)} "
+                            f"unexpected tensors, e.g. {(missing + unexpected)[:3]}): re-save it with save_int4")
+    for alias, source in spec["tied"].items():
+        module_name, _, attr = alias.rpartition(".")
+        source_module, _, source_attr = source.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, getattr(model.get_submodule(source_module), source_attr))
+    return model.to(device).eval()
+
