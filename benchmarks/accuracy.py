@@ -54,8 +54,9 @@ def heldout_set(folder: Path, num: int, seed: int = HELDOUT_SEED) -> list:
     return samples[:num]
 
 
-def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibration: Path | None = None,
-                 calibration_num: int = 32):
+def load_variant(
+    name: str, model: str, work: Path, int4_group_size: int, calibration: Path | None = None, calibration_num: int = 32
+):
     """A :class:`~stvgr1_edge.grounding.Grounder` for variant ``name``, or a string saying why it is skipped."""
     from stvgr1_edge.grounding import Grounder, GrounderConfig
 
@@ -85,13 +86,19 @@ def load_variant(name: str, model: str, work: Path, int4_group_size: int, calibr
         except (BadInputError, MissingDependencyError) as exc:
             return f"skipped: {exc}"
     if name == "bundle":
-        from stvgr1_edge_export.bundle import BundleOptions, export_bundle
         from stvgr1_edge.bundle import load_bundle
+        from stvgr1_edge_export.bundle import BundleOptions, export_bundle
 
-        folder = export_bundle(BundleOptions(model=model, out=work / "bundle", llm="int4",
-                                             int4_group_size=int4_group_size,
-                                             int4_calibration=None if calibration is None else str(calibration),
-                                             int4_calibration_num=calibration_num))
+        folder = export_bundle(
+            BundleOptions(
+                model=model,
+                out=work / "bundle",
+                llm="int4",
+                int4_group_size=int4_group_size,
+                int4_calibration=None if calibration is None else str(calibration),
+                int4_calibration_num=calibration_num,
+            )
+        )
         return load_bundle(folder, device="cpu").grounder(max_new_tokens=256, dtype="fp32")
     raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
 
@@ -127,16 +134,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num", type=int, default=40, help="Held-out clips.")
     parser.add_argument("--seed", type=int, default=HELDOUT_SEED, help="Root seed of the held-out clips.")
     parser.add_argument("--data", type=Path, default=None, help="Folder for the held-out clips (default: temporary).")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS))
-    parser.add_argument("--int4-group-size", type=int, default=32,
-                        help="int4 group size (the nano hidden size is 192; 32 was picked over 64 on the validation "
-                             "clips, seed 4000: 0.59 vs 1.67 points m_vIoU from fp32).")
-    parser.add_argument("--int4-calibration", type=Path, default=None,
-                        help="`train prepare` cache whose clips calibrate GPTQ (int4_gptq and the bundle); never the "
-                             "held-out clips (the nano recipe's validation cache, WORK/cache_val).")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="Comma-separated subset of " + ", ".join(VARIANTS)
+    )
+    parser.add_argument(
+        "--int4-group-size",
+        type=int,
+        default=32,
+        help="int4 group size (the nano hidden size is 192; 32 was picked over 64 on the validation "
+        "clips, seed 4000: 0.59 vs 1.67 points m_vIoU from fp32).",
+    )
+    parser.add_argument(
+        "--int4-calibration",
+        type=Path,
+        default=None,
+        help="`train prepare` cache whose clips calibrate GPTQ (int4_gptq and the bundle); never the "
+        "held-out clips (the nano recipe's validation cache, WORK/cache_val).",
+    )
     parser.add_argument("--int4-calibration-num", type=int, default=32, help="Calibration clips taken from it.")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "accuracy.json",
-                        help="Result JSON; the plot is written beside it (same name, .png).")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "accuracy.json",
+        help="Result JSON; the plot is written beside it (same name, .png).",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -148,8 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
         grounders, skipped = {}, {}
         for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
             try:
-                loaded = load_variant(name, args.model, work, args.int4_group_size, args.int4_calibration,
-                                      args.int4_calibration_num)
+                loaded = load_variant(
+                    name, args.model, work, args.int4_group_size, args.int4_calibration, args.int4_calibration_num
+                )
             except Exception as exc:  # a variant that cannot be built is reported, not fatal
                 loaded = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if isinstance(loaded, str):
@@ -158,17 +180,28 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 grounders[name] = loaded
         variants: dict[str, Any] = evaluate_grounders(
-            samples, grounders, on_clip=lambda i: logger.info("clip %d/%d", i + 1, len(samples)))
+            samples, grounders, on_clip=lambda i: logger.info("clip %d/%d", i + 1, len(samples))
+        )
     if "fp32" in variants:
         for name, v in variants.items():
             v["m_vIoU_minus_fp32_points"] = 100 * ((v["m_vIoU"] or 0) - (variants["fp32"]["m_vIoU"] or 0))
     variants.update(skipped)
-    summary = {"model": args.model, "seed": args.seed, "num_samples": len(samples), "clip": CLIP,
-               "int4": {"group_size": args.int4_group_size, "calibration": None if args.int4_calibration is None
-                        else str(args.int4_calibration), "calibration_num": args.int4_calibration_num},
-               "tracker": "classical", "convention": "tubedetr",
-               "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
-               "torch_threads": torch.get_num_threads(), "variants": variants}
+    summary = {
+        "model": args.model,
+        "seed": args.seed,
+        "num_samples": len(samples),
+        "clip": CLIP,
+        "int4": {
+            "group_size": args.int4_group_size,
+            "calibration": None if args.int4_calibration is None else str(args.int4_calibration),
+            "calibration_num": args.int4_calibration_num,
+        },
+        "tracker": "classical",
+        "convention": "tubedetr",
+        "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
+        "torch_threads": torch.get_num_threads(),
+        "variants": variants,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, summary, indent=1)
     plot(summary, args.out.with_suffix(".png"))

@@ -3,7 +3,8 @@
 Stages:
 
 - vision encoder: PyTorch ``get_video_features`` (model dtype) vs ONNX fp32 and fp16 (onnxruntime, best provider);
-- LLM decode: ms per generated token, PyTorch (bf16 on CUDA, fp32 on CPU) vs weight-only int4 (:mod:`stvgr1_edge_export.int4`);
+- LLM decode: ms per generated token, PyTorch (bf16 on CUDA, fp32 on CPU) vs weight-only int4
+  (:mod:`stvgr1_edge_export.int4`);
 - tracker: ms per propagated frame, PyTorch ``Sam2Tracker`` vs ``OnnxSam2Tracker`` (same frames, same detector).
 
 ``--arch tiny`` uses the tiny random models (CPU-friendly); ``3b``/``7b`` build random weights of the real
@@ -44,8 +45,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", choices=("tiny", "3b", "7b"), default="tiny")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--grid", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
-                   help="video patch grid for the vision stage (default: 2 16 20 tiny, 2 36 64 real)")
+    p.add_argument(
+        "--grid",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("T", "H", "W"),
+        help="video patch grid for the vision stage (default: 2 16 20 tiny, 2 36 64 real)",
+    )
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per decode measurement")
     p.add_argument("--tracker-frames", type=int, default=6, help="frames per tracker measurement (first = keyframe)")
     p.add_argument("--objects", type=int, default=2, help="objects tracked")
@@ -97,12 +104,12 @@ def build_model(arch: str, device: str):
 def bench_vision(model, grid, device: str, repeats: int, workdir: Path) -> dict:
     import torch
 
-    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder, export_vision_encoder
     from stvgr1_edge.backends.onnx_tracker import available_providers
+    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder, export_vision_encoder
 
     cfg = model.model.visual.config
     grid_t = torch.tensor([grid])
-    patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
+    patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2
     pixels = torch.randn(int(grid_t.prod()), patch_dim, generator=torch.Generator().manual_seed(0))
     dtype = next(model.parameters()).dtype
     providers = available_providers(device)
@@ -137,15 +144,24 @@ def bench_decode(model, tokenizer, device: str, tokens: int, repeats: int) -> di
 
     from stvgr1_edge_export.int4 import quantize_int4_
 
-    ids = tokenizer(["Target ID: 2, Time range: 1.0 to 3.5 seconds. The person walks"],
-                    return_tensors="pt")["input_ids"].to(device)
-    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, temperature=None, top_p=None,
-                  top_k=None, pad_token_id=tokenizer.pad_token_id or 0)
+    ids = tokenizer(["Target ID: 2, Time range: 1.0 to 3.5 seconds. The person walks"], return_tensors="pt")[
+        "input_ids"
+    ].to(device)
+    kwargs = dict(
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
 
     def generate(m):
         def fn():
             with torch.inference_mode():
                 m.generate(input_ids=ids, **kwargs)
+
         return fn
 
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
@@ -158,19 +174,24 @@ def bench_decode(model, tokenizer, device: str, tokens: int, repeats: int) -> di
         names = quantize_int4_(model)
         ms.update(interleaved({"int4": generate(model)}, repeats, device))
     base_ms, int4_ms = ms["base"] / tokens, ms["int4"] / tokens
-    return {"tokens": tokens, f"pytorch_{dtype}_ms_per_token": base_ms, "int4_ms_per_token": int4_ms,
-            "int4_vs_pytorch": int4_ms / base_ms, "int4_linears": len(names)}
+    return {
+        "tokens": tokens,
+        f"pytorch_{dtype}_ms_per_token": base_ms,
+        "int4_ms_per_token": int4_ms,
+        "int4_vs_pytorch": int4_ms / base_ms,
+        "int4_linears": len(names),
+    }
 
 
 def bench_tracker(arch: str, device: str, frames: int, objects: int, repeats: int, workdir: Path) -> dict:
     import torch
 
     from benchmarks.tracker_latency import render_frames, square_boxes, time_tracker
-    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
     from stvgr1_edge.backends.onnx_tracker import OnnxSam2Tracker, available_providers
     from stvgr1_edge.tracking.base import Detections, Detector
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from stvgr1_edge.tracking.tiny_configs import build_video_model
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
 
     height, width = (96, 128) if arch == "tiny" else (480, 640)
     model, processor = build_video_model("sam2", real_size=arch != "tiny")
@@ -198,10 +219,17 @@ def bench_tracker(arch: str, device: str, frames: int, objects: int, repeats: in
 
     # PyTorch first (see bench_vision), then the ONNX tracker
     torch_ms = median_ms(Sam2Tracker(str(source), Boxes(), config, device=device, family="sam2"))
-    onnx_ms = median_ms(OnnxSam2Tracker(workdir / "sam2_onnx", Boxes(), config, device=device,
-                                        providers=available_providers(device)))
-    return {"frame_size": [height, width], "objects": objects, "frames": frames, "pytorch_ms_per_frame": torch_ms,
-            "onnx_ms_per_frame": onnx_ms, "onnx_vs_pytorch": onnx_ms / torch_ms}
+    onnx_ms = median_ms(
+        OnnxSam2Tracker(workdir / "sam2_onnx", Boxes(), config, device=device, providers=available_providers(device))
+    )
+    return {
+        "frame_size": [height, width],
+        "objects": objects,
+        "frames": frames,
+        "pytorch_ms_per_frame": torch_ms,
+        "onnx_ms_per_frame": onnx_ms,
+        "onnx_vs_pytorch": onnx_ms / torch_ms,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -210,18 +238,27 @@ def run(args: argparse.Namespace) -> dict:
     import transformers
 
     grid = tuple(args.grid) if args.grid else ((2, 16, 20) if args.arch == "tiny" else (2, 36, 64))
-    result: dict = {"arch": args.arch, "device": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                    else platform.processor() or platform.machine(),
-                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}}
+    result: dict = {
+        "arch": args.arch,
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model, tokenizer = build_model(args.arch, args.device)
         result["vision"] = bench_vision(model, grid, args.device, args.repeats, workdir)
         result["decode"] = bench_decode(model, tokenizer, args.device, args.decode_tokens, args.repeats)
         del model
-        result["tracker"] = bench_tracker(args.arch, args.device, args.tracker_frames, args.objects, args.repeats,
-                                          workdir)
+        result["tracker"] = bench_tracker(
+            args.arch, args.device, args.tracker_frames, args.objects, args.repeats, workdir
+        )
     return result
 
 

@@ -34,8 +34,9 @@ QUERY = "the man in the red shirt turns around and walks to the door"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", choices=["tiny", "3b", "7b"], default="tiny",
-                        help="random-weight architecture (ignored with --model)")
+    parser.add_argument(
+        "--arch", choices=["tiny", "3b", "7b"], default="tiny", help="random-weight architecture (ignored with --model)"
+    )
     parser.add_argument("--model", default=None, help="hub id or folder of a real checkpoint instead of --arch")
     parser.add_argument("--frames", type=int, default=40, help="sampled frames in the clip (even)")
     parser.add_argument("--size", default="196x364", help="resized frame HEIGHTxWIDTH (multiples of 28)")
@@ -56,11 +57,17 @@ def build_grounder(args: argparse.Namespace):
 
     from stvgr1_edge.errors import BadInputError
     from stvgr1_edge.grounding import Grounder, GrounderConfig, resolve_device, resolve_dtype
-    from stvgr1_edge.tiny import build_processor, build_tokenizer, build_tiny_qwen2_5_vl, real_qwen2_5_vl_config
+    from stvgr1_edge.tiny import build_processor, build_tiny_qwen2_5_vl, build_tokenizer, real_qwen2_5_vl_config
 
-    config = GrounderConfig(model=args.model or f"random-{args.arch}", device=args.device, dtype=args.dtype,
-                            quant=args.quant, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                            attn_implementation=args.attn)
+    config = GrounderConfig(
+        model=args.model or f"random-{args.arch}",
+        device=args.device,
+        dtype=args.dtype,
+        quant=args.quant,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        attn_implementation=args.attn,
+    )
     if args.model:
         return Grounder.from_pretrained(config)
 
@@ -77,8 +84,12 @@ def build_grounder(args: argparse.Namespace):
         processor = build_processor(tokenizer)
         model_config = real_qwen2_5_vl_config(args.arch)
         # Our small tokenizer numbers the special tokens 0..13; point the model at those ids.
-        for field, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                             ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+        for field, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        ):
             setattr(model_config, field, tokenizer.convert_tokens_to_ids(token))
         model_config._attn_implementation = args.attn
         torch.manual_seed(0)
@@ -100,9 +111,15 @@ def synthetic_clip(num_frames: int, height: int, width: int):
         sys.exit(f"--size {height}x{width}: both sides must be multiples of 28")
     frames = np.random.default_rng(0).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
     stride = 15  # a 30 fps video sampled at 2 fps
-    return PromptedClip(frames=frames, frame_indices=tuple(range(0, stride * num_frames, stride)), sample_fps=2.0,
-                        resized_height=height, resized_width=width, video_fps=30.0,
-                        num_video_frames=stride * num_frames)
+    return PromptedClip(
+        frames=frames,
+        frame_indices=tuple(range(0, stride * num_frames, stride)),
+        sample_fps=2.0,
+        resized_height=height,
+        resized_width=width,
+        video_fps=30.0,
+        num_video_frames=stride * num_frames,
+    )
 
 
 def device_name(grounder) -> str:
@@ -154,8 +171,11 @@ def run(args: argparse.Namespace) -> dict:
         "end_to_end_ms": median("total"),
         "runs_ms": [o.timings_ms for o in outputs],
         "parameters": sum(p.numel() for p in grounder.model.parameters()),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
     }
     if grounder.device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(grounder.device) / 2**30
@@ -185,8 +205,13 @@ def plot(results: dict, png: Path) -> None:
         ax.barh(labels, values, left=left, label=stage.removesuffix("_ms"))
         left += values
     for i, key in enumerate(labels):
-        ax.text(left[i], i, f"  {results[key]['end_to_end_ms']:.0f} ms, "
-                f"{results[key]['decode_tokens_per_s']:.1f} tok/s", va="center", fontsize=8)
+        ax.text(
+            left[i],
+            i,
+            f"  {results[key]['end_to_end_ms']:.0f} ms, {results[key]['decode_tokens_per_s']:.1f} tok/s",
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlabel("milliseconds per query (median)")
     ax.set_title("STVG-R1 grounding latency (one query, fresh clip)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=len(stages), fontsize=8, frameon=False)

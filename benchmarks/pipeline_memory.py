@@ -50,7 +50,7 @@ def write_video(path: Path, width: int, height: int, fps: float, seconds: float,
         for _ in range(n):
             image = floor.copy()
             for k, (x, y) in enumerate(pos.astype(int)):
-                image[y:y + side, x:x + side] = colours[k]
+                image[y : y + side, x : x + side] = colours[k]
             writer.write(image)
             pos += vel
             for axis, limit in ((0, width - side), (1, height - side)):
@@ -92,14 +92,20 @@ def run_once(video: str, budget: float | None, every: int) -> dict:
     sampler.start()
     start = time.perf_counter()
     result = GroundingPipeline(tracker, grounder, PipelineConfig(frame_memory_mb=budget)).run(
-        video, [QUERY], on_stage=on_stage)
+        video, [QUERY], on_stage=on_stage
+    )
     done.set()
     sampler.join()
     q = result.queries[0]
-    return {"frame_memory_mb": budget, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_mb_by_stage": {k: round(v, 1) for k, v in stage_peaks.items()},
-            "wall_s": time.perf_counter() - start, "sampled_frames": result.sampling.num_frames,
-            "answer_text": q.answer.raw, "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}}
+    return {
+        "frame_memory_mb": budget,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb_by_stage": {k: round(v, 1) for k, v in stage_peaks.items()},
+        "wall_s": time.perf_counter() - start,
+        "sampled_frames": result.sampling.num_frames,
+        "answer_text": q.answer.raw,
+        "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
+    }
 
 
 def _plot(runs: list[dict], native_mb: float, path: Path) -> None:
@@ -114,7 +120,9 @@ def _plot(runs: list[dict], native_mb: float, path: Path) -> None:
     ax.set_ylabel("peak RSS (MB)")
     ax.set_title(f"stvg-edge run: sampled frames at native size = {native_mb:.0f} MB")
     for i, r in enumerate(runs):
-        ax.text(i, r["peak_rss_mb"], f"{r['peak_rss_mb']:.0f} MB\n{r['wall_s']:.0f} s", ha="center", va="bottom", fontsize=8)
+        ax.text(
+            i, r["peak_rss_mb"], f"{r['peak_rss_mb']:.0f} MB\n{r['wall_s']:.0f} s", ha="center", va="bottom", fontsize=8
+        )
     ax.set_ylim(0, max(r["peak_rss_mb"] for r in runs) * 1.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -128,10 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--every", type=int, default=3, help="track every k-th frame (the sampled ones always)")
-    parser.add_argument("--budgets", nargs="+", default=["none", "0"],
-                        help="frame_memory_mb values to compare ('none': always in memory)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_memory.json",
-                        help="Result JSON; the plot is written beside it (same name, .png).")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        default=["none", "0"],
+        help="frame_memory_mb values to compare ('none': always in memory)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "pipeline_memory.json",
+        help="Result JSON; the plot is written beside it (same name, .png).",
+    )
     parser.add_argument("--child", nargs=3, metavar=("VIDEO", "BUDGET", "EVERY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -146,16 +162,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {num_frames} frames in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         runs = []
         for budget in args.budgets:
-            out = subprocess.run([sys.executable, __file__, "--child", str(video), budget, str(args.every)],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(video), budget, str(args.every)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(runs[-1]), file=sys.stderr)
     native_mb = runs[0]["sampled_frames"] * args.width * args.height * 3 / 2**20
-    result = {"benchmark": "pipeline_memory", "video": {"width": args.width, "height": args.height, "fps": args.fps,
-                                                        "seconds": args.seconds, "frames": num_frames},
-              "query": QUERY, "tracker": f"classical, every {args.every}", "model": "nano",
-              "sampled_frames_native_mb": native_mb, "same_answer": len({r["answer_text"] for r in runs}) == 1,
-              "machine": platform.platform(), "runs": runs, "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = {
+        "benchmark": "pipeline_memory",
+        "video": {
+            "width": args.width,
+            "height": args.height,
+            "fps": args.fps,
+            "seconds": args.seconds,
+            "frames": num_frames,
+        },
+        "query": QUERY,
+        "tracker": f"classical, every {args.every}",
+        "model": "nano",
+        "sampled_frames_native_mb": native_mb,
+        "same_answer": len({r["answer_text"] for r in runs}) == 1,
+        "machine": platform.platform(),
+        "runs": runs,
+        "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result, indent=2)
     _plot(runs, native_mb, args.out.with_suffix(".png"))

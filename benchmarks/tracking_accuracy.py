@@ -43,7 +43,9 @@ def _iou_distances(gt_boxes: list, hyp_boxes: list, match_iou: float) -> np.ndar
     Same as ``mm.distances.iou_matrix(..., max_iou=1 - match_iou)``, which calls ``np.asfarray`` and so
     fails under NumPy 2 in motmetrics 1.4.0.
     """
-    iou = box_iou_matrix(np.asarray(gt_boxes, np.float64).reshape(-1, 4), np.asarray(hyp_boxes, np.float64).reshape(-1, 4))
+    iou = box_iou_matrix(
+        np.asarray(gt_boxes, np.float64).reshape(-1, 4), np.asarray(hyp_boxes, np.float64).reshape(-1, 4)
+    )
     return np.where(iou >= match_iou, 1.0 - iou, np.nan)
 
 
@@ -57,21 +59,38 @@ def mot_scores(gt: TrackSet, pred: TrackSet, match_iou: float = MATCH_IOU) -> di
         h = pred.objects_at(frame)
         dist = _iou_distances([b for _, b, _ in g], [b for _, b, _ in h], match_iou)
         acc.update([i for i, _, _ in g], [i for i, _, _ in h], dist)
-    names = ["idf1", "mota", "motp", "num_switches", "num_false_positives", "num_misses", "num_objects",
-             "num_unique_objects", "mostly_tracked", "num_fragmentations"]
+    names = [
+        "idf1",
+        "mota",
+        "motp",
+        "num_switches",
+        "num_false_positives",
+        "num_misses",
+        "num_objects",
+        "num_unique_objects",
+        "mostly_tracked",
+        "num_fragmentations",
+    ]
     summary = mm.metrics.create().compute(acc, metrics=names, name="clip")
     row = summary.loc["clip"]
-    return {"idf1": float(row["idf1"]), "mota": float(row["mota"]),
-            "matched_box_iou": float(1.0 - row["motp"]),  # MOTP here is the mean 1 - IoU of matched pairs
-            "id_switches": int(row["num_switches"]),
-            "false_positives": int(row["num_false_positives"]), "misses": int(row["num_misses"]),
-            "gt_boxes": int(row["num_objects"]), "gt_objects": int(row["num_unique_objects"]),
-            "mostly_tracked": int(row["mostly_tracked"]), "fragmentations": int(row["num_fragmentations"]),
-            "predicted_ids": len(pred)}
+    return {
+        "idf1": float(row["idf1"]),
+        "mota": float(row["mota"]),
+        "matched_box_iou": float(1.0 - row["motp"]),  # MOTP here is the mean 1 - IoU of matched pairs
+        "id_switches": int(row["num_switches"]),
+        "false_positives": int(row["num_false_positives"]),
+        "misses": int(row["num_misses"]),
+        "gt_boxes": int(row["num_objects"]),
+        "gt_objects": int(row["num_unique_objects"]),
+        "mostly_tracked": int(row["mostly_tracked"]),
+        "fragmentations": int(row["num_fragmentations"]),
+        "predicted_ids": len(pred),
+    }
 
 
-def track_synthetic_clip(seed: int, workdir: Path, config: SynthConfig = SynthConfig(),
-                         tracker_config: ClassicalTrackerConfig | None = None) -> tuple[TrackSet, TrackSet, float]:
+def track_synthetic_clip(
+    seed: int, workdir: Path, config: SynthConfig = SynthConfig(), tracker_config: ClassicalTrackerConfig | None = None
+) -> tuple[TrackSet, TrackSet, float]:
     """Synthesize clip ``seed``, write it as MP4, track it; returns (gt, predicted, tracking seconds)."""
     clip = generate_clip(seed, config, key=f"seed{seed}")
     video = write_clip_video(clip, workdir / f"seed{seed}.mp4")
@@ -118,9 +137,24 @@ def _git_commit() -> str | None:
     outside a checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "stvgr1_edge/tracking", "benchmarks/tracking_accuracy.py"],
-                               cwd=root, capture_output=True, text=True, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "stvgr1_edge/tracking",
+                "benchmarks/tracking_accuracy.py",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -165,8 +199,14 @@ def _load_results(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs=2, type=int, default=[1000, 10], metavar=("START", "COUNT"),
-                        help="clip seeds START .. START+COUNT-1 (default: 1000 10)")
+    parser.add_argument(
+        "--seeds",
+        nargs=2,
+        type=int,
+        default=[1000, 10],
+        metavar=("START", "COUNT"),
+        help="clip seeds START .. START+COUNT-1 (default: 1000 10)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     start, count = args.seeds
@@ -177,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(start, start + count):
             gt, pred, seconds = track_synthetic_clip(seed, Path(tmp))
-            scores = {"seed": seed, **mot_scores(gt, pred), "track_seconds": round(seconds, 3),
-                      "frames": gt.num_frames}
+            scores = {"seed": seed, **mot_scores(gt, pred), "track_seconds": round(seconds, 3), "frames": gt.num_frames}
             per_clip.append(scores)
             print(json.dumps(scores), file=sys.stderr)
     summary = summarize(per_clip)

@@ -85,11 +85,18 @@ def vision_parity(model, onnx_path: Path) -> dict[str, float]:
     grid = torch.tensor([PARITY_GRID])
     gen = torch.Generator().manual_seed(0)
     config = model.model.visual.config
-    patch_dim = config.in_channels * config.temporal_patch_size * config.patch_size ** 2
+    patch_dim = config.in_channels * config.temporal_patch_size * config.patch_size**2
     pixels = torch.randn(int(grid.prod()), patch_dim, generator=gen)
     with torch.no_grad():
-        want = torch.cat(model.model.get_video_features(pixels.to(model.device, model.dtype), grid.to(model.device),
-                                                        return_dict=True).pooler_output).float().cpu()
+        want = (
+            torch.cat(
+                model.model.get_video_features(
+                    pixels.to(model.device, model.dtype), grid.to(model.device), return_dict=True
+                ).pooler_output
+            )
+            .float()
+            .cpu()
+        )
     got = torch.cat(OnnxVisionEncoder(onnx_path)(pixels, grid).pooler_output)
     return {"grid_thw": list(PARITY_GRID), "max_abs_err": float((got - want).abs().max()), "cosine": _cosine(got, want)}
 
@@ -113,15 +120,23 @@ def tracker_iou(source: str, tracker_dir: Path, family: str) -> dict[str, Any]:
 
     frames = [np.full((96, 128, 3), 50, np.uint8) for _ in range(6)]
     for i, image in enumerate(frames):
-        image[20:60, 10 + 3 * i:50 + 3 * i] = (220, 60, 60)
+        image[20:60, 10 + 3 * i : 50 + 3 * i] = (220, 60, 60)
         image[30:80, 80:110] = (60, 200, 90)
 
     class BoxesDetector(Detector):
         def __call__(self, image):
             return Detections(np.array([[10, 20, 50, 60], [80, 30, 110, 80]], np.float32), np.array([0.9, 0.8]))
 
-    info = VideoInfo(path="<synthetic>", width=128, height=96, num_frames=len(frames), fps=10.0, duration_s=0.6,
-                     codec="raw", frame_times_s=tuple(i / 10.0 for i in range(len(frames))))
+    info = VideoInfo(
+        path="<synthetic>",
+        width=128,
+        height=96,
+        num_frames=len(frames),
+        fps=10.0,
+        duration_s=0.6,
+        codec="raw",
+        frame_times_s=tuple(i / 10.0 for i in range(len(frames))),
+    )
     config = Sam2TrackerConfig(keyframe_interval=3)
 
     def run(tracker):
@@ -134,9 +149,13 @@ def tracker_iou(source: str, tracker_dir: Path, family: str) -> dict[str, Any]:
     got = run(OnnxSam2Tracker(tracker_dir, BoxesDetector(), config))
     ious = [rle_iou(a, b) for r, g in zip(ref, got) for a, b in zip(r.masks, g.masks)]
     same_ids = ref.ids == got.ids
-    return {"frames": len(frames), "same_ids": same_ids, "masks_compared": len(ious),
-            "min_mask_iou": float(min(ious)) if ious else None,
-            "mean_mask_iou": float(np.mean(ious)) if ious else None}
+    return {
+        "frames": len(frames),
+        "same_ids": same_ids,
+        "masks_compared": len(ious),
+        "min_mask_iou": float(min(ious)) if ious else None,
+        "mean_mask_iou": float(np.mean(ious)) if ious else None,
+    }
 
 
 def _prepare_out(out: Path) -> Path:
@@ -171,15 +190,21 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
         if options.llm != "int4":
             raise BadInputError(f"--int4-calibration calibrates the int4 LLM: add --llm int4 (got --llm {options.llm})")
         if not (Path(options.int4_calibration) / "samples").is_dir():
-            raise BadInputError(f"--int4-calibration {options.int4_calibration} is not a training cache: "
-                                "run  stvg-edge train prepare ANNOTATIONS --out DIR  and pass DIR")
+            raise BadInputError(
+                f"--int4-calibration {options.int4_calibration} is not a training cache: "
+                "run  stvg-edge train prepare ANNOTATIONS --out DIR  and pass DIR"
+            )
 
     stage("loading the model")
     grounder = Grounder.from_pretrained(GrounderConfig(model=options.model, device=options.device, dtype="fp32"))
     model, processor = grounder.model, grounder.processor
     with atomic_output_dir(out) as tmp:
-        manifest: dict[str, Any] = {"format": BUNDLE_FORMAT, "source_model": options.model, "versions": _versions(),
-                                    "options": {k: str(v) for k, v in asdict(options).items()}}
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT,
+            "source_model": options.model,
+            "versions": _versions(),
+            "options": {k: str(v) for k, v in asdict(options).items()},
+        }
         manifest["grounder"], manifest["parity"] = _export_grounder(options, model, processor, tmp, stage)
         manifest["tracker"] = None
         if options.tracker != "none":
@@ -195,15 +220,21 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
 
     parity: dict[str, Any] = {}
     stage("exporting the vision encoder")
-    onnx_path = export_vision_encoder(model, tmp / "vision_encoder.onnx", dtype=options.vision_dtype,
-                                      external_data=options.vision_external_data)
+    onnx_path = export_vision_encoder(
+        model, tmp / "vision_encoder.onnx", dtype=options.vision_dtype, external_data=options.vision_external_data
+    )
     parity["vision"] = vision_parity(model, onnx_path)
     vision_cfg = model.model.visual.config
     data_path = external_data_path(onnx_path)
-    vision = {"onnx": onnx_path.name, "onnx_data": data_path.name if data_path.is_file() else None,
-              "engine": None, "dtype": options.vision_dtype,
-              "patch_dim": vision_cfg.in_channels * vision_cfg.temporal_patch_size * vision_cfg.patch_size ** 2,
-              "out_hidden_size": vision_cfg.out_hidden_size, "spatial_merge_size": vision_cfg.spatial_merge_size}
+    vision = {
+        "onnx": onnx_path.name,
+        "onnx_data": data_path.name if data_path.is_file() else None,
+        "engine": None,
+        "dtype": options.vision_dtype,
+        "patch_dim": vision_cfg.in_channels * vision_cfg.temporal_patch_size * vision_cfg.patch_size**2,
+        "out_hidden_size": vision_cfg.out_hidden_size,
+        "spatial_merge_size": vision_cfg.spatial_merge_size,
+    }
     if options.vision == "trt":
         from stvgr1_edge_export.tensorrt import build_vision_engine
 
@@ -214,9 +245,14 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
     llm_dir = tmp / "llm"
     stage(f"writing the language model ({options.llm})")
     text_cfg = getattr(model.config, "text_config", model.config)
-    llm: dict[str, Any] = {"llm": "llm", "llm_quant": options.llm, "vision": vision,
-                           "hidden_size": text_cfg.hidden_size, "num_hidden_layers": text_cfg.num_hidden_layers,
-                           "vocab_size": text_cfg.vocab_size}
+    llm: dict[str, Any] = {
+        "llm": "llm",
+        "llm_quant": options.llm,
+        "vision": vision,
+        "hidden_size": text_cfg.hidden_size,
+        "num_hidden_layers": text_cfg.num_hidden_layers,
+        "vocab_size": text_cfg.vocab_size,
+    }
     if options.llm == "int4":
         from stvgr1_edge_export.int4 import cache_calibration_inputs, quantize_int4_, save_int4
 
@@ -224,14 +260,18 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
         calibration = None
         if options.int4_calibration is not None:
             stage(f"generating GPTQ calibration answers on {options.int4_calibration_num} clips")
-            calibration = cache_calibration_inputs(model, processor, options.int4_calibration,
-                                                   num=options.int4_calibration_num)
+            calibration = cache_calibration_inputs(
+                model, processor, options.int4_calibration, num=options.int4_calibration_num
+            )
         quantized = quantize_int4_(model, group_size=options.int4_group_size, calibration=calibration)
         parity["int4_logits_cosine"] = _cosine(_parity_logits(model, processor), reference)
-        llm["int4"] = {"group_size": options.int4_group_size, "quantized_linears": len(quantized),
-                       "method": "searched rounding" if calibration is None else "GPTQ",
-                       "calibration": options.int4_calibration,
-                       "calibration_clips": None if calibration is None else len(calibration)}
+        llm["int4"] = {
+            "group_size": options.int4_group_size,
+            "quantized_linears": len(quantized),
+            "method": "searched rounding" if calibration is None else "GPTQ",
+            "calibration": options.int4_calibration,
+            "calibration_clips": None if calibration is None else len(calibration),
+        }
         save_int4(model, llm_dir, processor=processor)
     elif options.llm == "nf4":
         from stvgr1_edge_export.nf4 import quantize_nf4_to_folder
@@ -248,22 +288,24 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
 
 
 def _export_tracker(options: BundleOptions, tmp: Path) -> tuple[dict, dict]:
-    from stvgr1_edge_export.tracker_onnx import export_tracker_folder, tracker_parity
     from stvgr1_edge.tracking.sam2 import load_video_model
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder, tracker_parity
 
     folder = tmp / "tracker"
     spec = export_tracker_folder(options.tracker_model, folder)
     kept = drop_exported_tracker_weights(folder)
     parity = tracker_iou(options.tracker_model, folder, spec.family)
-    parity["graph_max_abs_err"] = tracker_parity(load_video_model(options.tracker_model, family=spec.family).model,
-                                                 folder)
+    parity["graph_max_abs_err"] = tracker_parity(
+        load_video_model(options.tracker_model, family=spec.family).model, folder
+    )
     entry = {"folder": "tracker", "runtime": options.tracker, "pytorch_tensors": kept, **asdict(spec)}
     return entry, parity
 
 
 def drop_exported_tracker_weights(folder: Path) -> int:
     """Rewrite the tracker folder's safetensors without the weights its ONNX graphs carry (the modules in
-    :data:`stvgr1_edge.backends.onnx_tracker.TRACKER_EXPORTED_MODULES`), as one ``model.safetensors``; returns the tensors kept."""
+    :data:`stvgr1_edge.backends.onnx_tracker.TRACKER_EXPORTED_MODULES`), as one ``model.safetensors``; returns the
+    tensors kept."""
     from safetensors.torch import load_file, save_file
 
     from stvgr1_edge.backends.onnx_tracker import TRACKER_EXPORTED_MODULES

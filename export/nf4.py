@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 def _empty_model(config):
     """The model class named by ``config`` with meta (empty) parameters: only the module tree."""
     import transformers
+
     init_empty_weights = require("accelerate", "export", "NF4 quantization").init_empty_weights
 
     model_class = getattr(transformers, (config.architectures or ["Qwen2_5_VLForConditionalGeneration"])[0])
@@ -46,7 +47,6 @@ def nf4_skip_modules(model_or_config) -> list[str]:
     return names
 
 
-
 def nf4_config(skip_modules: list[str], compute_dtype: Literal["bf16", "fp16"] = "bf16"):
     """``BitsAndBytesConfig`` for NF4 weights (no double quantization) computing in ``compute_dtype``."""
     import torch
@@ -55,12 +55,21 @@ def nf4_config(skip_modules: list[str], compute_dtype: Literal["bf16", "fp16"] =
     from transformers import BitsAndBytesConfig
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[compute_dtype]
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                              bnb_4bit_use_double_quant=False, llm_int8_skip_modules=list(skip_modules))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_use_double_quant=False,
+        llm_int8_skip_modules=list(skip_modules),
+    )
 
 
-def quantize_nf4_to_folder(source: str | os.PathLike, out_folder: str | os.PathLike,
-                           compute_dtype: Literal["bf16", "fp16"] = "bf16", device: str = "cuda") -> Path:
+def quantize_nf4_to_folder(
+    source: str | os.PathLike,
+    out_folder: str | os.PathLike,
+    compute_dtype: Literal["bf16", "fp16"] = "bf16",
+    device: str = "cuda",
+) -> Path:
     """Load the checkpoint folder ``source`` with NF4 weights for the language model and save it (plus its
     processor files) to ``out_folder`` with ``save_pretrained``; written to a temporary folder, then renamed."""
     import torch
@@ -74,8 +83,9 @@ def quantize_nf4_to_folder(source: str | os.PathLike, out_folder: str | os.PathL
     skip = nf4_skip_modules(config)
     model_class = getattr(transformers, (config.architectures or ["Qwen2_5_VLForConditionalGeneration"])[0])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[compute_dtype]
-    model = model_class.from_pretrained(source, quantization_config=nf4_config(skip, compute_dtype), dtype=dtype,
-                                        device_map=device)
+    model = model_class.from_pretrained(
+        source, quantization_config=nf4_config(skip, compute_dtype), dtype=dtype, device_map=device
+    )
     with atomic_output_dir(out_folder) as tmp:
         model.save_pretrained(tmp)
         try:

@@ -25,7 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stvgr1_edge.backends.tensorrt import (  # noqa: F401  (the runtime loads what this builds)
-    TENSORRT_MISSING, EngineInfo, TrtVisionEncoder, engine_info_path, import_tensorrt)
+    TENSORRT_MISSING,
+    EngineInfo,
+    TrtVisionEncoder,
+    engine_info_path,
+    import_tensorrt,
+)
 from stvgr1_edge.errors import BadInputError, atomic_output, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ def profile_shapes(vision_config, profile: VisionEngineProfile) -> dict[str, tup
 
     from .vision_onnx import INPUT_NAMES, compute_vision_side_inputs
 
-    patch_dim = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+    patch_dim = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
     per_grid = []
     for grid in (profile.min_grid, profile.opt_grid, profile.max_grid):
         side = compute_vision_side_inputs(torch.tensor([grid]), vision_config)
@@ -74,10 +79,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-
-def build_vision_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike,
-                        profile: VisionEngineProfile = VisionEngineProfile(),
-                        timing_cache: str | os.PathLike | None = None) -> EngineInfo:
+def build_vision_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    profile: VisionEngineProfile = VisionEngineProfile(),
+    timing_cache: str | os.PathLike | None = None,
+) -> EngineInfo:
     """Build ``engine_path`` (and ``<engine>.json`` metadata) from an exported vision-encoder ONNX file.
 
     ``timing_cache`` defaults to ``<engine>.timing-cache`` next to the engine.
@@ -119,10 +126,16 @@ def build_vision_engine(onnx_path: str | os.PathLike, engine_path: str | os.Path
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown"
-    info = EngineInfo(engine=engine_path.name, onnx=onnx_path.name, onnx_sha256=_sha256(onnx_path), gpu=gpu,
-                      tensorrt_version=trt.__version__, strongly_typed=True,
-                      profile={name: [list(s) for s in triple] for name, triple in shapes.items()},
-                      vision_config=vision_config.to_dict())
+    info = EngineInfo(
+        engine=engine_path.name,
+        onnx=onnx_path.name,
+        onnx_sha256=_sha256(onnx_path),
+        gpu=gpu,
+        tensorrt_version=trt.__version__,
+        strongly_typed=True,
+        profile={name: [list(s) for s in triple] for name, triple in shapes.items()},
+        vision_config=vision_config.to_dict(),
+    )
     write_json_atomic(engine_info_path(engine_path), asdict(info), indent=1)
     logger.info("TensorRT engine written to %s", engine_path)
     return info
@@ -142,5 +155,3 @@ def _vision_config_from_onnx(onnx_path: Path):
     if METADATA_KEY not in meta:
         raise BadInputError(f"{onnx_path} has no {METADATA_KEY!r} metadata: re-export it with export_vision_encoder")
     return Qwen2_5_VLVisionConfig(**json.loads(meta[METADATA_KEY]))
-
-

@@ -131,8 +131,15 @@ class MaskDecoderGraph(nn.Module):
         super().__init__()
         self.decoder = mask_decoder
 
-    def forward(self, image_embeddings, image_positional_embeddings, sparse_prompt_embeddings,
-                dense_prompt_embeddings, feat_s0, feat_s1):
+    def forward(
+        self,
+        image_embeddings,
+        image_positional_embeddings,
+        sparse_prompt_embeddings,
+        dense_prompt_embeddings,
+        feat_s0,
+        feat_s1,
+    ):
         dec = self.decoder
         batch_size, num_channels, height, width = image_embeddings.shape
         point_batch_size = sparse_prompt_embeddings.shape[1]
@@ -142,19 +149,24 @@ class MaskDecoderGraph(nn.Module):
         image_embeddings = (image_embeddings + dense_prompt_embeddings).repeat_interleave(point_batch_size, dim=0)
         image_positional_embeddings = image_positional_embeddings.repeat_interleave(point_batch_size, 0)
         point_embeddings, image_embeddings = dec.transformer(
-            point_embeddings=tokens, image_embeddings=image_embeddings,
-            image_positional_embeddings=image_positional_embeddings, attention_similarity=None,
-            target_embedding=None)
+            point_embeddings=tokens,
+            image_embeddings=image_embeddings,
+            image_positional_embeddings=image_positional_embeddings,
+            attention_similarity=None,
+            target_embedding=None,
+        )
         iou_token_out = point_embeddings[:, :, 1, :]
-        mask_tokens_out = point_embeddings[:, :, 2:(2 + dec.num_mask_tokens), :]
-        image_embeddings = image_embeddings.transpose(2, 3).reshape(batch_size * point_batch_size, num_channels,
-                                                                     height, width)
+        mask_tokens_out = point_embeddings[:, :, 2 : (2 + dec.num_mask_tokens), :]
+        image_embeddings = image_embeddings.transpose(2, 3).reshape(
+            batch_size * point_batch_size, num_channels, height, width
+        )
         feat_s0 = feat_s0.repeat_interleave(point_batch_size, dim=0)
         feat_s1 = feat_s1.repeat_interleave(point_batch_size, dim=0)
         upscaled = dec.activation(dec.upscale_layer_norm(dec.upscale_conv1(image_embeddings) + feat_s1))
         upscaled = dec.activation(dec.upscale_conv2(upscaled) + feat_s0)
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, :, i, :]) for i, mlp in
-                                enumerate(dec.output_hypernetworks_mlps)], dim=2)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, :, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=2
+        )
         _, channels, up_h, up_w = upscaled.shape
         upscaled = upscaled.reshape(batch_size, point_batch_size, channels, up_h * up_w)
         masks = (hyper_in @ upscaled).reshape(batch_size, point_batch_size, -1, up_h, up_w)
@@ -240,8 +252,8 @@ class MemoryAttentionGraph(nn.Module):
 
     def forward(self, current, current_pos, memory, memory_pos, memory_valid):
         module = self.attention
-        output = (current + 0.1 * current_pos).transpose(0, 1)       # (B, HW, C)
-        memory = memory.transpose(0, 1)                                # (B, L, 64)
+        output = (current + 0.1 * current_pos).transpose(0, 1)  # (B, HW, C)
+        memory = memory.transpose(0, 1)  # (B, L, 64)
         memory_pos = memory_pos.transpose(0, 1)
         key_bias = torch.zeros(memory_valid.shape, dtype=output.dtype).masked_fill(~memory_valid, float("-inf"))
         spatial = self.cos_k.shape[0]
@@ -249,14 +261,15 @@ class MemoryAttentionGraph(nn.Module):
             query = layer.layer_norm1(output)
             output = output + self._attend(layer.self_attn, query, query, query, None, None)
             query = layer.layer_norm2(output)
-            output = output + self._attend(layer.cross_attn_image, query, memory + memory_pos, memory,
-                                           key_bias, spatial)
+            output = output + self._attend(
+                layer.cross_attn_image, query, memory + memory_pos, memory, key_bias, spatial
+            )
             query = layer.layer_norm3(output)
             if hasattr(layer, "mlp"):  # EdgeTAM
                 output = output + layer.mlp(query)
             else:
                 output = output + layer.linear2(layer.activation(layer.linear1(query)))
-        return module.layer_norm(output).unsqueeze(0)                  # (1, B, HW, C) like the stock module
+        return module.layer_norm(output).unsqueeze(0)  # (1, B, HW, C) like the stock module
 
 
 # -- export -----------------------------------------------------------------------------------------------
@@ -271,9 +284,17 @@ def memory_bank_size(config, conditioning_frames: int = 2) -> tuple[int, int]:
     return slots, pointers
 
 
-def example_inputs(model: nn.Module, name: str, num_objects: int = 1, num_points: int = 2,
-                   slots: int = 0, pointer_tokens: int = 0, filled_slots: int | None = None,
-                   filled_pointers: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(
+    model: nn.Module,
+    name: str,
+    num_objects: int = 1,
+    num_points: int = 2,
+    slots: int = 0,
+    pointer_tokens: int = 0,
+    filled_slots: int | None = None,
+    filled_pointers: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
     """Random inputs of the right shapes for graph ``name`` (tests use them with different sizes)."""
     gen = torch.Generator().manual_seed(seed)
     config = model.config
@@ -295,8 +316,14 @@ def example_inputs(model: nn.Module, name: str, num_objects: int = 1, num_points
     if name == "mask_decoder":
         s0 = model.mask_decoder.conv_s0.out_channels
         s1 = model.mask_decoder.conv_s1.out_channels
-        return (randn(b, hidden, h, w), randn(b, hidden, h, w), randn(b, 1, num_points + 1, hidden),
-                randn(b, hidden, h, w), randn(b, s0, *sizes[0]), randn(b, s1, *sizes[1]))
+        return (
+            randn(b, hidden, h, w),
+            randn(b, hidden, h, w),
+            randn(b, 1, num_points + 1, hidden),
+            randn(b, hidden, h, w),
+            randn(b, s0, *sizes[0]),
+            randn(b, s1, *sizes[1]),
+        )
     if name == "memory_encoder":
         mh, mw = model.prompt_encoder.mask_input_size
         return randn(b, hidden, h, w), torch.rand(b, 1, mh * 4, mw * 4, generator=gen) * 20 - 10
@@ -307,8 +334,8 @@ def example_inputs(model: nn.Module, name: str, num_objects: int = 1, num_points
         filled_slots = slots if filled_slots is None else filled_slots
         filled_pointers = pointer_tokens if filled_pointers is None else filled_pointers
         valid = torch.zeros(length, dtype=torch.bool)
-        valid[:filled_slots * k] = True
-        valid[slots * k: slots * k + filled_pointers] = True
+        valid[: filled_slots * k] = True
+        valid[slots * k : slots * k + filled_pointers] = True
         memory, memory_pos = randn(length, b, mem_dim), randn(length, b, mem_dim)
         memory[~valid], memory_pos[~valid] = 0, 0
         return randn(h * w, b, hidden), randn(h * w, b, hidden), memory, memory_pos, valid
@@ -317,24 +344,60 @@ def example_inputs(model: nn.Module, name: str, num_objects: int = 1, num_points
 
 _IO = {
     "image_encoder": (["pixel_values"], ["feat_s0", "feat_s1", "feat_top", "pos_s0", "pos_s1", "pos_top"], {}),
-    "prompt_points": (["points", "labels"], ["sparse_embeddings"],
-                      {"points": {0: "batch", 1: "prompts", 2: "points"},
-                       "labels": {0: "batch", 1: "prompts", 2: "points"},
-                       "sparse_embeddings": {0: "batch", 1: "prompts", 2: "tokens"}}),
+    "prompt_points": (
+        ["points", "labels"],
+        ["sparse_embeddings"],
+        {
+            "points": {0: "batch", 1: "prompts", 2: "points"},
+            "labels": {0: "batch", 1: "prompts", 2: "points"},
+            "sparse_embeddings": {0: "batch", 1: "prompts", 2: "tokens"},
+        },
+    ),
     "prompt_mask": (["masks"], ["dense_embeddings"], {"masks": {0: "batch"}, "dense_embeddings": {0: "batch"}}),
-    "mask_decoder": (["image_embeddings", "image_positional_embeddings", "sparse_embeddings", "dense_embeddings",
-                      "feat_s0", "feat_s1"], ["masks", "iou_scores", "mask_tokens", "object_score_logits"],
-                     {"image_embeddings": {0: "batch"}, "image_positional_embeddings": {0: "batch"},
-                      "sparse_embeddings": {0: "batch", 1: "prompts", 2: "tokens"}, "dense_embeddings": {0: "batch"},
-                      "feat_s0": {0: "batch"}, "feat_s1": {0: "batch"}, "masks": {0: "batch", 1: "prompts"},
-                      "iou_scores": {0: "batch", 1: "prompts"}, "mask_tokens": {0: "batch", 1: "prompts"},
-                      "object_score_logits": {0: "batch", 1: "prompts"}}),
-    "memory_encoder": (["pix_feat", "mask"], ["maskmem_features", "maskmem_pos_enc"],
-                       {"pix_feat": {0: "batch"}, "mask": {0: "batch"}, "maskmem_features": {0: "batch"},
-                        "maskmem_pos_enc": {0: "batch"}}),
-    "memory_attention": (["current", "current_pos", "memory", "memory_pos", "memory_valid"], ["conditioned"],
-                         {"current": {1: "batch"}, "current_pos": {1: "batch"}, "memory": {1: "batch"},
-                          "memory_pos": {1: "batch"}, "conditioned": {1: "batch"}}),
+    "mask_decoder": (
+        [
+            "image_embeddings",
+            "image_positional_embeddings",
+            "sparse_embeddings",
+            "dense_embeddings",
+            "feat_s0",
+            "feat_s1",
+        ],
+        ["masks", "iou_scores", "mask_tokens", "object_score_logits"],
+        {
+            "image_embeddings": {0: "batch"},
+            "image_positional_embeddings": {0: "batch"},
+            "sparse_embeddings": {0: "batch", 1: "prompts", 2: "tokens"},
+            "dense_embeddings": {0: "batch"},
+            "feat_s0": {0: "batch"},
+            "feat_s1": {0: "batch"},
+            "masks": {0: "batch", 1: "prompts"},
+            "iou_scores": {0: "batch", 1: "prompts"},
+            "mask_tokens": {0: "batch", 1: "prompts"},
+            "object_score_logits": {0: "batch", 1: "prompts"},
+        },
+    ),
+    "memory_encoder": (
+        ["pix_feat", "mask"],
+        ["maskmem_features", "maskmem_pos_enc"],
+        {
+            "pix_feat": {0: "batch"},
+            "mask": {0: "batch"},
+            "maskmem_features": {0: "batch"},
+            "maskmem_pos_enc": {0: "batch"},
+        },
+    ),
+    "memory_attention": (
+        ["current", "current_pos", "memory", "memory_pos", "memory_valid"],
+        ["conditioned"],
+        {
+            "current": {1: "batch"},
+            "current_pos": {1: "batch"},
+            "memory": {1: "batch"},
+            "memory_pos": {1: "batch"},
+            "conditioned": {1: "batch"},
+        },
+    ),
 }
 
 
@@ -346,8 +409,9 @@ def graph_module(model: nn.Module, name: str, slots: int = 0, pointer_tokens: in
         "prompt_mask": lambda: PromptMaskGraph(model.prompt_encoder),
         "mask_decoder": lambda: MaskDecoderGraph(model.mask_decoder),
         "memory_encoder": lambda: MemoryEncoderGraph(model.memory_encoder),
-        "memory_attention": lambda: MemoryAttentionGraph(model.memory_attention, slots, pointer_tokens,
-                                                         tokens_per_memory_slot(model)),
+        "memory_attention": lambda: MemoryAttentionGraph(
+            model.memory_attention, slots, pointer_tokens, tokens_per_memory_slot(model)
+        ),
     }
     return modules[name]().eval()
 
@@ -373,14 +437,28 @@ def export_tracker(model: nn.Module, out_dir: str | os.PathLike, conditioning_fr
         inputs, outputs, dynamic = _IO[name]
         path = out_dir / GRAPH_FILES[name]
         with atomic_output(path, suffix=".onnx") as tmp, torch.no_grad():
-            torch.onnx.export(module, example, str(tmp), dynamo=False, input_names=inputs, output_names=outputs,
-                              dynamic_axes=dynamic, opset_version=ONNX_OPSET, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                example,
+                str(tmp),
+                dynamo=False,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
+            )
             onnx.checker.check_model(str(tmp))
         logger.info("exported tracker graph %s -> %s", name, path)
-    spec = TrackerGraphSpec(family=family, graphs={n: GRAPH_FILES[n] for n in names},
-                            image_size=int(model.config.image_size), memory_slots=slots,
-                            tokens_per_slot=tokens_per_memory_slot(model), pointer_tokens=pointers,
-                            feature_size=tuple(int(x) for x in model.backbone_feature_sizes[-1]))
+    spec = TrackerGraphSpec(
+        family=family,
+        graphs={n: GRAPH_FILES[n] for n in names},
+        image_size=int(model.config.image_size),
+        memory_slots=slots,
+        tokens_per_slot=tokens_per_memory_slot(model),
+        pointer_tokens=pointers,
+        feature_size=tuple(int(x) for x in model.backbone_feature_sizes[-1]),
+    )
     with atomic_output(out_dir / SPEC_FILE) as tmp:
         tmp.write_text(json.dumps(asdict(spec), indent=1) + "\n", encoding="utf-8")
     return spec
@@ -407,8 +485,10 @@ def _family_from_folder(model_spec: str) -> str:
             return "edgetam"
         if model_type.startswith("sam2"):
             return "sam2"
-        raise BadInputError(f"{model_spec} holds a {model_type!r} model, not SAM2/EdgeTAM video: pass a "
-                            "Sam2VideoModel or EdgeTamVideoModel folder")
+        raise BadInputError(
+            f"{model_spec} holds a {model_type!r} model, not SAM2/EdgeTAM video: pass a "
+            "Sam2VideoModel or EdgeTamVideoModel folder"
+        )
     return "edgetam" if "edgetam" in model_spec.lower() else "sam2"
 
 
@@ -421,14 +501,16 @@ def torch_reference(model: nn.Module, name: str, inputs: tuple[torch.Tensor, ...
             f, p = list(out.fpn_hidden_states), list(out.fpn_position_encoding)
             return (model.mask_decoder.conv_s0(f[0]), model.mask_decoder.conv_s1(f[1]), f[2], p[0], p[1], p[2])
         if name == "prompt_points":
-            sparse, _ = model.prompt_encoder(input_points=inputs[0], input_labels=inputs[1], input_boxes=None,
-                                             input_masks=None)
+            sparse, _ = model.prompt_encoder(
+                input_points=inputs[0], input_labels=inputs[1], input_boxes=None, input_masks=None
+            )
             return (sparse,)
         if name == "prompt_mask":
             pts = torch.zeros(inputs[0].shape[0], 1, 1, 2)
             no_labels = -torch.ones(pts.shape[:3], dtype=torch.int64)
-            _, dense = model.prompt_encoder(input_points=pts, input_labels=no_labels, input_boxes=None,
-                                            input_masks=inputs[0])
+            _, dense = model.prompt_encoder(
+                input_points=pts, input_labels=no_labels, input_boxes=None, input_masks=inputs[0]
+            )
             return (dense,)
         if name == "mask_decoder":
             return tuple(graph_module(model, name)(*inputs))  # stock forward selects tokens; compared separately
@@ -441,10 +523,14 @@ def torch_reference(model: nn.Module, name: str, inputs: tuple[torch.Tensor, ...
             kwargs = {}
             if model_family(model) == "edgetam":
                 kwargs["num_spatial_memory_tokens"] = (int(valid.sum()) - n_ptr) // tokens_per_memory_slot(model)
-            out = model.memory_attention(current_vision_features=current, memory=memory[valid],
-                                         current_vision_position_embeddings=current_pos,
-                                         memory_posision_embeddings=memory_pos[valid],
-                                         num_object_pointer_tokens=n_ptr, **kwargs)
+            out = model.memory_attention(
+                current_vision_features=current,
+                memory=memory[valid],
+                current_vision_position_embeddings=current_pos,
+                memory_posision_embeddings=memory_pos[valid],
+                num_object_pointer_tokens=n_ptr,
+                **kwargs,
+            )
             return (out,)
     raise ValueError(f"unknown tracker graph {name!r}")
 
@@ -461,8 +547,14 @@ def tracker_parity(model: nn.Module, folder: str | os.PathLike, seed: int = 0) -
     errors: dict[str, float] = {}
     for name, file in spec["graphs"].items():
         session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
-        inputs = example_inputs(model, name, slots=spec["memory_slots"], pointer_tokens=spec["pointer_tokens"],
-                                filled_slots=max(1, spec["memory_slots"] - 1), seed=seed)
+        inputs = example_inputs(
+            model,
+            name,
+            slots=spec["memory_slots"],
+            pointer_tokens=spec["pointer_tokens"],
+            filled_slots=max(1, spec["memory_slots"] - 1),
+            seed=seed,
+        )
         feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
         got = session.run(None, feed)
         want = torch_reference(model, name, inputs)

@@ -34,26 +34,33 @@ Output ``visual_tokens``: (M, out_hidden_size) float32, processor order — the 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
 from stvgr1_edge.backends.onnx_vision import (  # noqa: F401  (re-exported: the runtime runs what this writes)
-    INPUT_NAMES, METADATA_KEY, OUTPUT_NAME, AttentionSegments, OnnxVisionEncoder, VisionSideInputs,
-    compute_vision_side_inputs, grid_key, segments_from_cu_seqlens, session_options, split_per_video)
+    INPUT_NAMES,
+    METADATA_KEY,
+    OUTPUT_NAME,
+    AttentionSegments,
+    OnnxVisionEncoder,
+    VisionSideInputs,
+    compute_vision_side_inputs,
+    grid_key,
+    segments_from_cu_seqlens,
+    session_options,
+    split_per_video,
+)
 from stvgr1_edge.errors import BadInputError, require
 
 logger = logging.getLogger(__name__)
 ONNX_OPSET = 17
-
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +84,7 @@ class VisionEncoderGraph(nn.Module):
         self.head_dim = config.hidden_size // config.num_heads
         self.merged_hidden_size = tower.merger.hidden_size
         self.fullatt_block_indexes = set(config.fullatt_block_indexes)
-        self.merge_unit = config.spatial_merge_size ** 2
+        self.merge_unit = config.spatial_merge_size**2
 
     @staticmethod
     def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +97,16 @@ class VisionEncoderGraph(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         return norm.weight.float() * x
 
-    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   gather: torch.Tensor, valid: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+    def _attention(
+        self,
+        attn: nn.Module,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        gather: torch.Tensor,
+        valid: torch.Tensor,
+        scatter: torch.Tensor,
+    ) -> torch.Tensor:
         n = x.shape[0]
         qkv = self._linear(attn.qkv, x).reshape(n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (N, H, D) fp32
@@ -115,8 +130,20 @@ class VisionEncoderGraph(nn.Module):
         gate = mlp.act_fn(self._linear(mlp.gate_proj, x))
         return self._linear(mlp.down_proj, gate * self._linear(mlp.up_proj, x))
 
-    def forward(self, pixel_values, window_index, reverse_index, cos, sin, window_gather, window_valid,
-                window_scatter, full_gather, full_valid, full_scatter):
+    def forward(
+        self,
+        pixel_values,
+        window_index,
+        reverse_index,
+        cos,
+        sin,
+        window_gather,
+        window_valid,
+        window_scatter,
+        full_gather,
+        full_valid,
+        full_scatter,
+    ):
         tower = self.tower
         conv = tower.patch_embed.proj  # kernel == stride == one patch: a linear map over the flat patch
         weight = conv.weight.reshape(conv.weight.shape[0], -1)
@@ -157,15 +184,16 @@ def _vision_tower(model):
     inner = getattr(model, "model", model)
     tower = getattr(inner, "visual", None)
     if tower is None:
-        raise BadInputError(f"{type(model).__name__} has no vision tower at model.model.visual: "
-                            "pass a Qwen2.5-VL model")
+        raise BadInputError(
+            f"{type(model).__name__} has no vision tower at model.model.visual: pass a Qwen2.5-VL model"
+        )
     return tower
 
 
 def _example_inputs(vision_config, grid_thw: Sequence[int]):
 
     grid = torch.tensor([list(grid_thw)], dtype=torch.int64)
-    patch_dim = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size ** 2
+    patch_dim = vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randn(int(grid.prod()), patch_dim, generator=generator)
     return (pixels, *compute_vision_side_inputs(grid, vision_config).as_tuple())
@@ -187,8 +215,13 @@ def _tower_bytes(tower: nn.Module, dtype: str) -> int:
     return sum(p.numel() for p in tower.parameters()) * bytes_per_weight
 
 
-def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp32", "fp16"] = "fp32",
-                          example_grid_thw: Sequence[int] = (2, 16, 20), external_data: bool | None = None) -> Path:
+def export_vision_encoder(
+    model,
+    out_path: str | os.PathLike,
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    example_grid_thw: Sequence[int] = (2, 16, 20),
+    external_data: bool | None = None,
+) -> Path:
     """Export ``model``'s vision tower (incl. the patch merger) to ``out_path`` as ONNX with dynamic patches.
 
     Uses the TorchScript exporter (``dynamo=False``, opset 17), which needs no extra package and gives a graph
@@ -212,12 +245,18 @@ def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp
     device = next(graph.parameters()).device
     example = tuple(t.to(device) for t in _example_inputs(config, example_grid_thw))
     dynamic_axes = {
-        "pixel_values": {0: "num_patches"}, "window_index": {0: "num_merged"}, "reverse_index": {0: "num_merged"},
-        "cos": {0: "num_patches"}, "sin": {0: "num_patches"},
-        "window_gather": {0: "num_windows", 1: "window_len"}, "window_valid": {0: "num_windows", 1: "window_len"},
+        "pixel_values": {0: "num_patches"},
+        "window_index": {0: "num_merged"},
+        "reverse_index": {0: "num_merged"},
+        "cos": {0: "num_patches"},
+        "sin": {0: "num_patches"},
+        "window_gather": {0: "num_windows", 1: "window_len"},
+        "window_valid": {0: "num_windows", 1: "window_len"},
         "window_scatter": {0: "num_patches"},
-        "full_gather": {0: "num_frames", 1: "frame_len"}, "full_valid": {0: "num_frames", 1: "frame_len"},
-        "full_scatter": {0: "num_patches"}, OUTPUT_NAME: {0: "num_merged"},
+        "full_gather": {0: "num_frames", 1: "frame_len"},
+        "full_valid": {0: "num_frames", 1: "frame_len"},
+        "full_scatter": {0: "num_patches"},
+        OUTPUT_NAME: {0: "num_merged"},
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +265,17 @@ def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp
     # tensor there), then move the data file and the graph into place, the graph last
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as scratch, torch.no_grad():
         traced = Path(scratch) / "traced.onnx"
-        torch.onnx.export(graph, example, str(traced), dynamo=False, input_names=list(INPUT_NAMES),
-                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            graph,
+            example,
+            str(traced),
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+        )
         proto = onnx.load(str(traced))  # pulls in any external data the exporter wrote
         meta = proto.metadata_props.add()
         meta.key, meta.value = METADATA_KEY, json.dumps(config.to_dict(), sort_keys=True, default=str)
@@ -236,13 +283,24 @@ def export_vision_encoder(model, out_path: str | os.PathLike, dtype: Literal["fp
         dtype_meta.key, dtype_meta.value = "weights_dtype", dtype
         final = Path(scratch) / out_path.name
         if external_data:
-            onnx.save_model(proto, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_path.name, size_threshold=1024)
+            onnx.save_model(
+                proto,
+                str(final),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_path.name,
+                size_threshold=1024,
+            )
             os.replace(Path(scratch) / data_path.name, data_path)
         else:
             onnx.save(proto, str(final))
             data_path.unlink(missing_ok=True)
         os.replace(final, out_path)
-    logger.info("exported vision encoder (%s, %d blocks%s) to %s", dtype, len(tower.blocks),
-                ", external data" if external_data else "", out_path)
+    logger.info(
+        "exported vision encoder (%s, %d blocks%s) to %s",
+        dtype,
+        len(tower.blocks),
+        ", external data" if external_data else "",
+        out_path,
+    )
     return out_path

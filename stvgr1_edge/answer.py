@@ -56,22 +56,24 @@ _ID_LABELS = (
 _ID_LABEL_TAIL = re.compile(r"\s*(?:[:=]|\bis\b|\bare\b)?\s*", re.IGNORECASE)
 # One ID: optional "#" or "ID"/"object" prefix, digits not part of a decimal or a longer word.
 # An ID is never the start of a time range ("3 to 5", "3-5", "3s").
-_ID_ITEM = re.compile(r"(?:#\s*|(?:object\s*)?ids?\s*[:#]?\s*)?(\d+)(?![\d.]*\d)(?!\w)"
-                      r"(?!\s*(?:to|until|till|through)\b|\s*[-–—−~]\s*\.?\d)", re.IGNORECASE)
+_ID_ITEM = re.compile(
+    r"(?:#\s*|(?:object\s*)?ids?\s*[:#]?\s*)?(\d+)(?![\d.]*\d)(?!\w)"
+    r"(?!\s*(?:to|until|till|through)\b|\s*[-–—−~]\s*\.?\d)",
+    re.IGNORECASE,
+)
 _ID_SEPARATOR = re.compile(r"(?:\s|[,;/&+()\[\]]|\band\b|\bor\b)*", re.IGNORECASE)
 _ID_LIST_OPEN = re.compile(r"[\s\[(]*")
 _NOT_AN_ID = re.compile(r"[\[(#\s]*(-\s*\d|\d+\.\d)")
 
 # --- times ----------------------------------------------------------------------------------------
-_TIME_LABEL = re.compile(r"\btime\s*(?:range|span|period|interval|window|stamps?)?\b\s*(?:[:=]|\bis\b)?",
-                         re.IGNORECASE)
+_TIME_LABEL = re.compile(r"\btime\s*(?:range|span|period|interval|window|stamps?)?\b\s*(?:[:=]|\bis\b)?", re.IGNORECASE)
 _NUMBER = r"(?:\d+:)?(?:\d+:)?\d+(?:\.\d+)?|\.\d+"
 _UNIT = r"(?:\s*(?:seconds?|secs?|s)\b)?"
 _TIME = rf"(?<![\w.])-?(?:{_NUMBER}){_UNIT}(?![\w:])"
 _RANGE_WITH_COMMA = re.compile(
-    rf"(?P<a>{_TIME})\s*(?:to|and|until|till|through|[-–—−~,])\s*(?P<b>{_TIME})", re.IGNORECASE)
-_RANGE = re.compile(
-    rf"(?P<a>{_TIME})\s*(?:to|and|until|till|through|[-–—−~])\s*(?P<b>{_TIME})", re.IGNORECASE)
+    rf"(?P<a>{_TIME})\s*(?:to|and|until|till|through|[-–—−~,])\s*(?P<b>{_TIME})", re.IGNORECASE
+)
+_RANGE = re.compile(rf"(?P<a>{_TIME})\s*(?:to|and|until|till|through|[-–—−~])\s*(?P<b>{_TIME})", re.IGNORECASE)
 _UNIT_SUFFIX = re.compile(r"\s*(?:seconds?|secs?|s)$", re.IGNORECASE)
 
 
@@ -99,8 +101,21 @@ class GroundingAnswer:
 
     def to_dict(self) -> dict:
         """The answer part of the result JSON's per-query object (ARCHITECTURE.md)."""
-        return {"answer_text": self.raw, "ids": list(self.ids), "start_s": self.start_s, "end_s": self.end_s,
-                "parse_ok": self.parse_ok, "warnings": list(self.warnings)}
+        return {
+            "answer_text": self.raw,
+            "ids": list(self.ids),
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "parse_ok": self.parse_ok,
+            "warnings": list(self.warnings),
+        }
+
+
+def _always_match(pattern: "re.Pattern[str]", text: str, pos: int) -> int:
+    """End of ``pattern`` matched at ``pos``; for the patterns that may match the empty string, so always match."""
+    match = pattern.match(text, pos)
+    assert match is not None
+    return match.end()
 
 
 def parse_answer(
@@ -158,18 +173,18 @@ def _answer_body(text: str, warnings: list[str]) -> tuple[str, bool]:
         body = blocks[-1].group(1)
         nested = list(_ANSWER_OPEN.finditer(body))
         if nested:  # "<answer> a <answer> b </answer>": the innermost opening tag starts the answer
-            body = body[nested[-1].end():]
+            body = body[nested[-1].end() :]
         if _ANSWER_OPEN.search(text, blocks[-1].end()):
             warnings.append("an unclosed <answer> after the last complete one was ignored")
         return body, True
     opens = list(_ANSWER_OPEN.finditer(text))
     if opens:
         warnings.append("unclosed <answer> tag: read the text after it")
-        return text[opens[-1].end():], True
+        return text[opens[-1].end() :], True
     warnings.append("no <answer> block: read the text outside <think>")
     outside = _THINK_BLOCK.sub(" ", text)
     closes = list(_THINK_CLOSE.finditer(outside))  # "<think>" pre-filled by the chat template
-    return (outside[closes[-1].end():] if closes else outside), False
+    return (outside[closes[-1].end() :] if closes else outside), False
 
 
 def _read_ids(body: str) -> tuple[tuple[int, ...], tuple[int, int] | None, str]:
@@ -181,8 +196,8 @@ def _read_ids(body: str) -> tuple[tuple[int, ...], tuple[int, int] | None, str]:
             break
     if label is None:
         return (), None, "no 'Target ID' in the answer"
-    pos = _ID_LABEL_TAIL.match(body, label.end()).end()
-    pos = _ID_LIST_OPEN.match(body, pos).end()
+    pos = _always_match(_ID_LABEL_TAIL, body, label.end())
+    pos = _always_match(_ID_LIST_OPEN, body, pos)
     ids: list[int] = []
     seen: set[int] = set()
     while True:
@@ -197,13 +212,13 @@ def _read_ids(body: str) -> tuple[tuple[int, ...], tuple[int, int] | None, str]:
             seen.add(value)
             ids.append(value)
         pos = item.end()
-        after = _ID_SEPARATOR.match(body, pos).end()
+        after = _always_match(_ID_SEPARATOR, body, pos)
         if _ID_ITEM.match(body, after) is None:
             break
         pos = after
     if not ids:
-        after_label = _ID_LABEL_TAIL.match(body, label.end()).end()
-        shown = body[after_label:after_label + 30].strip()
+        after_label = _always_match(_ID_LABEL_TAIL, body, label.end())
+        shown = body[after_label : after_label + 30].strip()
         if _NOT_AN_ID.match(body, after_label):
             return (), None, f"the target ID is not a non-negative integer: {shown!r}"
         return (), None, f"no ID number after '{label.group(0)}': {shown!r}"
@@ -214,7 +229,7 @@ def _read_time_range(body: str, id_span: tuple[int, int] | None, warnings: list[
     """((start, end) as floats, problem or "")."""
     label = _TIME_LABEL.search(body)
     if label is not None:
-        segment = body[label.end():]
+        segment = body[label.end() :]
         match = _RANGE_WITH_COMMA.search(segment)
         if match is None:
             name = re.sub(r"[\s:=]+$", "", label.group(0))
@@ -223,7 +238,7 @@ def _read_time_range(body: str, id_span: tuple[int, int] | None, warnings: list[
                 return None, f"only one time after '{name}' ({found!r}): expected 'start to end'"
             return None, f"no 'start to end' times after '{name}': {segment.strip()[:40]!r}"
     else:
-        rest = body if id_span is None else body[:id_span[0]] + " " * (id_span[1] - id_span[0]) + body[id_span[1]:]
+        rest = body if id_span is None else body[: id_span[0]] + " " * (id_span[1] - id_span[0]) + body[id_span[1] :]
         match = _RANGE.search(rest)
         if match is None:
             return None, "no time range in the answer"
@@ -247,8 +262,9 @@ def _seconds(token: str) -> float:
     return sign * value
 
 
-def _validate_times(start: float, end: float, duration_s: float | None,
-                    warnings: list[str]) -> tuple[float | None, float | None]:
+def _validate_times(
+    start: float, end: float, duration_s: float | None, warnings: list[str]
+) -> tuple[float | None, float | None]:
     """Swap reversed ends, clamp into [0, duration_s]; (None, None) if a time is infinite and the
     video length is unknown."""
     if start > end:

@@ -47,8 +47,10 @@ def release_vision_tower(model) -> int:
         param.data = param.data.new_empty(0)
 
     def released(*_args, **_kwargs):
-        raise RuntimeError("this model's PyTorch vision tower was released for the bundle's exported encoder: "
-                           "call grounder.vision_encoder instead")
+        raise RuntimeError(
+            "this model's PyTorch vision tower was released for the bundle's exported encoder: "
+            "call grounder.vision_encoder instead"
+        )
 
     tower.forward = released
     logger.info("released the PyTorch vision tower (%d weights)", freed)
@@ -69,8 +71,9 @@ class Bundle:
     def has_tracker(self) -> bool:
         return self.manifest.get("tracker") is not None
 
-    def grounder(self, max_new_tokens: int = 1024, dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto",
-                 **config_kwargs: Any):
+    def grounder(
+        self, max_new_tokens: int = 1024, dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto", **config_kwargs: Any
+    ):
         """A :class:`Grounder` with the bundle's LLM and its exported vision encoder (TensorRT engine or ONNX);
         the LLM's own PyTorch vision tower is released."""
         from transformers import AutoProcessor
@@ -85,8 +88,9 @@ class Bundle:
             raise BadInputError(f"{self.root / MANIFEST}: unknown llm_quant {quant!r}: re-export the bundle")
         model = load_language_model(llm_dir, quant, self.device, resolve_dtype(dtype, self.device))
         processor = AutoProcessor.from_pretrained(llm_dir, local_files_only=True)
-        config = GrounderConfig(model=str(llm_dir), device=self.device, dtype=dtype, max_new_tokens=max_new_tokens,
-                                **config_kwargs)
+        config = GrounderConfig(
+            model=str(llm_dir), device=self.device, dtype=dtype, max_new_tokens=max_new_tokens, **config_kwargs
+        )
         grounder = Grounder(model, processor, config)
         release_vision_tower(model)  # before the exported encoder loads its copy of the weights
         encoder = load_vision_encoder(self.root, info["vision"], self.device, self.providers)
@@ -97,17 +101,24 @@ class Bundle:
             return encoder(pixel_values, grid_thw, dtype=compute_dtype, device=device)
 
         grounder.vision_encoder = vision_encoder
-        logger.info("bundle grounder: llm %s (%s), vision %s", llm_dir, quant,
-                    getattr(encoder, "path", info["vision"]["onnx"]))
+        logger.info(
+            "bundle grounder: llm %s (%s), vision %s", llm_dir, quant, getattr(encoder, "path", info["vision"]["onnx"])
+        )
         return grounder
 
     def tracker(self, detector: Detector, config: Sam2TrackerConfig | None = None) -> OnnxSam2Tracker:
         """The bundle's ONNX SAM2/EdgeTAM tracker fed by ``detector``."""
         if not self.has_tracker:
-            raise BadInputError(f"bundle {self.root} has no tracker: export it with --tracker onnx, or pick "
-                                "--tracker classical")
-        return OnnxSam2Tracker(self.root / self.manifest["tracker"]["folder"], detector, config, device=self.device,
-                               providers=self.providers)
+            raise BadInputError(
+                f"bundle {self.root} has no tracker: export it with --tracker onnx, or pick --tracker classical"
+            )
+        return OnnxSam2Tracker(
+            self.root / self.manifest["tracker"]["folder"],
+            detector,
+            config,
+            device=self.device,
+            providers=self.providers,
+        )
 
 
 def load_bundle(folder: str | os.PathLike, device: str = "auto") -> Bundle:

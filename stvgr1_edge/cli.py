@@ -40,11 +40,16 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library progress (INFO) to stderr."),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     if not verbose:
         _quiet_third_party()
 
@@ -87,18 +92,27 @@ def synth(
     cfg = SynthConfig(width=width, height=height, fps=fps, seconds=seconds)
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("synthesizing clips", total=num)
-        ann = write_synthetic_dataset(out_dir, num=num, seed=seed, config=cfg,
-                                      on_clip=lambda _key: progress.advance(task))
+        ann = write_synthetic_dataset(
+            out_dir, num=num, seed=seed, config=cfg, on_clip=lambda _key: progress.advance(task)
+        )
     typer.echo(f"wrote {num} clips and {ann}")
 
 
 # --- eval ----------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_cmd(
-    pred: Path = typer.Argument(..., help="Predictions JSON ({video key: {ids, start_s, end_s, tube}}) or a `run` result JSON."),
-    gt: Path = typer.Argument(..., help="Ground truth: HCSTVG-v2 (e.g. `stvg-edge synth` annotations.json), HCSTVG-v1 or VidSTG annotations."),
-    convention: str = typer.Option("tubedetr", help="tubedetr (standard, frame-based) or stvg-r1 (the reference script's)."),
-    per_video: bool = typer.Option(False, "--per-video", help="Also print each video's tIoU, vIoU, ID correctness and J/F."),
+    pred: Path = typer.Argument(
+        ..., help="Predictions JSON ({video key: {ids, start_s, end_s, tube}}) or a `run` result JSON."
+    ),
+    gt: Path = typer.Argument(
+        ..., help="Ground truth: HCSTVG-v2 (e.g. `stvg-edge synth` annotations.json), HCSTVG-v1 or VidSTG annotations."
+    ),
+    convention: str = typer.Option(
+        "tubedetr", help="tubedetr (standard, frame-based) or stvg-r1 (the reference script's)."
+    ),
+    per_video: bool = typer.Option(
+        False, "--per-video", help="Also print each video's tIoU, vIoU, ID correctness and J/F."
+    ),
 ) -> None:
     """Score predictions: m_tIoU, m_vIoU, vIoU@R, ID accuracy, tIoU@R (and J&F for masks)."""
     from .metrics import evaluate_files
@@ -110,16 +124,21 @@ def eval_cmd(
 @app.command()
 def track(
     video: Path = typer.Argument(..., help="Video file to track (any format PyAV/FFmpeg decodes)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."
+    ),
     vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an annotated MP4 (boxes + IDs) here."),
     tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
-    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights: hub ID or "
-                                                                              "local folder (sam2/edgetam only)."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, "
-                                                                    "folder, or classical."),
+    tracker_model: Optional[str] = typer.Option(
+        None, "--tracker-model", help="SAM2.1/EdgeTAM weights: hub ID or local folder (sam2/edgetam only)."
+    ),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."
+    ),
     every: int = typer.Option(1, "--every", min=1, help="Track every k-th frame (others are interpolated later)."),
-    keyframe_interval: int = typer.Option(15, "--keyframe-interval", min=1,
-                                          help="Re-detect every this many tracked frames (sam2/edgetam)."),
+    keyframe_interval: int = typer.Option(
+        15, "--keyframe-interval", min=1, help="Re-detect every this many tracked frames (sam2/edgetam)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (model trackers)."),
 ) -> None:
     """Track every object with a consistent integer ID; write the tracks JSON (and an annotated MP4)."""
@@ -133,8 +152,14 @@ def track(
 
     info = probe_video(video)
     output = output if output is not None else Path(f"{video.stem}.tracks.json")
-    streaming_tracker = make_tracker(tracker, model=tracker_model, detector=detector, device=resolve_device(device),
-                                     every=every, keyframe_interval=keyframe_interval)
+    streaming_tracker = make_tracker(
+        tracker,
+        model=tracker_model,
+        detector=detector,
+        device=resolve_device(device),
+        every=every,
+        keyframe_interval=keyframe_interval,
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("tracking", total=info.num_frames)
@@ -155,36 +180,56 @@ def run(
     video: Path = typer.Argument(..., help="Video file."),
     queries: List[str] = typer.Argument(..., help="One or more sentences describing who does what."),
     output: Path = typer.Option(Path("result.json"), "--output", "-o", help="Result JSON to write."),
-    vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an MP4 showing each query's tube over its "
-                                                           "time range."),
-    model: Optional[str] = typer.Option(None, "--model", help="Grounding VLM (Qwen2.5-VL): hub ID, local folder or "
-                                                              "nano [default: the STVG-R1 7B checkpoint]."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export): its language "
-                                                                 "model, vision encoder and tracker (if it has one)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where "
-                                                              "bitsandbytes has CPU 4-bit kernels) [default: none]."),
-    tracker: Optional[str] = typer.Option(None, "--tracker", help="classical (no weights), sam2 or edgetam "
-                                                                  "[default: classical]."),
-    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or "
-                                                                              "folder) for --tracker sam2|edgetam."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, "
-                                                                    "folder, or classical."),
-    every: Optional[int] = typer.Option(None, "--every", help="Track every k-th frame; the VLM's sampled frames "
-                                                              "are always tracked [default: 1]."),
-    keyframe_interval: Optional[int] = typer.Option(None, "--keyframe-interval",
-                                                    help="Re-detect every this many tracked frames (sam2/edgetam) "
-                                                         "[default: 15]."),
-    tracks: Optional[Path] = typer.Option(None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` "
-                                                                 "instead of tracking again."),
+    vis: Optional[Path] = typer.Option(
+        None, "--vis", help="Also write an MP4 showing each query's tube over its time range."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="Grounding VLM (Qwen2.5-VL): hub ID, local folder or nano [default: the STVG-R1 7B checkpoint].",
+    ),
+    bundle: Optional[Path] = typer.Option(
+        None,
+        "--bundle",
+        help="Exported bundle (stvg-edge export): its language model, vision encoder and tracker (if it has one).",
+    ),
+    quant: Optional[str] = typer.Option(
+        None,
+        "--quant",
+        help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where bitsandbytes has CPU 4-bit kernels) [default: none].",
+    ),
+    tracker: Optional[str] = typer.Option(
+        None, "--tracker", help="classical (no weights), sam2 or edgetam [default: classical]."
+    ),
+    tracker_model: Optional[str] = typer.Option(
+        None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or folder) for --tracker sam2|edgetam."
+    ),
+    detector: Optional[str] = typer.Option(
+        None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."
+    ),
+    every: Optional[int] = typer.Option(
+        None, "--every", help="Track every k-th frame; the VLM's sampled frames are always tracked [default: 1]."
+    ),
+    keyframe_interval: Optional[int] = typer.Option(
+        None, "--keyframe-interval", help="Re-detect every this many tracked frames (sam2/edgetam) [default: 15]."
+    ),
+    tracks: Optional[Path] = typer.Option(
+        None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` instead of tracking again."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 [default: auto]."),
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
-    multi: bool = typer.Option(False, "--multi", help="Several targets: ask for every involved ID; the tube is "
-                                                      "their union box."),
+    multi: bool = typer.Option(
+        False, "--multi", help="Several targets: ask for every involved ID; the tube is their union box."
+    ),
     id_repair: bool = typer.Option(False, "--id-repair", help="Lenient ID repair of the reference evaluation (§6)."),
-    frame_memory_mb: float = typer.Option(1024.0, "--frame-memory-mb", min=0,
-                                          help="Sampled frames wait for the final tracks in memory up to this many "
-                                               "MB, then in a temporary folder (lower it on small devices)."),
+    frame_memory_mb: float = typer.Option(
+        1024.0,
+        "--frame-memory-mb",
+        min=0,
+        help="Sampled frames wait for the final tracks in memory up to this many "
+        "MB, then in a temporary folder (lower it on small devices).",
+    ),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
 ) -> None:
     """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
@@ -202,11 +247,25 @@ def run(
     _check_choice("--dtype", dtype, ("auto", "bf16", "fp16", "fp32"))
     # the choices were checked above, so the typed fields take the strings as they are
     options: dict[str, Any] = dict(
-        model=model, bundle=None if bundle is None else str(bundle), quant=quant, device=device, dtype=dtype,
-        max_new_tokens=max_new_tokens, tracker=tracker, tracker_model=tracker_model, detector=detector, every=every,
-        keyframe_interval=keyframe_interval, tracks=None if tracks is None else str(tracks))
-    config = RunConfig(**options, pipeline=PipelineConfig(time_only=time_only, multi_object=multi, id_repair=id_repair,
-                                                          frame_memory_mb=frame_memory_mb))
+        model=model,
+        bundle=None if bundle is None else str(bundle),
+        quant=quant,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        tracker=tracker,
+        tracker_model=tracker_model,
+        detector=detector,
+        every=every,
+        keyframe_interval=keyframe_interval,
+        tracks=None if tracks is None else str(tracks),
+    )
+    config = RunConfig(
+        **options,
+        pipeline=PipelineConfig(
+            time_only=time_only, multi_object=multi, id_repair=id_repair, frame_memory_mb=frame_memory_mb
+        ),
+    )
     check_run_config(config)  # conflicting options fail before anything is read
     for q in queries:
         normalize_query(q)
@@ -219,11 +278,21 @@ def run(
     console = Console(stderr=True)
     with console.status(f"loading {bundle or model or 'the grounding model'}"):
         pipeline = build_pipeline(config)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         bar = progress.add_task("decode + track", total=info.num_frames)
-        result = pipeline.run(video, queries, on_frame=lambda f: progress.advance(bar),
-                              on_stage=lambda s: progress.update(bar, description=f"{s}"))
+        result = pipeline.run(
+            video,
+            queries,
+            on_frame=lambda f: progress.advance(bar),
+            on_stage=lambda s: progress.update(bar, description=f"{s}"),
+        )
     if vis is not None:  # the video first: a failure there leaves no result JSON behind either
         from .vis import write_tube_video
 
@@ -241,8 +310,10 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{Path(result.video).name}: {result.info.num_frames} frames @ {result.info.fps:.2f} fps, "
-                        f"{len(result.tracks)} tracks, {result.sampling.num_frames} frames to the VLM")
+    table = Table(
+        title=f"{Path(result.video).name}: {result.info.num_frames} frames @ {result.info.fps:.2f} fps, "
+        f"{len(result.tracks)} tracks, {result.sampling.num_frames} frames to the VLM"
+    )
     for col in ("query", "IDs", "time range (s)", "tube frames", "parsed"):
         table.add_column(col)
     for q in result.queries:
@@ -255,9 +326,15 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
         for w in q.warnings:
             console.print(f"[yellow]warning[/] (query {i + 1}): {w}")
     t = result.timings_ms
-    console.print("time (ms): " + ", ".join(f"{k} {t[k]:.0f}" for k in ("decode", "track", "render", "vision", "prefill", "decode_tokens", "total") if k in t))
+    console.print(
+        "time (ms): "
+        + ", ".join(
+            f"{k} {t[k]:.0f}"
+            for k in ("decode", "track", "render", "vision", "prefill", "decode_tokens", "total")
+            if k in t
+        )
+    )
     console.print(f"wrote {output}" + (f" and {vis}" if vis else ""))
-
 
 
 # --- train / export (the optional toolchain packages) --------------------------------------------
@@ -272,8 +349,10 @@ def _run_toolchain(ctx: typer.Context, package: str, extra: str, marker_module: 
     try:
         toolchain = importlib.import_module(f"stvgr1_edge_{package}.cli")
     except ImportError as exc:
-        raise MissingDependencyError(f"stvg-edge {package} needs the stvgr1_edge_{package} package ({exc}): "
-                                     f"install it with  pip install 'stvg-edge[{extra}]'") from None
+        raise MissingDependencyError(
+            f"stvg-edge {package} needs the stvgr1_edge_{package} package ({exc}): "
+            f"install it with  pip install 'stvg-edge[{extra}]'"
+        ) from None
     code = toolchain.app(args=list(ctx.args), prog_name=f"stvg-edge {package}", standalone_mode=False)
     if isinstance(code, int) and code:
         raise typer.Exit(code)
@@ -316,8 +395,11 @@ def demo(
     for col in ("", "target ID (tracker)", "time range (s)"):
         table.add_column(col)
     table.add_row("answer", ", ".join(map(str, r.answer_ids)) or "—", span)
-    table.add_row("ground truth", "—" if r.gt_tracker_id is None else str(r.gt_tracker_id),
-                  f"{r.gt_start_s:.2f} – {r.gt_end_s:.2f}")
+    table.add_row(
+        "ground truth",
+        "—" if r.gt_tracker_id is None else str(r.gt_tracker_id),
+        f"{r.gt_start_s:.2f} – {r.gt_end_s:.2f}",
+    )
     console.print(table)
     console.print(f"model text: {r.answer_text!r}")
     console.print(f"tIoU {r.tiou:.2f}, vIoU {r.viou:.2f}, ID {'correct' if r.id_correct else 'wrong'}")

@@ -117,7 +117,11 @@ class STVGSample:
         """``gt_tracks`` as a :class:`~stvgr1_edge.tracks.TrackSet` (None when absent)."""
         from .tracks import TrackSet
 
-        return None if self.gt_tracks is None else TrackSet.from_dict(dict(self.gt_tracks), source=f"sample '{self.key}' gt_tracks")
+        return (
+            None
+            if self.gt_tracks is None
+            else TrackSet.from_dict(dict(self.gt_tracks), source=f"sample '{self.key}' gt_tracks")
+        )
 
 
 # --- field checks (every message: "<file>: video '<key>': field '<name>' ...") -------------------------
@@ -173,8 +177,11 @@ class _Entry:
 
 
 def _xywh_to_xyxy(entry: _Entry, box: Any, index: int) -> Box:
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    ):
         entry.fail("bbox", f"entry {index} is {box!r}, expected [x, y, w, h]")
     x, y, w, h = (float(v) for v in box)
     if w < 0 or h < 0:
@@ -187,7 +194,11 @@ def _image_size(entry: _Entry) -> tuple[int, int]:
     for name in ("img_hw", "img_size"):
         if entry.has(name):
             hw = entry.raw(name)
-            if not isinstance(hw, (list, tuple)) or len(hw) not in (2, 3) or not all(isinstance(v, (int, float)) and v > 0 for v in hw[:2]):
+            if (
+                not isinstance(hw, (list, tuple))
+                or len(hw) not in (2, 3)
+                or not all(isinstance(v, (int, float)) and v > 0 for v in hw[:2])
+            ):
                 entry.fail(name, f"is {hw!r}, expected [height, width]")
             return int(hw[0]), int(hw[1])
     if entry.has("height") and entry.has("width"):
@@ -207,8 +218,24 @@ def _resolve_video(annotation_dir: Path, video: str, explicit: str | None) -> st
 
 
 # --- HCSTVG -------------------------------------------------------------------------------------------
-_HCSTVG_FIELDS = {"img_num", "img_hw", "img_size", "height", "width", "st_frame", "ed_frame", "st_time", "ed_time",
-                  "bbox", "English", "caption", "fps", "target_id", "gt_tracks", "video_path"}
+_HCSTVG_FIELDS = {
+    "img_num",
+    "img_hw",
+    "img_size",
+    "height",
+    "width",
+    "st_frame",
+    "ed_frame",
+    "st_time",
+    "ed_time",
+    "bbox",
+    "English",
+    "caption",
+    "fps",
+    "target_id",
+    "gt_tracks",
+    "video_path",
+}
 
 
 def _hcstvg_sample(entry: _Entry, version: str, first_frame: int, annotation_dir: Path) -> STVGSample:
@@ -222,9 +249,15 @@ def _hcstvg_sample(entry: _Entry, version: str, first_frame: int, annotation_dir
     if entry.has("ed_frame"):
         stated_end = entry.integer("ed_frame", first_frame) - first_frame
         if len(boxes) not in (stated_end - st_frame + 1, stated_end - st_frame):
-            entry.fail("bbox", f"has {len(boxes)} boxes, expected {stated_end - st_frame + 1} (ed_frame - st_frame + 1)")
+            entry.fail(
+                "bbox", f"has {len(boxes)} boxes, expected {stated_end - st_frame + 1} (ed_frame - st_frame + 1)"
+            )
     if ed_frame >= num_frames:
-        entry.fail("bbox", f"runs to frame {ed_frame} (st_frame + {len(boxes)} boxes - 1), past the last frame {num_frames - 1} (img_num - 1)")
+        entry.fail(
+            "bbox",
+            f"runs to frame {ed_frame} (st_frame + {len(boxes)} boxes - 1), past the last frame {num_frames - 1} "
+            "(img_num - 1)",
+        )
     gt_boxes = {st_frame + i: _xywh_to_xyxy(entry, b, i) for i, b in enumerate(boxes)}
     fps = entry.number("fps", positive=True) if entry.has("fps") else None
     frame_rate = fps or num_frames / HCSTVG_CLIP_SECONDS
@@ -247,17 +280,33 @@ def _hcstvg_sample(entry: _Entry, version: str, first_frame: int, annotation_dir
     if explicit_path is not None and not isinstance(explicit_path, str):
         entry.fail("video_path", f"is {explicit_path!r}, expected a path")
     return STVGSample(
-        key=entry.key, video=entry.key, query=entry.text("English", "caption"),
+        key=entry.key,
+        video=entry.key,
+        query=entry.text("English", "caption"),
         video_path=_resolve_video(annotation_dir, entry.key, explicit_path),
-        num_frames=num_frames, height=height, width=width, fps=fps,
-        st_frame=st_frame, ed_frame=ed_frame, st_time=st_time, ed_time=ed_time,
-        gt_boxes=gt_boxes, target_id=target_id, gt_tracks=gt_tracks, dataset=version,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        fps=fps,
+        st_frame=st_frame,
+        ed_frame=ed_frame,
+        st_time=st_time,
+        ed_time=ed_time,
+        gt_boxes=gt_boxes,
+        target_id=target_id,
+        gt_tracks=gt_tracks,
+        dataset=version,
         extras={k: v for k, v in entry.data.items() if k not in _HCSTVG_FIELDS},
     )
 
 
-def load_hcstvg(data: Mapping[str, Any], source: str = "annotations", version: str = "hcstvg-v2",
-                first_frame: int | None = None, annotation_dir: str | os.PathLike = ".") -> list[STVGSample]:
+def load_hcstvg(
+    data: Mapping[str, Any],
+    source: str = "annotations",
+    version: str = "hcstvg-v2",
+    first_frame: int | None = None,
+    annotation_dir: str | os.PathLike = ".",
+) -> list[STVGSample]:
     """Samples from an HCSTVG dictionary (v2, v1 or synthetic), in the file's order.
 
     ``first_frame`` is the number the file gives the video's first frame (default 0 for v2, 1 for v1).
@@ -265,7 +314,9 @@ def load_hcstvg(data: Mapping[str, Any], source: str = "annotations", version: s
     if version not in ("hcstvg-v2", "hcstvg-v1"):
         raise ValueError(f"unknown HCSTVG version {version!r}")
     base = first_frame if first_frame is not None else (1 if version == "hcstvg-v1" else 0)
-    return [_hcstvg_sample(_Entry(source, key, entry), version, base, Path(annotation_dir)) for key, entry in data.items()]
+    return [
+        _hcstvg_sample(_Entry(source, key, entry), version, base, Path(annotation_dir)) for key, entry in data.items()
+    ]
 
 
 # --- VidSTG -------------------------------------------------------------------------------------------
@@ -278,13 +329,19 @@ def _vidstg_samples(entry: _Entry, annotation_dir: Path) -> list[STVGSample]:
         entry.fail("temporal_gt", f"is {temporal!r}, expected {{'begin_fid': int, 'end_fid': int}}")
     st_frame, ed_frame = temporal["begin_fid"], temporal["end_fid"] - 1  # end_fid is exclusive
     if not 0 <= st_frame <= ed_frame < num_frames:
-        entry.fail("temporal_gt", f"is [{st_frame}, {temporal['end_fid']}), outside 0..{num_frames} (frame_count) or empty")
+        entry.fail(
+            "temporal_gt", f"is [{st_frame}, {temporal['end_fid']}), outside 0..{num_frames} (frame_count) or empty"
+        )
     trajectories = entry.raw("trajectories")
     if not isinstance(trajectories, list):
         entry.fail("trajectories", "is not a list of per-frame box lists")
     offset = 0
     segment = entry.data.get("used_segment")
-    if isinstance(segment, dict) and isinstance(segment.get("begin_fid"), int) and len(trajectories) == segment.get("end_fid", -1) - segment["begin_fid"] != num_frames:
+    if (
+        isinstance(segment, dict)
+        and isinstance(segment.get("begin_fid"), int)
+        and len(trajectories) == segment.get("end_fid", -1) - segment["begin_fid"] != num_frames
+    ):
         offset = segment["begin_fid"]
     boxes_by_tid: dict[int, dict[int, Box]] = {}
     for i, frame_boxes in enumerate(trajectories):
@@ -296,7 +353,10 @@ def _vidstg_samples(entry: _Entry, annotation_dir: Path) -> list[STVGSample]:
                 box = (float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"]))
                 tid = int(ann["tid"])
             except (KeyError, TypeError, ValueError):
-                entry.fail("trajectories", f"frame {i} has {ann!r}, expected {{'tid', 'bbox': {{'xmin', 'ymin', 'xmax', 'ymax'}}}}")
+                entry.fail(
+                    "trajectories",
+                    f"frame {i} has {ann!r}, expected {{'tid', 'bbox': {{'xmin', 'ymin', 'xmax', 'ymax'}}}}",
+                )
             boxes_by_tid.setdefault(tid, {})[offset + i] = box
     extras = {k: v for k, v in entry.data.items() if k in ("used_segment", "subject/objects")}
     samples = []
@@ -305,26 +365,44 @@ def _vidstg_samples(entry: _Entry, annotation_dir: Path) -> list[STVGSample]:
         if not isinstance(sentences, list):
             entry.fail(kind, "is not a list")
         for i, sentence in enumerate(sentences):
-            if not isinstance(sentence, dict) or not isinstance(sentence.get("description"), str) or not isinstance(sentence.get("target_id"), int):
+            if (
+                not isinstance(sentence, dict)
+                or not isinstance(sentence.get("description"), str)
+                or not isinstance(sentence.get("target_id"), int)
+            ):
                 entry.fail(kind, f"entry {i} is {sentence!r}, expected {{'target_id': int, 'description': str}}")
             tid = sentence["target_id"]
             if tid not in boxes_by_tid:
                 entry.fail(kind, f"entry {i} has target_id {tid}, which has no trajectory")
             track = boxes_by_tid[tid]
-            samples.append(STVGSample(
-                key=f"{entry.key}#{kind[:-1]}{i}", video=entry.key, query=sentence["description"],
-                video_path=_resolve_video(annotation_dir, entry.key + ".mp4", entry.data.get("video_path")),
-                num_frames=num_frames, height=height, width=width, fps=fps,
-                st_frame=st_frame, ed_frame=ed_frame, st_time=st_frame / fps, ed_time=ed_frame / fps,
-                gt_boxes={f: track[f] for f in range(st_frame, ed_frame + 1) if f in track},
-                target_id=tid, dataset="vidstg", extras={**extras, "sentence_type": kind[:-1]},
-            ))
+            samples.append(
+                STVGSample(
+                    key=f"{entry.key}#{kind[:-1]}{i}",
+                    video=entry.key,
+                    query=sentence["description"],
+                    video_path=_resolve_video(annotation_dir, entry.key + ".mp4", entry.data.get("video_path")),
+                    num_frames=num_frames,
+                    height=height,
+                    width=width,
+                    fps=fps,
+                    st_frame=st_frame,
+                    ed_frame=ed_frame,
+                    st_time=st_frame / fps,
+                    ed_time=ed_frame / fps,
+                    gt_boxes={f: track[f] for f in range(st_frame, ed_frame + 1) if f in track},
+                    target_id=tid,
+                    dataset="vidstg",
+                    extras={**extras, "sentence_type": kind[:-1]},
+                )
+            )
     if not samples:
         entry.fail("captions", "is empty and so is 'questions': no sentence to ground")
     return samples
 
 
-def load_vidstg(entries: Iterable[Any], source: str = "annotations", annotation_dir: str | os.PathLike = ".") -> list[STVGSample]:
+def load_vidstg(
+    entries: Iterable[Any], source: str = "annotations", annotation_dir: str | os.PathLike = "."
+) -> list[STVGSample]:
     """Samples from VidSTG entries (one per caption and question)."""
     samples: list[STVGSample] = []
     for n, data in enumerate(entries):
@@ -381,24 +459,38 @@ def load_annotations(path: str | os.PathLike, hcstvg_first_frame: int | None = N
         raise AnnotationError(f"{source}: annotation file has no videos")
     raise AnnotationError(
         f"{source}: unrecognised annotation format (expected HCSTVG {{video: {{st_frame, bbox, ...}}}}, "
-        f"a VidSTG list of {{vid, temporal_gt, ...}}, or a {{video: sentence}} query list)")
+        f"a VidSTG list of {{vid, temporal_gt, ...}}, or a {{video: sentence}} query list)"
+    )
 
 
 # --- writer -------------------------------------------------------------------------------------------
 def _hcstvg_entry(sample: STVGSample, out_dir: Path) -> dict:
     if not sample.has_ground_truth:
-        raise AnnotationError(f"sample '{sample.key}' has no ground truth: HCSTVG-v2 needs st_frame, ed_frame and boxes")
+        raise AnnotationError(
+            f"sample '{sample.key}' has no ground truth: HCSTVG-v2 needs st_frame, ed_frame and boxes"
+        )
+    assert sample.st_frame is not None and sample.ed_frame is not None  # has_ground_truth
     missing = [f for f in range(sample.st_frame, sample.ed_frame + 1) if f not in sample.gt_boxes]
     if missing:
-        raise AnnotationError(f"sample '{sample.key}' has no GT box at frame(s) {missing[:5]}: HCSTVG-v2 needs one per GT frame")
+        raise AnnotationError(
+            f"sample '{sample.key}' has no GT box at frame(s) {missing[:5]}: HCSTVG-v2 needs one per GT frame"
+        )
     entry: dict[str, Any] = dict(sample.extras)
-    entry.update({
-        "img_num": sample.num_frames, "img_hw": [sample.height, sample.width],
-        "st_frame": sample.st_frame, "ed_frame": sample.ed_frame,
-        "st_time": sample.st_time, "ed_time": sample.ed_time,
-        "bbox": [[x1, y1, x2 - x1, y2 - y1] for x1, y1, x2, y2 in (sample.gt_boxes[f] for f in range(sample.st_frame, sample.ed_frame + 1))],
-        "English": sample.query,
-    })
+    entry.update(
+        {
+            "img_num": sample.num_frames,
+            "img_hw": [sample.height, sample.width],
+            "st_frame": sample.st_frame,
+            "ed_frame": sample.ed_frame,
+            "st_time": sample.st_time,
+            "ed_time": sample.ed_time,
+            "bbox": [
+                [x1, y1, x2 - x1, y2 - y1]
+                for x1, y1, x2, y2 in (sample.gt_boxes[f] for f in range(sample.st_frame, sample.ed_frame + 1))
+            ],
+            "English": sample.query,
+        }
+    )
     if sample.fps is not None:
         entry["fps"] = sample.fps
     if sample.target_id is not None:

@@ -104,8 +104,9 @@ def run_demo(config: DemoConfig = DemoConfig(), pipeline=None) -> DemoResult:
     out = Path(config.out_dir)
     sample = synthesize_demo_clip(config)
     if pipeline is None:
-        pipeline = build_pipeline(RunConfig(model=config.model, device=config.device,
-                                            max_new_tokens=config.max_new_tokens))
+        pipeline = build_pipeline(
+            RunConfig(model=config.model, device=config.device, max_new_tokens=config.max_new_tokens)
+        )
     result = pipeline.run(sample.video_path, [sample.query])
     result_json = out / "result.json"
     result_mp4 = out / "result.mp4"

@@ -118,4 +118,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     except UnicodeDecodeError:
         raise BadInputError(f"{what} is not UTF-8 text: {p}") from None
     except json.JSONDecodeError as exc:
-        raise BadInputError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): {p}") from None
+        raise BadInputError(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): {p}"
+        ) from None

@@ -27,8 +27,9 @@ def score_results(results: list[dict], samples: list, target_ids: list[int | Non
     return metrics
 
 
-def evaluate_grounders(samples: list, grounders: dict[str, Any],
-                       on_clip: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_grounders(
+    samples: list, grounders: dict[str, Any], on_clip: Callable[[int], None] | None = None
+) -> dict[str, dict[str, Any]]:
     """Run every grounder on every clip (tracking once per clip); metrics per variant name."""
     from stvgr1_edge.demo import tracker_id_of_target
     from stvgr1_edge.pipeline import GroundingPipeline
@@ -52,12 +53,14 @@ def evaluate_grounders(samples: list, grounders: dict[str, Any],
         if on_clip is not None:
             on_clip(i)
     out = {}
-    reference = next(iter(grounders), None)
+    reference = next(iter(grounders), "")
     for name in grounders:
         out[name] = score_results(results[name], samples, target_ids)
         out[name]["seconds_per_clip"] = seconds[name] / len(samples)
-        same = sum(a["queries"][0]["answer_text"] == b["queries"][0]["answer_text"]
-                   for a, b in zip(results[name], results[reference]))
+        same = sum(
+            a["queries"][0]["answer_text"] == b["queries"][0]["answer_text"]
+            for a, b in zip(results[name], results[reference])
+        )
         out[name][f"answers_identical_to_{reference}"] = same / len(samples)
     return out
 

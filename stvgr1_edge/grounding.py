@@ -165,8 +165,13 @@ def nf4_quantization_config(compute_dtype: "torch.dtype"):
     require("bitsandbytes", "quant", "4-bit (nf4) grounding")
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=False, llm_int8_skip_modules=["model.visual", "lm_head"])
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=False,
+        llm_int8_skip_modules=["model.visual", "lm_head"],
+    )
 
 
 def bitsandbytes_4bit_on_cpu() -> bool:
@@ -195,8 +200,10 @@ def packaged_model_dir(name: str = NANO_MODEL) -> Path:
 
 
 def _how_to_get(model: str) -> str:
-    return (f"download it with  huggingface-cli download {model}  (or --local-dir DIR and pass --model DIR); "
-            f"offline, try the packaged demo model with --model nano")
+    return (
+        f"download it with  huggingface-cli download {model}  (or --local-dir DIR and pass --model DIR); "
+        f"offline, try the packaged demo model with --model nano"
+    )
 
 
 def _missing_weights_message(model: str) -> str:
@@ -209,8 +216,10 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
     if model == NANO_MODEL and not (Path(model) / "config.json").exists():  # a local ./nano model folder wins
         model = str(packaged_model_dir())
         if not (Path(model) / "model.safetensors").exists():
-            raise MissingWeightsError(f"the packaged nano model is missing from {model}: reinstall stvg-edge "
-                                      f"(its wheel ships stvgr1_edge/models/nano)")
+            raise MissingWeightsError(
+                f"the packaged nano model is missing from {model}: reinstall stvg-edge "
+                f"(its wheel ships stvgr1_edge/models/nano)"
+            )
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -219,15 +228,20 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
             raise BadInputError(f"{model} is not a model folder (no config.json): pass a Qwen2.5-VL checkpoint folder")
         model_type = read_json(path / "config.json", what="model config").get("model_type")
         if model_type != "qwen2_5_vl":
-            raise BadInputError(f"{model} holds a {model_type!r} model, not Qwen2.5-VL (model_type 'qwen2_5_vl'): "
-                                f"pass an STVG-R1 / Qwen2.5-VL checkpoint folder")
+            raise BadInputError(
+                f"{model} holds a {model_type!r} model, not Qwen2.5-VL (model_type 'qwen2_5_vl'): "
+                f"pass an STVG-R1 / Qwen2.5-VL checkpoint folder"
+            )
         if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
-            raise MissingWeightsError(f"{model} has config.json but no weights (*.safetensors): "
-                                      f"download them with  huggingface-cli download {DEFAULT_MODEL} --local-dir {model}")
+            raise MissingWeightsError(
+                f"{model} has config.json but no weights (*.safetensors): "
+                f"download them with  huggingface-cli download {DEFAULT_MODEL} --local-dir {model}"
+            )
         return str(path), True
     if not _HUB_ID.match(model):
-        raise MissingWeightsError(f"model folder not found: {model}: pass an existing folder or a hub id "
-                                  f"such as {DEFAULT_MODEL}")
+        raise MissingWeightsError(
+            f"model folder not found: {model}: pass an existing folder or a hub id such as {DEFAULT_MODEL}"
+        )
     # cached → no network at all; uncached and offline/unreachable → one line at once, not minutes of retries
     return hub_source(model, _how_to_get(model))
 
@@ -277,16 +291,26 @@ class GroundingInputs:
 
         factor = self.processor.video_processor.patch_size * self.processor.video_processor.merge_size
         if clip.resized_height % factor or clip.resized_width % factor:
-            raise BadInputError(f"clip resize target {clip.resized_height}x{clip.resized_width} is not a multiple of "
-                                f"{factor}: build the clip with stvgr1_edge.sampling.plan_sampling")
+            raise BadInputError(
+                f"clip resize target {clip.resized_height}x{clip.resized_width} is not a multiple of "
+                f"{factor}: build the clip with stvgr1_edge.sampling.plan_sampling"
+            )
         if clip.frames.ndim != 4 or clip.frames.shape[-1] != 3 or len(clip.frames) != clip.num_frames:
             raise BadInputError(f"clip frames must be (T, H, W, 3) with T = {clip.num_frames}, got {clip.frames.shape}")
         frames = resize_frames(clip.frames, clip.resized_height, clip.resized_width)
         num_frames = len(frames)
-        metadata = VideoMetadata(total_num_frames=num_frames, fps=clip.sample_fps,
-                                 frames_indices=list(range(num_frames)))
-        return self.processor(text=[text], videos=[frames], video_metadata=[metadata], do_sample_frames=False,
-                              do_resize=False, cap_pixels_per_frame=False, return_tensors="pt")
+        metadata = VideoMetadata(
+            total_num_frames=num_frames, fps=clip.sample_fps, frames_indices=list(range(num_frames))
+        )
+        return self.processor(
+            text=[text],
+            videos=[frames],
+            video_metadata=[metadata],
+            do_sample_frames=False,
+            do_resize=False,
+            cap_pixels_per_frame=False,
+            return_tensors="pt",
+        )
 
     def prepare_video(self, clip: PromptedClip) -> VideoInputs:
         """Resize and patchify the clip's frames once (the video half of the model inputs)."""
@@ -311,15 +335,21 @@ class GroundingInputs:
         text = self.chat_text(prompt_text).replace(token, token * num_visual_tokens)
         encoded = self.processor.tokenizer([text], return_tensors="pt")
         mm_types = torch.tensor(self.processor.create_mm_token_type_ids(encoded["input_ids"]))
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "mm_token_type_ids": mm_types}
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "mm_token_type_ids": mm_types,
+        }
 
     def model_inputs(self, clip_or_video: PromptedClip | VideoInputs, prompt_text: str) -> dict[str, "torch.Tensor"]:
         """Everything ``model.generate`` receives for one query (on CPU)."""
         video = clip_or_video if isinstance(clip_or_video, VideoInputs) else self.prepare_video(clip_or_video)
         inputs = self.prepare_text(prompt_text, video.num_visual_tokens)
-        inputs.update(pixel_values_videos=video.pixel_values_videos, video_grid_thw=video.video_grid_thw,
-                      second_per_grid_ts=video.second_per_grid_ts)
+        inputs.update(
+            pixel_values_videos=video.pixel_values_videos,
+            video_grid_thw=video.video_grid_thw,
+            second_per_grid_ts=video.second_per_grid_ts,
+        )
         return inputs
 
 
@@ -344,15 +374,18 @@ class Grounder(GroundingInputs):
         source, local_only = resolve_model_source(config.model)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=config.attn_implementation,
-                                      local_files_only=local_only)
+        kwargs: dict[str, Any] = dict(
+            dtype=dtype, attn_implementation=config.attn_implementation, local_files_only=local_only
+        )
         if device.startswith("cuda"):
             kwargs["device_map"] = {"": device}  # load straight onto the GPU
         if config.quant == "nf4":
             if not device.startswith("cuda") and not bitsandbytes_4bit_on_cpu():
                 require("bitsandbytes", "quant", "4-bit (nf4) grounding")
-                raise BadInputError("--quant nf4 on CPU needs a bitsandbytes with CPU 4-bit kernels (e.g. 0.50): "
-                                    "upgrade it, use a CUDA GPU, or use --quant none")
+                raise BadInputError(
+                    "--quant nf4 on CPU needs a bitsandbytes with CPU 4-bit kernels (e.g. 0.50): "
+                    "upgrade it, use a CUDA GPU, or use --quant none"
+                )
             kwargs["quantization_config"] = nf4_quantization_config(dtype)
         elif config.quant != "none":
             raise BadInputError(f"unknown quantization {config.quant!r}: use none or nf4")
@@ -361,11 +394,13 @@ class Grounder(GroundingInputs):
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **kwargs)
         except OSError as exc:
             if Path(source).exists():
-                raise BadInputError(f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
-                                    f"pass a complete Qwen2.5-VL checkpoint folder") from None
+                raise BadInputError(
+                    f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
+                    f"pass a complete Qwen2.5-VL checkpoint folder"
+                ) from None
             raise MissingWeightsError(_missing_weights_message(config.model)) from None
         if "device_map" not in kwargs:
-            model = model.to(device)
+            model = model.to(device)  # type: ignore[arg-type]  # transformers types .to as its decorated self
         model.eval()
         logger.info("loaded %s on %s (%s, quant=%s)", config.model, device, dtype, config.quant)
         return cls(model, processor, config)
@@ -382,7 +417,9 @@ class Grounder(GroundingInputs):
         if total > limit:
             raise BadInputError(
                 f"the query is too long for the model: {num_text} prompt tokens + {num_visual_tokens} video tokens + "
-                f"up to {self.config.max_new_tokens} generated = {total} > its context of {limit} tokens; shorten the query")
+                f"up to {self.config.max_new_tokens} generated = {total} > its context of {limit} tokens; shorten "
+                "the query"
+            )
 
     # ------------------------------------------------------------------ running
     def _sync(self) -> None:
@@ -428,14 +465,17 @@ class Grounder(GroundingInputs):
         video = encoded.inputs
         text_inputs = self.prepare_text(prompt_text, video.num_visual_tokens)
         inputs = {k: v.to(self.device) for k, v in text_inputs.items()}
-        inputs.update(video_grid_thw=video.video_grid_thw.to(self.device),
-                      second_per_grid_ts=video.second_per_grid_ts.to(self.device))
+        inputs.update(
+            video_grid_thw=video.video_grid_thw.to(self.device),
+            second_per_grid_ts=video.second_per_grid_ts.to(self.device),
+        )
         clock = _TokenClock()
         self._sync()
         start = time.perf_counter()
         with torch.inference_mode():
-            output_ids = self.model.generate(**inputs, mm_encoder_outputs={"video": encoded.features},
-                                             streamer=clock, **self.generation_kwargs())
+            output_ids = self.model.generate(
+                **inputs, mm_encoder_outputs={"video": encoded.features}, streamer=clock, **self.generation_kwargs()
+            )
         self._sync()
         end = time.perf_counter()
         prompt_len = inputs["input_ids"].shape[1]
@@ -447,12 +487,23 @@ class Grounder(GroundingInputs):
         decode_ms = (end - first) * 1e3
         vision_ms = 0.0 if reused else encoded.vision_ms
         preprocess_ms = 0.0 if reused else video.preprocess_ms
-        timings = {"preprocess": preprocess_ms, "vision": vision_ms, "prefill": prefill_ms, "decode": decode_ms,
-                   "total": preprocess_ms + vision_ms + (end - start) * 1e3}
+        timings = {
+            "preprocess": preprocess_ms,
+            "vision": vision_ms,
+            "prefill": prefill_ms,
+            "decode": decode_ms,
+            "total": preprocess_ms + vision_ms + (end - start) * 1e3,
+        }
         tokens_per_s = (num_new - 1) / (decode_ms / 1e3) if num_new > 1 and decode_ms > 0 else 0.0
-        return GroundingOutput(text=text, timings_ms=timings, num_generated_tokens=num_new, tokens_per_s=tokens_per_s,
-                               num_visual_tokens=video.num_visual_tokens, num_prompt_tokens=prompt_len,
-                               vision_reused=reused)
+        return GroundingOutput(
+            text=text,
+            timings_ms=timings,
+            num_generated_tokens=num_new,
+            tokens_per_s=tokens_per_s,
+            num_visual_tokens=video.num_visual_tokens,
+            num_prompt_tokens=prompt_len,
+            vision_reused=reused,
+        )
 
     def ground_many(self, clip: PromptedClip, prompts: Sequence[str]) -> list[GroundingOutput]:
         """Answer several prompts about one clip, encoding its frames once. The first output carries the
@@ -464,7 +515,14 @@ class Grounder(GroundingInputs):
             if i == 0:
                 timings = dict(out.timings_ms, preprocess=encoded.inputs.preprocess_ms, vision=encoded.vision_ms)
                 timings["total"] += encoded.inputs.preprocess_ms + encoded.vision_ms
-                out = GroundingOutput(out.text, timings, out.num_generated_tokens, out.tokens_per_s,
-                                      out.num_visual_tokens, out.num_prompt_tokens, vision_reused=False)
+                out = GroundingOutput(
+                    out.text,
+                    timings,
+                    out.num_generated_tokens,
+                    out.tokens_per_s,
+                    out.num_visual_tokens,
+                    out.num_prompt_tokens,
+                    vision_reused=False,
+                )
             outputs.append(out)
         return outputs

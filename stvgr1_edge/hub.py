@@ -48,7 +48,11 @@ def hub_source(repo_id: str, how_to_get: str) -> tuple[str, bool]:
     if is_cached(repo_id):
         return repo_id, True
     if hub_offline():
-        raise MissingWeightsError(f"'{repo_id}' is not in the local model cache and HF_HUB_OFFLINE is set: {how_to_get}")
+        raise MissingWeightsError(
+            f"'{repo_id}' is not in the local model cache and HF_HUB_OFFLINE is set: {how_to_get}"
+        )
     if not hub_reachable():
-        raise MissingWeightsError(f"'{repo_id}' is not in the local model cache and the Hub cannot be reached: {how_to_get}")
+        raise MissingWeightsError(
+            f"'{repo_id}' is not in the local model cache and the Hub cannot be reached: {how_to_get}"
+        )
     return repo_id, False

@@ -60,15 +60,18 @@ def markable_objects(areas: Sequence[int]) -> list[int]:
     if not areas:
         return []
     largest = max(areas)
-    return [i for i, a in enumerate(areas)
-            if a > 0 and a * MIN_AREA_FRACTION_DENOMINATOR >= largest * MIN_AREA_FRACTION_NUMERATOR]
+    return [
+        i
+        for i, a in enumerate(areas)
+        if a > 0 and a * MIN_AREA_FRACTION_DENOMINATOR >= largest * MIN_AREA_FRACTION_NUMERATOR
+    ]
 
 
 def box_to_mask(box: Sequence[float], height: int, width: int) -> np.ndarray:
     """A filled-rectangle mask for an xyxy box (pixel-edge coordinates, rounded, clipped to the frame)."""
     x1, y1, x2, y2 = (int(round(float(v))) for v in box)
     mask = np.zeros((height, width), dtype=bool)
-    mask[max(0, y1):max(0, min(height, y2)), max(0, x1):max(0, min(width, x2))] = True
+    mask[max(0, y1) : max(0, min(height, y2)), max(0, x1) : max(0, min(width, x2))] = True
     return mask
 
 
@@ -79,7 +82,7 @@ def as_mask(obj: MaskOrBox, height: int, width: int) -> np.ndarray:
     else:
         arr = np.asarray(obj)
         if arr.ndim == 1 and arr.shape[0] == 4:
-            return box_to_mask(arr, height, width)
+            return box_to_mask(arr.tolist(), height, width)
         mask = arr.astype(bool)
     if mask.shape != (height, width):
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]}, frame is {width}x{height}")
@@ -104,6 +107,14 @@ def draw_id_markers(frame: np.ndarray, masks_or_boxes: Sequence[MaskOrBox], ids:
         anchor = marker_anchor(masks[i])
         if anchor is None:
             continue
-        cv2.putText(out, str(int(ids[i])), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    MARKER_COLOR_RGB, thickness, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            str(int(ids[i])),
+            anchor,
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            MARKER_COLOR_RGB,
+            thickness,
+            cv2.LINE_AA,
+        )
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
 
@@ -13,12 +15,12 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _coco(rle: dict) -> dict:
+def _coco(rle: Mapping[str, Any]) -> dict:
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
-def rle_to_mask(rle: dict) -> np.ndarray:
+def rle_to_mask(rle: Mapping[str, Any]) -> np.ndarray:
     """Decode a COCO RLE (compressed string counts) to a (H, W) boolean mask."""
     from pycocotools import mask as mask_utils
 

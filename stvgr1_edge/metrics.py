@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 
 CONVENTIONS = {
     "tubedetr": "TubeDETR hcstvg_eval.py (union fix): frame-based tIoU and vIoU on every native frame, "
-                "predicted frames = frames with time in [start_s, end_s], thresholds strict (> R)",
+    "predicted frames = frames with time in [start_s, end_s], thresholds strict (> R)",
     "stvg-r1": "STVG-R1 reference script: tIoU in seconds, vIoU on native frames floor(t*fps) with the union "
-               "counted inclusively (single-frame overlap scores 0), thresholds >= R",
+    "counted inclusively (single-frame overlap scores 0), thresholds >= R",
 }
 THRESHOLDS = (0.3, 0.5, 0.7)
 DAVIS_BOUNDARY_TOLERANCE = 0.008
@@ -98,8 +98,13 @@ def viou(pred_tube: Mapping[int, Box], gt_boxes: Mapping[int, Box], pred_frames:
     return sum(frame_box_iou(pred_tube.get(t), gt_boxes.get(t)) for t in s_i) / s_u
 
 
-def viou_stvg_r1(pred_tube: Mapping[int, Box], gt_boxes: Mapping[int, Box], pred_s: tuple[float, float],
-                 gt_s: tuple[float, float], fps: float) -> float:
+def viou_stvg_r1(
+    pred_tube: Mapping[int, Box],
+    gt_boxes: Mapping[int, Box],
+    pred_s: tuple[float, float],
+    gt_s: tuple[float, float],
+    fps: float,
+) -> float:
     """The reference script's vIoU: frame ranges ``floor(t * fps)`` (inclusive), union inclusive,
     0 when the ranges overlap in fewer than two frames."""
     ps, pe = time_to_frame_floor(pred_s[0], fps), time_to_frame_floor(pred_s[1], fps)
@@ -201,7 +206,7 @@ def parse_prediction(obj: Any, where: str) -> Prediction:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise AnnotationError(f"{where}: field '{name}' is {v!r}, expected seconds (a number) or null")
         times.append(None if v is None else float(v))
-    tube = None
+    tube: dict[int, tuple[float, float, float, float]] | None = None
     if obj.get("tube") is not None:
         tube = {}
         for frame, box in _frame_keyed(obj["tube"], where, "tube").items():
@@ -209,7 +214,8 @@ def parse_prediction(obj: Any, where: str) -> Prediction:
                 continue
             if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
                 raise AnnotationError(f"{where}: field 'tube' frame {frame} is {box!r}, expected [x1, y1, x2, y2]")
-            tube[frame] = tuple(float(v) for v in box)
+            x1, y1, x2, y2 = (float(v) for v in box)
+            tube[frame] = (x1, y1, x2, y2)
     masks = None
     if obj.get("masks") is not None:
         masks = {}
@@ -260,7 +266,9 @@ def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> 
                     unknown.append(label)
         return matched, unknown
     if not isinstance(data, dict):
-        raise AnnotationError(f"{source}: predictions must be {{video key: {{ids, start_s, end_s, tube}}}} or a `run` result JSON")
+        raise AnnotationError(
+            f"{source}: predictions must be {{video key: {{ids, start_s, end_s, tube}}}} or a `run` result JSON"
+        )
     for key, obj in data.items():
         pred = parse_prediction(obj, f"{source}: video '{key}'")
         if key in by_key:
@@ -292,7 +300,13 @@ def gt_masks(sample: STVGSample) -> dict[int, dict] | None:
     track = sample.gt_tracks["tracks"].get(str(sample.target_id))
     if track is None:
         return None
-    masks = {int(f): m for f, m in zip(track["frames"], track.get("masks") or []) if m is not None and sample.st_frame <= int(f) <= sample.ed_frame}
+    first, last = sample.st_frame, sample.ed_frame
+    assert first is not None and last is not None  # scored samples have ground truth (evaluate checks)
+    masks = {
+        int(f): m
+        for f, m in zip(track["frames"], track.get("masks") or [])
+        if m is not None and first <= int(f) <= last
+    }
     return masks or None
 
 
@@ -303,6 +317,8 @@ def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = 
     if pred is None or not pred.has_time:
         return SampleScore(sample.key, 0.0, 0.0, id_correct, *_mask_scores(sample, pred))
     start_s, end_s = pred.start_s, pred.end_s
+    assert start_s is not None and end_s is not None  # has_time
+    assert sample.st_frame is not None and sample.ed_frame is not None and sample.num_frames is not None  # has GT
     fps = sample.frame_rate()
     tube = pred.tube or {}
     if convention == "tubedetr":
@@ -311,6 +327,7 @@ def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = 
         tiou = temporal_iou_frames(pred_frames, gt_frames)
         v = viou(tube, sample.gt_boxes, pred_frames, gt_frames)
     else:
+        assert sample.st_time is not None and sample.ed_time is not None  # filled in from the frames when loaded
         tiou = temporal_iou_seconds((start_s, end_s), (sample.st_time, sample.ed_time))
         v = viou_stvg_r1(tube, sample.gt_boxes, (start_s, end_s), (sample.st_time, sample.ed_time), fps)
     return SampleScore(sample.key, tiou, v, id_correct, *_mask_scores(sample, pred))
@@ -327,7 +344,10 @@ def _mask_scores(sample: STVGSample, pred: Prediction | None) -> tuple[float | N
         pred_rle = None if pred is None or pred.masks is None else pred.masks.get(frame)
         pm = np.zeros_like(gt) if pred_rle is None else rle_to_mask(pred_rle)
         if pm.shape != gt.shape:
-            raise AnnotationError(f"video '{sample.key}': predicted mask at frame {frame} is {pm.shape[1]}x{pm.shape[0]}, GT is {gt.shape[1]}x{gt.shape[0]}")
+            raise AnnotationError(
+                f"video '{sample.key}': predicted mask at frame {frame} is {pm.shape[1]}x{pm.shape[0]}, GT is "
+                f"{gt.shape[1]}x{gt.shape[0]}"
+            )
         js.append(region_similarity(pm, gt))
         fs.append(boundary_f_measure(pm, gt))
     return float(np.mean(js)), float(np.mean(fs))
@@ -339,8 +359,14 @@ def _check_convention(convention: str) -> None:
         raise BadInputError(f"unknown convention '{convention}': use one of {', '.join(CONVENTIONS)}")
 
 
-def evaluate(predictions: Any, samples: Sequence[STVGSample], convention: str = "tubedetr",
-             per_video: bool = False, thresholds: Iterable[float] = THRESHOLDS, source: str = "predictions") -> dict:
+def evaluate(
+    predictions: Any,
+    samples: Sequence[STVGSample],
+    convention: str = "tubedetr",
+    per_video: bool = False,
+    thresholds: Iterable[float] = THRESHOLDS,
+    source: str = "predictions",
+) -> dict:
     """Score predictions (predictions JSON or `run` result, already parsed) against GT samples.
 
     Missing predictions score 0 and are listed; predictions for unknown keys are listed and ignored.
@@ -354,7 +380,9 @@ def evaluate(predictions: Any, samples: Sequence[STVGSample], convention: str = 
         raise AnnotationError("the ground truth has no samples: nothing to evaluate")
     no_gt = [s.key for s in samples if not s.has_ground_truth]
     if no_gt:
-        raise AnnotationError(f"{len(no_gt)} sample(s) have no ground truth (first: '{no_gt[0]}'): a query list cannot be scored")
+        raise AnnotationError(
+            f"{len(no_gt)} sample(s) have no ground truth (first: '{no_gt[0]}'): a query list cannot be scored"
+        )
     matched, unknown = match_predictions(predictions, samples, source)
     scores = [score_sample(s, matched.get(s.key), convention) for s in samples]
     missing = [s.key for s in samples if s.key not in matched]
@@ -375,9 +403,9 @@ def evaluate(predictions: Any, samples: Sequence[STVGSample], convention: str = 
     metrics["id_accuracy"] = sum(with_id) / len(with_id) if with_id else None
     with_masks = [sc for sc in scores if sc.j is not None]
     if has_masks and with_masks:
-        metrics["J"] = float(np.mean([sc.j for sc in with_masks]))
-        metrics["F"] = float(np.mean([sc.f for sc in with_masks]))
-        metrics["J&F"] = (metrics["J"] + metrics["F"]) / 2
+        j = float(np.mean([sc.j for sc in with_masks]))
+        f = float(np.mean([sc.f for sc in with_masks if sc.f is not None]))
+        metrics["J"], metrics["F"], metrics["J&F"] = j, f, (j + f) / 2
     else:
         metrics["J"] = metrics["F"] = metrics["J&F"] = None
 
@@ -399,13 +427,22 @@ def evaluate(predictions: Any, samples: Sequence[STVGSample], convention: str = 
         "unknown": unknown,
     }
     if per_video:
-        out["per_video"] = {sc.key: {"tIoU": sc.tiou, "vIoU": sc.viou if has_tubes else None, "id_correct": sc.id_correct,
-                                     "J": sc.j if has_masks else None, "F": sc.f if has_masks else None} for sc in scores}
+        out["per_video"] = {
+            sc.key: {
+                "tIoU": sc.tiou,
+                "vIoU": sc.viou if has_tubes else None,
+                "id_correct": sc.id_correct,
+                "J": sc.j if has_masks else None,
+                "F": sc.f if has_masks else None,
+            }
+            for sc in scores
+        }
     return out
 
 
-def evaluate_files(pred_path: str | os.PathLike, gt_path: str | os.PathLike, convention: str = "tubedetr",
-                   per_video: bool = False) -> dict:
+def evaluate_files(
+    pred_path: str | os.PathLike, gt_path: str | os.PathLike, convention: str = "tubedetr", per_video: bool = False
+) -> dict:
     """:func:`evaluate` on a predictions file (or `run` result) and an annotation file (any loadable format)."""
     _check_convention(convention)
     predictions = read_json(pred_path, "predictions file")

@@ -114,8 +114,13 @@ class GroundingPipeline:
     ``description`` is what the models are (set by ``build_pipeline``: the grounder's source, quantization, device
     and dtype, the tracker that runs); every result's ``config`` records it next to the pipeline settings."""
 
-    def __init__(self, tracker: StreamingTracker | None, grounder: VideoGrounder,
-                 config: PipelineConfig = PipelineConfig(), description: dict | None = None):
+    def __init__(
+        self,
+        tracker: StreamingTracker | None,
+        grounder: VideoGrounder,
+        config: PipelineConfig = PipelineConfig(),
+        description: dict | None = None,
+    ):
         if tracker is None and not config.time_only:
             raise BadInputError("a pipeline without a tracker can only ground time ranges: set time_only")
         self.tracker = tracker
@@ -128,19 +133,31 @@ class GroundingPipeline:
         models = self.description
         if models is None:  # assembled by hand: say what the objects are
             grounder_config = getattr(self.grounder, "config", None)
-            models = {"grounder": _jsonable(asdict(grounder_config)) if grounder_config is not None else None,
-                      "tracker": {"name": type(self.tracker).__name__ if self.tracker is not None else "none"}}
+            models = {
+                "grounder": _jsonable(asdict(grounder_config)) if grounder_config is not None else None,
+                "tracker": {"name": type(self.tracker).__name__ if self.tracker is not None else "none"},
+            }
         return {**models, "pipeline": _jsonable(asdict(self.config))}
 
     def prompts_for(self, queries: Sequence[str]) -> list[str]:
         if self.config.time_only and self.config.multi_object:
             raise BadInputError("--time-only and --multi exclude each other: time-only answers have no IDs")
-        make = time_only_prompt if self.config.time_only else multi_object_prompt if self.config.multi_object else grounding_prompt
+        make = (
+            time_only_prompt
+            if self.config.time_only
+            else multi_object_prompt
+            if self.config.multi_object
+            else grounding_prompt
+        )
         return [make(q, normalize=self.config.normalize_query) for q in queries]
 
-    def run(self, video: str | Path, queries: Sequence[str],
-            on_frame: Callable[[Frame], None] | None = None,
-            on_stage: Callable[[str], None] | None = None) -> RunResult:
+    def run(
+        self,
+        video: str | Path,
+        queries: Sequence[str],
+        on_frame: Callable[[Frame], None] | None = None,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> RunResult:
         """Ground every query in ``video`` with one decode and one tracking pass."""
         if not queries:
             raise BadInputError("no query given: pass at least one sentence describing the target")
@@ -149,8 +166,14 @@ class GroundingPipeline:
         prompts = self.prompts_for(queries)
         stage = on_stage or (lambda name: None)
         t_total = time.perf_counter()
-        timings: dict[str, float] = {"decode": 0.0, "track": 0.0, "render": 0.0, "vision": 0.0,
-                                     "prefill": 0.0, "decode_tokens": 0.0}
+        timings: dict[str, float] = {
+            "decode": 0.0,
+            "track": 0.0,
+            "render": 0.0,
+            "vision": 0.0,
+            "prefill": 0.0,
+            "decode_tokens": 0.0,
+        }
 
         # 1. plan
         info = probe_video(video)
@@ -159,10 +182,16 @@ class GroundingPipeline:
 
         # 2-3. one decode pass: track every frame, keep the sampled ones, then draw their markers and resize them
         stage("track")
-        tracked = track_and_prompt(iter_frames(video, info=info), info, None if self.config.time_only else self.tracker,
-                                   sampling, draw_markers=not self.config.time_only,
-                                   frame_memory_mb=self.config.frame_memory_mb,
-                                   frame_spill_dir=self.config.frame_spill_dir, on_frame=on_frame)
+        tracked = track_and_prompt(
+            iter_frames(video, info=info),
+            info,
+            None if self.config.time_only else self.tracker,
+            sampling,
+            draw_markers=not self.config.time_only,
+            frame_memory_mb=self.config.frame_memory_mb,
+            frame_spill_dir=self.config.frame_spill_dir,
+            on_frame=on_frame,
+        )
         timings.update(tracked.timings_ms)
         clip, tracks = tracked.clip, tracked.tracks
 
@@ -172,14 +201,17 @@ class GroundingPipeline:
         timings["total"] = (time.perf_counter() - t_total) * 1e3
         return RunResult(str(video), info, sampling, tracks, results, timings, self.describe())
 
-    def _ground_all(self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo,
-                    timings: dict[str, float]) -> list[QueryResult]:
+    def _ground_all(
+        self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo, timings: dict[str, float]
+    ) -> list[QueryResult]:
         time_only = self.config.time_only
         if not time_only and len(tracks) == 0:
             warning = "no objects were detected or tracked in the video, so there is no ID to answer with"
             logger.warning(warning)
-            return [QueryResult(q, GroundingAnswer((), None, None, False, warning), Tube((), None, None),
-                                [warning], {}) for q in queries]
+            return [
+                QueryResult(q, GroundingAnswer((), None, None, False, warning), Tube((), None, None), [warning], {})
+                for q in queries
+            ]
         encoded = self.grounder.encode_video(clip)
         timings["vision"] = encoded.vision_ms + encoded.inputs.preprocess_ms
         results = []
@@ -187,16 +219,33 @@ class GroundingPipeline:
             out = self.grounder.ground(clip, prompt, encoded)
             timings["prefill"] += out.timings_ms["prefill"]
             timings["decode_tokens"] += out.timings_ms["decode"]
-            answer = parse_answer(out.text, duration_s=info.duration_s,
-                                  valid_ids=None if time_only else tracks.ids, time_only=time_only)
-            tube = Tube(answer.ids, answer.start_s, answer.end_s) if time_only else build_tube(
-                answer, tracks, info.frame_times_s, interpolate=self.config.interpolate, id_repair=self.config.id_repair)
+            answer = parse_answer(
+                out.text, duration_s=info.duration_s, valid_ids=None if time_only else tracks.ids, time_only=time_only
+            )
+            tube = (
+                Tube(answer.ids, answer.start_s, answer.end_s)
+                if time_only
+                else build_tube(
+                    answer,
+                    tracks,
+                    info.frame_times_s,
+                    interpolate=self.config.interpolate,
+                    id_repair=self.config.id_repair,
+                )
+            )
             warnings = list(answer.warnings) + list(tube.warnings)
             if not answer.parse_ok:
                 warnings.append(f"could not parse the model's answer: {answer.reason}")
-            results.append(QueryResult(query, answer, tube, warnings,
-                                       {"prefill": out.timings_ms["prefill"], "decode": out.timings_ms["decode"]},
-                                       out.num_generated_tokens))
+            results.append(
+                QueryResult(
+                    query,
+                    answer,
+                    tube,
+                    warnings,
+                    {"prefill": out.timings_ms["prefill"], "decode": out.timings_ms["decode"]},
+                    out.num_generated_tokens,
+                )
+            )
         return results
 
     def _check_prompt_lengths(self, prompts: Sequence[str], sampling: FrameSampling, info: VideoInfo) -> None:

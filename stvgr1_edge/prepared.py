@@ -1,5 +1,6 @@
 """Prepared clips (``stvg-edge train prepare``), the dataset format that training, evaluation and int4 calibration
-read: tracked, prompted and preprocessed once, never decoded again. per video one safetensors file of processor tensors, per sample one JSON of metadata.
+read: tracked, prompted and preprocessed once, never decoded again. Per video one safetensors file of processor
+tensors, per sample one JSON of metadata.
 
 Layout of ``CACHE/``::
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 CACHE_VERSION = 1
 
 
-
 @dataclass(frozen=True)
 class VideoTensors:
     """One video's processor tensors (CPU)."""
@@ -47,7 +47,6 @@ class VideoTensors:
 
     def num_visual_tokens(self, merge_size: int) -> int:
         return self.num_patches // merge_size**2
-
 
 
 def safe_id(key: str, readable: str | None = None) -> str:
@@ -93,11 +92,19 @@ class CachedSample:
 
     def to_row(self, cache_dir: Path) -> dict[str, Any]:
         """A dataset row for the trainers (every column is passed to the reward functions)."""
-        return {"prompt": self.prompt, "query": self.query, "sample_id": self.sample_id, "video_file": str(cache_dir / self.video_file),
-                "gt_id": int(self.gt_id), "gt_start_s": float(self.gt_start_s), "gt_end_s": float(self.gt_end_s),
-                "duration_s": float(self.duration_s), "valid_ids": list(self.valid_ids),
-                "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids),
-                "frame_times_s": list(self.frame_times_s)}
+        return {
+            "prompt": self.prompt,
+            "query": self.query,
+            "sample_id": self.sample_id,
+            "video_file": str(cache_dir / self.video_file),
+            "gt_id": int(self.gt_id),
+            "gt_start_s": float(self.gt_start_s),
+            "gt_end_s": float(self.gt_end_s),
+            "duration_s": float(self.duration_s),
+            "valid_ids": list(self.valid_ids),
+            "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids),
+            "frame_times_s": list(self.frame_times_s),
+        }
 
 
 def sample_path(cache_dir: Path, sample_id: str) -> Path:
@@ -113,9 +120,11 @@ def write_video_tensors(path: Path, video: VideoTensors, metadata: dict[str, str
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"pixel_values_videos": video.pixel_values_videos.contiguous(),
-               "video_grid_thw": video.video_grid_thw.contiguous(),
-               "second_per_grid_ts": video.second_per_grid_ts.contiguous()}
+    tensors = {
+        "pixel_values_videos": video.pixel_values_videos.contiguous(),
+        "video_grid_thw": video.video_grid_thw.contiguous(),
+        "second_per_grid_ts": video.second_per_grid_ts.contiguous(),
+    }
     with atomic_output(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
@@ -126,7 +135,9 @@ def read_video_tensors(path: str | Path) -> VideoTensors:
     try:
         t = load_file(str(path))
     except Exception as exc:  # OSError, or safetensors' own error type for a corrupt file
-        raise BadInputError(f"cannot read cached video tensors {path} ({exc}): rerun `stvg-edge train prepare`") from None
+        raise BadInputError(
+            f"cannot read cached video tensors {path} ({exc}): rerun `stvg-edge train prepare`"
+        ) from None
     return VideoTensors(t["pixel_values_videos"], t["video_grid_thw"], t["second_per_grid_ts"])
 
 
@@ -157,8 +168,10 @@ def load_cached_samples(cache_dir: str | Path) -> list[CachedSample]:
     cache_dir = Path(cache_dir)
     folder = cache_dir / "samples"
     if not folder.is_dir():
-        raise BadInputError(f"{cache_dir} is not a training cache (no samples/ folder): "
-                            f"run  stvg-edge train prepare ANNOTATIONS --videos DIR --out {cache_dir}")
+        raise BadInputError(
+            f"{cache_dir} is not a training cache (no samples/ folder): "
+            f"run  stvg-edge train prepare ANNOTATIONS --videos DIR --out {cache_dir}"
+        )
     samples = []
     for path in sorted(folder.glob("*.json")):
         meta = read_json(path, "cached sample")
@@ -181,6 +194,13 @@ def cached_model_inputs(inputs_for, cache_dir: str | Path, sample: CachedSample)
 
     video = read_video_tensors(Path(cache_dir) / sample.video_file)
     merge = int(inputs_for.processor.video_processor.merge_size)
-    return inputs_for.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
-                                               video.second_per_grid_ts, video.num_visual_tokens(merge), 0.0),
-                                   sample.prompt)
+    return inputs_for.model_inputs(
+        VideoInputs(
+            video.pixel_values_videos,
+            video.video_grid_thw,
+            video.second_per_grid_ts,
+            video.num_visual_tokens(merge),
+            0.0,
+        ),
+        sample.prompt,
+    )

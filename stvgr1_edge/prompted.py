@@ -87,8 +87,10 @@ class SampledFrameCollector:
         try:
             np.save(path, frame.image, allow_pickle=False)
         except OSError as exc:  # e.g. a full disk: say so in one line instead of a traceback
-            raise BadInputError(f"cannot keep sampled frames in {self._spill_dir} ({exc.strerror or exc}): free disk "
-                                "space there or raise --frame-memory-mb") from exc
+            raise BadInputError(
+                f"cannot keep sampled frames in {self._spill_dir} ({exc.strerror or exc}): free disk "
+                "space there or raise --frame-memory-mb"
+            ) from exc
         return path
 
     def watch(self, frames: Iterable[Frame]) -> Iterator[Frame]:
@@ -119,8 +121,10 @@ class SampledFrameCollector:
         yielding anything) if any sampled frame never came."""
         missing = self.missing
         if missing:
-            raise ValueError(f"{len(missing)} sampled frame(s) never arrived, e.g. {list(missing[:5])}: "
-                             "the stream ended early or skipped them")
+            raise ValueError(
+                f"{len(missing)} sampled frame(s) never arrived, e.g. {list(missing[:5])}: "
+                "the stream ended early or skipped them"
+            )
         return self._iter_kept()
 
     def _iter_kept(self) -> Iterator[Frame]:
@@ -183,15 +187,19 @@ def render_prompted_clip(
         image = frame.image
         objects = tracks.objects_at(frame.index) if draw_markers else []
         if objects:
-            image = draw_id_markers(image, [mask if mask is not None else box for _, box, mask in objects],
-                                    [track_id for track_id, _, _ in objects])
+            image = draw_id_markers(
+                image,
+                [mask if mask is not None else box for _, box, mask in objects],
+                [track_id for track_id, _, _ in objects],
+            )
         if resize:
             image = resize_frame(image, sampling.resized_height, sampling.resized_width)
         images[frame.index] = image
     missing = [i for i in sampling.indices if i not in images]
     if missing:
-        raise ValueError(f"render_prompted_clip: sampled frame(s) {missing[:5]} not among the "
-                         f"{len(images)} frames given")
+        raise ValueError(
+            f"render_prompted_clip: sampled frame(s) {missing[:5]} not among the {len(images)} frames given"
+        )
     stacked = np.stack([images.pop(i) for i in sampling.indices]).astype(np.uint8, copy=False)
     return PromptedClip(
         frames=stacked,
@@ -257,18 +265,29 @@ def track_and_prompt(
             if on_frame is not None:
                 on_frame(frame)
         t0 = time.perf_counter()
-        tracks = tracker.finish() if tracker is not None else TrackSet(info.width, info.height, info.fps,
-                                                                        info.num_frames)
+        tracks = (
+            tracker.finish() if tracker is not None else TrackSet(info.width, info.height, info.fps, info.num_frames)
+        )
         timings["track"] += (time.perf_counter() - t0) * 1e3
         if not collector.complete:
-            raise BadInputError(f"{info.path}: {len(collector.missing)} sampled frame(s) could not be decoded "
-                                f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg")
+            raise BadInputError(
+                f"{info.path}: {len(collector.missing)} sampled frame(s) could not be decoded "
+                f"(e.g. {list(collector.missing[:3])}): re-encode the video with ffmpeg"
+            )
         if collector.spilled:
-            logger.info("%d of %d sampled frames waited on disk (over frame_memory_mb)", collector.spilled,
-                        len(collector))
+            logger.info(
+                "%d of %d sampled frames waited on disk (over frame_memory_mb)", collector.spilled, len(collector)
+            )
         t0 = time.perf_counter()
-        clip = render_prompted_clip(collector.kept(), tracks, sampling, draw_markers=draw_markers and tracker is not None,
-                                    resize=True, video_fps=info.fps, num_video_frames=info.num_frames)
+        clip = render_prompted_clip(
+            collector.kept(),
+            tracks,
+            sampling,
+            draw_markers=draw_markers and tracker is not None,
+            resize=True,
+            video_fps=info.fps,
+            num_video_frames=info.num_frames,
+        )
         timings["render"] = (time.perf_counter() - t0) * 1e3
         spilled = collector.spilled
     return TrackedClip(info, sampling, tracks, clip, timings, spilled)

@@ -21,8 +21,9 @@ def id_colour(track_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_tracks(frame: np.ndarray, objects: Sequence[tuple[int, Sequence[float], dict | None]],
-                mask_alpha: float = 0.35) -> np.ndarray:
+def draw_tracks(
+    frame: np.ndarray, objects: Sequence[tuple[int, Sequence[float], dict | None]], mask_alpha: float = 0.35
+) -> np.ndarray:
     """A copy of the RGB ``frame`` with each object's box, ID label and (if given) tinted mask.
 
     ``objects`` is what :meth:`TrackSet.objects_at` returns: ``(id, [x1, y1, x2, y2], mask RLE or None)``.

@@ -94,24 +94,31 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
         raise BadInputError(f"--time-only tracks nothing, so {given} would be ignored: drop it, or drop --time-only")
     if config.tracks is not None and chosen_tracker:
         given = ", ".join(_flag(n) for n in chosen_tracker)
-        raise BadInputError(f"--tracks replays tracks computed earlier, so {given} would be ignored: drop "
-                            f"{given}, or drop --tracks to track again")
+        raise BadInputError(
+            f"--tracks replays tracks computed earlier, so {given} would be ignored: drop "
+            f"{given}, or drop --tracks to track again"
+        )
     if config.bundle is not None:
         llm_flags = [_flag(n) for n in ("model", "quant") if getattr(config, n) is not None]
         if llm_flags:
-            raise BadInputError(f"--bundle brings its own language model, so {' and '.join(llm_flags)} would be ignored: "
-                                "drop them, or drop --bundle")
+            raise BadInputError(
+                f"--bundle brings its own language model, so {' and '.join(llm_flags)} would be ignored: "
+                "drop them, or drop --bundle"
+            )
     if bundle_manifest is not None:
         quant = bundle_manifest["grounder"]["llm_quant"]
         if config.dtype is not None and quant in ("int4", "nf4"):
-            raise BadInputError(f"the bundle's language model is {quant}, whose kernels fix the compute dtype: "
-                                "drop --dtype")
+            raise BadInputError(
+                f"the bundle's language model is {quant}, whose kernels fix the compute dtype: drop --dtype"
+            )
         exported = bundle_manifest.get("tracker")
         tracker_flags = [_flag(n) for n in ("tracker", "tracker_model") if getattr(config, n) is not None]
         if exported and tracker_flags and config.tracks is None:
-            raise BadInputError(f"the bundle brings its own tracker ({exported.get('family', 'sam2')} on ONNX), so "
-                                f"{' and '.join(tracker_flags)} would be ignored: drop them, or export the bundle with "
-                                "--tracker none")
+            raise BadInputError(
+                f"the bundle brings its own tracker ({exported.get('family', 'sam2')} on ONNX), so "
+                f"{' and '.join(tracker_flags)} would be ignored: drop them, or export the bundle with "
+                "--tracker none"
+            )
     if config.every is not None and config.every < 1:
         raise BadInputError(f"--every must be >= 1, got {config.every}")
     if config.keyframe_interval is not None and config.keyframe_interval < 1:
@@ -142,19 +149,37 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
     dtype = config.dtype or "auto"
     if bundle is not None:
         grounder = bundle.grounder(max_new_tokens=config.max_new_tokens, dtype=dtype)
-        llm = {"model": str(bundle.root / bundle.manifest["grounder"]["llm"]), "bundle": str(bundle.root),
-               "quant": bundle.manifest["grounder"]["llm_quant"],
-               "vision_encoder": "tensorrt" if bundle.manifest["grounder"]["vision"].get("engine") else "onnx"}
+        llm = {
+            "model": str(bundle.root / bundle.manifest["grounder"]["llm"]),
+            "bundle": str(bundle.root),
+            "quant": bundle.manifest["grounder"]["llm_quant"],
+            "vision_encoder": "tensorrt" if bundle.manifest["grounder"]["vision"].get("engine") else "onnx",
+        }
     else:
-        grounder = Grounder.from_pretrained(GrounderConfig(model=config.model or DEFAULT_MODEL, device=device,
-                                                           dtype=dtype, quant=config.quant or "none",
-                                                           max_new_tokens=config.max_new_tokens))
-        llm = {"model": config.model or DEFAULT_MODEL, "bundle": None, "quant": config.quant or "none",
-               "vision_encoder": "pytorch"}
+        grounder = Grounder.from_pretrained(
+            GrounderConfig(
+                model=config.model or DEFAULT_MODEL,
+                device=device,
+                dtype=dtype,
+                quant=config.quant or "none",
+                max_new_tokens=config.max_new_tokens,
+            )
+        )
+        llm = {
+            "model": config.model or DEFAULT_MODEL,
+            "bundle": None,
+            "quant": config.quant or "none",
+            "vision_encoder": "pytorch",
+        }
     tracker, tracker_info = _build_tracker(config, bundle, str(grounder.device))
     description = {
-        "grounder": {**llm, "device": str(grounder.device), "dtype": str(grounder.model.dtype).removeprefix("torch."),
-                     "max_new_tokens": config.max_new_tokens, "do_sample": grounder.config.do_sample},
+        "grounder": {
+            **llm,
+            "device": str(grounder.device),
+            "dtype": str(grounder.model.dtype).removeprefix("torch."),
+            "max_new_tokens": config.max_new_tokens,
+            "do_sample": grounder.config.do_sample,
+        },
         "tracker": tracker_info,
     }
     return GroundingPipeline(tracker, grounder, config.pipeline, description=description)
@@ -171,7 +196,9 @@ def _build_tracker(config: RunConfig, bundle, device: str):
         from .tracks import TrackSet
 
         return ReplayTracker(TrackSet.load(config.tracks), source=str(config.tracks)), {
-            "name": "replay", "tracks": str(config.tracks)}
+            "name": "replay",
+            "tracks": str(config.tracks),
+        }
     if bundle is not None and bundle.has_tracker:
         from .tracking.factory import make_detector
         from .tracking.sam2 import Sam2TrackerConfig
@@ -179,18 +206,29 @@ def _build_tracker(config: RunConfig, bundle, device: str):
         detector = make_detector(config.detector, device=device)
         trk = bundle.tracker(detector, Sam2TrackerConfig(every=every, keyframe_interval=keyframe_interval))
         family = bundle.manifest["tracker"].get("family", "sam2")
-        return trk, {"name": f"{family}-onnx", "model": str(bundle.root / bundle.manifest["tracker"]["folder"]),
-                     "detector": config.detector or "classical", "every": every,
-                     "keyframe_interval": keyframe_interval}
+        return trk, {
+            "name": f"{family}-onnx",
+            "model": str(bundle.root / bundle.manifest["tracker"]["folder"]),
+            "detector": config.detector or "classical",
+            "every": every,
+            "keyframe_interval": keyframe_interval,
+        }
     from .tracking.factory import make_tracker
 
     name = config.tracker or DEFAULT_TRACKER
-    trk = make_tracker(name, model=config.tracker_model, detector=config.detector, device=device, every=every,
-                       keyframe_interval=keyframe_interval)
+    trk = make_tracker(
+        name,
+        model=config.tracker_model,
+        detector=config.detector,
+        device=device,
+        every=every,
+        keyframe_interval=keyframe_interval,
+    )
     info: dict[str, object] = {"name": name, "every": every}
     if name != "classical":
-        info.update(model=config.tracker_model, detector=config.detector or "classical",
-                    keyframe_interval=keyframe_interval)
+        info.update(
+            model=config.tracker_model, detector=config.detector or "classical", keyframe_interval=keyframe_interval
+        )
     return trk, info
 
 
@@ -204,4 +242,3 @@ def run_config_from_dict(values: dict) -> RunConfig:
         raise BadInputError(f"unknown run option(s) {sorted(unknown)}: use {sorted(known | pipeline_known)}")
     pipeline = replace(PipelineConfig(), **{k: v for k, v in values.items() if k in pipeline_known})
     return RunConfig(**{k: v for k, v in values.items() if k in known}, pipeline=pipeline)
-

@@ -80,16 +80,20 @@ def frame_max_pixels(num_frames: int, cfg: SamplingConfig = SamplingConfig()) ->
     return max(min(cfg.max_frame_pixels, cfg.total_pixels / num_frames * FRAME_FACTOR), int(cfg.min_pixels * 1.05))
 
 
-def resized_frame_size(height: int, width: int, num_frames: int, cfg: SamplingConfig = SamplingConfig()) -> tuple[int, int]:
+def resized_frame_size(
+    height: int, width: int, num_frames: int, cfg: SamplingConfig = SamplingConfig()
+) -> tuple[int, int]:
     """(height, width) after qwen-vl-utils' ``smart_resize`` under the clip's pixel budget."""
     from qwen_vl_utils.vision_process import smart_resize
 
-    return smart_resize(height, width, factor=cfg.patch_factor, min_pixels=cfg.min_pixels,
-                        max_pixels=frame_max_pixels(num_frames, cfg))
+    return smart_resize(
+        height, width, factor=cfg.patch_factor, min_pixels=cfg.min_pixels, max_pixels=frame_max_pixels(num_frames, cfg)
+    )
 
 
-def plan_sampling(total_frames: int, video_fps: float, height: int, width: int,
-                  cfg: SamplingConfig = SamplingConfig()) -> FrameSampling:
+def plan_sampling(
+    total_frames: int, video_fps: float, height: int, width: int, cfg: SamplingConfig = SamplingConfig()
+) -> FrameSampling:
     """Everything §4 decides about a video before any pixel is read."""
     idx = sample_frame_indices(total_frames, video_fps, cfg)
     h, w = resized_frame_size(height, width, len(idx), cfg)

@@ -75,7 +75,13 @@ QUERY_TEMPLATES: dict[str, tuple[str, ...]] = {
 """Query templates per event; ``{obj}`` is the attribute phrase, ``{new}`` the colour turned to."""
 
 # Unit shapes at angle 0 (y points down): vertices scaled by the object's radius. The circle has radius 1.
-_SHAPE_EXTENT = {"circle": 1.0, "square": 0.85 * math.sqrt(2), "triangle": 1.35, "star": 1.4, "cross": math.hypot(1.1, 0.38)}
+_SHAPE_EXTENT = {
+    "circle": 1.0,
+    "square": 0.85 * math.sqrt(2),
+    "triangle": 1.35,
+    "star": 1.4,
+    "cross": math.hypot(1.1, 0.38),
+}
 """Distance of each shape's farthest point from its centre, in radii (for wall margins)."""
 
 
@@ -92,7 +98,9 @@ def _unit_polygon(shape: str) -> np.ndarray:
         return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
     if shape == "cross":
         L, w = 1.1, 0.38
-        return np.array([[-w, -L], [w, -L], [w, -w], [L, -w], [L, w], [w, w], [w, L], [-w, L], [-w, w], [-L, w], [-L, -w], [-w, -w]])
+        return np.array(
+            [[-w, -L], [w, -L], [w, -w], [L, -w], [L, w], [w, w], [w, L], [-w, L], [-w, w], [-L, w], [-L, -w], [-w, -w]]
+        )
     raise ValueError(f"no polygon for shape {shape!r}")
 
 
@@ -166,18 +174,23 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
-            raise BadInputError(f"frame size {self.width}x{self.height} is unusable: use even sizes of at least 64 pixels")
+            raise BadInputError(
+                f"frame size {self.width}x{self.height} is unusable: use even sizes of at least 64 pixels"
+            )
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise BadInputError(f"fps must be positive, got {self.fps}")
         if not 1 <= self.min_objects <= self.max_objects <= 20:
-            raise BadInputError(f"object counts {self.min_objects}..{self.max_objects} are unusable: use 1 <= min <= max <= 20")
+            raise BadInputError(
+                f"object counts {self.min_objects}..{self.max_objects} are unusable: use 1 <= min <= max <= 20"
+            )
         unknown = sorted(set(self.events) - set(EVENTS))
         if unknown or not self.events:
             raise BadInputError(f"unknown or no events {unknown}: choose from {', '.join(EVENTS)}")
         if self.max_event_frames < self.min_event_frames:
             raise BadInputError(
                 f"a {self.seconds:g} s clip at {self.fps:g} fps has no room for a {self.min_event_s:g} s event: "
-                f"use --seconds of at least {self.min_event_s / self.max_event_fraction + 2 * self.event_margin_s:.1f}")
+                f"use --seconds of at least {self.min_event_s / self.max_event_fraction + 2 * self.event_margin_s:.1f}"
+            )
 
     @property
     def num_frames(self) -> int:
@@ -192,8 +205,11 @@ class SynthConfig:
     def max_event_frames(self) -> int:
         """Most frames in an event range: capped by ``max_event_s``, ``max_event_fraction`` and the margins."""
         margin = int(round(self.event_margin_s * self.fps))
-        return min(int(self.max_event_s * self.fps + 1e-9), int(self.max_event_fraction * self.num_frames + 1e-9),
-                   self.num_frames - 2 * margin)
+        return min(
+            int(self.max_event_s * self.fps + 1e-9),
+            int(self.max_event_fraction * self.num_frames + 1e-9),
+            self.num_frames - 2 * margin,
+        )
 
 
 # --- clip containers -----------------------------------------------------------------------------
@@ -300,9 +316,13 @@ def _pick_distractor_attributes(rng, cfg: SynthConfig, target: tuple[str, str, s
     if rng.random() < cfg.shared_attribute_prob:
         share = _pick(rng, ("colour", "shape", "colour+shape", "colour+size", "shape+size"))
     while True:
-        colour = t_colour if "colour" in share else _pick(rng, [c for c in PALETTE if c != t_colour] if share else PALETTE)
+        colour = (
+            t_colour if "colour" in share else _pick(rng, [c for c in PALETTE if c != t_colour] if share else PALETTE)
+        )
         shape = t_shape if "shape" in share else _pick(rng, [s for s in SHAPES if s != t_shape] if share else SHAPES)
-        size = t_size if "size" in share else _pick(rng, [s for s in SIZES if s != t_size] if share.count("+") else SIZES)
+        size = (
+            t_size if "size" in share else _pick(rng, [s for s in SIZES if s != t_size] if share.count("+") else SIZES)
+        )
         if (colour, shape, size) != target:
             return colour, shape, size
 
@@ -334,8 +354,9 @@ def _event_length(name: str, cfg: SynthConfig, rng) -> int | None:
     return int(valid[int(rng.integers(len(valid)))])
 
 
-def _place_event(name: str, cfg: SynthConfig, rng, avoid: ObjectEvent | None = None,
-                 new_colour: str | None = None) -> ObjectEvent | None:
+def _place_event(
+    name: str, cfg: SynthConfig, rng, avoid: ObjectEvent | None = None, new_colour: str | None = None
+) -> ObjectEvent | None:
     """An event of this kind at a random time inside the clip's margins (and clear of ``avoid``), or None."""
     length = _event_length(name, cfg, rng)
     if length is None:
@@ -382,9 +403,17 @@ def _plan_motion(rng, cfg: SynthConfig, event: ObjectEvent | None) -> _Motion:
         enter_frame = int(rng.integers(enter_lo, enter_hi + 1))
     lo = max(exit_lo, (enter_frame or 0) + int(round(2.5 * fps)))
     exit_frame = int(rng.integers(lo, exit_hi + 1)) if exit_hi >= lo and rng.random() < cfg.exit_prob else None
-    return _Motion(speed, float(rng.uniform(-math.pi, math.pi)), turn_rate, turn_wobble,
-                   float(rng.uniform(3.0, 6.0)), float(rng.uniform(0, 2 * math.pi)),
-                   enter_frame, _pick(rng, ("left", "right", "top", "bottom")), exit_frame)
+    return _Motion(
+        speed,
+        float(rng.uniform(-math.pi, math.pi)),
+        turn_rate,
+        turn_wobble,
+        float(rng.uniform(3.0, 6.0)),
+        float(rng.uniform(0, 2 * math.pi)),
+        enter_frame,
+        _pick(rng, ("left", "right", "top", "bottom")),
+        exit_frame,
+    )
 
 
 @dataclass(frozen=True)
@@ -416,8 +445,9 @@ def _spin_rate(shape: str, duration_s: float, rng) -> float:
     return float(rates[int(rng.integers(len(rates)))])
 
 
-def _event_effects(event: ObjectEvent | None, colour: str, shape: str, base_radius: float,
-                   cfg: SynthConfig, rng) -> _Effects:
+def _event_effects(
+    event: ObjectEvent | None, colour: str, shape: str, base_radius: float, cfg: SynthConfig, rng
+) -> _Effects:
     """Per-frame offsets, scale, rotation and colour that make the event happen (identity without one)."""
     n, fps = cfg.num_frames, cfg.fps
     offset = np.zeros((n, 2))
@@ -435,34 +465,36 @@ def _event_effects(event: ObjectEvent | None, colour: str, shape: str, base_radi
     q = _event_quantum(event.name, fps)
     if event.name == "jumps":
         extent = max(1.3 * base_radius, 0.08 * cfg.height)
-        offset[st:ed + 1, 1] = -extent * np.abs(np.sin(np.pi * k / q))
+        offset[st : ed + 1, 1] = -extent * np.abs(np.sin(np.pi * k / q))
     elif event.name == "shakes":
         extent = max(1.0 * base_radius, 0.05 * cfg.width)
-        offset[st:ed + 1, 0] = extent * np.sin(2 * np.pi * k / q)
-        moving[st + 1:ed + 1] = False  # shakes in place
+        offset[st : ed + 1, 0] = extent * np.sin(2 * np.pi * k / q)
+        moving[st + 1 : ed + 1] = False  # shakes in place
     elif event.name == "spins":
         omega = _spin_rate(shape, (ed - st) / fps, rng) * (1 if rng.random() < 0.5 else -1)
-        angle[st:ed + 1] = omega * k / fps
-        angle[ed + 1:] = angle[ed]
+        angle[st : ed + 1] = omega * k / fps
+        angle[ed + 1 :] = angle[ed]
     elif event.name in ("grows", "shrinks"):
         target = 1.6 if event.name == "grows" else 0.6
-        scale[st:ed + 1] = 1 + (target - 1) * smooth
-        scale[ed + 1:] = target
+        scale[st : ed + 1] = 1 + (target - 1) * smooth
+        scale[ed + 1 :] = target
         max_scale = max(1.0, target)
     elif event.name == "stops":
-        moving[st + 1:ed + 1] = False
+        moving[st + 1 : ed + 1] = False
     elif event.name == "changes_colour":
+        assert event.new_colour is not None  # drawn with the event
         new = np.asarray(PALETTE[event.new_colour], np.float64)
-        rgb[st:ed + 1] = (1 - ramp)[:, None] * rgb[st:ed + 1] + ramp[:, None] * new
-        rgb[ed + 1:] = new
+        rgb[st : ed + 1] = (1 - ramp)[:, None] * rgb[st : ed + 1] + ramp[:, None] * new
+        rgb[ed + 1 :] = new
     elif event.name == "blinks":
         dark = (k // (q // 2)) % 2 == 0  # dark, normal, dark, ..., dark
-        rgb[st:ed + 1][dark] = BLINK_RGB
+        rgb[st : ed + 1][dark] = BLINK_RGB
     return _Effects(offset, scale, angle, np.round(rgb).astype(np.uint8), moving, extent, max_scale)
 
 
-def _simulate(motion: _Motion, margin: float, leave_distance: float, moving: np.ndarray,
-              cfg: SynthConfig, rng) -> tuple[np.ndarray, np.ndarray]:
+def _simulate(
+    motion: _Motion, margin: float, leave_distance: float, moving: np.ndarray, cfg: SynthConfig, rng
+) -> tuple[np.ndarray, np.ndarray]:
     """Integrate the centre frame by frame: bounce off walls ``margin`` inside the frame while inside,
     enter from an edge, drift out once walls switch off. Returns (present (N,), centre (N, 2))."""
     n, dt, W, H = cfg.num_frames, 1.0 / cfg.fps, cfg.width, cfg.height
@@ -485,7 +517,7 @@ def _simulate(motion: _Motion, margin: float, leave_distance: float, moving: np.
             x = lo_x + along * (hi_x - lo_x)
         phase = "waiting"
     for f in range(n):
-        if phase == "waiting" and f >= motion.enter_frame:
+        if phase == "waiting" and motion.enter_frame is not None and f >= motion.enter_frame:
             phase = "entering"
         if phase in ("inside", "entering") and motion.exit_frame is not None and f >= motion.exit_frame:
             phase = "leaving"
@@ -529,8 +561,15 @@ def _draw_object(canvas: np.ndarray, obj: SynthObject, f: int, value) -> None:
     scale = 1 << _SHIFT
     if obj.shape == "circle":
         cx, cy = obj.center[f] - 0.5  # OpenCV puts pixel i's centre at coordinate i
-        cv2.circle(canvas, (int(round(cx * scale)), int(round(cy * scale))), int(round(float(obj.radius[f]) * scale)),
-                   value, thickness=-1, lineType=cv2.LINE_8, shift=_SHIFT)
+        cv2.circle(
+            canvas,
+            (int(round(cx * scale)), int(round(cy * scale))),
+            int(round(float(obj.radius[f]) * scale)),
+            value,
+            thickness=-1,
+            lineType=cv2.LINE_8,
+            shift=_SHIFT,
+        )
     else:
         pts = np.round((_polygon(obj, f) - 0.5) * scale).astype(np.int32)
         cv2.fillPoly(canvas, [pts], value, lineType=cv2.LINE_8, shift=_SHIFT)
@@ -673,7 +712,8 @@ def generate_clip(seed: int, config: SynthConfig = SynthConfig(), key: str = "sy
     if not _feasible_events(config):
         raise BadInputError(
             f"none of the events {', '.join(config.events)} fits a {config.seconds:g} s clip at {config.fps:g} fps: "
-            "use longer clips or other events")
+            "use longer clips or other events"
+        )
     rng = np.random.default_rng(int(seed))
     for _attempt in range(config.max_attempts):
         clip = _try_clip(rng, int(seed), config, key)
@@ -681,7 +721,8 @@ def generate_clip(seed: int, config: SynthConfig = SynthConfig(), key: str = "sy
             return clip
     raise BadInputError(
         f"could not place a visible target in {config.max_attempts} tries for {config.width}x{config.height}: "
-        "use a larger frame, fewer or smaller objects, or a lower min_target_visible_fraction")
+        "use a larger frame, fewer or smaller objects, or a lower min_target_visible_fraction"
+    )
 
 
 def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
@@ -714,12 +755,24 @@ def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
         effects = _event_effects(event, colour, shape, base_radius, cfg, rng)
         reach = base_radius * effects.max_scale * _SHAPE_EXTENT[shape]
         motion = _plan_motion(rng, cfg, event)
-        present, center = _simulate(motion, reach + effects.extent + step, reach + effects.extent + 1.0,
-                                    effects.moving, cfg, rng)
-        objects.append(SynthObject(
-            object_id=new_index + 1, colour=colour, shape=shape, size=size, depth=int(depths[new_index]), event=event,
-            present=present, center=center + effects.offset, radius=base_radius * effects.scale,
-            angle_deg=effects.angle_deg, rgb=effects.rgb))
+        present, center = _simulate(
+            motion, reach + effects.extent + step, reach + effects.extent + 1.0, effects.moving, cfg, rng
+        )
+        objects.append(
+            SynthObject(
+                object_id=new_index + 1,
+                colour=colour,
+                shape=shape,
+                size=size,
+                depth=int(depths[new_index]),
+                event=event,
+                present=present,
+                center=center + effects.offset,
+                radius=base_radius * effects.scale,
+                angle_deg=effects.angle_deg,
+                rgb=effects.rgb,
+            )
+        )
         if old_index == 0:
             target_id = new_index + 1
 
@@ -763,8 +816,9 @@ def _new_colour(rng, colour: str) -> str:
     return _pick(rng, [c for c in PALETTE if c != colour])
 
 
-def _distractor_event(rng, cfg: SynthConfig, target_event: ObjectEvent,
-                      colour: str, shape: str, size: str) -> ObjectEvent | None:
+def _distractor_event(
+    rng, cfg: SynthConfig, target_event: ObjectEvent, colour: str, shape: str, size: str
+) -> ObjectEvent | None:
     """Maybe an event for a distractor: the target's event at another time, or a different event at any time."""
     if rng.random() >= cfg.distractor_event_prob:
         return None
@@ -789,15 +843,26 @@ def clip_annotation(clip: SynthClip, video_path: str) -> dict:
     target_track = clip.gt_tracks.tracks[clip.target_id]
     bbox = []
     for f in range(event.start_frame, event.end_frame + 1):
-        x1, y1, x2, y2 = target_track.box_at(f)
+        box = target_track.box_at(f)
+        assert box is not None  # the target is observed in every event frame (the generator guarantees it)
+        x1, y1, x2, y2 = box
         bbox.append([int(x1), int(y1), int(x2 - x1), int(y2 - y1)])  # tight mask boxes are whole pixels
     objects = {}
     for obj in clip.objects:
         e = obj.event
         objects[str(obj.object_id)] = {
-            "colour": obj.colour, "shape": obj.shape, "size": obj.size, "depth": obj.depth,
-            "event": None if e is None else {"name": e.name, "st_frame": e.start_frame, "ed_frame": e.end_frame,
-                                             **({"new_colour": e.new_colour} if e.new_colour else {})},
+            "colour": obj.colour,
+            "shape": obj.shape,
+            "size": obj.size,
+            "depth": obj.depth,
+            "event": None
+            if e is None
+            else {
+                "name": e.name,
+                "st_frame": e.start_frame,
+                "ed_frame": e.end_frame,
+                **({"new_colour": e.new_colour} if e.new_colour else {}),
+            },
         }
     return {
         "img_num": clip.num_frames,
@@ -839,8 +904,13 @@ def write_clip_video(clip: SynthClip, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def write_synthetic_dataset(out_dir: str | os.PathLike, num: int, seed: int, config: SynthConfig = SynthConfig(),
-                            on_clip: Callable[[str], None] | None = None) -> Path:
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike,
+    num: int,
+    seed: int,
+    config: SynthConfig = SynthConfig(),
+    on_clip: Callable[[str], None] | None = None,
+) -> Path:
     """Write ``num`` clips to ``OUT_DIR/videos/<key>.mp4`` and their annotations to ``OUT_DIR/annotations.json``.
 
     Keys are ``synth_s{seed}_{i:04d}``. The annotations are byte-identical for the same seed and config.
@@ -861,8 +931,15 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, num: int, seed: int, con
         rel = f"videos/{key}.mp4"
         write_clip_video(clip, out / rel)
         annotations[key] = clip_annotation(clip, rel)
-        logger.info("%s: %s [%d-%d] generated in %.2fs, rendered+encoded in %.2fs", key, clip.query,
-                    clip.event.start_frame, clip.event.end_frame, t1 - t0, time.perf_counter() - t1)
+        logger.info(
+            "%s: %s [%d-%d] generated in %.2fs, rendered+encoded in %.2fs",
+            key,
+            clip.query,
+            clip.event.start_frame,
+            clip.event.end_frame,
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
         if on_clip is not None:
             on_clip(key)
     path = out / "annotations.json"

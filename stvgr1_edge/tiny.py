@@ -39,15 +39,18 @@ QWEN2_5_VL_SPECIAL_TOKENS: tuple[str, ...] = (
 QWEN2_5_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+    "assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
     "{% endfor %}<|im_end|>\n{% endif %}"
@@ -57,14 +60,105 @@ QWEN2_5_VL_CHAT_TEMPLATE = (
 """Qwen2.5-VL-Instruct's chat template (the released checkpoint's): default system message when none is given."""
 
 DOMAIN_WORDS: tuple[str, ...] = (
-    "man", "woman", "person", "people", "boy", "girl", "child", "old", "young", "the", "a", "an", "in", "on",
-    "at", "to", "of", "and", "with", "his", "her", "their", "who", "is", "are", "walks", "walk", "runs", "run",
-    "sits", "sit", "stands", "stand", "turns", "turn", "around", "down", "up", "left", "right", "front",
-    "behind", "next", "picks", "puts", "holds", "takes", "gives", "looks", "talks", "opens", "closes", "door",
-    "table", "chair", "car", "cup", "phone", "bag", "red", "blue", "green", "black", "white", "yellow",
-    "shirt", "coat", "hat", "hair", "first", "then", "after", "before", "moves", "object", "ball", "box",
-    "square", "circle", "time", "range", "seconds", "event", "video", "frame", "marked", "number", "target",
-    "id", "think", "answer", "start", "end", "from", "until", "appears", "disappears", "enters", "leaves",
+    "man",
+    "woman",
+    "person",
+    "people",
+    "boy",
+    "girl",
+    "child",
+    "old",
+    "young",
+    "the",
+    "a",
+    "an",
+    "in",
+    "on",
+    "at",
+    "to",
+    "of",
+    "and",
+    "with",
+    "his",
+    "her",
+    "their",
+    "who",
+    "is",
+    "are",
+    "walks",
+    "walk",
+    "runs",
+    "run",
+    "sits",
+    "sit",
+    "stands",
+    "stand",
+    "turns",
+    "turn",
+    "around",
+    "down",
+    "up",
+    "left",
+    "right",
+    "front",
+    "behind",
+    "next",
+    "picks",
+    "puts",
+    "holds",
+    "takes",
+    "gives",
+    "looks",
+    "talks",
+    "opens",
+    "closes",
+    "door",
+    "table",
+    "chair",
+    "car",
+    "cup",
+    "phone",
+    "bag",
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "yellow",
+    "shirt",
+    "coat",
+    "hat",
+    "hair",
+    "first",
+    "then",
+    "after",
+    "before",
+    "moves",
+    "object",
+    "ball",
+    "box",
+    "square",
+    "circle",
+    "time",
+    "range",
+    "seconds",
+    "event",
+    "video",
+    "frame",
+    "marked",
+    "number",
+    "target",
+    "id",
+    "think",
+    "answer",
+    "start",
+    "end",
+    "from",
+    "until",
+    "appears",
+    "disappears",
+    "enters",
+    "leaves",
 )
 """Words of typical STVG queries and answers; the BPE learns them as whole tokens."""
 
@@ -78,7 +172,7 @@ def _training_corpus(extra_words: Iterable[str]) -> list[str]:
     lines += [" ".join(words), " ".join(w.capitalize() for w in words)]
     for k in range(0, 100, 7):
         lines.append(
-            f"<think>The event occurs from {k / 3:.2f} to {k / 2:.2f} seconds; object ID \"{k % 9 + 1}\" "
+            f'<think>The event occurs from {k / 3:.2f} to {k / 2:.2f} seconds; object ID "{k % 9 + 1}" '
             f"is the target.</think> <answer>Target ID: {k % 9 + 1}, Time range: {k / 3:.2f} to {k / 2:.2f}</answer>"
         )
     lines.append("0123456789 .,:;!?\"'()[]{}<>/-+*=_ \n")
@@ -95,10 +189,12 @@ def build_tokenizer(extra_words: Iterable[str] = ()):
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=1024,
@@ -125,12 +221,21 @@ def build_processor(tokenizer):
     """A ``Qwen2_5_VLProcessor`` with Qwen2.5-VL's real image/video preprocessing constants."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    common = dict(patch_size=14, temporal_patch_size=2, merge_size=2,
-                  image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    common = dict(
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
     image_processor = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, **common)
     video_processor = Qwen2VLVideoProcessor(min_pixels=3136, max_pixels=12845056, **common)
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=video_processor, chat_template=QWEN2_5_VL_CHAT_TEMPLATE)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN2_5_VL_CHAT_TEMPLATE,
+    )
 
 
 def _token_ids(tokenizer) -> dict[str, int]:
@@ -138,9 +243,18 @@ def _token_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-def tiny_qwen2_5_vl_config(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                           intermediate_size: int = 128, vision_hidden_size: int = 32, vision_depth: int = 2,
-                           vision_heads: int = 2, vision_intermediate_size: int = 64):
+def tiny_qwen2_5_vl_config(
+    tokenizer,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vision_hidden_size: int = 32,
+    vision_depth: int = 2,
+    vision_heads: int = 2,
+    vision_intermediate_size: int = 64,
+):
     """A small ``Qwen2_5_VLConfig`` whose vocabulary and special-token ids match ``tokenizer``.
 
     The multimodal rotary sections split ``head_dim / 2`` in Qwen's proportions (16:24:24 of 64).
@@ -156,22 +270,39 @@ def tiny_qwen2_5_vl_config(tokenizer, hidden_size: int = 64, layers: int = 2, he
     mrope_section = [t_section, h_section, half - t_section - h_section]
     ids = _token_ids(tokenizer)
     text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=32768, rms_norm_eps=1e-6,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
     )
     vision_config = dict(
-        depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
-        num_heads=vision_heads, out_hidden_size=hidden_size, patch_size=14, spatial_merge_size=2,
-        temporal_patch_size=2, tokens_per_second=2, window_size=112,
+        depth=vision_depth,
+        hidden_size=vision_hidden_size,
+        intermediate_size=vision_intermediate_size,
+        num_heads=vision_heads,
+        out_hidden_size=hidden_size,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        tokens_per_second=2,
+        window_size=112,
         fullatt_block_indexes=[vision_depth - 1],
     )
     return Qwen2_5_VLConfig(
-        text_config=text_config, vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
 
@@ -183,25 +314,58 @@ def real_qwen2_5_vl_config(arch: str):
     """
     from transformers import Qwen2_5_VLConfig
 
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2, window_size=112,
-                  fullatt_block_indexes=[7, 15, 23, 31])
+    vision = dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        tokens_per_second=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+    )
     rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
     if arch == "7b":
-        text = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                    num_attention_heads=28, num_key_value_heads=4)
+        text: dict[str, Any] = dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+        )
         tie = False
     elif arch == "3b":
-        text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                    num_attention_heads=16, num_key_value_heads=2)
+        text = dict(
+            vocab_size=151936,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+        )
         tie = True
     else:
         raise ValueError(f"unknown Qwen2.5-VL architecture {arch!r}: use '3b' or '7b'")
-    text.update(max_position_embeddings=128000, rms_norm_eps=1e-6, rope_parameters=rope,
-                bos_token_id=151643, eos_token_id=151645)
+    text.update(
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        rope_parameters=rope,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    )
     vision["out_hidden_size"] = text["hidden_size"]
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
-                            vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=tie)
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        tie_word_embeddings=tie,
+    )
 
 
 def _set_generation_defaults(model, tokenizer) -> None:
@@ -217,8 +381,9 @@ def _set_generation_defaults(model, tokenizer) -> None:
     gen.top_k = None
 
 
-def build_tiny_qwen2_5_vl(tokenizer=None, seed: int = 0, hidden_size: int = 64, layers: int = 2,
-                          vision_depth: int = 2, **config_kwargs: Any):
+def build_tiny_qwen2_5_vl(
+    tokenizer=None, seed: int = 0, hidden_size: int = 64, layers: int = 2, vision_depth: int = 2, **config_kwargs: Any
+):
     """``(model, processor)``: a random-weight Qwen2.5-VL (fp32, eval mode) and its processor.
 
     Weights are drawn with ``torch.manual_seed(seed)``, so the same arguments give the same model.
@@ -227,8 +392,9 @@ def build_tiny_qwen2_5_vl(tokenizer=None, seed: int = 0, hidden_size: int = 64, 
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    config = tiny_qwen2_5_vl_config(tokenizer, hidden_size=hidden_size, layers=layers, vision_depth=vision_depth,
-                                    **config_kwargs)
+    config = tiny_qwen2_5_vl_config(
+        tokenizer, hidden_size=hidden_size, layers=layers, vision_depth=vision_depth, **config_kwargs
+    )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     _set_generation_defaults(model, tokenizer)

@@ -108,7 +108,9 @@ class TrackSet:
             t = self.tracks[int(track_id)] = Track(int(track_id), label=label)
         return t
 
-    def add(self, track_id: int, frame: int, box, mask: dict | None = None, score: float = 1.0, label: str = "") -> None:
+    def add(
+        self, track_id: int, frame: int, box, mask: dict | None = None, score: float = 1.0, label: str = ""
+    ) -> None:
         self.track(track_id, label).add(frame, box, mask, score)
 
     @property
@@ -167,7 +169,10 @@ class TrackSet:
         except AnnotationError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise AnnotationError(f"{source}: not a tracks file ({type(exc).__name__}: {exc}); expected the tracks JSON of `stvg-edge track`") from None
+            raise AnnotationError(
+                f"{source}: not a tracks file ({type(exc).__name__}: {exc}); expected the tracks JSON of `stvg-edge "
+                "track`"
+            ) from None
         return ts
 
     def save(self, path: str | os.PathLike) -> None:

@@ -94,6 +94,7 @@ def build_tube(
         return Tube(answer.ids, answer.start_s, answer.end_s)
     if frame_times_s is None:
         frame_times_s = [i / tracks.fps for i in range(tracks.num_frames)]
+    assert answer.start_s is not None and answer.end_s is not None  # has_time_range
     frames = frames_in_range(frame_times_s, answer.start_s, answer.end_s)
 
     warnings: list[str] = []
@@ -134,17 +135,27 @@ def build_tube(
             union[frame] = box if frame not in union else _union_box(union[frame], box)
     masks = {frame: (rles[0] if len(rles) == 1 else _union_mask(rles)) for frame, rles in masks_by_frame.items()}
     if frames and not union:
-        warnings.append(f"no box for ID(s) {', '.join(map(str, answer.ids))} between "
-                        f"{answer.start_s:.2f} and {answer.end_s:.2f} s")
+        warnings.append(
+            f"no box for ID(s) {', '.join(map(str, answer.ids))} between {answer.start_s:.2f} and {answer.end_s:.2f} s"
+        )
     for w in warnings:
         logger.debug("tube: %s", w)
-    return Tube(answer.ids, answer.start_s, answer.end_s, dict(sorted(union.items())), boxes_by_id,
-                dict(sorted(masks.items())), tuple(sorted(interpolated & union.keys())), tuple(sorted(repaired)),
-                tuple(warnings))
+    return Tube(
+        answer.ids,
+        answer.start_s,
+        answer.end_s,
+        dict(sorted(union.items())),
+        boxes_by_id,
+        dict(sorted(masks.items())),
+        tuple(sorted(interpolated & union.keys())),
+        tuple(sorted(repaired)),
+        tuple(warnings),
+    )
 
 
-def _repaired_box(tracks: TrackSet, track: Track | None, frame: int,
-                  previous_box: list[float] | None) -> list[float] | None:
+def _repaired_box(
+    tracks: TrackSet, track: Track | None, frame: int, previous_box: list[float] | None
+) -> list[float] | None:
     """Reference ID repair for one frame where the ID has no box (module docstring)."""
     objects = tracks.objects_at(frame)
     if previous_box is not None and objects:

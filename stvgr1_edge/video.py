@@ -70,7 +70,9 @@ def _open(path: str | os.PathLike):
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise VideoError(f"cannot open {p} as a video: {_short(exc)}; is it a complete, uncorrupted video file? {_FIX}") from None
+        raise VideoError(
+            f"cannot open {p} as a video: {_short(exc)}; is it a complete, uncorrupted video file? {_FIX}"
+        ) from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{p} has no video stream: pass a video file")
@@ -115,8 +117,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if width <= 0 or height <= 0:
         raise VideoError(f"video has no frame size in its header: {path}: {_FIX}")
     if declared > 0 and len(pts) < declared - max(2, declared // 50):
-        raise VideoError(f"video is truncated: its header lists {declared} frames but only {len(pts)} are present: "
-                         f"{path}: {_FIX}")
+        raise VideoError(
+            f"video is truncated: its header lists {declared} frames but only {len(pts)} are present: {path}: {_FIX}"
+        )
     pts.sort()
     t0 = pts[0]
     times = tuple(float((p - t0) * time_base) for p in pts)
@@ -219,8 +222,16 @@ class VideoWriter:
     an exception inside the block discards the partial file.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int,
-                 codec: str = "libx264", crf: int = 18, preset: str = "medium"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        width: int,
+        height: int,
+        codec: str = "libx264",
+        crf: int = 18,
+        preset: str = "medium",
+    ):
         import av
 
         self.path = Path(path)
@@ -232,7 +243,7 @@ class VideoWriter:
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25, 1)
         options = {"crf": str(crf), "preset": preset} if codec == "libx264" else {}
         # Deterministic output: one encoder thread, no timestamps from the wall clock.
-        self._stream = self._container.add_stream(codec, rate=rate, options=options)
+        self._stream: av.VideoStream = self._container.add_stream(codec, rate=rate, options=options)  # type: ignore[assignment]
         self._stream.width, self._stream.height = self._enc_w, self._enc_h
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.thread_count = 1

@@ -34,7 +34,9 @@ def draw_tube_frame(image: np.ndarray, frame_index: int, result) -> np.ndarray:
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thickness, cv2.LINE_AA)
         ids = ",".join(map(str, q.answer.ids))
         caption = textwrap.shorten(f"Q{q_index + 1} ID {ids}: {q.query}", width=max(20, int(width / (9 * scale))))
-        cv2.putText(out, caption, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale, colour, max(1, thickness - 1), cv2.LINE_AA)
+        cv2.putText(
+            out, caption, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale, colour, max(1, thickness - 1), cv2.LINE_AA
+        )
         y += int(24 * scale)
     return out
 

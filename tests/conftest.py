@@ -12,6 +12,19 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped, with that reason, where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked gpu: needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 """Real data the tests need, copied into the repo with its provenance (``fixtures/README.md``)."""
 
@@ -29,8 +42,8 @@ def write_two_box_clip(path: Path, num_frames: int, width: int, height: int, wob
     with VideoWriter(path, 10.0, width, height) as writer:
         for i in range(num_frames):
             img = np.full((height, width, 3), 60, np.uint8)
-            img[8:28, 8 + i % wobble_a:24] = 200
-            img[12:40, 36 - i % wobble_b:56] = 120
+            img[8:28, 8 + i % wobble_a : 24] = 200
+            img[12:40, 36 - i % wobble_b : 56] = 120
             writer.write(img)
     return path
 

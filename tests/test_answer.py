@@ -18,23 +18,26 @@ def test_reference_format_parses_exactly():
     assert a == GroundingAnswer(ids=(1,), start_s=12.54, end_s=17.83, parse_ok=True, reason="", warnings=(), raw=text)
 
 
-@pytest.mark.parametrize("inner, ids", [
-    ("Target ID: 3, Time range: 1 to 2", (3,)),
-    ("Target IDs: 3, 5, Time range: 1 to 2", (3, 5)),
-    ("Target ID: 3 and 5, Time range: 1 to 2", (3, 5)),
-    ("Target ID: [3], Time range: 1 to 2", (3,)),
-    ("Target ID: [3, 5], Time range: 1 to 2", (3, 5)),
-    ("Target ID: #3, Time range: 1 to 2", (3,)),
-    ("Target ID: ID 3, Time range: 1 to 2", (3,)),
-    ("ID 3, Time range: 1 to 2", (3,)),
-    ("Object ID: 7, Time range: 1 to 2", (7,)),
-    ("target id:3,time range:1 to 2", (3,)),
-    ("TARGET ID = 12; TIME RANGE = 1 to 2", (12,)),
-    ("Target IDs are 4 & 2 & 4, Time range: 1 to 2", (4, 2)),  # order kept, repeat dropped
-    ("Target ID: 3 (the man in red, not person 2), Time range: 1 to 2", (3,)),
-    ("Time range: 1 to 2, Target ID: 6", (6,)),
-    ("Target ID: 0, Time range: 1 to 2", (0,)),
-])
+@pytest.mark.parametrize(
+    "inner, ids",
+    [
+        ("Target ID: 3, Time range: 1 to 2", (3,)),
+        ("Target IDs: 3, 5, Time range: 1 to 2", (3, 5)),
+        ("Target ID: 3 and 5, Time range: 1 to 2", (3, 5)),
+        ("Target ID: [3], Time range: 1 to 2", (3,)),
+        ("Target ID: [3, 5], Time range: 1 to 2", (3, 5)),
+        ("Target ID: #3, Time range: 1 to 2", (3,)),
+        ("Target ID: ID 3, Time range: 1 to 2", (3,)),
+        ("ID 3, Time range: 1 to 2", (3,)),
+        ("Object ID: 7, Time range: 1 to 2", (7,)),
+        ("target id:3,time range:1 to 2", (3,)),
+        ("TARGET ID = 12; TIME RANGE = 1 to 2", (12,)),
+        ("Target IDs are 4 & 2 & 4, Time range: 1 to 2", (4, 2)),  # order kept, repeat dropped
+        ("Target ID: 3 (the man in red, not person 2), Time range: 1 to 2", (3,)),
+        ("Time range: 1 to 2, Target ID: 6", (6,)),
+        ("Target ID: 0, Time range: 1 to 2", (0,)),
+    ],
+)
 def test_id_forms(inner, ids):
     a = parse_answer(wrap(inner))
     assert a.parse_ok, a.reason
@@ -42,26 +45,29 @@ def test_id_forms(inner, ids):
     assert (a.start_s, a.end_s) == (1.0, 2.0)
 
 
-@pytest.mark.parametrize("inner, start, end", [
-    ("Target ID: 3, Time range: 12.54 to 17.83", 12.54, 17.83),
-    ("Target ID: 3, Time range: 12.5s to 17.8s", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5 s to 17.8 seconds", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5-17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5 - 17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5 – 17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5—17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: 12.5 ~ 17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: from 12.5 to 17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: between 12 and 17", 12.0, 17.0),
-    ("Target ID: 3, Time range: 12 and 17", 12.0, 17.0),
-    ("Target ID: 3, Time range: [12.5, 17.8]", 12.5, 17.8),
-    ("Target ID: 3, Time range: [12.54 to 17.83].", 12.54, 17.83),
-    ("Target ID: 3, Time range: .5 to 17", 0.5, 17.0),
-    ("Target ID: 3, Time range: 00:12.5 to 00:17.8", 12.5, 17.8),
-    ("Target ID: 3, Time range: 0:00:12 to 0:01:02.5", 12.0, 62.5),
-    ("Target ID: 3, Time range: 1:05 to 1:10", 65.0, 70.0),
-    ("Target ID: 3\nTime range: 12.54 to 17.83\n", 12.54, 17.83),
-])
+@pytest.mark.parametrize(
+    "inner, start, end",
+    [
+        ("Target ID: 3, Time range: 12.54 to 17.83", 12.54, 17.83),
+        ("Target ID: 3, Time range: 12.5s to 17.8s", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5 s to 17.8 seconds", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5-17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5 - 17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5 – 17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5—17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: 12.5 ~ 17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: from 12.5 to 17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: between 12 and 17", 12.0, 17.0),
+        ("Target ID: 3, Time range: 12 and 17", 12.0, 17.0),
+        ("Target ID: 3, Time range: [12.5, 17.8]", 12.5, 17.8),
+        ("Target ID: 3, Time range: [12.54 to 17.83].", 12.54, 17.83),
+        ("Target ID: 3, Time range: .5 to 17", 0.5, 17.0),
+        ("Target ID: 3, Time range: 00:12.5 to 00:17.8", 12.5, 17.8),
+        ("Target ID: 3, Time range: 0:00:12 to 0:01:02.5", 12.0, 62.5),
+        ("Target ID: 3, Time range: 1:05 to 1:10", 65.0, 70.0),
+        ("Target ID: 3\nTime range: 12.54 to 17.83\n", 12.54, 17.83),
+    ],
+)
 def test_time_forms(inner, start, end):
     a = parse_answer(wrap(inner))
     assert a.parse_ok, a.reason
@@ -104,9 +110,11 @@ def test_negative_numbers_with_hyphen_separator():
 def test_range_wholly_after_the_video_collapses_to_its_end_with_warnings():
     a = parse_answer(wrap("Target ID: 3, Time range: 30 to 40"), duration_s=20.0)
     assert (a.start_s, a.end_s, a.parse_ok) == (20.0, 20.0, True)
-    assert a.warnings == ("start 30.00 s is after the video ends (20.00 s): clamped",
-                          "end 40.00 s is after the video ends (20.00 s): clamped",
-                          "the time range is empty (20.00 to 20.00 s)")
+    assert a.warnings == (
+        "start 30.00 s is after the video ends (20.00 s): clamped",
+        "end 40.00 s is after the video ends (20.00 s): clamped",
+        "the time range is empty (20.00 to 20.00 s)",
+    )
 
 
 def test_huge_numbers_are_clamped_and_infinite_ones_need_a_duration():
@@ -131,8 +139,9 @@ def test_huge_id_is_an_unknown_id():
     a = parse_answer(wrap("Target ID: 123456789012345678, Time range: 1 to 2"), valid_ids=range(1, 40))
     assert a.ids == (123456789012345678,)
     assert a.parse_ok
-    assert a.warnings == ("ID 123456789012345678 is not a tracked object "
-                          "(tracked IDs: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, …)",)
+    assert a.warnings == (
+        "ID 123456789012345678 is not a tracked object (tracked IDs: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, …)",
+    )
 
 
 def test_absurdly_long_id_is_not_an_id():
@@ -252,8 +261,10 @@ def test_garbage():
 def test_template_copied_literally():
     a = parse_answer(wrap("Target ID: [ID], Time range: [start time to end time]"))
     assert a.parse_ok is False
-    assert a.reason == ("no ID number after 'Target ID': '[ID], Time range: [start time'; "
-                        "no 'start to end' times after 'Time range': '[start time to end time]'")
+    assert a.reason == (
+        "no ID number after 'Target ID': '[ID], Time range: [start time'; "
+        "no 'start to end' times after 'Time range': '[start time to end time]'"
+    )
 
 
 @pytest.mark.parametrize("inner", ["Target ID: 3.5, Time range: 1 to 2", "Target ID: -3, Time range: 1 to 2"])
@@ -290,5 +301,11 @@ def test_raw_text_is_kept_unchanged_and_to_dict_matches_the_result_json():
     text = wrap("Target ID：３，Time range：１２.５ to １７.８")
     a = parse_answer(text)
     assert a.raw == text
-    assert a.to_dict() == {"answer_text": text, "ids": [3], "start_s": 12.5, "end_s": 17.8,
-                           "parse_ok": True, "warnings": []}
+    assert a.to_dict() == {
+        "answer_text": text,
+        "ids": [3],
+        "start_s": 12.5,
+        "end_s": 17.8,
+        "parse_ok": True,
+        "warnings": [],
+    }

@@ -53,8 +53,9 @@ def _run(args: list[str], out: Path) -> dict:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def test_bundle_with_fp32_vision_gives_the_same_answer_as_the_unexported_model(bundles, model_dir, video_and_query,
-                                                                               tmp_path):
+def test_bundle_with_fp32_vision_gives_the_same_answer_as_the_unexported_model(
+    bundles, model_dir, video_and_query, tmp_path
+):
     video, query = video_and_query
     reference = _run([str(video), query, "--model", str(model_dir)], tmp_path / "ref.json")
     exported = _run([str(video), query, "--bundle", str(bundles["none"])], tmp_path / "bundle.json")
@@ -77,8 +78,7 @@ def test_bundle_with_int4_llm_runs_int4_weights_and_records_them(bundles, model_
     exported = _run([str(video), query, "--bundle", str(bundles["int4"])], tmp_path / "int4.json")
     assert exported["queries"][0]["num_generated_tokens"] > 0
     grounder = exported["config"]["grounder"]
-    assert (grounder["quant"], grounder["vision_encoder"], grounder["bundle"]) == ("int4", "onnx",
-                                                                                  str(bundles["int4"]))
+    assert (grounder["quant"], grounder["vision_encoder"], grounder["bundle"]) == ("int4", "onnx", str(bundles["int4"]))
 
     int4 = load_language_model(bundles["int4"] / "llm", "int4", "cpu")
     full = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -126,8 +126,22 @@ def test_bundle_with_onnx_tracker_runs_and_records_tracker_parity(model_dir, vid
 
     tracker_dir = save_tiny_video_model(tmp_path / "sam2", "sam2", object_score_bias=20.0)
     folder = tmp_path / "bundle"
-    assert main(["export", "--model", str(model_dir), "--out", str(folder), "--tracker", "onnx",
-                 "--tracker-model", str(tracker_dir)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(folder),
+                "--tracker",
+                "onnx",
+                "--tracker-model",
+                str(tracker_dir),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["tracker"]["family"] == "sam2" and manifest["tracker"]["memory_slots"] == 4
     assert manifest["tracker"]["pointer_tokens"] == 10 and manifest["tracker"]["tokens_per_slot"] == 64
@@ -142,8 +156,9 @@ def test_bundle_with_onnx_tracker_runs_and_records_tracker_parity(model_dir, vid
         kept = list(f.keys())
     assert len(kept) == manifest["tracker"]["pytorch_tensors"] > 0
     assert any(k.startswith("prompt_encoder.") for k in kept)  # stays PyTorch (box prompts)
-    assert not [k for k in kept if k.split(".")[0] in ("vision_encoder", "mask_decoder", "memory_encoder",
-                                                        "memory_attention")]  # carried by the graphs
+    assert not [
+        k for k in kept if k.split(".")[0] in ("vision_encoder", "mask_decoder", "memory_encoder", "memory_attention")
+    ]  # carried by the graphs
     video, query = video_and_query
     result = _run([str(video), query, "--bundle", str(folder)], tmp_path / "r.json")
     assert result["num_tracks"] >= 1
@@ -168,8 +183,15 @@ def test_bundle_grounder_encodes_video_with_the_onnx_encoder(bundles, model_dir)
         tower(torch.zeros(4, 1176), grid_thw=torch.tensor([[1, 2, 2]]))
     reference = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", max_new_tokens=4))
     frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
-    clip = PromptedClip(frames=frames, frame_indices=(0, 1, 2, 3), sample_fps=2.0, resized_height=56,
-                        resized_width=84, video_fps=4.0, num_video_frames=4)
+    clip = PromptedClip(
+        frames=frames,
+        frame_indices=(0, 1, 2, 3),
+        sample_fps=2.0,
+        resized_height=56,
+        resized_width=84,
+        video_fps=4.0,
+        num_video_frames=4,
+    )
     got = torch.cat(grounder.encode_video(clip).features.pooler_output)
     want = torch.cat(reference.encode_video(clip).features.pooler_output)
     assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4
@@ -240,8 +262,9 @@ def test_export_refuses_a_non_bundle_out_folder_and_trt_without_tensorrt(model_d
         assert not (tmp_path / "t").exists()
 
 
-def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(bundles, model_dir, video_and_query,
-                                                                             tmp_path, capsys):
+def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(
+    bundles, model_dir, video_and_query, tmp_path, capsys
+):
     import torch
     from safetensors.torch import load_file
 
@@ -251,8 +274,24 @@ def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(bu
     cache = tmp_path / "cache"
     assert prepare_cache(video.parent.parent / "annotations.json", cache)["counts"] == {"cached": 1}
     folder = tmp_path / "gptq"
-    assert main(["export", "--model", str(model_dir), "--out", str(folder), "--llm", "int4",
-                 "--int4-calibration", str(cache), "--int4-calibration-num", "1"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(folder),
+                "--llm",
+                "int4",
+                "--int4-calibration",
+                str(cache),
+                "--int4-calibration-num",
+                "1",
+            ]
+        )
+        == 0
+    )
     int4 = json.loads((folder / "manifest.json").read_text())["grounder"]["int4"]
     assert int4["method"] == "GPTQ" and int4["calibration_clips"] == 1 and int4["calibration"] == str(cache)
     rounded = json.loads((bundles["int4"] / "manifest.json").read_text())["grounder"]["int4"]
@@ -262,7 +301,10 @@ def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(bu
     assert packed and not all(torch.equal(gptq_weights[k], rounded_weights[k]) for k in packed)
     # the calibration only applies to an int4 LLM, and must be a training cache: one line, exit 2, nothing written
     capsys.readouterr()
-    for extra in (["--llm", "none", "--int4-calibration", str(cache)], ["--llm", "int4", "--int4-calibration", str(video)]):
+    for extra in (
+        ["--llm", "none", "--int4-calibration", str(cache)],
+        ["--llm", "int4", "--int4-calibration", str(video)],
+    ):
         assert main(["export", "--model", str(model_dir), "--out", str(tmp_path / "bad"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--int4-calibration" in err

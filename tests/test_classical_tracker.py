@@ -39,7 +39,7 @@ def _frames(objects, n: int, occluder: tuple[int, int] | None = None) -> list[np
     An occluder (x range) is a static grey bar drawn in front of everything."""
     bg = _background()
     if occluder is not None:
-        bg[:, occluder[0]:occluder[1]] = (90, 90, 100)
+        bg[:, occluder[0] : occluder[1]] = (90, 90, 100)
     out = []
     for f in range(n):
         img = bg.copy()
@@ -48,9 +48,9 @@ def _frames(objects, n: int, occluder: tuple[int, int] | None = None) -> list[np
             if pos is None:
                 continue
             x, y = int(round(pos[0])), int(round(pos[1]))
-            img[max(0, y):max(0, y + size), max(0, x):max(0, x + size)] = colour
+            img[max(0, y) : max(0, y + size), max(0, x) : max(0, x + size)] = colour
         if occluder is not None:
-            img[:, occluder[0]:occluder[1]] = (90, 90, 100)
+            img[:, occluder[0] : occluder[1]] = (90, 90, 100)
         out.append(img)
     return out
 
@@ -113,7 +113,7 @@ def test_object_hidden_behind_static_occluder_is_relinked_with_same_id():
 
 def test_new_ids_start_at_one_and_are_never_reused():
     n = 60
-    first = ((220, 30, 30), 12, lambda f: (10 + 4 * f, 20) if f < 25 else None)   # leaves through the right edge
+    first = ((220, 30, 30), 12, lambda f: (10 + 4 * f, 20) if f < 25 else None)  # leaves through the right edge
     second = ((245, 215, 30), 12, lambda f: (10 + 2 * (f - 35), 80) if f >= 35 else None)  # appears later
     ts = _track(_frames([first, second], n))
     assert ts.ids == [1, 2]
@@ -209,8 +209,13 @@ def test_synthetic_dev_clip_idf1_at_least_0_9(tmp_path, seed):
 def test_object_that_vanishes_briefly_and_returns_in_another_colour_keeps_its_id():
     """Two frames lost (its colour passes through the floor's), then back where predicted but blue: same ID."""
     n = 40
-    images = _frames([((220, 30, 30), 14, lambda f: (5 + 3.0 * f, 40) if f < 20 else None),
-                      ((30, 80, 220), 14, lambda f: (5 + 3.0 * f, 42) if f >= 22 else None)], n)
+    images = _frames(
+        [
+            ((220, 30, 30), 14, lambda f: (5 + 3.0 * f, 40) if f < 20 else None),
+            ((30, 80, 220), 14, lambda f: (5 + 3.0 * f, 42) if f >= 22 else None),
+        ],
+        n,
+    )
     ts = _track(images)
     assert ts.ids == [1]
     frames = ts.tracks[1].frames
@@ -256,13 +261,13 @@ def test_colour_model_tells_every_pair_of_palette_colours_apart():
     from itertools import combinations
 
     from stvgr1_edge.synth import PALETTE
-    from stvgr1_edge.tracking.classical import _colour_hist, _hist_distance, _hsv_bins
+    from stvgr1_edge.tracking.observations import colour_hist, hist_distance, hsv_bins
 
     cfg = ClassicalTrackerConfig()
     mask = np.ones((8, 8), bool)
-    hists = {name: _colour_hist(_hsv_bins(np.full((8, 8, 3), rgb, np.uint8)), mask) for name, rgb in PALETTE.items()}
+    hists = {name: colour_hist(hsv_bins(np.full((8, 8, 3), rgb, np.uint8)), mask) for name, rgb in PALETTE.items()}
     for a, b in combinations(PALETTE, 2):
-        assert _hist_distance(hists[a], hists[b]) > cfg.max_appearance_distance, (a, b)
+        assert hist_distance(hists[a], hists[b]) > cfg.max_appearance_distance, (a, b)
 
 
 def test_two_colour_split_needs_distinct_colours_and_compact_parts():
@@ -272,17 +277,17 @@ def test_two_colour_split_needs_distinct_colours_and_compact_parts():
     image[20:30, 10:30] = (30, 80, 220)
     mask = np.zeros((40, 40), bool)
     mask[10:30, 10:30] = True
-    from stvgr1_edge.tracking.classical import _Observation
+    from stvgr1_edge.tracking.observations import Observation
 
-    ob = _Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
-    parts = tracker._colour_parts(ob, image)
+    ob = Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
+    parts = _colour_parts(tracker, ob, image)
     assert sorted(int(p.sum()) for p in parts) == [200, 200]
     assert {tuple(np.argwhere(p).min(axis=0)) for p in parts} == {(10, 10), (20, 10)}
     image[20:30, 10:30] = (220, 40, 40)  # the same red, a shade apart: one object
-    assert tracker._colour_parts(ob, image) == []
+    assert _colour_parts(tracker, ob, image) == []
     image[10:30, 10:30] = (220, 30, 30)
     image[10:30:2, 10:30] = (30, 80, 220)  # stripes: two colours, but not two compact objects
-    assert tracker._colour_parts(ob, image) == []
+    assert _colour_parts(tracker, ob, image) == []
 
 
 def test_object_standing_still_for_most_of_the_clip_is_not_absorbed_into_the_background():
@@ -303,7 +308,9 @@ def test_object_standing_still_for_most_of_the_clip_is_not_absorbed_into_the_bac
     assert ts.tracks[still].box_at(30) == [50.0, 50.0, 66.0, 66.0]
 
     # the repair of the estimate is what finds it: without it only the part of it the median missed is seen
-    unrepaired = _track(images, ClassicalTrackerConfig(detector=ClassicalDetectorConfig(background_ghost_min_samples=0)))
+    unrepaired = _track(
+        images, ClassicalTrackerConfig(detector=ClassicalDetectorConfig(background_ghost_min_samples=0))
+    )
     assert [50.0, 50.0, 66.0, 66.0] not in [t.box_at(30) for t in unrepaired.tracks.values() if 30 in t.frames]
 
 
@@ -318,10 +325,10 @@ def test_colour_split_gives_thin_stray_pixels_to_the_neighbouring_object():
     mask = np.zeros((40, 50), bool)
     mask[10:30, 10:30] = True
     mask[10:20, 30:40] = True
-    from stvgr1_edge.tracking.classical import _Observation
+    from stvgr1_edge.tracking.observations import Observation
 
-    ob = _Observation(np.array([10, 10, 40, 30], np.float32), mask, np.zeros(1), float(mask.sum()))
-    parts = tracker._colour_parts(ob, image)
+    ob = Observation(np.array([10, 10, 40, 30], np.float32), mask, np.zeros(1), float(mask.sum()))
+    parts = _colour_parts(tracker, ob, image)
     assert len(parts) == 2
     blue = next(p for p in parts if p[15, 35])
     red = next(p for p in parts if p[25, 15])
@@ -340,11 +347,11 @@ def test_a_fragment_of_a_track_does_not_shrink_it_so_it_relinks_when_it_comes_ba
         img = bg.copy()
         x = int(round(5 + 3.0 * f))
         if f < 20:
-            img[40:54, x:x + 14] = (220, 30, 30)
+            img[40:54, x : x + 14] = (220, 30, 30)
         elif f < 22:
-            img[40:54, x + 10:x + 14] = (220, 30, 30)  # the sliver
+            img[40:54, x + 10 : x + 14] = (220, 30, 30)  # the sliver
         elif f >= 24:
-            img[41:55, x:x + 14] = (30, 80, 220)
+            img[41:55, x : x + 14] = (30, 80, 220)
         images.append(img)
     ts = _track(images)
     assert ts.ids == [1]
@@ -354,25 +361,39 @@ def test_a_fragment_of_a_track_does_not_shrink_it_so_it_relinks_when_it_comes_ba
     assert no_fragments.ids == [1, 2]
 
 
+def _colour_parts(tracker: ClassicalTracker, ob, image):
+    from stvgr1_edge.tracking.merge_split import colour_parts
+
+    return colour_parts(tracker.config, tracker.detector.config.min_area_fraction, ob, image)
+
+
 def _split_two_red_squares(small_box, blob_extra=None, config: ClassicalTrackerConfig | None = None) -> dict:
     """Split a red blob (a 20x20 square at 20..40, plus ``blob_extra`` (rows, cols) slices) between a big
     track (that square) and a small 8x8 track of the same colour with prior box ``small_box``;
     returns {"big"|"small": part box}."""
-    from stvgr1_edge.tracking.classical import _colour_hist, _hsv_bins, _Observation, _TrackState
+    from stvgr1_edge.tracking.merge_split import split_blob
+    from stvgr1_edge.tracking.observations import Observation, TrackState, colour_hist, hsv_bins
 
     image = np.full((60, 70, 3), 200, np.uint8)
     image[20:40, 20:40] = (220, 30, 30)
     if blob_extra is not None:
         image[blob_extra] = (220, 30, 30)
     blob = np.all(image == (220, 30, 30), axis=2)
-    bins = _hsv_bins(image)
-    hist = _colour_hist(bins, blob)
-    big = _TrackState(np.array([20, 20, 40, 40], np.float32), np.zeros(2, np.float32), hist, 400.0, 0,
-                      shape=np.ones((20, 20), bool))
-    small = _TrackState(np.array(small_box, np.float32), np.zeros(2, np.float32), hist, 64.0, 0, shape=np.ones((8, 8), bool))
+    bins = hsv_bins(image)
+    hist = colour_hist(bins, blob)
+    big = TrackState(
+        np.array([20, 20, 40, 40], np.float32), np.zeros(2, np.float32), hist, 400.0, 0, shape=np.ones((20, 20), bool)
+    )
+    small = TrackState(
+        np.array(small_box, np.float32), np.zeros(2, np.float32), hist, 64.0, 0, shape=np.ones((8, 8), bool)
+    )
     ys, xs = np.nonzero(blob)
-    ob = _Observation(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32), blob, hist, float(blob.sum()))
-    parts = ClassicalTracker(config)._split(ob, [small, big], {id(big): big.box, id(small): small.box}, bins, frame=1)
+    ob = Observation(
+        np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32), blob, hist, float(blob.sum())
+    )
+    parts = split_blob(
+        config or ClassicalTrackerConfig(), ob, [small, big], {big.key: big.box, small.key: small.box}, bins, frame=1
+    )
     return {("big" if p.owner is big else "small"): p.box.tolist() for p in parts}
 
 
@@ -410,7 +431,7 @@ def test_detector_suppresses_shadows_but_not_dark_objects():
 def test_two_colour_split_separates_close_colours_but_not_one_colour_with_noise():
     """Blue and purple are only 28.6 apart in Lab: seeded by the farthest-apart pixels (a few blended edge
     pixels), 2-means never came out with them. One colour with compression-like noise is still one object."""
-    from stvgr1_edge.tracking.classical import _Observation
+    from stvgr1_edge.tracking.observations import Observation
 
     tracker = ClassicalTracker()
     image = np.full((40, 40, 3), 200, np.uint8)
@@ -419,8 +440,8 @@ def test_two_colour_split_separates_close_colours_but_not_one_colour_with_noise(
     image[10:30, 19:21] = (80, 65, 200)  # a blended seam
     mask = np.zeros((40, 40), bool)
     mask[10:30, 10:30] = True
-    ob = _Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
-    parts = tracker._colour_parts(ob, image)
+    ob = Observation(np.array([10, 10, 30, 30], np.float32), mask, np.zeros(1), 400.0)
+    parts = _colour_parts(tracker, ob, image)
     assert len(parts) == 2
     blue = next(p for p in parts if p[15, 12])
     purple = next(p for p in parts if p[15, 27])
@@ -430,7 +451,7 @@ def test_two_colour_split_separates_close_colours_but_not_one_colour_with_noise(
     rng = np.random.default_rng(0)
     noisy = np.full((40, 40, 3), 200, np.uint8)
     noisy[10:30, 10:30] = np.clip(np.array([245, 215, 30]) + rng.normal(0, 12, (20, 20, 3)), 0, 255).astype(np.uint8)
-    assert tracker._colour_parts(ob, noisy) == []
+    assert _colour_parts(tracker, ob, noisy) == []
 
 
 def test_identical_objects_crossing_keep_their_ids_by_motion():
@@ -442,8 +463,8 @@ def test_identical_objects_crossing_keep_their_ids_by_motion():
 
     def draw_cross(img, x, y):
         x, y, t = int(round(x)), int(round(y)), size // 3
-        img[y + t:y + size - t, x:x + size] = (130, 50, 180)
-        img[y:y + size, x + t:x + size - t] = (130, 50, 180)
+        img[y + t : y + size - t, x : x + size] = (130, 50, 180)
+        img[y : y + size, x + t : x + size - t] = (130, 50, 180)
 
     images = []
     for f in range(n):
@@ -455,31 +476,58 @@ def test_identical_objects_crossing_keep_their_ids_by_motion():
     assert ts.ids == [1, 2]
     left = min(ts.ids, key=lambda tid: _centre_x(ts, tid, 2))
     right = 3 - left
-    assert _centre_x(ts, left, ts.tracks[left].frames[-1]) > _centre_x(ts, right, ts.tracks[right].frames[-1])  # no swap
+    assert _centre_x(ts, left, ts.tracks[left].frames[-1]) > _centre_x(
+        ts, right, ts.tracks[right].frames[-1]
+    )  # no swap
     greedy = _track(images, ClassicalTrackerConfig(split_max_orders_members=1))
-    assert _centre_x(greedy, left, greedy.tracks[left].frames[-1]) < _centre_x(greedy, right, greedy.tracks[right].frames[-1])
+    assert _centre_x(greedy, left, greedy.tracks[left].frames[-1]) < _centre_x(
+        greedy, right, greedy.tracks[right].frames[-1]
+    )
 
 
 def test_a_track_placed_in_a_merge_follows_the_placed_shape():
     """A split part with a well-fitting placed shape moves the track's box there and pulls its velocity
     towards the shape's motion (an object that turned while merged); without a placement it coasts."""
-    from stvgr1_edge.tracking.classical import _Observation, _TrackState
+    from stvgr1_edge.tracking.observations import Observation, TrackState
 
     tracker = ClassicalTracker()
     tracker.start(_info(10))
-    track = _TrackState(np.array([50, 50, 60, 60], np.float32), np.array([4.0, 0.0], np.float32), np.ones(1), 100.0, 4,
-                        hits=5, track_id=1, shape=np.ones((10, 10), bool))
+    track = TrackState(
+        np.array([50, 50, 60, 60], np.float32),
+        np.array([4.0, 0.0], np.float32),
+        np.ones(1),
+        100.0,
+        4,
+        hits=5,
+        track_id=1,
+        shape=np.ones((10, 10), bool),
+    )
     mask = np.zeros((H, W), bool)
     mask[50:60, 46:52] = True
-    part = _Observation(np.array([46, 50, 52, 60], np.float32), mask, np.ones(1), 60.0, partial=True, owner=track,
-                        placed=np.array([46, 50, 56, 60], np.float32))
+    part = Observation(
+        np.array([46, 50, 52, 60], np.float32),
+        mask,
+        np.ones(1),
+        60.0,
+        partial=True,
+        owner=track,
+        placed=np.array([46, 50, 56, 60], np.float32),
+    )
     tracker._update(track, part, 5)
     assert track.box.tolist() == [46.0, 50.0, 56.0, 60.0]
     assert track.velocity[0] < 4.0 * (1 - tracker.config.split_motion_rate) + 1e-6  # turned towards -4
     assert track.area == 100.0 and track.shape.shape == (10, 10)  # the object's model is kept
 
-    coasting = _TrackState(np.array([50, 50, 60, 60], np.float32), np.array([4.0, 0.0], np.float32), np.ones(1), 100.0, 4,
-                           hits=5, track_id=2, shape=np.ones((10, 10), bool))
+    coasting = TrackState(
+        np.array([50, 50, 60, 60], np.float32),
+        np.array([4.0, 0.0], np.float32),
+        np.ones(1),
+        100.0,
+        4,
+        hits=5,
+        track_id=2,
+        shape=np.ones((10, 10), bool),
+    )
     part.placed, part.owner = None, coasting
     tracker._update(coasting, part, 5)
     assert coasting.velocity.tolist() == [4.0, 0.0]  # coasting: the model is kept
@@ -502,6 +550,7 @@ def test_an_object_hidden_behind_another_stays_in_the_merge():
     assert ts.tracks[3 - mover].frames[-1] == n - 1  # the still one keeps its ID after being uncovered
 
 
+@pytest.mark.slow
 def test_boxes_keep_thin_parts_and_find_blurred_edges_on_encoded_clips(tmp_path):
     """Synthetic clips through H.264 (colour blurred over ~1 pixel at every edge, chroma subsampled): with thin
     parts restored and outline pixels cut at half contrast, target boxes match the exact GT masks' boxes closely;
@@ -511,8 +560,9 @@ def test_boxes_keep_thin_parts_and_find_blurred_edges_on_encoded_clips(tmp_path)
     from stvgr1_edge.masks import box_iou
     from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
 
-    annotations = write_synthetic_dataset(tmp_path, num=4, seed=5000,
-                                          config=SynthConfig(width=224, height=168, seconds=6.0))
+    annotations = write_synthetic_dataset(
+        tmp_path, num=4, seed=5000, config=SynthConfig(width=224, height=168, seconds=6.0)
+    )
     samples = load_annotations(annotations)
 
     def mean_target_iou(detector: ClassicalDetectorConfig) -> float:

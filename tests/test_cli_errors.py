@@ -19,11 +19,14 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["no-such-command"], "No such command"),
-    (["eval"], "Missing argument"),
-    (["synth", "out", "--num", "0"], "--num"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["no-such-command"], "No such command"),
+        (["eval"], "Missing argument"),
+        (["synth", "out", "--num", "0"], "--num"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(capsys, argv, fragment):
     assert main(argv) == 2
     assert fragment in _one_error_line(capsys)
@@ -37,8 +40,12 @@ def test_eval_on_missing_prediction_file_exits_2(tmp_path, capsys):
 
 
 def test_console_script_exit_code_and_stderr_from_a_real_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "stvgr1_edge", "eval", str(tmp_path / "nope.json"), str(tmp_path / "nope2.json")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stvgr1_edge", "eval", str(tmp_path / "nope.json"), str(tmp_path / "nope2.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
@@ -60,7 +67,9 @@ def test_atomic_output_leaves_nothing_on_failure_and_replaces_on_success(tmp_pat
     assert target.read_text(encoding="utf-8") == '{"a": "é", "b": 1}\n'
 
 
-@pytest.mark.parametrize("content, fragment", [(None, "not found"), ("{bad", "not valid JSON"), (b"\xff\xfe\x00", "not UTF-8")])
+@pytest.mark.parametrize(
+    "content, fragment", [(None, "not found"), ("{bad", "not valid JSON"), (b"\xff\xfe\x00", "not UTF-8")]
+)
 def test_read_json_errors_are_single_lines(tmp_path, content, fragment):
     p = tmp_path / "x.json"
     if isinstance(content, str):

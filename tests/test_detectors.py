@@ -63,12 +63,20 @@ def test_person_only_keeps_only_person(rt_detr_folder, image):
     assert len(det) > 0 and set(det.labels) == {"person"}
 
 
-def test_threshold_filters_scores(rt_detr_folder, image):
-    detector = load_detector(str(rt_detr_folder), threshold=0.9999999)
-    _bias_class(detector, "car")
-    high = detector(image)
-    detector.threshold = 0.0
-    assert len(detector(image)) >= len(high)
+def test_threshold_keeps_exactly_the_detections_scoring_above_it(rt_detr_folder, image):
+    detector = load_detector(str(rt_detr_folder), threshold=0.0)
+    everything = detector(image)
+    scores = np.sort(everything.scores)
+    gaps = np.nonzero(np.diff(scores) > 1e-6)[0]
+    assert len(gaps) >= 2  # the random model scores its queries differently
+    cut = float(scores[gaps[len(gaps) // 2]] + scores[gaps[len(gaps) // 2] + 1]) / 2  # between two scores
+    detector.threshold = cut
+    kept = detector(image)
+    above = everything.scores > cut
+    assert 0 < len(kept) == int(above.sum()) < len(everything)
+    order, expected = np.argsort(kept.scores), np.argsort(everything.scores[above])
+    np.testing.assert_allclose(kept.scores[order], everything.scores[above][expected], rtol=1e-6)
+    np.testing.assert_allclose(kept.boxes[order], everything.boxes[above][expected], atol=1e-3)
 
 
 def test_owlv2_open_vocabulary_from_folder(tmp_path, image):
@@ -95,7 +103,13 @@ def test_unknown_hub_id_offline_is_one_line_missing_weights(monkeypatch):
     assert "\n" not in str(err.value) and "huggingface-cli download nobody-xyz/not-a-detector" in str(err.value)
 
 
-def test_classical_spec_gives_the_weight_free_detector(image):
-    pytest.importorskip("stvgr1_edge.tracking.classical")
+def test_classical_spec_gives_the_weight_free_detector_that_finds_a_new_object():
     detector = load_detector("classical")
-    assert isinstance(detector(image), Detections)
+    background = np.full((H, W, 3), 90, np.uint8)
+    assert len(detector(background)) == 0  # the first frame is taken as the background
+    scene = background.copy()
+    scene[10:30, 20:44] = (230, 40, 40)
+    det = detector(scene)
+    assert len(det) == 1 and det.boxes[0].tolist() == [20.0, 10.0, 44.0, 30.0]
+    assert det.masks is not None and int(det.masks[0].sum()) == 20 * 24
+    assert len(detector(background)) == 0  # gone again: nothing is detected

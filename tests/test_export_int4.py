@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+import stvgr1_edge_export.int4
 from stvgr1_edge.backends import int4
 from stvgr1_edge.backends.int4 import WeightOnlyInt4Linear, dequantize_int4, load_int4, pack_uint4x2, unpack_uint4x2
 from stvgr1_edge.backends.nf4 import require_nf4_runtime
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
-import stvgr1_edge_export.int4
 from stvgr1_edge_export.int4 import (
     RANGE_SHRINKS,
     cache_calibration_inputs,
@@ -170,8 +170,9 @@ def _dense(layer: WeightOnlyInt4Linear) -> torch.Tensor:
 def test_gptq_on_the_model_calibrates_each_linear_on_its_own_inputs():
     from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
 
-    calibration = [{"input_ids": torch.randint(0, 800, (1, 32), generator=torch.Generator().manual_seed(i))}
-                   for i in range(4)]
+    calibration = [
+        {"input_ids": torch.randint(0, 800, (1, 32), generator=torch.Generator().manual_seed(i))} for i in range(4)
+    ]
     reference, _ = build_tiny_qwen2_5_vl(seed=0)
     names = [n for n, m in reference.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.language")]
     hessians = collect_input_hessians(reference, names, calibration)
@@ -237,8 +238,12 @@ def test_cache_calibration_inputs_are_the_prompted_clips_followed_by_the_models_
     batch = batches[0]
     sample = load_cached_samples(cache)[0]
     video = read_video_tensors(cache / sample.video_file)
-    prompt = grounder.model_inputs(VideoInputs(video.pixel_values_videos, video.video_grid_thw,
-                                               video.second_per_grid_ts, video.num_visual_tokens(2), 0.0), sample.prompt)
+    prompt = grounder.model_inputs(
+        VideoInputs(
+            video.pixel_values_videos, video.video_grid_thw, video.second_per_grid_ts, video.num_visual_tokens(2), 0.0
+        ),
+        sample.prompt,
+    )
     length = prompt["input_ids"].shape[1]
     assert torch.equal(batch["pixel_values_videos"], video.pixel_values_videos)
     assert torch.equal(batch["input_ids"][:, :length], prompt["input_ids"])  # the cached sample's own prompt ...
@@ -269,7 +274,7 @@ def test_load_refuses_a_folder_without_int4_file(tmp_path):
         load_int4(tmp_path)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="tinygemm int4 needs CUDA")
+@pytest.mark.gpu
 def test_cuda_tinygemm_matches_dequantized_matmul_in_bf16():
     torch.manual_seed(0)
     linear = nn.Linear(512, 256, bias=True).cuda().to(torch.bfloat16)
@@ -303,6 +308,7 @@ def test_nf4_skip_modules_name_the_real_vision_tower_and_head(tiny):
 def test_nf4_without_bitsandbytes_or_cuda_is_a_missing_dependency():
     try:
         import bitsandbytes  # noqa: F401
+
         available = torch.cuda.is_available()
     except ImportError:
         available = False
@@ -312,14 +318,13 @@ def test_nf4_without_bitsandbytes_or_cuda_is_a_missing_dependency():
         require_nf4_runtime()
 
 
+@pytest.mark.gpu
 def test_nf4_folder_round_trip_keeps_vision_tower_unquantized(tiny, tmp_path, prompt_ids):
     pytest.importorskip("bitsandbytes")
-    if not torch.cuda.is_available():
-        pytest.skip("bitsandbytes 4-bit needs CUDA")
     import bitsandbytes as bnb
 
-    from stvgr1_edge_export.nf4 import load_nf4, quantize_nf4_to_folder
     from stvgr1_edge.tiny import save_tiny_model
+    from stvgr1_edge_export.nf4 import load_nf4, quantize_nf4_to_folder
 
     model, processor = tiny
     source = save_tiny_model(tmp_path / "fp", model=model, processor=processor)

@@ -15,18 +15,31 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from stvgr1_edge_export.tracker_onnx import (GRAPH_FILES, SPEC_FILE, example_inputs, export_tracker, memory_bank_size,  # noqa: E402
-                                 torch_reference)
+from conftest import write_two_box_clip  # noqa: E402
+
 from stvgr1_edge.masks import rle_iou  # noqa: E402
 from stvgr1_edge.tracking.base import Detections, Detector  # noqa: E402
-from conftest import write_two_box_clip  # noqa: E402
+from stvgr1_edge_export.tracker_onnx import (  # noqa: E402
+    GRAPH_FILES,
+    SPEC_FILE,
+    example_inputs,
+    export_tracker,
+    memory_bank_size,  # noqa: E402
+    torch_reference,
+)
 
 H, W, N = 48, 64, 10
 BOXES = np.array([[8, 8, 24, 28], [36, 12, 56, 40]], np.float32)
 
 # onnxruntime vs PyTorch, fp32: max abs error allowed per graph (the outputs are O(1) logits / features).
-TOLERANCE = {"image_encoder": 1e-4, "prompt_points": 1e-5, "prompt_mask": 1e-5, "mask_decoder": 1e-4,
-             "memory_encoder": 1e-4, "memory_attention": 1e-4}
+TOLERANCE = {
+    "image_encoder": 1e-4,
+    "prompt_points": 1e-5,
+    "prompt_mask": 1e-5,
+    "mask_decoder": 1e-4,
+    "memory_encoder": 1e-4,
+    "memory_attention": 1e-4,
+}
 
 
 class ScriptedDetector(Detector):
@@ -66,9 +79,11 @@ def _run(folder: Path, file: str, inputs) -> list[np.ndarray]:
 
 
 # Three different inputs per graph: other pixels / object counts / point counts / memory fill levels.
-CASES = [dict(seed=0, num_objects=1, num_points=2, filled_slots=1, filled_pointers=2),
-         dict(seed=1, num_objects=3, num_points=1, filled_slots=3, filled_pointers=5),
-         dict(seed=2, num_objects=2, num_points=4, filled_slots=4, filled_pointers=10)]
+CASES = [
+    dict(seed=0, num_objects=1, num_points=2, filled_slots=1, filled_pointers=2),
+    dict(seed=1, num_objects=3, num_points=1, filled_slots=3, filled_pointers=5),
+    dict(seed=2, num_objects=2, num_points=4, filled_slots=4, filled_pointers=10),
+]
 
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])
@@ -80,8 +95,14 @@ def test_onnxruntime_matches_pytorch_on_three_inputs(exported, family, name):
         got = _run(folder, spec.graphs[name], inputs)
         if name == "mask_decoder":  # the stock decoder (multimask) returns mask tokens 1.. of the graph's outputs
             with torch.no_grad():
-                want = model.mask_decoder(inputs[0], inputs[1], inputs[2], inputs[3], multimask_output=True,
-                                          high_resolution_features=[inputs[4], inputs[5]])
+                want = model.mask_decoder(
+                    inputs[0],
+                    inputs[1],
+                    inputs[2],
+                    inputs[3],
+                    multimask_output=True,
+                    high_resolution_features=[inputs[4], inputs[5]],
+                )
             got = [got[0][:, :, 1:], got[1][:, :, 1:], got[2][:, :, 1:], got[3]]
         else:
             want = torch_reference(model, name, inputs)
@@ -96,8 +117,15 @@ def test_onnxruntime_matches_pytorch_on_three_inputs(exported, family, name):
 def test_memory_bank_padding_does_not_change_the_result(exported, family):
     """Junk in the invalid slots of the fixed bank leaves the output unchanged (masked keys are ignored)."""
     model, folder, spec = exported[family]
-    inputs = example_inputs(model, "memory_attention", slots=spec.memory_slots, pointer_tokens=spec.pointer_tokens,
-                            filled_slots=2, filled_pointers=4, seed=5)
+    inputs = example_inputs(
+        model,
+        "memory_attention",
+        slots=spec.memory_slots,
+        pointer_tokens=spec.pointer_tokens,
+        filled_slots=2,
+        filled_pointers=4,
+        seed=5,
+    )
     current, current_pos, memory, memory_pos, valid = inputs
     garbage = memory.clone()
     garbage[~valid] = 1e3  # invalid slots hold junk: must not leak into the output
@@ -113,10 +141,10 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])
 def test_onnx_tracker_masks_match_pytorch_tracker(tmp_path, clip, family):
-    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
     from stvgr1_edge.backends.onnx_tracker import OnnxSam2Tracker
     from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
     from stvgr1_edge.tracking.tiny_configs import save_tiny_video_model
+    from stvgr1_edge_export.tracker_onnx import export_tracker_folder
 
     # always-present objects: every propagated frame runs memory attention over a growing, then bounded, memory
     source = save_tiny_video_model(tmp_path / "model", family, object_score_bias=20.0)

@@ -14,6 +14,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from stvgr1_edge.errors import BadInputError, MissingDependencyError  # noqa: E402
 from stvgr1_edge_export.vision_onnx import (  # noqa: E402
     INPUT_NAMES,
     METADATA_KEY,
@@ -23,7 +24,6 @@ from stvgr1_edge_export.vision_onnx import (  # noqa: E402
     segments_from_cu_seqlens,
     vision_encoder_graph,
 )
-from stvgr1_edge.errors import BadInputError, MissingDependencyError  # noqa: E402
 
 GRIDS = [(2, 16, 20), (1, 8, 8), (3, 12, 28)]
 """Three grids: windows partial and whole, 1-3 temporal patches, square and wide frames."""
@@ -40,8 +40,10 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def onnx_paths(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("vision_onnx")
-    return {dtype: export_vision_encoder(tiny_model, folder / f"vision_{dtype}.onnx", dtype=dtype)
-            for dtype in ("fp32", "fp16")}
+    return {
+        dtype: export_vision_encoder(tiny_model, folder / f"vision_{dtype}.onnx", dtype=dtype)
+        for dtype in ("fp32", "fp16")
+    }
 
 
 def _pixels(grid, seed=1):
@@ -207,29 +209,29 @@ def test_engine_profile_shapes_cover_min_to_max_grid(tiny_model):
         profile_shapes(tiny_model.model.visual.config, VisionEngineProfile(opt_grid=(8, 40, 40)))
 
 
+@pytest.mark.gpu
 def test_tensorrt_engine_builds_with_metadata(onnx_paths, tmp_path):
     pytest.importorskip("tensorrt")
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs a CUDA GPU")
     from stvgr1_edge_export.tensorrt import VisionEngineProfile, build_vision_engine
 
     engine = tmp_path / "vision_fp16.engine"
-    info = build_vision_engine(onnx_paths["fp16"], engine,
-                               VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 8, 8), max_grid=(2, 16, 16)))
+    info = build_vision_engine(
+        onnx_paths["fp16"], engine, VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 8, 8), max_grid=(2, 16, 16))
+    )
     assert engine.stat().st_size > 0 and (tmp_path / "vision_fp16.timing-cache").is_file()
     assert info.tensorrt_version and info.profile["pixel_values"][2] == [512, 1176]
     assert (tmp_path / "vision_fp16.engine.json").is_file()
 
 
+@pytest.mark.gpu
 def test_tensorrt_runtime_matches_onnxruntime(tiny_model, onnx_paths, tmp_path):
     pytest.importorskip("tensorrt")
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs a CUDA GPU")
     from stvgr1_edge_export.tensorrt import TrtVisionEncoder, VisionEngineProfile, build_vision_engine
 
     engine = tmp_path / "vision_fp32.engine"
-    build_vision_engine(onnx_paths["fp32"], engine,
-                        VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 16, 20), max_grid=(3, 16, 28)))
+    build_vision_engine(
+        onnx_paths["fp32"], engine, VisionEngineProfile(min_grid=(1, 4, 4), opt_grid=(2, 16, 20), max_grid=(3, 16, 28))
+    )
     runner = TrtVisionEncoder(engine)
     grids = [(2, 16, 20), (1, 8, 8)]
     pixels = torch.cat([_pixels(grids[0], seed=2), _pixels(grids[1], seed=3)])

@@ -49,7 +49,7 @@ def _native_video_with_markers() -> np.ndarray:
         image = background.copy()
         objects = _object_boxes(t)
         for k, (_, (x1, y1, x2, y2)) in enumerate(objects):
-            image[int(y1):int(y2), int(x1):int(x2)] = (40 + 80 * k, 200 - 60 * k, 90)
+            image[int(y1) : int(y2), int(x1) : int(x2)] = (40 + 80 * k, 200 - 60 * k, 90)
         image = draw_id_markers(image, [box for _, box in objects], [obj_id for obj_id, _ in objects])
         frames.append(image)
     return np.stack(frames)
@@ -76,26 +76,44 @@ def _reference_inputs(processor, native: np.ndarray, prompt: str, monkeypatch) -
 
     monkeypatch.setattr(vision_process, "get_video_reader_backend", lambda: "torchvision")
     monkeypatch.setattr(vision_process.io, "read_video", read_video_from_memory, raising=False)
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": prompt},
-        {"type": "video", "video": "in-memory.mp4", "fps": 2.0,
-         "total_pixels": 2048 * 28 * 28, "min_pixels": 16 * 28 * 28},
-    ]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": prompt},
+                {
+                    "type": "video",
+                    "video": "in-memory.mp4",
+                    "fps": 2.0,
+                    "total_pixels": 2048 * 28 * 28,
+                    "min_pixels": 16 * 28 * 28,
+                },
+            ],
+        }
+    ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    _, videos, video_kwargs = vision_process.process_vision_info(messages, return_video_kwargs=True,
-                                                                 return_video_metadata=True)
+    _, videos, video_kwargs = vision_process.process_vision_info(
+        messages, return_video_kwargs=True, return_video_metadata=True
+    )
     videos, metadata = zip(*videos)
-    inputs = processor(text=[text], videos=list(videos), video_metadata=list(metadata), return_tensors="pt",
-                       **video_kwargs)
+    inputs = processor(
+        text=[text], videos=list(videos), video_metadata=list(metadata), return_tensors="pt", **video_kwargs
+    )
     return dict(inputs), metadata[0]
 
 
 def _our_clip(native: np.ndarray) -> PromptedClip:
     plan = plan_sampling(NUM_NATIVE_FRAMES, NATIVE_FPS, HEIGHT, WIDTH)
     # Markers drawn on the sampled frames only: the same pixels, because markers are per-frame.
-    return PromptedClip(frames=native[list(plan.indices)], frame_indices=plan.indices, sample_fps=plan.sample_fps,
-                        resized_height=plan.resized_height, resized_width=plan.resized_width,
-                        video_fps=NATIVE_FPS, num_video_frames=NUM_NATIVE_FRAMES)
+    return PromptedClip(
+        frames=native[list(plan.indices)],
+        frame_indices=plan.indices,
+        sample_fps=plan.sample_fps,
+        resized_height=plan.resized_height,
+        resized_width=plan.resized_width,
+        video_fps=NATIVE_FPS,
+        num_video_frames=NUM_NATIVE_FRAMES,
+    )
 
 
 def _capture_model_inputs(grounder: Grounder, run) -> tuple[dict, str]:
@@ -115,8 +133,10 @@ def _capture_model_inputs(grounder: Grounder, run) -> tuple[dict, str]:
             for key in ("input_ids", "mm_token_type_ids", "second_per_grid_ts", "position_ids"):
                 captured[key] = kwargs[key].detach().clone()
 
-    handles = [grounder.model.model.visual.register_forward_pre_hook(on_visual, with_kwargs=True),
-               grounder.model.model.register_forward_pre_hook(on_model, with_kwargs=True)]
+    handles = [
+        grounder.model.model.visual.register_forward_pre_hook(on_visual, with_kwargs=True),
+        grounder.model.model.register_forward_pre_hook(on_model, with_kwargs=True),
+    ]
     try:
         text = run()
     finally:
@@ -128,7 +148,7 @@ def _capture_model_inputs(grounder: Grounder, run) -> tuple[dict, str]:
 def _generate_text(grounder: Grounder, inputs: dict) -> str:
     with torch.inference_mode():
         ids = grounder.model.generate(**inputs, **grounder.generation_kwargs())
-    return grounder.processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return grounder.processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_sampling_matches_qwen_vl_utils(grounder, native_video, monkeypatch):
@@ -173,20 +193,34 @@ def test_non_integer_sample_fps_gives_the_same_temporal_spacing(grounder, monkey
 
     monkeypatch.setattr(vision_process, "get_video_reader_backend", lambda: "torchvision")
     monkeypatch.setattr(vision_process.io, "read_video", read, raising=False)
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": "q"},
-        {"type": "video", "video": "x.mp4", "fps": 2.0, "total_pixels": 2048 * 28 * 28, "min_pixels": 16 * 28 * 28},
-    ]}]
-    _, videos, video_kwargs = vision_process.process_vision_info(messages, return_video_kwargs=True,
-                                                                 return_video_metadata=True)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "q"},
+                {
+                    "type": "video",
+                    "video": "x.mp4",
+                    "fps": 2.0,
+                    "total_pixels": 2048 * 28 * 28,
+                    "min_pixels": 16 * 28 * 28,
+                },
+            ],
+        }
+    ]
+    _, videos, video_kwargs = vision_process.process_vision_info(
+        messages, return_video_kwargs=True, return_video_metadata=True
+    )
     videos, metadata = zip(*videos)
     text = grounder.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ref = grounder.processor(text=[text], videos=list(videos), video_metadata=list(metadata), return_tensors="pt",
-                             **video_kwargs)
+    ref = grounder.processor(
+        text=[text], videos=list(videos), video_metadata=list(metadata), return_tensors="pt", **video_kwargs
+    )
 
     plan = plan_sampling(37, 12.5, HEIGHT, WIDTH)
-    clip = PromptedClip(native[list(plan.indices)], plan.indices, plan.sample_fps, plan.resized_height,
-                        plan.resized_width, 12.5, 37)
+    clip = PromptedClip(
+        native[list(plan.indices)], plan.indices, plan.sample_fps, plan.resized_height, plan.resized_width, 12.5, 37
+    )
     ours = grounder.model_inputs(clip, "q")
     assert ours["second_per_grid_ts"].tolist() == ref["second_per_grid_ts"].tolist()
     assert ref["second_per_grid_ts"].item() == pytest.approx(2 / (4 / 37 * 12.5), rel=1e-6)

@@ -46,15 +46,25 @@ def grounder(model_dir) -> Grounder:
 @pytest.fixture(scope="module")
 def clip() -> PromptedClip:
     frames = np.random.default_rng(0).integers(0, 256, (4, 60, 90, 3), dtype=np.uint8)
-    return PromptedClip(frames=frames, frame_indices=(0, 6, 13, 19), sample_fps=2.0, resized_height=56,
-                        resized_width=84, video_fps=10.0, num_video_frames=20)
+    return PromptedClip(
+        frames=frames,
+        frame_indices=(0, 6, 13, 19),
+        sample_fps=2.0,
+        resized_height=56,
+        resized_width=84,
+        video_fps=10.0,
+        num_video_frames=20,
+    )
 
 
 # ---------------------------------------------------------------- tokenizer and tiny configs
 def test_tokenizer_round_trips_answers_and_prompt(tokenizer):
-    for text in ("Target ID: 3, Time range: 1.50 to 4.00",
-                 "<think>from 12.54 to 17.83</think> <answer>Target ID: 12, Time range: 12.54 to 17.83</answer>",
-                 grounding_prompt("The woman in a Blue coat opens the door."), "ünïcödé 😀 42"):
+    for text in (
+        "Target ID: 3, Time range: 1.50 to 4.00",
+        "<think>from 12.54 to 17.83</think> <answer>Target ID: 12, Time range: 12.54 to 17.83</answer>",
+        grounding_prompt("The woman in a Blue coat opens the door."),
+        "ünïcödé 😀 42",
+    ):
         ids = tokenizer(text)["input_ids"]
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
     digits = tokenizer.convert_ids_to_tokens(tokenizer("1.50")["input_ids"])
@@ -74,7 +84,8 @@ def test_chat_template_puts_text_first_then_video_after_default_system_message(g
     assert grounder.chat_text(prompt) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         f"<|im_start|>user\n{prompt}<|vision_start|><|video_pad|><|vision_end|><|im_end|>\n"
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_tiny_config_mrope_sections_fit_head_dim(tokenizer):
@@ -89,15 +100,23 @@ def test_tiny_config_mrope_sections_fit_head_dim(tokenizer):
 def test_real_architectures_have_published_sizes():
     seven, three = real_qwen2_5_vl_config("7b"), real_qwen2_5_vl_config("3b")
     assert (seven.text_config.hidden_size, seven.text_config.num_hidden_layers, seven.text_config.vocab_size) == (
-        3584, 28, 152064)
+        3584,
+        28,
+        152064,
+    )
     assert (three.text_config.hidden_size, three.text_config.num_hidden_layers, three.tie_word_embeddings) == (
-        2048, 36, True)
+        2048,
+        36,
+        True,
+    )
     assert seven.vision_config.out_hidden_size == 3584 and seven.video_token_id == 151656
     with pytest.raises(ValueError):
         real_qwen2_5_vl_config("13b")
 
 
-@pytest.mark.parametrize("arch, total, vision", [("3b", 3_754_622_976, 668_684_288), ("7b", 8_292_166_656, 676_550_144)])
+@pytest.mark.parametrize(
+    "arch, total, vision", [("3b", 3_754_622_976, 668_684_288), ("7b", 8_292_166_656, 676_550_144)]
+)
 def test_real_architectures_have_published_parameter_counts(arch, total, vision):
     """Built on the meta device (no memory): 3.75 B and 8.29 B parameters, as published."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -110,8 +129,13 @@ def test_real_architectures_have_published_parameter_counts(arch, total, vision)
 
 def test_saved_folder_holds_model_and_processor(model_dir):
     names = {p.name for p in model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
-            "generation_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+        "generation_config.json",
+    } <= names
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl"
 
@@ -131,9 +155,25 @@ def test_ground_returns_text_and_timings(grounder, clip):
     assert not out.vision_reused
 
 
-def test_greedy_is_deterministic(grounder, clip):
+def test_greedy_answer_is_the_argmax_token_at_every_step(grounder, clip):
+    """The grounder's default decoding is greedy: its answer is, token by token, the argmax of the model's
+    next-token logits over the whole sequence so far (a full forward per step, no cache), up to EOS."""
     prompt = grounding_prompt("the man walks")
-    assert grounder.ground(clip, prompt).text == grounder.ground(clip, prompt).text
+    inputs = grounder.model_inputs(clip, prompt)
+    eos = set(np.atleast_1d(grounder.model.generation_config.eos_token_id).tolist())
+    ids, types = inputs["input_ids"], inputs["mm_token_type_ids"]
+    chosen = []
+    with torch.inference_mode():
+        for _ in range(NEW_TOKENS):
+            step = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types)
+            token = int(grounder.model(**step).logits[0, -1].argmax())
+            if token in eos:
+                break
+            chosen.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            types = torch.nn.functional.pad(types, (0, 1))
+    assert len(chosen) > 0
+    assert grounder.ground(clip, prompt).text == grounder.processor.tokenizer.decode(chosen, skip_special_tokens=True)
 
 
 def test_reused_vision_features_give_the_same_text(grounder, clip):
@@ -150,7 +190,7 @@ def test_precomputed_features_match_the_pixel_path(grounder, clip):
     inputs = grounder.model_inputs(clip, grounding_prompt("the man walks"))
     with torch.inference_mode():
         ids = grounder.model.generate(**inputs, **grounder.generation_kwargs())
-    text = grounder.processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = grounder.processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert text == grounder.ground(clip, grounding_prompt("the man walks")).text
 
 
@@ -219,11 +259,14 @@ def test_nf4_on_cpu_quantizes_the_language_model_only(model_dir, grounder):
         pytest.skip("this bitsandbytes has no CPU 4-bit kernels")
     import bitsandbytes as bnb
 
-    nf4 = Grounder.from_pretrained(GrounderConfig(model=str(model_dir), device="cpu", quant="nf4",
-                                                  max_new_tokens=NEW_TOKENS))
+    nf4 = Grounder.from_pretrained(
+        GrounderConfig(model=str(model_dir), device="cpu", quant="nf4", max_new_tokens=NEW_TOKENS)
+    )
     quantized = {n: m for n, m in nf4.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     reference = dict(grounder.model.named_modules())
-    language = [n for n, m in reference.items() if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model.")]
+    language = [
+        n for n, m in reference.items() if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model.")
+    ]
     assert sorted(quantized) == sorted(language)  # every LM linear, nothing of the tower, not the head
     qkv = "model.visual.blocks.0.attn.qkv"
     assert torch.equal(dict(nf4.model.named_modules())[qkv].weight, reference[qkv].weight)

@@ -20,18 +20,57 @@ from stvgr1_edge.masks import mask_to_rle
 def _rect(h, w, y1, y2, x1, x2):
     """Mask with rows y1..y2 and columns x1..x2 set (inclusive)."""
     m = np.zeros((h, w), bool)
-    m[y1:y2 + 1, x1:x2 + 1] = True
+    m[y1 : y2 + 1, x1 : x2 + 1] = True
     return m
 
 
 @pytest.mark.parametrize(
     "long_side, scale, thickness",
-    [(336, 20 / 30, 2), (640, (20 / 30) * 640 / 336, 2), (1280, (20 / 30) * 1280 / 336, 5),
-     (1920, (20 / 30) * 1920 / 336, 7)],
+    [
+        (336, 20 / 30, 2),
+        (640, (20 / 30) * 640 / 336, 2),
+        (1280, (20 / 30) * 1280 / 336, 5),
+        (1920, (20 / 30) * 1920 / 336, 7),
+    ],
 )
 def test_marker_style_scale_and_thickness(long_side, scale, thickness):
     assert marker_style(long_side * 3 // 4, long_side) == (pytest.approx(scale, abs=1e-12), thickness)
     assert marker_style(long_side, long_side // 2) == (pytest.approx(scale, abs=1e-12), thickness)  # portrait
+
+
+@pytest.mark.parametrize(
+    "height, width, scale, thickness",
+    [(252, 336, 20 / 30, 2), (720, 1280, 20 / 30 * 1280 / 336, 5), (1920, 1080, 20 / 30 * 1920 / 336, 7)],
+)
+def test_drawn_digits_have_the_specified_size_and_stroke(height, width, scale, thickness):
+    """The pixels draw_id_markers writes are exactly putText's with the §3 style for that frame size (the values
+    worked out by hand above), and the glyphs grow with the frame's long side."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    box = [width // 4, height // 4, 3 * width // 4, 3 * height // 4]
+    drawn = draw_id_markers(frame, [box], [48])
+    expected = frame.copy()
+    cv2.putText(
+        expected,
+        "48",
+        marker_anchor(box_to_mask(box, height, width)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 0, 0),
+        thickness,
+        cv2.LINE_AA,
+    )
+    assert np.array_equal(drawn, expected)
+
+
+def test_drawn_digits_grow_with_the_long_side_not_the_short_one():
+    def glyph_height(height, width):
+        box = [width // 4, height // 4, 3 * width // 4, 3 * height // 4]
+        ys, _ = np.nonzero(draw_id_markers(np.zeros((height, width, 3), np.uint8), [box], [48])[..., 0])
+        return ys.max() - ys.min() + 1
+
+    small, large = glyph_height(252, 336), glyph_height(720, 1280)
+    assert large / small == pytest.approx(1280 / 336, rel=0.15)
+    assert glyph_height(1280, 720) == pytest.approx(large, abs=2)  # portrait: the same long side, the same digits
 
 
 def test_marker_style_values_by_hand():
@@ -47,16 +86,16 @@ def test_anchor_rectangle_uses_int_of_row_mean():
 
 def test_anchor_uses_pixels_of_middle_row_not_box_centre():
     m = np.zeros((10, 20), bool)
-    m[0:9, 0:2] = True      # tall thin bar: rows 0..8 -> cy = 4
-    m[4, 10:19] = True      # row 4 also has x = 10..18
+    m[0:9, 0:2] = True  # tall thin bar: rows 0..8 -> cy = 4
+    m[4, 10:19] = True  # row 4 also has x = 10..18
     # row 4 x: 0, 1, 10..18 -> mean = (1 + 126) / 11 = 11.545 -> 11; box centre would be int(18 / 2) = 9
     assert marker_anchor(m) == (11, 4)
 
 
 def test_anchor_empty_middle_row_falls_back_to_box_centre():
     m = np.zeros((10, 20), bool)
-    m[0:2, 2:4] = True      # rows 0..1, x 2..3
-    m[7:9, 10:16] = True    # rows 7..8, x 10..15  -> ymin 0, ymax 8, cy = 4 (empty row)
+    m[0:2, 2:4] = True  # rows 0..1, x 2..3
+    m[7:9, 10:16] = True  # rows 7..8, x 10..15  -> ymin 0, ymax 8, cy = 4 (empty row)
     assert marker_anchor(m) == (int((2 + 15) / 2), 4) == (8, 4)
 
 
@@ -92,9 +131,9 @@ def test_draw_matches_reference_bgr_pixels_exactly():
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
     original = frame.copy()
-    a = _rect(240, 320, 20, 119, 30, 109)     # area 100*80 = 8000, anchor cy=int(139/2)=69, cx=int(69.5)=69
-    b = _rect(240, 320, 130, 229, 200, 279)   # 8000, cy=179, cx=239
-    tiny = _rect(240, 320, 5, 14, 290, 299)   # 100 < 8000/3: not drawn
+    a = _rect(240, 320, 20, 119, 30, 109)  # area 100*80 = 8000, anchor cy=int(139/2)=69, cx=int(69.5)=69
+    b = _rect(240, 320, 130, 229, 200, 279)  # 8000, cy=179, cx=239
+    tiny = _rect(240, 320, 5, 14, 290, 299)  # 100 < 8000/3: not drawn
     out = draw_id_markers(frame, [a, mask_to_rle(b), tiny], [3, 12, 7])
     expected = _reference_draw(frame, [("3", (69, 69)), ("12", (239, 179))])
     assert np.array_equal(out, expected)

@@ -35,9 +35,22 @@ BOX = (0.0, 0.0, 10.0, 10.0)
 
 
 def _sample(st=5, ed=14, fps=10.0, num_frames=30, key="v.mp4", target_id=None, gt_tracks=None) -> STVGSample:
-    return STVGSample(key=key, video=key, query="someone does something", num_frames=num_frames, height=48, width=64,
-                      fps=fps, st_frame=st, ed_frame=ed, st_time=st / fps, ed_time=ed / fps,
-                      gt_boxes={f: BOX for f in range(st, ed + 1)}, target_id=target_id, gt_tracks=gt_tracks)
+    return STVGSample(
+        key=key,
+        video=key,
+        query="someone does something",
+        num_frames=num_frames,
+        height=48,
+        width=64,
+        fps=fps,
+        st_frame=st,
+        ed_frame=ed,
+        st_time=st / fps,
+        ed_time=ed / fps,
+        gt_boxes={f: BOX for f in range(st, ed + 1)},
+        target_id=target_id,
+        gt_tracks=gt_tracks,
+    )
 
 
 def _pred(start_s, end_s, tube_frames=range(0, 30), ids=(1,)) -> Prediction:
@@ -148,7 +161,12 @@ def test_thresholds_at_exactly_r_are_strict_for_tubedetr_and_inclusive_for_stvg_
     assert tub["metrics"]["m_vIoU"] == r1["metrics"]["m_vIoU"] == 0.5
     assert (tub["metrics"]["vIoU@0.5"], r1["metrics"]["vIoU@0.5"]) == (0.0, 1.0)
 
-    tub = evaluate({"t.mp4": {"start_s": 0.0, "end_s": 0.4}}, [_sample(st=0, ed=9, num_frames=20, key="t.mp4")], "tubedetr", thresholds=(0.5,))
+    tub = evaluate(
+        {"t.mp4": {"start_s": 0.0, "end_s": 0.4}},
+        [_sample(st=0, ed=9, num_frames=20, key="t.mp4")],
+        "tubedetr",
+        thresholds=(0.5,),
+    )
     assert tub["metrics"]["m_tIoU"] == 0.5 and tub["metrics"]["tIoU@0.5"] == 0.0
     r1 = evaluate({"t.mp4": {"start_s": 0.0, "end_s": 0.5}}, [tsample], "stvg-r1", thresholds=(0.5,))
     assert r1["metrics"]["m_tIoU"] == 0.5 and r1["metrics"]["tIoU@0.5"] == 1.0
@@ -156,12 +174,19 @@ def test_thresholds_at_exactly_r_are_strict_for_tubedetr_and_inclusive_for_stvg_
 
 def test_id_accuracy_counts_exactly_the_gt_id_and_missing_predictions_as_wrong():
     samples = [_sample(key=f"{k}.mp4", target_id=t) for k, t in zip("abcd", (1, 2, 3, 4))]
-    preds = {"a.mp4": {"ids": [1], "start_s": 0.5, "end_s": 1.4},   # right
-             "b.mp4": {"ids": [5], "start_s": 0.5, "end_s": 1.4},   # wrong ID
-             "c.mp4": {"ids": [3, 4], "start_s": 0.5, "end_s": 1.4}}  # two IDs: not exactly the GT ID
+    preds = {
+        "a.mp4": {"ids": [1], "start_s": 0.5, "end_s": 1.4},  # right
+        "b.mp4": {"ids": [5], "start_s": 0.5, "end_s": 1.4},  # wrong ID
+        "c.mp4": {"ids": [3, 4], "start_s": 0.5, "end_s": 1.4},
+    }  # two IDs: not exactly the GT ID
     out = evaluate(preds, samples, per_video=True)  # d.mp4 has no prediction
     assert out["metrics"]["id_accuracy"] == 1 / 4
-    assert [out["per_video"][k]["id_correct"] for k in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")] == [True, False, False, False]
+    assert [out["per_video"][k]["id_correct"] for k in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")] == [
+        True,
+        False,
+        False,
+        False,
+    ]
     assert out["counts"]["with_target_id"] == 4
     assert evaluate(preds, [_sample(key="a.mp4")])["metrics"]["id_accuracy"] is None  # no GT IDs -> not applicable
 
@@ -169,7 +194,7 @@ def test_id_accuracy_counts_exactly_the_gt_id_and_missing_predictions_as_wrong()
 # --- J & F -----------------------------------------------------------------------------------------------
 def _square(x0, y0=4, size=8, shape=(20, 20)) -> np.ndarray:
     m = np.zeros(shape, bool)
-    m[y0:y0 + size, x0:x0 + size] = True
+    m[y0 : y0 + size, x0 : x0 + size] = True
     return m
 
 
@@ -198,11 +223,22 @@ def test_shifted_square_j_and_f_by_hand():
 
 def test_j_and_f_are_averaged_over_gt_frames_from_the_target_gt_track():
     gt_mask = _square(4)
-    tracks = {"fps": 10.0, "width": 20, "height": 20, "num_frames": 30,
-              "tracks": {"1": {"frames": [5, 6], "boxes": [[4, 4, 12, 12]] * 2, "masks": [mask_to_rle(gt_mask)] * 2}}}
+    tracks = {
+        "fps": 10.0,
+        "width": 20,
+        "height": 20,
+        "num_frames": 30,
+        "tracks": {"1": {"frames": [5, 6], "boxes": [[4, 4, 12, 12]] * 2, "masks": [mask_to_rle(gt_mask)] * 2}},
+    }
     sample = _sample(st=5, ed=6, target_id=1, gt_tracks=tracks)
-    preds = {"v.mp4": {"ids": [1], "start_s": 0.5, "end_s": 0.6,
-                       "masks": {"5": mask_to_rle(gt_mask), "6": mask_to_rle(_square(7))}}}
+    preds = {
+        "v.mp4": {
+            "ids": [1],
+            "start_s": 0.5,
+            "end_s": 0.6,
+            "masks": {"5": mask_to_rle(gt_mask), "6": mask_to_rle(_square(7))},
+        }
+    }
     m = evaluate(preds, [sample])["metrics"]
     assert m["J"] == pytest.approx((1 + 5 / 11) / 2)
     assert m["F"] == pytest.approx((1 + 0.5) / 2)
@@ -214,13 +250,28 @@ def test_j_and_f_are_averaged_over_gt_frames_from_the_target_gt_track():
 # --- evaluate(): keys, missing, unknown, formats ---------------------------------------------------------
 def test_missing_predictions_score_zero_and_are_listed_unknown_keys_reported():
     samples = [_sample(key="a.mp4"), _sample(key="b.mp4")]
-    preds = {"a": {"ids": [1], "start_s": 0.5, "end_s": 1.4, "tube": {str(f): list(BOX) for f in range(5, 15)}},  # stem of a.mp4
-             "zzz.mp4": {"ids": [1], "start_s": 0.0, "end_s": 1.0}}
+    preds = {
+        "a": {
+            "ids": [1],
+            "start_s": 0.5,
+            "end_s": 1.4,
+            "tube": {str(f): list(BOX) for f in range(5, 15)},
+        },  # stem of a.mp4
+        "zzz.mp4": {"ids": [1], "start_s": 0.0, "end_s": 1.0},
+    }
     out = evaluate(preds, samples, "tubedetr")
     assert out["convention"] == "tubedetr" and "strict" in out["convention_description"]
     assert out["missing"] == ["b.mp4"] and out["unknown"] == ["zzz.mp4"]
-    assert out["counts"] == {"samples": 2, "predicted": 1, "missing": 1, "unknown": 1, "unparsed_time": 0,
-                             "with_tube": 1, "with_target_id": 0, "with_gt_masks": 0}
+    assert out["counts"] == {
+        "samples": 2,
+        "predicted": 1,
+        "missing": 1,
+        "unknown": 1,
+        "unparsed_time": 0,
+        "with_tube": 1,
+        "with_target_id": 0,
+        "with_gt_masks": 0,
+    }
     assert out["metrics"]["m_tIoU"] == 0.5 and out["metrics"]["m_vIoU"] == 0.5  # (1 + 0) / 2
     assert out["metrics"]["vIoU@0.3"] == 0.5 and out["metrics"]["tIoU@0.7"] == 0.5
 
@@ -241,9 +292,23 @@ def test_unparsed_time_counts_zero():
 def test_run_result_json_is_matched_by_video_stem_and_query():
     s1 = _sample(key="clip_1.mp4")
     s2 = STVGSample(**{**s1.__dict__, "key": "clip_2.mp4", "video": "clip_2.mp4", "query": "another event"})
-    run = {"video": "/somewhere/clip_2.mp4", "fps": 10.0, "num_frames": 30,
-           "queries": [{"query": "Another event", "answer_text": "...", "ids": [1], "start_s": 0.5, "end_s": 1.4,
-                        "tube": {str(f): list(BOX) for f in range(5, 15)}, "parse_ok": True, "warnings": []}]}
+    run = {
+        "video": "/somewhere/clip_2.mp4",
+        "fps": 10.0,
+        "num_frames": 30,
+        "queries": [
+            {
+                "query": "Another event",
+                "answer_text": "...",
+                "ids": [1],
+                "start_s": 0.5,
+                "end_s": 1.4,
+                "tube": {str(f): list(BOX) for f in range(5, 15)},
+                "parse_ok": True,
+                "warnings": [],
+            }
+        ],
+    }
     out = evaluate(run, [s1, s2], per_video=True)
     assert out["missing"] == ["clip_1.mp4"]
     assert out["per_video"]["clip_2.mp4"]["tIoU"] == 1.0 and out["per_video"]["clip_2.mp4"]["vIoU"] == 1.0
@@ -264,12 +329,30 @@ def test_invalid_convention_and_malformed_predictions_are_bad_input():
 def _gt_file(tmp_path: Path) -> Path:
     """Two videos written by hand in HCSTVG-v2 form (not by the synthetic generator)."""
     gt = {
-        "clip_a.mp4": {"img_num": 40, "img_hw": [48, 64], "fps": 10.0, "st_frame": 7, "ed_frame": 11,
-                       "st_time": 0.7, "ed_time": 1.1, "target_id": 2, "English": "the red square jumps",
-                       "bbox": [[10 + i, 5, 8, 9] for i in range(5)]},
-        "clip_b.mp4": {"img_num": 25, "img_hw": [48, 64], "fps": 5.0, "st_frame": 0, "ed_frame": 3,
-                       "st_time": 0.0, "ed_time": 0.6, "target_id": 1, "English": "the blue disc stops",
-                       "bbox": [[1.5, 2.5, 20, 10]] * 4},
+        "clip_a.mp4": {
+            "img_num": 40,
+            "img_hw": [48, 64],
+            "fps": 10.0,
+            "st_frame": 7,
+            "ed_frame": 11,
+            "st_time": 0.7,
+            "ed_time": 1.1,
+            "target_id": 2,
+            "English": "the red square jumps",
+            "bbox": [[10 + i, 5, 8, 9] for i in range(5)],
+        },
+        "clip_b.mp4": {
+            "img_num": 25,
+            "img_hw": [48, 64],
+            "fps": 5.0,
+            "st_frame": 0,
+            "ed_frame": 3,
+            "st_time": 0.0,
+            "ed_time": 0.6,
+            "target_id": 1,
+            "English": "the blue disc stops",
+            "bbox": [[1.5, 2.5, 20, 10]] * 4,
+        },
     }
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
@@ -278,9 +361,15 @@ def _gt_file(tmp_path: Path) -> Path:
 
 def _predictions_from_gt(gt_path: Path) -> dict:
     gt = json.loads(gt_path.read_text())
-    return {key: {"ids": [e["target_id"]], "start_s": e["st_time"], "end_s": e["ed_time"],
-                  "tube": {str(e["st_frame"] + i): [x, y, x + w, y + h] for i, (x, y, w, h) in enumerate(e["bbox"])}}
-            for key, e in gt.items()}
+    return {
+        key: {
+            "ids": [e["target_id"]],
+            "start_s": e["st_time"],
+            "end_s": e["ed_time"],
+            "tube": {str(e["st_frame"] + i): [x, y, x + w, y + h] for i, (x, y, w, h) in enumerate(e["bbox"])},
+        }
+        for key, e in gt.items()
+    }
 
 
 @pytest.mark.parametrize("convention", ["tubedetr", "stvg-r1"])
@@ -301,8 +390,11 @@ def test_cli_per_video_and_written_gt_round_trip(tmp_path, capsys):
     sample = _sample(key="x.mp4")
     gt = write_hcstvg_v2([sample], tmp_path / "gt.json")
     pred = tmp_path / "pred.json"
-    pred.write_text(json.dumps({"x.mp4": {"ids": [1], "start_s": 1.0, "end_s": 1.9,
-                                          "tube": {str(f): list(BOX) for f in range(30)}}}))
+    pred.write_text(
+        json.dumps(
+            {"x.mp4": {"ids": [1], "start_s": 1.0, "end_s": 1.9, "tube": {str(f): list(BOX) for f in range(30)}}}
+        )
+    )
     assert main(["eval", str(pred), str(gt), "--per-video"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["per_video"]["x.mp4"]["tIoU"] == pytest.approx(1 / 3)
@@ -332,8 +424,9 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     entry["clip_a.mp4"]["bbox"] = entry["clip_a.mp4"]["bbox"][:3]
     bad_gt.write_text(json.dumps(entry))
     assert main(["eval", str(pred), str(bad_gt)]) == 2
-    assert _one_error_line(capsys) == ("error: bad_gt.json: video 'clip_a.mp4': field 'bbox' has 3 boxes, "
-                                       "expected 5 (ed_frame - st_frame + 1)")
+    assert _one_error_line(capsys) == (
+        "error: bad_gt.json: video 'clip_a.mp4': field 'bbox' has 3 boxes, expected 5 (ed_frame - st_frame + 1)"
+    )
 
     assert main(["eval", str(pred), str(gt), "--convention", "coco"]) == 2
     assert "unknown convention 'coco'" in _one_error_line(capsys)

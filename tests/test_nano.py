@@ -25,8 +25,15 @@ def nano() -> Grounder:
 
 
 def test_packaged_files_and_size():
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "processor_config.json", "chat_template.jinja", "MODEL_CARD.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "MODEL_CARD.md",
+    ):
         assert (NANO / name).is_file(), name
     assert (NANO / "model.safetensors").stat().st_size <= 25 * 2**20
     config = json.loads((NANO / "config.json").read_text())

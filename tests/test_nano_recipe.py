@@ -12,18 +12,38 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from stvgr1_edge_train.recipes.nano.pretrain_vision import (IGNORE, MERGED_PX, TEMPORAL_PATCH, VisionPretrainConfig,
-                                                glyph_crop, label_classes, labelled_clip, pretrain_vision, small_scene,
-                                                video_tensors)
+from stvgr1_edge_train.recipes.nano.pretrain_vision import (
+    IGNORE,
+    MERGED_PX,
+    TEMPORAL_PATCH,
+    VisionPretrainConfig,
+    glyph_crop,
+    label_classes,
+    labelled_clip,
+    pretrain_vision,
+    small_scene,
+    video_tensors,
+)
 
-CONFIG = VisionPretrainConfig(glyph_steps=2, glyph_batch=2, scene_steps=2, scene_batch=2, steps=2, batch_clips=1, val_clips=1, eval_every=1,
-                              data_workers=0, warmup_steps=1)
+CONFIG = VisionPretrainConfig(
+    glyph_steps=2,
+    glyph_batch=2,
+    scene_steps=2,
+    scene_batch=2,
+    steps=2,
+    batch_clips=1,
+    val_clips=1,
+    eval_every=1,
+    data_workers=0,
+    warmup_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from stvgr1_edge.tiny import save_tiny_model
     from transformers import AutoProcessor
+
+    from stvgr1_edge.tiny import save_tiny_model
 
     folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
     return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
@@ -57,17 +77,21 @@ def test_labels_follow_the_drawn_markers_and_objects(tiny, tmp_path):
         assert (cells & (digit == 0)).sum() <= 2 * (digit > 0).sum()
         # an object token's colour label is the colour most of its object pixels have (both frames of the tube)
         from stvgr1_edge.synth import PALETTE
+
         palette = np.asarray(list(PALETTE.values()), np.float64)
         checked = 0
         for g, r, c in zip(*np.nonzero(colour > 0)):
             name = classes["colour"][colour[g, r, c]]
             if name == "dark" or cells[g, r, c]:
                 continue  # marker edges blend red into the object's colour
-            patch = frames[TEMPORAL_PATCH * g:TEMPORAL_PATCH * (g + 1),
-                           r * MERGED_PX:(r + 1) * MERGED_PX, c * MERGED_PX:(c + 1) * MERGED_PX]
+            patch = frames[
+                TEMPORAL_PATCH * g : TEMPORAL_PATCH * (g + 1),
+                r * MERGED_PX : (r + 1) * MERGED_PX,
+                c * MERGED_PX : (c + 1) * MERGED_PX,
+            ]
             px = patch.reshape(-1, 3).astype(np.float64)
             dist = ((px[:, None, :] - palette[None]) ** 2).sum(-1)
-            near = dist.min(axis=1) < 40 ** 2
+            near = dist.min(axis=1) < 40**2
             if near.sum() < 30:
                 continue
             votes = np.bincount(dist[near].argmin(axis=1), minlength=len(palette))
@@ -85,7 +109,7 @@ def test_a_clip_without_extra_markers_labels_only_its_objects_ids(tiny, tmp_path
 
     # IDs 1..N in order of appearance and no random extra markers: the only digits are the objects' own
     config = replace(CONFIG, extra_markers_per_frame=0, shuffle_ids_prob=0.0, offset_ids_prob=0.0)
-    (_, labels), = labelled_clip(19, tiny.processor.video_processor, config, np.random.default_rng(3), tmp_path)
+    ((_, labels),) = labelled_clip(19, tiny.processor.video_processor, config, np.random.default_rng(3), tmp_path)
     clip = generate_clip(19, SynthConfig(width=config.width, height=config.height, seconds=config.seconds))
     shown = {label_classes()["digit"][k] for k in labels["digit"].unique().tolist() if k > 0}
     assert shown and shown <= {str(i) for i in range(1, len(clip.objects) + 1)}
@@ -110,7 +134,7 @@ def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
         for r, c in zip(*np.nonzero(labels["digit"])):
             labelled += 1
             both = (frames[..., 0] >= 245) & (frames[..., 1] <= 15) & (frames[..., 2] <= 15)
-            assert both[:, r * 28:(r + 1) * 28, c * 28:(c + 1) * 28].any()
+            assert both[:, r * 28 : (r + 1) * 28, c * 28 : (c + 1) * 28].any()
         rows = np.nonzero(red.any(axis=1))[0]
         if len(rows):
             tallest = max(tallest, rows.max() - rows.min() + 1)
@@ -186,15 +210,14 @@ def test_event_weight_weighs_the_event_classes_against_none():
 
 
 def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
+    from _train_helpers import write_mixed_synthetic
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.tiny import save_tiny_model
     from stvgr1_edge_train.cache import load_cached_dataset
     from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.prepare import prepare_cache
     from stvgr1_edge_train.sft import FrozenVisionFeatures, SFTCollator, SFTRunConfig, run_sft
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from stvgr1_edge.tiny import save_tiny_model
-
-    from _train_helpers import write_mixed_synthetic
 
     annotations = write_mixed_synthetic(tmp_path / "data", num_small=2, num_wide=1)
     prepare_cache(annotations, tmp_path / "cache")
@@ -210,9 +233,19 @@ def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
         from_features = model(**batch).loss
     assert torch.allclose(from_pixels, from_features, atol=1e-5)
 
-    trainer = run_sft(SFTRunConfig(data=str(tmp_path / "cache"), model=str(folder), output_dir=str(tmp_path / "sft"),
-                                   max_steps=2, per_device_train_batch_size=2, gradient_checkpointing=False,
-                                   save_steps=100, freeze_vision=True, learning_rate=1e-3))
+    trainer = run_sft(
+        SFTRunConfig(
+            data=str(tmp_path / "cache"),
+            model=str(folder),
+            output_dir=str(tmp_path / "sft"),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            gradient_checkpointing=False,
+            save_steps=100,
+            freeze_vision=True,
+            learning_rate=1e-3,
+        )
+    )
     assert trainer.state.global_step == 2
     trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "sft").state_dict()
     start = model.state_dict()
@@ -249,23 +282,27 @@ def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
 def test_probe_states_start_with_the_towers_merged_tokens(tiny, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from stvgr1_edge.prompt import grounding_prompt
     from stvgr1_edge_train.recipes.nano.probe_lm import video_token_states
     from stvgr1_edge_train.video_inputs import ClipProcessor, collate_videos
 
-    from stvgr1_edge.prompt import grounding_prompt
-
     vp = tiny.processor.video_processor
-    (video, _), = labelled_clip(19, vp, CONFIG, np.random.default_rng(3), tmp_path)
+    ((video, _),) = labelled_clip(19, vp, CONFIG, np.random.default_rng(3), tmp_path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder, dtype=torch.float32).eval()
-    text = ClipProcessor(tiny.processor).prepare_text(grounding_prompt("the red circle jumps"),
-                                                      video.num_visual_tokens(vp.merge_size))
+    text = ClipProcessor(tiny.processor).prepare_text(
+        grounding_prompt("the red circle jumps"), video.num_visual_tokens(vp.merge_size)
+    )
     video_token_id = tiny.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     states = video_token_states(model, text["input_ids"], video, video_token_id)
-    assert states.shape == (model.config.text_config.num_hidden_layers + 1, video.num_visual_tokens(vp.merge_size),
-                            model.config.text_config.hidden_size)
+    assert states.shape == (
+        model.config.text_config.num_hidden_layers + 1,
+        video.num_visual_tokens(vp.merge_size),
+        model.config.text_config.hidden_size,
+    )
     batch = collate_videos([video])
     with torch.no_grad():
-        merged = model.model.get_video_features(batch["pixel_values_videos"], batch["video_grid_thw"],
-                                                return_dict=True).pooler_output[0]
+        merged = model.model.get_video_features(
+            batch["pixel_values_videos"], batch["video_grid_thw"], return_dict=True
+        ).pooler_output[0]
     np.testing.assert_allclose(states[0], merged.numpy(), atol=1e-5)
     assert not np.allclose(states[1], states[0])  # the LM's first layer changed them

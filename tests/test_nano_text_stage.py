@@ -12,14 +12,23 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from stvgr1_edge_train.recipes.nano.pretrain_text import (IGNORE, TextEpisodeEncoder, TextPretrainConfig, _id_positions, collate,
-                                              line_end_weights, pretrain_text, text_episode)
+from stvgr1_edge_train.recipes.nano.pretrain_text import (
+    IGNORE,
+    TextEpisodeEncoder,
+    TextPretrainConfig,
+    _id_positions,
+    collate,
+    line_end_weights,
+    pretrain_text,
+    text_episode,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from stvgr1_edge.tiny import save_tiny_model
     from transformers import AutoProcessor
+
+    from stvgr1_edge.tiny import save_tiny_model
 
     folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
     return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
@@ -32,7 +41,7 @@ def _phrase_words(query: str) -> set[str]:
     # every phrase ends with the shape ("the small red star", "the red star", "the small star"); what follows is the
     # event, whose colour ("... turns orange") is the one turned to
     end = next(i for i, w in enumerate(words) if w in SHAPES)
-    return {w for w in words[:end + 1] if w in PALETTE or w in SHAPES or w in SIZES}
+    return {w for w in words[: end + 1] if w in PALETTE or w in SHAPES or w in SIZES}
 
 
 def test_the_query_names_exactly_the_target_line():
@@ -60,9 +69,14 @@ def test_labels_cover_the_reasoning_but_not_what_the_video_would_tell(tiny, mark
 
     encoder = TextEpisodeEncoder(tiny.processor, mark_target)
     tok = tiny.processor.tokenizer
-    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
-               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
-               "gt_end_s": 3.4}
+    episode = {
+        "query": "The small red star spins around.",
+        "valid_ids": [1, 2, 3],
+        "object_labels": ["large red star", "small red star", ""],
+        "gt_id": 2,
+        "gt_start_s": 1.2,
+        "gt_end_s": 3.4,
+    }
     ids, labels = encoder(episode)
     assert len(ids) == len(labels)
     # the prompt is the grounder's chat text (STVG-R1 prompt, then the video) with the video block left out
@@ -72,8 +86,10 @@ def test_labels_cover_the_reasoning_but_not_what_the_video_would_tell(tiny, mark
     answer = tok.decode(ids[prompt_len:])
     supervised = "".join(tok.decode([t]) if t != IGNORE else "_" for t in labels[prompt_len:])
     if mark_target:
-        assert answer.startswith('<think>"the small red star spins around". Object 1: large red star. '
-                                 'Object 2: small red star, the target. Object 3: unclear. The target is object ID "2"')
+        assert answer.startswith(
+            '<think>"the small red star spins around". Object 1: large red star. '
+            'Object 2: small red star, the target. Object 3: unclear. The target is object ID "2"'
+        )
         # each line's end is learnt (the check against the query), not what the line says the object is
         assert supervised.startswith('<think>"the small red star spins around".')
         assert supervised.count("_.") == 2 and supervised.count("_, the target.") == 1
@@ -90,9 +106,14 @@ def test_labels_cover_the_reasoning_but_not_what_the_video_would_tell(tiny, mark
 
 def test_line_end_weight_lands_on_the_line_checks(tiny):
     tok = tiny.processor.tokenizer
-    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
-               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
-               "gt_end_s": 3.4}
+    episode = {
+        "query": "The small red star spins around.",
+        "valid_ids": [1, 2, 3],
+        "object_labels": ["large red star", "small red star", ""],
+        "gt_id": 2,
+        "gt_start_s": 1.2,
+        "gt_end_s": 3.4,
+    }
     batch = collate([TextEpisodeEncoder(tiny.processor)(episode)], tok.pad_token_id)
     weights = line_end_weights(batch["labels"], 5.0)
     labelled = batch["labels"] != IGNORE
@@ -121,14 +142,20 @@ def test_check_tags_mark_exactly_the_target_line_and_only_the_tags_are_labelled(
         assert [i + 1 for i, end in enumerate(ends) if end == "+"] == [e["gt_id"]], e
 
     tok = tiny.processor.tokenizer
-    episode = {"query": "The small red star spins around.", "valid_ids": [1, 2, 3],
-               "object_labels": ["large red star", "small red star", ""], "gt_id": 2, "gt_start_s": 1.2,
-               "gt_end_s": 3.4}
+    episode = {
+        "query": "The small red star spins around.",
+        "valid_ids": [1, 2, 3],
+        "object_labels": ["large red star", "small red star", ""],
+        "gt_id": 2,
+        "gt_start_s": 1.2,
+        "gt_end_s": 3.4,
+    }
     ids, labels = TextEpisodeEncoder(tiny.processor, check_attributes=True)(episode)
     prompt_len = next(i for i, lab in enumerate(labels) if lab != IGNORE)
     assert tok.decode(ids[prompt_len:]).startswith(
         '<think>"the small red star spins around". Object 1: large- red- star-. Object 2: small+ red+ star+, the '
-        'target. Object 3: unclear. The target is object ID "2"')
+        'target. Object 3: unclear. The target is object ID "2"'
+    )
     supervised = "".join(tok.decode([t]) if t != IGNORE else "_" for t in labels[prompt_len:])
     # the tags and each line's end are learnt, not the words (the video's) nor the IDs of the lines
     assert '"._-_-_-._+_+_+, the target._._ target is object ID "2"' in re.sub("_+", "_", supervised)

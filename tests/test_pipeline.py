@@ -28,23 +28,29 @@ RESULT_SCHEMA = {  # ARCHITECTURE.md, result JSON of `run`
         "video": {"type": "string"},
         "fps": {"type": "number", "exclusiveMinimum": 0},
         "num_frames": {"type": "integer", "minimum": 1},
-        "queries": {"type": "array", "minItems": 1, "items": {
-            "type": "object",
-            "required": ["query", "answer_text", "ids", "start_s", "end_s", "tube", "parse_ok", "warnings"],
-            "properties": {
-                "query": {"type": "string"},
-                "answer_text": {"type": "string"},
-                "ids": {"type": "array", "items": {"type": "integer"}},
-                "start_s": {"type": ["number", "null"]},
-                "end_s": {"type": ["number", "null"]},
-                "tube": {"type": "object", "patternProperties": {"^[0-9]+$": BOX}, "additionalProperties": False},
-                "parse_ok": {"type": "boolean"},
-                "warnings": {"type": "array", "items": {"type": "string"}},
+        "queries": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["query", "answer_text", "ids", "start_s", "end_s", "tube", "parse_ok", "warnings"],
+                "properties": {
+                    "query": {"type": "string"},
+                    "answer_text": {"type": "string"},
+                    "ids": {"type": "array", "items": {"type": "integer"}},
+                    "start_s": {"type": ["number", "null"]},
+                    "end_s": {"type": ["number", "null"]},
+                    "tube": {"type": "object", "patternProperties": {"^[0-9]+$": BOX}, "additionalProperties": False},
+                    "parse_ok": {"type": "boolean"},
+                    "warnings": {"type": "array", "items": {"type": "string"}},
+                },
             },
-        }},
-        "timings_ms": {"type": "object", "required": ["decode", "track", "render", "vision", "prefill",
-                                                      "decode_tokens", "total"],
-                       "additionalProperties": {"type": "number", "minimum": 0}},
+        },
+        "timings_ms": {
+            "type": "object",
+            "required": ["decode", "track", "render", "vision", "prefill", "decode_tokens", "total"],
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
         "config": {"type": "object"},
     },
 }
@@ -78,12 +84,29 @@ def _video(synth_dir, annotation) -> Path:
     return synth_dir / annotation[1]["video_path"]
 
 
-def test_run_cli_end_to_end_writes_a_result_that_follows_the_contract(synth_dir, annotation, model_dir, tmp_path, capsys):
+def test_run_cli_end_to_end_writes_a_result_that_follows_the_contract(
+    synth_dir, annotation, model_dir, tmp_path, capsys
+):
     video = _video(synth_dir, annotation)
     out, vis = tmp_path / "result.json", tmp_path / "result.mp4"
-    rc = main(["run", str(video), annotation[1]["English"], "the small object moves — ça bouge 跳",
-               "-o", str(out), "--vis", str(vis), "--model", str(model_dir), "--device", "cpu",
-               "--max-new-tokens", "12"])
+    rc = main(
+        [
+            "run",
+            str(video),
+            annotation[1]["English"],
+            "the small object moves — ça bouge 跳",
+            "-o",
+            str(out),
+            "--vis",
+            str(vis),
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     result = json.loads(out.read_text(encoding="utf-8"))
     jsonschema.validate(result, RESULT_SCHEMA)
@@ -101,13 +124,30 @@ def test_run_cli_end_to_end_writes_a_result_that_follows_the_contract(synth_dir,
     assert "tracks" in capsys.readouterr().out  # the one-screen summary
 
 
-def test_run_cli_frame_memory_budget_changes_nothing_but_where_frames_wait(synth_dir, annotation, model_dir, tmp_path, capsys):
+def test_run_cli_frame_memory_budget_changes_nothing_but_where_frames_wait(
+    synth_dir, annotation, model_dir, tmp_path, capsys
+):
     video = _video(synth_dir, annotation)
     texts = []
     for budget in ("1024", "0"):
         out = tmp_path / f"result_{budget}.json"
-        rc = main(["run", str(video), annotation[1]["English"], "-o", str(out), "--model", str(model_dir),
-                   "--device", "cpu", "--max-new-tokens", "12", "--frame-memory-mb", budget])
+        rc = main(
+            [
+                "run",
+                str(video),
+                annotation[1]["English"],
+                "-o",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "12",
+                "--frame-memory-mb",
+                budget,
+            ]
+        )
         assert rc == 0, capsys.readouterr().err
         result = json.loads(out.read_text(encoding="utf-8"))
         assert result["config"]["pipeline"]["frame_memory_mb"] == float(budget)
@@ -131,8 +171,15 @@ class ScriptedGrounder:
 
     def ground(self, clip, prompt_text, encoded=None) -> GroundingOutput:
         out = self.inner.ground(clip, prompt_text, encoded)
-        return GroundingOutput(self.answer_text, out.timings_ms, out.num_generated_tokens, out.tokens_per_s,
-                               out.num_visual_tokens, out.num_prompt_tokens, out.vision_reused)
+        return GroundingOutput(
+            self.answer_text,
+            out.timings_ms,
+            out.num_generated_tokens,
+            out.tokens_per_s,
+            out.num_visual_tokens,
+            out.num_prompt_tokens,
+            out.vision_reused,
+        )
 
 
 def clip_seen_by_the_model(synth_dir, annotation, grounder, config: PipelineConfig, answer: str):
@@ -146,15 +193,18 @@ def clip_seen_by_the_model(synth_dir, annotation, grounder, config: PipelineConf
             return super().encode_video(clip)
 
     GroundingPipeline(ReplayTracker(TrackSet.from_dict(ann["gt_tracks"])), Spy(grounder, answer), config).run(
-        _video(synth_dir, annotation), [ann["English"]])
+        _video(synth_dir, annotation), [ann["English"]]
+    )
     return seen[0]
 
 
 def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annotation, grounder, tmp_path, capsys):
     key, ann = annotation
     gt_tracks = TrackSet.from_dict(ann["gt_tracks"])
-    answer = (f"<think>scripted</think><answer>Target ID: {ann['target_id']}, "
-              f"Time range: {ann['st_time']:.2f} to {ann['ed_time']:.2f}</answer>")
+    answer = (
+        f"<think>scripted</think><answer>Target ID: {ann['target_id']}, "
+        f"Time range: {ann['st_time']:.2f} to {ann['ed_time']:.2f}</answer>"
+    )
     scripted = ScriptedGrounder(grounder, answer)
     pipeline = GroundingPipeline(ReplayTracker(gt_tracks), scripted)
     result = pipeline.run(_video(synth_dir, annotation), [ann["English"], "another question about it"])
@@ -167,8 +217,18 @@ def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annota
     assert q.tube.boxes == expected
 
     pred = tmp_path / "pred.json"
-    pred.write_text(json.dumps({key: {"ids": list(q.answer.ids), "start_s": q.answer.start_s, "end_s": q.answer.end_s,
-                                      "tube": q.tube.boxes_json()}}))
+    pred.write_text(
+        json.dumps(
+            {
+                key: {
+                    "ids": list(q.answer.ids),
+                    "start_s": q.answer.start_s,
+                    "end_s": q.answer.end_s,
+                    "tube": q.tube.boxes_json(),
+                }
+            }
+        )
+    )
     capsys.readouterr()
     assert main(["eval", str(pred), str(synth_dir / "annotations.json")]) == 0
     metrics = json.loads(capsys.readouterr().out)["metrics"]
@@ -178,8 +238,10 @@ def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annota
 def test_markers_are_drawn_on_the_frames_the_model_sees(synth_dir, annotation, grounder):
     """The clip handed to the grounder carries red ID digits where the tracks are; time-only carries none."""
     answer = "<answer>Time range: 1.00 to 2.00</answer>"
-    seen = {mode: clip_seen_by_the_model(synth_dir, annotation, grounder, PipelineConfig(time_only=time_only), answer)
-            for mode, time_only in (("ids", False), ("time", True))}
+    seen = {
+        mode: clip_seen_by_the_model(synth_dir, annotation, grounder, PipelineConfig(time_only=time_only), answer)
+        for mode, time_only in (("ids", False), ("time", True))
+    }
     diff = np.abs(seen["ids"].frames.astype(int) - seen["time"].frames.astype(int)).sum(axis=-1)
     assert seen["ids"].frame_indices == seen["time"].frame_indices
     assert (diff > 0).any()  # markers changed pixels ...
@@ -192,9 +254,16 @@ def test_frames_waiting_on_disk_give_the_model_the_same_pixels(synth_dir, annota
     sees is the same, already at the VLM's size, and the folder is gone afterwards."""
     caplog.set_level("INFO", logger="stvgr1_edge.prompted")
     answer = "<answer>Target ID: 1, Time range: 1.00 to 2.00</answer>"
-    seen = {mode: clip_seen_by_the_model(synth_dir, annotation, grounder,
-                                         PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path)), answer)
-            for mode, budget in (("memory", None), ("disk", 0))}
+    seen = {
+        mode: clip_seen_by_the_model(
+            synth_dir,
+            annotation,
+            grounder,
+            PipelineConfig(frame_memory_mb=budget, frame_spill_dir=str(tmp_path)),
+            answer,
+        )
+        for mode, budget in (("memory", None), ("disk", 0))
+    }
     assert np.array_equal(seen["memory"].frames, seen["disk"].frames)
     clip = seen["disk"]
     assert f"{clip.num_frames} of {clip.num_frames} sampled frames waited on disk" in caplog.text
@@ -206,7 +275,8 @@ def test_time_only_mode_returns_a_range_without_ids_or_tube(synth_dir, annotatio
     key, ann = annotation
     scripted = ScriptedGrounder(grounder, "<think>x</think><answer>Time range: 1.5 to 3</answer>")
     result = GroundingPipeline(make_tracker("classical"), scripted, PipelineConfig(time_only=True)).run(
-        _video(synth_dir, annotation), [ann["English"]])
+        _video(synth_dir, annotation), [ann["English"]]
+    )
     q = result.queries[0]
     assert q.answer.parse_ok and q.answer.ids == () and (q.answer.start_s, q.answer.end_s) == (1.5, 3.0)
     assert q.tube.is_empty
@@ -218,14 +288,32 @@ def test_video_with_no_objects_gives_parse_ok_false_and_a_warning(tmp_path, mode
         for _ in range(30):
             w.write(np.full((64, 96, 3), 128, np.uint8))
     out = tmp_path / "r.json"
-    assert main(["run", str(video), "the dog jumps", "-o", str(out), "--model", str(model_dir), "--device", "cpu",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(video),
+                "the dog jumps",
+                "-o",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     q = json.loads(out.read_text())["queries"][0]
     assert q["parse_ok"] is False and q["tube"] == {} and any("no objects" in w for w in q["warnings"])
 
 
 @pytest.mark.parametrize("case", ["missing_video", "text_video", "empty_query", "long_query", "bad_tracks"])
-def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(case, synth_dir, annotation, model_dir, tmp_path, capsys):
+def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(
+    case, synth_dir, annotation, model_dir, tmp_path, capsys
+):
     video, query = str(_video(synth_dir, annotation)), "the red square grows"
     extra = []
     if case == "missing_video":
@@ -238,19 +326,48 @@ def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(case, synth_dir,
     elif case == "long_query":
         query = "the red square grows " * 20000
     elif case == "bad_tracks":
-        (tmp_path / "tracks.json").write_text(json.dumps({"fps": 10, "width": 8, "height": 8, "num_frames": 3, "tracks": {}}))
+        (tmp_path / "tracks.json").write_text(
+            json.dumps({"fps": 10, "width": 8, "height": 8, "num_frames": 3, "tracks": {}})
+        )
         extra = ["--tracks", str(tmp_path / "tracks.json")]
     out = tmp_path / "result.json"
-    rc = main(["run", video, query, "-o", str(out), "--vis", str(tmp_path / "v.mp4"), "--model", str(model_dir),
-               "--device", "cpu", "--max-new-tokens", "4", *extra])
+    rc = main(
+        [
+            "run",
+            video,
+            query,
+            "-o",
+            str(out),
+            "--vis",
+            str(tmp_path / "v.mp4"),
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not out.exists() and not (tmp_path / "v.mp4").exists()
 
 
 def test_missing_model_is_one_line_pointing_at_how_to_get_weights(synth_dir, annotation, tmp_path, capsys):
-    rc = main(["run", str(_video(synth_dir, annotation)), "the red square grows", "-o", str(tmp_path / "r.json"),
-               "--model", str(tmp_path / "no_such_model_dir"), "--device", "cpu"])
+    rc = main(
+        [
+            "run",
+            str(_video(synth_dir, annotation)),
+            "the red square grows",
+            "-o",
+            str(tmp_path / "r.json"),
+            "--model",
+            str(tmp_path / "no_such_model_dir"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not found" in err[0] and "no_such_model_dir" in err[0]
 
@@ -268,7 +385,8 @@ def test_multi_object_mode_asks_for_several_ids_and_unions_their_boxes(synth_dir
 
     scripted = Recorder(grounder, f"<think>x</think><answer>Target ID: {a}, {b}, Time range: 0.00 to 5.90</answer>")
     result = GroundingPipeline(ReplayTracker(gt_tracks), scripted, PipelineConfig(multi_object=True)).run(
-        _video(synth_dir, annotation), ["the two red things move"])
+        _video(synth_dir, annotation), ["the two red things move"]
+    )
     assert "object IDs are corresponding" in prompts[0] and "Target ID: [ID, ID, ...]" in prompts[0]
     q = result.queries[0]
     assert q.answer.ids == (a, b)
@@ -279,6 +397,17 @@ def test_multi_object_mode_asks_for_several_ids_and_unions_their_boxes(synth_dir
 
 
 def test_time_only_and_multi_together_is_a_user_error(synth_dir, annotation, model_dir, tmp_path, capsys):
-    rc = main(["run", str(_video(synth_dir, annotation)), "x moves", "--time-only", "--multi", "-o", str(tmp_path / "r.json"),
-               "--model", str(model_dir)])
+    rc = main(
+        [
+            "run",
+            str(_video(synth_dir, annotation)),
+            "x moves",
+            "--time-only",
+            "--multi",
+            "-o",
+            str(tmp_path / "r.json"),
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1

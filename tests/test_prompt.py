@@ -15,18 +15,18 @@ REFERENCE_PROMPT = Path(__file__).resolve().parent / "fixtures" / "stvg_r1_promp
 
 # The §5 text, typed out again here line by line, so the test does not depend on the module's own string.
 EXPECTED_LINES = [
-    'Each object in the video is marked with a red number at its center, representing its object ID. '
+    "Each object in the video is marked with a red number at its center, representing its object ID. "
     'To accurately pinpoint the event "[EVENT]" in the video:',
     "",
     "1.Determine the precise time period of the event occurs.",
     "",
     "2.Identify which object ID is corresponding to the described event.",
     "",
-    'Output your thought process within the <think> </think> tags, including both a temporal analysis '
+    "Output your thought process within the <think> </think> tags, including both a temporal analysis "
     '(e.g., specific timestamps "xx.xx" or time ranges "xx.xx to xx.xx") and a spatial analysis '
     '(e.g., object ID "xx").',
     "",
-    'Then, provide the start and end times (in seconds, precise to two decimal places), and object ID in the '
+    "Then, provide the start and end times (in seconds, precise to two decimal places), and object ID in the "
     'format "Target ID: [ID], Time range: [start time to end time]" within the <answer> </answer> tags. '
     'For example: "Target ID: 1, Time range: 12.54 to 17.83".',
 ]
@@ -50,16 +50,17 @@ def test_grounding_prompt_for_a_real_query_exactly():
     expected = "\n".join(EXPECTED_LINES).replace("[EVENT]", "the man in blue clothes stands up and raises his hand")
     assert prompt == expected
     assert prompt.splitlines()[0].endswith(
-        'To accurately pinpoint the event "the man in blue clothes stands up and raises his hand" in the video:')
+        'To accurately pinpoint the event "the man in blue clothes stands up and raises his hand" in the video:'
+    )
 
 
 def test_time_only_prompt_exactly():
     assert time_only_prompt("A Dog jumps.") == (
         'To accurately pinpoint the event "a dog jumps" in the video, determine the precise time period of the '
-        'event occurs.\n\n'
-        'Output your thought process within the <think> </think> tags, including a temporal analysis '
+        "event occurs.\n\n"
+        "Output your thought process within the <think> </think> tags, including a temporal analysis "
         '(e.g., specific timestamps "xx.xx" or time ranges "xx.xx to xx.xx").\n\n'
-        'Then, provide the start and end times (in seconds, precise to two decimal places) in the format '
+        "Then, provide the start and end times (in seconds, precise to two decimal places) in the format "
         '"Time range: [start time to end time]" within the <answer> </answer> tags. '
         'For example: "Time range: 12.54 to 17.83".'
     )
@@ -67,19 +68,22 @@ def test_time_only_prompt_exactly():
 
 
 # --- normalisation --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("query, normalized", [
-    ("The man sits down.", "the man sits down"),
-    ("  The man sits down.  ", "the man sits down"),
-    ("The woman speaks to the standing woman .", "the woman speaks to the standing woman"),  # HCSTVG spacing
-    ("He stops..", "he stops."),               # only one final "." is removed
-    ("He asks: why?", "he asks: why?"),
-    ("NO PERIOD", "no period"),
-    ('She says "hi" to [EVENT] 3.', 'she says "hi" to [event] 3'),
-    ("Der Mann öffnet die TÜR.", "der mann öffnet die tür"),
-    ("ΈΝΑΣ ΆΝΤΡΑΣ ΚΆΘΕΤΑΙ.", "ένας άντρας κάθεται"),
-    ("穿蓝衣服的男人站起来。", "穿蓝衣服的男人站起来。"),  # the ideographic full stop is not ".", kept
-    ("The man 🙂 waves.", "the man 🙂 waves"),
-])
+@pytest.mark.parametrize(
+    "query, normalized",
+    [
+        ("The man sits down.", "the man sits down"),
+        ("  The man sits down.  ", "the man sits down"),
+        ("The woman speaks to the standing woman .", "the woman speaks to the standing woman"),  # HCSTVG spacing
+        ("He stops..", "he stops."),  # only one final "." is removed
+        ("He asks: why?", "he asks: why?"),
+        ("NO PERIOD", "no period"),
+        ('She says "hi" to [EVENT] 3.', 'she says "hi" to [event] 3'),
+        ("Der Mann öffnet die TÜR.", "der mann öffnet die tür"),
+        ("ΈΝΑΣ ΆΝΤΡΑΣ ΚΆΘΕΤΑΙ.", "ένας άντρας κάθεται"),
+        ("穿蓝衣服的男人站起来。", "穿蓝衣服的男人站起来。"),  # the ideographic full stop is not ".", kept
+        ("The man 🙂 waves.", "the man 🙂 waves"),
+    ],
+)
 def test_normalize_query(query, normalized):
     assert normalize_query(query) == normalized
 
@@ -110,7 +114,7 @@ def test_all_real_hcstvg_v2_queries_format(fixtures):
     for video, query in queries.items():
         prompt = grounding_prompt(query)
         assert prompt.startswith(head) and prompt.endswith(tail), video
-        event = prompt[len(head):len(prompt) - len(tail)]
+        event = prompt[len(head) : len(prompt) - len(tail)]
         assert event == event.lower() == event.strip()
         lowered = query.strip().lower()
         assert event == (lowered[:-1].rstrip() if lowered.endswith(".") else lowered), video
@@ -125,4 +129,7 @@ def test_multi_object_prompt_changes_only_the_id_question_and_format():
     assert multi.count("object IDs") == 2 and "Target ID: 1, 4, Time range" in multi
     # everything else is the training prompt, untouched
     assert single.split("2.Identify")[0] == multi.split("2.Identify")[0]
-    assert single.split("Output your thought")[1].split("Then, provide")[0] == multi.split("Output your thought")[1].split("Then, provide")[0]
+    assert (
+        single.split("Output your thought")[1].split("Then, provide")[0]
+        == multi.split("Output your thought")[1].split("Then, provide")[0]
+    )

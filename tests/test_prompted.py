@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_test_video
+
 from stvgr1_edge.markers import draw_id_markers
 from stvgr1_edge.masks import mask_to_rle
 from stvgr1_edge.prompted import SampledFrameCollector, render_prompted_clip
@@ -41,8 +41,8 @@ def sampling():
 def test_collector_keeps_exactly_the_sampled_frames(sampling):
     collector = SampledFrameCollector(sampling)
     seen = [f.index for f in collector.watch(grey_stream())]
-    assert seen == list(range(N))                       # every frame passes through
-    assert len(collector) == sampling.num_frames == 8   # only the sampled ones are held
+    assert seen == list(range(N))  # every frame passes through
+    assert len(collector) == sampling.num_frames == 8  # only the sampled ones are held
     assert collector.complete and collector.missing == ()
     kept = collector.frames()
     assert [f.index for f in kept] == list(sampling.indices)
@@ -60,7 +60,7 @@ def test_collector_reports_frames_a_short_stream_never_delivered(sampling):
 
 
 def test_collector_memory_is_bounded_by_the_sampling_for_a_long_stream():
-    sampling = plan_sampling(20_000, 25.0, 4, 4)       # 800 s @ 25 fps → capped at 768 frames
+    sampling = plan_sampling(20_000, 25.0, 4, 4)  # 800 s @ 25 fps → capped at 768 frames
     assert sampling.num_frames == 768
     collector = SampledFrameCollector(sampling)
     tiny = np.zeros((4, 4, 3), np.uint8)
@@ -104,8 +104,9 @@ def test_markers_are_drawn_only_on_sampled_frames_with_objects(sampling):
     for k, index in enumerate(sampling.indices):
         objects = tracks.objects_at(index)
         if objects:
-            expected = draw_id_markers(originals[index], [m if m is not None else b for _, b, m in objects],
-                                       [i for i, _, _ in objects])
+            expected = draw_id_markers(
+                originals[index], [m if m is not None else b for _, b, m in objects], [i for i, _, _ in objects]
+            )
             assert np.array_equal(clip.frames[k], expected)
             assert red_pixels(clip.frames[k]) > 0
         else:
@@ -137,11 +138,13 @@ def test_draw_markers_false_leaves_pixels_untouched(sampling):
 
 def test_clip_metadata(sampling):
     clip = render_prompted_clip(grey_stream(), tracks_on_some_frames(), sampling)
-    assert (clip.sample_fps, clip.resized_height, clip.resized_width) == (2.0, sampling.resized_height,
-                                                                         sampling.resized_width)
+    assert (clip.sample_fps, clip.resized_height, clip.resized_width) == (
+        2.0,
+        sampling.resized_height,
+        sampling.resized_width,
+    )
     assert (clip.video_fps, clip.num_video_frames, clip.duration_s) == (FPS, N, 4.0)
-    other = render_prompted_clip(grey_stream(), tracks_on_some_frames(), sampling, video_fps=25.0,
-                                 num_video_frames=100)
+    other = render_prompted_clip(grey_stream(), tracks_on_some_frames(), sampling, video_fps=25.0, num_video_frames=100)
     assert (other.video_fps, other.num_video_frames) == (25.0, 100)
 
 
@@ -169,14 +172,14 @@ def test_frames_over_the_memory_budget_wait_on_disk_and_come_back_identical(samp
     with SampledFrameCollector(sampling, memory_mb=3.5 * frame_bytes / 2**20, spill_dir=str(tmp_path)) as collector:
         for frame in grey_stream():
             collector.add(frame)
-        assert collector.spilled == 5 and len(collector) == 8      # 3 frames fit the budget, 5 went to disk
+        assert collector.spilled == 5 and len(collector) == 8  # 3 frames fit the budget, 5 went to disk
         spill_dirs = list(tmp_path.iterdir())
         assert len(spill_dirs) == 1 and len(list(spill_dirs[0].glob("*.npy"))) == 5
-        collector.add(grey_stream()[39])                           # a repeated index replaces the old file
+        collector.add(grey_stream()[39])  # a repeated index replaces the old file
         assert len(list(spill_dirs[0].glob("*.npy"))) == 5
         spilled = render_prompted_clip(collector.kept(), tracks, sampling)
     assert np.array_equal(spilled.frames, in_memory.frames)
-    assert list(tmp_path.iterdir()) == []                          # the folder goes with the collector
+    assert list(tmp_path.iterdir()) == []  # the folder goes with the collector
 
 
 def test_missing_frames_fail_before_any_spilled_frame_is_read(sampling, tmp_path):
@@ -197,8 +200,8 @@ def test_resizing_each_frame_after_its_markers_equals_the_grounders_resize_of_th
     small = render_prompted_clip(iter(frames), tracks, sampling, resize=True)
     h, w = sampling.resized_height, sampling.resized_width
     assert (h, w) != (H, W) and small.frames.shape == (8, h, w, 3) and small.frames.dtype == np.uint8
-    expected = resize_frames(native.frames, h, w)                  # what the grounder computes from native frames
-    assert expected.equal(resize_frames(small.frames, h, w))       # already-sized frames pass through unchanged
+    expected = resize_frames(native.frames, h, w)  # what the grounder computes from native frames
+    assert expected.equal(resize_frames(small.frames, h, w))  # already-sized frames pass through unchanged
 
 
 def test_a_spill_folder_that_cannot_be_written_is_one_clear_error(sampling, tmp_path, monkeypatch):

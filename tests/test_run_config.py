@@ -39,8 +39,10 @@ def test_conflicting_run_options_exit_2_with_one_line_naming_the_option(args, na
 
 
 def _manifest(quant: str, tracker: bool) -> dict:
-    return {"grounder": {"llm_quant": quant, "vision": {"onnx": "vision_encoder.onnx"}},
-            "tracker": {"folder": "tracker", "family": "sam2"} if tracker else None}
+    return {
+        "grounder": {"llm_quant": quant, "vision": {"onnx": "vision_encoder.onnx"}},
+        "tracker": {"folder": "tracker", "family": "sam2"} if tracker else None,
+    }
 
 
 def test_bundle_manifest_conflicts_tracker_and_dtype():
@@ -80,14 +82,36 @@ def test_result_config_records_what_ran(tmp_path):
     video = str(tmp_path / entry["video_path"])
     config = RunConfig(model="nano", device="cpu", every=2, max_new_tokens=16)
     api = build_pipeline(config).run(video, [entry["English"]]).to_dict()
-    assert main(["run", video, entry["English"], "--model", "nano", "--device", "cpu", "--every", "2",
-                 "--max-new-tokens", "16", "-o", str(tmp_path / "cli.json")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                video,
+                entry["English"],
+                "--model",
+                "nano",
+                "--device",
+                "cpu",
+                "--every",
+                "2",
+                "--max-new-tokens",
+                "16",
+                "-o",
+                str(tmp_path / "cli.json"),
+            ]
+        )
+        == 0
+    )
     cli = json.loads((tmp_path / "cli.json").read_text())
     assert api["config"] == cli["config"]
     assert api["queries"][0]["answer_text"] == cli["queries"][0]["answer_text"]
     grounder, tracker = cli["config"]["grounder"], cli["config"]["tracker"]
-    assert (grounder["model"], grounder["quant"], grounder["device"], grounder["dtype"]) == ("nano", "none", "cpu",
-                                                                                              "float32")
+    assert (grounder["model"], grounder["quant"], grounder["device"], grounder["dtype"]) == (
+        "nano",
+        "none",
+        "cpu",
+        "float32",
+    )
     assert grounder["vision_encoder"] == "pytorch" and grounder["bundle"] is None
     assert tracker == {"name": "classical", "every": 2}
     assert cli["config"]["pipeline"]["time_only"] is False

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 CHECK = r"""
 import importlib, pkgutil, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("train", "export", "stvgr1_edge_train", "stvgr1_edge_export", "trl", "peft", "deepspeed", "onnx", "onnxruntime", "bitsandbytes"):
+        if name.split(".")[0] in ("train", "export", "stvgr1_edge_train", "stvgr1_edge_export", "trl", "peft",
+                                  "deepspeed", "onnx", "onnxruntime", "bitsandbytes"):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
 import stvgr1_edge
@@ -27,16 +30,20 @@ def test_every_runtime_module_imports_without_train_export_or_their_dependencies
 
 
 def test_toolchain_commands_say_what_to_install_when_the_toolchain_is_missing(tmp_path):
-    code = ("import sys\n"
-            "class Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('trl', 'onnx'):\n"
-            "            raise ImportError('blocked ' + name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from stvgr1_edge.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('trl', 'onnx'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from stvgr1_edge.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     for command, extra in (("train", "train"), ("export", "export")):
-        proc = subprocess.run([sys.executable, "-c", code, command, "--help"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, command, "--help"], capture_output=True, text=True, timeout=300
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and f"stvg-edge[{extra}]" in lines[0], proc.stderr
 
@@ -53,12 +60,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_run_and_run_bundle_work_with_the_toolchain_unimportable(tmp_path):
     """The runtime runs a plain model and an int4 + ONNX bundle with `train`/`export` (and the installed
     `stvgr1_edge_train`/`stvgr1_edge_export`) unimportable: every loader a bundle needs is in the runtime."""
     import json
-
-    import pytest
 
     pytest.importorskip("onnxruntime")
     from stvgr1_edge.cli import main
@@ -73,9 +79,26 @@ def test_run_and_run_bundle_work_with_the_toolchain_unimportable(tmp_path):
 
     for name, extra in (("plain", ["--model", str(model)]), ("bundle", ["--bundle", str(tmp_path / "bundle")])):
         out = tmp_path / f"{name}.json"
-        proc = subprocess.run([sys.executable, "-c", BLOCK_TOOLCHAIN, "run", video, query, *extra, "-o", str(out),
-                               "--device", "cpu", "--max-new-tokens", "8"], capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BLOCK_TOOLCHAIN,
+                "run",
+                video,
+                query,
+                *extra,
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                "8",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         result = json.loads(out.read_text())
         assert result["queries"][0]["answer_text"], name
@@ -86,12 +109,18 @@ def test_run_and_run_bundle_work_with_the_toolchain_unimportable(tmp_path):
 def test_the_wheel_installs_only_the_projects_own_top_level_names(tmp_path):
     """No generic `train`/`export` in site-packages: the toolchain installs as `stvgr1_edge_train`/`_export`, and
     every package folder of the checkout is in the wheel."""
+    import shutil
     import zipfile
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                           str(tmp_path), str(root)], capture_output=True, text=True, timeout=600)
+    source = tmp_path / "source"  # setuptools builds in the source folder: a copy keeps the checkout clean
+    for name in ("stvgr1_edge", "export", "train"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    proc = subprocess.run([*command, str(source)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("stvg_edge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -116,8 +145,14 @@ ALLOWED_IMPORTS = {
     "export": {"stvgr1_edge"},
     "train": {"stvgr1_edge", "export"},
 }
-ROOMS = {"stvgr1_edge": "stvgr1_edge", "stvgr1_edge_export": "export", "export": "export",
-         "stvgr1_edge_train": "train", "train": "train", "benchmarks": "benchmarks"}
+ROOMS = {
+    "stvgr1_edge": "stvgr1_edge",
+    "stvgr1_edge_export": "export",
+    "export": "export",
+    "stvgr1_edge_train": "train",
+    "train": "train",
+    "benchmarks": "benchmarks",
+}
 
 
 def _imported_rooms(path) -> set[str]:
@@ -130,8 +165,12 @@ def _imported_rooms(path) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
-                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names = [str(node.args[0].value)]
         rooms.update(ROOMS[n.split(".")[0]] for n in names if n.split(".")[0] in ROOMS)
     return rooms

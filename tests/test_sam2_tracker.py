@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_two_box_clip
 
 from stvgr1_edge.errors import MissingWeightsError
 from stvgr1_edge.masks import mask_to_box, rle_to_mask
 from stvgr1_edge.tracking.base import Detections, Detector
 from stvgr1_edge.tracking.sam2 import Sam2Tracker, Sam2TrackerConfig, load_video_model
-from conftest import write_two_box_clip
 from stvgr1_edge.video import iter_frames, probe_video
 
 H, W, N = 48, 64, 12
@@ -50,8 +50,10 @@ def models(tmp_path_factory) -> dict:
     from stvgr1_edge.tracking.tiny_configs import save_tiny_video_model
 
     root = tmp_path_factory.mktemp("video_models")
-    return {(family, bias): str(save_tiny_video_model(root / f"{family}{bias}", family, object_score_bias=bias))
-            for family, bias in [("sam2", -20.0), ("sam2", 20.0), ("edgetam", -20.0)]}
+    return {
+        (family, bias): str(save_tiny_video_model(root / f"{family}{bias}", family, object_score_bias=bias))
+        for family, bias in [("sam2", -20.0), ("sam2", 20.0), ("edgetam", -20.0)]
+    }
 
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])

@@ -25,16 +25,19 @@ def visual_tokens(num_frames: int, height: int, width: int) -> int:
 
 
 # --- number of frames and their indices ---------------------------------------------------------------
-@pytest.mark.parametrize("total, fps, expected", [
-    (500, 25.0, 40),        # 20 s * 2 fps = 40
-    (795, 10.0, 158),       # vtest.avi: 79.5 s * 2 = 159, floored to even
-    (101, 10.0, 20),        # 20.2 → 20
-    (10, 30.0, 4),          # 0.67 frames → at least 4
-    (5, 25.0, 4),           # tiny: clamped up to 4
-    (3, 25.0, 2),           # fewer than 4 frames: max_frames = floor_even(min(768, 3)) = 2 wins
-    (2, 25.0, 2),
-    (108_000, 30.0, 768),   # one hour: 7200 → capped at 768
-])
+@pytest.mark.parametrize(
+    "total, fps, expected",
+    [
+        (500, 25.0, 40),  # 20 s * 2 fps = 40
+        (795, 10.0, 158),  # vtest.avi: 79.5 s * 2 = 159, floored to even
+        (101, 10.0, 20),  # 20.2 → 20
+        (10, 30.0, 4),  # 0.67 frames → at least 4
+        (5, 25.0, 4),  # tiny: clamped up to 4
+        (3, 25.0, 2),  # fewer than 4 frames: max_frames = floor_even(min(768, 3)) = 2 wins
+        (2, 25.0, 2),
+        (108_000, 30.0, 768),  # one hour: 7200 → capped at 768
+    ],
+)
 def test_num_sampled_frames(total, fps, expected):
     assert num_sampled_frames(total, fps) == expected
 
@@ -43,7 +46,7 @@ def test_indices_500_frames_at_25_fps():
     idx = sample_frame_indices(500, 25.0).tolist()
     # linspace(0, 499, 40): step 499/39 = 12.7949 → 0, 12.79, 25.59, 38.38, 51.18, 63.97, ...
     assert idx[:6] == [0, 13, 26, 38, 51, 64]
-    assert idx[-3:] == [473, 486, 499]      # 460.62 → ... 486.21, 499
+    assert idx[-3:] == [473, 486, 499]  # 460.62 → ... 486.21, 499
     assert len(idx) == 40
     assert sampled_fps(40, 500, 25.0) == 2.0
 
@@ -56,12 +59,15 @@ def test_indices_vtest_795_frames_at_10_fps():
     assert sampled_fps(158, 795, 10.0) == 158 / 795 * 10 == pytest.approx(1.98742138, abs=1e-8)
 
 
-@pytest.mark.parametrize("total, fps, indices, sample_fps", [
-    (5, 25.0, [0, 1, 3, 4], 20.0),          # linspace(0, 4, 4) = 0, 1.33, 2.67, 4
-    (10, 30.0, [0, 3, 6, 9], 12.0),
-    (3, 25.0, [0, 2], 2 / 3 * 25),
-    (2, 25.0, [0, 1], 25.0),
-])
+@pytest.mark.parametrize(
+    "total, fps, indices, sample_fps",
+    [
+        (5, 25.0, [0, 1, 3, 4], 20.0),  # linspace(0, 4, 4) = 0, 1.33, 2.67, 4
+        (10, 30.0, [0, 3, 6, 9], 12.0),
+        (3, 25.0, [0, 2], 2 / 3 * 25),
+        (2, 25.0, [0, 1], 25.0),
+    ],
+)
 def test_tiny_videos(total, fps, indices, sample_fps):
     s = plan_sampling(total, fps, 48, 64)
     assert list(s.indices) == indices
@@ -72,7 +78,7 @@ def test_tiny_videos(total, fps, indices, sample_fps):
 def test_long_video_is_capped_at_768_frames_and_rounds_like_torch_float32():
     idx = sample_frame_indices(108_000, 30.0).tolist()
     assert len(idx) == 768 and idx[0] == 0 and idx[-1] == 107_999
-    assert idx[1:4] == [141, 282, 422]      # step 107999/767 = 140.807
+    assert idx[1:4] == [141, 282, 422]  # step 107999/767 = 140.807
     assert set(np.diff(idx).tolist()) <= {140, 141, 142}
     # qwen-vl-utils uses torch.linspace in float32: exact 412 * 107999 / 767 = 58012.5007 rounds to
     # 58013, but float32 gives 58012.5 → 58012 (half to even). We match qwen-vl-utils, not exact maths.
@@ -90,8 +96,8 @@ def test_unusable_videos_are_bad_input():
 # --- pixels ---------------------------------------------------------------------------------------------
 def test_frame_max_pixels_formula():
     # max(min(768*28*28, 2048*28*28 / nframes * 2), int(16*28*28 * 1.05))
-    assert frame_max_pixels(4) == 768 * 784 == 602_112            # per-frame cap binds
-    assert frame_max_pixels(40) == pytest.approx(80_281.6)          # 1,605,632 / 40 * 2
+    assert frame_max_pixels(4) == 768 * 784 == 602_112  # per-frame cap binds
+    assert frame_max_pixels(40) == pytest.approx(80_281.6)  # 1,605,632 / 40 * 2
     assert frame_max_pixels(158) == pytest.approx(20_324.4557, abs=1e-3)
     assert frame_max_pixels(768) == int(12_544 * 1.05) == 13_171  # minimum binds (4181.3 < 13171)
 
@@ -142,8 +148,12 @@ def qwen_fetch_video(frames: np.ndarray, monkeypatch) -> torch.Tensor:
     monkeypatch.setattr(vision_process, "get_video_reader_backend", lambda: "stvg-test")
     monkeypatch.setitem(vision_process.VIDEO_READER_BACKENDS, "stvg-test", reader)
     cfg = SamplingConfig()
-    ele = {"video": "sampled-frames.mp4", "fps": cfg.fps, "min_pixels": cfg.min_pixels,
-           "total_pixels": cfg.total_pixels}
+    ele = {
+        "video": "sampled-frames.mp4",
+        "fps": cfg.fps,
+        "min_pixels": cfg.min_pixels,
+        "total_pixels": cfg.total_pixels,
+    }
     return vision_process.fetch_video(ele)
 
 

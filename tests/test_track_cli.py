@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from stvgr1_edge.cli import main
-from stvgr1_edge.tracking.classical import ClassicalTracker
-from stvgr1_edge.tracking.factory import make_tracker
 from stvgr1_edge.errors import BadInputError, MissingWeightsError
 from stvgr1_edge.render import draw_tracks, id_colour
+from stvgr1_edge.tracking.classical import ClassicalTracker
+from stvgr1_edge.tracking.factory import make_tracker
 from stvgr1_edge.tracks import TrackSet
 from stvgr1_edge.video import VideoWriter, probe_video
 
@@ -23,7 +23,7 @@ def _moving_square_video(path, n=24, width=96, height=64):
         for f in range(n):
             img = bg.copy()
             x = 4 + 3 * f
-            img[20:34, x:x + 14] = (220, 30, 30)
+            img[20:34, x : x + 14] = (220, 30, 30)
             w.write(img)
     return path
 
@@ -86,12 +86,15 @@ def test_track_every_k_tracks_only_those_frames(tmp_path):
     assert frames and all(f % 2 == 0 for f in frames)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--tracker", "nope"], "unknown tracker"),
-    (["--tracker", "sam2"], "--tracker-model"),
-    (["--tracker-model", "some/model"], "no model"),
-    (["--detector", "some/detector"], "--detector"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--tracker", "nope"], "unknown tracker"),
+        (["--tracker", "sam2"], "--tracker-model"),
+        (["--tracker-model", "some/model"], "no model"),
+        (["--detector", "some/detector"], "--detector"),
+    ],
+)
 def test_bad_tracker_options_exit_2(tmp_path, capsys, argv, fragment):
     video = _moving_square_video(tmp_path / "clip.mp4", n=6)
     assert main(["track", str(video), "-o", str(tmp_path / "t.json"), *argv]) == 2

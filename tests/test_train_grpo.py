@@ -8,16 +8,21 @@ import pytest
 
 pytest.importorskip("trl")
 import torch
+from _train_helpers import write_mixed_synthetic
 from trl import GRPOTrainer
 
 from stvgr1_edge_train.cache import load_cached_dataset
 from stvgr1_edge_train.grpo import MissingVideoError, build_grpo_trainer, load_run_config, run_grpo
 from stvgr1_edge_train.prepare import prepare_cache
 
-from _train_helpers import write_mixed_synthetic
-
-TINY_GRPO = ["grpo.num_generations=2", "grpo.per_device_train_batch_size=4", "grpo.max_completion_length=16",
-             "grpo.seed=0", "grpo.gradient_checkpointing=false", "grpo.save_steps=1000"]
+TINY_GRPO = [
+    "grpo.num_generations=2",
+    "grpo.per_device_train_batch_size=4",
+    "grpo.max_completion_length=16",
+    "grpo.seed=0",
+    "grpo.gradient_checkpointing=false",
+    "grpo.save_steps=1000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,9 @@ def setup(tmp_path_factory):
 
 
 def _run(setup, output, overrides=(), **kw):
-    return load_run_config(None, TINY_GRPO + list(overrides), data=setup.cache, model=setup.model,
-                           output_dir=str(output), **kw)
+    return load_run_config(
+        None, TINY_GRPO + list(overrides), data=setup.cache, model=setup.model, output_dir=str(output), **kw
+    )
 
 
 def _visual_params(model):
@@ -55,15 +61,20 @@ def test_two_grpo_steps_with_kl_and_old_policy_see_the_video_every_time(setup, t
     trainer = build_grpo_trainer(run)
     calls = {"policy": 0, "reference": 0}
     trainer.model.model.visual.register_forward_hook(lambda *a: calls.__setitem__("policy", calls["policy"] + 1))
-    trainer.ref_model.model.visual.register_forward_hook(lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
+    trainer.ref_model.model.visual.register_forward_hook(
+        lambda *a: calls.__setitem__("reference", calls["reference"] + 1)
+    )
     trainer.train()
     assert trainer.state.global_step == 2
     # one generation (num_iterations=2 reuses it): generate + old-policy log-probs + 2 loss forwards; 1 reference
     assert calls == {"policy": 4, "reference": 1}
     assert [h["step"] for h in trainer.state.log_history if "kl" in h] == [1, 2]
     rewards = [h for h in trainer.state.log_history if "reward" in h]  # logged once per generation
-    assert len(rewards) == 1 and {"rewards/temporal_iou_reward/mean", "rewards/id_match_reward/mean",
-                                  "rewards/format_reward/mean"} <= set(rewards[0])
+    assert len(rewards) == 1 and {
+        "rewards/temporal_iou_reward/mean",
+        "rewards/id_match_reward/mean",
+        "rewards/format_reward/mean",
+    } <= set(rewards[0])
     assert len(trainer.seen_sample_ids) == 4 and len(set(trainer.seen_sample_ids)) == 2
 
 
@@ -126,8 +137,13 @@ def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
     resumed: steps 4 and 5 (crossing into the next epoch) see the same samples, and end on the same weights."""
     # random-model rewards are all 0 (no policy gradient): decoupled weight decay at a large lr moves the weights
     # every step, so the final weights show whether weights, optimizer and schedule were restored
-    steps = ["grpo.max_steps=5", "grpo.save_steps=3", "grpo.beta=0.0", "grpo.learning_rate=0.01",
-             "grpo.weight_decay=0.5"]
+    steps = [
+        "grpo.max_steps=5",
+        "grpo.save_steps=3",
+        "grpo.beta=0.0",
+        "grpo.learning_rate=0.01",
+        "grpo.weight_decay=0.5",
+    ]
     full = run_grpo(_run(setup, tmp_path / "full", steps))
     per_step = len(full.seen_sample_ids) // 5
 
@@ -138,7 +154,7 @@ def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
 
     assert resumed.state.global_step == 5
     assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4, 5]  # 1-3 from the checkpoint
-    assert resumed.seen_sample_ids == full.seen_sample_ids[3 * per_step:]
+    assert resumed.seen_sample_ids == full.seen_sample_ids[3 * per_step :]
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     initial = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model).named_parameters())
@@ -150,8 +166,8 @@ def test_resume_after_kill_continues_same_step_and_data_order(setup, tmp_path):
 
 
 def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
-    from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge.prompt import normalize_query
+    from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.sft import SFTCollator, SFTRunConfig, run_sft, target_answer
 
     processor, _ = load_processor(setup.model)
@@ -161,37 +177,63 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
         answer_ids = batch["labels"][i][batch["labels"][i] != -100]
         expected = target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]) + "<|im_end|>"
         assert processor.tokenizer.decode(answer_ids) == expected
-    assert batch["video_grid_thw"].shape[0] == 2 and int((batch["mm_token_type_ids"] == 2).sum()) == \
-        sum(int(g.prod()) // 4 for g in batch["video_grid_thw"])
+    assert batch["video_grid_thw"].shape[0] == 2 and int((batch["mm_token_type_ids"] == 2).sum()) == sum(
+        int(g.prod()) // 4 for g in batch["video_grid_thw"]
+    )
 
     restated = SFTCollator(processor, restate_query=True)(rows)
     for i, row in enumerate(rows):
         text = processor.tokenizer.decode(restated["labels"][i][restated["labels"][i] != -100])
         # the query (as the prompt normalises it) comes right before the ID; the <answer> part is unchanged
         assert f'"{normalize_query(row["query"])}" is object ID "{row["gt_id"]}"' in text
-        assert text.split("</think>")[1] == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
+        assert (
+            text.split("</think>")[1]
+            == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
+        )
     described = SFTCollator(processor, describe_objects=True)(rows)
     for i, row in enumerate(rows):
         text = processor.tokenizer.decode(described["labels"][i][described["labels"][i] != -100])
-        inventory = "".join(f"Object {k}: {label or 'unclear'}. " for k, label in zip(row["valid_ids"], row["object_labels"]))
-        assert any(row["object_labels"]) and text.startswith(f"<think>{inventory}\"{normalize_query(row['query'])}\" is object ID")
+        inventory = "".join(
+            f"Object {k}: {label or 'unclear'}. " for k, label in zip(row["valid_ids"], row["object_labels"])
+        )
+        assert any(row["object_labels"]) and text.startswith(
+            f'<think>{inventory}"{normalize_query(row["query"])}" is object ID'
+        )
     marked = SFTCollator(processor, mark_target=True)(rows)
     for i, row in enumerate(rows):
         text = processor.tokenizer.decode(marked["labels"][i][marked["labels"][i] != -100])
-        lines = [f"Object {k}: {label or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
-                 for k, label in zip(row["valid_ids"], row["object_labels"])]
-        assert text.startswith(f"<think>\"{normalize_query(row['query'])}\". " + ". ".join(lines)
-                               + f". The target is object ID \"{row['gt_id']}\"")
+        lines = [
+            f"Object {k}: {label or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
+            for k, label in zip(row["valid_ids"], row["object_labels"])
+        ]
+        assert text.startswith(
+            f'<think>"{normalize_query(row["query"])}". '
+            + ". ".join(lines)
+            + f'. The target is object ID "{row["gt_id"]}"'
+        )
         assert text.count(", the target.") == 1
-        assert text.split("</think>")[1] == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
+        assert (
+            text.split("</think>")[1]
+            == target_answer(row["gt_id"], row["gt_start_s"], row["gt_end_s"]).split("</think>")[1] + "<|im_end|>"
+        )
 
-    trainer = run_sft(SFTRunConfig(data=setup.cache, model=setup.model, output_dir=str(tmp_path / "sft"), max_steps=2,
-                                   per_device_train_batch_size=2, gradient_checkpointing=False, save_steps=2))
+    trainer = run_sft(
+        SFTRunConfig(
+            data=setup.cache,
+            model=setup.model,
+            output_dir=str(tmp_path / "sft"),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            gradient_checkpointing=False,
+            save_steps=2,
+        )
+    )
     assert trainer.state.global_step == 2
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
     assert (tmp_path / "sft" / "config.json").is_file()
     # a checkpoint is a complete model folder: the grounder loads it with its processor
     from stvgr1_edge.grounding import Grounder, GrounderConfig
+
     checkpoint = Grounder.from_pretrained(GrounderConfig(model=str(tmp_path / "sft" / "checkpoint-2"), device="cpu"))
     assert checkpoint.processor.video_processor.merge_size == processor.video_processor.merge_size
 
@@ -199,10 +241,15 @@ def test_sft_collator_supervises_only_the_answer_and_sft_runs(setup, tmp_path):
 def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(setup):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge.prompt import normalize_query
-    from stvgr1_edge_train.sft import (SFTCollator, WeightedLossMixin, checked_label, query_attributes,
-                           weighted_next_token_loss)
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import (
+        SFTCollator,
+        WeightedLossMixin,
+        checked_label,
+        query_attributes,
+        weighted_next_token_loss,
+    )
 
     processor, _ = load_processor(setup.model)
     tok = processor.tokenizer
@@ -222,9 +269,11 @@ def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(se
     for i, row in enumerate(rows):
         text = tok.decode(checked["labels"][i][checked["labels"][i] != -100])
         wanted = query_attributes(row["query"])
-        lines = [f"Object {k}: {checked_label(label, wanted) or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
-                 for k, label in zip(row["valid_ids"], row["object_labels"])]
-        assert text.startswith(f"<think>\"{normalize_query(row['query'])}\". " + ". ".join(lines) + ". The target is")
+        lines = [
+            f"Object {k}: {checked_label(label, wanted) or 'unclear'}" + (", the target" if k == row["gt_id"] else "")
+            for k, label in zip(row["valid_ids"], row["object_labels"])
+        ]
+        assert text.startswith(f'<think>"{normalize_query(row["query"])}". ' + ". ".join(lines) + ". The target is")
         heavy = [tok.decode([t]) for t in checked["input_ids"][i][checked["loss_weights"][i] == 4.0]]
         # every check tag, then the line's end: "," after the target's last "+", "." elsewhere
         expected = []
@@ -269,8 +318,11 @@ def test_sft_time_weight_weighs_exactly_the_digits_of_both_time_ranges(setup):
             times = f"{row['gt_start_s']:.2f}{row['gt_end_s']:.2f}"
             assert heavy == times * 2, heavy  # the reasoning's range, then the <answer>'s; nothing else
             if kwargs:  # the line checks keep their own weight
-                assert (weights[i] == 4.0).sum() == len(re.findall(r"[+-]", tok.decode(timed["labels"][i][
-                    timed["labels"][i] != -100]).split("The target is")[0])) + len(row["valid_ids"])
+                assert (weights[i] == 4.0).sum() == len(
+                    re.findall(
+                        r"[+-]", tok.decode(timed["labels"][i][timed["labels"][i] != -100]).split("The target is")[0]
+                    )
+                ) + len(row["valid_ids"])
 
 
 def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_tags(setup):
@@ -297,8 +349,10 @@ def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_
         entry = gt[row["sample_id"]]
         fps, total = entry["fps"], entry["img_num"]
         times = sample_frame_indices(total, fps) / fps
-        expected = ["+" if any(row["gt_start_s"] <= t <= row["gt_end_s"] for t in times[2 * j:2 * j + 2]) else "-"
-                    for j in range(num_tubes)]
+        expected = [
+            "+" if any(row["gt_start_s"] <= t <= row["gt_end_s"] for t in times[2 * j : 2 * j + 2]) else "-"
+            for j in range(num_tubes)
+        ]
         assert [t[-1] for t in timeline] == expected
         assert "".join(expected).strip("-").count("-") == 0  # one event: a single run of "+"
         seen |= set(expected)
@@ -319,10 +373,26 @@ def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge_train.cli import main as train_main
 
     out = tmp_path / "cli"
-    code = stvg_main(["train", "grpo", "--config", "train/configs/grpo_stvg_r1.yaml", "--data", setup.cache,
-                      "--model", setup.model, "--output", str(out), "grpo.max_steps=1", "grpo.num_generations=2",
-                      "grpo.per_device_train_batch_size=2", "grpo.gradient_accumulation_steps=1",
-                      "grpo.max_completion_length=8", "grpo.gradient_checkpointing=false"])
+    code = stvg_main(
+        [
+            "train",
+            "grpo",
+            "--config",
+            "train/configs/grpo_stvg_r1.yaml",
+            "--data",
+            setup.cache,
+            "--model",
+            setup.model,
+            "--output",
+            str(out),
+            "grpo.max_steps=1",
+            "grpo.num_generations=2",
+            "grpo.per_device_train_batch_size=2",
+            "grpo.gradient_accumulation_steps=1",
+            "grpo.max_completion_length=8",
+            "grpo.gradient_checkpointing=false",
+        ]
+    )
     assert code == 0 and "trained 1 steps" in capsys.readouterr().out
     assert (out / "model.safetensors").is_file()
     assert train_main(["prepare", str(setup.root / "data" / "annotations.json"), "--out", setup.cache]) == 0

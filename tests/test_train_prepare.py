@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("trl")
 
-from stvgr1_edge.tracks import TrackSet
-from stvgr1_edge.prepared import load_cached_samples, read_video_tensors, sample_path
-from stvgr1_edge_train.prepare import GTIdConfig, PrepareConfig, assign_gt_id, match_tracks_to_gt, prepare_cache
-
 from _train_helpers import SMALL, write_mixed_synthetic
+
+from stvgr1_edge.prepared import load_cached_samples, read_video_tensors, sample_path
+from stvgr1_edge.tracks import TrackSet
+from stvgr1_edge_train.prepare import GTIdConfig, PrepareConfig, assign_gt_id, match_tracks_to_gt, prepare_cache
 
 
 def _trackset(boxes_by_id: dict[int, dict[int, list[float]]], num_frames: int = 20) -> TrackSet:
@@ -26,9 +26,13 @@ def _trackset(boxes_by_id: dict[int, dict[int, list[float]]], num_frames: int = 
 def test_assign_gt_id_majority_vote_exact():
     gt = {f: [10.0, 10.0, 30.0, 30.0] for f in range(10)}
     # ID 7 matches frames 0..7 exactly, ID 2 sits on the GT box in frames 8..9, ID 5 is elsewhere.
-    tracks = _trackset({7: {f: [10, 10, 30, 30] for f in range(8)},
-                        2: {f: [10, 10, 30, 30] for f in (8, 9)},
-                        5: {f: [100, 80, 120, 100] for f in range(10)}})
+    tracks = _trackset(
+        {
+            7: {f: [10, 10, 30, 30] for f in range(8)},
+            2: {f: [10, 10, 30, 30] for f in (8, 9)},
+            5: {f: [100, 80, 120, 100] for f in range(10)},
+        }
+    )
     a = assign_gt_id(tracks, gt)
     assert (a.track_id, a.status, a.votes) == (7, "ok", {7: 8, 2: 2})
     assert a.vote_share == pytest.approx(0.8) and a.coverage == pytest.approx(1.0) and a.mean_iou == pytest.approx(1.0)
@@ -133,15 +137,18 @@ def test_prepare_cache_real_tracking_report_and_resume(synthetic, tmp_path):
     assert first_s < 30
 
 
+@pytest.mark.slow
 def test_prepare_cache_parallel_workers_match_serial(synthetic, tmp_path):
     serial = prepare_cache(synthetic, tmp_path / "a")
     parallel = prepare_cache(synthetic, tmp_path / "b", config=PrepareConfig(workers=2))
-    assert [(r["sample_id"], r["gt_id"]) for r in parallel["samples"]] == \
-           [(r["sample_id"], r["gt_id"]) for r in serial["samples"]]
+    assert [(r["sample_id"], r["gt_id"]) for r in parallel["samples"]] == [
+        (r["sample_id"], r["gt_id"]) for r in serial["samples"]
+    ]
     a = {s.sample_id: s for s in load_cached_samples(tmp_path / "a")}
     for s in load_cached_samples(tmp_path / "b"):
         assert read_video_tensors(tmp_path / "b" / s.video_file).pixel_values_videos.equal(
-            read_video_tensors(tmp_path / "a" / a[s.sample_id].video_file).pixel_values_videos)
+            read_video_tensors(tmp_path / "a" / a[s.sample_id].video_file).pixel_values_videos
+        )
 
 
 def _cache_digest(cache) -> dict:
@@ -160,8 +167,10 @@ def _cache_digest(cache) -> dict:
             digest.update(key.encode())
             digest.update(tensors[key].contiguous().numpy().tobytes())
         meta = {k: v for k, v in sample.items() if k != "video_file"}
-        out[sample["sample_id"]] = {"json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
-                                    "tensors": digest.hexdigest()}
+        out[sample["sample_id"]] = {
+            "json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
+            "tensors": digest.hexdigest(),
+        }
     return out
 
 

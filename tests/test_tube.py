@@ -107,9 +107,15 @@ def test_several_ids_give_per_id_boxes_and_their_union():
     assert tube.ids == (1, 2)
     assert tube.boxes_by_id[1] == {f: [10.0, 10.0, 20.0, 30.0] for f in range(10, 15)}
     assert tube.boxes_by_id[2] == {f: [15.0, 5.0, 40.0, 25.0] for f in range(12, 17)}
-    assert tube.boxes == {10: [10.0, 10.0, 20.0, 30.0], 11: [10.0, 10.0, 20.0, 30.0],
-                          12: [10.0, 5.0, 40.0, 30.0], 13: [10.0, 5.0, 40.0, 30.0], 14: [10.0, 5.0, 40.0, 30.0],
-                          15: [15.0, 5.0, 40.0, 25.0], 16: [15.0, 5.0, 40.0, 25.0]}
+    assert tube.boxes == {
+        10: [10.0, 10.0, 20.0, 30.0],
+        11: [10.0, 10.0, 20.0, 30.0],
+        12: [10.0, 5.0, 40.0, 30.0],
+        13: [10.0, 5.0, 40.0, 30.0],
+        14: [10.0, 5.0, 40.0, 30.0],
+        15: [15.0, 5.0, 40.0, 25.0],
+        16: [15.0, 5.0, 40.0, 25.0],
+    }
 
 
 def test_an_id_that_was_never_tracked_gives_an_empty_tube_with_a_warning():
@@ -128,11 +134,14 @@ def test_an_id_outside_the_range_gives_an_empty_tube():
     assert tube.warnings == ("no box for ID(s) 1 between 0.00 and 2.00 s",)
 
 
-@pytest.mark.parametrize("bad", [
-    GroundingAnswer((1,), 1.0, 2.0, parse_ok=False, reason="x"),
-    GroundingAnswer((), 1.0, 2.0, parse_ok=True),        # time-only answer
-    GroundingAnswer((1,), None, None, parse_ok=False),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        GroundingAnswer((1,), 1.0, 2.0, parse_ok=False, reason="x"),
+        GroundingAnswer((), 1.0, 2.0, parse_ok=True),  # time-only answer
+        GroundingAnswer((1,), None, None, parse_ok=False),
+    ],
+)
 def test_a_failed_or_incomplete_answer_gives_an_empty_tube(bad):
     tracks = empty_tracks()
     for f in range(NUM_FRAMES):
@@ -148,8 +157,11 @@ def test_parsed_text_end_to_end():
         tracks.add(3, f, moving_box(f))
     a = parse_answer("<think>..</think><answer>Target ID: 3, Time range: 0.5 to 0.7</answer>", 4.9, tracks.ids)
     tube = build_tube(a, tracks, TIMES)
-    assert tube.boxes_json() == {"5": [20.0, 25.0, 40.0, 65.0], "6": [22.0, 26.0, 42.0, 66.0],
-                                 "7": [24.0, 27.0, 44.0, 67.0]}
+    assert tube.boxes_json() == {
+        "5": [20.0, 25.0, 40.0, 65.0],
+        "6": [22.0, 26.0, 42.0, 66.0],
+        "7": [24.0, 27.0, 44.0, 67.0],
+    }
     assert build_tube(parse_answer("no idea"), tracks, TIMES).boxes_json() == {}
 
 
@@ -222,20 +234,25 @@ def test_id_repair_without_a_previous_box_uses_the_nearest_frame_with_the_id():
 def test_id_repair_for_an_unknown_id_takes_the_largest_object_then_follows_it():
     tracks = empty_tracks()
     for f in range(0, 3):
-        tracks.add(1, f, [0, 0, 10, 10])          # small
-        tracks.add(2, f, [50, 0, 90, 60])         # large
+        tracks.add(1, f, [0, 0, 10, 10])  # small
+        tracks.add(2, f, [50, 0, 90, 60])  # large
     for f in range(3, 5):
-        tracks.add(1, f, [0, 0, 10, 10])          # ID 2 gone, nothing overlaps its last box
+        tracks.add(1, f, [0, 0, 10, 10])  # ID 2 gone, nothing overlaps its last box
     tube = build_tube(answer([9], 0.0, 0.4), tracks, TIMES, id_repair=True)
-    assert tube.boxes == {0: [50.0, 0.0, 90.0, 60.0], 1: [50.0, 0.0, 90.0, 60.0], 2: [50.0, 0.0, 90.0, 60.0],
-                          3: [0.0, 0.0, 10.0, 10.0], 4: [0.0, 0.0, 10.0, 10.0]}
+    assert tube.boxes == {
+        0: [50.0, 0.0, 90.0, 60.0],
+        1: [50.0, 0.0, 90.0, 60.0],
+        2: [50.0, 0.0, 90.0, 60.0],
+        3: [0.0, 0.0, 10.0, 10.0],
+        4: [0.0, 0.0, 10.0, 10.0],
+    }
     assert tube.repaired_frames == (0, 1, 2, 3, 4)
     assert tube.warnings == ("ID 9 was never tracked: repaired from other objects",)
 
 
 def test_largest_object_is_measured_by_mask_area_when_there_are_masks():
     tracks = empty_tracks()
-    tracks.add(1, 0, [0, 0, 100, 100], mask_to_rle(rect_mask(0, 0, 5, 5)))      # big box, tiny mask
+    tracks.add(1, 0, [0, 0, 100, 100], mask_to_rle(rect_mask(0, 0, 5, 5)))  # big box, tiny mask
     tracks.add(2, 0, [120, 0, 160, 40], mask_to_rle(rect_mask(120, 0, 160, 40)))
     tube = build_tube(answer([9], 0.0, 0.0), tracks, TIMES, id_repair=True)
     assert tube.boxes == {0: [120.0, 0.0, 160.0, 40.0]}
@@ -254,10 +271,13 @@ def test_right_answer_gives_the_ground_truth_tube():
     gt_boxes = {f: [30.0 + 1.5 * f, 12.0 + 0.5 * f, 70.0 + 1.5 * f, 92.0 + 0.5 * f] for f in gt_frames}
     tracks = empty_tracks()
     for f in range(NUM_FRAMES):
-        tracks.add(1, f, [0.0, 0.0, 20.0, 50.0])                                # a bystander
+        tracks.add(1, f, [0.0, 0.0, 20.0, 50.0])  # a bystander
         tracks.add(2, f, [30.0 + 1.5 * f, 12.0 + 0.5 * f, 70.0 + 1.5 * f, 92.0 + 0.5 * f])
-    right = parse_answer(f"<answer>Target ID: 2, Time range: {TIMES[12]:.2f} to {TIMES[31]:.2f}</answer>",
-                         duration_s=NUM_FRAMES / FPS, valid_ids=tracks.ids)
+    right = parse_answer(
+        f"<answer>Target ID: 2, Time range: {TIMES[12]:.2f} to {TIMES[31]:.2f}</answer>",
+        duration_s=NUM_FRAMES / FPS,
+        valid_ids=tracks.ids,
+    )
     tube = build_tube(right, tracks, TIMES)
     assert tube.boxes == gt_boxes
     assert isinstance(tube, Tube) and tube.ids == (2,)

@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from conftest import write_test_video
+
 from stvgr1_edge.errors import VideoError
 from stvgr1_edge.video import VideoWriter, iter_frames, probe_video, read_frames
 
@@ -127,7 +127,9 @@ def test_truncated_faststart_mp4_is_reported_as_truncated(tmp_path):
         s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
         rng = np.random.default_rng(0)
         for _ in range(60):  # noise frames: every frame costs bytes, so a cut loses frames
-            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")):
+            for p in s.encode(
+                av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), format="rgb24")
+            ):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)

@@ -19,6 +19,8 @@ def load_cached_dataset(cache_dir: str | Path, processor_constants: dict[str, An
     if processor_constants is not None:
         for s in samples:
             if s.processor and s.processor != processor_constants:
-                raise BadInputError(f"sample {s.sample_id!r} was prepared with processor constants {s.processor}, "
-                                    f"the model's processor has {processor_constants}: rerun prepare with --model")
+                raise BadInputError(
+                    f"sample {s.sample_id!r} was prepared with processor constants {s.processor}, "
+                    f"the model's processor has {processor_constants}: rerun prepare with --model"
+                )
     return Dataset.from_list([s.to_row(Path(cache_dir)) for s in samples])

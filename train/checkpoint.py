@@ -24,10 +24,15 @@ class ExactResumeMixin:
         import torch
 
         target = model if model is not None else self.model
-        full_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
-                           for name in ("model.safetensors", "model.safetensors.index.json"))
-        special = (getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
-                   or hasattr(target, "peft_config"))
+        full_weights = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        special = (
+            getattr(self, "is_deepspeed_enabled", False)
+            or getattr(self, "is_fsdp_enabled", False)
+            or hasattr(target, "peft_config")
+        )
         if not full_weights or special:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         dtype = next(target.parameters()).dtype

@@ -23,18 +23,24 @@ from .rewards import FORMAT_PATTERN, RewardConfig, interval_iou, total_reward
 logger = logging.getLogger(__name__)
 
 
-def evaluate_cache(model: str, cache: str | Path, num: int | None = None, max_new_tokens: int = 256,
-                   reward: RewardConfig = RewardConfig(), device: str = "cpu") -> dict[str, Any]:
+def evaluate_cache(
+    model: str,
+    cache: str | Path,
+    num: int | None = None,
+    max_new_tokens: int = 256,
+    reward: RewardConfig = RewardConfig(),
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Mean ID accuracy, tIoU, format rate and reward of ``model``'s greedy answers on the first ``num`` samples
     of ``cache`` (sorted by sample id), with the per-sample rows under ``"samples"``."""
     import torch
 
     from stvgr1_edge.grounding import Grounder, GrounderConfig
-
     from stvgr1_edge.prepared import cached_model_inputs, load_cached_samples
 
-    grounder = Grounder.from_pretrained(GrounderConfig(model=str(model), device=device, dtype="fp32",
-                                                       max_new_tokens=max_new_tokens))
+    grounder = Grounder.from_pretrained(
+        GrounderConfig(model=str(model), device=device, dtype="fp32", max_new_tokens=max_new_tokens)
+    )
     processor = grounder.processor
     samples = load_cached_samples(cache)[:num]
     rows = []
@@ -43,25 +49,46 @@ def evaluate_cache(model: str, cache: str | Path, num: int | None = None, max_ne
         inputs = {k: v.to(grounder.device) for k, v in inputs.items()}
         with torch.inference_mode():
             out = grounder.model.generate(**inputs, **grounder.generation_kwargs())
-        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         answer = parse_answer(text, duration_s=sample.duration_s)
-        tiou = (interval_iou((answer.start_s, answer.end_s), (sample.gt_start_s, sample.gt_end_s))
-                if answer.has_time_range else 0.0)
-        rows.append({"sample_id": sample.sample_id, "text": text, "gt_id": sample.gt_id, "ids": list(answer.ids),
-                     "id_correct": answer.ids == (sample.gt_id,), "tiou": tiou,
-                     "format_ok": bool(FORMAT_PATTERN.fullmatch(text)),
-                     "reward": total_reward(text, sample.gt_id, sample.gt_start_s, sample.gt_end_s,
-                                            sample.duration_s, reward)})
+        tiou = (
+            interval_iou((answer.start_s, answer.end_s), (sample.gt_start_s, sample.gt_end_s))
+            if answer.has_time_range
+            else 0.0
+        )
+        rows.append(
+            {
+                "sample_id": sample.sample_id,
+                "text": text,
+                "gt_id": sample.gt_id,
+                "ids": list(answer.ids),
+                "id_correct": answer.ids == (sample.gt_id,),
+                "tiou": tiou,
+                "format_ok": bool(FORMAT_PATTERN.fullmatch(text)),
+                "reward": total_reward(
+                    text, sample.gt_id, sample.gt_start_s, sample.gt_end_s, sample.duration_s, reward
+                ),
+            }
+        )
     n = max(len(rows), 1)
-    return {"model": str(model), "cache": str(cache), "num_samples": len(rows),
-            "id_accuracy": sum(r["id_correct"] for r in rows) / n, "mean_tiou": sum(r["tiou"] for r in rows) / n,
-            "format_rate": sum(r["format_ok"] for r in rows) / n, "mean_reward": sum(r["reward"] for r in rows) / n,
-            "samples": rows}
+    return {
+        "model": str(model),
+        "cache": str(cache),
+        "num_samples": len(rows),
+        "id_accuracy": sum(r["id_correct"] for r in rows) / n,
+        "mean_tiou": sum(r["tiou"] for r in rows) / n,
+        "format_rate": sum(r["format_ok"] for r in rows) / n,
+        "mean_reward": sum(r["reward"] for r in rows) / n,
+        "samples": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", help="Model folder or hub id.")
     parser.add_argument("cache", help="Cache folder from `stvg-edge train prepare`.")
     parser.add_argument("--num", type=int, default=None, help="Evaluate only the first N samples.")

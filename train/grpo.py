@@ -31,8 +31,8 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
-
 from stvgr1_edge.prepared import read_video_tensors
+
 from .checkpoint import ExactResumeMixin
 from .rewards import RewardConfig, build_reward_funcs
 from .video_inputs import ClipProcessor, VideoTensors, collate_videos, video_token_type_ids
@@ -70,16 +70,22 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         if not all(hasattr(GRPOTrainer, h) for h in hooks):
             import trl
 
-            raise MissingDependencyError(f"VideoGRPOTrainer hooks into TRL 1.16's GRPOTrainer; trl {trl.__version__} "
-                                         f"lacks {[h for h in hooks if not hasattr(GRPOTrainer, h)]}: "
-                                         f"pip install 'trl==1.16.*'")
+            raise MissingDependencyError(
+                f"VideoGRPOTrainer hooks into TRL 1.16's GRPOTrainer; trl {trl.__version__} "
+                f"lacks {[h for h in hooks if not hasattr(GRPOTrainer, h)]}: "
+                f"pip install 'trl==1.16.*'"
+            )
         processing_class = kwargs.get("processing_class")
         if processing_class is None or not hasattr(processing_class, "video_processor"):
-            raise BadInputError("VideoGRPOTrainer needs the model's processor (processing_class) with a video processor")
+            raise BadInputError(
+                "VideoGRPOTrainer needs the model's processor (processing_class) with a video processor"
+            )
         grpo_args = kwargs.get("args")
         if grpo_args is not None and (grpo_args.use_vllm or grpo_args.use_transformers_continuous_batching):
-            raise BadInputError("VideoGRPOTrainer generates with transformers `generate` (the video reaches it there): "
-                                "set grpo.use_vllm=false and grpo.use_transformers_continuous_batching=false")
+            raise BadInputError(
+                "VideoGRPOTrainer generates with transformers `generate` (the video reaches it there): "
+                "set grpo.use_vllm=false and grpo.use_transformers_continuous_batching=false"
+            )
         tokenizer = processing_class.tokenizer
         suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
         if grpo_args is not None:
@@ -100,8 +106,14 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         sampler = super()._get_train_sampler(dataset)
         if type(sampler) is not RepeatSampler:
             return sampler
-        return EpochSeededRepeatSampler(sampler.data_source, sampler.mini_repeat_count, sampler.batch_size,
-                                        sampler.repeat_count, sampler.shuffle, sampler.seed)
+        return EpochSeededRepeatSampler(
+            sampler.data_source,
+            sampler.mini_repeat_count,
+            sampler.batch_size,
+            sampler.repeat_count,
+            sampler.shuffle,
+            sampler.seed,
+        )
 
     # --------------------------------------------------------------- video tensors per row
     def load_video(self, path: str) -> VideoTensors:
@@ -118,17 +130,21 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
     def _videos_for(self, num_rows: int) -> list[VideoTensors]:
         videos = self._active_videos
         if videos is None:
-            raise MissingVideoError("a forward pass ran without the rows' video tensors (pixel_values_videos, "
-                                    "video_grid_thw, second_per_grid_ts): the model would see only <|video_pad|> "
-                                    "placeholders; call it through VideoGRPOTrainer with inputs['videos']")
+            raise MissingVideoError(
+                "a forward pass ran without the rows' video tensors (pixel_values_videos, "
+                "video_grid_thw, second_per_grid_ts): the model would see only <|video_pad|> "
+                "placeholders; call it through VideoGRPOTrainer with inputs['videos']"
+            )
         if len(videos) != num_rows:
             raise MissingVideoError(f"{len(videos)} videos attached to a batch of {num_rows} rows")
         return videos
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if not inputs or "video_file" not in inputs[0]:
-            raise MissingVideoError("dataset rows have no 'video_file' column: build the dataset with "
-                                    "stvgr1_edge_train.cache.load_cached_dataset")
+            raise MissingVideoError(
+                "dataset rows have no 'video_file' column: build the dataset with "
+                "stvgr1_edge_train.cache.load_cached_dataset"
+            )
         videos = [self.load_video(row["video_file"]) for row in inputs]
         if self.model.training:
             self.seen_sample_ids.extend(str(row.get("sample_id", "")) for row in inputs)
@@ -156,8 +172,9 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         prompt_ids, token_types = [], []
         for prompt, video in zip(prompts, videos):
             if not isinstance(prompt, str):
-                raise BadInputError("VideoGRPOTrainer prompts are the STVG-R1 prompt text (a string), "
-                                    f"got {type(prompt).__name__}")
+                raise BadInputError(
+                    f"VideoGRPOTrainer prompts are the STVG-R1 prompt text (a string), got {type(prompt).__name__}"
+                )
             text = self.clip_processor.prepare_text(prompt, video.num_visual_tokens(self.merge_size))
             prompt_ids.append(text["input_ids"][0].tolist())
             token_types.append(text["mm_token_type_ids"][0].tolist())
@@ -166,8 +183,17 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         return prompt_ids, None, multimodal_fields
 
     # --------------------------------------------------------------- every scoring forward
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal,
+    ):
         """Per-token log-probs of the completion tokens, with each row's video in the forward pass."""
         image_inputs = [k for k in ("pixel_values", "image_grid_thw") if multimodal.get(k) is not None]
         if image_inputs:
@@ -183,11 +209,16 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
             expected = sum(v.num_visual_tokens(self.merge_size) for v in chunk_videos)
             found = int((ids == self.video_token_id).sum())
             if found != expected:
-                raise MissingVideoError(f"rows {start}..{end - 1} hold {found} <|video_pad|> tokens but their videos "
-                                        f"give {expected} visual tokens (truncated prompt?)")
-            model_inputs = {"input_ids": ids, "attention_mask": mask,
-                            "mm_token_type_ids": video_token_type_ids(ids, self.video_token_id),
-                            **collate_videos(chunk_videos, device=ids.device)}
+                raise MissingVideoError(
+                    f"rows {start}..{end - 1} hold {found} <|video_pad|> tokens but their videos "
+                    f"give {expected} visual tokens (truncated prompt?)"
+                )
+            model_inputs = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "mm_token_type_ids": video_token_type_ids(ids, self.video_token_id),
+                **collate_videos(chunk_videos, device=ids.device),
+            }
             if compute_aux_loss:
                 model_inputs["output_router_logits"] = True
             labels = ids.masked_fill(mask == 0, -100)
@@ -312,8 +343,8 @@ def load_processor(model: str):
     """The model's processor (local files only for folders; the offline setting decides for hub ids)."""
     from transformers import AutoProcessor
 
-    from stvgr1_edge.grounding import resolve_model_source
     from stvgr1_edge.errors import MissingWeightsError
+    from stvgr1_edge.grounding import resolve_model_source
 
     source, local_only = resolve_model_source(model)
     try:
@@ -321,8 +352,9 @@ def load_processor(model: str):
     except OSError as exc:
         if Path(source).exists():
             raise BadInputError(f"cannot load a processor from {source} ({str(exc).splitlines()[0]})") from None
-        raise MissingWeightsError(f"model {model!r} is not available locally: download it with  "
-                                  f"huggingface-cli download {model}") from None
+        raise MissingWeightsError(
+            f"model {model!r} is not available locally: download it with  huggingface-cli download {model}"
+        ) from None
 
 
 def peft_settings(lora: LoraSettings, bf16: bool):
@@ -334,8 +366,13 @@ def peft_settings(lora: LoraSettings, bf16: bool):
     from stvgr1_edge.errors import require
 
     peft = require("peft", "train", "LoRA fine-tuning")
-    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     quant = None
     if lora.qlora:
         from stvgr1_edge.grounding import nf4_quantization_config
@@ -396,8 +433,16 @@ def build_grpo_trainer(run: GRPORunConfig, callbacks: list | None = None) -> Vid
     if quant is not None:
         kwargs["quantization_config"] = quant
     logger.info("GRPO on %d samples from %s, model %s -> %s", len(dataset), run.data, source, run.output_dir)
-    return VideoGRPOTrainer(model=source, reward_funcs=funcs, args=args, train_dataset=dataset,
-                            processing_class=processor, peft_config=peft_config, callbacks=callbacks, **kwargs)
+    return VideoGRPOTrainer(
+        model=source,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        **kwargs,
+    )
 
 
 def run_grpo(run: GRPORunConfig, callbacks: list | None = None) -> VideoGRPOTrainer:

@@ -29,11 +29,10 @@ import numpy as np
 from stvgr1_edge.dataset import STVGSample, load_annotations
 from stvgr1_edge.errors import BadInputError, StvgError, write_json_atomic
 from stvgr1_edge.masks import box_iou_matrix
+from stvgr1_edge.prepared import CachedSample, sample_is_complete, video_file_name, write_sample, write_video_tensors
 from stvgr1_edge.sampling import SamplingConfig
 from stvgr1_edge.tracks import TrackSet
 
-from stvgr1_edge.prepared import (CachedSample, sample_is_complete, video_file_name, write_sample,
-                                  write_video_tensors)
 from .video_inputs import ClipProcessor, VideoTensors
 
 logger = logging.getLogger(__name__)
@@ -72,8 +71,9 @@ class GTIdAssignment:
     reason: str = ""
 
 
-def assign_gt_id(tracks: TrackSet, gt_boxes: Mapping[int, Sequence[float]],
-                 config: GTIdConfig = GTIdConfig()) -> GTIdAssignment:
+def assign_gt_id(
+    tracks: TrackSet, gt_boxes: Mapping[int, Sequence[float]], config: GTIdConfig = GTIdConfig()
+) -> GTIdAssignment:
     """Per GT frame, the tracked object whose box has the best IoU with the GT box votes (if IoU ≥ floor);
     the majority ID wins if it has ``min_vote_share`` of the votes and ``min_coverage`` of the frames voted."""
     votes: Counter[int] = Counter()
@@ -91,23 +91,55 @@ def assign_gt_id(tracks: TrackSet, gt_boxes: Mapping[int, Sequence[float]],
     num_gt = len(gt_boxes)
     cast = sum(votes.values())
     if not cast:
-        return GTIdAssignment(None, "no_match", 0.0, 0.0, 0.0, num_gt, {},
-                              f"no tracked box reaches IoU {config.iou_floor} with the GT box in any of {num_gt} GT frames")
+        return GTIdAssignment(
+            None,
+            "no_match",
+            0.0,
+            0.0,
+            0.0,
+            num_gt,
+            {},
+            f"no tracked box reaches IoU {config.iou_floor} with the GT box in any of {num_gt} GT frames",
+        )
     ranked = votes.most_common()
     leader, leader_votes = ranked[0]
     share, coverage = leader_votes / cast, cast / max(num_gt, 1)
     mean_iou = iou_sums[leader] / leader_votes
     vote_dict = {int(k): int(v) for k, v in ranked}
     if coverage < config.min_coverage:
-        return GTIdAssignment(None, "no_match", share, coverage, mean_iou, num_gt, vote_dict,
-                              f"only {cast} of {num_gt} GT frames overlap a tracked box (coverage {coverage:.2f} "
-                              f"< {config.min_coverage})")
+        return GTIdAssignment(
+            None,
+            "no_match",
+            share,
+            coverage,
+            mean_iou,
+            num_gt,
+            vote_dict,
+            f"only {cast} of {num_gt} GT frames overlap a tracked box (coverage {coverage:.2f} "
+            f"< {config.min_coverage})",
+        )
     if len(ranked) > 1 and ranked[1][1] == leader_votes:
-        return GTIdAssignment(None, "ambiguous", share, coverage, mean_iou, num_gt, vote_dict,
-                              f"tie between IDs {ranked[0][0]} and {ranked[1][0]} ({leader_votes} votes each)")
+        return GTIdAssignment(
+            None,
+            "ambiguous",
+            share,
+            coverage,
+            mean_iou,
+            num_gt,
+            vote_dict,
+            f"tie between IDs {ranked[0][0]} and {ranked[1][0]} ({leader_votes} votes each)",
+        )
     if share < config.min_vote_share:
-        return GTIdAssignment(None, "ambiguous", share, coverage, mean_iou, num_gt, vote_dict,
-                              f"ID {leader} has only {share:.2f} of the votes (< {config.min_vote_share}): {vote_dict}")
+        return GTIdAssignment(
+            None,
+            "ambiguous",
+            share,
+            coverage,
+            mean_iou,
+            num_gt,
+            vote_dict,
+            f"ID {leader} has only {share:.2f} of the votes (< {config.min_vote_share}): {vote_dict}",
+        )
     return GTIdAssignment(leader, "ok", share, coverage, mean_iou, num_gt, vote_dict)
 
 
@@ -173,8 +205,9 @@ def load_clip_processor(source: str | None) -> ClipProcessor:
     try:
         return ClipProcessor(AutoProcessor.from_pretrained(source, local_files_only=True))
     except OSError as exc:
-        raise BadInputError(f"cannot load a processor from {source} ({str(exc).splitlines()[0]}): "
-                            f"pass a Qwen2.5-VL checkpoint folder") from None
+        raise BadInputError(
+            f"cannot load a processor from {source} ({str(exc).splitlines()[0]}): pass a Qwen2.5-VL checkpoint folder"
+        ) from None
 
 
 def _init_worker(processor_source: str | None) -> None:
@@ -186,8 +219,13 @@ def _sample_result(sample: STVGSample, status: str, reason: str = "", **extra: A
     return {"sample_id": sample.key, "video": sample.video, "status": status, "reason": reason, **extra}
 
 
-def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_dir: Path, config: PrepareConfig,
-                          processor: ClipProcessor | None = None) -> list[dict[str, Any]]:
+def prepare_video_samples(
+    video_path: str,
+    samples: Sequence[STVGSample],
+    out_dir: Path,
+    config: PrepareConfig,
+    processor: ClipProcessor | None = None,
+) -> list[dict[str, Any]]:
     """Track one video once and cache every sample on it; returns one result dict per sample."""
     from stvgr1_edge.prompt import grounding_prompt
     from stvgr1_edge.prompted import track_and_prompt
@@ -200,8 +238,9 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
     try:
         info = probe_video(video_path)
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, config.sampling)
-        tracker = make_tracker(config.tracker, model=config.tracker_model, detector=config.detector,
-                               device=config.device)
+        tracker = make_tracker(
+            config.tracker, model=config.tracker_model, detector=config.detector, device=config.device
+        )
         # past 1 GB, the sampled frames wait on disk
         tracked = track_and_prompt(iter_frames(video_path, info=info), info, tracker, sampling, frame_memory_mb=1024)
         tracks, clip = tracked.tracks, tracked.clip
@@ -217,28 +256,48 @@ def prepare_video_samples(video_path: str, samples: Sequence[STVGSample], out_di
     video_file = video_file_name(video_path)
     for s in samples:
         assignment = assignments[s.key]
-        extra: dict[str, Any] = {"assignment": {k: v for k, v in asdict(assignment).items() if k != "track_id"},
-                                 "gt_id": assignment.track_id, "num_tracks": len(tracks)}
+        extra: dict[str, Any] = {
+            "assignment": {k: v for k, v in asdict(assignment).items() if k != "track_id"},
+            "gt_id": assignment.track_id,
+            "num_tracks": len(tracks),
+        }
         if s.target_id is not None and s.gt_tracks is not None:
             extra["true_track_id"] = truth.get(int(s.target_id))
-            extra["agrees_with_truth"] = assignment.track_id is not None and assignment.track_id == extra["true_track_id"]
+            extra["agrees_with_truth"] = (
+                assignment.track_id is not None and assignment.track_id == extra["true_track_id"]
+            )
         if assignment.status != "ok":
             results.append(_sample_result(s, assignment.status, assignment.reason, **extra))
             continue
         if not tensors_written:
             video = processor.prepare_video(clip)
-            write_video_tensors(out_dir / video_file,
-                                VideoTensors(video.pixel_values_videos, video.video_grid_thw, video.second_per_grid_ts),
-                                metadata={"video": str(video_path), "num_sampled_frames": str(clip.num_frames)})
+            write_video_tensors(
+                out_dir / video_file,
+                VideoTensors(video.pixel_values_videos, video.video_grid_thw, video.second_per_grid_ts),
+                metadata={"video": str(video_path), "num_sampled_frames": str(clip.num_frames)},
+            )
             num_visual_tokens, tensors_written = video.num_visual_tokens, True
-        write_sample(out_dir, CachedSample(
-            sample_id=s.key, video=s.video, video_file=video_file, query=s.query, prompt=grounding_prompt(s.query),
-            gt_id=int(assignment.track_id), gt_start_s=float(s.st_time), gt_end_s=float(s.ed_time),
-            duration_s=float(clip.duration_s), num_visual_tokens=int(num_visual_tokens),
-            valid_ids=tuple(tracks.ids), vote_share=round(assignment.vote_share, 4),
-            mean_iou=round(assignment.mean_iou, 4), object_labels=object_labels(s, truth, tracks.ids),
-            processor=processor.constants(),
-            frame_times_s=tuple(info.frame_times_s[i] for i in clip.frame_indices)))
+        write_sample(
+            out_dir,
+            CachedSample(
+                sample_id=s.key,
+                video=s.video,
+                video_file=video_file,
+                query=s.query,
+                prompt=grounding_prompt(s.query),
+                gt_id=int(assignment.track_id),
+                gt_start_s=float(s.st_time),
+                gt_end_s=float(s.ed_time),
+                duration_s=float(clip.duration_s),
+                num_visual_tokens=int(num_visual_tokens),
+                valid_ids=tuple(tracks.ids),
+                vote_share=round(assignment.vote_share, 4),
+                mean_iou=round(assignment.mean_iou, 4),
+                object_labels=object_labels(s, truth, tracks.ids),
+                processor=processor.constants(),
+                frame_times_s=tuple(info.frame_times_s[i] for i in clip.frame_indices),
+            ),
+        )
         results.append(_sample_result(s, "cached", **extra))
     logger.info("%s: %d tracks, %d samples, tracked in %.2fs", video_path, len(tracks), len(samples), track_s)
     return results
@@ -251,8 +310,9 @@ def object_labels(sample: STVGSample, truth: dict[int, int], track_ids: Sequence
     if not objects or not truth:
         return ()
     by_track = {tid: objects.get(str(gid)) for gid, tid in truth.items()}
-    return tuple(" ".join(str(o[k]) for k in ("size", "colour", "shape")) if (o := by_track.get(t)) else ""
-                 for t in track_ids)
+    return tuple(
+        " ".join(str(o[k]) for k in ("size", "colour", "shape")) if (o := by_track.get(t)) else "" for t in track_ids
+    )
 
 
 def _resolve_video_path(sample: STVGSample, videos_dir: Path | None) -> str | None:
@@ -264,9 +324,13 @@ def _resolve_video_path(sample: STVGSample, videos_dir: Path | None) -> str | No
     return sample.video_path if sample.video_path and Path(sample.video_path).is_file() else None
 
 
-def prepare_cache(annotations: str | Path, out_dir: str | Path, videos_dir: str | Path | None = None,
-                  config: PrepareConfig = PrepareConfig(),
-                  on_video: Callable[[str], None] | None = None) -> dict[str, Any]:
+def prepare_cache(
+    annotations: str | Path,
+    out_dir: str | Path,
+    videos_dir: str | Path | None = None,
+    config: PrepareConfig = PrepareConfig(),
+    on_video: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Prepare every sample of ``annotations`` into ``out_dir``; writes and returns ``out_dir/report.json``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -287,8 +351,15 @@ def prepare_cache(annotations: str | Path, out_dir: str | Path, videos_dir: str 
             continue
         path = _resolve_video_path(s, videos_dir)
         if path is None:
-            results.append(_sample_result(s, "failed", f"video {s.video!r} not found"
-                                          + (f" in {videos_dir}" if videos_dir else "") + ": pass --videos DIR"))
+            results.append(
+                _sample_result(
+                    s,
+                    "failed",
+                    f"video {s.video!r} not found"
+                    + (f" in {videos_dir}" if videos_dir else "")
+                    + ": pass --videos DIR",
+                )
+            )
             continue
         if sample_is_complete(out_dir, s.key):
             results.append(_sample_result(s, "skipped_existing"))
@@ -306,10 +377,15 @@ def prepare_cache(annotations: str | Path, out_dir: str | Path, videos_dir: str 
         import multiprocessing
 
         # "spawn": forking a process that already holds torch/tokenizers threads can crash the children
-        with ProcessPoolExecutor(max_workers=config.workers, initializer=_init_worker, initargs=(config.processor,),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(prepare_video_samples, path, group, out_dir, config): path
-                       for path, group in groups.items()}
+        with ProcessPoolExecutor(
+            max_workers=config.workers,
+            initializer=_init_worker,
+            initargs=(config.processor,),
+            mp_context=multiprocessing.get_context("spawn"),
+        ) as pool:
+            futures = {
+                pool.submit(prepare_video_samples, path, group, out_dir, config): path for path, group in groups.items()
+            }
             for future in as_completed(futures):
                 results.extend(future.result())
                 if on_video is not None:
@@ -319,16 +395,21 @@ def prepare_cache(annotations: str | Path, out_dir: str | Path, videos_dir: str 
     return report
 
 
-def build_report(results: list[dict[str, Any]], annotations, out_dir: Path, config: PrepareConfig,
-                 seconds: float) -> dict[str, Any]:
+def build_report(
+    results: list[dict[str, Any]], annotations, out_dir: Path, config: PrepareConfig, seconds: float
+) -> dict[str, Any]:
     """Counts by status, the failures with reasons, every assignment, and the truth check where possible."""
     results = sorted(results, key=lambda r: r["sample_id"])
     counts = Counter(r["status"] for r in results)
     checked = [r for r in results if "agrees_with_truth" in r]
     report: dict[str, Any] = {
-        "annotations": str(annotations), "cache": str(out_dir), "tracker": config.tracker,
-        "gt_id_config": asdict(config.gt_id), "seconds": round(seconds, 2),
-        "num_samples": len(results), "counts": dict(sorted(counts.items())),
+        "annotations": str(annotations),
+        "cache": str(out_dir),
+        "tracker": config.tracker,
+        "gt_id_config": asdict(config.gt_id),
+        "seconds": round(seconds, 2),
+        "num_samples": len(results),
+        "counts": dict(sorted(counts.items())),
         "failures": [r for r in results if r["status"] not in ("cached", "skipped_existing")],
         "samples": results,
     }
@@ -336,11 +417,24 @@ def build_report(results: list[dict[str, Any]], annotations, out_dir: Path, conf
         assigned = [r for r in checked if r["gt_id"] is not None]
         agree = sum(bool(r["agrees_with_truth"]) for r in assigned)
         report["truth_check"] = {
-            "num_checked": len(checked), "num_assigned": len(assigned), "num_agree": agree,
+            "num_checked": len(checked),
+            "num_assigned": len(assigned),
+            "num_agree": agree,
             "agreement": round(agree / len(assigned), 4) if assigned else None,
-            "disagreements": [{"sample_id": r["sample_id"], "gt_id": r["gt_id"], "true_track_id": r["true_track_id"]}
-                              for r in assigned if not r["agrees_with_truth"]],
-            "unassigned": [{"sample_id": r["sample_id"], "status": r["status"], "true_track_id": r["true_track_id"],
-                            "reason": r["reason"]} for r in checked if r["gt_id"] is None],
+            "disagreements": [
+                {"sample_id": r["sample_id"], "gt_id": r["gt_id"], "true_track_id": r["true_track_id"]}
+                for r in assigned
+                if not r["agrees_with_truth"]
+            ],
+            "unassigned": [
+                {
+                    "sample_id": r["sample_id"],
+                    "status": r["status"],
+                    "true_track_id": r["true_track_id"],
+                    "reason": r["reason"],
+                }
+                for r in checked
+                if r["gt_id"] is None
+            ],
         }
     return report

@@ -35,8 +35,13 @@ def interval_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def temporal_iou_reward(completions: Sequence[Any], gt_start_s: Sequence[float], gt_end_s: Sequence[float],
-                        duration_s: Sequence[float] | None = None, **_: Any) -> list[float]:
+def temporal_iou_reward(
+    completions: Sequence[Any],
+    gt_start_s: Sequence[float],
+    gt_end_s: Sequence[float],
+    duration_s: Sequence[float] | None = None,
+    **_: Any,
+) -> list[float]:
     """tIoU (seconds) between the answered time range and the GT range; 0 when no time range can be read.
     Answers are parsed with :func:`stvgr1_edge.answer.parse_answer` (swapped ends fixed, clamped to the video)."""
     rewards = []
@@ -64,8 +69,13 @@ def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
     return [1.0 if FORMAT_PATTERN.fullmatch(completion_text(c)) else 0.0 for c in completions]
 
 
-def boundary_penalty_reward(completions: Sequence[Any], gt_start_s: Sequence[float], gt_end_s: Sequence[float],
-                            duration_s: Sequence[float], **_: Any) -> list[float]:
+def boundary_penalty_reward(
+    completions: Sequence[Any],
+    gt_start_s: Sequence[float],
+    gt_end_s: Sequence[float],
+    duration_s: Sequence[float],
+    **_: Any,
+) -> list[float]:
     """Time-R1-style boundary term: ``-(|start - gt_start| + |end - gt_end|) / duration`` (≤ 0; 0 when exact);
     -1.0 when no time range can be read. Combine with a small positive weight."""
     rewards = []
@@ -104,8 +114,14 @@ def build_reward_funcs(config: RewardConfig = RewardConfig()) -> tuple[list[Call
     return funcs, weights
 
 
-def total_reward(completion: str, gt_id: int, gt_start_s: float, gt_end_s: float, duration_s: float,
-                 config: RewardConfig = RewardConfig()) -> float:
+def total_reward(
+    completion: str,
+    gt_id: int,
+    gt_start_s: float,
+    gt_end_s: float,
+    duration_s: float,
+    config: RewardConfig = RewardConfig(),
+) -> float:
     """The weighted sum for one completion (what GRPO's advantage is computed from)."""
     funcs, weights = build_reward_funcs(config)
     columns = dict(gt_id=[gt_id], gt_start_s=[gt_start_s], gt_end_s=[gt_end_s], duration_s=[duration_s])

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import torch
 
 from stvgr1_edge.errors import BadInputError
+from stvgr1_edge.prepared import read_video_tensors
 from stvgr1_edge.prompt import normalize_query
 
-from stvgr1_edge.prepared import read_video_tensors
 from .checkpoint import ExactResumeMixin
 from .video_inputs import ClipProcessor, collate_videos, video_token_type_ids
 
@@ -94,8 +94,10 @@ def tube_frame_times(frame_times_s: Sequence[float], num_tubes: int) -> list[tup
     """Times of the two sampled frames of each of a clip's ``num_tubes`` visual tubes (Qwen2.5-VL's 2-frame tubes;
     the §4 sampler always takes an even number of frames)."""
     if len(frame_times_s) != 2 * num_tubes:
-        raise BadInputError(f"{len(frame_times_s)} sampled frame times for {num_tubes} visual tubes: the cache does "
-                            "not match its tensors; rerun `stvg-edge train prepare`")
+        raise BadInputError(
+            f"{len(frame_times_s)} sampled frame times for {num_tubes} visual tubes: the cache does "
+            "not match its tensors; rerun `stvg-edge train prepare`"
+        )
     return [(frame_times_s[2 * j], frame_times_s[2 * j + 1]) for j in range(num_tubes)]
 
 
@@ -108,8 +110,9 @@ def event_timeline(start_s: float, end_s: float, tubes: Sequence[tuple[float, fl
     one of its two frames lies in the event's range, "-" otherwise. Written before the range, it splits the time
     decision into one look per tube (the LM attends to that tube's tokens of the target); the range's times then
     follow from the first and last "+"."""
-    return ", ".join(f"{t0:.1f}{CHECK_TAGS[0 if any(start_s <= t <= end_s for t in (t0, t1)) else 1]}"
-                     for t0, t1 in tubes)
+    return ", ".join(
+        f"{t0:.1f}{CHECK_TAGS[0 if any(start_s <= t <= end_s for t in (t0, t1)) else 1]}" for t0, t1 in tubes
+    )
 
 
 def timeline_tag_offsets(answer: str) -> list[int]:
@@ -131,28 +134,37 @@ def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights
     """Next-token cross-entropy as a weighted mean: ``weights`` (aligned with ``labels``) per predicted token, 0 on
     ``-100`` labels. All ones on the labelled tokens give the model's own loss."""
     target, weights = labels[:, 1:], weights[:, 1:] * (labels[:, 1:] != -100)
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100,
-                                           reduction="none").view_as(target)
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="none"
+    ).view_as(target)
     return (ce * weights).sum() / weights.sum()
 
 
-def pad_right(sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]],
-              pad_id: int) -> dict[str, torch.Tensor]:
+def pad_right(
+    sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
     """``input_ids`` (right-padded with ``pad_id``), ``labels`` (-100 on padding) and ``attention_mask``."""
     length = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), length), -100, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for i, (seq, lab) in enumerate(zip(sequences, label_rows)):
-        input_ids[i, :len(seq)] = torch.tensor(seq)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        attention_mask[i, :len(seq)] = 1
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(seq)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = None,
-                  objects: Sequence[tuple[int, str]] = (), mark_target: bool = False,
-                  check_attributes: bool = False, tubes: Sequence[tuple[float, float]] = ()) -> str:
+def target_answer(
+    gt_id: int,
+    start_s: float,
+    end_s: float,
+    query: str | None = None,
+    objects: Sequence[tuple[int, str]] = (),
+    mark_target: bool = False,
+    check_attributes: bool = False,
+    tubes: Sequence[tuple[float, float]] = (),
+) -> str:
     """The teacher-forced completion for one sample (the checkpoint's answer format, `STVG-R1.md` §5).
 
     With ``query``, the reasoning restates the event and names its object ID before the time range, so the ID is
@@ -171,8 +183,10 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
     """
     answer = f"<answer>Target ID: {gt_id}, Time range: {start_s:.2f} to {end_s:.2f}</answer>"
     if query is None:
-        return (f"<think>The event occurs from {start_s:.2f} to {end_s:.2f} seconds; object ID \"{gt_id}\" "
-                f"is the target.</think> {answer}")
+        return (
+            f'<think>The event occurs from {start_s:.2f} to {end_s:.2f} seconds; object ID "{gt_id}" '
+            f"is the target.</think> {answer}"
+        )
     timing = f"the event occurs from {start_s:.2f} to {end_s:.2f} seconds.</think> {answer}"
     if mark_target and objects:
         if check_attributes:
@@ -180,9 +194,9 @@ def target_answer(gt_id: int, start_s: float, end_s: float, query: str | None = 
             objects = [(i, checked_label(label, wanted)) for i, label in objects]
         lines = "".join(f"{object_line(i, label)}{', the target' if i == gt_id else ''}. " for i, label in objects)
         timeline = f"{TIMELINE_LEAD}{event_timeline(start_s, end_s, tubes)};" if tubes else ""
-        return f"<think>\"{normalize_query(query)}\". {lines}The target is object ID \"{gt_id}\";{timeline} {timing}"
+        return f'<think>"{normalize_query(query)}". {lines}The target is object ID "{gt_id}";{timeline} {timing}'
     inventory = "".join(f"{object_line(i, label)}. " for i, label in objects)
-    return f"<think>{inventory}\"{normalize_query(query)}\" is object ID \"{gt_id}\"; {timing}"
+    return f'<think>{inventory}"{normalize_query(query)}" is object ID "{gt_id}"; {timing}'
 
 
 class FrozenVisionFeatures:
@@ -201,8 +215,9 @@ class FrozenVisionFeatures:
         if features is None:
             device = next(self.model.parameters()).device
             with torch.no_grad():
-                out = self.model.model.get_video_features(video.pixel_values_videos.to(device),
-                                                          video.video_grid_thw.to(device), return_dict=True)
+                out = self.model.model.get_video_features(
+                    video.pixel_values_videos.to(device), video.video_grid_thw.to(device), return_dict=True
+                )
             features = self._features[video_file] = out.pooler_output[0].detach().cpu()
         return features
 
@@ -211,10 +226,18 @@ class SFTCollator:
     """Rows → ``input_ids`` (prompt + answer, right-padded), ``labels`` (answer only), video tensors (or, with
     ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``)."""
 
-    def __init__(self, processor, restate_query: bool = False, describe_objects: bool = False,
-                 vision_features: FrozenVisionFeatures | None = None, mark_target: bool = False,
-                 line_end_weight: float = 1.0, check_attributes: bool = False, time_weight: float = 1.0,
-                 event_timeline: bool = False) -> None:
+    def __init__(
+        self,
+        processor,
+        restate_query: bool = False,
+        describe_objects: bool = False,
+        vision_features: FrozenVisionFeatures | None = None,
+        mark_target: bool = False,
+        line_end_weight: float = 1.0,
+        check_attributes: bool = False,
+        time_weight: float = 1.0,
+        event_timeline: bool = False,
+    ) -> None:
         self.vision_features = vision_features
         self.event_timeline = event_timeline and mark_target
         self.line_end_weight = line_end_weight
@@ -240,8 +263,10 @@ class SFTCollator:
             for span in line_spans(answer, [i for i, _ in objects]):
                 checks |= {span[1], *check_tag_offsets(answer, span)}
         times = time_offsets(answer) | set(timeline_tag_offsets(answer)) if self.time_weight != 1.0 else set()
-        return [self.line_end_weight if start in checks else self.time_weight if start in times else 1.0
-                for start, _ in offsets]
+        return [
+            self.line_end_weight if start in checks else self.time_weight if start in times else 1.0
+            for start, _ in offsets
+        ]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         videos = [read_video_tensors(r["video_file"]) for r in rows]
@@ -255,14 +280,24 @@ class SFTCollator:
             tubes = ()
             if self.event_timeline:
                 if not row.get("frame_times_s"):
-                    raise BadInputError(f"sample {row['sample_id']!r} has no sampled frame times (a cache written "
-                                        "before they were recorded): rerun `stvg-edge train prepare` into a new folder")
+                    raise BadInputError(
+                        f"sample {row['sample_id']!r} has no sampled frame times (a cache written "
+                        "before they were recorded): rerun `stvg-edge train prepare` into a new folder"
+                    )
                 tubes = tube_frame_times(row["frame_times_s"], int(video.video_grid_thw[0, 0]))
-            answer = target_answer(int(row["gt_id"]), float(row["gt_start_s"]), float(row["gt_end_s"]),
-                                   row.get("query") if self.restate_query else None, objects, self.mark_target,
-                                   self.check_attributes, tubes)
-            encoded = self.tokenizer(answer + self.end_token, add_special_tokens=False,
-                                     return_offsets_mapping=self.weigh_tokens)
+            answer = target_answer(
+                int(row["gt_id"]),
+                float(row["gt_start_s"]),
+                float(row["gt_end_s"]),
+                row.get("query") if self.restate_query else None,
+                objects,
+                self.mark_target,
+                self.check_attributes,
+                tubes,
+            )
+            encoded = self.tokenizer(
+                answer + self.end_token, add_special_tokens=False, return_offsets_mapping=self.weigh_tokens
+            )
             answer_ids = encoded["input_ids"]
             sequences.append(prompt_ids + answer_ids)
             label_rows.append([-100] * len(prompt_ids) + answer_ids)
@@ -273,7 +308,7 @@ class SFTCollator:
         if self.weigh_tokens:
             batch["loss_weights"] = torch.zeros(batch["labels"].shape)
             for i, w in enumerate(weight_rows):
-                batch["loss_weights"][i, :len(w)] = torch.tensor(w)
+                batch["loss_weights"][i, : len(w)] = torch.tensor(w)
         batch["mm_token_type_ids"] = video_token_type_ids(batch["input_ids"], self.video_token_id)
         batch.update(collate_videos(videos))
         if self.vision_features is not None:
@@ -351,7 +386,7 @@ class SFTRunConfig:
     """With ``mark_target``: after the ID, the target's event tube by tube, "+" or "-" per 2-frame tube, before
     the time range (see :func:`event_timeline`); its tags weigh ``time_weight``. Needs a cache with sampled frame
     times. (On the nano model, whose tower hardly shows the events, the LM wrote one timeline for every clip: see
-    its model card, stop 17.)"""
+    its model card.)"""
 
 
 def run_sft(run: SFTRunConfig):
@@ -371,19 +406,43 @@ def run_sft(run: SFTRunConfig):
     if run.freeze_vision:
         model.model.visual.requires_grad_(False)
     args = TrainingArguments(
-        output_dir=run.output_dir, num_train_epochs=run.num_train_epochs, max_steps=run.max_steps,
-        learning_rate=run.learning_rate, lr_scheduler_type=run.lr_scheduler_type, warmup_steps=run.warmup_steps,
+        output_dir=run.output_dir,
+        num_train_epochs=run.num_train_epochs,
+        max_steps=run.max_steps,
+        learning_rate=run.learning_rate,
+        lr_scheduler_type=run.lr_scheduler_type,
+        warmup_steps=run.warmup_steps,
         per_device_train_batch_size=run.per_device_train_batch_size,
-        gradient_accumulation_steps=run.gradient_accumulation_steps, bf16=bf16,
-        gradient_checkpointing=run.gradient_checkpointing, save_steps=run.save_steps, logging_steps=run.logging_steps,
-        seed=run.seed, report_to="none", remove_unused_columns=False, use_cpu=not cuda)
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        bf16=bf16,
+        gradient_checkpointing=run.gradient_checkpointing,
+        save_steps=run.save_steps,
+        logging_steps=run.logging_steps,
+        seed=run.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not cuda,
+    )
     trainer_cls = type("SFTTrainer", (ExactResumeMixin, WeightedLossMixin, Trainer), {})
     # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
     features = FrozenVisionFeatures(model) if run.freeze_vision else None
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                          data_collator=SFTCollator(processor, run.restate_query, run.describe_objects, features,
-                                                    run.mark_target, run.line_end_weight, run.check_attributes,
-                                                    run.time_weight, run.event_timeline))
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=SFTCollator(
+            processor,
+            run.restate_query,
+            run.describe_objects,
+            features,
+            run.mark_target,
+            run.line_end_weight,
+            run.check_attributes,
+            run.time_weight,
+            run.event_timeline,
+        ),
+    )
     resume = run.resume_from_checkpoint
     if resume not in (None, "", "latest") and not Path(resume).is_dir():
         raise BadInputError(f"checkpoint folder not found: {resume}")

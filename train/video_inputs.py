@@ -28,11 +28,13 @@ class ClipProcessor(GroundingInputs):
     def constants(self) -> dict[str, object]:
         """Preprocessing constants the cached tensors depend on (checked again at training time)."""
         vp = self.processor.video_processor
-        return {"patch_size": int(vp.patch_size), "merge_size": int(vp.merge_size),
-                "temporal_patch_size": int(vp.temporal_patch_size),
-                "image_mean": [round(float(v), 6) for v in vp.image_mean],
-                "image_std": [round(float(v), 6) for v in vp.image_std]}
-
+        return {
+            "patch_size": int(vp.patch_size),
+            "merge_size": int(vp.merge_size),
+            "temporal_patch_size": int(vp.temporal_patch_size),
+            "image_mean": [round(float(v), 6) for v in vp.image_mean],
+            "image_std": [round(float(v), 6) for v in vp.image_std],
+        }
 
 
 def collate_videos(videos: Sequence[VideoTensors], device=None) -> dict[str, "torch.Tensor"]:

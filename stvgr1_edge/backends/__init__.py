@@ -30,8 +30,13 @@ class VisionEncoder(Protocol):
     """Drop-in for ``model.model.get_video_features``: processor patches and their (videos, 3) grid in, an output
     whose ``pooler_output`` holds one (tokens, hidden) tensor per video, cast to ``dtype`` on ``device``."""
 
-    def __call__(self, pixel_values: "torch.Tensor", grid_thw: "torch.Tensor", dtype: "torch.dtype | None" = None,
-                 device: Any = None) -> Any: ...
+    def __call__(
+        self,
+        pixel_values: "torch.Tensor",
+        grid_thw: "torch.Tensor",
+        dtype: "torch.dtype | None" = None,
+        device: Any = None,
+    ) -> Any: ...
 
 
 def check_vision_runtime(vision: dict, device: str, where: str) -> None:
@@ -41,8 +46,10 @@ def check_vision_runtime(vision: dict, device: str, where: str) -> None:
 
         import_tensorrt()  # says where to get TensorRT when it is missing
         if not str(device).startswith("cuda"):
-            raise BadInputError(f"{where} has a TensorRT vision engine, which needs a CUDA GPU: pass --device cuda, "
-                                "or re-export the bundle with --vision onnx")
+            raise BadInputError(
+                f"{where} has a TensorRT vision engine, which needs a CUDA GPU: pass --device cuda, "
+                "or re-export the bundle with --vision onnx"
+            )
 
 
 def load_vision_encoder(root: Path, vision: dict, device: str, providers: Sequence[str]) -> VisionEncoder:
@@ -57,8 +64,9 @@ def load_vision_encoder(root: Path, vision: dict, device: str, providers: Sequen
     return OnnxVisionEncoder(root / vision["onnx"], providers=providers)
 
 
-def load_language_model(folder: str | os.PathLike, quant: Literal["none", "int4", "nf4"], device: str,
-                        dtype: "torch.dtype | None" = None):
+def load_language_model(
+    folder: str | os.PathLike, quant: Literal["none", "int4", "nf4"], device: str, dtype: "torch.dtype | None" = None
+):
     """A Qwen2.5-VL model from ``folder`` in eval mode on ``device``: ``save_pretrained`` weights (``quant`` none,
     in ``dtype``), an int4 folder or an NF4 folder."""
     if quant == "int4":
@@ -73,5 +81,5 @@ def load_language_model(folder: str | os.PathLike, quant: Literal["none", "int4"
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True)
-        return model.to(device).eval()
+        return model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as its decorated self
     raise BadInputError(f"unknown language-model format {quant!r}: use one of {', '.join(LLM_QUANTS)}")

@@ -2,14 +2,9 @@
 ``nn.Linear`` swap (:class:`WeightOnlyInt4Linear`) with its kernels and packing, and :func:`load_int4` for a saved
 folder. Choosing the codes (rounding search, GPTQ) is the toolchain's job (``stvgr1_edge_export.int4``).
 
-Quantization is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs;
-a group with range ``[lo, hi]`` (its min and max, shrunk by the :data:`RANGE_SHRINKS` factor that reconstructs
-the group best) gets ``scale = (hi - lo) / 15`` and integer codes ``q = round((w - lo) / scale)``
-in 0..15. The kernels (torch's tinygemm ops) dequantize ``(q - 8) * scale + zero`` with ``zero = lo + 8 * scale``.
-Given calibration inputs, GPTQ (:func:`quantize_weight_int4_gptq`) picks the codes instead, in the same format: it
-rounds one input column at a time and folds each column's error into the columns still to come, so that the layer's
-outputs on real activations move least (stop 17's nano model, validation prompts: 83% of int4 answers word for word
-full precision's with GPTQ (60 prompts), 49% with rounding (100 prompts)).
+The format is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs, each
+with integer codes ``q`` in 0..15, a ``scale`` and a ``zero``; the kernels (torch's tinygemm ops) dequantize
+``(q - 8) * scale + zero``.
 
 Kernels, chosen by the device the module is packed on:
 
@@ -75,13 +70,12 @@ def inner_k_tiles_for(in_features: int) -> int | None:
 
 
 def kernel_for(device: torch.device) -> str:
-    """"cuda" (tinygemm), "cpu" (torch's CPU int4 kernel) or "dequant" (fallback) for ``device``."""
+    """ "cuda" (tinygemm), "cpu" (torch's CPU int4 kernel) or "dequant" (fallback) for ``device``."""
     if device.type == "cuda":  # tinygemm needs Ampere or newer (Jetson Orin yes, Xavier no)
         return "cuda" if torch.cuda.get_device_capability(device) >= (8, 0) else "dequant"
     if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
         return "cpu"
     return "dequant"
-
 
 
 # ----------------------------------------------------------------------------------------------- the module
@@ -92,8 +86,21 @@ class WeightOnlyInt4Linear(nn.Module):
     kernel computes in: bf16 on CUDA, the model dtype elsewhere), ``bias`` (or None).
     """
 
-    def __init__(self, in_features: int, out_features: int, codes: torch.Tensor, scales: torch.Tensor,
-                 zeros: torch.Tensor, bias: torch.Tensor | None, group_size: int, compute_dtype: torch.dtype) -> None:
+    weight: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        compute_dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         if group_size not in SUPPORTED_GROUP_SIZES:
             raise BadInputError(f"int4 group size {group_size} is not supported: use one of {SUPPORTED_GROUP_SIZES}")
@@ -105,8 +112,9 @@ class WeightOnlyInt4Linear(nn.Module):
             compute_dtype = torch.bfloat16  # tinygemm computes in bf16
             packed = torch.ops.aten._convert_weight_to_int4pack(pack_uint4x2(codes).contiguous(), self.inner_k_tiles)
         elif self.kernel == "cpu":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(),
-                                                                         self.inner_k_tiles)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                codes.to(torch.int32).contiguous(), self.inner_k_tiles
+            )
         else:
             packed = pack_uint4x2(codes).contiguous()
         self.register_buffer("weight", packed)
@@ -124,8 +132,9 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        out = self._mm(x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype), self.weight,
-                       self.scales_and_zeros)
+        out = self._mm(
+            x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype), self.weight, self.scales_and_zeros
+        )
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
@@ -139,21 +148,22 @@ class WeightOnlyInt4Linear(nn.Module):
             return unpack_uint4x2(self.weight)
         groups = self.in_features // self.group_size
         dtype = self.scales_and_zeros.dtype
-        unit = torch.stack([torch.ones(groups, self.out_features), torch.full((groups, self.out_features), 8.0)],
-                           dim=-1).to(device=self.weight.device, dtype=dtype)
+        unit = torch.stack(
+            [torch.ones(groups, self.out_features), torch.full((groups, self.out_features), 8.0)], dim=-1
+        ).to(device=self.weight.device, dtype=dtype)
         eye = torch.eye(self.in_features, device=self.weight.device, dtype=dtype)
         return self._mm(eye, self.weight, unit).t().round().to(torch.uint8)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"kernel={self.kernel}, bias={self.bias is not None}")
-
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+            f"kernel={self.kernel}, bias={self.bias is not None}"
+        )
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,6 @@ class Int4ModuleSpec:
     """Activation dtype of the kernel ("float32", "bfloat16", "float16"); CUDA packing always uses bf16."""
 
 
-
 def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model saved by :func:`save_int4` on ``device`` (int4 layers packed for its kernel), in eval mode.
 
@@ -176,6 +185,7 @@ def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
     initialised twice and no full-precision copy of the quantized layers ever exists.
     """
     import transformers
+
     init_empty_weights = require("accelerate", "export", "loading an int4 model folder").init_empty_weights
     from safetensors.torch import load_file
 
@@ -196,16 +206,29 @@ def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
         scales, zeros = pop("scales").to(device), pop("zeros").to(device)
         bias = pop("bias").to(device) if module_spec.has_bias else None
         compute_dtype = getattr(torch, module_spec.compute_dtype)
-        set_submodule(model, name, WeightOnlyInt4Linear(module_spec.in_features, module_spec.out_features, codes,
-                                                         scales, zeros, bias, module_spec.group_size, compute_dtype))
+        set_submodule(
+            model,
+            name,
+            WeightOnlyInt4Linear(
+                module_spec.in_features,
+                module_spec.out_features,
+                codes,
+                scales,
+                zeros,
+                bias,
+                module_spec.group_size,
+                compute_dtype,
+            ),
+        )
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     missing = [k for k in missing if k not in spec["tied"] and k.rpartition(".")[0] not in spec["modules"]]
     if missing or unexpected:
-        raise BadInputError(f"{folder} does not match its config ({len(missing)} missing, {len(unexpected)} "
-                            f"unexpected tensors, e.g. {(missing + unexpected)[:3]}): re-save it with save_int4")
+        raise BadInputError(
+            f"{folder} does not match its config ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected tensors, e.g. {(missing + unexpected)[:3]}): re-save it with save_int4"
+        )
     for alias, source in spec["tied"].items():
         module_name, _, attr = alias.rpartition(".")
         source_module, _, source_attr = source.rpartition(".")
         setattr(model.get_submodule(module_name), attr, getattr(model.get_submodule(source_module), source_attr))
     return model.to(device).eval()
-

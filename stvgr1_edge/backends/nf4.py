@@ -18,7 +18,6 @@ def require_nf4_runtime() -> None:
         raise MissingDependencyError("nf4 (bitsandbytes 4-bit) needs a CUDA GPU: use --quant int4 on CPU")
 
 
-
 def load_nf4(folder: str | os.PathLike, device: str = "cuda"):
     """Reload a folder written by :func:`quantize_nf4_to_folder` (its config carries the NF4 settings)."""
     import transformers
@@ -27,7 +26,8 @@ def load_nf4(folder: str | os.PathLike, device: str = "cuda"):
     folder = Path(folder)
     config = transformers.AutoConfig.from_pretrained(folder)
     if getattr(config, "quantization_config", None) is None:
-        raise BadInputError(f"{folder} is not an nf4 folder (no quantization_config): create it with "
-                            "quantize_nf4_to_folder")
+        raise BadInputError(
+            f"{folder} is not an nf4 folder (no quantization_config): create it with quantize_nf4_to_folder"
+        )
     model_class = getattr(transformers, (config.architectures or ["Qwen2_5_VLForConditionalGeneration"])[0])
     return model_class.from_pretrained(folder, device_map=device).eval()

@@ -66,8 +66,10 @@ def _onnx_get_image_features(graph: _OrtGraph):
     def get_image_features(pixel_values, **_kwargs):
         outs = graph(pixel_values.float(), device=pixel_values.device)
         flat = [o.flatten(2).permute(2, 0, 1) for o in outs]
-        return types.SimpleNamespace(fpn_hidden_states=flat[:3], fpn_position_encoding=flat[3:],
-                                     hidden_states=None, attentions=None)
+        return types.SimpleNamespace(
+            fpn_hidden_states=flat[:3], fpn_position_encoding=flat[3:], hidden_states=None, attentions=None
+        )
+
     return get_image_features
 
 
@@ -97,7 +99,8 @@ def _make_modules():
                 (dense,) = self.masks(input_masks.float(), device=device)
             else:
                 dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                    input_points.shape[0], -1, *self.image_embedding_size)
+                    input_points.shape[0], -1, *self.image_embedding_size
+                )
             return sparse, dense
 
     class MaskDecoder(nn.Module):
@@ -110,15 +113,28 @@ def _make_modules():
             self.dynamic_multimask_stability_delta = original.dynamic_multimask_stability_delta
             self.dynamic_multimask_stability_thresh = original.dynamic_multimask_stability_thresh
             self.num_mask_tokens = original.num_mask_tokens
-            cls = type(original)
+            cls: Any = type(original)  # the transformers mask decoder class, whose helpers are reused
             self._get_stability_scores = types.MethodType(cls._get_stability_scores, self)
             self._dynamic_multimask_via_stability = types.MethodType(cls._dynamic_multimask_via_stability, self)
 
-        def forward(self, image_embeddings, image_positional_embeddings, sparse_prompt_embeddings,
-                    dense_prompt_embeddings, multimask_output, high_resolution_features, **_kwargs):
+        def forward(
+            self,
+            image_embeddings,
+            image_positional_embeddings,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            multimask_output,
+            high_resolution_features,
+            **_kwargs,
+        ):
             masks, iou_pred, mask_tokens, obj = self.graph(
-                image_embeddings, image_positional_embeddings, sparse_prompt_embeddings, dense_prompt_embeddings,
-                *high_resolution_features, device=image_embeddings.device)
+                image_embeddings,
+                image_positional_embeddings,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                *high_resolution_features,
+                device=image_embeddings.device,
+            )
             if multimask_output:
                 mask_slice = slice(1, None)
                 masks, iou_pred = masks[:, :, mask_slice], iou_pred[:, :, mask_slice]
@@ -148,15 +164,23 @@ def _make_modules():
             self.graph, self.slots, self.pointer_tokens = graph, slots, pointer_tokens
             self.tokens_per_slot = int(tokens_per_slot)
 
-        def forward(self, current_vision_features, memory, current_vision_position_embeddings=None,
-                    memory_posision_embeddings=None, num_object_pointer_tokens: int = 0,
-                    num_spatial_memory_tokens: int = -1):
+        def forward(
+            self,
+            current_vision_features,
+            memory,
+            current_vision_position_embeddings=None,
+            memory_posision_embeddings=None,
+            num_object_pointer_tokens: int = 0,
+            num_spatial_memory_tokens: int = -1,
+        ):
             hw, n_ptr = self.tokens_per_slot, int(num_object_pointer_tokens)
             spatial = memory.shape[0] - n_ptr
             frames = spatial // hw
             if frames > self.slots or n_ptr > self.pointer_tokens or spatial % hw:
-                raise RuntimeError(f"memory bank overflow: {frames} memory frames / {n_ptr} pointer tokens for a graph "
-                                   f"exported with {self.slots} / {self.pointer_tokens}: re-export with more slots")
+                raise RuntimeError(
+                    f"memory bank overflow: {frames} memory frames / {n_ptr} pointer tokens for a graph "
+                    f"exported with {self.slots} / {self.pointer_tokens}: re-export with more slots"
+                )
             batch, dim = memory.shape[1], memory.shape[2]
             length = self.slots * hw + self.pointer_tokens
             bank = memory.new_zeros(length, batch, dim, dtype=torch.float32)
@@ -164,12 +188,18 @@ def _make_modules():
             valid = torch.zeros(length, dtype=torch.bool)
             pointer_start = self.slots * hw
             bank[:spatial], bank_pos[:spatial] = memory[:spatial].float(), memory_posision_embeddings[:spatial].float()
-            bank[pointer_start:pointer_start + n_ptr] = memory[spatial:].float()
-            bank_pos[pointer_start:pointer_start + n_ptr] = memory_posision_embeddings[spatial:].float()
+            bank[pointer_start : pointer_start + n_ptr] = memory[spatial:].float()
+            bank_pos[pointer_start : pointer_start + n_ptr] = memory_posision_embeddings[spatial:].float()
             valid[:spatial] = True
-            valid[pointer_start:pointer_start + n_ptr] = True
-            (out,) = self.graph(current_vision_features.float(), current_vision_position_embeddings.float(), bank,
-                                bank_pos, valid, device=current_vision_features.device)
+            valid[pointer_start : pointer_start + n_ptr] = True
+            (out,) = self.graph(
+                current_vision_features.float(),
+                current_vision_position_embeddings.float(),
+                bank,
+                bank_pos,
+                valid,
+                device=current_vision_features.device,
+            )
             return out.to(current_vision_features.dtype)
 
     return PromptEncoder, MaskDecoder, MemoryEncoder, MemoryAttention
@@ -191,8 +221,9 @@ def attach_onnx_tracker(model, folder: str | os.PathLike, providers: Sequence[st
     model.prompt_encoder = prompt_cls(model.prompt_encoder, graphs["prompt_points"], graphs["prompt_mask"])
     model.mask_decoder = decoder_cls(model.mask_decoder, graphs["mask_decoder"])
     model.memory_encoder = memenc_cls(graphs["memory_encoder"])
-    model.memory_attention = memattn_cls(graphs["memory_attention"], spec["memory_slots"], spec["pointer_tokens"],
-                                         spec["tokens_per_slot"])
+    model.memory_attention = memattn_cls(
+        graphs["memory_attention"], spec["memory_slots"], spec["pointer_tokens"], spec["tokens_per_slot"]
+    )
     return spec
 
 
@@ -200,8 +231,14 @@ class OnnxSam2Tracker(Sam2Tracker):
     """:class:`Sam2Tracker` (same detector / ID-manager / memory-bounding logic) on the ONNX graphs of a tracker
     folder written by ``stvg-edge export --tracker onnx``."""
 
-    def __init__(self, folder: str | os.PathLike, detector: Detector, config: Sam2TrackerConfig | None = None,
-                 device: str = "cpu", providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        detector: Detector,
+        config: Sam2TrackerConfig | None = None,
+        device: str = "cpu",
+        providers: Sequence[str] | None = None,
+    ) -> None:
         from ..tracking.sam2 import load_video_model
 
         folder = Path(folder)
@@ -227,4 +264,5 @@ def _transformers_errors_only():
             yield
         finally:
             hf_logging.set_verbosity(previous)
+
     return scope()

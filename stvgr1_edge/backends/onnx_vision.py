@@ -39,11 +39,23 @@ from ..errors import BadInputError, require
 logger = logging.getLogger(__name__)
 
 
-INPUT_NAMES = ("pixel_values", "window_index", "reverse_index", "cos", "sin", "window_gather", "window_valid",
-               "window_scatter", "full_gather", "full_valid", "full_scatter")
+INPUT_NAMES = (
+    "pixel_values",
+    "window_index",
+    "reverse_index",
+    "cos",
+    "sin",
+    "window_gather",
+    "window_valid",
+    "window_scatter",
+    "full_gather",
+    "full_valid",
+    "full_scatter",
+)
 OUTPUT_NAME = "visual_tokens"
 METADATA_KEY = "qwen2_5_vl_vision_config"
 """ONNX metadata key holding the vision config JSON (the runtime rebuilds the side inputs from it)."""
+
 
 @dataclass(frozen=True)
 class AttentionSegments:
@@ -70,9 +82,18 @@ class VisionSideInputs:
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         """The graph inputs after ``pixel_values``, in :data:`INPUT_NAMES` order."""
-        return (self.window_index, self.reverse_index, self.cos, self.sin,
-                self.window.gather, self.window.valid, self.window.scatter,
-                self.full.gather, self.full.valid, self.full.scatter)
+        return (
+            self.window_index,
+            self.reverse_index,
+            self.cos,
+            self.sin,
+            self.window.gather,
+            self.window.valid,
+            self.window.scatter,
+            self.full.gather,
+            self.full.valid,
+            self.full.scatter,
+        )
 
 
 def segments_from_cu_seqlens(cu_seqlens: torch.Tensor) -> AttentionSegments:
@@ -100,15 +121,17 @@ def compute_vision_side_inputs(grid_thw: torch.Tensor, vision_config) -> VisionS
     grid_thw = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3).cpu()
     merge = vision_config.spatial_merge_size
     if bool(((grid_thw[:, 1:] % merge) != 0).any()):
-        raise BadInputError(f"video grid {grid_thw.tolist()} is not a multiple of the merge size {merge} in H/W: "
-                            "use the Qwen2.5-VL processor's patches")
+        raise BadInputError(
+            f"video grid {grid_thw.tolist()} is not a multiple of the merge size {merge} in H/W: "
+            "use the Qwen2.5-VL processor's patches"
+        )
     merge_unit = merge * merge
     num_patches = int(grid_thw.prod(-1).sum())
 
     position_ids = get_vision_position_ids(grid_thw, merge)
     window_index, cu_window_seqlens = get_vision_window_index(
-        grid_thw, spatial_merge_size=merge, window_size=vision_config.window_size,
-        patch_size=vision_config.patch_size)
+        grid_thw, spatial_merge_size=merge, window_size=vision_config.window_size, patch_size=vision_config.patch_size
+    )
     cu_seqlens = get_vision_cu_seqlens(grid_thw)
 
     rotary = Qwen2_5_VLVisionRotaryEmbedding(vision_config)
@@ -140,20 +163,26 @@ def session_options(intra_op_num_threads: int = 0):
     return options
 
 
-def split_per_video(tokens: torch.Tensor, grid_thw: torch.Tensor, spatial_merge_size: int,
-                    dtype: torch.dtype | None = None, device: Any = None):
+def split_per_video(
+    tokens: torch.Tensor,
+    grid_thw: torch.Tensor,
+    spatial_merge_size: int,
+    dtype: torch.dtype | None = None,
+    device: Any = None,
+):
     """``get_video_features``-style output: ``pooler_output`` is a tuple with one (tokens, hidden) tensor per
     video (cast to ``dtype`` / moved to ``device`` when given)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     tokens = tokens.to(device=device, dtype=dtype or tokens.dtype)
-    split_sizes = (grid_thw.prod(-1) // spatial_merge_size ** 2).tolist()
-    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=torch.split(tokens, split_sizes))
+    split_sizes = (grid_thw.prod(-1) // spatial_merge_size**2).tolist()
+    per_video = torch.split(tokens, split_sizes)  # a tuple, as the stock tower returns it (typed as one tensor)
+    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=per_video)  # type: ignore[arg-type]
 
 
 def grid_key(grid_thw) -> tuple[tuple[int, int, int], ...]:
     """Hashable form of a (videos, 3) grid, the key of the side-input caches."""
-    return tuple(tuple(int(x) for x in row) for row in torch.as_tensor(grid_thw).reshape(-1, 3).tolist())
+    return tuple((int(t), int(h), int(w)) for t, h, w in torch.as_tensor(grid_thw).reshape(-1, 3).tolist())
 
 
 class OnnxVisionEncoder:
@@ -163,8 +192,13 @@ class OnnxVisionEncoder:
     a deployment sees few distinct grids, so each call then costs only the pixel copy and the session run.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 intra_op_num_threads: int = 0, cache_size: int = 8) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        intra_op_num_threads: int = 0,
+        cache_size: int = 8,
+    ) -> None:
         ort = require("onnxruntime", "export", "running the ONNX vision encoder")
         from transformers import Qwen2_5_VLVisionConfig
 
@@ -172,8 +206,11 @@ class OnnxVisionEncoder:
         if not path.is_file():
             raise BadInputError(f"ONNX vision encoder not found: {path}: export one with export_vision_encoder")
         # by path, so onnxruntime finds an external-data side file next to the graph
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_num_threads),
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        self.session = ort.InferenceSession(
+            str(path),
+            sess_options=session_options(intra_op_num_threads),
+            providers=list(providers or ["CPUExecutionProvider"]),
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise BadInputError(f"{path} has no {METADATA_KEY!r} metadata: re-export it with export_vision_encoder")

@@ -16,8 +16,10 @@ from pathlib import Path
 from ..errors import BadInputError, MissingDependencyError, read_json
 from .onnx_vision import INPUT_NAMES, OUTPUT_NAME, compute_vision_side_inputs, grid_key, split_per_video
 
-TENSORRT_MISSING = ("a TensorRT engine needs the 'tensorrt' package, which comes from NVIDIA: use the one "
-                    "in JetPack on Jetson, or  pip install tensorrt --extra-index-url https://pypi.nvidia.com")
+TENSORRT_MISSING = (
+    "a TensorRT engine needs the 'tensorrt' package, which comes from NVIDIA: use the one "
+    "in JetPack on Jetson, or  pip install tensorrt --extra-index-url https://pypi.nvidia.com"
+)
 
 
 def import_tensorrt():
@@ -27,7 +29,6 @@ def import_tensorrt():
     except ImportError:
         raise MissingDependencyError(TENSORRT_MISSING) from None
     return tensorrt
-
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,10 @@ class EngineInfo:
     """The Qwen2.5-VL vision config (from the ONNX metadata)."""
 
 
-
 def engine_info_path(engine_path: str | os.PathLike) -> Path:
     """``<engine>.json``: the :class:`EngineInfo` written next to an engine."""
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + ".json")
-
 
 
 class TrtVisionEncoder:
@@ -71,19 +70,28 @@ class TrtVisionEncoder:
         if not engine_path.is_file():
             raise BadInputError(f"TensorRT engine not found: {engine_path}: build it with build_vision_engine")
         if not torch.cuda.is_available():
-            raise BadInputError(f"the TensorRT engine {engine_path.name} needs a CUDA GPU: run with --device cuda on "
-                                "a machine with one, or use the bundle's ONNX vision encoder")
+            raise BadInputError(
+                f"the TensorRT engine {engine_path.name} needs a CUDA GPU: run with --device cuda on "
+                "a machine with one, or use the bundle's ONNX vision encoder"
+            )
         info = read_json(engine_info_path(engine_path), what="TensorRT engine metadata")
         self.config = Qwen2_5_VLVisionConfig(**info["vision_config"])
         self.device = torch.device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
-            raise BadInputError(f"TensorRT cannot load {engine_path} (built by TensorRT {info.get('tensorrt_version')} "
-                                f"on {info.get('gpu')}): rebuild the engine on this machine")
+            raise BadInputError(
+                f"TensorRT cannot load {engine_path} (built by TensorRT {info.get('tensorrt_version')} "
+                f"on {info.get('gpu')}): rebuild the engine on this machine"
+            )
         self.context = self.engine.create_execution_context()
-        to_torch = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-                    trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32, trt.DataType.BOOL: torch.bool}
+        to_torch = {
+            trt.DataType.FLOAT: torch.float32,
+            trt.DataType.HALF: torch.float16,
+            trt.DataType.INT64: torch.int64,
+            trt.DataType.INT32: torch.int32,
+            trt.DataType.BOOL: torch.bool,
+        }
         self.dtypes = {name: to_torch[self.engine.get_tensor_dtype(name)] for name in (*INPUT_NAMES, OUTPUT_NAME)}
         self.input_names, self.output_name = INPUT_NAMES, OUTPUT_NAME
         self.path = engine_path
@@ -94,8 +102,9 @@ class TrtVisionEncoder:
         import torch
 
         side = compute_vision_side_inputs(torch.tensor(key, dtype=torch.int64), self.config)
-        return tuple(t.to(self.device, self.dtypes[name]).contiguous()
-                     for name, t in zip(self.input_names[1:], side.as_tuple()))
+        return tuple(
+            t.to(self.device, self.dtypes[name]).contiguous() for name, t in zip(self.input_names[1:], side.as_tuple())
+        )
 
     def run(self, pixel_values, grid_thw):
         """(M, out_hidden_size) CUDA tensor of merged visual tokens (the engine's output dtype), processor order."""
@@ -106,8 +115,10 @@ class TrtVisionEncoder:
         inputs = (pixels, *self.side_inputs(key))
         for name, tensor in zip(self.input_names, inputs):
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                raise BadInputError(f"video grid {list(key)} is outside the TensorRT engine's profile ({name} "
-                                    f"{tuple(tensor.shape)}): rebuild the engine with a larger max_grid")
+                raise BadInputError(
+                    f"video grid {list(key)} is outside the TensorRT engine's profile ({name} "
+                    f"{tuple(tensor.shape)}): rebuild the engine with a larger max_grid"
+                )
             self.context.set_tensor_address(name, tensor.data_ptr())
         shape = tuple(self.context.get_tensor_shape(self.output_name))
         output = torch.empty(shape, dtype=self.dtypes[self.output_name], device=self.device)
@@ -123,5 +134,10 @@ class TrtVisionEncoder:
 
         grid = torch.as_tensor(grid_thw, dtype=torch.int64).reshape(-1, 3).cpu()
         tokens = self.run(pixel_values, grid)
-        return split_per_video(tokens, grid, self.config.spatial_merge_size, dtype or torch.float32,
-                               device if device is not None else self.device)
+        return split_per_video(
+            tokens,
+            grid,
+            self.config.spatial_merge_size,
+            dtype or torch.float32,
+            device if device is not None else self.device,
+        )

@@ -51,8 +51,12 @@ class Detections:
 
     def filter(self, keep: np.ndarray | Sequence[bool]) -> "Detections":
         keep = np.asarray(keep, dtype=bool)
-        return Detections(self.boxes[keep], self.scores[keep], tuple(l for l, k in zip(self.labels, keep) if k),
-                          None if self.masks is None else self.masks[keep])
+        return Detections(
+            self.boxes[keep],
+            self.scores[keep],
+            tuple(label for label, k in zip(self.labels, keep) if k),
+            None if self.masks is None else self.masks[keep],
+        )
 
 
 class Detector(ABC):
@@ -110,9 +114,13 @@ class StreamingTracker(ABC):
     def should_track(self, index: int) -> bool:
         return self.schedule.should_track(index)
 
-    def track_video(self, path: str, info: VideoInfo | None = None,
-                    on_frame: Callable[[Frame], None] | None = None,
-                    always_track: frozenset[int] = frozenset()) -> TrackSet:
+    def track_video(
+        self,
+        path: str,
+        info: VideoInfo | None = None,
+        on_frame: Callable[[Frame], None] | None = None,
+        always_track: frozenset[int] = frozenset(),
+    ) -> TrackSet:
         """Convenience: decode ``path`` once and track it (``on_frame`` sees every frame, e.g. a progress bar)."""
         info = info or probe_video(path)
         self.start(info, always_track)

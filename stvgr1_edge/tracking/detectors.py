@@ -32,7 +32,7 @@ OPEN_VOCABULARY_TYPES = ("owlv2", "owlvit", "grounding_dino", "mm_grounding_dino
 
 
 def _prompt_labels(text_prompt: str) -> list[str]:
-    """"person. red ball, dog" → ["person", "red ball", "dog"]."""
+    """ "person. red ball, dog" → ["person", "red ball", "dog"]."""
     labels = [p.strip() for p in re.split(r"[.,;\n]", text_prompt) if p.strip()]
     if not labels:
         raise BadInputError(f"empty detector text prompt {text_prompt!r}: name the objects, e.g. 'person. ball.'")
@@ -49,8 +49,15 @@ def _clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 class TransformersDetector(Detector):
     """A transformers object detector (closed-set or open-vocabulary) on one RGB frame at a time."""
 
-    def __init__(self, model: Any, processor: Any, threshold: float = DEFAULT_THRESHOLD, device: str = "cpu",
-                 text_labels: list[str] | None = None, keep_labels: frozenset[str] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        threshold: float = DEFAULT_THRESHOLD,
+        device: str = "cpu",
+        text_labels: list[str] | None = None,
+        keep_labels: frozenset[str] | None = None,
+    ):
         self.model, self.processor, self.threshold, self.device = model, processor, float(threshold), str(device)
         self.text_labels = text_labels
         """Open-vocabulary queries (None for closed-set models)."""
@@ -84,24 +91,36 @@ class TransformersDetector(Detector):
 
     def _post_process(self, outputs, inputs, size: tuple[int, int]) -> dict:
         if self.text_labels is None:
-            return self.processor.post_process_object_detection(outputs, threshold=self.threshold, target_sizes=[size])[0]
+            return self.processor.post_process_object_detection(outputs, threshold=self.threshold, target_sizes=[size])[
+                0
+            ]
         if "grounding_dino" in self.model_type:
             return self.processor.post_process_grounded_object_detection(
-                outputs, inputs["input_ids"], threshold=self.threshold, text_threshold=self.threshold,
-                target_sizes=[size])[0]
+                outputs,
+                inputs["input_ids"],
+                threshold=self.threshold,
+                text_threshold=self.threshold,
+                target_sizes=[size],
+            )[0]
         return self.processor.post_process_grounded_object_detection(
-            outputs, threshold=self.threshold, target_sizes=[size], text_labels=[self.text_labels])[0]
+            outputs, threshold=self.threshold, target_sizes=[size], text_labels=[self.text_labels]
+        )[0]
 
     def _label_names(self, result: dict) -> list[str]:
         if self.text_labels is None:
             id2label = self.model.config.id2label
             return [str(id2label.get(int(i), int(i))) for i in result["labels"]]
-        names = result.get("text_labels") or result.get("labels")
+        names = result.get("text_labels") or result["labels"]
         return [str(n) if isinstance(n, str) else self.text_labels[int(n)] for n in names]
 
 
-def load_detector(spec: str, device: str = "cpu", text_prompt: str | None = None, person_only: bool = False,
-                  threshold: float = DEFAULT_THRESHOLD) -> Detector:
+def load_detector(
+    spec: str,
+    device: str = "cpu",
+    text_prompt: str | None = None,
+    person_only: bool = False,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Detector:
     """A detector from ``spec``: ``"classical"``, a hub id, or a folder saved with ``save_pretrained``."""
     if spec == "classical":
         return _classical_detector(text_prompt, person_only)
@@ -109,8 +128,10 @@ def load_detector(spec: str, device: str = "cpu", text_prompt: str | None = None
     path = Path(spec).expanduser()
     is_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or path.exists()
     if is_path and not path.is_dir():
-        raise MissingWeightsError(f"detector folder not found: {spec}: pass a folder saved with save_pretrained, "
-                                  f"a hub id (e.g. {DEFAULT_DETECTOR}) or 'classical'")
+        raise MissingWeightsError(
+            f"detector folder not found: {spec}: pass a folder saved with save_pretrained, "
+            f"a hub id (e.g. {DEFAULT_DETECTOR}) or 'classical'"
+        )
     source, local = str(path), True
     if not path.is_dir():
         source, local = hub_source(spec, f"download it with  huggingface-cli download {spec}  or pass a local folder")
@@ -128,7 +149,8 @@ def load_detector(spec: str, device: str = "cpu", text_prompt: str | None = None
         raise MissingWeightsError(
             f"cannot load detector '{spec}' ({reason}): download it with  huggingface-cli download "
             f"{spec if not path.is_dir() else DEFAULT_DETECTOR}  (needs internet once), pass a local folder, "
-            f"or use --detector classical") from None
+            f"or use --detector classical"
+        ) from None
     model = model.to(device).eval()
     keep = frozenset({"person"}) if person_only else None
     if open_vocabulary:
@@ -137,7 +159,9 @@ def load_detector(spec: str, device: str = "cpu", text_prompt: str | None = None
             labels = ["person"]
         return TransformersDetector(model, processor, threshold, device, text_labels=labels, keep_labels=keep)
     if text_prompt:
-        logger.warning("detector %s is closed-set (%s): ignoring the text prompt %r", spec, config.model_type, text_prompt)
+        logger.warning(
+            "detector %s is closed-set (%s): ignoring the text prompt %r", spec, config.model_type, text_prompt
+        )
     if person_only and "person" not in set(config.id2label.values()):
         raise BadInputError(f"detector {spec} has no 'person' class: drop person_only or use a COCO detector")
     return TransformersDetector(model, processor, threshold, device, keep_labels=keep)
@@ -148,8 +172,10 @@ def _classical_detector(text_prompt: str | None, person_only: bool) -> Detector:
     try:
         from .classical import ClassicalDetector
     except ImportError as exc:
-        raise MissingDependencyError(f"the classical detector is not available ({exc}): reinstall stvg-edge, "
-                                     f"or pass a model with --detector ID|DIR") from None
+        raise MissingDependencyError(
+            f"the classical detector is not available ({exc}): reinstall stvg-edge, "
+            f"or pass a model with --detector ID|DIR"
+        ) from None
     if text_prompt or person_only:
         logger.info("the classical detector finds every distinct object: text prompt and person_only are ignored")
     return ClassicalDetector()

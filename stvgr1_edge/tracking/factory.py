@@ -12,8 +12,9 @@ from .base import Detector, StreamingTracker
 TRACKER_NAMES = ("classical", "sam2", "edgetam")
 
 
-def make_detector(spec: str | None, device: str = "cpu", text_prompt: str | None = None,
-                  person_only: bool = False) -> Detector:
+def make_detector(
+    spec: str | None, device: str = "cpu", text_prompt: str | None = None, person_only: bool = False
+) -> Detector:
     """``classical`` (background subtraction) or a transformers detector by hub ID or local folder."""
     if spec is None or spec == "classical":
         from .classical import ClassicalDetector
@@ -48,17 +49,23 @@ def make_tracker(
         raise BadInputError(f"--keyframe-interval must be >= 1, got {keyframe_interval}")
     if name == "classical":
         if model is not None:
-            raise BadInputError("the classical tracker uses no model: drop --tracker-model, or pick --tracker sam2|edgetam")
+            raise BadInputError(
+                "the classical tracker uses no model: drop --tracker-model, or pick --tracker sam2|edgetam"
+            )
         if detector not in (None, "classical"):
-            raise BadInputError("the classical tracker has its own background-subtraction detector: "
-                                "drop --detector, or pick --tracker sam2|edgetam")
+            raise BadInputError(
+                "the classical tracker has its own background-subtraction detector: "
+                "drop --detector, or pick --tracker sam2|edgetam"
+            )
         from .classical import ClassicalTracker, ClassicalTrackerConfig
 
         return ClassicalTracker(ClassicalTrackerConfig(every=every, keyframe_interval=keyframe_interval))
     if name in ("sam2", "edgetam"):
         if model is None:
-            raise MissingWeightsError(f"--tracker {name} needs weights: pass --tracker-model HUB_ID or a local folder "
-                                      f"(or use --tracker classical, which needs none)")
+            raise MissingWeightsError(
+                f"--tracker {name} needs weights: pass --tracker-model HUB_ID or a local folder "
+                f"(or use --tracker classical, which needs none)"
+            )
         from .sam2 import Sam2Tracker, Sam2TrackerConfig
 
         config = Sam2TrackerConfig(every=every, keyframe_interval=keyframe_interval)

@@ -85,9 +85,9 @@ class KeyframePlan:
     @property
     def seeds(self) -> dict[int, int]:
         """``track_id -> detection index`` whose mask (re)initialises that object in the tracker."""
-        return {a.track_id: a.detection for a in self.assignments if a.reseed}
+        return {a.track_id: a.detection for a in self.assignments if a.reseed and a.track_id is not None}
 
-    def ids_with(self, decision: Decision) -> list[int]:
+    def ids_with(self, decision: Decision) -> list[int | None]:
         return [a.track_id for a in self.assignments if a.decision is decision]
 
 
@@ -118,6 +118,23 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return box_iou(a, b)
 
 
+class IdCounter:
+    """Object IDs as every tracker hands them out: 1, 2, 3, ... within one video, never reused (a re-linked object
+    keeps its old ID instead of taking a new one)."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def new(self) -> int:
+        track_id = self._next
+        self._next += 1
+        return track_id
+
+    def peek(self) -> int:
+        """The ID the next new object will get."""
+        return self._next
+
+
 class IdManager:
     """Hands out object IDs on keyframes and remembers where objects were last seen (for re-linking)."""
 
@@ -126,12 +143,12 @@ class IdManager:
         self.reset()
 
     def reset(self) -> None:
-        self._next_id = 1
+        self._ids = IdCounter()
         self._last_seen: dict[int, _LastSeen] = {}
 
     @property
     def next_id(self) -> int:
-        return self._next_id
+        return self._ids.peek()
 
     def observe(self, frame: int, boxes: dict[int, np.ndarray | list[float]]) -> None:
         """Record the objects the tracker sees at ``frame`` (``id -> xyxy`` in frame pixels)."""
@@ -143,11 +160,18 @@ class IdManager:
 
     def lost_ids(self, frame: int, present: set[int] | frozenset[int]) -> list[int]:
         """IDs seen within ``relink_max_gap`` frames before ``frame`` that are not ``present`` now."""
-        return sorted(i for i, s in self._last_seen.items()
-                      if i not in present and frame - s.frame <= self.config.relink_max_gap)
+        return sorted(
+            i for i, s in self._last_seen.items() if i not in present and frame - s.frame <= self.config.relink_max_gap
+        )
 
-    def plan_keyframe(self, frame: int, detection_masks: np.ndarray, detection_boxes: np.ndarray,
-                      detection_scores: np.ndarray, tracked_masks: dict[int, np.ndarray]) -> KeyframePlan:
+    def plan_keyframe(
+        self,
+        frame: int,
+        detection_masks: np.ndarray,
+        detection_boxes: np.ndarray,
+        detection_scores: np.ndarray,
+        tracked_masks: dict[int, np.ndarray],
+    ) -> KeyframePlan:
         """Decide, for each detection, which object it is (see the module docstring).
 
         ``detection_masks`` (N, H, W) bool, ``detection_boxes`` (N, 4) xyxy frame pixels, ``detection_scores``
@@ -177,8 +201,9 @@ class IdManager:
                 continue
             j, decision, overlap = match
             tid = track_ids[j]
-            reseed = tid not in reseeded and (decision is Decision.ABSORBS
-                                              or (decision is Decision.DUPLICATE and cfg.refresh_on_match))
+            reseed = tid not in reseeded and (
+                decision is Decision.ABSORBS or (decision is Decision.DUPLICATE and cfg.refresh_on_match)
+            )
             if reseed:
                 reseeded.add(tid)
             decided[d] = Assignment(d, decision, tid, overlap, reseed)
@@ -188,8 +213,8 @@ class IdManager:
         groups: list[list[int]] = []  # each group: [representative, members...]
         for d in pending:
             if groups:
-                reps = np.array([g[0] for g in groups])
-                inter_p, area_dp, area_r = _overlaps(det_masks[[d]], det_masks[reps])
+                group_reps = np.array([g[0] for g in groups])
+                inter_p, area_dp, area_r = _overlaps(det_masks[[d]], det_masks[group_reps])
                 match = self._match_rules(inter_p[0], area_dp[0], area_r)
                 if match is not None:
                     j, decision, overlap = match
@@ -213,8 +238,7 @@ class IdManager:
                 tid, overlap = relinked[rep]
                 decided[rep] = Assignment(rep, Decision.RELINK, tid, overlap, True)
             else:  # Rule 4
-                tid = self._next_id
-                self._next_id += 1
+                tid = self._ids.new()
                 decided[rep] = Assignment(rep, Decision.NEW, tid, 0.0, True)
             group_ids.append(tid)
             for member in group[1:]:
@@ -239,7 +263,9 @@ class IdManager:
             return j, decision, float(contain[j])
         return None
 
-    def _relink(self, frame: int, dets: list[int], det_boxes: np.ndarray, present: set[int]) -> dict[int, tuple[int, float]]:
+    def _relink(
+        self, frame: int, dets: list[int], det_boxes: np.ndarray, present: set[int]
+    ) -> dict[int, tuple[int, float]]:
         """``detection -> (old id, box IoU)`` for detections near a recently lost object (one-to-one)."""
         cfg = self.config
         lost = self.lost_ids(frame, present)

@@ -26,7 +26,8 @@ class ReplayTracker(StreamingTracker):
         if (t.width, t.height, t.num_frames) != (info.width, info.height, info.num_frames):
             raise BadInputError(
                 f"{self.source} is for a {t.width}x{t.height} video of {t.num_frames} frames, but {info.path} is "
-                f"{info.width}x{info.height} with {info.num_frames} frames: track this video with `stvg-edge track`")
+                f"{info.width}x{info.height} with {info.num_frames} frames: track this video with `stvg-edge track`"
+            )
 
     def step(self, frame: Frame) -> None:
         pass

@@ -72,7 +72,13 @@ class VideoSegmenter:
 
 def _looks_like_path(spec: str) -> bool:
     """A local folder rather than a hub id (``owner/name``)."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec or Path(spec).exists()
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or os.sep != "/"
+        and os.sep in spec
+        or Path(spec).exists()
+    )
 
 
 def load_video_model(spec: str, family: str = "sam2", device: str = "cpu", dtype: Any = None) -> VideoSegmenter:
@@ -85,12 +91,16 @@ def load_video_model(spec: str, family: str = "sam2", device: str = "cpu", dtype
     model_cls = transformers.Sam2VideoModel if family == "sam2" else transformers.EdgeTamVideoModel
     path = Path(spec).expanduser()
     if _looks_like_path(spec) and not path.is_dir():
-        raise MissingWeightsError(f"{family} model folder not found: {spec}: pass a folder saved with save_pretrained "
-                                  f"or a hub id (e.g. {DEFAULT_CHECKPOINTS[family]})")
+        raise MissingWeightsError(
+            f"{family} model folder not found: {spec}: pass a folder saved with save_pretrained "
+            f"or a hub id (e.g. {DEFAULT_CHECKPOINTS[family]})"
+        )
     dtype = dtype if dtype is not None else torch.float32
     source, local_only = str(path), True
     if not path.is_dir():
-        source, local_only = hub_source(spec, f"download it with  huggingface-cli download {spec}  or pass a local folder")
+        source, local_only = hub_source(
+            spec, f"download it with  huggingface-cli download {spec}  or pass a local folder"
+        )
     try:
         processor = transformers.Sam2VideoProcessor.from_pretrained(source, local_files_only=local_only)
         model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only)
@@ -98,7 +108,8 @@ def load_video_model(spec: str, family: str = "sam2", device: str = "cpu", dtype
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(
             f"cannot load {family} weights '{spec}' ({reason}): download them with  huggingface-cli download "
-            f"{spec if not path.is_dir() else DEFAULT_CHECKPOINTS[family]}  (needs internet once) or pass a local folder"
+            f"{spec if not path.is_dir() else DEFAULT_CHECKPOINTS[family]}  (needs internet once) or pass a local "
+            "folder"
         ) from None
     if family == "edgetam" and model.config.vision_config.model_type == "edgetam_vision_model":
         require("timm", "gpu", "EdgeTAM's RepViT image encoder")
@@ -129,18 +140,29 @@ def _fix_edgetam_mask_prompt_scores(model) -> None:
 class Sam2Tracker(StreamingTracker):
     """Multi-object streaming tracker: detector-seeded SAM2.1 or EdgeTAM with consistent IDs."""
 
-    def __init__(self, model: str | VideoSegmenter, detector: Detector, config: Sam2TrackerConfig | None = None,
-                 device: str = "cpu", dtype: Any = None, family: str = "sam2"):
+    config: Sam2TrackerConfig
+
+    def __init__(
+        self,
+        model: str | VideoSegmenter,
+        detector: Detector,
+        config: Sam2TrackerConfig | None = None,
+        device: str = "cpu",
+        dtype: Any = None,
+        family: str = "sam2",
+    ):
         self.segmenter = model if isinstance(model, VideoSegmenter) else load_video_model(model, family, device, dtype)
         self.detector = detector
         self.config = config or Sam2TrackerConfig()
         if self.config.every < 1 or self.config.keyframe_interval < 1:
             raise ValueError("every and keyframe_interval must be >= 1")
         model_config = self.segmenter.model.config
-        self.recent_frames = self.config.recent_frames or max(model_config.num_maskmem,
-                                                              model_config.max_object_pointers_in_encoder)
+        self.recent_frames = self.config.recent_frames or max(
+            model_config.num_maskmem, model_config.max_object_pointers_in_encoder
+        )
         self.ids = IdManager(self.config.ids)
-        self._session = None
+        self._session: Any = None
+        """transformers' video inference session of the current video (None between videos)."""
         self._tracks: TrackSet | None = None
 
     # -- StreamingTracker -------------------------------------------------------------------------
@@ -151,8 +173,8 @@ class Sam2Tracker(StreamingTracker):
         self._size = (int(info.height), int(info.width))
         self._tracks = TrackSet(info.width, info.height, info.fps, info.num_frames)
         self.ids.reset()
-        self._t = 0                                  # tracked-frame counter = session frame index
-        self._absent: dict[int, int] = {}            # id -> consecutive tracked frames without it
+        self._t = 0  # tracked-frame counter = session frame index
+        self._absent: dict[int, int] = {}  # id -> consecutive tracked frames without it
         self._labels: dict[int, str] = {}
 
     def step(self, frame: Frame) -> None:
@@ -194,7 +216,7 @@ class Sam2Tracker(StreamingTracker):
         if len(detections) == 0:
             return ids, logits, scores
         thr = self.config.mask_threshold
-        det_masks = self._detection_masks(detections, t)                       # (N, h, w) bool, model space
+        det_masks = self._detection_masks(detections, t)  # (N, h, w) bool, model space
         tracked = {}
         if ids:
             low = (logits > thr).cpu().numpy()
@@ -234,14 +256,16 @@ class Sam2Tracker(StreamingTracker):
         n = len(boxes)
         feats, _ = model._prepare_vision_features(session, t, 1)
         sizes = model.backbone_feature_sizes
-        high_res = [x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(n, -1, -1, -1)
-                    for x, s in zip(feats[:-1], sizes[:-1])]
+        high_res = [
+            x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(n, -1, -1, -1) for x, s in zip(feats[:-1], sizes[:-1])
+        ]
         top = (feats[-1] + model.no_memory_embedding).permute(1, 2, 0).reshape(1, -1, *sizes[-1]).expand(n, -1, -1, -1)
         encoded = seg.processor(original_sizes=[list(self._size)], input_boxes=[boxes.tolist()], return_tensors="pt")
         corners = encoded["input_boxes"].reshape(n, 1, 2, 2).to(seg.device, top.dtype)  # one box per batch row
         labels = torch.tensor([[[2, 3]]], dtype=torch.int32, device=seg.device).expand(n, 1, 2)
-        out = model._single_frame_forward(input_points=corners, input_labels=labels,
-                                          image_embeddings=high_res + [top], multimask_output=False)
+        out = model._single_frame_forward(
+            input_points=corners, input_labels=labels, image_embeddings=high_res + [top], multimask_output=False
+        )
         return out.pred_masks.reshape(n, *out.pred_masks.shape[-2:])
 
     def _seed(self, pixels, t: int, masks: dict[int, np.ndarray]) -> None:
@@ -256,7 +280,8 @@ class Sam2Tracker(StreamingTracker):
                 session.output_dict_per_obj[idx]["non_cond_frame_outputs"].pop(t, None)
             self._absent[tid] = 0
         self.segmenter.processor.add_inputs_to_inference_session(
-            session, frame_idx=t, obj_ids=list(masks), input_masks=[torch.from_numpy(m) for m in masks.values()])
+            session, frame_idx=t, obj_ids=list(masks), input_masks=[torch.from_numpy(m) for m in masks.values()]
+        )
 
     def _record(self, index: int, ids: list[int], logits, scores) -> None:
         """Full-resolution masks (overlaps resolved by the highest logit) → boxes + RLE in the TrackSet."""
@@ -265,11 +290,15 @@ class Sam2Tracker(StreamingTracker):
         if not ids:
             return
         processor = self.segmenter.processor
-        full = processor.post_process_masks([logits[:, None].float()], original_sizes=[list(self._size)],
-                                            binarize=False, apply_non_overlapping_constraints=True)[0][:, 0]
+        full = processor.post_process_masks(
+            [logits[:, None].float()],
+            original_sizes=[list(self._size)],
+            binarize=False,
+            apply_non_overlapping_constraints=True,
+        )[0][:, 0]
         masks = (full > self.config.mask_threshold).cpu().numpy()
         probs = torch.sigmoid(scores.float()).cpu().numpy()
-        present: dict[int, list[float]] = {}
+        present: dict[int, np.ndarray | list[float]] = {}
         for k, tid in enumerate(ids):
             box = mask_to_box(masks[k]) if float(scores[k]) > 0 else None
             if box is None:
@@ -277,6 +306,7 @@ class Sam2Tracker(StreamingTracker):
                 continue
             self._absent[tid] = 0
             present[tid] = box
+            assert self._tracks is not None  # set by start()
             self._tracks.add(tid, index, box, mask_to_rle(masks[k]), float(probs[k]), self._labels.get(tid, ""))
         self.ids.observe(index, present)
 
@@ -291,7 +321,7 @@ class Sam2Tracker(StreamingTracker):
             for f in [f for f in recent if f < keep_from]:
                 del recent[f]
             cond = outputs["cond_frame_outputs"]
-            for f in sorted(cond)[:-self.config.conditioning_frames]:
+            for f in sorted(cond)[: -self.config.conditioning_frames]:
                 del cond[f]
             tracked = session.frames_tracked_per_obj[idx]
             for f in [f for f in tracked if f < keep_from]:
@@ -309,12 +339,16 @@ def _drop_objects(session, obj_ids: list[int]) -> None:
     drop = set(obj_ids)
     keep = [oid for oid in session.obj_ids if oid not in drop]
     old_index = {oid: session.obj_id_to_idx(oid) for oid in keep}
-    per_object = [session.point_inputs_per_obj, session.mask_inputs_per_obj, session.output_dict_per_obj,
-                  session.frames_tracked_per_obj]
+    per_object = [
+        session.point_inputs_per_obj,
+        session.mask_inputs_per_obj,
+        session.output_dict_per_obj,
+        session.frames_tracked_per_obj,
+    ]
     moved = [{new: store[old_index[oid]] for new, oid in enumerate(keep)} for store in per_object]
-    for store, new in zip(per_object, moved):
+    for store, renumbered in zip(per_object, moved):
         store.clear()
-        store.update(new)
+        store.update(renumbered)
     session._obj_id_to_idx.clear()
     session._obj_idx_to_id.clear()
     for new, oid in enumerate(keep):

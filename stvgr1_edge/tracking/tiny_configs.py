@@ -21,13 +21,15 @@ COCO_TINY_LABELS = ("person", "car", "dog", "ball")
 
 # -- SAM2 / EdgeTAM video models ----------------------------------------------------------------
 def _tiny_video_kwargs(image_size: int) -> dict:
-    """Settings shared by the tiny SAM2 and EdgeTAM video configs (hidden 128: transformers needs it to be a multiple (>1) of the 64-wide memory, one memory-attention layer)."""
+    """Settings shared by the tiny SAM2 and EdgeTAM video configs (hidden 128: transformers needs it to be a multiple
+    (>1) of the 64-wide memory, one memory-attention layer)."""
     feat = image_size // 4
     return dict(
         image_size=image_size,
         prompt_encoder_config=dict(hidden_size=128, image_size=image_size, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
-                                 iou_head_hidden_dim=32),
+        mask_decoder_config=dict(
+            hidden_size=128, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
         num_maskmem=3,
         max_object_pointers_in_encoder=4,
         memory_attention_hidden_size=128,
@@ -46,13 +48,21 @@ def _tiny_hiera_vision_config(image_size: int):
 
     feat = image_size // 4
     backbone = Sam2HieraDetConfig(
-        hidden_size=8, image_size=[image_size, image_size], blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[8, 4, 4, 2], global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+        hidden_size=8,
+        image_size=[image_size, image_size],
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[8, 4, 4, 2],
+        global_attention_blocks=[3],
+        window_positional_embedding_background_size=[2, 2],
     )
-    return Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
-                            backbone_feature_sizes=[[feat, feat], [feat // 2, feat // 2], [feat // 4, feat // 4]],
-                            fpn_hidden_size=128)
+    return Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[feat, feat], [feat // 2, feat // 2], [feat // 4, feat // 4]],
+        fpn_hidden_size=128,
+    )
 
 
 def tiny_video_config(family: str = "sam2", image_size: int = TINY_IMAGE_SIZE):
@@ -65,11 +75,17 @@ def tiny_video_config(family: str = "sam2", image_size: int = TINY_IMAGE_SIZE):
         return Sam2VideoConfig(vision_config=vision, memory_attention_feed_forward_hidden_size=128, **kwargs)
     if family == "edgetam":
         return EdgeTamVideoConfig(
-            vision_config=vision, memory_attention_mlp_hidden_size=128,
-            memory_attention_rope_k_sizes=[4, 4], perceiver_resampler_num_latents=16,
-            perceiver_resampler_num_latents_2d=16, perceiver_resampler_hidden_size=64,
-            perceiver_resampler_mlp_intermediate_size=32, perceiver_resampler_attention_head_dim=64,
-            perceiver_resampler_num_layers=1, **kwargs)
+            vision_config=vision,
+            memory_attention_mlp_hidden_size=128,
+            memory_attention_rope_k_sizes=[4, 4],
+            perceiver_resampler_num_latents=16,
+            perceiver_resampler_num_latents_2d=16,
+            perceiver_resampler_hidden_size=64,
+            perceiver_resampler_mlp_intermediate_size=32,
+            perceiver_resampler_attention_head_dim=64,
+            perceiver_resampler_num_layers=1,
+            **kwargs,
+        )
     raise ValueError(f"unknown video model family {family!r}: use 'sam2' or 'edgetam'")
 
 
@@ -84,8 +100,11 @@ def real_video_config(family: str = "sam2"):
 
         # Spelled out: transformers 5.24's default backbone_config misspells "architecture", which would
         # silently build timm's default model instead of RepViT-M1.
-        backbone = TimmWrapperConfig(architecture="repvit_m1", do_pooling=False,
-                                     model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+        backbone = TimmWrapperConfig(
+            architecture="repvit_m1",
+            do_pooling=False,
+            model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]},
+        )
         return EdgeTamVideoConfig(vision_config=EdgeTamVisionConfig(backbone_config=backbone))
     raise ValueError(f"unknown video model family {family!r}: use 'sam2' or 'edgetam'")
 
@@ -96,8 +115,11 @@ def video_processor(image_size: int):
 
     size = {"height": image_size, "width": image_size}
     mask = {"height": image_size // 4, "width": image_size // 4}
-    return Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size=size, mask_size=mask),
-                              video_processor=Sam2VideoVideoProcessor(size=size), target_size=image_size)
+    return Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(size=size, mask_size=mask),
+        video_processor=Sam2VideoVideoProcessor(size=size),
+        target_size=image_size,
+    )
 
 
 def build_video_model(family: str = "sam2", real_size: bool = False, seed: int = 0):
@@ -111,7 +133,9 @@ def build_video_model(family: str = "sam2", real_size: bool = False, seed: int =
     return model, video_processor(config.image_size)
 
 
-def save_tiny_video_model(folder: str | os.PathLike, family: str = "sam2", object_score_bias: float | None = None) -> Path:
+def save_tiny_video_model(
+    folder: str | os.PathLike, family: str = "sam2", object_score_bias: float | None = None
+) -> Path:
     """Save a tiny random video model + processor to ``folder`` (``from_pretrained``-loadable).
 
     ``object_score_bias`` overrides the bias of the decoder's object-presence head: a large negative value
@@ -139,13 +163,30 @@ def save_tiny_rt_detr(folder: str | os.PathLike, labels: tuple[str, ...] = COCO_
     import torch
     from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessor, RTDetrResNetConfig
 
-    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    backbone = RTDetrResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )  # type: ignore[call-arg]  # in **kwargs
     config = RTDetrConfig(
-        backbone_config=backbone, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16, encoder_ffn_dim=32,
-        encoder_attention_heads=2, encoder_layers=1, d_model=16, decoder_in_channels=[16, 16, 16],
-        decoder_ffn_dim=32, decoder_attention_heads=2, decoder_layers=1, decoder_n_points=2, num_queries=20,
-        num_denoising=0, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        backbone_config=backbone,
+        encoder_in_channels=[16, 32, 64],
+        encoder_hidden_dim=16,
+        encoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        encoder_layers=1,
+        d_model=16,
+        decoder_in_channels=[16, 16, 16],
+        decoder_ffn_dim=32,
+        decoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_n_points=2,
+        num_queries=20,
+        num_denoising=0,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
     )
     torch.manual_seed(seed)
     model = RTDetrForObjectDetection(config).eval()
@@ -157,7 +198,9 @@ def save_tiny_rt_detr(folder: str | os.PathLike, labels: tuple[str, ...] = COCO_
 
 def _write_clip_vocab(folder: Path, words: tuple[str, ...]) -> tuple[Path, Path]:
     """A minimal byte-level BPE vocabulary (every byte symbol plus whole ``words``) for a CLIP tokenizer."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in printable]
     symbols = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]  # GPT-2 byte alphabet
     vocab = {s: i for i, s in enumerate(symbols)}
@@ -190,16 +233,32 @@ def save_tiny_owlv2(folder: str | os.PathLike, words: tuple[str, ...] = ("person
         vocab_file, merges_file = _write_clip_vocab(Path(tmp), words)
         tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), pad_token="!")
     config = Owlv2Config(
-        text_config=dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=64, patch_size=16),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=64,
+            patch_size=16,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(config).eval()
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
+    processor = Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    )
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

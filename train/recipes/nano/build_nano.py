@@ -13,8 +13,17 @@ import re
 import sys
 from pathlib import Path
 
-NANO_ARCH = dict(hidden_size=192, layers=4, heads=6, kv_heads=2, intermediate_size=512,
-                 vision_hidden_size=192, vision_depth=4, vision_heads=3, vision_intermediate_size=512)
+NANO_ARCH = dict(
+    hidden_size=192,
+    layers=4,
+    heads=6,
+    kv_heads=2,
+    intermediate_size=512,
+    vision_hidden_size=192,
+    vision_depth=4,
+    vision_heads=3,
+    vision_intermediate_size=512,
+)
 """The nano architecture (about 4.6 M parameters, ~18 MB fp32 safetensors)."""
 
 
@@ -34,8 +43,14 @@ def build_nano(out_dir: str | Path, seed: int = 0) -> Path:
 
     tokenizer = build_tokenizer(synthetic_domain_words())
     arch = dict(NANO_ARCH)
-    model, processor = build_tiny_qwen2_5_vl(tokenizer, seed=seed, hidden_size=arch.pop("hidden_size"),
-                                             layers=arch.pop("layers"), vision_depth=arch.pop("vision_depth"), **arch)
+    model, processor = build_tiny_qwen2_5_vl(
+        tokenizer,
+        seed=seed,
+        hidden_size=arch.pop("hidden_size"),
+        layers=arch.pop("layers"),
+        vision_depth=arch.pop("vision_depth"),
+        **arch,
+    )
     return save_tiny_model(out_dir, model, processor)
 
 

@@ -3,7 +3,7 @@
     python -m stvgr1_edge_train.recipes.nano.pretrain_text MODEL_DIR OUT_DIR [--steps N]
 
 With ``describe_objects`` the SFT answer first lists what each marked object is ("Object 1: small red square. …"),
-restates the query, then names the ID. After SFT on the video (stop 11) the inventory read the clips (colours,
+restates the query, then names the ID. After SFT on the video alone the inventory read the clips (colours,
 sizes, object counts mostly right) but the 4-layer LM neither copied the query nor picked the inventory line it
 describes: the ID stayed at chance. Both are text skills, and text costs nothing to make. So before SFT the LM is
 trained on the answer's reasoning alone, without the video: the prompt (the real STVG-R1 text with a synthetic
@@ -15,8 +15,8 @@ so the words and their statistics are the clips' (generating a real clip costs s
 IDs are 1..N as the tracker numbers tracks; a few inventory lines are "unclear", as tracker-only tracks are in the
 training cache. The vision tower is not touched.
 
-With ``check_attributes`` (the default since stop 14) each word of a line carries a check tag ("Object 2:
-large+ pink+ circle+, the target."; ``stvgr1_edge_train.sft.checked_label``). With one check at the line's end, the LM marked
+With ``check_attributes`` (the default) each word of a line carries a check tag ("Object 2: large+ pink+ circle+,
+the target."; ``stvgr1_edge_train.sft.checked_label``). With one check at the line's end, the LM marked
 lines by their shape alone, the word right before the check (text-only probe, 256 episodes: no line with the wrong
 shape marked, 7-21% of those with the right shape and a wrong colour or size, 47-57% of the fully matching ones);
 with a tag after every word each decision is about the word just written, and the last tag was right on all 517
@@ -67,11 +67,11 @@ class TextPretrainConfig:
     (", the target." or ".") or, with ``check_attributes``, each check tag: the line check itself. Its few tokens
     are outnumbered by the restated query's and the template's, which the LM learns first."""
     check_attributes: bool = True
-    """With ``mark_target``: a check tag after each word of each line (``stvgr1_edge_train.sft.target_answer``); the tags are
-    labelled, the words not."""
+    """With ``mark_target``: a check tag after each word of each line (``stvgr1_edge_train.sft.target_answer``); the
+    tags are labelled, the words not."""
     mark_target: bool = True
-    """The answer of ``stvgr1_edge_train.sft.target_answer(..., mark_target=True)`` (the query first, the target's line marked),
-    as SFT then uses (``sft.yaml``); False: the plain describe-objects answer."""
+    """The answer of ``stvgr1_edge_train.sft.target_answer(..., mark_target=True)`` (the query first, the target's
+    line marked), as SFT then uses (``sft.yaml``); False: the plain describe-objects answer."""
 
 
 # --- episodes ----------------------------------------------------------------------------------------
@@ -99,14 +99,20 @@ def text_episode(rng: np.random.Generator, config: TextPretrainConfig = TextPret
         labels.insert(at, "")
         gt_index += at <= gt_index
     start = float(rng.uniform(0.0, 4.0))
-    return {"query": query, "valid_ids": list(range(1, len(labels) + 1)), "object_labels": labels,
-            "gt_id": gt_index + 1, "gt_start_s": round(start, 1), "gt_end_s": round(start + rng.uniform(0.5, 2.0), 1)}
+    return {
+        "query": query,
+        "valid_ids": list(range(1, len(labels) + 1)),
+        "object_labels": labels,
+        "gt_id": gt_index + 1,
+        "gt_start_s": round(start, 1),
+        "gt_end_s": round(start + rng.uniform(0.5, 2.0), 1),
+    }
 
 
 class TextEpisodeEncoder:
     """Episode → ``(input_ids, labels)``: the grounder's chat layout without the video, then the answer of
-    :func:`stvgr1_edge_train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no video to
-    read it from), the word after the last line (how many lines there are is the video's too) and the times."""
+    :func:`stvgr1_edge_train.sft.target_answer`. Not labelled: what each inventory line says an object is (there is no
+    video to read it from), the word after the last line (how many lines there are is the video's too) and the times."""
 
     def __init__(self, processor, mark_target: bool = True, check_attributes: bool = False) -> None:
         from stvgr1_edge.grounding import GroundingInputs
@@ -131,8 +137,15 @@ class TextEpisodeEncoder:
         from stvgr1_edge_train.sft import check_tag_offsets, line_spans, target_answer
 
         objects = tuple(zip(episode["valid_ids"], episode["object_labels"]))
-        answer = target_answer(episode["gt_id"], episode["gt_start_s"], episode["gt_end_s"], episode["query"], objects,
-                               self.mark_target, self.check_attributes)
+        answer = target_answer(
+            episode["gt_id"],
+            episode["gt_start_s"],
+            episode["gt_end_s"],
+            episode["query"],
+            objects,
+            self.mark_target,
+            self.check_attributes,
+        )
         answer += "<|im_end|>"
         spans = line_spans(answer, episode["valid_ids"])
         hidden = []  # each line but its check tags
@@ -144,8 +157,10 @@ class TextEpisodeEncoder:
         hidden += [m.span() for m in re.finditer(r"\d+\.\d\d", answer)]
         prompt_ids = self.tokenizer(self.prompt_text(episode["query"]), add_special_tokens=False)["input_ids"]
         encoded = self.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-        labels = [IGNORE if any(a < hi and b > lo for lo, hi in hidden) else t
-                  for t, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"])]
+        labels = [
+            IGNORE if any(a < hi and b > lo for lo, hi in hidden) else t
+            for t, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"])
+        ]
         return prompt_ids + encoded["input_ids"], [IGNORE] * len(prompt_ids) + labels
 
 
@@ -207,16 +222,24 @@ def evaluate_text(model, batches, tokenizer) -> dict[str, float]:
                 span = keep[i, :p]
                 reasoning_hits += bool(right[i, :p][span].all())
                 first = int(keep[i].int().argmax())  # the answer's start follows the (unsupervised) prompt
-                ends = after_hidden[i, first + 1:p]
-                line_end_hits += bool(right[i, first + 1:p][ends].all())
+                ends = after_hidden[i, first + 1 : p]
+                line_end_hits += bool(right[i, first + 1 : p][ends].all())
             rows += len(pos)
     model.train()
-    return {"id_acc": id_hits / rows, "token_acc": tok_hits / tok_total, "reasoning_acc": reasoning_hits / rows,
-            "line_end_acc": line_end_hits / rows}
+    return {
+        "id_acc": id_hits / rows,
+        "token_acc": tok_hits / tok_total,
+        "reasoning_acc": reasoning_hits / rows,
+        "line_end_acc": line_end_hits / rows,
+    }
 
 
-def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretrainConfig = TextPretrainConfig(),
-                  tower_dir: str | Path | None = None) -> dict:
+def pretrain_text(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    config: TextPretrainConfig = TextPretrainConfig(),
+    tower_dir: str | Path | None = None,
+) -> dict:
     """Train ``model_dir``'s language model on text episodes; save the whole model (vision unchanged) and processor
     to ``out_dir`` after every evaluation. Returns the report (also ``out_dir/pretrain_text.json``).
 
@@ -242,7 +265,7 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
     pad = processor.tokenizer.pad_token_id
     val_rng = np.random.default_rng([config.seed, 1])
     val_pairs = [encode(text_episode(val_rng, config)) for _ in range(config.val_episodes)]
-    val_batches = [collate(val_pairs[i:i + config.batch], pad) for i in range(0, len(val_pairs), config.batch)]
+    val_batches = [collate(val_pairs[i : i + config.batch], pad) for i in range(0, len(val_pairs), config.batch)]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -265,8 +288,9 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
             logger.info("step %d/%d  %.1f s  loss %.4f", step, config.steps, time.perf_counter() - start, running)
         if step % config.eval_every == 0 or step == config.steps:
             scores = evaluate_text(model, val_batches, processor.tokenizer)
-            history.append({"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(running, 4),
-                            **scores})
+            history.append(
+                {"step": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(running, 4), **scores}
+            )
             logger.info("val at step %d: %s", step, {k: round(v, 3) for k, v in scores.items()})
             report = save_stage(model, processor, out_dir, config, history, REPORT)
     if config.steps == 0:
@@ -275,29 +299,47 @@ def pretrain_text(model_dir: str | Path, out_dir: str | Path, config: TextPretra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.pretrain_text", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.recipes.nano.pretrain_text",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", help="Model folder to start from (the vision stage's output).")
     parser.add_argument("out", help="Output folder (whole model + processor).")
     parser.add_argument("--steps", type=int, default=TextPretrainConfig.steps)
     parser.add_argument("--batch", type=int, default=TextPretrainConfig.batch)
     parser.add_argument("--lr", type=float, default=TextPretrainConfig.learning_rate)
     parser.add_argument("--eval-every", type=int, default=TextPretrainConfig.eval_every)
-    parser.add_argument("--line-end-weight", type=float, default=TextPretrainConfig.line_end_weight,
-                        help="Loss weight of each inventory line's end (the line check).")
-    parser.add_argument("--check-attributes", action=argparse.BooleanOptionalAction,
-                        default=TextPretrainConfig.check_attributes,
-                        help="A check tag after each word of each inventory line (stvgr1_edge_train.sft.target_answer).")
-    parser.add_argument("--tower", default=None,
-                        help="Take the vision tower from this model folder (see pretrain_text); with --steps 0, "
-                             "only that.")
+    parser.add_argument(
+        "--line-end-weight",
+        type=float,
+        default=TextPretrainConfig.line_end_weight,
+        help="Loss weight of each inventory line's end (the line check).",
+    )
+    parser.add_argument(
+        "--check-attributes",
+        action=argparse.BooleanOptionalAction,
+        default=TextPretrainConfig.check_attributes,
+        help="A check tag after each word of each inventory line (stvgr1_edge_train.sft.target_answer).",
+    )
+    parser.add_argument(
+        "--tower",
+        default=None,
+        help="Take the vision tower from this model folder (see pretrain_text); with --steps 0, only that.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = TextPretrainConfig(steps=args.steps, batch=args.batch, learning_rate=args.lr, eval_every=args.eval_every,
-                                line_end_weight=args.line_end_weight, check_attributes=args.check_attributes)
+    config = TextPretrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        learning_rate=args.lr,
+        eval_every=args.eval_every,
+        line_end_weight=args.line_end_weight,
+        check_attributes=args.check_attributes,
+    )
     report = pretrain_text(args.model, args.out, config, args.tower)
     print(json.dumps(report["final"], indent=1))
 

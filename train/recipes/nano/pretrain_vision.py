@@ -2,8 +2,8 @@
 
     python -m stvgr1_edge_train.recipes.nano.pretrain_vision INIT_DIR OUT_DIR [--steps N]
 
-A 4.7 M-parameter VLM trained from scratch on the STVG answer alone gets one supervised ID token per clip. In stop 9
-it never learned to read the markers: its video features hardly varied from token to token. So the vision tower
+A 4.7 M-parameter VLM trained from scratch on the STVG answer alone gets one supervised ID token per clip. Trained
+that way it never learned to read the markers: its video features hardly varied from token to token. So the vision tower
 (patch embedding, blocks and the patch merger, whose outputs the language model reads) is trained first on a dense
 per-token objective. Linear heads on each merged visual token (28x28 pixels x 2 frames) predict:
 
@@ -55,9 +55,13 @@ def label_classes() -> dict[str, list[str]]:
     """Class names of each head; index 0 is "none" everywhere."""
     from stvgr1_edge.synth import EVENTS, PALETTE, SHAPES, SIZES
 
-    return {"digit": ["none"] + [str(i) for i in range(1, MAX_DISPLAY_ID + 1)],
-            "colour": ["none", *PALETTE, "dark"], "shape": ["none", *SHAPES], "size": ["none", *SIZES],
-            "event": ["none", *EVENTS]}
+    return {
+        "digit": ["none"] + [str(i) for i in range(1, MAX_DISPLAY_ID + 1)],
+        "colour": ["none", *PALETTE, "dark"],
+        "shape": ["none", *SHAPES],
+        "size": ["none", *SIZES],
+        "event": ["none", *EVENTS],
+    }
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,9 @@ class VisionPretrainConfig:
     digit_weight: float = 4.0
     """Weight of the token classes that hold a marker (rare: a few of 48 tokens per frame pair)."""
     event_weight: float = 1.0
-    """Weight of the event classes (rare too: one object's tokens during its event). At 1.0 the event head of
-    every stage up to stop 14 answered "none" on almost every event token (held-out clip accuracy 0.009)."""
+    """Weight of the event classes (rare too: one object's tokens during its event). At 1.0 the event head
+    answers "none" on almost every event token (held-out clip accuracy 0.009); the packaged nano model's tower
+    was finished with 5 (``--event-weight 5``, accuracy 0.237)."""
     min_object_pixels: int = 30
     """A token belongs to an object when the object covers at least this many of its 2 x 28 x 28 pixels ..."""
     min_object_share: float = 0.2
@@ -128,7 +133,7 @@ def display_ids(clip, rng: np.random.Generator, config: VisionPretrainConfig) ->
 def _object_markers(label_map: np.ndarray, ids: dict[int, int]) -> list[tuple[int, tuple[int, int]]]:
     """``(drawn ID, anchor)`` of each object marker §3 draws in one frame (``label_map``: synthetic object IDs),
     in :func:`stvgr1_edge.markers.draw_id_markers`'s drawing order."""
-    from stvgr1_edge.markers import marker_anchor, markable_objects
+    from stvgr1_edge.markers import markable_objects, marker_anchor
 
     present = [k for k in ids if (label_map == k).any()]
     masks = [label_map == k for k in present]
@@ -140,8 +145,9 @@ def _object_markers(label_map: np.ndarray, ids: dict[int, int]) -> list[tuple[in
     return out
 
 
-def extra_markers(height: int, width: int, sampled: Sequence[int], count: int,
-                  rng: np.random.Generator) -> dict[int, list[tuple[int, tuple[int, int]]]]:
+def extra_markers(
+    height: int, width: int, sampled: Sequence[int], count: int, rng: np.random.Generator
+) -> dict[int, list[tuple[int, tuple[int, int]]]]:
     """Frame → ``count`` ``(random ID 1..9, anchor)`` markers whose §3 text lies inside the frame. The markers of
     the two frames of a tube are the same IDs a few pixels apart, as an object's marker moves with it."""
     import cv2
@@ -151,7 +157,7 @@ def extra_markers(height: int, width: int, sampled: Sequence[int], count: int,
     font_scale, thickness = marker_style(height, width)
     out: dict[int, list[tuple[int, tuple[int, int]]]] = {}
     for g in range(0, len(sampled), TEMPORAL_PATCH):
-        tube = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+        tube = [int(f) for f in sampled[g : g + TEMPORAL_PATCH]]
         for _ in range(count):
             marker_id = int(rng.integers(1, 10))
             (w, h), _ = cv2.getTextSize(str(marker_id), cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
@@ -163,8 +169,9 @@ def extra_markers(height: int, width: int, sampled: Sequence[int], count: int,
     return out
 
 
-def draw_markers(image: np.ndarray, markers: Sequence[tuple[int, tuple[int, int]]],
-                 frame_size: tuple[int, int] | None = None) -> np.ndarray:
+def draw_markers(
+    image: np.ndarray, markers: Sequence[tuple[int, tuple[int, int]]], frame_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """A copy of ``image`` with ``markers`` (``(ID, anchor)``) drawn exactly as
     :func:`stvgr1_edge.markers.draw_id_markers` draws IDs, in the style of a ``frame_size`` (H, W) frame (default:
     the image's own; a crop of a frame passes the frame's)."""
@@ -175,8 +182,9 @@ def draw_markers(image: np.ndarray, markers: Sequence[tuple[int, tuple[int, int]
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     font_scale, thickness = marker_style(*(frame_size or image.shape[:2]))
     for marker_id, anchor in markers:
-        cv2.putText(out, str(marker_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale, MARKER_COLOR_RGB, thickness,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out, str(marker_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale, MARKER_COLOR_RGB, thickness, cv2.LINE_AA
+        )
     return out
 
 
@@ -188,8 +196,9 @@ def _nearest_colour(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((values - np.asarray(rgb, np.float64)) ** 2).sum(axis=1)))]
 
 
-def tube_object_labels(maps: Sequence[np.ndarray], describe, min_object_pixels: int,
-                       min_object_share: float) -> dict[str, np.ndarray]:
+def tube_object_labels(
+    maps: Sequence[np.ndarray], describe, min_object_pixels: int, min_object_share: float
+) -> dict[str, np.ndarray]:
     """``(rows, cols)`` labels of the object heads for one tube. ``maps``: each frame's object map (object ID per
     pixel, 0: floor); ``describe(object_id, j)``: ``(colour shown in frame j or None if absent, shape, size, event
     name or None)`` in the names of :func:`label_classes`. The token's object is the one covering most of it over the
@@ -225,8 +234,14 @@ def tube_object_labels(maps: Sequence[np.ndarray], describe, min_object_pixels: 
     return labels
 
 
-def tube_digit_labels(markers: Sequence[Sequence[tuple[int, tuple[int, int]]]], height: int, width: int,
-                      font_scale: float, thickness: int, min_glyph_pixels: int = 6) -> np.ndarray:
+def tube_digit_labels(
+    markers: Sequence[Sequence[tuple[int, tuple[int, int]]]],
+    height: int,
+    width: int,
+    font_scale: float,
+    thickness: int,
+    min_glyph_pixels: int = 6,
+) -> np.ndarray:
     """``(rows, cols)`` int64 for one tube: per token, the ID most of whose drawn digit pixels fall in it (the
     tube's first frame counting double), if at least ``min_glyph_pixels`` of them do in one frame; 0 elsewhere. A
     two-digit ID labels the tokens of both its digits. ``markers``: per frame, ``(ID, anchor)`` in drawing order."""
@@ -238,8 +253,16 @@ def tube_digit_labels(markers: Sequence[Sequence[tuple[int, tuple[int, int]]]], 
     for j, frame_markers in enumerate(markers):
         canvas = np.zeros((height, width), np.uint8)  # drawn ID per pixel, later markers on top
         for marker_id, anchor in frame_markers:
-            cv2.putText(canvas, str(marker_id), anchor, cv2.FONT_HERSHEY_SIMPLEX, font_scale, int(marker_id),
-                        thickness, cv2.LINE_8)
+            cv2.putText(
+                canvas,
+                str(marker_id),
+                anchor,
+                cv2.FONT_HERSHEY_SIMPLEX,
+                font_scale,
+                int(marker_id),
+                thickness,
+                cv2.LINE_8,
+            )
         cells = canvas.reshape(rows, MERGED_PX, cols, MERGED_PX)
         for marker_id in np.unique(canvas[canvas > 0]):
             count = (cells == marker_id).sum(axis=(1, 3))
@@ -251,12 +274,15 @@ def tube_digit_labels(markers: Sequence[Sequence[tuple[int, tuple[int, int]]]], 
 
 def _check_grid(height: int, width: int, num_frames: int) -> None:
     if height % MERGED_PX or width % MERGED_PX or num_frames % TEMPORAL_PATCH:
-        raise ValueError(f"token labels need a {MERGED_PX}-multiple frame and an even frame count, "
-                         f"got {width}x{height} and {num_frames} frames")
+        raise ValueError(
+            f"token labels need a {MERGED_PX}-multiple frame and an even frame count, "
+            f"got {width}x{height} and {num_frames} frames"
+        )
 
 
-def object_token_labels(clip, sampled: Sequence[int], min_object_pixels: int,
-                        min_object_share: float) -> dict[str, np.ndarray]:
+def object_token_labels(
+    clip, sampled: Sequence[int], min_object_pixels: int, min_object_share: float
+) -> dict[str, np.ndarray]:
     """:func:`tube_object_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``. ``sampled``: the
     native frame indices the VLM sees, in order (pairs form the 2-frame tubes). Labels are in the clip's native
     pixel grid, which must be the resized grid (multiples of 28)."""
@@ -266,23 +292,32 @@ def object_token_labels(clip, sampled: Sequence[int], min_object_pixels: int,
     objects = {o.object_id: o for o in clip.objects}
     tubes = []
     for g in range(0, len(sampled), TEMPORAL_PATCH):
-        pair = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+        pair = [int(f) for f in sampled[g : g + TEMPORAL_PATCH]]
 
         def describe(k: int, j: int, pair=pair):
             obj, f = objects[k], pair[j]
             e = obj.event
             active = e is not None and e.start_frame <= f <= e.end_frame
-            return (_nearest_colour(obj.rgb[f]) if obj.present[f] else None, obj.shape, obj.size,
-                    e.name if active else None)
+            return (
+                _nearest_colour(obj.rgb[f]) if obj.present[f] else None,
+                obj.shape,
+                obj.size,
+                e.name if active else None,
+            )
 
-        tubes.append(tube_object_labels([object_label_map(clip, f) for f in pair], describe, min_object_pixels,
-                                        min_object_share))
+        tubes.append(
+            tube_object_labels([object_label_map(clip, f) for f in pair], describe, min_object_pixels, min_object_share)
+        )
     return {name: np.stack([t[name] for t in tubes]) for name in tubes[0]}
 
 
-def digit_token_labels(clip, sampled: Sequence[int], ids: dict[int, int],
-                       extras: dict[int, list[tuple[int, tuple[int, int]]]] | None = None,
-                       min_glyph_pixels: int = 6) -> np.ndarray:
+def digit_token_labels(
+    clip,
+    sampled: Sequence[int],
+    ids: dict[int, int],
+    extras: dict[int, list[tuple[int, tuple[int, int]]]] | None = None,
+    min_glyph_pixels: int = 6,
+) -> np.ndarray:
     """:func:`tube_digit_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``: the objects' §3
     markers (``ids``: synthetic object ID → drawn ID) over the ``extras`` (frame → :func:`extra_markers`)."""
     from stvgr1_edge.markers import marker_style
@@ -293,7 +328,7 @@ def digit_token_labels(clip, sampled: Sequence[int], ids: dict[int, int],
     font_scale, thickness = marker_style(height, width)
     tubes = []
     for g in range(0, len(sampled), TEMPORAL_PATCH):
-        pair = [int(f) for f in sampled[g:g + TEMPORAL_PATCH]]
+        pair = [int(f) for f in sampled[g : g + TEMPORAL_PATCH]]
         markers = [(extras or {}).get(f, []) + _object_markers(object_label_map(clip, f), ids) for f in pair]
         tubes.append(tube_digit_labels(markers, height, width, font_scale, thickness, min_glyph_pixels))
     return np.stack(tubes)
@@ -310,14 +345,14 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
     98% by 450k), far more than clips can supply on a CPU."""
     import cv2
 
-    from stvgr1_edge.markers import marker_anchor, marker_style, markable_objects
+    from stvgr1_edge.markers import markable_objects, marker_anchor, marker_style
     from stvgr1_edge.synth import PALETTE, SHAPES, SIZES, SynthObject, draw_object
 
     size = config.scene_tokens * MERGED_PX
     font_scale, thickness = marker_style(config.height, config.width)
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
     y0, x0 = int(rng.integers(0, bg.shape[0] - size + 1)), int(rng.integers(0, bg.shape[1] - size + 1))
-    floor = bg[y0:y0 + size, x0:x0 + size]
+    floor = bg[y0 : y0 + size, x0 : x0 + size]
     n = int(rng.integers(1, 4))
     base = min(config.width, config.height)
     objects, ids = [], rng.choice(np.arange(1, 10), size=n, replace=False)
@@ -329,10 +364,21 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
         centre = rng.uniform(-0.1 * size, 1.1 * size, size=2)
         step = rng.uniform(-5, 5, size=2)
         angle = rng.uniform(0, 360)
-        objects.append(SynthObject(i + 1, colour, shape, sz, i, None, np.ones(2, bool),
-                                   np.stack([centre, centre + step]), np.full(2, radius),
-                                   np.array([angle, angle + rng.uniform(-20, 20)]),
-                                   np.tile(np.asarray(PALETTE[colour], np.uint8), (2, 1))))
+        objects.append(
+            SynthObject(
+                i + 1,
+                colour,
+                shape,
+                sz,
+                i,
+                None,
+                np.ones(2, bool),
+                np.stack([centre, centre + step]),
+                np.full(2, radius),
+                np.array([angle, angle + rng.uniform(-20, 20)]),
+                np.tile(np.asarray(PALETTE[colour], np.uint8), (2, 1)),
+            )
+        )
     extra = []
     if rng.random() < 0.5:
         extra_id = int(rng.integers(1, 10))
@@ -354,8 +400,12 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
         maps.append(label_map)
         markers.append(frame_markers)
     by_id = {obj.object_id: obj for obj in objects}
-    labels = tube_object_labels(maps, lambda k, j: (by_id[k].colour, by_id[k].shape, by_id[k].size, None),
-                                config.min_object_pixels, config.min_object_share)
+    labels = tube_object_labels(
+        maps,
+        lambda k, j: (by_id[k].colour, by_id[k].shape, by_id[k].size, None),
+        config.min_object_pixels,
+        config.min_object_share,
+    )
     labels["event"][:] = IGNORE  # nothing happens in a crop
     labels["digit"] = tube_digit_labels(markers, size, size, font_scale, thickness)
     return np.stack(frames), labels
@@ -374,7 +424,7 @@ def glyph_crop(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], conf
     font_scale, thickness = marker_style(config.height, config.width)
     bg = backgrounds[int(rng.integers(len(backgrounds)))]
     y0, x0 = int(rng.integers(0, bg.shape[0] - MERGED_PX + 1)), int(rng.integers(0, bg.shape[1] - MERGED_PX + 1))
-    crop = bg[y0:y0 + MERGED_PX, x0:x0 + MERGED_PX].copy()
+    crop = bg[y0 : y0 + MERGED_PX, x0 : x0 + MERGED_PX].copy()
     if rng.random() < 0.5:  # an object under the marker: its colour over part or all of the crop
         colour = np.asarray(list(PALETTE.values())[int(rng.integers(len(PALETTE)))], np.uint8)
         cx, cy, r = rng.uniform(0, MERGED_PX, size=2).tolist() + [float(rng.uniform(8, 20))]
@@ -427,14 +477,22 @@ def video_tensors(frames: np.ndarray, sample_fps: float, video_processor):
     vp = video_processor
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()[None]
     video = vp.rescale_and_normalize(video, True, vp.rescale_factor, True, vp.image_mean, vp.image_std)
-    patches, grid_t, grid_h, grid_w = vp.patchify(video, patch_size=vp.patch_size, merge_size=vp.merge_size,
-                                                  temporal_patch_size=vp.temporal_patch_size)
-    return VideoTensors(patches[0], torch.tensor([[grid_t, grid_h, grid_w]]),
-                        torch.tensor([vp.temporal_patch_size / sample_fps]))
+    patches, grid_t, grid_h, grid_w = vp.patchify(
+        video, patch_size=vp.patch_size, merge_size=vp.merge_size, temporal_patch_size=vp.temporal_patch_size
+    )
+    return VideoTensors(
+        patches[0], torch.tensor([[grid_t, grid_h, grid_w]]), torch.tensor([vp.temporal_patch_size / sample_fps])
+    )
 
 
-def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig, rng: np.random.Generator,
-                  workdir: Path, variants: int = 1) -> list:
+def labelled_clip(
+    clip_seed: int,
+    video_processor,
+    config: VisionPretrainConfig,
+    rng: np.random.Generator,
+    workdir: Path,
+    variants: int = 1,
+) -> list:
     """``variants`` ``(VideoTensors, labels)`` pairs for one fresh synthetic clip, each with its own marker IDs
     (see the module doc for how the clip is made)."""
     import torch
@@ -454,13 +512,22 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
     # Only the sampled frames go through H.264 (x264's colour and edge losses; decoding all 60 would triple the cost)
     wanted = set(sampling.indices)
     video_path = workdir / "clip.mp4"
-    with VideoWriter(video_path, synth.fps, synth.width, synth.height, crf=synth.video_crf,
-                     preset=synth.video_preset) as writer:
+    with VideoWriter(
+        video_path, synth.fps, synth.width, synth.height, crf=synth.video_crf, preset=synth.video_preset
+    ) as writer:
         writer.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
     decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
     # the clip as the pipeline would see it (only its sampled frames are decoded: the others carry no pixels here)
-    info = VideoInfo(str(video_path), synth.width, synth.height, clip.num_frames, synth.fps,
-                     clip.num_frames / synth.fps, "h264", tuple(f / synth.fps for f in range(clip.num_frames)))
+    info = VideoInfo(
+        str(video_path),
+        synth.width,
+        synth.height,
+        clip.num_frames,
+        synth.fps,
+        clip.num_frames / synth.fps,
+        "h264",
+        tuple(f / synth.fps for f in range(clip.num_frames)),
+    )
     objects = object_token_labels(clip, sampling.indices, config.min_object_pixels, config.min_object_share)
     out = []
     for _ in range(variants):
@@ -472,11 +539,16 @@ def labelled_clip(clip_seed: int, video_processor, config: VisionPretrainConfig,
                     shown.add(ids[obj_id], f, box, mask, 1.0)
         extras = extra_markers(synth.height, synth.width, sampling.indices, config.extra_markers_per_frame, rng)
         with_extras = [Frame(fr.index, fr.time_s, draw_markers(fr.image, extras.get(fr.index, []))) for fr in decoded]
-        prompted = track_and_prompt(with_extras, info, ReplayTracker(shown, source="the clip's true tracks"),
-                                    sampling, frame_memory_mb=None).clip
+        prompted = track_and_prompt(
+            with_extras, info, ReplayTracker(shown, source="the clip's true tracks"), sampling, frame_memory_mb=None
+        ).clip
         labels = dict(objects, digit=digit_token_labels(clip, sampling.indices, ids, extras))
-        out.append((video_tensors(prompted.frames, prompted.sample_fps, video_processor),
-                    {k: torch.from_numpy(v.reshape(-1)) for k, v in labels.items()}))
+        out.append(
+            (
+                video_tensors(prompted.frames, prompted.sample_fps, video_processor),
+                {k: torch.from_numpy(v.reshape(-1)) for k, v in labels.items()},
+            )
+        )
     return out
 
 
@@ -531,8 +603,12 @@ def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
         pred = logits.argmax(-1)
         # accuracy where there is something to see (marker tokens; object tokens; event tokens)
         keep = target > 0
-        hits[name] = (int((pred[keep] == target[keep]).sum()), int(keep.sum()),
-                      int(((pred > 0) & (target == 0)).sum()), int((target == 0).sum()))
+        hits[name] = (
+            int((pred[keep] == target[keep]).sum()),
+            int(keep.sum()),
+            int(((pred > 0) & (target == 0)).sum()),
+            int((target == 0).sum()),
+        )
     return losses, hits
 
 
@@ -565,8 +641,12 @@ def _evaluate(visual, probe, val_batches, config, device) -> dict[str, float]:
     return scores
 
 
-def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPretrainConfig = VisionPretrainConfig(),
-                    device: str = "cpu") -> dict:
+def pretrain_vision(
+    init_dir: str | Path,
+    out_dir: str | Path,
+    config: VisionPretrainConfig = VisionPretrainConfig(),
+    device: str = "cpu",
+) -> dict:
     """Train ``init_dir``'s vision tower (+ merger) on the dense labels, small scenes then clips; save the whole
     model (LM unchanged) and its processor to ``out_dir`` after every evaluation. Returns the validation scores
     (also in ``out_dir/pretrain_vision.json``): ``scene_*`` on held-out crops, the rest on held-out clips."""
@@ -589,16 +669,34 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
     glyph_val = list(itertools.islice(iter(glyph_stream), 4))
     scene_val = list(itertools.islice(iter(SceneStream(config.seed + 2, vp, config)), 8))
     clip_stream = labelled_clips(config.seed + 1, vp, config)
-    clip_val = [_collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
-                for _ in range(max(1, config.val_clips // config.batch_clips))]
-    phases = [("glyph", config.glyph_steps, glyph_val,
-               torch.utils.data.DataLoader(SceneStream(config.seed, vp, config, glyph_crop, config.glyph_batch),
-                                           batch_size=None, **workers)),
-              ("scene", config.scene_steps, scene_val,
-               torch.utils.data.DataLoader(SceneStream(config.seed, vp, config), batch_size=None, **workers)),
-              ("clip", config.steps, clip_val,
-               torch.utils.data.DataLoader(ClipStream(config.seed, vp, config), batch_size=config.batch_clips,
-                                           collate_fn=_collate_clips, **workers))]
+    clip_val = [
+        _collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
+        for _ in range(max(1, config.val_clips // config.batch_clips))
+    ]
+    phases = [
+        (
+            "glyph",
+            config.glyph_steps,
+            glyph_val,
+            torch.utils.data.DataLoader(
+                SceneStream(config.seed, vp, config, glyph_crop, config.glyph_batch), batch_size=None, **workers
+            ),
+        ),
+        (
+            "scene",
+            config.scene_steps,
+            scene_val,
+            torch.utils.data.DataLoader(SceneStream(config.seed, vp, config), batch_size=None, **workers),
+        ),
+        (
+            "clip",
+            config.steps,
+            clip_val,
+            torch.utils.data.DataLoader(
+                ClipStream(config.seed, vp, config), batch_size=config.batch_clips, collate_fn=_collate_clips, **workers
+            ),
+        ),
+    ]
     history: list[dict] = []
     report: dict = {}
     start = time.perf_counter()
@@ -622,12 +720,19 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
             for k, v in losses.items():
                 running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
             if (phase_step + 1) % 50 == 0:
-                logger.info("%s step %d/%d  %.1f s  losses %s", phase, phase_step + 1, steps,
-                            time.perf_counter() - start, {k: round(v, 3) for k, v in running.items()})
+                logger.info(
+                    "%s step %d/%d  %.1f s  losses %s",
+                    phase,
+                    phase_step + 1,
+                    steps,
+                    time.perf_counter() - start,
+                    {k: round(v, 3) for k, v in running.items()},
+                )
             if (phase_step + 1) % config.eval_every == 0 or phase_step + 1 == steps:
                 scores = _evaluate(visual, probe, val_batches, config, device)
-                history.append({"phase": phase, "step": step, "seconds": round(time.perf_counter() - start, 1),
-                                **scores})
+                history.append(
+                    {"phase": phase, "step": step, "seconds": round(time.perf_counter() - start, 1), **scores}
+                )
                 logger.info("%s val at step %d: %s", phase, phase_step + 1, {k: round(v, 3) for k, v in scores.items()})
                 report = save_stage(model, processor, out_dir, config, history)  # a usable model after every evaluation
     return report
@@ -635,6 +740,7 @@ def pretrain_vision(init_dir: str | Path, out_dir: str | Path, config: VisionPre
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
     """The nano stages' schedule: linear warm-up over ``warmup_steps``, then cosine decay to 10% of the rate."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -644,8 +750,9 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def save_stage(model, processor, out_dir, config, history: list[dict],
-               report_name: str = "pretrain_vision.json") -> dict:
+def save_stage(
+    model, processor, out_dir, config, history: list[dict], report_name: str = "pretrain_vision.json"
+) -> dict:
     """Save the whole model and its processor to ``out_dir`` with ``report_name``: the stage's ``config`` (a
     dataclass), its validation ``history`` and the last entry as ``final``. Returns that report."""
     from stvgr1_edge.errors import write_json_atomic
@@ -659,8 +766,11 @@ def save_stage(model, processor, out_dir, config, history: list[dict],
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.pretrain_vision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.recipes.nano.pretrain_vision",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("init", help="Model folder to start from (the random-init nano model).")
     parser.add_argument("out", help="Output folder (whole model + processor).")
     parser.add_argument("--glyph-steps", type=int, default=VisionPretrainConfig.glyph_steps)
@@ -668,17 +778,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=VisionPretrainConfig.steps, help="Clip steps.")
     parser.add_argument("--batch-clips", type=int, default=VisionPretrainConfig.batch_clips)
     parser.add_argument("--lr", type=float, default=VisionPretrainConfig.learning_rate)
-    parser.add_argument("--event-weight", type=float, default=VisionPretrainConfig.event_weight,
-                        help="Loss weight of the event classes against 'none'.")
+    parser.add_argument(
+        "--event-weight",
+        type=float,
+        default=VisionPretrainConfig.event_weight,
+        help="Loss weight of the event classes against 'none'.",
+    )
     parser.add_argument("--eval-every", type=int, default=VisionPretrainConfig.eval_every)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (1 is faster than 2 on a 2-core machine that runs anything else)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (1 is faster than 2 on a 2-core machine that runs anything else)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = VisionPretrainConfig(glyph_steps=args.glyph_steps, scene_steps=args.scene_steps, steps=args.steps, batch_clips=args.batch_clips,
-                                  learning_rate=args.lr, eval_every=args.eval_every, event_weight=args.event_weight)
+    config = VisionPretrainConfig(
+        glyph_steps=args.glyph_steps,
+        scene_steps=args.scene_steps,
+        steps=args.steps,
+        batch_clips=args.batch_clips,
+        learning_rate=args.lr,
+        eval_every=args.eval_every,
+        event_weight=args.event_weight,
+    )
     report = pretrain_vision(args.init, args.out, config)
     print(json.dumps(report["final"], indent=1))
 

@@ -36,14 +36,19 @@ def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarr
     from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
 
     with torch.no_grad():
-        out = model(input_ids=input_ids, mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
-                    output_hidden_states=True, **collate_videos([video]))
+        out = model(
+            input_ids=input_ids,
+            mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
+            output_hidden_states=True,
+            **collate_videos([video]),
+        )
     positions = (input_ids[0] == video_token_id).nonzero()[:, 0]
     return torch.stack(out.hidden_states)[:, 0, positions].float().numpy()
 
 
-def ridge_probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray, l2: float = 10.0,
-                balanced: bool = False) -> np.ndarray:
+def ridge_probe(
+    features: np.ndarray, labels: np.ndarray, train: np.ndarray, l2: float = 10.0, balanced: bool = False
+) -> np.ndarray:
     """Predicted class of every row: one-vs-rest ridge regression on the ``train`` rows (with ``balanced``, each
     class's rows weigh alike, so a rare class is not simply never predicted)."""
     x = np.c_[features, np.ones(len(features))]
@@ -79,12 +84,15 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
     with tempfile.TemporaryDirectory(prefix="nano-probe-") as tmp:
         for i in range(clips):
             clip_seed = int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0])
-            (video, labels), = labelled_clip(clip_seed, processor.video_processor, config,
-                                             np.random.default_rng(clip_seed), Path(tmp))
-            query = generate_clip(clip_seed, SynthConfig(width=config.width, height=config.height,
-                                                         seconds=config.seconds)).query
-            input_ids = clip_processor.prepare_text(grounding_prompt(query),
-                                                    video.num_visual_tokens(processor.video_processor.merge_size))
+            ((video, labels),) = labelled_clip(
+                clip_seed, processor.video_processor, config, np.random.default_rng(clip_seed), Path(tmp)
+            )
+            query = generate_clip(
+                clip_seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds)
+            ).query
+            input_ids = clip_processor.prepare_text(
+                grounding_prompt(query), video.num_visual_tokens(processor.video_processor.merge_size)
+            )
             s = video_token_states(model, input_ids["input_ids"], video, video_token_id)
             groups = int(video.video_grid_thw[0, 0])
             states.append(s)
@@ -103,11 +111,24 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
         test, truth = ~train[on_object], active[on_object]
         recall = float(event_pred[test & truth].mean())
         false_pos = float(event_pred[test & ~truth].mean())
-        layers.append({"layer": layer, "tube_acc": float((tube_pred == tube)[~train].mean()),
-                       "event_balanced_acc": (recall + 1 - false_pos) / 2, "event_recall": recall,
-                       "event_false_positive_rate": false_pos})
-    return {"model": model_dir, "clips": clips, "seed": seed, "test_clips": clips - int(0.6 * clips),
-            "object_tokens": int(on_object.sum()), "event_tokens": int((on_object & active).sum()), "layers": layers}
+        layers.append(
+            {
+                "layer": layer,
+                "tube_acc": float((tube_pred == tube)[~train].mean()),
+                "event_balanced_acc": (recall + 1 - false_pos) / 2,
+                "event_recall": recall,
+                "event_false_positive_rate": false_pos,
+            }
+        )
+    return {
+        "model": model_dir,
+        "clips": clips,
+        "seed": seed,
+        "test_clips": clips - int(0.6 * clips),
+        "object_tokens": int(on_object.sum()),
+        "event_tokens": int((on_object & active).sum()),
+        "layers": layers,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,8 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     scores = probe_model(args.model, args.clips)
     for row in scores["layers"]:
-        print(f"layer {row['layer']}: tube {row['tube_acc']:.3f}  event balanced {row['event_balanced_acc']:.3f} "
-              f"(recall {row['event_recall']:.3f}, false positives {row['event_false_positive_rate']:.3f})")
+        print(
+            f"layer {row['layer']}: tube {row['tube_acc']:.3f}  event balanced {row['event_balanced_acc']:.3f} "
+            f"(recall {row['event_recall']:.3f}, false positives {row['event_false_positive_rate']:.3f})"
+        )
     if args.out:
         out = Path(args.out)
         tmp = out.with_suffix(out.suffix + ".tmp")

@@ -1,8 +1,8 @@
 """The nano recipe, stage by stage: data → init → vision stage → text stage → SFT → GRPO → eval → ship.
 
     python -m stvgr1_edge_train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
-    python -m stvgr1_edge_train.recipes.nano.train_nano data   --work runs/nano          # synth + prepare (train, val; held-out)
-    python -m stvgr1_edge_train.recipes.nano.train_nano init   --work runs/nano          # random-init nano model + processor
+    python -m stvgr1_edge_train.recipes.nano.train_nano data   --work runs/nano   # synth + prepare train, val, held-out
+    python -m stvgr1_edge_train.recipes.nano.train_nano init   --work runs/nano   # random-init nano model + processor
     python -m stvgr1_edge_train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
     python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
     python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
@@ -57,8 +57,17 @@ def stage_data(work: Path, workers: int) -> None:
         if not (work / name / "annotations.json").exists():
             _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *CLIP_ARGS)
         if cache is not None:
-            _stvg_edge("train", "prepare", str(work / name / "annotations.json"), "--out", str(work / cache),
-                       "--model", str(init), "--workers", str(workers))
+            _stvg_edge(
+                "train",
+                "prepare",
+                str(work / name / "annotations.json"),
+                "--out",
+                str(work / cache),
+                "--model",
+                str(init),
+                "--workers",
+                str(workers),
+            )
 
 
 def stage_init(work: Path) -> None:
@@ -101,8 +110,13 @@ def sft_settings(path: Path) -> dict:
     return settings
 
 
-def stage_sft(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
-              learning_rate: float | None = None) -> None:
+def stage_sft(
+    work: Path,
+    max_steps: int | None,
+    start: str | None = None,
+    output: str | None = None,
+    learning_rate: float | None = None,
+) -> None:
     from stvgr1_edge_train.sft import SFTRunConfig, run_sft
 
     settings = sft_settings(RECIPE_DIR / "sft.yaml")
@@ -110,19 +124,35 @@ def stage_sft(work: Path, max_steps: int | None, start: str | None = None, outpu
         settings["max_steps"] = max_steps
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
-    run_sft(SFTRunConfig(data=str(work / "cache_train"), model=start or str(work / "text"),
-                         output_dir=output or str(work / "sft"), **settings))
+    run_sft(
+        SFTRunConfig(
+            data=str(work / "cache_train"),
+            model=start or str(work / "text"),
+            output_dir=output or str(work / "sft"),
+            **settings,
+        )
+    )
 
 
-def stage_grpo(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None,
-               learning_rate: float | None = None) -> None:
+def stage_grpo(
+    work: Path,
+    max_steps: int | None,
+    start: str | None = None,
+    output: str | None = None,
+    learning_rate: float | None = None,
+) -> None:
     from stvgr1_edge_train.grpo import load_run_config, run_grpo
 
     overrides = [f"grpo.max_steps={max_steps}"] if max_steps is not None else []
     if learning_rate is not None:
         overrides.append(f"grpo.learning_rate={learning_rate}")
-    run = load_run_config(RECIPE_DIR / "grpo.yaml", overrides, data=str(work / "cache_train"),
-                          model=start or str(work / "sft"), output_dir=output or str(work / "grpo"))
+    run = load_run_config(
+        RECIPE_DIR / "grpo.yaml",
+        overrides,
+        data=str(work / "cache_train"),
+        model=start or str(work / "sft"),
+        output_dir=output or str(work / "grpo"),
+    )
     run_grpo(run)
 
 
@@ -137,8 +167,15 @@ def stage_ship(work: Path, model: str) -> None:
     """Copy the model's weights, config and processor files into the package (``stvgr1_edge/models/nano``)."""
     target = Path(__file__).resolve().parents[3] / "stvgr1_edge" / "models" / "nano"
     target.mkdir(parents=True, exist_ok=True)
-    keep = ("model.safetensors", "config.json", "generation_config.json", "chat_template.jinja",
-            "processor_config.json", "tokenizer.json", "tokenizer_config.json")
+    keep = (
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    )
     for name in keep:
         src = Path(model) / name
         if src.exists():
@@ -150,24 +187,35 @@ def stage_ship(work: Path, model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stvgr1_edge_train.recipes.nano.train_nano", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage",
-                        choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"])
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.recipes.nano.train_nano",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "stage", choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"]
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="Cut the vision/text/SFT/GRPO stage to this many steps.")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="Cut the vision/text/SFT/GRPO stage to this many steps."
+    )
     parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
     parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
-    parser.add_argument("--from", dest="start", default=None,
-                        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, "
-                             "WORK/text, WORK/sft).")
-    parser.add_argument("--output", default=None,
-                        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, "
-                             "WORK/sft, WORK/grpo).")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="Override the learning rate of sft.yaml (sft) or grpo.yaml (grpo).")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, WORK/text, WORK/sft).",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, WORK/sft, WORK/grpo).",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="Override the learning rate of sft.yaml (sft) or grpo.yaml (grpo)."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = args.work
