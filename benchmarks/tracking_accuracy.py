@@ -4,8 +4,8 @@ Each clip is synthesized from a seed (``stvgr1_edge.synth``), encoded to H.264 l
 tracked by :class:`ClassicalTracker`, and compared with the clip's GT tracks: IDF1, MOTA and ID
 switches per clip (motmetrics; a hypothesis box matches a GT box at IoU >= 0.5). The tracker was developed
 on seeds 0-999; the ranges 1000-1009, 2000-2019, 3000-3019, 4000-4019, 6000-6019, 7000-7019, 8000-8019,
-9000-9019 and 9500-9519 have since been looked at while debugging (seen), and each tracker version re-runs
-them all; a fresh range never looked at (10000-10019 for the 18-hue-bin version) is run once, at the end,
+9000-9019 and 9500-9519 have been looked at while debugging (seen), and each tracker version re-runs them
+all; a fresh range never looked at (10000-10019, 11000-11019) is run once per tracker version, at the end,
 and not tuned on. Each summary names the commit it ran at.
 
     python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results]

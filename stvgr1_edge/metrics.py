@@ -318,10 +318,10 @@ def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = 
         return SampleScore(sample.key, 0.0, 0.0, id_correct, *_mask_scores(sample, pred))
     start_s, end_s = pred.start_s, pred.end_s
     assert start_s is not None and end_s is not None  # has_time
-    assert sample.st_frame is not None and sample.ed_frame is not None and sample.num_frames is not None  # has GT
     fps = sample.frame_rate()
     tube = pred.tube or {}
     if convention == "tubedetr":
+        assert sample.st_frame is not None and sample.ed_frame is not None and sample.num_frames is not None  # has GT
         pred_frames = frames_in_time_range(start_s, end_s, fps, sample.num_frames)
         gt_frames = range(sample.st_frame, sample.ed_frame + 1)
         tiou = temporal_iou_frames(pred_frames, gt_frames)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -243,7 +243,8 @@ class VideoWriter:
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25, 1)
         options = {"crf": str(crf), "preset": preset} if codec == "libx264" else {}
         # Deterministic output: one encoder thread, no timestamps from the wall clock.
-        self._stream: av.VideoStream = self._container.add_stream(codec, rate=rate, options=options)  # type: ignore[assignment]
+        # add_stream is typed as returning any stream kind; a video codec name gives a VideoStream.
+        self._stream = cast("av.VideoStream", self._container.add_stream(codec, rate=rate, options=options))
         self._stream.width, self._stream.height = self._enc_w, self._enc_h
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.thread_count = 1

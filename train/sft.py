@@ -386,7 +386,7 @@ class SFTRunConfig:
     """With ``mark_target``: after the ID, the target's event tube by tube, "+" or "-" per 2-frame tube, before
     the time range (see :func:`event_timeline`); its tags weigh ``time_weight``. Needs a cache with sampled frame
     times. (On the nano model, whose tower hardly shows the events, the LM wrote one timeline for every clip: see
-    its model card.)"""
+    ``stvgr1_edge/models/nano/MODEL_CARD.md``.)"""
 
 
 def run_sft(run: SFTRunConfig):
