@@ -8,11 +8,11 @@ on seeds 0-999; the ranges 1000-1009, 2000-2019, 3000-3019, 4000-4019, 6000-6019
 all; a fresh range never looked at (10000-10019, 11000-11019) is run once per tracker version, at the end,
 and not tuned on. Each summary names the commit it ran at.
 
-    python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results]
+    python benchmarks/tracking_accuracy.py [--seeds START COUNT] [--out benchmarks/results/tracking_accuracy.json]
 
-``tracking_accuracy.json`` in ``--out`` keeps one summary per seed range under ``runs`` (a re-run of a
-range replaces it and moves the old one to ``superseded``); ``tracking_accuracy.png`` plots every range
-in ``runs``.
+The ``--out`` JSON keeps one summary per seed range under ``runs`` (a re-run of a range replaces it and
+moves the old one to ``superseded``), so ranges accumulate in one file; the plot beside it (same name,
+``.png``) shows every range in ``runs``.
 """
 
 from __future__ import annotations
@@ -207,11 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("START", "COUNT"),
         help="clip seeds START .. START+COUNT-1 (default: 1000 10)",
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "tracking_accuracy.json",
+        help="Result JSON (seed ranges accumulate in it); the plot is written beside it (same name, .png).",
+    )
     args = parser.parse_args(argv)
     start, count = args.seeds
     if count < 1:
         parser.error("COUNT must be at least 1")
+    if args.out.is_dir():
+        parser.error(f"--out is the result JSON file, not a folder: pass {args.out / 'tracking_accuracy.json'}")
 
     per_clip = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,15 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(per_clip)
     summary["run_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "tracking_accuracy.json"
+    path = args.out
+    path.parent.mkdir(parents=True, exist_ok=True)
     results = _load_results(path)
     key = f"{start}-{start + count - 1}"
     if key in results["runs"]:
         results["superseded"].append({"seed_range": key, **results["runs"][key]})
     results["runs"][key] = summary
     write_json_atomic(path, results, indent=2)
-    _plot([c for run in results["runs"].values() for c in run["per_clip"]], args.out / "tracking_accuracy.png")
+    _plot([c for run in results["runs"].values() for c in run["per_clip"]], path.with_suffix(".png"))
     print(json.dumps({k: v for k, v in summary.items() if k != "per_clip"}, indent=2))
     return 0
 

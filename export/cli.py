@@ -42,7 +42,11 @@ def export(
     """Export the grounder (and tracker) into one bundle folder with manifest.json and parity numbers."""
     from rich.console import Console
 
+    from stvgr1_edge.errors import check_output_dir
+
     from .bundle import BundleOptions, export_bundle
+
+    check_output_dir(out.parent, "--out")  # the bundle is built next to it, then renamed into place
 
     console = Console(stderr=True)
     options = BundleOptions(

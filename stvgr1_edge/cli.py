@@ -87,8 +87,10 @@ def synth(
     from rich.console import Console
     from rich.progress import Progress
 
+    from .errors import check_output_dir
     from .synth import SynthConfig, write_synthetic_dataset
 
+    check_output_dir(out_dir, "OUT_DIR")
     cfg = SynthConfig(width=width, height=height, fps=fps, seconds=seconds)
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("synthesizing clips", total=num)
@@ -123,7 +125,7 @@ def eval_cmd(
 # --- track ---------------------------------------------------------------------------------------
 @app.command()
 def track(
-    video: Path = typer.Argument(..., help="Video file to track (any format PyAV/FFmpeg decodes)."),
+    video: str = typer.Argument(..., help="Video file or URL to track (any format PyAV/FFmpeg opens)."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."
     ),
@@ -145,13 +147,17 @@ def track(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .errors import check_output_file
     from .grounding import resolve_device
     from .render import draw_tracks
     from .tracking.factory import make_tracker
     from .video import VideoWriter, iter_frames, probe_video
 
     info = probe_video(video)
-    output = output if output is not None else Path(f"{video.stem}.tracks.json")
+    output = output if output is not None else Path(f"{Path(video.split('?')[0]).stem or 'video'}.tracks.json")
+    check_output_file(output, "--output")
+    if vis is not None:
+        check_output_file(vis, "--vis")
     streaming_tracker = make_tracker(
         tracker,
         model=tracker_model,
@@ -177,7 +183,7 @@ def track(
 # --- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(
-    video: Path = typer.Argument(..., help="Video file."),
+    video: str = typer.Argument(..., help="Video file or URL (rtsp://, http(s)://): passed to FFmpeg as given."),
     queries: List[str] = typer.Argument(..., help="One or more sentences describing who does what."),
     output: Path = typer.Option(Path("result.json"), "--output", "-o", help="Result JSON to write."),
     vis: Optional[Path] = typer.Option(
@@ -236,7 +242,7 @@ def run(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .errors import write_json_atomic
+    from .errors import check_output_file, write_json_atomic
     from .pipeline import PipelineConfig
     from .prompt import normalize_query
     from .run_config import RunConfig, build_pipeline, check_run_config
@@ -267,6 +273,9 @@ def run(
         ),
     )
     check_run_config(config)  # conflicting options fail before anything is read
+    check_output_file(output, "--output")  # and outputs that cannot be written, before any work is done
+    if vis is not None:
+        check_output_file(vis, "--vis")
     for q in queries:
         normalize_query(q)
     info = probe_video(video)  # fail on bad input before loading any model
@@ -386,6 +395,9 @@ def demo(
     from rich.table import Table
 
     from .demo import DemoConfig, run_demo
+    from .errors import check_output_dir
+
+    check_output_dir(out, "--out")
 
     console = Console()
     with Console(stderr=True).status("synthesizing, tracking and grounding"):
@@ -406,19 +418,34 @@ def demo(
     console.print(f"wrote {r.result_json} and {r.result_mp4}")
 
 
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that every ``finally`` (temporary outputs) runs."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point: runs the app and maps user errors to one line + exit code 2.
 
-    Returns the exit code (the console script passes it to ``sys.exit``)."""
+    Exit codes: 0 success; 2 bad input, an unwritable output, a missing dependency or missing weights (one line
+    on stderr); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM) — no output file is left half-written either
+    way; 1 a genuine internal error (traceback). Returns the code (the console script passes it to ``sys.exit``)."""
     import importlib
+    import signal
+    import threading
 
     try:  # typer >= 0.26 vendors click; older typer uses the click package
         click_exceptions = importlib.import_module("typer._click.exceptions")
     except ImportError:  # pragma: no cover - depends on the installed typer
         click_exceptions = importlib.import_module("click.exceptions")
 
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app(args=argv, prog_name="stvg-edge", standalone_mode=False)
+        code = app(args=argv, prog_name="stvg-edge", standalone_mode=False)
     except StvgError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -430,13 +457,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
-    return 0
+    except _Terminated:
+        typer.echo("terminated", err=True)
+        return 143
+    except OSError as exc:  # an output that cannot be written: full disk, file size limit, permissions
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}: free space or choose another output path", err=True)
+        return 2
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+    if isinstance(code, int) and code == 130:  # click turned Ctrl-C into an abort and returned its code
+        typer.echo("interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,36 @@ def require(module: str, extra: str, purpose: str) -> Any:
         ) from None
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Fail now, in one line, if the output file ``path`` (given as ``flag``) cannot be written — before any work
+    is done for it. Creates its folder if missing."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInputError(f"{flag} {p} is a folder: give a file path")
+    _check_writable_folder(p.parent, f"{flag} {p}")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Fail now, in one line, if the output folder ``path`` (given as ``flag``) cannot be written. Creates it if
+    missing."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInputError(f"{flag} {p} is a file: give a folder path")
+    _check_writable_folder(p, f"{flag} {p}")
+    return p
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".stvg-edge-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {what}: {exc.strerror or exc} ({folder}): choose another path") from None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.

@@ -1,8 +1,12 @@
 """Video I/O with PyAV: probing, streaming decode with presentation timestamps, seeking, H.264 writing.
 
-Frames are RGB ``uint8`` arrays of shape ``(H, W, 3)``. Frame indices are 0-based positions in
-presentation order; times are seconds from the first frame's timestamp, taken from each frame's own
-PTS, so variable-frame-rate videos get correct times.
+Frames are RGB ``uint8`` arrays of shape ``(H, W, 3)``. One rule for every stage: a frame's index is its 0-based
+position in the decoder's output, which is presentation order (decoders reorder B-frames); its time is the
+index-th smallest presentation timestamp of the stream's packets, in seconds from the first. Timestamps attached to
+decoded frames are not used: real files (MPEG-4 part 2 with packed B-frames, remuxed streams) carry missing,
+duplicated or non-monotonic ones, while their packets' timestamps, sorted, still give every frame's time. Variable
+frame rates and streams that do not start at 0 follow from the same rule. Container headers are not trusted either:
+a frame count in the header that disagrees with the packets is reported as a warning, never an error.
 """
 
 from __future__ import annotations
@@ -57,16 +61,24 @@ class Frame:
     image: np.ndarray
 
 
+def is_url(source: str | os.PathLike) -> bool:
+    """A network source (``rtsp://``, ``http(s)://``, ...): handed to FFmpeg as written, never as a path."""
+    return "://" in str(source)
+
+
 def _open(path: str | os.PathLike):
     import av
 
-    p = Path(path)
-    if not p.exists():
-        raise VideoError(f"video not found: {p}")
-    if p.is_dir():
-        raise VideoError(f"video path is a directory, expected a file: {p}")
-    if p.stat().st_size == 0:
-        raise VideoError(f"video file is empty (0 bytes): {p}")
+    if is_url(path):
+        p: str | Path = str(path)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise VideoError(f"video not found: {p}")
+        if p.is_dir():
+            raise VideoError(f"video path is a directory, expected a file: {p}")
+        if p.is_file() and p.stat().st_size == 0:  # devices and pipes have no size
+            raise VideoError(f"video file is empty (0 bytes): {p}")
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -116,20 +128,25 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise VideoError(f"video has 0 frames: {path}: {_FIX}")
     if width <= 0 or height <= 0:
         raise VideoError(f"video has no frame size in its header: {path}: {_FIX}")
-    if declared > 0 and len(pts) < declared - max(2, declared // 50):
-        raise VideoError(
-            f"video is truncated: its header lists {declared} frames but only {len(pts)} are present: {path}: {_FIX}"
+    if declared > 0 and abs(len(pts) - declared) > max(2, declared // 50):
+        logger.warning(
+            "%s: its header lists %d frames, its stream holds %d: using the %d present",
+            path,
+            declared,
+            len(pts),
+            len(pts),
         )
     pts.sort()
     t0 = pts[0]
     times = tuple(float((p - t0) * time_base) for p in pts)
     n = len(times)
-    if rate:
-        fps = float(rate)
-    elif n > 1 and times[-1] > 0:
-        fps = (n - 1) / times[-1]
-    else:
-        fps = 0.0
+    measured = (n - 1) / times[-1] if n > 1 and times[-1] > 0 else 0.0  # the frames' own average rate
+    fps = float(rate) if rate else measured
+    if measured > 0 and abs(fps - measured) > 0.01 * measured:  # the header's rate is not the stream's
+        logger.warning(
+            "%s: its header says %.3g fps, its timestamps %.3g fps: using the timestamps", path, fps, measured
+        )
+        fps = measured
     if fps <= 0 or not np.isfinite(fps):
         raise VideoError(f"video has no usable frame rate: {path}: {_FIX}")
     duration = n / fps if n < 2 else times[-1] + (times[-1] - times[0]) / (n - 1)
@@ -145,9 +162,9 @@ def iter_frames(
 ) -> Iterator[Frame]:
     """Stream decoded frames ``start, start+step, ...`` (< ``stop``) in presentation order.
 
-    One sequential decode pass; a large ``start`` first seeks to the keyframe before it. Each frame's
-    index comes from its own PTS (so seeking and variable frame rates stay exact). Raises
-    :class:`VideoError` if the stream breaks off mid-way.
+    One sequential decode pass from the first frame (frames before ``start`` are decoded, not converted): a
+    frame's index is its position in the decoder's output (the module's rule), which a seek could not tell.
+    Raises :class:`VideoError` if the stream breaks off mid-way.
     """
     import av
 
@@ -161,16 +178,10 @@ def iter_frames(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        if start > 0:
-            target = info.start_pts + int(round(info.frame_times_s[start] / info.time_base))
-            container.seek(target, stream=stream, backward=True, any_frame=False)
         index = -1
         try:
             for frame in container.decode(stream):
-                if frame.pts is not None:
-                    index = _index_for_time(info, float((frame.pts - info.start_pts) * info.time_base))
-                else:  # no timestamp: count (only happens without seeking in practice)
-                    index += 1
+                index += 1
                 if index >= stop:
                     break
                 if index >= start and (index - start) % step == 0:

@@ -184,12 +184,17 @@ def test_vidstg_sentence_with_unknown_target_is_an_error(tmp_path):
 
 
 def test_real_hcstvg_v2_query_list_loads_as_query_only_samples(fixtures):
-    samples = load_annotations(fixtures / "hcstvg_v2_queries.json")
-    assert len(samples) == 2931
+    path = fixtures / "hcstvg_v2_queries_sample.json"
+    samples = load_annotations(path)
+    assert detect_format(json.loads(path.read_text(encoding="utf-8"))) == "queries"
+    assert len(samples) == 85
     first = samples[0]
     assert (first.key, first.video_stem, first.dataset) == ("3_5MxjqHfkWFI.mkv", "3_5MxjqHfkWFI", "queries")
     assert first.query == "The man in blue clothes stands up and raises his hand."
     assert not first.has_ground_truth and all(s.query.strip() for s in samples)
+    # every sentence is kept verbatim, in file order (normalisation is the prompt's job)
+    assert [(s.key, s.query) for s in samples] == list(json.loads(path.read_text(encoding="utf-8")).items())
+    assert all(s.video_stem == s.key.rsplit(".", 1)[0] and not s.has_ground_truth for s in samples)
 
 
 @pytest.mark.parametrize(

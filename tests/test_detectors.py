@@ -77,6 +77,13 @@ def test_threshold_keeps_exactly_the_detections_scoring_above_it(rt_detr_folder,
     order, expected = np.argsort(kept.scores), np.argsort(everything.scores[above])
     np.testing.assert_allclose(kept.scores[order], everything.scores[above][expected], rtol=1e-6)
     np.testing.assert_allclose(kept.boxes[order], everything.boxes[above][expected], atol=1e-3)
+    # the boundary: a threshold equal to a detection's score drops that detection (kept: strictly above)
+    boundary = float(scores[gaps[len(gaps) // 2] + 1])  # the lowest score that the cut above kept
+    detector.threshold = boundary
+    at_boundary = detector(image)
+    on_it = int((everything.scores == np.float32(boundary)).sum())
+    assert on_it >= 1 and len(at_boundary) == len(kept) - on_it
+    assert (at_boundary.scores > np.float32(boundary)).all()
 
 
 def test_owlv2_open_vocabulary_from_folder(tmp_path, image):

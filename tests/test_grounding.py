@@ -155,9 +155,10 @@ def test_ground_returns_text_and_timings(grounder, clip):
     assert not out.vision_reused
 
 
-def test_greedy_answer_is_the_argmax_token_at_every_step(grounder, clip):
+def test_greedy_answer_is_the_argmax_token_at_every_step(grounder, model_dir, clip):
     """The grounder's default decoding is greedy: its answer is, token by token, the argmax of the model's
-    next-token logits over the whole sequence so far (a full forward per step, no cache), up to EOS."""
+    next-token logits over the whole sequence so far (a full forward per step, no cache), up to EOS. The argmax
+    changes from step to step, and a sampled run takes other tokens, so the comparison tells greedy apart."""
     prompt = grounding_prompt("the man walks")
     inputs = grounder.model_inputs(clip, prompt)
     eos = set(np.atleast_1d(grounder.model.generation_config.eos_token_id).tolist())
@@ -172,8 +173,15 @@ def test_greedy_answer_is_the_argmax_token_at_every_step(grounder, clip):
             chosen.append(token)
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
             types = torch.nn.functional.pad(types, (0, 1))
-    assert len(chosen) > 0
-    assert grounder.ground(clip, prompt).text == grounder.processor.tokenizer.decode(chosen, skip_special_tokens=True)
+    assert len(set(chosen)) >= 3
+    greedy = grounder.processor.tokenizer.decode(chosen, skip_special_tokens=True)
+    assert grounder.ground(clip, prompt).text == greedy
+    assert grounder.ground(clip, prompt).text == greedy  # and again: no state carried between calls
+    sampler = Grounder.from_pretrained(
+        GrounderConfig(model=str(model_dir), device="cpu", max_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.5)
+    )
+    torch.manual_seed(0)
+    assert sampler.ground(clip, prompt).text != greedy
 
 
 def test_reused_vision_features_give_the_same_text(grounder, clip):

@@ -24,18 +24,60 @@ def _rect(h, w, y1, y2, x1, x2):
     return m
 
 
+def _drawn_one(height: int, width: int) -> np.ndarray:
+    """ID 1 drawn by draw_id_markers on a black frame of this size: the red channel as ink in [0, 1]."""
+    box = [width // 4, height // 4, 3 * width // 4, 3 * height // 4]
+    drawn = draw_id_markers(np.zeros((height, width, 3), np.uint8), [box], [1])
+    assert not drawn[..., 1:].any()  # pure red on black
+    return drawn[..., 0] / 255.0
+
+
 @pytest.mark.parametrize(
     "long_side, scale, thickness",
     [
         (336, 20 / 30, 2),
         (640, (20 / 30) * 640 / 336, 2),
+        (800, (20 / 30) * 800 / 336, 3),
         (1280, (20 / 30) * 1280 / 336, 5),
         (1920, (20 / 30) * 1920 / 336, 7),
     ],
 )
 def test_marker_style_scale_and_thickness(long_side, scale, thickness):
-    assert marker_style(long_side * 3 // 4, long_side) == (pytest.approx(scale, abs=1e-12), thickness)
-    assert marker_style(long_side, long_side // 2) == (pytest.approx(scale, abs=1e-12), thickness)  # portrait
+    """§3's style, and the digits drawn with it: a Hershey simplex "1" is 21 font units tall, a stroke of
+    ``thickness`` pixels with round ends and an anti-aliased rim; its lower half is the vertical stem alone, so
+    the ink across one row of it is the stroke width (plus the rim)."""
+    for height, width in ((long_side * 3 // 4, long_side), (long_side, long_side // 2)):  # landscape, portrait
+        assert marker_style(height, width) == (pytest.approx(scale, abs=1e-12), thickness)
+        ink = _drawn_one(height, width)
+        rows = np.nonzero(ink.any(axis=1))[0]
+        glyph_height = rows[-1] - rows[0] + 1
+        low, high = 21 * scale + thickness, 21 * scale + thickness + 5
+        assert low <= glyph_height <= high, f"{height}x{width}: a {glyph_height}-px digit, not {low:.1f}..{high:.1f}"
+        stem = ink[rows[0] + glyph_height // 2 : rows[-1] - glyph_height // 4].sum(axis=1)
+        assert len(stem) >= 3
+        width_ok = (stem >= thickness + 1).all() and (stem <= thickness + 3).all()
+        assert width_ok, f"{height}x{width}: stem {stem.min():.2f}..{stem.max():.2f} px, thickness {thickness}"
+
+
+def test_drawn_markers_equal_the_recorded_opencv4_hershey_pixels(fixtures):
+    """The checkpoint saw OpenCV 4's Hershey stroke digits. ``markers_opencv4_hershey.npz`` holds the reference's
+    drawing of filled boxes' IDs (putText on the BGR frame, (0, 0, 255), LINE_AA, §3's scale and thickness, at
+    §3's anchor) at five frame sizes, rendered with OpenCV 4 (fixtures/README.md): draw_id_markers must give
+    exactly those pixels."""
+    reference = np.load(fixtures / "markers_opencv4_hershey.npz")
+    cases = sorted({name.split("_")[0] for name in reference.files})
+    assert len(cases) == 5
+    for case in cases:
+        height, width = reference[f"{case}_frame"].tolist()
+        objects = reference[f"{case}_objects"].tolist()
+        drawn = draw_id_markers(
+            np.zeros((height, width, 3), np.uint8), [box for _, *box in objects], [obj_id for obj_id, *_ in objects]
+        )
+        red, (y0, x0) = reference[f"{case}_red"], reference[f"{case}_origin"].tolist()
+        expected = np.zeros_like(drawn)
+        expected[y0 : y0 + red.shape[0], x0 : x0 + red.shape[1], 0] = red
+        differing = int((drawn != expected).any(axis=-1).sum())
+        assert differing == 0, f"{case} ({height}x{width}): {differing} pixels differ from OpenCV 4's Hershey digits"
 
 
 @pytest.mark.parametrize(

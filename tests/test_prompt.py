@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from stvgr1_edge.answer import parse_answer
 from stvgr1_edge.errors import BadInputError
 from stvgr1_edge.prompt import STVG_R1_PROMPT, TIME_ONLY_PROMPT, grounding_prompt, normalize_query, time_only_prompt
 
@@ -107,9 +109,17 @@ def test_non_ascii_query_is_inserted_once_and_intact():
     assert prompt.encode("utf-8").decode("utf-8") == prompt
 
 
-def test_all_real_hcstvg_v2_queries_format(fixtures):
-    queries = json.loads((fixtures / "hcstvg_v2_queries.json").read_text(encoding="utf-8"))
-    assert len(queries) == 2931
+def test_real_hcstvg_v2_queries_format(fixtures):
+    """Real HCSTVG-v2 queries (a sample cut with its rare forms kept, see fixtures/README.md) go into the prompt
+    lower-cased with one final "." removed, and nothing else changed."""
+    queries = json.loads((fixtures / "hcstvg_v2_queries_sample.json").read_text(encoding="utf-8"))
+    assert len(queries) == 85
+    # the forms normalisation has to handle are in the sample
+    assert sum(not q.endswith(".") for q in queries.values()) >= 5
+    assert sum(q.endswith(" .") for q in queries.values()) >= 5  # HCSTVG's space before the final "."
+    assert sum(q.rstrip(". ").count(".") >= 1 for q in queries.values()) >= 5  # "." inside, kept
+    assert sum(q.endswith("..") or q.endswith(". .") for q in queries.values()) >= 2  # only the last "." goes
+    assert sum(q[:1].islower() for q in queries.values()) >= 5
     head, tail = STVG_R1_PROMPT.split("[EVENT]")
     for video, query in queries.items():
         prompt = grounding_prompt(query)
@@ -118,8 +128,39 @@ def test_all_real_hcstvg_v2_queries_format(fixtures):
         assert event == event.lower() == event.strip()
         lowered = query.strip().lower()
         assert event == (lowered[:-1].rstrip() if lowered.endswith(".") else lowered), video
-        assert event.count(".") <= query.count(".")
+        assert event.count(".") == query.count(".") - query.endswith("."), video
         assert time_only_prompt(query).count(event) == 1
+
+
+def test_answer_the_prompt_asks_for_is_read_as_the_reference_reads_it(fixtures):
+    """The prompt's own example and reference-format completions (``stvg_r1_answer.json``: STVG-R1.md §5's
+    example, §6's patterns, §7's format pattern) give the same ID and times through ``parse_answer`` as
+    through the reference's patterns, and the completions the format reward accepts are exactly those marked."""
+    reference = json.loads((fixtures / "stvg_r1_answer.json").read_text(encoding="utf-8"))
+    assert f'For example: "{reference["example"]}".' in REFERENCE_PROMPT.read_text(encoding="utf-8")
+    id_pattern = re.compile(reference["id_pattern"], re.IGNORECASE)
+    time_pattern = re.compile(reference["time_pattern"], re.IGNORECASE)
+    format_pattern = re.compile(reference["format_pattern"], re.DOTALL)
+
+    def read_as_reference(text: str) -> tuple[int, float, float]:
+        block = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)[-1]  # the last answer block
+        times = time_pattern.search(block)
+        return int(id_pattern.search(block).group(1)), float(times.group(1)), float(times.group(2))
+
+    example = reference["example_values"]
+    assert read_as_reference(f"<answer>{reference['example']}</answer>") == (
+        example["id"],
+        example["start_s"],
+        example["end_s"],
+    )
+    assert len(reference["completions"]) >= 5
+    for case in reference["completions"]:
+        text, expected = case["text"], (case["id"], case["start_s"], case["end_s"])
+        assert read_as_reference(text) == expected, text
+        answer = parse_answer(text, duration_s=20.0)
+        assert (answer.ids, answer.start_s, answer.end_s, answer.parse_ok) == ((case["id"],), *expected[1:], True)
+        assert bool(format_pattern.fullmatch(text)) == case["format_ok"], text
+    assert {case["format_ok"] for case in reference["completions"]} == {True, False}
 
 
 def test_multi_object_prompt_changes_only_the_id_question_and_format():

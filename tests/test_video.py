@@ -117,8 +117,9 @@ def test_unusable_videos_raise_one_line_video_errors(tmp_path, kind):
     assert "\n" not in message and str(path) in message
 
 
-def test_truncated_faststart_mp4_is_reported_as_truncated(tmp_path):
-    """With the index at the front, a cut file still opens; the missing frames are what gives it away."""
+def test_cut_faststart_mp4_gives_the_frames_it_holds_with_a_warning(tmp_path, caplog):
+    """With the index at the front, a cut file still opens: the frames present are used (the header's count is
+    reported, not trusted), and every one of them decodes."""
     import av
 
     path = tmp_path / "fast.mp4"
@@ -137,14 +138,23 @@ def test_truncated_faststart_mp4_is_reported_as_truncated(tmp_path):
     cut = tmp_path / "cut.mp4"
     data = path.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VideoError, match="truncated: its header lists 60 frames"):
-        probe_video(cut)
+    caplog.set_level("WARNING", logger="stvgr1_edge.video")
+    info = probe_video(cut)
+    assert 0 < info.num_frames < 60 and "header lists 60 frames" in caplog.text
+    decoded = [f.index for f in iter_frames(cut, info=info)]
+    # the packets cut mid-way do not decode: every frame before them does, in order
+    assert decoded == list(range(len(decoded))) and info.num_frames - 5 <= len(decoded) <= info.num_frames
 
 
 def test_real_old_codec_footage_decodes_and_seeks_exactly(fixtures):
     """5 s of real street footage (MS-MPEG4 in AVI, one keyframe then 49 predicted frames): seeking to a predicted
     frame decodes from the keyframe and gives the same pixels as reading in order."""
+    import av
+
     path = fixtures / "vtest_250_299.avi"
+    with av.open(str(path)) as container:
+        keyframes = [p.is_keyframe for p in container.demux(video=0) if p.size]
+    assert keyframes == [True] + [False] * 49  # frames 17 and 41 can only be decoded from frame 0
     info = probe_video(path)
     assert (info.width, info.height, info.num_frames, info.codec) == (768, 576, 50, "msmpeg4")
     assert info.fps == pytest.approx(10.0)

@@ -24,7 +24,6 @@ def relink_cost(
     area: float,
     frame: int,
 ) -> float:
-    cfg = cfg
     # where it would be if it kept moving, or where it vanished (it may have stopped, hidden)
     dist = min(
         float(np.linalg.norm(centre(c) - centre(box)) / diagonal(c))
@@ -51,7 +50,7 @@ def assign(
     clock: VideoClock,
     tracks: list[TrackState],
     obs: list[Observation],
-    preds: dict,
+    preds: dict[int, np.ndarray],
     gate: float | None,
     max_app: float,
     frame: int,
@@ -61,7 +60,6 @@ def assign(
 
     if not tracks or not obs:
         return [], list(obs)
-    cfg = cfg
     cost = np.full((len(tracks), len(obs)), INVALID_COST)
     ob_boxes = np.stack([o.box for o in obs])
     if gate is None:

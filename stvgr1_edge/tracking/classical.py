@@ -151,7 +151,7 @@ class ClassicalTrackerConfig(TrackerConfig):
     its size (plus its speed) around its prior position to find where it is (template matching)."""
     split_max_orders_members: int = 3
     """Merges of up to this many members try every order of placing their shapes (see
-    ``ClassicalTracker._place_members``); larger ones place the largest first."""
+    :func:`.merge_split.place_members`); larger ones place the largest first."""
     split_motion_min_fit: float = 0.6
     """A member's shape placed in a merge with at least this fit per shape pixel (1: every shape pixel on
     the blob, in its colour) shows where the whole object is: its track's box follows the placed shape and
@@ -325,7 +325,7 @@ class ClassicalTracker(StreamingTracker):
         self._prev_frame = f
 
     def _mark_fragments(
-        self, matches: list[tuple[TrackState, Observation]], obs: list[Observation], preds: dict
+        self, matches: list[tuple[TrackState, Observation]], obs: list[Observation], preds: dict[int, np.ndarray]
     ) -> None:
         """A detection much smaller than the track it matched, with no other detection where the track was
         predicted, is a fragment of that object (fading into the floor's colour, mostly hidden): it only shows

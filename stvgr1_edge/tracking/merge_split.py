@@ -30,7 +30,7 @@ def split_merged(
     prev_frame: int | None,
     obs: list[Observation],
     tracks: list[TrackState],
-    preds: dict,
+    preds: dict[int, np.ndarray],
     bins: np.ndarray,
     frame: int,
 ) -> list[Observation]:
@@ -40,7 +40,6 @@ def split_merged(
     it was last seen (an object that stopped, turned, or vanished into a blob is still there), and
     no other detection covers it better.
     """
-    cfg = cfg
     if len(tracks) < 2 or not obs:
         return obs
     # how well each detection covers each track: its predicted box or where it was last seen (it may
@@ -74,7 +73,12 @@ def split_merged(
 
 
 def split_blob(
-    cfg: ClassicalTrackerConfig, ob: Observation, members: list[TrackState], priors: dict, bins: np.ndarray, frame: int
+    cfg: ClassicalTrackerConfig,
+    ob: Observation,
+    members: list[TrackState],
+    priors: dict[int, np.ndarray],
+    bins: np.ndarray,
+    frame: int,
 ) -> list[Observation]:
     """Divide one blob's pixels between the tracks inside it.
 
@@ -91,7 +95,7 @@ def split_blob(
     crop_mask = ob.mask[y1:y2, x1:x2]
     crop_bins = bins[y1:y2, x1:x2]
     ys, xs = np.mgrid[y1:y2, x1:x2]
-    # place the shapes one by one (in the order that explains the blob best, see _place_members)
+    # place the shapes one by one (in the order that explains the blob best, see place_members)
     placements, fits = place_members(cfg, members, priors, ob.mask, bins)
     # each placed shape as a mask over the blob's box
     shape_masks: dict[int, np.ndarray] = {}
@@ -108,7 +112,6 @@ def split_blob(
         shape_masks[t.key] = inside
     # a shape that lies within a larger same-coloured one is indistinguishable from it: that object is
     # hidden (it coasts), not a part of the other's pixels
-    cfg = cfg
     engulfed = set()
     for t in members:
         own = shape_masks.get(t.key)
@@ -167,18 +170,22 @@ def split_blob(
         box = np.array([pxs.min() + x1, pys.min() + y1, pxs.max() + 1 + x1, pys.max() + 1 + y1], np.float32)
         full = np.zeros_like(ob.mask)
         full[y1:y2, x1:x2] = part
-        placed = None
+        whole: np.ndarray | None = None  # the whole object's box, where its shape fits the blob well
         fit, corner = fits[t.key], placements[t.key]
-        if fit is not None and corner is not None and fit >= cfg.split_motion_min_fit:  # placed, and well
+        if fit is not None and corner is not None and fit >= cfg.split_motion_min_fit:
             (px, py), (th, tw) = corner, _shape_of(t).shape
-            placed = np.array([px, py, px + tw, py + th], np.float32)
-        parts.append(Observation(box, full, colour_hist(bins, full), area, partial=True, owner=t, placed=placed))
+            whole = np.array([px, py, px + tw, py + th], np.float32)
+        parts.append(Observation(box, full, colour_hist(bins, full), area, partial=True, owner=t, placed=whole))
     return parts
 
 
 def place_members(
-    cfg: ClassicalTrackerConfig, members: list[TrackState], priors: dict, blob: np.ndarray, bins: np.ndarray
-) -> tuple[dict, dict]:
+    cfg: ClassicalTrackerConfig,
+    members: list[TrackState],
+    priors: dict[int, np.ndarray],
+    blob: np.ndarray,
+    bins: np.ndarray,
+) -> tuple[dict[int, tuple[int, int] | None], dict[int, float | None]]:
     """Where each member's last seen shape lies in ``blob``: top-left corners and fits per shape pixel
     (None for a member without a shape), keyed by ``track.key``.
 
@@ -229,7 +236,7 @@ def split_by_colour(
     image: np.ndarray,
     bins: np.ndarray,
     tracks: list[TrackState],
-    preds: dict,
+    preds: dict[int, np.ndarray],
 ) -> list[Observation]:
     """Split each blob that no track has been seeing whole and that holds several clearly different
     colours into one observation per colour (objects touching when they first appear)."""
@@ -260,7 +267,6 @@ def colour_parts(
     import cv2
     from scipy import ndimage
 
-    cfg = cfg
     x1, y1 = int(ob.box[0]), int(ob.box[1])
     x2, y2 = int(math.ceil(ob.box[2])), int(math.ceil(ob.box[3]))
     blob = ob.mask[y1:y2, x1:x2]
