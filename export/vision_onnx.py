@@ -13,20 +13,8 @@ attention computed, and the valid rows scattered back. That equals the stock per
 fp16 graphs keep the numerically sensitive parts in fp32: the residual stream, RMSNorm, rotary, the attention
 softmax. Only the linear layers and the two attention matmuls run in fp16 (their inputs cast down, outputs cast up).
 
-Graph inputs (``N`` patches, ``M = N / merge_size**2`` merged tokens):
-
-=================  =========================  ==========================================================
-name               shape / dtype              meaning
-=================  =========================  ==========================================================
-pixel_values       (N, C*Tp*P*P) float        processor patches (``pixel_values_videos``), processor order
-window_index       (M,) int64                 merged-token order used inside the tower (window order)
-reverse_index      (M,) int64                 its inverse permutation (``argsort(window_index)``)
-cos, sin           (N, head_dim) float32      rotary tables, already in window order
-window_gather      (Sw, Lw) int64             window-order positions of each window, padded with 0
-window_valid       (Sw, Lw) bool              which slots of ``window_gather`` are real
-window_scatter     (N,) int64                 flat slot ``s * Lw + l`` of every token, to undo the gather
-full_gather/...    (Sf, Lf) / (N,)            the same for the full-attention layers (one segment per frame)
-=================  =========================  ==========================================================
+The graph inputs (the pixels and the grid-dependent tensors) are listed in :mod:`stvgr1_edge.backends.onnx_vision`,
+which computes them and runs the graph.
 
 Output ``visual_tokens``: (M, out_hidden_size) float32, processor order — the ``pooler_output`` of the stock tower.
 """
