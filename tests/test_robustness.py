@@ -91,11 +91,13 @@ def test_a_file_size_limit_while_writing_is_one_line_and_leaves_no_partial_file(
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_a_signal_mid_run_gives_its_exit_code_and_leaves_no_temporary_file(tmp_path, sig, code, word):
     out = tmp_path / "synth"
+    # as from a terminal: a shell starting the tests in the background makes SIGINT ignored, and children inherit that
     proc = subprocess.Popen(
         [sys.executable, "-c", ENTRY, "synth", str(out), "--num", "500"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not (out / "videos").exists() or not any((out / "videos").glob("*.mp4")):
