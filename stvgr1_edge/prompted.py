@@ -1,16 +1,14 @@
 """Sampled frames + tracks → :class:`PromptedClip`: the STVG-R1 §3 ID markers drawn, at native
 resolution, on exactly the frames the VLM will see (`STVG-R1.md` §4 sampling).
 
-:class:`SampledFrameCollector` sits on the decoded frame stream and keeps only the sampled frames
-(at most ``FrameSampling.num_frames`` ≤ 768 of them), so a pipeline decodes the video once::
+:func:`track_and_prompt` is the one pass that turns a video into a prompted clip: every decoded frame goes to the
+tracker, :class:`SampledFrameCollector` keeps only the sampled ones (at most ``FrameSampling.num_frames`` ≤ 768),
+and :func:`render_prompted_clip` marks them once tracking ends::
 
-    with SampledFrameCollector(sampling, memory_mb=1024) as collector:
-        for frame in collector.watch(iter_frames(path, info=info)):
-            tracker.step(frame)
-        clip = render_prompted_clip(collector.kept(), tracker.finish(), sampling, resize=True)
+    tracked = track_and_prompt(iter_frames(path, info=info), info, tracker, plan_sampling(...))
 
-:func:`track_and_prompt` is that pass, written once: inference, training-data preparation and pre-training all
-call it, so the pixels a model is trained on and the pixels it answers on cannot drift apart.
+Inference, training-data preparation and pre-training all call it, so the pixels a model is trained on and the
+pixels it answers on cannot drift apart.
 
 The markers need the final tracks, so the native frames wait until tracking ends. Past ``memory_mb`` the
 collector keeps them in a temporary folder instead of memory (768 frames of 1080p are 4.8 GB); with
