@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from stvgr1_edge.bundle import BUNDLE_FORMAT, MANIFEST
+from stvgr1_edge.bundle import BUNDLE_FORMAT, MANIFEST, bundle_file_digests
 from stvgr1_edge.errors import BadInputError, atomic_output_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -210,6 +210,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
         if options.tracker != "none":
             stage("exporting the tracker")
             manifest["tracker"], manifest["parity"]["tracker"] = _export_tracker(options, tmp)
+        manifest["files"] = bundle_file_digests(tmp)  # verified when the bundle is loaded
         write_json_atomic(tmp / MANIFEST, manifest, indent=1)
     logger.info("wrote bundle %s", out)
     return out

@@ -121,6 +121,42 @@ class Bundle:
         )
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_file_digests(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``root`` but the manifest (written at export,
+    checked at load: an edited or damaged weight or graph file is found before it runs)."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def verify_bundle_files(root: Path, recorded: Any) -> None:
+    """One :class:`BadInputError` line for the first file that is missing or whose size or sha256 differs from the
+    manifest's record."""
+    if not isinstance(recorded, dict):
+        raise BadInputError(f"{root / MANIFEST} has no file list: re-export the bundle")
+    for rel, entry in recorded.items():
+        path = root / rel
+        if not isinstance(entry, dict) or not path.is_file():
+            raise BadInputError(f"bundle {root} is incomplete ({rel} missing): re-export it")
+        if path.stat().st_size != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+            raise BadInputError(
+                f"bundle file {path} is not the one exported (size or sha256 differs): re-export the bundle"
+            )
+
+
 def load_bundle(folder: str | os.PathLike, device: str = "auto") -> Bundle:
     """Read and validate ``folder/manifest.json`` and the files it names (one-line errors)."""
     from .grounding import resolve_device
@@ -133,14 +169,20 @@ def load_bundle(folder: str | os.PathLike, device: str = "auto") -> Bundle:
     manifest = read_json(root / MANIFEST, what="bundle manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BadInputError(f"{root / MANIFEST} is not a {BUNDLE_FORMAT} manifest: re-export the bundle")
-    grounder = manifest.get("grounder") or {}
-    vision = grounder.get("vision", {})
+    grounder = manifest.get("grounder")
+    vision = grounder.get("vision") if isinstance(grounder, dict) else None
+    tracker = manifest.get("tracker")
+    if not isinstance(grounder, dict) or not isinstance(vision, dict) or not isinstance(tracker, (dict, type(None))):
+        raise BadInputError(
+            f"{root / MANIFEST} does not describe a bundle (grounder/vision/tracker entries): re-export it"
+        )
     needed = [vision.get("onnx"), grounder.get("llm")]
     needed += [vision[key] for key in ("onnx_data", "engine") if vision.get(key)]
     if manifest.get("tracker"):
         needed.append(manifest["tracker"].get("folder"))
     for rel in needed:
-        if not rel or not (root / rel).exists():
+        if not isinstance(rel, str) or not rel or not (root / rel).exists():
             raise BadInputError(f"bundle {root} is incomplete ({rel or 'an entry'} missing): re-export it")
+    verify_bundle_files(root, manifest.get("files"))
     device = resolve_device(device)
     return Bundle(root, manifest, device, tuple(available_providers(device)))

@@ -23,7 +23,9 @@ prefill is the time to the first generated token, decode the rest.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -210,6 +212,53 @@ def _missing_weights_message(model: str) -> str:
     return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
 
 
+def check_safetensors_weights(folder: str | os.PathLike) -> None:
+    """One :class:`BadInputError` line unless ``folder``'s weights are safetensors files whose headers read.
+
+    Pickle weights (``*.bin``, ``*.pt``) are never loaded, not even with ``weights_only``: a folder holding only
+    those is refused with how to convert it. A broken file (garbage, a bad header, cut short) is named."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
+        found = f" (only pickle files: {', '.join(pickles[:3])})" if pickles else ""
+        raise BadInputError(
+            f"{folder} holds no safetensors weights{found}: stvg-edge loads safetensors only; convert them, e.g. "
+            "load in a trusted environment and save_pretrained(..., safe_serialization=True)"
+        )
+    for file in files:
+        if not _safetensors_file_is_whole(file):
+            raise BadInputError(
+                f"{file} is not a valid safetensors file (bad header or cut short, {file.stat().st_size} bytes): "
+                "download or export the weights again"
+            )
+
+
+def _safetensors_file_is_whole(file: Path) -> bool:
+    """The 8-byte header length, a JSON header of tensor entries, and every tensor's bytes inside the file."""
+    import struct
+
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        header_len = struct.unpack("<Q", head)[0]
+        if not 0 < header_len <= size - 8:
+            return False
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+    if not isinstance(header, dict):
+        return False
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (TypeError, KeyError, IndexError, ValueError):
+        return False
+    return 8 + header_len + max(ends, default=0) <= size
+
+
 def resolve_model_source(model: str) -> tuple[str, bool]:
     """``(source, local_files_only)``; checks a local folder holds a model before loading it.
     ``"nano"`` is the model shipped in the package (:func:`packaged_model_dir`)."""
@@ -237,6 +286,7 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
                 f"{model} has config.json but no weights (*.safetensors): "
                 f"download them with  huggingface-cli download {DEFAULT_MODEL} --local-dir {model}"
             )
+        check_safetensors_weights(path)
         return str(path), True
     if not _HUB_ID.match(model):
         raise MissingWeightsError(

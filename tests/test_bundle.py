@@ -309,3 +309,73 @@ def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--int4-calibration" in err
         assert not (tmp_path / "bad").exists()
+
+
+def _damaged(bundle: Path, tmp_path: Path, how: str) -> Path:
+    import shutil
+
+    copy = tmp_path / f"bundle_{how}"
+    shutil.copytree(bundle, copy)
+    if how == "llm_byte":  # one byte of the language model's weights changed
+        path = copy / "llm" / "model.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "onnx_byte":
+        path = copy / "vision_encoder.onnx"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "llm_missing":
+        (copy / "llm" / "model.safetensors").unlink()
+    elif how == "manifest_shape":
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["grounder"] = ["not", "a", "table"]
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    "how, says",
+    [
+        ("llm_byte", "not the one exported"),
+        ("onnx_byte", "not the one exported"),
+        ("llm_missing", "missing"),
+        ("manifest_shape", "does not describe a bundle"),
+    ],
+)
+def test_a_damaged_bundle_is_refused_in_one_line_before_loading(bundles, video_and_query, tmp_path, capsys, how, says):
+    video, query = video_and_query
+    damaged = _damaged(bundles["int4"], tmp_path, how)
+    rc = main(["run", str(video), query, "--bundle", str(damaged), "-o", str(tmp_path / "r.json"), "--device", "cpu"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("how", ["pickle_only", "garbage", "cut_short", "bad_header"])
+def test_model_folders_without_sound_safetensors_are_refused_in_one_line(
+    model_dir, video_and_query, tmp_path, capsys, how
+):
+    """Pickle weights are never loaded; a damaged safetensors file is named before transformers reads it."""
+    import shutil
+
+    folder = tmp_path / how
+    shutil.copytree(model_dir, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if how == "pickle_only":
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    elif how == "garbage":
+        weights.write_bytes(b"x" * 1000)
+    elif how == "cut_short":
+        weights.write_bytes(data[: len(data) // 2])
+    else:
+        weights.write_bytes((10**12).to_bytes(8, "little") + data[8:])
+    video, query = video_and_query
+    rc = main(["run", str(video), query, "--model", str(folder), "-o", str(tmp_path / "r.json"), "--device", "cpu"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, lines
+    assert ("pickle" in lines[0]) if how == "pickle_only" else ("not a valid safetensors file" in lines[0])
+    assert not (tmp_path / "r.json").exists()
