@@ -180,6 +180,10 @@ def track(
     typer.echo(f"{len(tracks)} tracks over {info.num_frames} frames -> {output}" + (f", {vis}" if vis else ""))
 
 
+NO_ANSWER_EXIT = 3
+"""``run --strict``: at least one query's answer could not be parsed (the result is written all the same)."""
+
+
 # --- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(
@@ -237,6 +241,9 @@ def run(
         "MB, then in a temporary folder (lower it on small devices).",
     ),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
+    strict: bool = typer.Option(
+        False, "--strict", help=f"Exit with code {NO_ANSWER_EXIT} when any query's answer cannot be parsed."
+    ),
 ) -> None:
     """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
     from rich.console import Console
@@ -308,6 +315,12 @@ def run(
         write_tube_video(video, result, vis)
     write_json_atomic(output, result.to_dict(), indent=1)
     _print_run_summary(result, output, vis)
+    unparsed = [i + 1 for i, q in enumerate(result.queries) if not q.answer.parse_ok]
+    if unparsed:  # the result says parse_ok: false; the user hears it too, on stderr
+        reason = result.queries[unparsed[0] - 1].answer.reason
+        typer.echo(f"warning: no answer could be parsed for query {', '.join(map(str, unparsed))} ({reason})", err=True)
+        if strict:
+            raise typer.Exit(NO_ANSWER_EXIT)
 
 
 def _check_choice(flag: str, value: Optional[str], choices: tuple[str, ...]) -> None:
@@ -430,8 +443,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Console entry point: runs the app and maps user errors to one line + exit code 2.
 
     Exit codes: 0 success; 2 bad input, an unwritable output, a missing dependency or missing weights (one line
-    on stderr); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM) — no output file is left half-written either
-    way; 1 a genuine internal error (traceback). Returns the code (the console script passes it to ``sys.exit``)."""
+    on stderr); 3 with ``run --strict`` when an answer cannot be parsed; 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM) — no output file is left half-written either way; 1 a genuine internal error (traceback). Returns the
+    code (the console script passes it to ``sys.exit``)."""
     import importlib
     import signal
     import threading

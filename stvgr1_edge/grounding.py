@@ -76,6 +76,10 @@ class GrounderConfig:
     """Nucleus sampling mass (used only with ``do_sample``)."""
     attn_implementation: str = "sdpa"
     """Attention kernel: "sdpa", "eager" or "flash_attention_2" (needs flash-attn)."""
+    stop_on_repetition: int = 64
+    """Stop decoding once the last this many generated tokens are one short pattern (period <= 8) repeated: a
+    degenerate answer ("small small small ...") would otherwise run to ``max_new_tokens`` and still not parse.
+    0: never (the reference's behaviour)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,28 @@ class GroundingOutput:
     num_visual_tokens: int
     num_prompt_tokens: int
     vision_reused: bool
+
+
+def is_repetition(tokens: Sequence[int], window: int, max_period: int = 8) -> bool:
+    """Whether the last ``window`` tokens are one pattern of at most ``max_period`` tokens repeated."""
+    if window <= 0 or len(tokens) < window:
+        return False
+    tail = list(tokens[-window:])
+    periods = range(1, min(max_period, window // 2) + 1)  # a pattern must repeat at least twice
+    return any(all(tail[i] == tail[i - p] for i in range(p, window)) for p in periods)
+
+
+class RepetitionStop:
+    """A transformers stopping criterion: True once the generated tokens end in a degenerate repetition."""
+
+    def __init__(self, prompt_len: int, window: int) -> None:
+        self.prompt_len, self.window = prompt_len, window
+
+    def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
+        import torch
+
+        done = [is_repetition(row[self.prompt_len :].tolist(), self.window) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class VideoGrounder(Protocol):
@@ -506,6 +532,12 @@ class Grounder(GroundingInputs):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
 
+    def _stopping_criteria(self, prompt_len: int):
+        from transformers import StoppingCriteriaList
+
+        window = self.config.stop_on_repetition
+        return StoppingCriteriaList([RepetitionStop(prompt_len, window)] if window > 0 else [])
+
     def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
         """Answer one prompt about ``clip``; reuses ``encoded`` (from :meth:`encode_video`) when given."""
         import torch
@@ -524,7 +556,11 @@ class Grounder(GroundingInputs):
         start = time.perf_counter()
         with torch.inference_mode():
             output_ids = self.model.generate(
-                **inputs, mm_encoder_outputs={"video": encoded.features}, streamer=clock, **self.generation_kwargs()
+                **inputs,
+                mm_encoder_outputs={"video": encoded.features},
+                streamer=clock,
+                stopping_criteria=self._stopping_criteria(inputs["input_ids"].shape[1]),
+                **self.generation_kwargs(),
             )
         self._sync()
         end = time.perf_counter()
