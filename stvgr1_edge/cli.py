@@ -253,7 +253,7 @@ def run(
     from .pipeline import PipelineConfig
     from .prompt import normalize_query
     from .run_config import RunConfig, build_pipeline, check_run_config
-    from .video import probe_video
+    from .video import iter_frames, probe_video
 
     _check_choice("--quant", quant, ("none", "nf4"))
     _check_choice("--tracker", tracker, ("classical", "sam2", "edgetam"))
@@ -286,6 +286,7 @@ def run(
     for q in queries:
         normalize_query(q)
     info = probe_video(video)  # fail on bad input before loading any model
+    next(iter_frames(video, stop=1, info=info))  # ... including a stream whose frames do not decode
     if tracks is not None:
         from .tracking.replay import ReplayTracker
         from .tracks import TrackSet

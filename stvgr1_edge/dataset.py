@@ -248,6 +248,8 @@ def _hcstvg_sample(entry: _Entry, version: str, first_frame: int, annotation_dir
     ed_frame = st_frame + len(boxes) - 1
     if entry.has("ed_frame"):
         stated_end = entry.integer("ed_frame", first_frame) - first_frame
+        if stated_end < st_frame:
+            entry.fail("ed_frame", f"is {stated_end + first_frame}, before st_frame {st_frame + first_frame}")
         if len(boxes) not in (stated_end - st_frame + 1, stated_end - st_frame):
             entry.fail(
                 "bbox", f"has {len(boxes)} boxes, expected {stated_end - st_frame + 1} (ed_frame - st_frame + 1)"

@@ -206,6 +206,8 @@ def parse_prediction(obj: Any, where: str) -> Prediction:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise AnnotationError(f"{where}: field '{name}' is {v!r}, expected seconds (a number) or null")
         times.append(None if v is None else float(v))
+    if times[0] is not None and times[1] is not None and times[1] < times[0]:
+        raise AnnotationError(f"{where}: end_s {times[1]} is before start_s {times[0]}: a time range runs forwards")
     tube: dict[int, tuple[float, float, float, float]] | None = None
     if obj.get("tube") is not None:
         tube = {}

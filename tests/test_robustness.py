@@ -108,3 +108,27 @@ def test_a_signal_mid_run_gives_its_exit_code_and_leaves_no_temporary_file(tmp_p
     assert proc.returncode == code and err.strip().splitlines() == [word], err
     assert not [name for name in _leftovers(out) if Path(name).name.startswith(".")]  # no temporary files
     assert not (out / "annotations.json").exists()
+
+
+def test_time_ranges_that_run_backwards_are_refused_with_their_cause(tmp_path, capsys):
+    import json
+
+    from stvgr1_edge.cli import main
+
+    entry = {
+        "img_num": 100,
+        "img_hw": [120, 160],
+        "st_frame": 50,
+        "ed_frame": 10,
+        "bbox": [[1, 1, 5, 5]] * 5,
+        "English": "a man waves",
+    }
+    (tmp_path / "gt.json").write_text(json.dumps({"v.mp4": entry}))
+    (tmp_path / "pred.json").write_text(json.dumps({"v.mp4": {"ids": [1], "start_s": 5.0, "end_s": 2.0}}))
+    assert main(["eval", str(tmp_path / "pred.json"), str(tmp_path / "gt.json")]) == 2
+    assert "'ed_frame' is 10, before st_frame 50" in capsys.readouterr().err
+    entry.update(st_frame=10, ed_frame=14)
+    (tmp_path / "gt.json").write_text(json.dumps({"v.mp4": entry}))
+    assert main(["eval", str(tmp_path / "pred.json"), str(tmp_path / "gt.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "end_s 2.0 is before start_s 5.0" in err[0]
