@@ -79,7 +79,7 @@ def render_scene(n_objects: int, n_frames: int, height: int, width: int, seed: i
     place: their always-covered middles enter the background model and each square becomes two edge fragments.
     """
     from stvgr1_edge.synth import SynthConfig, generate_clip
-    from stvgr1_edge.synth import render_frames as render_clip
+    from stvgr1_edge.synth_render import render_frames as render_clip
 
     fps = 10.0
     config = SynthConfig(

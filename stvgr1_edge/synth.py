@@ -32,12 +32,22 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from .errors import BadInputError, write_json_atomic
-from .masks import mask_to_box, mask_to_rle
+from .masks import mask_to_rle
+from .synth_motion import event_effects, event_quantum, plan_motion, simulate
+from .synth_render import (
+    SHAPE_EXTENT,
+    full_area,
+    inside_frame,
+    label_map,
+    make_background,
+    render_frames,
+    visible_mask,
+)
 from .tracks import TrackSet
 
 logger = logging.getLogger(__name__)
@@ -73,39 +83,6 @@ QUERY_TEMPLATES: dict[str, tuple[str, ...]] = {
     "shakes": ("the {obj} shakes from side to side", "the {obj} wobbles left and right", "the {obj} trembles in place"),
 }
 """Query templates per event; ``{obj}`` is the attribute phrase, ``{new}`` the colour turned to."""
-
-# Unit shapes at angle 0 (y points down): vertices scaled by the object's radius. The circle has radius 1.
-_SHAPE_EXTENT = {
-    "circle": 1.0,
-    "square": 0.85 * math.sqrt(2),
-    "triangle": 1.35,
-    "star": 1.4,
-    "cross": math.hypot(1.1, 0.38),
-}
-"""Distance of each shape's farthest point from its centre, in radii (for wall margins)."""
-
-
-def _unit_polygon(shape: str) -> np.ndarray:
-    if shape == "square":
-        s = 0.85
-        return np.array([[-s, -s], [s, -s], [s, s], [-s, s]])
-    if shape == "triangle":
-        a = np.deg2rad([-90.0, 30.0, 150.0])
-        return 1.35 * np.stack([np.cos(a), np.sin(a)], axis=1)
-    if shape == "star":
-        a = np.deg2rad(-90.0 + 36.0 * np.arange(10))
-        r = np.where(np.arange(10) % 2 == 0, 1.4, 0.6)
-        return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
-    if shape == "cross":
-        L, w = 1.1, 0.38
-        return np.array(
-            [[-w, -L], [w, -L], [w, -w], [L, -w], [L, w], [w, w], [w, L], [-w, L], [-w, w], [-L, w], [-L, -w], [-w, -w]]
-        )
-    raise ValueError(f"no polygon for shape {shape!r}")
-
-
-_UNIT_POLYGONS = {s: _unit_polygon(s) for s in SHAPES if s != "circle"}
-_SHIFT = 4  # OpenCV sub-pixel bits: coordinates drawn with 1/16 pixel precision
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -327,21 +304,10 @@ def _pick_distractor_attributes(rng, cfg: SynthConfig, target: tuple[str, str, s
             return colour, shape, size
 
 
-def _event_quantum(name: str, fps: float) -> int:
-    """Events made of repeated cycles last a whole number of cycles; this is the cycle in frames."""
-    if name == "jumps":
-        return max(2, int(round(1.0 * fps)))  # one hop per second: 2-fps samples land 1/2 hop apart
-    if name == "shakes":
-        return max(2, int(round(0.8 * fps)))
-    if name == "blinks":
-        return 2 * max(1, int(round(0.5 * fps)))  # dark half a second, normal half a second
-    return 1
-
-
 def _event_length(name: str, cfg: SynthConfig, rng) -> int | None:
     """Inclusive frame count of an event: uniform in the allowed range, rounded to whole cycles."""
     lo, hi = cfg.min_event_frames, cfg.max_event_frames
-    q = _event_quantum(name, cfg.fps)
+    q = event_quantum(name, cfg.fps)
     if name == "blinks":  # dark blocks at both ends: (2m - 1) half-cycles
         half = q // 2
         valid = [(2 * m - 1) * half for m in range(1, hi // half + 2) if lo <= (2 * m - 1) * half <= hi]
@@ -371,314 +337,6 @@ def _place_event(
         return None
     st = int(starts[int(rng.integers(len(starts)))])
     return ObjectEvent(name, st, st + length - 1, new_colour)
-
-
-@dataclass(frozen=True)
-class _Motion:
-    speed: float  # pixels per second
-    heading: float  # radians, initial
-    turn_rate: float  # radians per second (constant part)
-    turn_wobble: float  # radians per second (sinusoidal part)
-    turn_period_s: float
-    turn_phase: float
-    enter_frame: int | None  # None: present from frame 0
-    enter_edge: str
-    exit_frame: int | None  # walls switch off here and the object drifts out; None: stays
-
-
-def _plan_motion(rng, cfg: SynthConfig, event: ObjectEvent | None) -> _Motion:
-    n, fps = cfg.num_frames, cfg.fps
-    speed = float(rng.uniform(cfg.min_speed, cfg.max_speed) * cfg.width)
-    curved = rng.random() < cfg.curved_motion_prob
-    turn_rate = float(rng.uniform(-0.3, 0.3)) if curved else 0.0
-    turn_wobble = float(rng.uniform(0.2, 0.6)) if curved else 0.0
-    # Entering and leaving keep clear of the object's own event: the object is inside throughout it.
-    enter_lo, enter_hi = 0, int(0.6 * n)
-    exit_lo, exit_hi = int(0.3 * n), int(0.85 * n)  # time left to drift out
-    if event is not None:
-        enter_hi = min(enter_hi, event.start_frame - int(round(3.0 * fps)))
-        exit_lo = max(exit_lo, event.end_frame + 1)
-    enter_frame = None
-    if enter_hi >= enter_lo and rng.random() < cfg.enter_prob:
-        enter_frame = int(rng.integers(enter_lo, enter_hi + 1))
-    lo = max(exit_lo, (enter_frame or 0) + int(round(2.5 * fps)))
-    exit_frame = int(rng.integers(lo, exit_hi + 1)) if exit_hi >= lo and rng.random() < cfg.exit_prob else None
-    return _Motion(
-        speed,
-        float(rng.uniform(-math.pi, math.pi)),
-        turn_rate,
-        turn_wobble,
-        float(rng.uniform(3.0, 6.0)),
-        float(rng.uniform(0, 2 * math.pi)),
-        enter_frame,
-        _pick(rng, ("left", "right", "top", "bottom")),
-        exit_frame,
-    )
-
-
-@dataclass(frozen=True)
-class _Effects:
-    offset: np.ndarray  # (N, 2) added to the simulated centre
-    scale: np.ndarray  # (N,)
-    angle_deg: np.ndarray  # (N,)
-    rgb: np.ndarray  # (N, 3) uint8
-    moving: np.ndarray  # (N,) bool: the simulated centre advances into this frame
-    extent: float  # largest offset (pixels), for wall margins
-    max_scale: float
-
-
-_SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
-
-
-def _spin_rate(shape: str, duration_s: float, rng) -> float:
-    """Degrees per second for a spin that ends looking as it started (whole turns of the shape's symmetry)
-    and that 2-fps sampling cannot mistake for standing still: whether samples fall 0.45 or 0.6 s apart (the
-    sampler spreads frames evenly over the clip), each step turns 20-80% of the shape's symmetry angle."""
-    sym = _SYMMETRY_DEG[shape]
-    rates = []
-    for turns in range(1, 20):
-        omega = turns * sym / duration_s
-        if 50.0 <= omega <= 140.0 and all(0.2 <= (dt * omega / sym) % 1.0 <= 0.8 for dt in (0.45, 0.5, 0.55, 0.6)):
-            rates.append(omega)
-    if not rates:  # no whole number of turns fits: spin at ~100 deg/s and stop wherever it stops
-        return float(rng.uniform(90.0, 110.0))
-    return float(rates[int(rng.integers(len(rates)))])
-
-
-def _event_effects(
-    event: ObjectEvent | None, colour: str, shape: str, base_radius: float, cfg: SynthConfig, rng
-) -> _Effects:
-    """Per-frame offsets, scale, rotation and colour that make the event happen (identity without one)."""
-    n, fps = cfg.num_frames, cfg.fps
-    offset = np.zeros((n, 2))
-    scale = np.ones(n)
-    angle = np.zeros(n)
-    rgb = np.tile(np.asarray(PALETTE[colour], np.float64), (n, 1))
-    moving = np.ones(n, bool)
-    extent, max_scale = 0.0, 1.0
-    if event is None:
-        return _Effects(offset, scale, angle, rgb.astype(np.uint8), moving, extent, max_scale)
-    st, ed = event.start_frame, event.end_frame
-    k = np.arange(ed - st + 1)  # frames since the event started
-    ramp = k / max(ed - st, 1)
-    smooth = ramp * ramp * (3 - 2 * ramp)
-    q = _event_quantum(event.name, fps)
-    if event.name == "jumps":
-        extent = max(1.3 * base_radius, 0.08 * cfg.height)
-        offset[st : ed + 1, 1] = -extent * np.abs(np.sin(np.pi * k / q))
-    elif event.name == "shakes":
-        extent = max(1.0 * base_radius, 0.05 * cfg.width)
-        offset[st : ed + 1, 0] = extent * np.sin(2 * np.pi * k / q)
-        moving[st + 1 : ed + 1] = False  # shakes in place
-    elif event.name == "spins":
-        omega = _spin_rate(shape, (ed - st) / fps, rng) * (1 if rng.random() < 0.5 else -1)
-        angle[st : ed + 1] = omega * k / fps
-        angle[ed + 1 :] = angle[ed]
-    elif event.name in ("grows", "shrinks"):
-        target = 1.6 if event.name == "grows" else 0.6
-        scale[st : ed + 1] = 1 + (target - 1) * smooth
-        scale[ed + 1 :] = target
-        max_scale = max(1.0, target)
-    elif event.name == "stops":
-        moving[st + 1 : ed + 1] = False
-    elif event.name == "changes_colour":
-        assert event.new_colour is not None  # drawn with the event
-        new = np.asarray(PALETTE[event.new_colour], np.float64)
-        rgb[st : ed + 1] = (1 - ramp)[:, None] * rgb[st : ed + 1] + ramp[:, None] * new
-        rgb[ed + 1 :] = new
-    elif event.name == "blinks":
-        dark = (k // (q // 2)) % 2 == 0  # dark, normal, dark, ..., dark
-        rgb[st : ed + 1][dark] = BLINK_RGB
-    return _Effects(offset, scale, angle, np.round(rgb).astype(np.uint8), moving, extent, max_scale)
-
-
-def _simulate(
-    motion: _Motion, margin: float, leave_distance: float, moving: np.ndarray, cfg: SynthConfig, rng
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integrate the centre frame by frame: bounce off walls ``margin`` inside the frame while inside,
-    enter from an edge, drift out once walls switch off. Returns (present (N,), centre (N, 2))."""
-    n, dt, W, H = cfg.num_frames, 1.0 / cfg.fps, cfg.width, cfg.height
-    present = np.zeros(n, bool)
-    center = np.zeros((n, 2))
-    lo_x, hi_x, lo_y, hi_y = margin, W - margin, margin, H - margin
-    heading = motion.heading
-    if motion.enter_frame is None:
-        x, y = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
-        phase = "inside"
-    else:
-        along = float(rng.uniform(0.0, 1.0))
-        inward = {"left": 0.0, "right": math.pi, "top": math.pi / 2, "bottom": -math.pi / 2}[motion.enter_edge]
-        heading = inward + float(rng.uniform(-0.4, 0.4))
-        if motion.enter_edge in ("left", "right"):
-            x = -leave_distance if motion.enter_edge == "left" else W + leave_distance
-            y = lo_y + along * (hi_y - lo_y)
-        else:
-            y = -leave_distance if motion.enter_edge == "top" else H + leave_distance
-            x = lo_x + along * (hi_x - lo_x)
-        phase = "waiting"
-    for f in range(n):
-        if phase == "waiting" and motion.enter_frame is not None and f >= motion.enter_frame:
-            phase = "entering"
-        if phase in ("inside", "entering") and motion.exit_frame is not None and f >= motion.exit_frame:
-            phase = "leaving"
-        if phase == "waiting":
-            center[f] = (x, y)
-            continue
-        if phase != "entering":  # straight in, then gentle curves
-            t = f * dt
-            wobble = math.sin(2 * math.pi * t / motion.turn_period_s + motion.turn_phase)
-            heading += (motion.turn_rate + motion.turn_wobble * wobble) * dt
-        if moving[f]:
-            x += motion.speed * math.cos(heading) * dt
-            y += motion.speed * math.sin(heading) * dt
-        if phase == "entering" and lo_x <= x <= hi_x and lo_y <= y <= hi_y:
-            phase = "inside"
-        if phase == "inside":
-            if (x < lo_x and math.cos(heading) < 0) or (x > hi_x and math.cos(heading) > 0):
-                heading = math.pi - heading
-            if (y < lo_y and math.sin(heading) < 0) or (y > hi_y and math.sin(heading) > 0):
-                heading = -heading
-        outside = x < -leave_distance or x > W + leave_distance or y < -leave_distance or y > H + leave_distance
-        if phase == "leaving" and outside:
-            phase = "gone"
-        center[f] = (x, y)
-        present[f] = phase != "gone"
-    return present, center
-
-
-# --- drawing -------------------------------------------------------------------------------------
-def _polygon(obj: SynthObject, f: int) -> np.ndarray:
-    """Vertices (pixel-edge coordinates) of a polygonal object at frame ``f``."""
-    a = math.radians(float(obj.angle_deg[f]))
-    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    return _UNIT_POLYGONS[obj.shape] @ rot.T * float(obj.radius[f]) + obj.center[f]
-
-
-def _draw_object(canvas: np.ndarray, obj: SynthObject, f: int, value) -> None:
-    """Fill the object's shape at frame ``f`` into ``canvas`` with ``value`` (no anti-aliasing: exact masks)."""
-    import cv2
-
-    scale = 1 << _SHIFT
-    if obj.shape == "circle":
-        cx, cy = obj.center[f] - 0.5  # OpenCV puts pixel i's centre at coordinate i
-        cv2.circle(
-            canvas,
-            (int(round(cx * scale)), int(round(cy * scale))),
-            int(round(float(obj.radius[f]) * scale)),
-            value,
-            thickness=-1,
-            lineType=cv2.LINE_8,
-            shift=_SHIFT,
-        )
-    else:
-        pts = np.round((_polygon(obj, f) - 0.5) * scale).astype(np.int32)
-        cv2.fillPoly(canvas, [pts], value, lineType=cv2.LINE_8, shift=_SHIFT)
-
-
-def _label_map(objects, f: int, height: int, width: int) -> np.ndarray:
-    """(H, W) uint8 map of which object ID owns each pixel at frame ``f`` (0: floor), drawn back to front."""
-    labels = np.zeros((height, width), np.uint8)
-    for obj in sorted(objects, key=lambda o: o.depth):
-        if obj.present[f]:
-            _draw_object(labels, obj, f, int(obj.object_id))
-    return labels
-
-
-def _full_area(obj: SynthObject, f: int, height: int, width: int) -> int:
-    """Pixels the object covers inside the frame at ``f`` with nothing in front of it."""
-    canvas = np.zeros((height, width), np.uint8)
-    _draw_object(canvas, obj, f, 1)
-    return int(canvas.sum())
-
-
-def _shape_bounds(obj: SynthObject, f: int) -> tuple[float, float, float, float]:
-    """Geometric ``[x1, y1, x2, y2]`` of the object's shape at ``f`` (before occlusion and clipping)."""
-    if obj.shape == "circle":
-        (cx, cy), r = obj.center[f], float(obj.radius[f])
-        return cx - r, cy - r, cx + r, cy + r
-    pts = _polygon(obj, f)
-    (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
-    return float(x1), float(y1), float(x2), float(y2)
-
-
-def _inside_frame(obj: SynthObject, f: int, height: int, width: int) -> bool:
-    """The object's whole shape lies inside the frame at ``f``."""
-    x1, y1, x2, y2 = _shape_bounds(obj, f)
-    return x1 >= 0.5 and y1 >= 0.5 and x2 <= width - 0.5 and y2 <= height - 0.5
-
-
-def _visible_mask(labels: np.ndarray, obj: SynthObject, f: int) -> tuple[np.ndarray, list[float] | None]:
-    """The object's visible pixels at ``f`` (full-frame bool mask) and their tight box, looked up only
-    in a window around the shape (rasterization never strays 2 pixels beyond it)."""
-    H, W = labels.shape
-    x1, y1, x2, y2 = _shape_bounds(obj, f)
-    c0, r0 = max(0, int(math.floor(x1)) - 2), max(0, int(math.floor(y1)) - 2)
-    c1, r1 = min(W, int(math.ceil(x2)) + 2), min(H, int(math.ceil(y2)) + 2)
-    mask = np.zeros((H, W), bool)
-    if c1 <= c0 or r1 <= r0:
-        return mask, None
-    window = labels[r0:r1, c0:c1] == obj.object_id
-    mask[r0:r1, c0:c1] = window
-    box = mask_to_box(window)
-    if box is None:
-        return mask, None
-    return mask, [box[0] + c0, box[1] + r0, box[2] + c0, box[3] + r0]
-
-
-def _make_background(rng, cfg: SynthConfig) -> np.ndarray:
-    """A light floor: vertical gradient, faint blotchy texture and tile lines, plus a few static rectangles."""
-    import cv2
-
-    H, W = cfg.height, cfg.width
-    top = rng.uniform(195, 225) + rng.uniform(-8, 8, size=3)
-    bottom = rng.uniform(180, 215) + rng.uniform(-8, 8, size=3)
-    ramp = np.linspace(0.0, 1.0, H)[:, None, None]
-    floor = (1 - ramp) * top + ramp * bottom + np.zeros((1, W, 1))
-    noise = cv2.GaussianBlur(rng.normal(0.0, 6.0, size=(H, W)).astype(np.float32), (0, 0), 2.0)
-    floor += noise[:, :, None]
-    tile = int(rng.integers(32, 56))
-    floor[::tile, :, :] -= 10
-    floor[:, ::tile, :] -= 10
-    img = np.clip(np.round(floor), 0, 255).astype(np.uint8)
-    furniture = [(170, 150, 125), (140, 145, 155), (185, 175, 150), (125, 135, 120), (160, 140, 145)]
-    for _ in range(int(rng.integers(cfg.min_furniture, cfg.max_furniture + 1))):
-        w, h = int(rng.uniform(0.12, 0.3) * W), int(rng.uniform(0.1, 0.25) * H)
-        x, y = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
-        colour = tuple(int(c) for c in furniture[int(rng.integers(len(furniture)))])
-        cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), colour, thickness=-1)
-        cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), tuple(int(c * 0.75) for c in colour), thickness=2)
-    return img
-
-
-def draw_object(canvas: np.ndarray, obj: SynthObject, frame: int, value) -> None:
-    """Fill ``obj``'s shape at ``frame`` into ``canvas`` with ``value``, exactly as clips are rendered (no
-    anti-aliasing). For scenes built outside :func:`generate_clip` (e.g. small training crops)."""
-    _draw_object(canvas, obj, frame, value)
-
-
-def make_background(rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
-    """A static floor as clips have (:class:`SynthConfig` size), drawn from ``rng``."""
-    return _make_background(rng, config)
-
-
-def object_label_map(clip: SynthClip, frame: int) -> np.ndarray:
-    """(H, W) uint8 map of which object ID owns each pixel of ``frame`` (0: floor): the occlusion order the
-    GT masks and :func:`render_frames` use. For per-pixel labels (e.g. teaching a vision encoder)."""
-    return _label_map(clip.objects, frame, clip.config.height, clip.config.width)
-
-
-def render_frames(clip: SynthClip) -> Iterator[np.ndarray]:
-    """The clip's frames as RGB ``uint8`` (H, W, 3) arrays: the same pixels the GT masks were taken from."""
-    cfg = clip.config
-    colour_of_label = np.zeros((len(clip.objects) + 1, 3), np.uint8)
-    for f in range(clip.num_frames):
-        labels = _label_map(clip.objects, f, cfg.height, cfg.width)
-        for obj in clip.objects:
-            colour_of_label[obj.object_id] = obj.rgb[f]
-        frame = clip.background.copy()
-        drawn = labels > 0
-        frame[drawn] = colour_of_label[labels[drawn]]
-        yield frame
 
 
 # --- the query -----------------------------------------------------------------------------------
@@ -727,7 +385,7 @@ def generate_clip(seed: int, config: SynthConfig = SynthConfig(), key: str = "sy
 
 def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
     H, W, n = cfg.height, cfg.width, cfg.num_frames
-    background = _make_background(rng, cfg)
+    background = make_background(rng, cfg)
     num_objects = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
 
     # Target: event first, then attributes that can show it.
@@ -752,10 +410,10 @@ def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
         colour, shape, size = attrs[old_index]
         event = events[old_index]
         base_radius = (cfg.small_radius if size == "small" else cfg.large_radius) * min(W, H)
-        effects = _event_effects(event, colour, shape, base_radius, cfg, rng)
-        reach = base_radius * effects.max_scale * _SHAPE_EXTENT[shape]
-        motion = _plan_motion(rng, cfg, event)
-        present, center = _simulate(
+        effects = event_effects(event, colour, shape, base_radius, cfg, rng)
+        reach = base_radius * effects.max_scale * SHAPE_EXTENT[shape]
+        motion = plan_motion(rng, cfg, event)
+        present, center = simulate(
             motion, reach + effects.extent + step, reach + effects.extent + 1.0, effects.moving, cfg, rng
         )
         objects.append(
@@ -779,11 +437,11 @@ def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
     gt = TrackSet(W, H, cfg.fps, n)
     visible_area = np.zeros((len(objects), n), np.int64)
     for f in range(n):
-        labels = _label_map(objects, f, H, W)
+        labels = label_map(objects, f, H, W)
         for obj in objects:
             if not obj.present[f]:
                 continue
-            mask, box = _visible_mask(labels, obj, f)
+            mask, box = visible_mask(labels, obj, f)
             if box is None:
                 continue
             visible_area[obj.object_id - 1, f] = int(np.count_nonzero(mask))
@@ -794,10 +452,10 @@ def _try_clip(rng, seed: int, cfg: SynthConfig, key: str) -> SynthClip | None:
             continue
         min_fraction = cfg.min_target_visible_fraction if obj.object_id == target_id else 0.0
         for f in range(obj.event.start_frame, obj.event.end_frame + 1):
-            if not (obj.present[f] and _inside_frame(obj, f, H, W)):
+            if not (obj.present[f] and inside_frame(obj, f, H, W)):
                 return None
             visible = visible_area[obj.object_id - 1, f]
-            if visible == 0 or visible <= min_fraction * _full_area(obj, f, H, W):
+            if visible == 0 or visible <= min_fraction * full_area(obj, f, H, W):
                 return None
 
     target = objects[target_id - 1]

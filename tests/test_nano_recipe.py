@@ -119,7 +119,8 @@ def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
     import cv2
 
     from stvgr1_edge.markers import marker_style
-    from stvgr1_edge.synth import SynthConfig, make_background
+    from stvgr1_edge.synth import SynthConfig
+    from stvgr1_edge.synth_render import make_background
 
     rng = np.random.default_rng(0)
     backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]
@@ -144,7 +145,8 @@ def test_small_scenes_mark_digits_in_the_frames_style_and_label_them(tmp_path):
 
 
 def test_glyph_crops_are_labelled_by_the_marker_they_show():
-    from stvgr1_edge.synth import SynthConfig, make_background
+    from stvgr1_edge.synth import SynthConfig
+    from stvgr1_edge.synth_render import make_background
 
     rng = np.random.default_rng(1)
     backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]

@@ -286,7 +286,7 @@ def object_token_labels(
     """:func:`tube_object_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``. ``sampled``: the
     native frame indices the VLM sees, in order (pairs form the 2-frame tubes). Labels are in the clip's native
     pixel grid, which must be the resized grid (multiples of 28)."""
-    from stvgr1_edge.synth import object_label_map
+    from stvgr1_edge.synth_render import object_label_map
 
     _check_grid(clip.config.height, clip.config.width, len(sampled))
     objects = {o.object_id: o for o in clip.objects}
@@ -321,7 +321,7 @@ def digit_token_labels(
     """:func:`tube_digit_labels` of every tube of a synthetic clip, ``(groups, rows, cols)``: the objects' §3
     markers (``ids``: synthetic object ID → drawn ID) over the ``extras`` (frame → :func:`extra_markers`)."""
     from stvgr1_edge.markers import marker_style
-    from stvgr1_edge.synth import object_label_map
+    from stvgr1_edge.synth_render import object_label_map
 
     height, width = clip.config.height, clip.config.width
     _check_grid(height, width, len(sampled))
@@ -346,7 +346,8 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
     import cv2
 
     from stvgr1_edge.markers import markable_objects, marker_anchor, marker_style
-    from stvgr1_edge.synth import PALETTE, SHAPES, SIZES, SynthObject, draw_object
+    from stvgr1_edge.synth import PALETTE, SHAPES, SIZES, SynthObject
+    from stvgr1_edge.synth_render import draw_object
 
     size = config.scene_tokens * MERGED_PX
     font_scale, thickness = marker_style(config.height, config.width)
@@ -453,7 +454,8 @@ class SceneStream(torch.utils.data.IterableDataset):
         self.make, self.batch = make or small_scene, batch or config.scene_batch
 
     def __iter__(self):
-        from stvgr1_edge.synth import SynthConfig, make_background
+        from stvgr1_edge.synth import SynthConfig
+        from stvgr1_edge.synth_render import make_background
 
         torch.set_num_threads(1)
         rng = np.random.default_rng(self.seed)
@@ -499,7 +501,8 @@ def labelled_clip(
 
     from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
-    from stvgr1_edge.synth import SynthConfig, generate_clip, render_frames
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+    from stvgr1_edge.synth_render import render_frames
     from stvgr1_edge.tracking.replay import ReplayTracker
     from stvgr1_edge.tracks import TrackSet
     from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
