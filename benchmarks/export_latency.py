@@ -105,7 +105,8 @@ def bench_vision(model, grid, device: str, repeats: int, workdir: Path) -> dict:
     import torch
 
     from stvgr1_edge.backends.onnx_tracker import available_providers
-    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder, export_vision_encoder
+    from stvgr1_edge.backends.onnx_vision import OnnxVisionEncoder
+    from stvgr1_edge_export.vision_onnx import export_vision_encoder
 
     cfg = model.model.visual.config
     grid_t = torch.tensor([grid])

@@ -80,7 +80,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def vision_parity(model, onnx_path: Path) -> dict[str, float]:
     """Max abs error and cosine of the ONNX vision encoder (onnxruntime CPU) vs PyTorch on random patches."""
-    from stvgr1_edge_export.vision_onnx import OnnxVisionEncoder
+    from stvgr1_edge.backends.onnx_vision import OnnxVisionEncoder
 
     grid = torch.tensor([PARITY_GRID])
     gen = torch.Generator().manual_seed(0)
@@ -179,7 +179,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
     if options.tracker != "none" and not options.tracker_model:
         raise BadInputError(f"--tracker {options.tracker} needs --tracker-model (SAM2/EdgeTAM hub id or folder)")
     if "trt" in (options.vision, options.tracker):
-        from stvgr1_edge_export.tensorrt import import_tensorrt
+        from stvgr1_edge.backends.tensorrt import import_tensorrt
 
         import_tensorrt()  # one-line MissingDependencyError before any work
     if options.llm == "nf4":

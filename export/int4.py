@@ -1,5 +1,5 @@
-"""Weight-only int4 for the language model's linears, gpt-fast style: an ``nn.Linear`` swap whose packing sits
-next to it.
+"""Weight-only int4 for the language model's linears, gpt-fast style: choosing the codes and writing the folder that
+:mod:`stvgr1_edge.backends.int4` runs.
 
 Quantization is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs;
 a group with range ``[lo, hi]`` (its min and max, shrunk by the :data:`RANGE_SHRINKS` factor that reconstructs
@@ -10,17 +10,8 @@ rounds one input column at a time and folds each column's error into the columns
 outputs on real activations move least (the packaged nano model on 200 held-out clips: 83.5% of int4 answers
 word for word full precision's with GPTQ, 50.5% with rounding).
 
-Kernels, chosen by the device the module is packed on:
-
-- ``"cuda"``: ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, bf16 activations), weights packed by
-  ``_convert_weight_to_int4pack`` from uint8 ``(out, in / 2)`` (even input index in the high nibble);
-- ``"cpu"``: ``_weight_int4pack_mm_for_cpu`` with ``_convert_weight_to_int4pack_for_cpu`` (int32 codes);
-- ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
-  ``F.linear``.
-
-The kernel layouts are device-specific, so the saved folder holds a portable form (codes packed two per byte,
-scales and zeros) and loading packs for the target device. A packed model must not be moved across device
-types; quantize or load it on the device it will run on.
+The kernels that run the codes, their device-specific layouts and the portable folder format are the runtime's
+(:mod:`stvgr1_edge.backends.int4`); quantize or load a model on the device it will run on.
 """
 
 from __future__ import annotations
@@ -36,21 +27,16 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from stvgr1_edge.backends.int4 import (  # noqa: F401  (the runtime runs what this writes)
+from stvgr1_edge.backends.int4 import (
     FORMAT,
     QUANT_FILE,
     SUPPORTED_GROUP_SIZES,
     WEIGHTS_FILE,
     Int4ModuleSpec,
     WeightOnlyInt4Linear,
-    dequantize_int4,
     inner_k_tiles_for,
-    kernel_for,
-    load_int4,
-    pack_scales_and_zeros,
     pack_uint4x2,
     set_submodule,
-    unpack_uint4x2,
 )
 from stvgr1_edge.errors import BadInputError, atomic_output_dir
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from stvgr1_edge.backends.nf4 import load_nf4, require_nf4_runtime  # noqa: F401  (the runtime loads what this writes)
+from stvgr1_edge.backends.nf4 import require_nf4_runtime
 from stvgr1_edge.errors import BadInputError, atomic_output_dir, require
 
 logger = logging.getLogger(__name__)

@@ -24,10 +24,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stvgr1_edge.backends.tensorrt import (  # noqa: F401  (the runtime loads what this builds)
-    TENSORRT_MISSING,
+from stvgr1_edge.backends.tensorrt import (
     EngineInfo,
-    TrtVisionEncoder,
     engine_info_path,
     import_tensorrt,
 )

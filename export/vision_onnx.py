@@ -32,18 +32,11 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from stvgr1_edge.backends.onnx_vision import (  # noqa: F401  (re-exported: the runtime runs what this writes)
+from stvgr1_edge.backends.onnx_vision import (
     INPUT_NAMES,
     METADATA_KEY,
     OUTPUT_NAME,
-    AttentionSegments,
-    OnnxVisionEncoder,
-    VisionSideInputs,
     compute_vision_side_inputs,
-    grid_key,
-    segments_from_cu_seqlens,
-    session_options,
-    split_per_video,
 )
 from stvgr1_edge.errors import BadInputError, require
 

@@ -11,7 +11,6 @@ a frame count in the header that disagrees with the packets is reported as a war
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 from dataclasses import dataclass
@@ -194,17 +193,6 @@ def iter_frames(
             raise VideoError(f"video has 0 decodable frames: {path}: {_FIX}")
     finally:
         container.close()
-
-
-def _index_for_time(info: VideoInfo, t: float) -> int:
-    """Nearest frame index for a presentation time (exact for the times ``probe_video`` read)."""
-    times = info.frame_times_s
-    i = bisect.bisect_left(times, t)
-    if i >= len(times):
-        return len(times) - 1
-    if i > 0 and abs(times[i - 1] - t) <= abs(times[i] - t):
-        return i - 1
-    return i
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None) -> list[Frame]:

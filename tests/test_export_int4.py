@@ -323,8 +323,9 @@ def test_nf4_folder_round_trip_keeps_vision_tower_unquantized(tiny, tmp_path, pr
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
+    from stvgr1_edge.backends.nf4 import load_nf4
     from stvgr1_edge.tiny import save_tiny_model
-    from stvgr1_edge_export.nf4 import load_nf4, quantize_nf4_to_folder
+    from stvgr1_edge_export.nf4 import quantize_nf4_to_folder
 
     model, processor = tiny
     source = save_tiny_model(tmp_path / "fp", model=model, processor=processor)

@@ -14,16 +14,15 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from stvgr1_edge.errors import BadInputError, MissingDependencyError  # noqa: E402
-from stvgr1_edge_export.vision_onnx import (  # noqa: E402
+from stvgr1_edge.backends.onnx_vision import (  # noqa: E402
     INPUT_NAMES,
     METADATA_KEY,
     OnnxVisionEncoder,
     compute_vision_side_inputs,
-    export_vision_encoder,
     segments_from_cu_seqlens,
-    vision_encoder_graph,
 )
+from stvgr1_edge.errors import BadInputError, MissingDependencyError  # noqa: E402
+from stvgr1_edge_export.vision_onnx import export_vision_encoder, vision_encoder_graph  # noqa: E402
 
 GRIDS = [(2, 16, 20), (1, 8, 8), (3, 12, 28)]
 """Three grids: windows partial and whole, 1-3 temporal patches, square and wide frames."""
@@ -226,7 +225,8 @@ def test_tensorrt_engine_builds_with_metadata(onnx_paths, tmp_path):
 @pytest.mark.gpu
 def test_tensorrt_runtime_matches_onnxruntime(tiny_model, onnx_paths, tmp_path):
     pytest.importorskip("tensorrt")
-    from stvgr1_edge_export.tensorrt import TrtVisionEncoder, VisionEngineProfile, build_vision_engine
+    from stvgr1_edge.backends.tensorrt import TrtVisionEncoder
+    from stvgr1_edge_export.tensorrt import VisionEngineProfile, build_vision_engine
 
     engine = tmp_path / "vision_fp32.engine"
     build_vision_engine(

@@ -180,15 +180,7 @@ class ClassicalDetector(Detector):
 
         if self.config.ghost_edge_ratio <= 0:
             return False
-        x, y, w, h = (int(v) for v in stat[:4])
-        pad = 2
-        y0, y1, x0, x1 = (
-            max(0, y - pad),
-            min(image.shape[0], y + h + pad),
-            max(0, x - pad),
-            min(image.shape[1], x + w + pad),
-        )
-        blob = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
+        (y0, y1, x0, x1), blob = _blob_window(image.shape, labels, stat, label)
         outline = (blob - cv2.erode(blob, np.ones((3, 3), np.uint8))).astype(bool)
         if not outline.any():
             return False
@@ -208,18 +200,10 @@ class ClassicalDetector(Detector):
 
         if not self._is_ghost(image, labels, stat, label):
             return False
-        x, y, w, h = (int(v) for v in stat[:4])
-        pad = 2
-        y0, y1, x0, x1 = (
-            max(0, y - pad),
-            min(image.shape[0], y + h + pad),
-            max(0, x - pad),
-            min(image.shape[1], x + w + pad),
-        )
-        blob = (labels[y0:y1, x0:x1] == label).astype(np.uint8)
+        (y0, y1, x0, x1), blob = _blob_window(image.shape, labels, stat, label)
         region = cv2.dilate(blob, np.ones((3, 3), np.uint8)).astype(bool)
         self._fitted[y0:y1, x0:x1][region] = image[y0:y1, x0:x1][region]
-        logger.debug("healed a background ghost at %s", [x, y, x + w, y + h])
+        logger.debug("healed a background ghost at %s", [int(v) for v in stat[:4]])
         return True
 
     def __call__(self, image: np.ndarray) -> Detections:
@@ -253,3 +237,13 @@ class ClassicalDetector(Detector):
         masks = np.stack([labels == i for i in keep])
         scores = np.ones(len(keep), np.float32)
         return Detections(boxes, scores, ("object",) * len(keep), masks)
+
+
+def _blob_window(
+    shape: tuple[int, ...], labels: np.ndarray, stat: np.ndarray, label: int, pad: int = 2
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The component's box (``stat``: OpenCV's x, y, w, h) grown by ``pad`` pixels within the frame, as
+    ``(y0, y1, x0, x1)``, and the component's uint8 mask in that window."""
+    x, y, w, h = (int(v) for v in stat[:4])
+    y0, y1, x0, x1 = max(0, y - pad), min(shape[0], y + h + pad), max(0, x - pad), min(shape[1], x + w + pad)
+    return (y0, y1, x0, x1), (labels[y0:y1, x0:x1] == label).astype(np.uint8)
