@@ -40,8 +40,6 @@ class VideoInfo:
     duration_s: float
     codec: str
     frame_times_s: tuple[float, ...]
-    start_pts: int = 0
-    time_base: Fraction = Fraction(1, 1)
 
     @property
     def is_variable_frame_rate(self) -> bool:
@@ -149,7 +147,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if fps <= 0 or not np.isfinite(fps):
         raise VideoError(f"video has no usable frame rate: {path}: {_FIX}")
     duration = n / fps if n < 2 else times[-1] + (times[-1] - times[0]) / (n - 1)
-    return VideoInfo(str(path), width, height, n, fps, float(duration), codec, times, t0, time_base)
+    return VideoInfo(str(path), width, height, n, fps, float(duration), codec, times)
 
 
 def iter_frames(
