@@ -13,9 +13,9 @@ prompted clip (the tracks are replayed), so the variants differ only in the grou
 - ``bundle``: an ``stvg-edge export`` bundle (ONNX vision encoder + int4 LLM, GPTQ when ``--int4-calibration`` is
   given) built from the model.
 
-Metrics (``stvgr1_edge.metrics.evaluate``, tubedetr convention): m_tIoU, m_vIoU, vIoU@0.3/0.5. ID accuracy is
-scored against the *tracker* ID of the GT target (:func:`stvgr1_edge.demo.tracker_id_of_target`), since the
-answer names tracker IDs, not the synthesizer's object IDs.
+Metrics (``stvgr1_edge.metrics.evaluate``, tubedetr convention): m_tIoU, m_vIoU, vIoU@0.3/0.5. ID accuracy: the
+answered ID names the track assigned to the GT boxes (:func:`stvgr1_edge.gt_match.assign_gt_id`, as ``stvg-edge
+eval`` scores it), over the clips where one is.
 
     python benchmarks/accuracy.py [--model nano] [--num 40] [--variants fp32,int4,int4_gptq,nf4,bundle]
         [--int4-calibration CACHE] [--out benchmarks/results/accuracy.json]
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "tracker": "classical",
         "convention": "tubedetr",
-        "id_accuracy_definition": "answered IDs == [tracker ID with the best mean box IoU to the GT target]",
+        "id_accuracy_definition": "answered IDs == [gt_match.assign_gt_id track of the GT boxes], where one is",
         "torch_threads": torch.get_num_threads(),
         "variants": variants,
     }

@@ -5,9 +5,9 @@ classical tracker, grounds its query with the nano Qwen2.5-VL shipped in the pac
 ``result.json`` (the `run` result) and ``result.mp4`` (tracks + the answered tube). The returned
 :class:`DemoResult` holds the answer next to the ground truth, so the CLI can print both.
 
-The target's ID in the ground truth is the synthesizer's object ID; the answer names a *tracker* ID. They
-are compared through :func:`tracker_id_of_target`: the tracker ID whose boxes overlap the GT target's
-boxes best over the GT frames.
+The target's ID in the ground truth is the synthesizer's object ID; the answer names a *tracker* ID. The
+answer is compared with the track :func:`~stvgr1_edge.gt_match.assign_gt_id` gives the GT boxes, as
+``stvg-edge eval`` does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .errors import write_json_atomic
 
@@ -64,25 +63,6 @@ class DemoResult:
     result_mp4: Path
 
 
-def tracker_id_of_target(tracks, gt_boxes: Mapping[int, Sequence[float]], min_mean_iou: float = 0.3) -> int | None:
-    """The tracker ID whose boxes overlap ``gt_boxes`` best (mean IoU over the GT frames, 0 where the
-    track is absent); None when no track reaches ``min_mean_iou``."""
-    from .masks import box_iou
-
-    best_id, best_iou = None, min_mean_iou
-    for track_id in tracks.ids:
-        track = tracks.tracks[track_id]
-        total = 0.0
-        for frame, gt_box in gt_boxes.items():
-            box = track.box_at(int(frame))
-            if box is not None:
-                total += box_iou(box, gt_box)
-        mean_iou = total / max(1, len(gt_boxes))
-        if mean_iou >= best_iou:
-            best_id, best_iou = track_id, mean_iou
-    return best_id
-
-
 def synthesize_demo_clip(config: DemoConfig):
     """Write one synthetic clip under ``out_dir/clip``; returns its :class:`~stvgr1_edge.dataset.STVGSample`."""
     from .dataset import load_annotations
@@ -97,6 +77,7 @@ def run_demo(config: DemoConfig = DemoConfig(), pipeline=None) -> DemoResult:
     """Synthesize, track, ground, score; write ``result.json`` and ``result.mp4`` in ``out_dir``. ``pipeline``: an
     already built :class:`~stvgr1_edge.pipeline.GroundingPipeline` (default: built from ``config``, the way
     ``stvg-edge run`` builds one)."""
+    from .gt_match import assign_gt_id
     from .metrics import evaluate
     from .run_config import RunConfig, build_pipeline
     from .vis import write_tube_video
@@ -114,7 +95,7 @@ def run_demo(config: DemoConfig = DemoConfig(), pipeline=None) -> DemoResult:
     write_json_atomic(result_json, result.to_dict(), indent=1)
     scores = evaluate(result.to_dict(), [sample], per_video=True)["per_video"][sample.key]
     answer = result.queries[0].answer
-    gt_id = tracker_id_of_target(result.tracks, sample.gt_boxes)
+    gt_id = assign_gt_id(result.tracks, sample.gt_boxes).track_id
     logger.info("demo seed %d: %r -> %r", config.seed, sample.query, answer.raw)
     return DemoResult(
         query=sample.query,

@@ -2,8 +2,8 @@
 once (classical tracker), every grounder then answers on the same prompted clip (the tracks are replayed), so
 grounders differ only in the grounder. Used by ``benchmarks/accuracy.py`` and the nano training recipe.
 
-ID accuracy is scored against the *tracker* ID of the GT target (:func:`stvgr1_edge.demo.tracker_id_of_target`),
-since an answer names tracker IDs, not the annotation's object IDs.
+ID accuracy: an answered ID is correct when it names the track assigned to the GT boxes
+(:func:`stvgr1_edge.gt_match.assign_gt_id`, as ``stvg-edge eval`` scores it), over the clips where one is.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def score_results(results: list[dict], samples: list, target_ids: list[int | None]) -> dict[str, Any]:
-    """evaluate() metrics plus ID accuracy against the tracker ID of each GT target."""
+def score_results(results: list[dict], samples: list, tracks: dict[str, Any]) -> dict[str, Any]:
+    """evaluate() metrics, with the answers' IDs scored on the tracks they were given."""
     from stvgr1_edge.metrics import evaluate
 
-    scored = evaluate(results, samples, per_video=True)
-    metrics = {k: scored["metrics"][k] for k in ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5")}
-    correct = [r["queries"][0]["ids"] == [t] for r, t in zip(results, target_ids) if t is not None]
-    metrics["id_accuracy"] = sum(correct) / len(samples)
+    scored = evaluate(results, samples, tracks=tracks)
+    metrics = {k: scored["metrics"][k] for k in ("m_tIoU", "m_vIoU", "vIoU@0.3", "vIoU@0.5", "id_accuracy")}
     metrics["parse_ok"] = sum(r["queries"][0]["parse_ok"] for r in results) / len(results)
     metrics["num_samples"] = len(samples)
-    metrics["num_target_tracked"] = sum(t is not None for t in target_ids)
+    metrics["num_id_assessed"] = scored["counts"]["id_assessed"]
     return metrics
 
 
@@ -31,14 +29,13 @@ def evaluate_grounders(
     samples: list, grounders: dict[str, Any], on_clip: Callable[[int], None] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Run every grounder on every clip (tracking once per clip); metrics per variant name."""
-    from stvgr1_edge.demo import tracker_id_of_target
     from stvgr1_edge.pipeline import GroundingPipeline
     from stvgr1_edge.tracking.factory import make_tracker
     from stvgr1_edge.tracking.replay import ReplayTracker
 
     results: dict[str, list[dict]] = {name: [] for name in grounders}
     seconds: dict[str, float] = {name: 0.0 for name in grounders}
-    target_ids: list[int | None] = []
+    tracks_by_key: dict[str, Any] = {}
     for i, sample in enumerate(samples):
         tracks = None
         for name, grounder in grounders.items():
@@ -47,15 +44,14 @@ def evaluate_grounders(
             result = GroundingPipeline(tracker, grounder).run(sample.video_path, [sample.query])
             seconds[name] += time.perf_counter() - start
             if tracks is None:
-                tracks = result.tracks
-                target_ids.append(tracker_id_of_target(tracks, sample.gt_boxes))
+                tracks = tracks_by_key[sample.key] = result.tracks
             results[name].append(result.to_dict())
         if on_clip is not None:
             on_clip(i)
     out = {}
     reference = next(iter(grounders), "")
     for name in grounders:
-        out[name] = score_results(results[name], samples, target_ids)
+        out[name] = score_results(results[name], samples, tracks_by_key)
         out[name]["seconds_per_clip"] = seconds[name] / len(samples)
         same = sum(
             a["queries"][0]["answer_text"] == b["queries"][0]["answer_text"]

@@ -229,7 +229,7 @@ def packaged_model_dir(name: str = NANO_MODEL) -> Path:
 
 def _how_to_get(model: str) -> str:
     return (
-        f"download it with  huggingface-cli download {model}  (or --local-dir DIR and pass --model DIR); "
+        f"download it with  hf download {model}  (or --local-dir DIR and pass --model DIR); "
         f"offline, try the packaged demo model with --model nano"
     )
 
@@ -310,7 +310,7 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
         if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
             raise MissingWeightsError(
                 f"{model} has config.json but no weights (*.safetensors): "
-                f"download them with  huggingface-cli download {DEFAULT_MODEL} --local-dir {model}"
+                f"download them with  hf download {DEFAULT_MODEL} --local-dir {model}"
             )
         check_safetensors_weights(path)
         return str(path), True

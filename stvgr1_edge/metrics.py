@@ -2,8 +2,16 @@
 
 Per sample: temporal IoU (tIoU), vIoU = (1/|S_u|) * sum over t in S_i of IoU(pred_t, gt_t) (S_i: frames
 in both the predicted and the GT range, S_u: frames in either; a frame of S_i without a predicted box
-counts 0), whether the answered ID is the GT ID, and J/F for mask predictions. Over samples: the means
-(m_tIoU, m_vIoU), vIoU@R and tIoU@R (share of samples above R), ID accuracy, J&F.
+counts 0), whether the answered ID names the GT target's track, and J/F for mask predictions. Over samples: the
+means (m_tIoU, m_vIoU), vIoU@R and tIoU@R (share of samples above R), ID accuracy, J&F.
+
+ID accuracy. An answer names a *tracker* ID; the annotation names no tracker ID at all (and a synthetic clip's
+object IDs are another numbering). So an answered ID is correct when it names the track that
+:func:`stvgr1_edge.gt_match.assign_gt_id` assigns to the GT boxes -- the same IoU-floor + vote-share rule that
+training data preparation uses -- whatever its number. That needs the tracks the answer was given (``tracks_file``
+in `stvg-edge predict` output); without them, or when the tracker did not follow the target (no track wins the
+vote), the sample is *not assessable* and left out of the accuracy, with the reason counted. A missing or
+unparsed answer on an assessable sample is wrong.
 
 Conventions (both in use; the numbers differ, so every output says which one it is):
 
@@ -23,10 +31,13 @@ Conventions (both in use; the numbers differ, so every output says which one it 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,7 +45,9 @@ import numpy as np
 
 from .dataset import STVGSample, load_annotations
 from .errors import AnnotationError, BadInputError, read_json
+from .gt_match import GTIdConfig, assign_gt_id
 from .masks import box_iou, rle_to_mask
+from .tracks import TrackSet
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +176,22 @@ def boundary_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = DAVIS
 # --- predictions --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Prediction:
-    """One answer to score: IDs, time range in seconds (None if unparsed), tube and masks per native frame."""
+    """One answer to score: IDs, time range in seconds (None if unparsed), tube and masks per native frame, and the
+    tracks the answer's IDs refer to (in memory, or the tracks JSON `predict` wrote), needed to score the ID."""
 
     ids: tuple[int, ...] = ()
     start_s: float | None = None
     end_s: float | None = None
     tube: Mapping[int, tuple[float, float, float, float]] | None = None
     masks: Mapping[int, Mapping[str, Any]] | None = None
+    tracks_file: str | None = None
+    tracks: TrackSet | None = None
+
+    def load_tracks(self) -> TrackSet | None:
+        """The tracks the IDs refer to; None when the prediction does not say."""
+        if self.tracks is not None:
+            return self.tracks
+        return None if self.tracks_file is None else _load_tracks_file(self.tracks_file)
 
     @property
     def has_time(self) -> bool:
@@ -189,8 +211,14 @@ def _frame_keyed(obj: Any, where: str, name: str) -> dict[int, Any]:
     return out
 
 
-def parse_prediction(obj: Any, where: str) -> Prediction:
-    """A :class:`Prediction` from one predictions-JSON (or run-result query) object; one-line errors."""
+@lru_cache(maxsize=8)  # the queries of one video are scored one after another and share its tracks
+def _load_tracks_file(path: str) -> TrackSet:
+    return TrackSet.load(path)
+
+
+def parse_prediction(obj: Any, where: str, base_dir: Path | None = None) -> Prediction:
+    """A :class:`Prediction` from one predictions-JSON (or run-result query) object; one-line errors.
+    A relative ``tracks_file`` is resolved against ``base_dir`` (the predictions file's folder)."""
     if not isinstance(obj, dict):
         raise AnnotationError(f"{where}: is {type(obj).__name__}, expected an object with ids, start_s, end_s, tube")
     ids = obj.get("ids", [])
@@ -227,14 +255,22 @@ def parse_prediction(obj: Any, where: str) -> Prediction:
             if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
                 raise AnnotationError(f"{where}: field 'masks' frame {frame} is not a COCO RLE {{size, counts}}")
             masks[frame] = rle
-    return Prediction(tuple(ids), times[0], times[1], tube, masks)
+    tracks_file = obj.get("tracks_file")
+    if tracks_file is not None:
+        if not isinstance(tracks_file, str) or not tracks_file:
+            raise AnnotationError(f"{where}: field 'tracks_file' is {tracks_file!r}, expected a path")
+        if base_dir is not None and not Path(tracks_file).is_absolute():
+            tracks_file = str(base_dir / tracks_file)
+    return Prediction(tuple(ids), times[0], times[1], tube, masks, tracks_file)
 
 
 def _is_run_result(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("queries"), list) and "video" in obj
 
 
-def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> tuple[dict[str, Prediction], list[str]]:
+def match_predictions(
+    data: Any, samples: Sequence[STVGSample], source: str, base_dir: Path | None = None
+) -> tuple[dict[str, Prediction], list[str]]:
     """Assign the predictions in ``data`` to samples; returns ``({sample key: prediction}, unknown keys)``.
 
     ``data`` is ``{key: prediction}`` keyed by the GT's sample key or the video's stem, or a `run`
@@ -259,7 +295,7 @@ def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> 
             candidates = by_stem.get(stem, [])
             for i, q in enumerate(result["queries"]):
                 label = f"{stem} query {i}"
-                pred = parse_prediction(q, f"{source}: {label}")
+                pred = parse_prediction(q, f"{source}: {label}", base_dir)
                 text = str(q.get("query", "")).strip().lower() if isinstance(q, dict) else ""
                 same_text = [s for s in candidates if s.query.strip().lower() == text]
                 if len(same_text) == 1 or (not same_text and len(candidates) == 1 and len(result["queries"]) == 1):
@@ -272,7 +308,7 @@ def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> 
             f"{source}: predictions must be {{video key: {{ids, start_s, end_s, tube}}}} or a `run` result JSON"
         )
     for key, obj in data.items():
-        pred = parse_prediction(obj, f"{source}: video '{key}'")
+        pred = parse_prediction(obj, f"{source}: video '{key}'", base_dir)
         if key in by_key:
             assign(key, pred, key)
         elif len(by_stem.get(Path(key).stem, [])) == 1:
@@ -283,6 +319,14 @@ def match_predictions(data: Any, samples: Sequence[STVGSample], source: str) -> 
 
 
 # --- per-sample scoring -------------------------------------------------------------------------------
+ID_NOT_ASSESSABLE = {
+    "no_tracks": "the prediction names no tracks for its IDs (`stvg-edge predict` writes them; `run -o` does not)",
+    "target_no_match": "no track follows the GT target (the tracker lost it or never found it)",
+    "target_ambiguous": "the GT target's frames are split between tracks",
+}
+"""Why a sample's ID could not be scored (counted under ``counts.id_not_assessable``)."""
+
+
 @dataclass(frozen=True)
 class SampleScore:
     """Scores of one sample; None where the metric does not apply."""
@@ -291,6 +335,11 @@ class SampleScore:
     tiou: float
     viou: float
     id_correct: bool | None
+    """None when not assessable: see ``id_status``."""
+    id_status: str = "assessed"
+    """"assessed", "missing" (no prediction: wrong) or a key of :data:`ID_NOT_ASSESSABLE`."""
+    gt_track_id: int | None = None
+    """The track assigned to the GT target (when the prediction has tracks and one wins the vote)."""
     j: float | None = None
     f: float | None = None
 
@@ -312,12 +361,36 @@ def gt_masks(sample: STVGSample) -> dict[int, dict] | None:
     return masks or None
 
 
-def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = "tubedetr") -> SampleScore:
+def score_id(
+    sample: STVGSample, pred: Prediction | None, config: GTIdConfig = GTIdConfig()
+) -> tuple[bool | None, str, int | None]:
+    """``(correct, status, GT target's track)``: correct when the answered IDs are exactly the track
+    :func:`~stvgr1_edge.gt_match.assign_gt_id` gives the GT boxes, in the tracks the answer was given."""
+    if pred is None:
+        return False, "missing", None
+    tracks = pred.load_tracks()
+    if tracks is None:
+        return None, "no_tracks", None
+    if sample.width and sample.height and (tracks.width, tracks.height) != (sample.width, sample.height):
+        raise AnnotationError(
+            f"video '{sample.key}': the prediction's tracks are for a {tracks.width}x{tracks.height} video, the "
+            f"annotation says {sample.width}x{sample.height}: the tracks belong to another video"
+        )
+    assignment = assign_gt_id(tracks, sample.gt_boxes, config)
+    if assignment.track_id is None:
+        return None, f"target_{assignment.status}", None
+    return set(pred.ids) == {assignment.track_id}, "assessed", assignment.track_id
+
+
+def score_sample(
+    sample: STVGSample, pred: Prediction | None, convention: str = "tubedetr", gt_id: GTIdConfig = GTIdConfig()
+) -> SampleScore:
     """tIoU, vIoU, ID correctness and (for mask predictions with GT masks) J and F of one sample."""
     _check_convention(convention)
-    id_correct = None if sample.target_id is None else (pred is not None and set(pred.ids) == {sample.target_id})
+    id_correct, id_status, gt_track = score_id(sample, pred, gt_id)
+    j, f = _mask_scores(sample, pred)
     if pred is None or not pred.has_time:
-        return SampleScore(sample.key, 0.0, 0.0, id_correct, *_mask_scores(sample, pred))
+        return SampleScore(sample.key, 0.0, 0.0, id_correct, id_status, gt_track, j, f)
     start_s, end_s = pred.start_s, pred.end_s
     assert start_s is not None and end_s is not None  # has_time
     fps = sample.frame_rate()
@@ -332,7 +405,7 @@ def score_sample(sample: STVGSample, pred: Prediction | None, convention: str = 
         assert sample.st_time is not None and sample.ed_time is not None  # filled in from the frames when loaded
         tiou = temporal_iou_seconds((start_s, end_s), (sample.st_time, sample.ed_time))
         v = viou_stvg_r1(tube, sample.gt_boxes, (start_s, end_s), (sample.st_time, sample.ed_time), fps)
-    return SampleScore(sample.key, tiou, v, id_correct, *_mask_scores(sample, pred))
+    return SampleScore(sample.key, tiou, v, id_correct, id_status, gt_track, j, f)
 
 
 def _mask_scores(sample: STVGSample, pred: Prediction | None) -> tuple[float | None, float | None]:
@@ -361,23 +434,7 @@ def _check_convention(convention: str) -> None:
         raise BadInputError(f"unknown convention '{convention}': use one of {', '.join(CONVENTIONS)}")
 
 
-def evaluate(
-    predictions: Any,
-    samples: Sequence[STVGSample],
-    convention: str = "tubedetr",
-    per_video: bool = False,
-    thresholds: Iterable[float] = THRESHOLDS,
-    source: str = "predictions",
-) -> dict:
-    """Score predictions (predictions JSON or `run` result, already parsed) against GT samples.
-
-    Missing predictions score 0 and are listed; predictions for unknown keys are listed and ignored.
-    vIoU metrics are null when no prediction carries a tube (temporal-only predictions); ID accuracy
-    when no sample has a target ID; J/F when no sample has GT masks or no prediction has masks.
-    """
-    _check_convention(convention)
-    thresholds = tuple(thresholds)
-    strict = convention == "tubedetr"
+def _check_gt(samples: Sequence[STVGSample]) -> None:
     if not samples:
         raise AnnotationError("the ground truth has no samples: nothing to evaluate")
     no_gt = [s.key for s in samples if not s.has_ground_truth]
@@ -385,11 +442,34 @@ def evaluate(
         raise AnnotationError(
             f"{len(no_gt)} sample(s) have no ground truth (first: '{no_gt[0]}'): a query list cannot be scored"
         )
-    matched, unknown = match_predictions(predictions, samples, source)
-    scores = [score_sample(s, matched.get(s.key), convention) for s in samples]
-    missing = [s.key for s in samples if s.key not in matched]
-    if missing:
-        logger.warning("%d of %d samples have no prediction; they score 0", len(missing), len(samples))
+
+
+def summarize(
+    matched: Mapping[str, Prediction],
+    samples: Sequence[STVGSample],
+    convention: str = "tubedetr",
+    per_video: bool = False,
+    thresholds: Iterable[float] = THRESHOLDS,
+    gt_id: GTIdConfig = GTIdConfig(),
+    unknown: Sequence[str] = (),
+    failed: Mapping[str, str] | None = None,
+) -> dict:
+    """Score already matched predictions (``{sample key: Prediction}``) against the samples: metrics, counts and
+    the keys that are missing (scored 0), failed (the predictor recorded an error; scored 0) or unknown."""
+    _check_convention(convention)
+    _check_gt(samples)
+    thresholds = tuple(thresholds)
+    strict = convention == "tubedetr"
+    failed = dict(failed or {})
+    scores = [score_sample(s, matched.get(s.key), convention, gt_id) for s in samples]
+    missing = [s.key for s in samples if s.key not in matched and s.key not in failed]
+    if missing or failed:
+        logger.warning(
+            "%d of %d samples have no prediction (%d failed); they score 0",
+            len(missing) + len(failed),
+            len(samples),
+            len(failed),
+        )
     has_tubes = any(p.tube is not None for p in matched.values())
     has_masks = any(p.masks is not None for p in matched.values())
 
@@ -402,7 +482,9 @@ def evaluate(
     for r in thresholds:
         metrics[f"tIoU@{r}"] = share_above(tious, r, strict)
     with_id = [sc.id_correct for sc in scores if sc.id_correct is not None]
-    metrics["id_accuracy"] = sum(with_id) / len(with_id) if with_id else None
+    # missing predictions count as wrong, but only once some answer could be assessed at all
+    any_assessed = any(sc.id_status == "assessed" for sc in scores)
+    metrics["id_accuracy"] = sum(with_id) / len(with_id) if any_assessed else None
     with_masks = [sc for sc in scores if sc.j is not None]
     if has_masks and with_masks:
         j = float(np.mean([sc.j for sc in with_masks]))
@@ -411,6 +493,7 @@ def evaluate(
     else:
         metrics["J"] = metrics["F"] = metrics["J&F"] = None
 
+    not_assessable = {reason: sum(sc.id_status == reason for sc in scores) for reason in ID_NOT_ASSESSABLE}
     out: dict[str, Any] = {
         "convention": convention,
         "convention_description": CONVENTIONS[convention],
@@ -418,15 +501,18 @@ def evaluate(
             "samples": len(samples),
             "predicted": len(matched),
             "missing": len(missing),
+            "failed": len(failed),
             "unknown": len(unknown),
             "unparsed_time": sum(1 for p in matched.values() if not p.has_time),
             "with_tube": sum(1 for p in matched.values() if p.tube is not None),
-            "with_target_id": len(with_id),
+            "id_assessed": len(with_id) if any_assessed else 0,
+            "id_not_assessable": {k: v for k, v in not_assessable.items() if v},
             "with_gt_masks": len(with_masks),
         },
         "metrics": metrics,
         "missing": missing,
-        "unknown": unknown,
+        "failed": failed,
+        "unknown": list(unknown),
     }
     if per_video:
         out["per_video"] = {
@@ -434,6 +520,8 @@ def evaluate(
                 "tIoU": sc.tiou,
                 "vIoU": sc.viou if has_tubes else None,
                 "id_correct": sc.id_correct,
+                "id_status": sc.id_status,
+                "gt_track_id": sc.gt_track_id,
                 "J": sc.j if has_masks else None,
                 "F": sc.f if has_masks else None,
             }
@@ -442,13 +530,158 @@ def evaluate(
     return out
 
 
-def evaluate_files(
-    pred_path: str | os.PathLike, gt_path: str | os.PathLike, convention: str = "tubedetr", per_video: bool = False
+def evaluate(
+    predictions: Any,
+    samples: Sequence[STVGSample],
+    convention: str = "tubedetr",
+    per_video: bool = False,
+    thresholds: Iterable[float] = THRESHOLDS,
+    source: str = "predictions",
+    tracks: Mapping[str, TrackSet] | None = None,
+    gt_id: GTIdConfig = GTIdConfig(),
 ) -> dict:
-    """:func:`evaluate` on a predictions file (or `run` result) and an annotation file (any loadable format)."""
+    """Score predictions (predictions JSON or `run` result, already parsed) against GT samples.
+
+    ``tracks`` (``{sample key: TrackSet}``) gives the tracks an in-memory answer's IDs refer to (a `run` result
+    does not carry them). Missing predictions score 0 and are listed; predictions for unknown keys are listed
+    and ignored. vIoU metrics are null when no prediction carries a tube (temporal-only predictions); ID accuracy
+    when no sample's ID is assessable; J/F when no sample has GT masks or no prediction has masks.
+    """
     _check_convention(convention)
-    predictions = read_json(pred_path, "predictions file")
+    _check_gt(samples)
+    matched, unknown = match_predictions(predictions, samples, source)
+    if tracks:
+        matched = {k: replace(p, tracks=tracks.get(k, p.tracks)) for k, p in matched.items()}
+    return summarize(matched, samples, convention, per_video, thresholds, gt_id, unknown)
+
+
+# --- prediction files ---------------------------------------------------------------------------------
+_SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})$")
+
+
+def shard_file_name(path: str | os.PathLike, index: int, count: int) -> Path:
+    """``pred.jsonl`` -> ``pred-00001-of-00004.jsonl``: where shard ``index`` of ``count`` writes (one shard: as is)."""
+    path = Path(path)
+    if count == 1:
+        return path
+    return path.with_name(f"{path.stem}-{index:05d}-of-{count:05d}{path.suffix}")
+
+
+def expand_prediction_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Each path as is, or -- when it does not exist -- its complete set of shard files (``pred-*-of-*.jsonl``)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.exists():
+            out.append(path)
+            continue
+        shards = sorted(path.parent.glob(f"{path.stem}-*-of-*{path.suffix}"))
+        shards = [s for s in shards if _SHARD_NAME.search(s.stem)]
+        if not shards:
+            out.append(path)  # read_json reports it as not found
+            continue
+        counts = {int(_SHARD_NAME.search(s.stem).group(2)) for s in shards}  # type: ignore[union-attr]
+        if len(counts) != 1:
+            raise BadInputError(f"{path}: shard files of different shard counts {sorted(counts)} lie beside it")
+        count = counts.pop()
+        for index in range(count):
+            expected = shard_file_name(path, index, count)
+            if not expected.exists():
+                raise BadInputError(
+                    f"{path}: shard {expected.name} is missing (still running? it is `predict --shard {index}/{count}`)"
+                )
+            out.append(expected)
+    return out
+
+
+def read_prediction_lines(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """A `predict` JSONL file as ``({key: prediction object}, {key: error line of a failed video})``."""
+    if not path.exists():
+        raise BadInputError(f"predictions file not found: {path}")
+    predictions: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInputError(
+                    f"{path}: line {number} is not valid JSON ({exc.msg}); a `predict` run that was killed while "
+                    "writing it drops it when resumed"
+                ) from None
+            key = obj.get("key") if isinstance(obj, dict) else None
+            if not isinstance(key, str):
+                raise AnnotationError(f"{path}: line {number} has no 'key' (the sample key of the annotation file)")
+            if key in predictions or key in failed:
+                raise AnnotationError(f"{path}: two lines for '{key}' (the second at line {number})")
+            if obj.get("error") is not None:
+                failed[key] = str(obj["error"])
+            else:
+                predictions[key] = obj
+    return predictions, failed
+
+
+def load_predictions(
+    paths: Sequence[str | os.PathLike], samples: Sequence[STVGSample]
+) -> tuple[dict[str, Prediction], list[str], dict[str, str], list[Path]]:
+    """Read and match prediction files (JSON, `run` results, `predict` JSONL; shard sets merged):
+    ``({sample key: prediction}, unknown keys, {sample key: error of a failed video}, the files read)``."""
+    files = expand_prediction_paths(paths)
+    matched: dict[str, Prediction] = {}
+    unknown: list[str] = []
+    failed: dict[str, str] = {}
+    for path in files:
+        if path.suffix == ".jsonl":
+            data, file_failed = read_prediction_lines(path)
+        else:
+            data, file_failed = read_json(path, "predictions file"), {}
+        file_matched, file_unknown = match_predictions(data, samples, path.name, base_dir=path.parent)
+        for key in file_matched.keys() & (matched.keys() | failed.keys()):
+            raise AnnotationError(f"{path.name}: a second prediction for '{key}' (another file has one)")
+        matched.update(file_matched)
+        unknown.extend(file_unknown)
+        failed.update(file_failed)
+    return matched, unknown, failed, files
+
+
+def evaluate_files(
+    pred_paths: str | os.PathLike | Sequence[str | os.PathLike],
+    gt_path: str | os.PathLike,
+    conventions: Sequence[str] = tuple(CONVENTIONS),
+    per_video: bool = False,
+    baseline: str | None = None,
+    gt_id: GTIdConfig = GTIdConfig(),
+) -> dict:
+    """Score prediction files against an annotation file (any loadable format) in each convention; with
+    ``baseline="prior"`` also the prior baseline (:mod:`stvgr1_edge.baseline`) on the same samples and tracks."""
+    for convention in conventions:
+        _check_convention(convention)
+    if isinstance(pred_paths, (str, os.PathLike)):
+        pred_paths = [pred_paths]
+    for path in expand_prediction_paths(pred_paths):  # the cheap check before the annotations are parsed
+        if not path.is_file():
+            raise BadInputError(f"predictions file not found: {path}")
     samples = load_annotations(gt_path)
-    out = evaluate(predictions, samples, convention, per_video=per_video, source=Path(pred_path).name)
-    out["files"] = {"predictions": str(pred_path), "ground_truth": str(gt_path)}
+    _check_gt(samples)
+    matched, unknown, failed, files = load_predictions(pred_paths, samples)
+    out: dict[str, Any] = {
+        "files": {"predictions": [str(p) for p in files], "ground_truth": str(gt_path)},
+        "results": {
+            c: summarize(matched, samples, c, per_video, gt_id=gt_id, unknown=unknown, failed=failed)
+            for c in conventions
+        },
+    }
+    if baseline is not None:
+        from .baseline import BASELINES, prior_baseline
+
+        if baseline not in BASELINES:
+            raise BadInputError(f"unknown baseline '{baseline}': use one of {', '.join(BASELINES)}")
+        prior, description = prior_baseline(samples, matched)
+        out["baseline"] = {
+            "name": baseline,
+            **description,
+            "results": {c: summarize(prior, samples, c, gt_id=gt_id) for c in conventions},
+        }
     return out

@@ -133,7 +133,12 @@ class TrackSet:
         return out
 
     # -- JSON -------------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self, decimals: int | None = 2) -> dict:
+        """The tracks JSON; boxes rounded to ``decimals`` (None: exact, so that loading gives the same floats)."""
+
+        def rounded(v: float, places: int | None) -> float:
+            return v if places is None else round(v, places)
+
         return {
             "fps": float(self.fps),
             "width": int(self.width),
@@ -142,9 +147,9 @@ class TrackSet:
             "tracks": {
                 str(t.track_id): {
                     "frames": list(t.frames),
-                    "boxes": [[round(v, 2) for v in b] for b in t.boxes],
+                    "boxes": [[rounded(v, decimals) for v in b] for b in t.boxes],
                     "masks": list(t.masks),
-                    "scores": [round(s, 4) for s in t.scores],
+                    "scores": [rounded(s, None if decimals is None else 4) for s in t.scores],
                     "label": t.label,
                 }
                 for t in self
@@ -175,8 +180,8 @@ class TrackSet:
             ) from None
         return ts
 
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
+    def save(self, path: str | os.PathLike, decimals: int | None = 2) -> None:
+        write_json_atomic(path, self.to_dict(decimals))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrackSet":

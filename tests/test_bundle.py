@@ -379,3 +379,20 @@ def test_model_folders_without_sound_safetensors_are_refused_in_one_line(
     assert rc == 2 and len(lines) == 1, lines
     assert ("pickle" in lines[0]) if how == "pickle_only" else ("not a valid safetensors file" in lines[0])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_predict_over_a_dataset_with_an_int4_bundle_records_it_and_scores(bundles, tmp_path, capsys):
+    """`predict --bundle` runs the bundle's int4 LLM and ONNX vision encoder over a set; `eval` reads the lines."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, num=2, seed=11, config=SynthConfig(seconds=3.0, width=160, height=120))
+    out = tmp_path / "pred.jsonl"
+    argv = ["predict", str(data / "annotations.json"), "-o", str(out), "--bundle", str(bundles["int4"])]
+    assert main([*argv, "--device", "cpu", "--max-new-tokens", MAX_NEW]) == 0
+    assert "2 queries predicted" in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 2 and all(line["num_generated_tokens"] > 0 for line in lines)
+    config = json.loads((tmp_path / "pred.jsonl.config.json").read_text())["grounder"]
+    assert (config["quant"], config["vision_encoder"]) == ("int4", "onnx")
+    assert main(["eval", str(out), str(data / "annotations.json"), "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["results"]["tubedetr"]["counts"]["predicted"] == 2

@@ -556,7 +556,6 @@ def test_boxes_keep_thin_parts_and_find_blurred_edges_on_encoded_clips(tmp_path)
     parts restored and outline pixels cut at half contrast, target boxes match the exact GT masks' boxes closely;
     the opening alone loses star tips and the plain threshold keeps a blurred halo."""
     from stvgr1_edge.dataset import load_annotations
-    from stvgr1_edge.demo import tracker_id_of_target
     from stvgr1_edge.masks import box_iou
     from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
 
@@ -569,8 +568,13 @@ def test_boxes_keep_thin_parts_and_find_blurred_edges_on_encoded_clips(tmp_path)
         ious = []
         for sample in samples:
             tracks = ClassicalTracker(ClassicalTrackerConfig(detector=detector)).track_video(sample.video_path)
-            target = tracker_id_of_target(tracks, sample.gt_boxes)
-            assert target is not None
+            # the track that overlaps the GT boxes best on average (no floor: weak detectors are measured too)
+            target = max(
+                tracks.ids,
+                key=lambda t: sum(
+                    box_iou(tracks.tracks[t].box_at(int(f)) or [0, 0, 0, 0], b) for f, b in sample.gt_boxes.items()
+                ),
+            )
             for frame, gt_box in sample.gt_boxes.items():
                 box = tracks.tracks[target].box_at(int(frame))
                 ious.append(0.0 if box is None else box_iou(box, gt_box))

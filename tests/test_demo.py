@@ -7,8 +7,6 @@ import json
 
 from stvgr1_edge.cli import main
 from stvgr1_edge.dataset import load_annotations
-from stvgr1_edge.demo import tracker_id_of_target
-from stvgr1_edge.tracks import TrackSet
 from stvgr1_edge.video import probe_video
 
 
@@ -27,13 +25,3 @@ def test_demo_writes_result_and_video(tmp_path, capsys):
     assert "ground truth" in printed and "answer" in printed
     assert f"{sample.st_time:.2f} – {sample.ed_time:.2f}" in printed
     assert f"{q['start_s']:.2f} – {q['end_s']:.2f}" in printed
-
-
-def test_tracker_id_of_target_picks_the_overlapping_track():
-    tracks = TrackSet(100, 100, 10.0, 3)
-    for f in range(3):
-        tracks.add(7, f, [10 + f, 10, 30 + f, 30])
-        tracks.add(9, f, [60, 60, 80, 80])
-    gt = {0: [10, 10, 30, 30], 1: [11, 10, 31, 30], 2: [12, 10, 32, 30]}
-    assert tracker_id_of_target(tracks, gt) == 7
-    assert tracker_id_of_target(tracks, {0: [40, 0, 50, 5]}) is None

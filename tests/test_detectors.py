@@ -107,7 +107,7 @@ def test_unknown_hub_id_offline_is_one_line_missing_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MissingWeightsError) as err:
         load_detector("nobody-xyz/not-a-detector")
-    assert "\n" not in str(err.value) and "huggingface-cli download nobody-xyz/not-a-detector" in str(err.value)
+    assert "\n" not in str(err.value) and "hf download nobody-xyz/not-a-detector" in str(err.value)
 
 
 def test_classical_spec_gives_the_weight_free_detector_that_finds_a_new_object():

@@ -229,7 +229,7 @@ def test_folder_without_config_is_bad_input(tmp_path):
 
 def test_folder_without_weights_is_missing_weights(tmp_path, model_dir):
     (tmp_path / "config.json").write_text((model_dir / "config.json").read_text())
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
+    with pytest.raises(MissingWeightsError, match="hf download"):
         Grounder.from_pretrained(GrounderConfig(model=str(tmp_path), device="cpu"))
 
 
@@ -242,7 +242,7 @@ def test_folder_with_another_model_type_is_bad_input(tmp_path):
 
 def test_uncached_hub_id_offline_is_missing_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
+    with pytest.raises(MissingWeightsError, match="hf download"):
         Grounder.from_pretrained(GrounderConfig(model="stvg-edge-tests/no-such-model", device="cpu"))
 
 

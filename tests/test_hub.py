@@ -13,7 +13,7 @@ from stvgr1_edge.errors import MissingWeightsError
 def test_uncached_model_with_hub_offline_fails_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MissingWeightsError) as err:
-        hub.hub_source("someone/not-cached-model-xyz", "download it with  huggingface-cli download someone/x")
+        hub.hub_source("someone/not-cached-model-xyz", "download it with  hf download someone/x")
     assert "HF_HUB_OFFLINE" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -7,6 +7,7 @@ Unless a test says otherwise: 10 fps, 30 native frames, GT frames 5..14 (0.5 s .
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from stvgr1_edge.metrics import (
     time_to_frame_floor,
     viou,
 )
+from stvgr1_edge.tracks import TrackSet
 
 BOX = (0.0, 0.0, 10.0, 10.0)
 
@@ -172,23 +174,66 @@ def test_thresholds_at_exactly_r_are_strict_for_tubedetr_and_inclusive_for_stvg_
     assert r1["metrics"]["m_tIoU"] == 0.5 and r1["metrics"]["tIoU@0.5"] == 1.0
 
 
-def test_id_accuracy_counts_exactly_the_gt_id_and_missing_predictions_as_wrong():
-    samples = [_sample(key=f"{k}.mp4", target_id=t) for k, t in zip("abcd", (1, 2, 3, 4))]
+def _tracks(target_track: int, other_track: int, on_gt_frames: bool = True) -> TrackSet:
+    """30 frames: ``target_track`` on the GT box (frames 5..14) when ``on_gt_frames``, ``other_track`` elsewhere."""
+    tracks = TrackSet(64, 48, 10.0, 30)
+    for f in range(30):
+        tracks.add(target_track, f, BOX if on_gt_frames else (40, 30, 60, 45))
+        tracks.add(other_track, f, (20, 20, 35, 40))
+    return tracks
+
+
+@pytest.mark.parametrize("target_track", [1, 3, 42])
+def test_an_answered_id_is_right_when_it_names_the_gt_targets_track_whatever_its_number(target_track):
+    """The annotation's own object ID (3 here) is another numbering than the tracker's and plays no part."""
+    sample = _sample(target_id=3)
+    other = 7 if target_track != 7 else 8
+    tracks = _tracks(target_track, other)
+    right = score_sample(sample, replace(_pred(0.5, 1.4, ids=(target_track,)), tracks=tracks))
+    assert (right.id_correct, right.id_status, right.gt_track_id) == (True, "assessed", target_track)
+    wrong = score_sample(sample, replace(_pred(0.5, 1.4, ids=(other,)), tracks=tracks))
+    assert (wrong.id_correct, wrong.gt_track_id) == (False, target_track)
+    both = score_sample(sample, replace(_pred(0.5, 1.4, ids=(target_track, other)), tracks=tracks))
+    assert both.id_correct is False  # two objects named for one target
+    unparsed = score_sample(sample, Prediction(tracks=tracks))
+    assert unparsed.id_correct is False
+
+
+def test_an_id_is_not_assessable_without_tracks_or_when_the_tracker_lost_the_target():
+    sample = _sample(target_id=1)
+    no_tracks = score_sample(sample, _pred(0.5, 1.4, ids=(1,)))
+    assert (no_tracks.id_correct, no_tracks.id_status) == (None, "no_tracks")
+    lost = score_sample(sample, replace(_pred(0.5, 1.4, ids=(1,)), tracks=_tracks(1, 2, on_gt_frames=False)))
+    assert (lost.id_correct, lost.id_status) == (None, "target_no_match")
+    samples = [_sample(key=f"{k}.mp4") for k in "abcde"]
+    tracks = {k: _tracks(4, 9) for k in ("a.mp4", "b.mp4", "c.mp4")}
+    tracks["c.mp4"] = _tracks(4, 9, on_gt_frames=False)
     preds = {
-        "a.mp4": {"ids": [1], "start_s": 0.5, "end_s": 1.4},  # right
-        "b.mp4": {"ids": [5], "start_s": 0.5, "end_s": 1.4},  # wrong ID
-        "c.mp4": {"ids": [3, 4], "start_s": 0.5, "end_s": 1.4},
-    }  # two IDs: not exactly the GT ID
-    out = evaluate(preds, samples, per_video=True)  # d.mp4 has no prediction
-    assert out["metrics"]["id_accuracy"] == 1 / 4
-    assert [out["per_video"][k]["id_correct"] for k in ("a.mp4", "b.mp4", "c.mp4", "d.mp4")] == [
-        True,
-        False,
-        False,
-        False,
+        "a.mp4": {"ids": [4], "start_s": 0.5, "end_s": 1.4},  # right
+        "b.mp4": {"ids": [9], "start_s": 0.5, "end_s": 1.4},  # another object
+        "c.mp4": {"ids": [4], "start_s": 0.5, "end_s": 1.4},  # the tracker never followed the target
+        "d.mp4": {"ids": [4], "start_s": 0.5, "end_s": 1.4},  # no tracks given
+    }  # e.mp4: no prediction at all -> wrong
+    out = evaluate(preds, samples, per_video=True, tracks=tracks)
+    assert out["metrics"]["id_accuracy"] == pytest.approx(1 / 3)  # a right; b and e wrong; c and d left out
+    assert [out["per_video"][k]["id_status"] for k in sorted(out["per_video"])] == [
+        "assessed",
+        "assessed",
+        "target_no_match",
+        "no_tracks",
+        "missing",
     ]
-    assert out["counts"]["with_target_id"] == 4
-    assert evaluate(preds, [_sample(key="a.mp4")])["metrics"]["id_accuracy"] is None  # no GT IDs -> not applicable
+    assert out["counts"]["id_assessed"] == 3
+    assert out["counts"]["id_not_assessable"] == {"no_tracks": 1, "target_no_match": 1}
+    # with no tracks anywhere the accuracy is not a number (never scored across ID spaces)
+    assert evaluate({k: v for k, v in preds.items()}, samples)["metrics"]["id_accuracy"] is None
+
+
+def test_tracks_of_another_video_are_refused_with_one_line():
+    small = TrackSet(32, 24, 10.0, 30)
+    small.add(1, 5, BOX)
+    with pytest.raises(AnnotationError, match="tracks are for a 32x24 video"):
+        score_sample(_sample(), replace(_pred(0.5, 1.4), tracks=small))
 
 
 # --- J & F -----------------------------------------------------------------------------------------------
@@ -269,7 +314,9 @@ def test_missing_predictions_score_zero_and_are_listed_unknown_keys_reported():
         "unknown": 1,
         "unparsed_time": 0,
         "with_tube": 1,
-        "with_target_id": 0,
+        "failed": 0,
+        "id_assessed": 0,
+        "id_not_assessable": {"no_tracks": 1},
         "with_gt_masks": 0,
     }
     assert out["metrics"]["m_tIoU"] == 0.5 and out["metrics"]["m_vIoU"] == 0.5  # (1 + 0) / 2
@@ -377,11 +424,12 @@ def test_predictions_built_from_the_gt_score_one_through_the_cli(tmp_path, capsy
     gt = _gt_file(tmp_path)
     pred = tmp_path / "pred.json"
     pred.write_text(json.dumps(_predictions_from_gt(gt)))
-    assert main(["eval", str(pred), str(gt), "--convention", convention]) == 0
-    out = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(pred), str(gt), "--convention", convention, "--json", "-"]) == 0
+    out = json.loads(capsys.readouterr().out)["results"][convention]
     assert out["convention"] == convention
     m = out["metrics"]
-    assert m["m_tIoU"] == 1.0 and m["m_vIoU"] == 1.0 and m["id_accuracy"] == 1.0
+    assert m["m_tIoU"] == 1.0 and m["m_vIoU"] == 1.0
+    assert m["id_accuracy"] is None and out["counts"]["id_not_assessable"] == {"no_tracks": 2}  # no tracks given
     assert m["vIoU@0.7"] == 1.0 and m["tIoU@0.7"] == 1.0
     assert out["counts"]["samples"] == 2 and out["missing"] == [] and out["unknown"] == []
 
@@ -395,10 +443,14 @@ def test_cli_per_video_and_written_gt_round_trip(tmp_path, capsys):
             {"x.mp4": {"ids": [1], "start_s": 1.0, "end_s": 1.9, "tube": {str(f): list(BOX) for f in range(30)}}}
         )
     )
-    assert main(["eval", str(pred), str(gt), "--per-video"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["per_video"]["x.mp4"]["tIoU"] == pytest.approx(1 / 3)
-    assert evaluate_files(pred, gt, "stvg-r1")["metrics"]["m_tIoU"] == pytest.approx(0.4 / 1.4)
+    assert main(["eval", str(pred), str(gt), "--per-video", "--json", "-"]) == 0
+    out = json.loads(capsys.readouterr().out)["results"]
+    assert out["tubedetr"]["per_video"]["x.mp4"]["tIoU"] == pytest.approx(1 / 3)
+    assert out["stvg-r1"]["per_video"]["x.mp4"]["tIoU"] == pytest.approx(0.4 / 1.4)
+    report = evaluate_files(pred, gt, ["stvg-r1"])
+    assert list(report["results"]) == ["stvg-r1"] and report["results"]["stvg-r1"]["metrics"][
+        "m_tIoU"
+    ] == pytest.approx(0.4 / 1.4)
 
 
 def _one_error_line(capsys) -> str:
@@ -429,4 +481,4 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     )
 
     assert main(["eval", str(pred), str(gt), "--convention", "coco"]) == 2
-    assert "unknown convention 'coco'" in _one_error_line(capsys)
+    assert _one_error_line(capsys) == "error: --convention 'coco' is not one of tubedetr, stvg-r1, both"

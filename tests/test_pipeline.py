@@ -230,8 +230,8 @@ def test_right_answer_gives_the_gt_tube_and_eval_scores_it_one(synth_dir, annota
         )
     )
     capsys.readouterr()
-    assert main(["eval", str(pred), str(synth_dir / "annotations.json")]) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert main(["eval", str(pred), str(synth_dir / "annotations.json"), "--json", "-"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["results"]["tubedetr"]["metrics"]
     assert metrics["m_vIoU"] == pytest.approx(1.0) and metrics["m_tIoU"] == pytest.approx(1.0)
 
 

@@ -129,4 +129,4 @@ def test_offline_hub_id_says_how_to_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MissingWeightsError) as err:
         Sam2Tracker("nobody-xyz/sam2-missing", ScriptedDetector(), family="sam2")
-    assert "\n" not in str(err.value) and "huggingface-cli download nobody-xyz/sam2-missing" in str(err.value)
+    assert "\n" not in str(err.value) and "hf download nobody-xyz/sam2-missing" in str(err.value)

@@ -55,7 +55,9 @@ def prepare(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .prepare import GTIdConfig, PrepareConfig, prepare_cache
+    from stvgr1_edge.gt_match import GTIdConfig
+
+    from .prepare import PrepareConfig, prepare_cache
 
     config = PrepareConfig(
         tracker=tracker,

@@ -353,7 +353,7 @@ def load_processor(model: str):
         if Path(source).exists():
             raise BadInputError(f"cannot load a processor from {source} ({str(exc).splitlines()[0]})") from None
         raise MissingWeightsError(
-            f"model {model!r} is not available locally: download it with  huggingface-cli download {model}"
+            f"model {model!r} is not available locally: download it with  hf download {model}"
         ) from None
 
 

@@ -134,7 +134,7 @@ def load_detector(
         )
     source, local = str(path), True
     if not path.is_dir():
-        source, local = hub_source(spec, f"download it with  huggingface-cli download {spec}  or pass a local folder")
+        source, local = hub_source(spec, f"download it with  hf download {spec}  or pass a local folder")
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
         open_vocabulary = config.model_type in OPEN_VOCABULARY_TYPES
@@ -147,7 +147,7 @@ def load_detector(
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(
-            f"cannot load detector '{spec}' ({reason}): download it with  huggingface-cli download "
+            f"cannot load detector '{spec}' ({reason}): download it with  hf download "
             f"{spec if not path.is_dir() else DEFAULT_DETECTOR}  (needs internet once), pass a local folder, "
             f"or use --detector classical"
         ) from None

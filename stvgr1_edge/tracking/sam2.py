@@ -98,16 +98,14 @@ def load_video_model(spec: str, family: str = "sam2", device: str = "cpu", dtype
     dtype = dtype if dtype is not None else torch.float32
     source, local_only = str(path), True
     if not path.is_dir():
-        source, local_only = hub_source(
-            spec, f"download it with  huggingface-cli download {spec}  or pass a local folder"
-        )
+        source, local_only = hub_source(spec, f"download it with  hf download {spec}  or pass a local folder")
     try:
         processor = transformers.Sam2VideoProcessor.from_pretrained(source, local_files_only=local_only)
         model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise MissingWeightsError(
-            f"cannot load {family} weights '{spec}' ({reason}): download them with  huggingface-cli download "
+            f"cannot load {family} weights '{spec}' ({reason}): download them with  hf download "
             f"{spec if not path.is_dir() else DEFAULT_CHECKPOINTS[family]}  (needs internet once) or pass a local "
             "folder"
         ) from None
