@@ -179,8 +179,17 @@ def _print_eval_table(report: dict) -> None:
                 ),
             )
     console = Console()
+    first = next(iter(report["results"].values()))
+    if "per_video" in first:
+        videos = Table(title=f"per video ({first['convention']})")
+        for col in ("video", "tIoU", "vIoU", "ID"):
+            videos.add_column(col, justify="left" if col == "video" else "right")
+        for key, row in first["per_video"].items():
+            answer = {True: "right", False: "wrong"}.get(row["id_correct"], row["id_status"])
+            videos.add_row(key, f"{row['tIoU']:.3f}", "—" if row["vIoU"] is None else f"{row['vIoU']:.3f}", answer)
+        console.print(videos)
     console.print(table)
-    counts = next(iter(report["results"].values()))["counts"]
+    counts = first["counts"]
     console.print(
         f"{counts['samples']} samples: {counts['predicted']} predicted, {counts['failed']} failed, "
         f"{counts['missing']} missing, {counts['unparsed_time']} without a time range; ID assessed on "

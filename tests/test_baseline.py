@@ -124,3 +124,6 @@ def test_eval_prints_the_prior_row_and_the_difference(tmp_path, capsys):
     assert model["m_tIoU"] == pytest.approx(0.5) and prior["m_tIoU"] == 1.0
     assert model["id_accuracy"] == 1.0 and prior["id_accuracy"] == 1.0
     assert "-50.0" in printed  # model − prior on m_tIoU, in points
+    assert main(["eval", str(tmp_path / "pred.jsonl"), str(gt), "--per-video"]) == 0
+    printed = capsys.readouterr().out
+    assert "per video (tubedetr)" in printed and "v.mp4" in printed and "right" in printed
