@@ -65,7 +65,12 @@ class Bundle:
     root: Path
     manifest: dict
     device: str
-    providers: tuple[str, ...]
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """onnxruntime's execution providers for the ONNX parts, best first (asked only when an ONNX part loads: a
+        bundle with a TensorRT engine and no ONNX tracker runs without onnxruntime)."""
+        return tuple(available_providers(self.device))
 
     @property
     def has_tracker(self) -> bool:
@@ -93,7 +98,8 @@ class Bundle:
         )
         grounder = Grounder(model, processor, config)
         release_vision_tower(model)  # before the exported encoder loads its copy of the weights
-        encoder = load_vision_encoder(self.root, info["vision"], self.device, self.providers)
+        providers = () if info["vision"].get("engine") else self.providers  # an engine needs no onnxruntime
+        encoder = load_vision_encoder(self.root, info["vision"], self.device, providers)
         compute_dtype = model.get_input_embeddings().weight.dtype  # the visual tokens join the text embeddings
         device = grounder.device
 
@@ -185,4 +191,4 @@ def load_bundle(folder: str | os.PathLike, device: str = "auto") -> Bundle:
             raise BadInputError(f"bundle {root} is incomplete ({rel or 'an entry'} missing): re-export it")
     verify_bundle_files(root, manifest.get("files"))
     device = resolve_device(device)
-    return Bundle(root, manifest, device, tuple(available_providers(device)))
+    return Bundle(root, manifest, device)

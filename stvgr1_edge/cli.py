@@ -76,6 +76,37 @@ def _echo_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+# --- options shared by run, predict and serve: the models and how they run -----------------------
+MODEL_OPTION = typer.Option(
+    None,
+    "--model",
+    help="Grounding VLM (Qwen2.5-VL): hub ID, local folder or nano \\[default: the STVG-R1 7B checkpoint].",
+)
+BUNDLE_OPTION = typer.Option(
+    None,
+    "--bundle",
+    help="Exported bundle (stvg-edge export): its language model, vision encoder and tracker (if it has one).",
+)
+QUANT_OPTION = typer.Option(
+    None,
+    "--quant",
+    help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where bitsandbytes has CPU 4-bit kernels) \\[default: none].",
+)
+TRACKER_OPTION = typer.Option(None, "--tracker", help="classical (no weights), sam2 or edgetam \\[default: classical].")
+TRACKER_MODEL_OPTION = typer.Option(
+    None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or folder) for --tracker sam2|edgetam."
+)
+DETECTOR_OPTION = typer.Option(
+    None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."
+)
+TRACK_EVERY_OPTION = typer.Option(
+    None, "--track-every", help="Track every k-th frame; the VLM's sampled frames are always tracked \\[default: 1]."
+)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+DTYPE_OPTION = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 \\[default: auto].")
+MAX_NEW_TOKENS_OPTION = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query.")
+
+
 # --- synth ---------------------------------------------------------------------------------------
 @app.command()
 def synth(
@@ -210,26 +241,22 @@ def _print_eval_table(report: dict) -> None:
 def predict(
     annotations: Path = typer.Argument(..., help="Annotation file (HCSTVG-v1/v2, VidSTG, `synth`'s, a query list)."),
     video_dir: Optional[Path] = typer.Argument(
-        None, help="Folder with the videos [default: the annotation's folder and its videos/ folder]."
+        None, help="Folder with the videos \\[default: the annotation's folder and its videos/ folder]."
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Predictions JSONL (one line per query)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Grounding VLM: hub ID, local folder or nano [default: the STVG-R1 7B checkpoint]."
-    ),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Exported bundle (stvg-edge export)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="none or nf4 [default: none]."),
-    tracker: Optional[str] = typer.Option(None, "--tracker", help="classical, sam2 or edgetam [default: classical]."),
-    tracker_model: Optional[str] = typer.Option(None, "--tracker-model", help="SAM2.1/EdgeTAM weights."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="Keyframe detector for sam2/edgetam."),
-    every: Optional[int] = typer.Option(None, "--every", help="Track every k-th frame [default: 1]."),
-    device: str = typer.Option(
-        "auto", "--device", help="auto, cpu, cuda or cuda:N (auto under torchrun: cuda:LOCAL_RANK)."
-    ),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 [default: auto]."),
+    model: Optional[str] = MODEL_OPTION,
+    bundle: Optional[Path] = BUNDLE_OPTION,
+    quant: Optional[str] = QUANT_OPTION,
+    tracker: Optional[str] = TRACKER_OPTION,
+    tracker_model: Optional[str] = TRACKER_MODEL_OPTION,
+    detector: Optional[str] = DETECTOR_OPTION,
+    track_every: Optional[int] = TRACK_EVERY_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
+    max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     shard: Optional[str] = typer.Option(
-        None, "--shard", help="i/n: this process takes every n-th video [default: RANK/WORLD_SIZE, else 0/1]."
+        None, "--shard", help="i/n: this process takes every n-th video \\[default: RANK/WORLD_SIZE, else 0/1]."
     ),
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="Skip the queries already in OUTPUT (default), or start it over."
@@ -261,7 +288,7 @@ def predict(
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,
-        every=every,
+        every=track_every,
     )
     check_output_file(this_shard.output_path(output), "--output")
     samples = load_annotations(annotations)[:limit]
@@ -311,7 +338,10 @@ def _rank_device(device: str) -> str:
 def track(
     video: str = typer.Argument(..., help="Video file or URL to track (any format PyAV/FFmpeg opens)."),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Tracks JSON to write (default: VIDEO_STEM.tracks.json in the current folder)."
+        None,
+        "--output",
+        "-o",
+        help="Tracks file to write (default: VIDEO_STEM.tracks.json, or .mot.txt with --format mot).",
     ),
     vis: Optional[Path] = typer.Option(None, "--vis", help="Also write an annotated MP4 (boxes + IDs) here."),
     tracker: str = typer.Option("classical", "--tracker", help="classical (no weights), sam2 or edgetam."),
@@ -326,6 +356,9 @@ def track(
         15, "--keyframe-interval", min=1, help="Re-detect every this many tracked frames (sam2/edgetam)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (model trackers)."),
+    fmt: str = typer.Option(
+        "json", "--format", help="json (stvg-edge's tracks JSON) or mot (MOTChallenge text: frame,id,x,y,w,h,...)."
+    ),
 ) -> None:
     """Track every object with a consistent integer ID; write the tracks JSON (and an annotated MP4)."""
     from rich.console import Console
@@ -337,8 +370,10 @@ def track(
     from .tracking.factory import make_tracker
     from .video import VideoWriter, iter_frames, probe_video
 
+    _check_choice("--format", fmt, ("json", "mot"))
     info = probe_video(video)
-    output = output if output is not None else Path(f"{Path(video.split('?')[0]).stem or 'video'}.tracks.json")
+    suffix = ".tracks.json" if fmt == "json" else ".mot.txt"
+    output = output if output is not None else Path(f"{Path(video.split('?')[0]).stem or 'video'}{suffix}")
     check_output_file(output, "--output")
     if vis is not None:
         check_output_file(vis, "--vis")
@@ -360,7 +395,12 @@ def track(
                 for frame in iter_frames(video, info=info):
                     writer.write(draw_tracks(frame.image, tracks.objects_at(frame.index)))
                     progress.advance(task)
-    tracks.save(output)
+    if fmt == "mot":
+        from .mot import write_mot
+
+        write_mot(tracks, output)
+    else:
+        tracks.save(output)
     typer.echo(f"{len(tracks)} tracks over {info.num_frames} frames -> {output}" + (f", {vis}" if vis else ""))
 
 
@@ -371,47 +411,44 @@ NO_ANSWER_EXIT = 3
 # --- run ----------------------------------------------------------------------------------------
 @app.command()
 def run(
-    video: str = typer.Argument(..., help="Video file or URL (rtsp://, http(s)://): passed to FFmpeg as given."),
+    video: str = typer.Argument(
+        ...,
+        help="Video file, stream URL (rtsp://, http(s)://), camera (/dev/video0) or - for a container piped on stdin.",
+    ),
     queries: List[str] = typer.Argument(..., help="One or more sentences describing who does what."),
-    output: Path = typer.Option(Path("result.json"), "--output", "-o", help="Result JSON to write."),
+    output: Optional[str] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Result JSON to write, - for stdout \\[default: result.json; --window: result.jsonl, a line a window].",
+    ),
     vis: Optional[Path] = typer.Option(
         None, "--vis", help="Also write an MP4 showing each query's tube over its time range."
     ),
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        help="Grounding VLM (Qwen2.5-VL): hub ID, local folder or nano [default: the STVG-R1 7B checkpoint].",
-    ),
-    bundle: Optional[Path] = typer.Option(
-        None,
-        "--bundle",
-        help="Exported bundle (stvg-edge export): its language model, vision encoder and tracker (if it has one).",
-    ),
-    quant: Optional[str] = typer.Option(
-        None,
-        "--quant",
-        help="none or nf4 (bitsandbytes 4-bit: CUDA, or CPU where bitsandbytes has CPU 4-bit kernels) [default: none].",
-    ),
-    tracker: Optional[str] = typer.Option(
-        None, "--tracker", help="classical (no weights), sam2 or edgetam [default: classical]."
-    ),
-    tracker_model: Optional[str] = typer.Option(
-        None, "--tracker-model", help="SAM2.1/EdgeTAM weights (hub ID or folder) for --tracker sam2|edgetam."
-    ),
-    detector: Optional[str] = typer.Option(
-        None, "--detector", help="Keyframe detector for sam2/edgetam: hub ID, folder, or classical."
-    ),
-    every: Optional[int] = typer.Option(
-        None, "--every", help="Track every k-th frame; the VLM's sampled frames are always tracked [default: 1]."
-    ),
+    model: Optional[str] = MODEL_OPTION,
+    bundle: Optional[Path] = BUNDLE_OPTION,
+    quant: Optional[str] = QUANT_OPTION,
+    tracker: Optional[str] = TRACKER_OPTION,
+    tracker_model: Optional[str] = TRACKER_MODEL_OPTION,
+    detector: Optional[str] = DETECTOR_OPTION,
+    track_every: Optional[int] = TRACK_EVERY_OPTION,
     keyframe_interval: Optional[int] = typer.Option(
-        None, "--keyframe-interval", help="Re-detect every this many tracked frames (sam2/edgetam) [default: 15]."
+        None, "--keyframe-interval", help="Re-detect every this many tracked frames (sam2/edgetam) \\[default: 15]."
     ),
     tracks: Optional[Path] = typer.Option(
         None, "--tracks", help="Reuse a tracks JSON from `stvg-edge track` instead of tracking again."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 [default: auto]."),
+    duration: Optional[float] = typer.Option(
+        None, "--duration", help="Read only the first S seconds (needed for a live source unless --window is given)."
+    ),
+    window: Optional[float] = typer.Option(
+        None, "--window", help="Answer over the last S seconds, again and again (live sources too): JSONL output."
+    ),
+    every: Optional[float] = typer.Option(
+        None, "--every", help="With --window: answer every T seconds of video \\[default: the window's length]."
+    ),
+    device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
     multi: bool = typer.Option(
         False, "--multi", help="Several targets: ask for every involved ID; the tube is their union box."
@@ -424,21 +461,36 @@ def run(
         help="Sampled frames wait for the final tracks in memory up to this many "
         "MB, then in a temporary folder (lower it on small devices).",
     ),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="Most tokens generated per query."),
+    max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     strict: bool = typer.Option(
         False, "--strict", help=f"Exit with code {NO_ANSWER_EXIT} when any query's answer cannot be parsed."
     ),
 ) -> None:
     """Ground QUERY in VIDEO: target ID(s), time range and the tube (box per frame)."""
+    import tempfile
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .errors import check_output_file, write_json_atomic
+    from .live import STDIN, is_live, record, run_in_background
     from .pipeline import PipelineConfig
     from .prompt import normalize_query
     from .run_config import build_pipeline
     from .video import iter_frames, probe_video
 
+    if every is not None and window is None:
+        raise BadInputError(
+            "--every is the step between answers of --window: add --window S, or use --track-every K to track every "
+            "k-th frame"
+        )
+    if window is not None and vis is not None:
+        raise BadInputError("--vis draws one clip's tubes: with --window every window has its own; drop --vis")
+    if window is not None and tracks is not None:
+        raise BadInputError("--tracks replays one file's tracks: a --window run tracks each window; drop --tracks")
+    for flag, value in (("--duration", duration), ("--window", window), ("--every", every)):
+        if value is not None and not value > 0:
+            raise BadInputError(f"{flag} {value}: give a positive number of seconds")
     config = _run_config(
         pipeline=PipelineConfig(
             time_only=time_only, multi_object=multi, id_repair=id_repair, frame_memory_mb=frame_memory_mb
@@ -452,45 +504,64 @@ def run(
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,
-        every=every,
+        every=track_every,
         keyframe_interval=keyframe_interval,
         tracks=None if tracks is None else str(tracks),
     )
-    check_output_file(output, "--output")  # outputs that cannot be written, before any work is done
+    output = output or ("result.jsonl" if window is not None else "result.json")
+    if output != "-":
+        check_output_file(Path(output), "--output")  # outputs that cannot be written fail before any work is done
     if vis is not None:
         check_output_file(vis, "--vis")
     for q in queries:
         normalize_query(q)
-    info = probe_video(video)  # fail on bad input before loading any model
-    next(iter_frames(video, stop=1, info=info))  # ... including a stream whose frames do not decode
-    if tracks is not None:
-        from .tracking.replay import ReplayTracker
-        from .tracks import TrackSet
-
-        ReplayTracker(TrackSet.load(tracks), source=str(tracks)).start(info)  # the tracks are for this video
-    console = Console(stderr=True)
-    with console.status(f"loading {bundle or model or 'the grounding model'}"):
-        pipeline = build_pipeline(config)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        bar = progress.add_task("decode + track", total=info.num_frames)
-        result = pipeline.run(
-            video,
-            queries,
-            on_frame=lambda f: progress.advance(bar),
-            on_stage=lambda s: progress.update(bar, description=f"{s}"),
+    if window is not None:
+        _run_windows(config, video, queries, output, window, every, duration, strict)
+        return
+    if is_live(video) and video != STDIN and duration is None:
+        raise BadInputError(
+            f"{video} is a live source with no end: give --duration S (answer on its first S seconds) or --window S "
+            "(answer over the last S seconds, again and again)"
         )
-    if vis is not None:  # the video first: a failure there leaves no result JSON behind either
-        from .vis import write_tube_video
+    console = Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="stvg-edge-live-") as spool:
+        source = video
+        if video == STDIN or duration is not None:  # a stream, or a cut: its packets to a file, then as any file
+            with console.status(f"reading {'standard input' if video == STDIN else video}"):
+                source = str(run_in_background(lambda: record(video, Path(spool) / "source.mkv", duration)))
+        info = probe_video(source)  # fail on bad input before loading any model
+        next(iter_frames(source, stop=1, info=info))  # ... including a stream whose frames do not decode
+        if tracks is not None:
+            from .tracking.replay import ReplayTracker
+            from .tracks import TrackSet
 
-        write_tube_video(video, result, vis)
-    write_json_atomic(output, result.to_dict(), indent=1)
+            ReplayTracker(TrackSet.load(tracks), source=str(tracks)).start(info)  # the tracks are for this video
+        with console.status(f"loading {bundle or model or 'the grounding model'}"):
+            pipeline = build_pipeline(config)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task("decode + track", total=info.num_frames)
+            result = pipeline.run(
+                source,
+                queries,
+                on_frame=lambda f: progress.advance(bar),
+                on_stage=lambda s: progress.update(bar, description=f"{s}"),
+            )
+        result.video = video
+        if vis is not None:  # the video first: a failure there leaves no result JSON behind either
+            from .vis import write_tube_video
+
+            write_tube_video(source, result, vis)
+    if output == "-":
+        _echo_json(result.to_dict())
+    else:
+        write_json_atomic(output, result.to_dict(), indent=1)
     _print_run_summary(result, output, vis)
     unparsed = [i + 1 for i, q in enumerate(result.queries) if not q.answer.parse_ok]
     if unparsed:  # the result says parse_ok: false; the user hears it too, on stderr
@@ -498,6 +569,61 @@ def run(
         typer.echo(f"warning: no answer could be parsed for query {', '.join(map(str, unparsed))} ({reason})", err=True)
         if strict:
             raise typer.Exit(NO_ANSWER_EXIT)
+
+
+def _run_windows(
+    config: "RunConfig",
+    video: str,
+    queries: List[str],
+    output: str,
+    window: float,
+    every: Optional[float],
+    duration: Optional[float],
+    strict: bool,
+) -> None:
+    """`run --window`: one `run` result a window, each a JSON line written (and flushed) as soon as it is answered;
+    Ctrl-C keeps every line already written."""
+    import itertools
+    import os
+
+    from rich.console import Console
+
+    from .live import in_background, sliding_windows, stream_frames
+    from .run_config import build_pipeline
+
+    console = Console(stderr=True)
+    frames = in_background(stream_frames(video, duration_s=duration))  # read on while the model answers
+    first = next(frames, None)  # a source that cannot be read fails before any model loads
+    if first is None:
+        raise BadInputError(f"{video}: no video frames could be read")
+    frames = itertools.chain([first], frames)
+    with console.status(f"loading {config.bundle or config.model or 'the grounding model'}"):
+        pipeline = build_pipeline(config)
+    sink = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")
+    written, unparsed = 0, 0
+    try:
+        for w in sliding_windows(frames, window, every, source=video):
+            result = pipeline.run_frames(w.frames, w.info, queries)
+            line = {"window": w.to_dict(), **result.to_dict()}
+            sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+            sink.flush()
+            if sink is not sys.stdout:
+                os.fsync(sink.fileno())
+            written += 1
+            unparsed += sum(not q.answer.parse_ok for q in result.queries)
+            answers = "; ".join(
+                f"ID {','.join(map(str, q.answer.ids)) or '—'} {q.answer.start_s:.1f}–{q.answer.end_s:.1f} s"
+                if q.answer.has_time_range
+                else "no answer"
+                for q in result.queries
+            )
+            console.print(f"window {w.index} [{w.start_s:.1f}–{w.end_s:.1f} s]: {answers}")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    console.print(f"{written} windows answered -> {'stdout' if output == '-' else output}")
+    if unparsed and strict:
+        raise typer.Exit(NO_ANSWER_EXIT)
 
 
 def _check_choice(flag: str, value: Optional[str], choices: tuple[str, ...]) -> None:
@@ -518,7 +644,7 @@ def _run_config(pipeline: "PipelineConfig", **options: Any) -> "RunConfig":
     return config
 
 
-def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
+def _print_run_summary(result, output: str, vis: Optional[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -532,7 +658,7 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
         a = q.answer
         span = f"{a.start_s:.2f} – {a.end_s:.2f}" if a.has_time_range else "—"
         table.add_row(q.query, ", ".join(map(str, a.ids)) or "—", span, str(len(q.tube)), "yes" if a.parse_ok else "no")
-    console = Console()
+    console = Console(stderr=output == "-")  # stdout carries the JSON then
     console.print(table)
     for i, q in enumerate(result.queries):
         for w in q.warnings:
@@ -546,7 +672,74 @@ def _print_run_summary(result, output: Path, vis: Optional[Path]) -> None:
             if k in t
         )
     )
-    console.print(f"wrote {output}" + (f" and {vis}" if vis else ""))
+    if output != "-":
+        console.print(f"wrote {output}" + (f" and {vis}" if vis else ""))
+
+
+# --- doctor --------------------------------------------------------------------------------------
+@app.command()
+def doctor() -> None:
+    """What this machine can run: torch/CUDA, GPU, onnxruntime, TensorRT, int4 kernels, codecs; and which options."""
+    from rich.console import Console
+
+    from .doctor import diagnose
+
+    with Console(stderr=True).status("checking this machine"):
+        report = diagnose()
+    for line in report.render():
+        typer.echo(line)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+# --- serve ---------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    model: Optional[str] = MODEL_OPTION,
+    bundle: Optional[Path] = BUNDLE_OPTION,
+    quant: Optional[str] = QUANT_OPTION,
+    tracker: Optional[str] = TRACKER_OPTION,
+    tracker_model: Optional[str] = TRACKER_MODEL_OPTION,
+    detector: Optional[str] = DETECTOR_OPTION,
+    track_every: Optional[int] = TRACK_EVERY_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
+    max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="STVG_EDGE_API_KEY", help="Require this key (Authorization: Bearer KEY)."
+    ),
+    cache_videos: int = typer.Option(16, "--cache-videos", min=0, help="Keep the tracks of this many videos."),
+) -> None:
+    """Serve grounding over HTTP with the model loaded once: POST /ground, GET /health, GET /config."""
+    from rich.console import Console
+
+    from .errors import require
+    from .pipeline import PipelineConfig
+    from .run_config import build_pipeline
+    from .serve import serve as serve_forever
+
+    require("fastapi", "serve", "stvg-edge serve")
+    require("uvicorn", "serve", "stvg-edge serve")
+    config = _run_config(
+        pipeline=PipelineConfig(),
+        model=model,
+        bundle=None if bundle is None else str(bundle),
+        quant=quant,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        tracker=tracker,
+        tracker_model=tracker_model,
+        detector=detector,
+        every=track_every,
+    )
+    console = Console(stderr=True)
+    with console.status(f"loading {bundle or model or 'the grounding model'}"):
+        pipeline = build_pipeline(config)
+    console.print(f"serving on http://{host}:{port} (POST /ground, GET /health, GET /config); Ctrl-C stops")
+    serve_forever(pipeline, host, port, api_key=api_key, cache_size=cache_videos)
 
 
 # --- train / export (the optional toolchain packages) --------------------------------------------

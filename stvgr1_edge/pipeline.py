@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .answer import GroundingAnswer, parse_answer
 from .clip import PromptedClip
@@ -48,7 +48,7 @@ class PipelineConfig:
     normalize_query: bool = True
     """Lower-case the query and drop a final "." as training did (§5)."""
     interpolate: bool = True
-    """Fill tube boxes on frames the tracker skipped (``--every`` > 1) by linear interpolation."""
+    """Fill tube boxes on frames the tracker skipped (``--track-every`` > 1) by linear interpolation."""
     id_repair: bool = False
     """The reference evaluation's lenient ID repair when the answered ID is missing in a frame (§6)."""
     frame_memory_mb: float | None = 1024.0
@@ -159,11 +159,24 @@ class GroundingPipeline:
         on_stage: Callable[[str], None] | None = None,
     ) -> RunResult:
         """Ground every query in ``video`` with one decode and one tracking pass."""
-        if not queries:
-            raise BadInputError("no query given: pass at least one sentence describing the target")
-        for q in queries:
-            normalize_query(q)  # empty queries fail here, before any decoding
-        prompts = self.prompts_for(queries)
+        self._check_queries(queries)  # before any decoding
+        started = time.perf_counter()
+        info = probe_video(video)
+        result = self.run_frames(iter_frames(video, info=info), info, queries, on_frame, on_stage)
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
+        return result
+
+    def run_frames(
+        self,
+        frames: Iterable[Frame],
+        info: VideoInfo,
+        queries: Sequence[str],
+        on_frame: Callable[[Frame], None] | None = None,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Ground every query in a clip given as decoded frames (a live window, say): ``frames`` are indexed
+        ``0..info.num_frames - 1`` and ``info`` says their size, rate and times, as :func:`probe_video` would."""
+        prompts = self._check_queries(queries)
         stage = on_stage or (lambda name: None)
         t_total = time.perf_counter()
         timings: dict[str, float] = {
@@ -176,14 +189,13 @@ class GroundingPipeline:
         }
 
         # 1. plan
-        info = probe_video(video)
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
         self._check_prompt_lengths(prompts, sampling, info)
 
         # 2-3. one decode pass: track every frame, keep the sampled ones, then draw their markers and resize them
         stage("track")
         tracked = track_and_prompt(
-            iter_frames(video, info=info),
+            frames,
             info,
             None if self.config.time_only else self.tracker,
             sampling,
@@ -199,7 +211,14 @@ class GroundingPipeline:
         stage("ground")
         results = self._ground_all(queries, prompts, clip, tracks, info, timings)
         timings["total"] = (time.perf_counter() - t_total) * 1e3
-        return RunResult(str(video), info, sampling, tracks, results, timings, self.describe())
+        return RunResult(info.path, info, sampling, tracks, results, timings, self.describe())
+
+    def _check_queries(self, queries: Sequence[str]) -> list[str]:
+        if not queries:
+            raise BadInputError("no query given: pass at least one sentence describing the target")
+        for q in queries:
+            normalize_query(q)  # empty queries fail here, before any decoding
+        return self.prompts_for(queries)
 
     def _ground_all(
         self, queries, prompts, clip: PromptedClip, tracks: TrackSet, info: VideoInfo, timings: dict[str, float]

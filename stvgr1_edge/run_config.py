@@ -81,7 +81,8 @@ class RunConfig:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """The `run`/`predict` option of a field (``every`` is ``--track-every``: ``--every`` is the window step)."""
+    return "--track-every" if name == "every" else "--" + name.replace("_", "-")
 
 
 def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> None:
@@ -120,7 +121,7 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
                 "--tracker none"
             )
     if config.every is not None and config.every < 1:
-        raise BadInputError(f"--every must be >= 1, got {config.every}")
+        raise BadInputError(f"--track-every must be >= 1, got {config.every}")
     if config.keyframe_interval is not None and config.keyframe_interval < 1:
         raise BadInputError(f"--keyframe-interval must be >= 1, got {config.keyframe_interval}")
     if config.max_new_tokens < 1:

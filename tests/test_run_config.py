@@ -16,14 +16,17 @@ CONFLICTS = [
     (["--bundle", "B", "--model", "nano"], "--model"),
     (["--bundle", "B", "--quant", "nf4"], "--quant"),
     (["--tracks", "T.json", "--tracker", "sam2"], "--tracker"),
-    (["--tracks", "T.json", "--every", "3"], "--every"),
+    (["--tracks", "T.json", "--track-every", "3"], "--track-every"),
     (["--tracks", "T.json", "--keyframe-interval", "5"], "--keyframe-interval"),
     (["--tracks", "T.json", "--detector", "classical"], "--detector"),
     (["--tracks", "T.json", "--tracker-model", "M"], "--tracker-model"),
     (["--time-only", "--multi"], "--multi"),
     (["--time-only", "--tracker", "classical"], "--tracker"),
     (["--time-only", "--tracks", "T.json"], "--tracks"),
-    (["--every", "0"], "--every"),
+    (["--track-every", "0"], "--track-every"),
+    (["--every", "2"], "--window"),  # the window step, without a window
+    (["--window", "4", "--vis", "V.mp4"], "--vis"),
+    (["--window", "4", "--tracks", "T.json"], "--tracks"),
     (["--quant", "int8"], "--quant"),
 ]
 
@@ -92,7 +95,7 @@ def test_result_config_records_what_ran(tmp_path):
                 "nano",
                 "--device",
                 "cpu",
-                "--every",
+                "--track-every",
                 "2",
                 "--max-new-tokens",
                 "16",

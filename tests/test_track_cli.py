@@ -121,3 +121,18 @@ def test_draw_tracks_draws_boxes_in_id_colours():
     assert tuple(out[30, 10]) == id_colour(1)  # left edge of box 1
     assert tuple(out[20, 74]) == id_colour(2)  # right edge of box 2 (x2 - 1)
     assert id_colour(1) != id_colour(2)
+
+
+def test_track_writes_motchallenge_text_with_the_same_tracks(tmp_path):
+    from stvgr1_edge.mot import read_mot
+
+    video = _moving_square_video(tmp_path / "clip.mp4")
+    assert main(["track", str(video), "-o", str(tmp_path / "tracks.json")]) == 0
+    assert main(["track", str(video), "-o", str(tmp_path / "tracks.txt"), "--format", "mot"]) == 0
+    first = (tmp_path / "tracks.txt").read_text().splitlines()[0].split(",")
+    tracks = TrackSet.load(tmp_path / "tracks.json")
+    track = tracks.tracks[1]
+    assert int(first[0]) == track.frames[0] + 1 and int(first[1]) == 1  # MOTChallenge frames count from 1
+    mot = read_mot(tmp_path / "tracks.txt", tracks.width, tracks.height, tracks.fps, tracks.num_frames)
+    assert mot.tracks[1].frames == track.frames
+    assert np.allclose(mot.tracks[1].boxes, track.boxes, atol=0.01)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import BadInputError, read_json, require
+from ..errors import BadInputError, read_json
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128, 256)
 QUANT_FILE = "int4_quantization.json"
@@ -185,8 +185,7 @@ def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
     initialised twice and no full-precision copy of the quantized layers ever exists.
     """
     import transformers
-
-    init_empty_weights = require("accelerate", "export", "loading an int4 model folder").init_empty_weights
+    from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
     folder = Path(folder)
