@@ -388,7 +388,9 @@ def track(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("tracking", total=info.num_frames)
-        tracks = streaming_tracker.track_video(str(video), info=info, on_frame=lambda _f: progress.advance(task))
+        tracks = streaming_tracker.track_video(
+            str(video), info=info, on_frame=lambda f: progress.update(task, completed=f.index + 1)
+        )
         if vis is not None:  # written before the JSON: a failure leaves neither file behind
             task = progress.add_task("rendering", total=info.num_frames)
             with VideoWriter(vis, info.fps, info.width, info.height) as writer:
@@ -542,6 +544,7 @@ def run(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            _FramesPerSecondColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=True,
@@ -550,7 +553,7 @@ def run(
             result = pipeline.run(
                 source,
                 queries,
-                on_frame=lambda f: progress.advance(bar),
+                on_frame=lambda f: progress.update(bar, completed=f.index + 1),
                 on_stage=lambda s: progress.update(bar, description=f"{s}"),
             )
         result.video = video
@@ -644,6 +647,18 @@ def _run_config(pipeline: "PipelineConfig", **options: Any) -> "RunConfig":
     return config
 
 
+def _FramesPerSecondColumn():  # noqa: N802 - builds a rich column; rich is imported only when a command runs
+    """A progress column with the frames per second the video is read at."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FramesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.0f} fps" if task.speed else "", style="progress.data.speed")
+
+    return FramesPerSecond()
+
+
 def _print_run_summary(result, output: str, vis: Optional[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -663,15 +678,7 @@ def _print_run_summary(result, output: str, vis: Optional[Path]) -> None:
     for i, q in enumerate(result.queries):
         for w in q.warnings:
             console.print(f"[yellow]warning[/] (query {i + 1}): {w}")
-    t = result.timings_ms
-    console.print(
-        "time (ms): "
-        + ", ".join(
-            f"{k} {t[k]:.0f}"
-            for k in ("decode", "track", "render", "vision", "prefill", "decode_tokens", "total")
-            if k in t
-        )
-    )
+    typer.echo(result.timing_line(), err=True)
     if output != "-":
         console.print(f"wrote {output}" + (f" and {vis}" if vis else ""))
 

@@ -103,8 +103,24 @@ class RunResult:
             "num_tracks": len(self.tracks),
             "queries": [q.to_dict() for q in self.queries],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "real_time_factor": round(self.real_time_factor, 4),
             "config": self.config,
         }
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall time of the whole run over the video's duration: below 1, it keeps up with the video."""
+        return self.timings_ms.get("total", 0.0) / 1e3 / max(self.info.duration_s, 1e-9)
+
+    def timing_line(self) -> str:
+        """Per-stage wall time in one line, with the real-time factor."""
+        t = self.timings_ms
+        stages = ("decode", "track", "markers", "resize", "vision", "prefill", "decode_tokens")
+        parts = ", ".join(f"{k} {t[k] / 1e3:.2f}" for k in stages if k in t)
+        return (
+            f"time (s): {parts}; total {t.get('total', 0.0) / 1e3:.2f} for {self.info.duration_s:.1f} s of video "
+            f"(real-time factor {self.real_time_factor:.2f})"
+        )
 
 
 class GroundingPipeline:
@@ -162,7 +178,8 @@ class GroundingPipeline:
         self._check_queries(queries)  # before any decoding
         started = time.perf_counter()
         info = probe_video(video)
-        result = self.run_frames(iter_frames(video, info=info), info, queries, on_frame, on_stage)
+        frames = iter_frames(video, info=info, keep=self._frames_used(info))
+        result = self.run_frames(frames, info, queries, on_frame, on_stage)
         result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
         return result
 
@@ -212,6 +229,15 @@ class GroundingPipeline:
         results = self._ground_all(queries, prompts, clip, tracks, info, timings)
         timings["total"] = (time.perf_counter() - t_total) * 1e3
         return RunResult(info.path, info, sampling, tracks, results, timings, self.describe())
+
+    def _frames_used(self, info: VideoInfo) -> Callable[[int], bool]:
+        """The frames anything looks at: the sampled ones and the ones the tracker's schedule tracks (the rest are
+        decoded, never converted to arrays)."""
+        sampled = frozenset(
+            plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling).indices
+        )
+        every = 0 if self.config.time_only or self.tracker is None else self.tracker.config.every
+        return lambda index: index in sampled or (every > 0 and index % every == 0)
 
     def _check_queries(self, queries: Sequence[str]) -> list[str]:
         if not queries:

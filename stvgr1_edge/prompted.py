@@ -161,6 +161,7 @@ def render_prompted_clip(
     resize: bool = False,
     video_fps: float | None = None,
     num_video_frames: int | None = None,
+    timings_ms: dict[str, float] | None = None,
 ) -> PromptedClip:
     """Stack the sampled frames (T, H, W, 3) uint8 with every tracked object's ID drawn on each.
 
@@ -170,7 +171,7 @@ def render_prompted_clip(
     from its box. ``draw_markers=False`` (time-only grounding) keeps the pixels as decoded. ``resize=True``
     shrinks each marked frame to ``sampling.resized_height x resized_width`` at once (qwen-vl-utils' resize, as
     the grounder would do it later; the clip then holds the small frames). ``video_fps``/``num_video_frames``
-    default to the track set's.
+    default to the track set's. ``timings_ms`` gets ``markers`` and ``resize`` added (wall ms).
     """
     if not sampling.indices:
         raise ValueError("render_prompted_clip: the sampling has no frames")
@@ -183,6 +184,7 @@ def render_prompted_clip(
         if frame.index not in wanted:
             continue
         image = frame.image
+        t0 = time.perf_counter()
         objects = tracks.objects_at(frame.index) if draw_markers else []
         if objects:
             image = draw_id_markers(
@@ -190,8 +192,12 @@ def render_prompted_clip(
                 [mask if mask is not None else box for _, box, mask in objects],
                 [track_id for track_id, _, _ in objects],
             )
+        t1 = time.perf_counter()
         if resize:
             image = resize_frame(image, sampling.resized_height, sampling.resized_width)
+        if timings_ms is not None:
+            timings_ms["markers"] = timings_ms.get("markers", 0.0) + (t1 - t0) * 1e3
+            timings_ms["resize"] = timings_ms.get("resize", 0.0) + (time.perf_counter() - t1) * 1e3
         images[frame.index] = image
     missing = [i for i in sampling.indices if i not in images]
     if missing:
@@ -221,7 +227,7 @@ class TrackedClip:
     clip: PromptedClip
     """The sampled frames with ID markers drawn (unless ``draw_markers`` was off), resized for the VLM."""
     timings_ms: dict[str, float]
-    """``decode``, ``track`` and ``render`` wall time."""
+    """``decode``, ``track`` and ``render`` wall time (``render`` = ``markers`` + ``resize``, also given)."""
     spilled_frames: int = 0
     """Sampled frames that waited on disk (over ``frame_memory_mb``)."""
 
@@ -244,7 +250,7 @@ def track_and_prompt(
     resolution; once tracking ends the §3 markers are drawn on them and each is resized for the VLM (§4).
     ``tracker=None`` skips tracking (time-only grounding: no markers). ``on_frame`` sees every frame (progress).
     """
-    timings = {"decode": 0.0, "track": 0.0, "render": 0.0}
+    timings = {"decode": 0.0, "track": 0.0, "render": 0.0, "markers": 0.0, "resize": 0.0}
     frames = iter(frames)
     if tracker is not None:
         tracker.start(info, always_track=frozenset(sampling.indices))
@@ -285,6 +291,7 @@ def track_and_prompt(
             resize=True,
             video_fps=info.fps,
             num_video_frames=info.num_frames,
+            timings_ms=timings,
         )
         timings["render"] = (time.perf_counter() - t0) * 1e3
         spilled = collector.spilled

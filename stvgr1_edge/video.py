@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, cast
+from typing import Callable, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -156,11 +156,14 @@ def iter_frames(
     stop: int | None = None,
     step: int = 1,
     info: VideoInfo | None = None,
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[Frame]:
     """Stream decoded frames ``start, start+step, ...`` (< ``stop``) in presentation order.
 
     One sequential decode pass from the first frame (frames before ``start`` are decoded, not converted): a
     frame's index is its position in the decoder's output (the module's rule), which a seek could not tell.
+    ``keep(index)``: only those frames are converted to RGB arrays and yielded (a decoder must still decode every
+    frame, but the conversion of a 720p frame costs as much again, for frames nothing looks at).
     Raises :class:`VideoError` if the stream breaks off mid-way.
     """
     import av
@@ -181,7 +184,7 @@ def iter_frames(
                 index += 1
                 if index >= stop:
                     break
-                if index >= start and (index - start) % step == 0:
+                if index >= start and (index - start) % step == 0 and (keep is None or keep(index)):
                     yield Frame(index, info.frame_times_s[index], frame.to_ndarray(format="rgb24"))
         except av.error.FFmpegError as exc:
             raise VideoError(

@@ -64,7 +64,8 @@ def test_a_looping_model_stops_at_the_window_and_strict_run_exits_3(parrot, clip
     rc = main([*args, "--max-new-tokens", "300", "--strict"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == NO_ANSWER_EXIT == 3
-    assert len(err) == 1 and err[0].startswith("warning: no answer could be parsed for query 1"), err
+    assert len(err) == 2 and err[0].startswith("time (s): ") and "real-time factor" in err[0], err
+    assert err[1].startswith("warning: no answer could be parsed for query 1"), err
     query = json.loads(out.read_text())["queries"][0]
     assert query["parse_ok"] is False
     assert query["num_generated_tokens"] == 64  # GrounderConfig.stop_on_repetition, not the 300 allowed

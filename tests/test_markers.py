@@ -5,9 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stvgr1_edge.markers import (
     MARKER_COLOR_RGB,
+    as_mask,
     box_to_mask,
     draw_id_markers,
     markable_objects,
@@ -207,3 +210,49 @@ def test_draw_returns_copy_and_rejects_size_mismatch():
         draw_id_markers(frame, [np.ones((10, 10), bool)], [1])
     with pytest.raises(ValueError):
         draw_id_markers(frame, [[5, 5, 40, 40]], [1, 2])
+
+
+# --- the fast path draws the reference's pixels --------------------------------------------------------------
+def _full_frame_reference_draw(frame: np.ndarray, masks_or_boxes, ids) -> np.ndarray:
+    """The reference arithmetic written out plainly: a full-frame mask per object, its pixel count, the anchor
+    from the coordinates of every mask pixel (STVG-R1 §3)."""
+    height, width = frame.shape[:2]
+    out = frame.copy()
+    masks = [as_mask(m, height, width) for m in masks_or_boxes]
+    areas = [int(m.sum()) for m in masks]
+    largest = max(areas) if areas else 0
+    font_scale, thickness = marker_style(height, width)
+    for mask, area, object_id in zip(masks, areas, ids):
+        if area == 0 or 3 * area < largest:
+            continue
+        ys, xs = np.nonzero(mask)
+        cy = int((int(ys.min()) + int(ys.max())) / 2)
+        row = np.nonzero(mask[cy])[0]
+        cx = int(np.mean(row)) if len(row) else int((int(xs.min()) + int(xs.max())) / 2)
+        cv2.putText(out, str(object_id), (cx, cy), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 0, 0), thickness, 16)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    boxes=st.lists(st.tuples(*[st.floats(-40, 200, allow_nan=False) for _ in range(4)]), min_size=1, max_size=6),
+    blobs=st.lists(
+        st.tuples(st.integers(0, 90), st.integers(0, 150), st.integers(1, 40), st.integers(1, 40)), max_size=3
+    ),
+    as_rle=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_draw_id_markers_draws_the_reference_pixels(boxes, blobs, as_rle, seed):
+    """Boxes (fractional, reversed, partly or wholly outside the frame) and masks (with holes, split rows; as
+    arrays or RLE): the fast path draws exactly what the full-frame reference draws."""
+    height, width = 96, 160
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    objects: list = [list(b) for b in boxes]
+    for y, x, h, w in blobs:
+        mask = np.zeros((height, width), bool)
+        mask[y : y + h, x : x + w] = True
+        mask &= rng.random((height, width)) > 0.3  # holes: rows and columns with gaps
+        objects.append(mask_to_rle(mask) if as_rle else mask)
+    ids = list(range(1, len(objects) + 1))
+    assert np.array_equal(draw_id_markers(frame, objects, ids), _full_frame_reference_draw(frame, objects, ids))

@@ -411,3 +411,23 @@ def test_time_only_and_multi_together_is_a_user_error(synth_dir, annotation, mod
         ]
     )
     assert rc == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_only_frames_that_are_tracked_or_sampled_become_arrays_and_stages_are_timed(synth_dir, annotation, grounder):
+    """With every 3rd frame tracked, the other frames are decoded but never converted (nor handed to anyone); the
+    result times every stage and gives the real-time factor."""
+    from stvgr1_edge.sampling import plan_sampling
+
+    video = _video(synth_dir, annotation)
+    info = probe_video(video)
+    seen: list[int] = []
+    pipeline = GroundingPipeline(make_tracker("classical", every=3), grounder)
+    result = pipeline.run(video, [annotation[1]["English"]], on_frame=lambda f: seen.append(f.index))
+    sampled = set(plan_sampling(info.num_frames, info.fps, info.height, info.width).indices)
+    expected = sorted(sampled | set(range(0, info.num_frames, 3)))
+    assert seen == expected and len(seen) < info.num_frames
+    t = result.timings_ms
+    assert {"decode", "track", "markers", "resize", "render", "vision", "prefill", "decode_tokens", "total"} <= set(t)
+    assert t["render"] >= t["markers"] + t["resize"] - 1.0
+    assert result.to_dict()["real_time_factor"] == pytest.approx(t["total"] / 1e3 / info.duration_s, rel=1e-3)
+    assert "real-time factor" in result.timing_line()

@@ -121,10 +121,11 @@ class StreamingTracker(ABC):
         on_frame: Callable[[Frame], None] | None = None,
         always_track: frozenset[int] = frozenset(),
     ) -> TrackSet:
-        """Convenience: decode ``path`` once and track it (``on_frame`` sees every frame, e.g. a progress bar)."""
+        """Convenience: decode ``path`` once and track it (``on_frame`` sees every tracked frame, e.g. a progress
+        bar; frames the schedule skips are decoded, not converted)."""
         info = info or probe_video(path)
         self.start(info, always_track)
-        for frame in iter_frames(path, info=info):
+        for frame in iter_frames(path, info=info, keep=self.should_track):
             self.step(frame)
             if on_frame is not None:
                 on_frame(frame)
