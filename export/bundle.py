@@ -17,6 +17,7 @@ leaves no half-written bundle. Layout (read back by :mod:`stvgr1_edge.bundle`)::
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -195,6 +196,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
                 "run  stvg-edge train prepare ANNOTATIONS --out DIR  and pass DIR"
             )
 
+    started = time.perf_counter()
     stage("loading the model")
     grounder = Grounder.from_pretrained(GrounderConfig(model=options.model, device=options.device, dtype="fp32"))
     model, processor = grounder.model, grounder.processor
@@ -210,6 +212,7 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
         if options.tracker != "none":
             stage("exporting the tracker")
             manifest["tracker"], manifest["parity"]["tracker"] = _export_tracker(options, tmp)
+        manifest["export_seconds"] = round(time.perf_counter() - started, 1)
         manifest["files"] = bundle_file_digests(tmp)  # verified when the bundle is loaded
         write_json_atomic(tmp / MANIFEST, manifest, indent=1)
     logger.info("wrote bundle %s", out)
@@ -255,7 +258,7 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
         "vocab_size": text_cfg.vocab_size,
     }
     if options.llm == "int4":
-        from stvgr1_edge_export.int4 import cache_calibration_inputs, quantize_int4_, save_int4
+        from stvgr1_edge_export.int4 import cache_calibration_inputs, decoder_layer_of, quantize_int4_, save_int4
 
         reference = _parity_logits(model, processor)
         calibration = None
@@ -264,7 +267,10 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
             calibration = cache_calibration_inputs(
                 model, processor, options.int4_calibration, num=options.int4_calibration_num
             )
+        started = time.perf_counter()
         quantized = quantize_int4_(model, group_size=options.int4_group_size, calibration=calibration)
+        seconds = time.perf_counter() - started
+        layers = {decoder_layer_of(name) for name in quantized if ".layers." in name}
         parity["int4_logits_cosine"] = _cosine(_parity_logits(model, processor), reference)
         llm["int4"] = {
             "group_size": options.int4_group_size,
@@ -272,7 +278,13 @@ def _export_grounder(options: BundleOptions, model, processor, tmp: Path, stage)
             "method": "searched rounding" if calibration is None else "GPTQ",
             "calibration": options.int4_calibration,
             "calibration_clips": None if calibration is None else len(calibration),
+            # the cost of a full-depth export reads off this: seconds per decoder layer x its layers
+            "quantize_seconds": round(seconds, 2),
+            "quantize_seconds_per_layer": round(seconds / max(len(layers), 1), 2),
         }
+        logger.info(
+            "int4: %.1f s for %d decoder layers (%.1f s a layer)", seconds, len(layers), seconds / max(len(layers), 1)
+        )
         save_int4(model, llm_dir, processor=processor)
     elif options.llm == "nf4":
         from stvgr1_edge_export.nf4 import quantize_nf4_to_folder

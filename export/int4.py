@@ -166,6 +166,7 @@ def int4_linear_from(
         linear.bias,
         group_size,
         compute_dtype=linear.weight.dtype,
+        keep_codes=True,  # save_int4 writes them
     )
 
 
@@ -202,7 +203,7 @@ def collect_input_hessians(
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def _block_of(name: str) -> str:
+def decoder_layer_of(name: str) -> str:
     """The decoder layer a linear belongs to (``...layers.3``), or the name itself outside a layer stack."""
     match = re.match(r"(.*\.layers\.\d+)\.", name)
     return match.group(1) if match else name
@@ -232,7 +233,7 @@ def quantize_int4_(
         if not isinstance(module, nn.Linear) or _is_skipped(name, skip):
             continue
         if can_quantize(module, group_size):
-            blocks.setdefault(_block_of(name), []).append((name, module))
+            blocks.setdefault(decoder_layer_of(name), []).append((name, module))
         else:
             logger.info(
                 "int4: keeping %s (%d -> %d) in floating point: shape does not fit the kernel",

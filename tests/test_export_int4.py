@@ -354,3 +354,22 @@ def test_tied_head_is_stored_once_and_retied_on_load(tmp_path, prompt_ids):
     assert loaded.lm_head.weight is loaded.model.language_model.embed_tokens.weight
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits)
+
+
+def test_exported_layers_hand_their_codes_to_save_without_a_matmul(monkeypatch):
+    """Reading codes back out of a kernel's layout costs an (in x in) @ (in x out) int4 matmul per layer (hours
+    for a 3B model on a CPU): a layer made by the exporter keeps its codes, and saving reads those."""
+    from stvgr1_edge.backends.int4 import WeightOnlyInt4Linear
+    from stvgr1_edge_export.int4 import int4_linear_from, quantize_weight_int4
+
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64)
+    expected, _, _ = quantize_weight_int4(linear.weight, 128)
+    layer = int4_linear_from(linear, 128)
+
+    def no_matmul(*args, **kwargs):
+        raise AssertionError("codes() ran the kernel")
+
+    monkeypatch.setattr(WeightOnlyInt4Linear, "_mm", no_matmul)
+    assert torch.equal(layer.codes(), expected)
+    assert "_kept_codes" not in layer.state_dict() and set(layer.state_dict()) == {"weight", "scales_and_zeros", "bias"}

@@ -100,6 +100,7 @@ class WeightOnlyInt4Linear(nn.Module):
         bias: torch.Tensor | None,
         group_size: int,
         compute_dtype: torch.dtype,
+        keep_codes: bool = False,
     ) -> None:
         super().__init__()
         if group_size not in SUPPORTED_GROUP_SIZES:
@@ -120,6 +121,9 @@ class WeightOnlyInt4Linear(nn.Module):
         self.register_buffer("weight", packed)
         self.register_buffer("scales_and_zeros", pack_scales_and_zeros(scales, zeros, compute_dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # Export keeps the codes (half a byte per weight, outside the state dict) for saving them: reading them back
+        # out of a kernel layout costs a (in x in) @ (in x out) int4 matmul per layer, hours for a 3B model on a CPU.
+        self._kept_codes = pack_uint4x2(codes).cpu() if keep_codes else None
 
     def _mm(self, x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
         if self.kernel == "cuda":
@@ -144,6 +148,8 @@ class WeightOnlyInt4Linear(nn.Module):
 
         For the packed kernels: multiply the identity by the weight with scale 1 and zero 8, which dequantizes
         ``(q - 8) * 1 + 8 = q`` exactly (small integers are exact in bf16/fp32)."""
+        if self._kept_codes is not None:
+            return unpack_uint4x2(self._kept_codes).to(self.weight.device)
         if self.kernel == "dequant":
             return unpack_uint4x2(self.weight)
         groups = self.in_features // self.group_size
