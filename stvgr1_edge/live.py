@@ -55,6 +55,11 @@ def open_source(source: str, timeout_s: float = 10.0) -> Any:
     options: dict[str, str] = {}
     fmt = None
     if source == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise BadInputError(
+                "- reads a video piped on standard input, but nothing is piped in: e.g. "
+                'ffmpeg -i CAMERA -f mpegts - | stvg-edge run - "QUERY"'
+            )
         target: Any = _Pipe(sys.stdin.fileno())
     elif is_camera(source):
         target, fmt = source, "v4l2"

@@ -234,3 +234,15 @@ def test_live_sources_that_cannot_run_fail_in_one_line(args, says, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_stdin_that_is_a_terminal_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    assert main(["run", "-", "a query", "--window", "4", "-o", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing is piped in" in err[0]
+    assert not (tmp_path / "o.jsonl").exists()
