@@ -11,7 +11,7 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     """Encode a (H, W) boolean mask as a JSON-ready COCO RLE: ``{"size": [H, W], "counts": str}``."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))  # no copy for a column-major uint8 mask
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 

@@ -123,14 +123,17 @@ class ClassicalDetector(Detector):
         self._fitted[ys, xs] = np.nanmedian(samples, axis=0)
         logger.debug("background: repaired %d pixels that held a still object", len(ys))
 
-    def foreground_mask(self, image: np.ndarray) -> np.ndarray:
-        """Boolean (H, W) foreground after shadow suppression and morphology (no background update)."""
+    def foreground_mask(self, image: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
+        """Boolean (H, W) foreground after shadow suppression and morphology (no background update); ``frame``:
+        ``image`` as float32, when the caller has it already."""
         import cv2
 
         cfg = self.config
-        frame = image.astype(np.float32)
+        frame = image.astype(np.float32) if frame is None else frame
         bg = self._fitted
-        difference = np.abs(frame - bg).max(axis=2)
+        channels = np.abs(frame - bg)
+        # the largest channel, taken pairwise: a reduction over an axis of length 3 costs numpy many times more
+        difference = np.maximum(np.maximum(channels[..., 0], channels[..., 1]), channels[..., 2])
         fg = difference > cfg.diff_threshold
         if cfg.suppress_shadows:  # tested only where the colour differs (the same result, a fraction of the work)
             ys, xs = np.nonzero(fg)
@@ -160,8 +163,8 @@ class ClassicalDetector(Detector):
             fg_u8[outline & (difference < cfg.edge_contrast_fraction * inside)] = 0
         return fg_u8.astype(bool)
 
-    def update_background(self, image: np.ndarray, foreground: np.ndarray) -> None:
-        """Blend ``image`` into the background wherever ``foreground`` is False."""
+    def update_background(self, image: np.ndarray, foreground: np.ndarray, frame: np.ndarray | None = None) -> None:
+        """Blend ``image`` into the background wherever ``foreground`` is False (``frame``: it as float32)."""
         import cv2
 
         rate = self.config.background_rate
@@ -169,9 +172,10 @@ class ClassicalDetector(Detector):
             return
         k = max(3, int(round(min(image.shape[:2]) * self.config.kernel_fraction)) | 1)
         near_object = cv2.dilate(foreground.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-        free = ~near_object
         background = self._fitted
-        background[free] += rate * (image.astype(np.float32)[free] - background[free])
+        # the same sums as adding at the free pixels only, without gathering and scattering them (2 ms, not 10)
+        step = rate * ((image.astype(np.float32) if frame is None else frame) - background)
+        np.add(background, step, out=background, where=~near_object[..., None])
 
     def _is_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
         """A "ghost" is an object baked into the background that has since moved away: the blob's outline
@@ -212,8 +216,9 @@ class ClassicalDetector(Detector):
         if self.background is None or self.background.shape != image.shape:
             self.fit_background([image])
             return Detections.empty()
-        fg = self.foreground_mask(image)
-        self.update_background(image, fg)
+        frame = image.astype(np.float32)
+        fg = self.foreground_mask(image, frame)
+        self.update_background(image, fg, frame)
         height, width = fg.shape
         count, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
         min_area = self.config.min_area_fraction * height * width

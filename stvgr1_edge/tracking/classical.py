@@ -348,9 +348,10 @@ class ClassicalTracker(StreamingTracker):
             info = self._info
             assert info is not None  # set by start()
             box = box * np.array([info.width / self._size[0], info.height / self._size[1]] * 2, np.float32)
-            mask = cv2.resize(mask.astype(np.uint8), (info.width, info.height), interpolation=cv2.INTER_NEAREST).astype(
-                bool
-            )
+            # resized transposed and transposed back: the same nearest-neighbour pixels, already in the column-major
+            # order COCO RLE encodes (a frame-sized copy less per object and frame)
+            small = np.ascontiguousarray(mask.astype(np.uint8).T)
+            mask = cv2.resize(small, (info.height, info.width), interpolation=cv2.INTER_NEAREST).T
         return frame, [float(v) for v in box], mask_to_rle(mask), 0.5 if ob.partial else 1.0
 
     def _update(self, track: TrackState, ob: Observation, frame: int) -> None:
