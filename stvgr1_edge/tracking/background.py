@@ -131,9 +131,7 @@ class ClassicalDetector(Detector):
         cfg = self.config
         frame = image.astype(np.float32) if frame is None else frame
         bg = self._fitted
-        channels = np.abs(frame - bg)
-        # the largest channel, taken pairwise: a reduction over an axis of length 3 costs numpy many times more
-        difference = np.maximum(np.maximum(channels[..., 0], channels[..., 1]), channels[..., 2])
+        difference = _largest_channel(np.abs(frame - bg))
         fg = difference > cfg.diff_threshold
         if cfg.suppress_shadows:  # tested only where the colour differs (the same result, a fraction of the work)
             ys, xs = np.nonzero(fg)
@@ -190,8 +188,8 @@ class ClassicalDetector(Detector):
             return False
 
         def edge_strength(rgb: np.ndarray) -> float:  # colour gradient: the strongest channel's
-            gx = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3)).max(axis=2)
-            gy = np.abs(cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)).max(axis=2)
+            gx = _largest_channel(np.abs(cv2.Sobel(rgb, cv2.CV_32F, 1, 0, ksize=3)))
+            gy = _largest_channel(np.abs(cv2.Sobel(rgb, cv2.CV_32F, 0, 1, ksize=3)))
             return float(np.hypot(gx, gy)[outline].mean())
 
         frame_edges = edge_strength(image[y0:y1, x0:x1].astype(np.float32))
@@ -242,6 +240,12 @@ class ClassicalDetector(Detector):
         masks = np.stack([labels == i for i in keep])
         scores = np.ones(len(keep), np.float32)
         return Detections(boxes, scores, ("object",) * len(keep), masks)
+
+
+def _largest_channel(values: np.ndarray) -> np.ndarray:
+    """``values.max(axis=2)`` for (H, W, 3), taken pairwise: numpy's reduction over an axis of length 3 costs many
+    times more, and the maxima are the same numbers."""
+    return np.maximum(np.maximum(values[..., 0], values[..., 1]), values[..., 2])
 
 
 def _blob_window(
