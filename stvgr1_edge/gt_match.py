@@ -70,53 +70,27 @@ def assign_gt_id(
     num_gt = len(gt_boxes)
     cast = sum(votes.values())
     if not cast:
-        return GTIdAssignment(
-            None,
-            "no_match",
-            0.0,
-            0.0,
-            0.0,
-            num_gt,
-            {},
-            f"no tracked box reaches IoU {config.iou_floor} with the GT box in any of {num_gt} GT frames",
-        )
+        reason = f"no tracked box reaches IoU {config.iou_floor} with the GT box in any of {num_gt} GT frames"
+        return GTIdAssignment(None, "no_match", 0.0, 0.0, 0.0, num_gt, {}, reason)
     ranked = votes.most_common()
     leader, leader_votes = ranked[0]
     share, coverage = leader_votes / cast, cast / max(num_gt, 1)
     mean_iou = iou_sums[leader] / leader_votes
     vote_dict = {int(k): int(v) for k, v in ranked}
+
+    def refused(status: str, reason: str) -> GTIdAssignment:
+        return GTIdAssignment(None, status, share, coverage, mean_iou, num_gt, vote_dict, reason)
+
     if coverage < config.min_coverage:
-        return GTIdAssignment(
-            None,
+        return refused(
             "no_match",
-            share,
-            coverage,
-            mean_iou,
-            num_gt,
-            vote_dict,
-            f"only {cast} of {num_gt} GT frames overlap a tracked box (coverage {coverage:.2f} "
-            f"< {config.min_coverage})",
+            f"only {cast} of {num_gt} GT frames overlap a tracked box "
+            f"(coverage {coverage:.2f} < {config.min_coverage})",
         )
     if len(ranked) > 1 and ranked[1][1] == leader_votes:
-        return GTIdAssignment(
-            None,
-            "ambiguous",
-            share,
-            coverage,
-            mean_iou,
-            num_gt,
-            vote_dict,
-            f"tie between IDs {ranked[0][0]} and {ranked[1][0]} ({leader_votes} votes each)",
-        )
+        return refused("ambiguous", f"tie between IDs {ranked[0][0]} and {ranked[1][0]} ({leader_votes} votes each)")
     if share < config.min_vote_share:
-        return GTIdAssignment(
-            None,
-            "ambiguous",
-            share,
-            coverage,
-            mean_iou,
-            num_gt,
-            vote_dict,
-            f"ID {leader} has only {share:.2f} of the votes (< {config.min_vote_share}): {vote_dict}",
+        return refused(
+            "ambiguous", f"ID {leader} has only {share:.2f} of the votes (< {config.min_vote_share}): {vote_dict}"
         )
     return GTIdAssignment(leader, "ok", share, coverage, mean_iou, num_gt, vote_dict)

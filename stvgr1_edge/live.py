@@ -29,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import BadInputError, VideoError
 from .video import Frame, VideoInfo, is_url
@@ -37,6 +37,7 @@ from .video import Frame, VideoInfo, is_url
 logger = logging.getLogger(__name__)
 
 STDIN = "-"
+T = TypeVar("T")
 
 
 def is_camera(source: str) -> bool:
@@ -210,27 +211,28 @@ def stream_frames(
         sleep(delay)
 
 
-def in_background(frames: Iterator[Frame], max_buffered: int = 256) -> Iterator[Frame]:
-    """``frames``, decoded in a daemon thread: the stream keeps being read while the caller computes, and the caller's
-    thread only ever waits on a queue, so Ctrl-C reaches it at once (a read blocked inside FFmpeg would hold it).
-    At most ``max_buffered`` frames wait; past that the reader waits too. Errors are raised in the caller."""
+def in_background(items: Iterator[T], max_buffered: int = 256) -> Iterator[T]:
+    """``items`` (decoded frames, say), produced in a daemon thread: the stream keeps being read while the caller
+    computes, and the caller's thread only ever waits on a queue, so Ctrl-C reaches it at once (a read blocked inside
+    FFmpeg would hold it). At most ``max_buffered`` items wait; past that the reader waits too. Errors are raised in
+    the caller."""
     import queue
     import threading
 
-    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max_buffered)
+    handed: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max_buffered)
 
     def read() -> None:
         try:
-            for frame in frames:
-                items.put(("frame", frame))
-            items.put(("end", None))
+            for item in items:
+                handed.put(("item", item))
+            handed.put(("end", None))
         except BaseException as exc:  # handed to the caller, who raises it
-            items.put(("error", exc))
+            handed.put(("error", exc))
 
     threading.Thread(target=read, name="stvg-edge-reader", daemon=True).start()
     while True:
         try:
-            kind, value = items.get(timeout=0.2)
+            kind, value = handed.get(timeout=0.2)
         except queue.Empty:
             continue
         if kind == "end":
@@ -240,25 +242,9 @@ def in_background(frames: Iterator[Frame], max_buffered: int = 256) -> Iterator[
         yield value
 
 
-def run_in_background(fn: Callable[[], Any]) -> Any:
-    """``fn()`` in a daemon thread, waited for in short steps so that Ctrl-C reaches the caller at once."""
-    import threading
-
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # raised in the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="stvg-edge-reader", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.2)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+def run_in_background(fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread (:func:`in_background` of its one result), so that Ctrl-C reaches the caller."""
+    return next(in_background(fn() for _ in range(1)))
 
 
 # --- sliding windows ----------------------------------------------------------------------------------

@@ -624,11 +624,10 @@ def read_prediction_lines(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def load_predictions(
-    paths: Sequence[str | os.PathLike], samples: Sequence[STVGSample]
-) -> tuple[dict[str, Prediction], list[str], dict[str, str], list[Path]]:
-    """Read and match prediction files (JSON, `run` results, `predict` JSONL; shard sets merged):
-    ``({sample key: prediction}, unknown keys, {sample key: error of a failed video}, the files read)``."""
-    files = expand_prediction_paths(paths)
+    files: Sequence[Path], samples: Sequence[STVGSample]
+) -> tuple[dict[str, Prediction], list[str], dict[str, str]]:
+    """Read and match prediction files (JSON, `run` results, `predict` JSONL; see :func:`expand_prediction_paths`
+    for shard sets): ``({sample key: prediction}, unknown keys, {sample key: error of a failed video})``."""
     matched: dict[str, Prediction] = {}
     unknown: list[str] = []
     failed: dict[str, str] = {}
@@ -643,7 +642,7 @@ def load_predictions(
         matched.update(file_matched)
         unknown.extend(file_unknown)
         failed.update(file_failed)
-    return matched, unknown, failed, files
+    return matched, unknown, failed
 
 
 def evaluate_files(
@@ -660,12 +659,13 @@ def evaluate_files(
         _check_convention(convention)
     if isinstance(pred_paths, (str, os.PathLike)):
         pred_paths = [pred_paths]
-    for path in expand_prediction_paths(pred_paths):  # the cheap check before the annotations are parsed
+    files = expand_prediction_paths(pred_paths)
+    for path in files:  # the cheap check before the annotations are parsed
         if not path.is_file():
             raise BadInputError(f"predictions file not found: {path}")
     samples = load_annotations(gt_path)
     _check_gt(samples)
-    matched, unknown, failed, files = load_predictions(pred_paths, samples)
+    matched, unknown, failed = load_predictions(files, samples)
     out: dict[str, Any] = {
         "files": {"predictions": [str(p) for p in files], "ground_truth": str(gt_path)},
         "results": {

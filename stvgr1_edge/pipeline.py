@@ -178,8 +178,9 @@ class GroundingPipeline:
         self._check_queries(queries)  # before any decoding
         started = time.perf_counter()
         info = probe_video(video)
-        frames = iter_frames(video, info=info, keep=self._frames_used(info))
-        result = self.run_frames(frames, info, queries, on_frame, on_stage)
+        sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
+        frames = iter_frames(video, info=info, keep=self._frames_used(sampling))
+        result = self.run_frames(frames, info, queries, on_frame, on_stage, sampling)
         result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
         return result
 
@@ -190,9 +191,11 @@ class GroundingPipeline:
         queries: Sequence[str],
         on_frame: Callable[[Frame], None] | None = None,
         on_stage: Callable[[str], None] | None = None,
+        sampling: FrameSampling | None = None,
     ) -> RunResult:
         """Ground every query in a clip given as decoded frames (a live window, say): ``frames`` are indexed
-        ``0..info.num_frames - 1`` and ``info`` says their size, rate and times, as :func:`probe_video` would."""
+        ``0..info.num_frames - 1`` and ``info`` says their size, rate and times, as :func:`probe_video` would.
+        ``sampling``: the VLM's frames, when the caller planned them already (default: planned from ``info``)."""
         prompts = self._check_queries(queries)
         stage = on_stage or (lambda name: None)
         t_total = time.perf_counter()
@@ -206,7 +209,8 @@ class GroundingPipeline:
         }
 
         # 1. plan
-        sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
+        if sampling is None:
+            sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
         self._check_prompt_lengths(prompts, sampling, info)
 
         # 2-3. one decode pass: track every frame, keep the sampled ones, then draw their markers and resize them
@@ -230,12 +234,10 @@ class GroundingPipeline:
         timings["total"] = (time.perf_counter() - t_total) * 1e3
         return RunResult(info.path, info, sampling, tracks, results, timings, self.describe())
 
-    def _frames_used(self, info: VideoInfo) -> Callable[[int], bool]:
+    def _frames_used(self, sampling: FrameSampling) -> Callable[[int], bool]:
         """The frames anything looks at: the sampled ones and the ones the tracker's schedule tracks (the rest are
         decoded, never converted to arrays)."""
-        sampled = frozenset(
-            plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling).indices
-        )
+        sampled = frozenset(sampling.indices)
         every = 0 if self.config.time_only or self.tracker is None else self.tracker.config.every
         return lambda index: index in sampled or (every > 0 and index % every == 0)
 

@@ -192,32 +192,25 @@ _SETTINGS_THAT_DO_NOT_CHANGE_ANSWERS = {
 }
 
 
-def _answer_settings(description: dict) -> dict:
-    return {
-        part: {k: v for k, v in values.items() if (part, k) not in _SETTINGS_THAT_DO_NOT_CHANGE_ANSWERS}
-        if isinstance(values, dict)
-        else values
-        for part, values in description.items()
-    }
+def _answer_settings(description: dict) -> dict[str, Any]:
+    """``{"part.key": value}`` of a pipeline description, without the settings that do not change answers."""
+    flat: dict[str, Any] = {}
+    for part, values in description.items():
+        for key, value in values.items() if isinstance(values, dict) else [(None, values)]:
+            if (part, key) not in _SETTINGS_THAT_DO_NOT_CHANGE_ANSWERS:
+                flat[part if key is None else f"{part}.{key}"] = value
+    return flat
 
 
 def check_config_file(path: Path, description: dict, resume: bool) -> None:
     """Write what produces the predictions beside them; refuse to append to predictions of another setup."""
     if resume and path.exists():
-        before = read_json(path, "predictions config")
-        if _answer_settings(before) != _answer_settings(description):
-            changed = sorted(
-                f"{part}.{k}"
-                for part in set(before) | set(description)
-                for k in set(before.get(part) or {}) | set(description.get(part) or {})
-                if isinstance(before.get(part), dict)
-                and isinstance(description.get(part), dict)
-                and (part, k) not in _SETTINGS_THAT_DO_NOT_CHANGE_ANSWERS
-                and before[part].get(k) != description[part].get(k)
-            )
+        before, now = _answer_settings(read_json(path, "predictions config")), _answer_settings(description)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
             raise BadInputError(
-                f"{path.name} says these predictions were made with other settings ({', '.join(changed) or 'config'}"
-                "): write to another -o, or start over with --no-resume"
+                f"{path.name} says these predictions were made with other settings ({', '.join(changed)}): write to "
+                "another -o, or start over with --no-resume"
             )
     write_json_atomic(path, description, indent=1)
 
