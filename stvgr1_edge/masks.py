@@ -15,6 +15,39 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def crop_to_rle(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """:func:`mask_to_rle` of the (height, width) mask that is ``crop`` at column ``x0``, row ``y0`` and empty
+    elsewhere, without building the frame-sized mask (an object's box is a small part of a 720p frame).
+
+    COCO RLE runs down columns, so only the crop's columns are laid out (at full height); the columns left and
+    right of it add to the first and last run of zeros. pycocotools compresses the counts.
+    """
+    from pycocotools import mask as mask_utils
+
+    crop_h, crop_w = crop.shape
+    if not (0 <= x0 and x0 + crop_w <= width and 0 <= y0 and y0 + crop_h <= height):
+        raise ValueError(f"crop {crop_w}x{crop_h} at ({x0}, {y0}) is not inside a {width}x{height} frame")
+    columns = np.zeros((crop_w, height), np.uint8)
+    columns[:, y0 : y0 + crop_h] = crop.T
+    flat = columns.ravel()
+    if not flat.any():
+        counts = [height * width]
+    else:
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
+        if flat[0]:  # runs start with zeros
+            runs.insert(0, 0)
+        runs[0] += x0 * height
+        after = (width - x0 - crop_w) * height
+        if flat[-1]:
+            runs.append(after)
+        else:
+            runs[-1] += after
+        counts = runs if runs[-1] else runs[:-1]
+    rle = mask_utils.frPyObjects({"counts": counts, "size": [height, width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
 def _coco(rle: Mapping[str, Any]) -> dict:
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}

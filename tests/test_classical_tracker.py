@@ -163,6 +163,21 @@ def test_downscaled_processing_returns_native_boxes_and_masks():
     assert rle_to_mask(t.masks[10]).shape == (H, W)
 
 
+@pytest.mark.parametrize(
+    "native, processing", [((1280, 720), (640, 360)), ((854, 480), (427, 240)), ((401, 301), (133, 100))]
+)
+def test_native_masks_are_the_opencv_nearest_upscale_of_the_processing_masks(native, processing):
+    import cv2
+
+    from stvgr1_edge.tracking.classical import _nearest_source
+
+    rng = np.random.default_rng(0)
+    small = (rng.random(processing[::-1]) > 0.5).astype(np.uint8)
+    reference = cv2.resize(small, native, interpolation=cv2.INTER_NEAREST)
+    cols, rows = (_nearest_source(n, p) for n, p in zip(native, processing))
+    assert np.array_equal(small[np.ix_(rows, cols)], reference)
+
+
 def test_tracker_is_reusable_across_videos():
     tracker = ClassicalTracker()
     red = ((220, 30, 30), 14, lambda f: (5 + 3 * f, 40))

@@ -94,3 +94,23 @@ def test_the_annotation_reader_accepts_or_refuses_in_one_line(tmp_path_factory, 
         if sample.has_ground_truth:
             assert sample.st_frame is not None and sample.ed_frame is not None
             assert 0 <= sample.st_frame <= sample.ed_frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.data(),
+)
+def test_crop_rle_equals_the_frame_sized_mask_rle(height, width, data):
+    import numpy as np
+
+    from stvgr1_edge.masks import crop_to_rle, mask_to_rle
+
+    crop_h, crop_w = data.draw(st.integers(0, height)), data.draw(st.integers(0, width))
+    y0, x0 = data.draw(st.integers(0, height - crop_h)), data.draw(st.integers(0, width - crop_w))
+    bits = data.draw(st.lists(st.booleans(), min_size=crop_h * crop_w, max_size=crop_h * crop_w))
+    crop = np.array(bits, bool).reshape(crop_h, crop_w)
+    frame = np.zeros((height, width), bool)
+    frame[y0 : y0 + crop_h, x0 : x0 + crop_w] = crop
+    assert crop_to_rle(crop, x0, y0, height, width) == mask_to_rle(frame)

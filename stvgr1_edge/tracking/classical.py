@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..masks import mask_to_rle
+from ..masks import crop_to_rle, mask_to_rle
 from ..tracks import TrackSet
 from ..video import Frame, VideoInfo
 from .association import assign, relink_cost
@@ -205,6 +205,9 @@ class ClassicalTracker(StreamingTracker):
         long_side = max(info.width, info.height)
         self._scale = min(1.0, self.config.max_side / long_side) if self.config.max_side > 0 else 1.0
         self._size = (max(1, int(round(info.width * self._scale))), max(1, int(round(info.height * self._scale))))
+        self._native_to_processing = tuple(
+            _nearest_source(native, processing) for native, processing in zip((info.width, info.height), self._size)
+        )
 
     def step(self, frame: Frame) -> None:
         if self._info is None:
@@ -344,15 +347,21 @@ class ClassicalTracker(StreamingTracker):
         import cv2
 
         box, mask = ob.box, ob.mask
-        if self._scale != 1.0:
-            info = self._info
-            assert info is not None  # set by start()
-            box = box * np.array([info.width / self._size[0], info.height / self._size[1]] * 2, np.float32)
-            # resized transposed and transposed back: the same nearest-neighbour pixels, already in the column-major
-            # order COCO RLE encodes (a frame-sized copy less per object and frame)
-            small = np.ascontiguousarray(mask.astype(np.uint8).T)
-            mask = cv2.resize(small, (info.height, info.width), interpolation=cv2.INTER_NEAREST).T
-        return frame, [float(v) for v in box], mask_to_rle(mask), 0.5 if ob.partial else 1.0
+        if self._scale == 1.0:
+            return frame, [float(v) for v in box], mask_to_rle(mask), 0.5 if ob.partial else 1.0
+        info = self._info
+        assert info is not None  # set by start()
+        box = box * np.array([info.width / self._size[0], info.height / self._size[1]] * 2, np.float32)
+        # The native mask is the processing-size mask scaled up nearest-neighbour (cv2's pixels), built and encoded
+        # only over the native rows and columns that map into the mask's bounding box: per object a crop, not a
+        # frame-sized resize and RLE pass.
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=np.uint8))
+        cols, rows = self._native_to_processing
+        x0, x1 = np.searchsorted(cols, [x, x + w])
+        y0, y1 = np.searchsorted(rows, [y, y + h])
+        crop = mask[np.ix_(rows[y0:y1], cols[x0:x1])]
+        rle = crop_to_rle(crop, int(x0), int(y0), info.height, info.width)
+        return frame, [float(v) for v in box], rle, 0.5 if ob.partial else 1.0
 
     def _update(self, track: TrackState, ob: Observation, frame: int) -> None:
         """Fold an observation into a track; confirm a tentative track after ``min_hits``."""
@@ -405,3 +414,10 @@ class ClassicalTracker(StreamingTracker):
         for record in track.pending:
             self._result.add(track_id, *record)
         track.pending = []
+
+
+def _nearest_source(native: int, processing: int) -> np.ndarray:
+    """For each native column (or row), the processing-size one ``cv2.resize(..., INTER_NEAREST)`` takes it from
+    when scaling up: ``floor(i / (native / processing))``, computed as OpenCV does (non-decreasing in ``i``)."""
+    step = 1.0 / (native / processing)
+    return np.minimum(np.floor(np.arange(native) * step).astype(np.int64), processing - 1)

@@ -241,10 +241,10 @@ def split_by_colour(
     """Split each blob that no track has been seeing whole and that holds several clearly different
     colours into one observation per colour (objects touching when they first appear)."""
     out = []
-    for ob in obs:
+    ious = box_iou_matrix(np.array([preds[t.key] for t in tracks]), np.array([ob.box for ob in obs]))  # (tracks, obs)
+    for j, ob in enumerate(obs):
         if ob.owner is not None or any(
-            box_iou_matrix(preds[t.key][None], ob.box[None])[0, 0] >= 0.5 and hist_distance(t.hist, ob.hist) <= 0.3
-            for t in tracks
+            ious[i, j] >= 0.5 and hist_distance(t.hist, ob.hist) <= 0.3 for i, t in enumerate(tracks)
         ):
             out.append(ob)  # a split part, or a (multi-coloured) object a track already follows
             continue
