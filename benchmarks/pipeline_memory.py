@@ -65,7 +65,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_once(video: str, budget: float | None, every: int) -> dict:
+def run_once(video: str, budget: float | None, every: int, max_new_tokens: int = 64) -> dict:
     """One pipeline run in this process (called in a child process by :func:`main`): peak resident memory overall
     (``ru_maxrss``) and per pipeline stage (sampled every 10 ms)."""
     import resource
@@ -75,7 +75,7 @@ def run_once(video: str, budget: float | None, every: int) -> dict:
     from stvgr1_edge.pipeline import GroundingPipeline, PipelineConfig
     from stvgr1_edge.tracking.factory import make_tracker
 
-    grounder = Grounder.from_pretrained(GrounderConfig(model="nano", max_new_tokens=96))
+    grounder = Grounder.from_pretrained(GrounderConfig(model="nano", max_new_tokens=max_new_tokens))
     tracker = make_tracker("classical", every=every)
     stage_peaks = {"load": _rss_mb()}
     current = ["load"]
@@ -148,11 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "benchmarks" / "results" / "pipeline_memory.json",
         help="Result JSON; the plot is written beside it (same name, .png).",
     )
-    parser.add_argument("--child", nargs=3, metavar=("VIDEO", "BUDGET", "EVERY"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="answer length cap (the video path is timed, not the answer)"
+    )
+    parser.add_argument("--child", nargs=4, metavar=("VIDEO", "BUDGET", "EVERY", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        video, budget, every = args.child
-        print(json.dumps(run_once(video, None if budget == "none" else float(budget), int(every))))
+        video, budget, every, tokens = args.child
+        print(json.dumps(run_once(video, None if budget == "none" else float(budget), int(every), int(tokens))))
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for budget in args.budgets:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(video), budget, str(args.every)],
+                [sys.executable, __file__, "--child", str(video), budget, str(args.every), str(args.max_new_tokens)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "query": QUERY,
         "tracker": f"classical, every {args.every}",
         "model": "nano",
+        "max_new_tokens": args.max_new_tokens,
         "sampled_frames_native_mb": native_mb,
         "same_answer": len({r["answer_text"] for r in runs}) == 1,
         "machine": platform.platform(),

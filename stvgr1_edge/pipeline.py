@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ from .sampling import FrameSampling, SamplingConfig, plan_sampling
 from .tracking.base import StreamingTracker
 from .tracks import TrackSet
 from .tube import Tube, build_tube
-from .video import Frame, VideoInfo, iter_frames, probe_video
+from .video import Frame, VideoInfo, check_hw_decode, decode_ahead, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class PipelineConfig:
     1080p are 4.8 GB."""
     frame_spill_dir: str | None = None
     """Where that temporary folder goes (default: the system's temp folder)."""
+    decode_ahead: int = 8
+    """Frames decoded ahead in a background thread while the tracker works (0: decode in the caller's thread)."""
+    hw_decode: str | None = None
+    """FFmpeg hardware decoder device type (``cuda``, ``vaapi``, ...; see :func:`~stvgr1_edge.video.hw_decode_types`);
+    None: software decoding."""
 
 
 @dataclass
@@ -176,11 +182,15 @@ class GroundingPipeline:
     ) -> RunResult:
         """Ground every query in ``video`` with one decode and one tracking pass."""
         self._check_queries(queries)  # before any decoding
+        check_hw_decode(self.config.hw_decode)
         started = time.perf_counter()
         info = probe_video(video)
         sampling = plan_sampling(info.num_frames, info.fps, info.height, info.width, self.config.sampling)
-        frames = iter_frames(video, info=info, keep=self._frames_used(sampling))
-        result = self.run_frames(frames, info, queries, on_frame, on_stage, sampling)
+        frames = iter_frames(video, info=info, keep=self._frames_used(sampling), hw_decode=self.config.hw_decode)
+        if self.config.decode_ahead > 0:
+            frames = decode_ahead(frames, self.config.decode_ahead)
+        with closing(frames):  # stops the decoding thread, also when tracking fails
+            result = self.run_frames(frames, info, queries, on_frame, on_stage, sampling)
         result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
         return result
 

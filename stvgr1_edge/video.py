@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, cast
+from typing import Callable, Generator, Iterable, Sequence, cast
 
 import numpy as np
 
@@ -63,7 +63,29 @@ def is_url(source: str | os.PathLike) -> bool:
     return "://" in str(source)
 
 
-def _open(path: str | os.PathLike):
+def hw_decode_types() -> list[str]:
+    """Hardware decoder device types the loaded FFmpeg offers (e.g. ``cuda``, ``vaapi``); empty without PyAV's
+    hardware support."""
+    try:
+        from av.codec.hwaccel import hwdevices_available
+    except ImportError:  # PyAV < 14
+        return []
+    return sorted(hwdevices_available())
+
+
+def check_hw_decode(device_type: str | None) -> None:
+    """Refuse a hardware decoder the loaded FFmpeg does not have, in one line (before any decoding)."""
+    if device_type is None:
+        return
+    offered = hw_decode_types()
+    if device_type not in offered:
+        raise VideoError(
+            f"hardware decoding with {device_type!r} is not offered by this PyAV/FFmpeg build "
+            f"(it offers: {', '.join(offered) or 'none'}): pick one of those or leave hardware decoding off"
+        )
+
+
+def _open(path: str | os.PathLike, hw_decode: str | None = None):
     import av
 
     if is_url(path):
@@ -76,6 +98,18 @@ def _open(path: str | os.PathLike):
             raise VideoError(f"video path is a directory, expected a file: {p}")
         if p.is_file() and p.stat().st_size == 0:  # devices and pipes have no size
             raise VideoError(f"video file is empty (0 bytes): {p}")
+    if hw_decode is not None:  # a stream the device cannot decode is decoded in software
+        from av.codec.hwaccel import HWAccel
+
+        try:
+            container = av.open(str(p), mode="r", hwaccel=HWAccel(hw_decode, allow_software_fallback=True))
+        except av.error.FFmpegError as exc:  # no such device here (no GPU, no driver): decode in software
+            logger.warning("%s: no %s device (%s): decoding in software", p, hw_decode, _short(exc))
+        else:
+            if not container.streams.video:
+                container.close()
+                raise VideoError(f"{p} has no video stream: pass a video file")
+            return container
     try:
         container = av.open(str(p), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
@@ -157,13 +191,16 @@ def iter_frames(
     step: int = 1,
     info: VideoInfo | None = None,
     keep: Callable[[int], bool] | None = None,
-) -> Iterator[Frame]:
+    hw_decode: str | None = None,
+) -> Generator[Frame, None, None]:
     """Stream decoded frames ``start, start+step, ...`` (< ``stop``) in presentation order.
 
     One sequential decode pass from the first frame (frames before ``start`` are decoded, not converted): a
     frame's index is its position in the decoder's output (the module's rule), which a seek could not tell.
     ``keep(index)``: only those frames are converted to RGB arrays and yielded (a decoder must still decode every
     frame, but the conversion of a 720p frame costs as much again, for frames nothing looks at).
+    ``hw_decode``: an FFmpeg hardware device type (see :func:`hw_decode_types`) to decode on; frames are downloaded
+    to memory, and a stream the device cannot decode is decoded in software (with a warning).
     Raises :class:`VideoError` if the stream breaks off mid-way.
     """
     import av
@@ -174,7 +211,8 @@ def iter_frames(
     stop = info.num_frames if stop is None else min(stop, info.num_frames)
     if start >= stop:
         return
-    container = _open(path)
+    check_hw_decode(hw_decode)
+    container = _open(path, hw_decode)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -182,6 +220,8 @@ def iter_frames(
         try:
             for frame in container.decode(stream):
                 index += 1
+                if index == 0 and hw_decode is not None and not getattr(stream.codec_context, "is_hwaccel", True):
+                    logger.warning("%s: %s cannot decode this stream: decoding in software", path, hw_decode)
                 if index >= stop:
                     break
                 if index >= start and (index - start) % step == 0 and (keep is None or keep(index)):
@@ -194,6 +234,61 @@ def iter_frames(
             raise VideoError(f"video has 0 decodable frames: {path}: {_FIX}")
     finally:
         container.close()
+
+
+def decode_ahead(frames: Iterable[Frame], depth: int = 8) -> Generator[Frame, None, None]:
+    """``frames``, produced in a background thread at most ``depth`` frames ahead of the consumer.
+
+    FFmpeg's decoding and the RGB conversion release the GIL, so on a multi-core device the next frames are decoded
+    while the caller tracks this one. Errors reach the caller at the frame where they happened; closing this
+    iterator (or leaving a ``for`` loop over it) stops the thread and closes ``frames``.
+    """
+    import queue
+    import threading
+
+    if depth < 1:
+        raise ValueError("depth must be >= 1")
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(frames)
+        try:
+            for frame in source:
+                if not put(frame):
+                    break
+            else:
+                put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="decode-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield cast(Frame, item)
+    finally:
+        stop.set()
+        worker.join()
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], info: VideoInfo | None = None) -> list[Frame]:

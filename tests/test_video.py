@@ -163,3 +163,65 @@ def test_real_old_codec_footage_decodes_and_seeks_exactly(fixtures):
     assert np.array_equal(seeked[1].image, sequential[0].image)
     assert np.array_equal(seeked[0].image, sequential[1].image)
     assert not np.array_equal(sequential[0].image, sequential[1].image)  # people walk: the frames differ
+
+
+def test_decode_ahead_gives_the_same_frames_and_raises_where_the_stream_breaks(tmp_path):
+    import threading
+
+    from stvgr1_edge.video import decode_ahead
+
+    path = write_test_video(tmp_path / "v.mp4", num_frames=40)
+    direct = list(iter_frames(path))
+    ahead = list(decode_ahead(iter_frames(path), depth=3))
+    assert [f.index for f in ahead] == [f.index for f in direct]
+    assert all(np.array_equal(a.image, b.image) and a.time_s == b.time_s for a, b in zip(ahead, direct))
+
+    def breaks_at_7():
+        yield from direct[:7]
+        raise VideoError("video is truncated or corrupt near frame 7")
+
+    seen = []
+    with pytest.raises(VideoError, match="frame 7"):
+        for frame in decode_ahead(breaks_at_7(), depth=2):
+            seen.append(frame.index)
+    assert seen == list(range(7))
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield direct[0]
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    stream = decode_ahead(endless(), depth=2)
+    next(stream)
+    stream.close()  # the consumer stops early: the thread ends and closes its source
+    assert closed.is_set() and threading.active_count() == before
+
+
+def test_hardware_decoding_is_checked_and_falls_back_to_identical_software_frames(tmp_path, caplog):
+    from stvgr1_edge.video import check_hw_decode, hw_decode_types
+
+    with pytest.raises(VideoError) as err:
+        check_hw_decode("no-such-device")
+    assert "\n" not in str(err.value) and "no-such-device" in str(err.value)
+    path = write_test_video(tmp_path / "v.mp4", num_frames=12)
+    with pytest.raises(VideoError, match="no-such-device"):
+        next(iter_frames(path, hw_decode="no-such-device"))
+    types = hw_decode_types()
+    if not types:
+        pytest.skip("this PyAV/FFmpeg build offers no hardware decoders")
+    import torch
+
+    device = "cuda" if "cuda" in types else types[0]
+    caplog.set_level("WARNING", logger="stvgr1_edge.video")
+    on_device = list(iter_frames(path, hw_decode=device))
+    software = list(iter_frames(path))
+    assert [f.index for f in on_device] == [f.index for f in software]
+    # H.264 decoding is bit-exact, on a device or not; without the device, the software fallback says so
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(on_device, software))
+    if not (device == "cuda" and torch.cuda.is_available()):
+        assert "decoding in software" in caplog.text
