@@ -72,8 +72,11 @@ def run_once(video: str, budget: float | None, every: int, max_new_tokens: int =
     import threading
 
     from stvgr1_edge.grounding import Grounder, GrounderConfig
+    from stvgr1_edge.memory import return_large_buffers_to_os
     from stvgr1_edge.pipeline import GroundingPipeline, PipelineConfig
     from stvgr1_edge.tracking.factory import make_tracker
+
+    return_large_buffers_to_os()  # as the CLI does
 
     grounder = Grounder.from_pretrained(GrounderConfig(model="nano", max_new_tokens=max_new_tokens))
     tracker = make_tracker("classical", every=every)
