@@ -2,8 +2,10 @@
 
 Per tracked frame (the hot path, ``Sam2Tracker.step``):
 
-1. preprocess the frame and propagate every object held by the model's inference session (one
-   ``model(inference_session, frame=...)`` call; the image encoder runs once per frame, shared by all objects);
+1. preprocess the frame and propagate every object held by the model's inference session: the image encoder runs
+   once per frame, and all objects go through memory attention, the mask decoder and the memory encoder in one
+   batched forward (:mod:`.sam2_batched`; ``batched_objects=False``: transformers' per-object
+   ``model(inference_session, frame=...)`` loop);
 2. on a keyframe (every ``keyframe_interval`` tracked frames) run the detector, turn all its boxes into masks
    in one batched SAM decoder call on the frame's cached image features, let the :class:`IdManager` decide
    new / duplicate / contained / re-linked, and seed (or refresh) the chosen objects with those masks in one
@@ -57,6 +59,10 @@ class Sam2TrackerConfig(TrackerConfig):
     """Detector-seeded (conditioning) memories kept per object, the most recent ones."""
     retire_after: int = 30
     """Drop an object from the model session after this many tracked frames without it (bounds per-frame cost)."""
+    batched_objects: bool = True
+    """Propagate all objects of a frame in one batched forward (``sam2_batched``: memory attention, mask decoder and
+    memory encoder once per frame, not once per object). False: transformers' own per-object loop (the reference;
+    same masks up to float rounding)."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +211,12 @@ class Sam2Tracker(StreamingTracker):
         if session.get_obj_num() == 0:
             session.add_new_frame(pixels, t)
             return [], None, None
-        out = self.segmenter.model(inference_session=session, frame=pixels, frame_idx=t)
+        if self.config.batched_objects:
+            from .sam2_batched import propagate_objects
+
+            out = propagate_objects(self.segmenter.model, session, pixels, t)
+        else:
+            out = self.segmenter.model(inference_session=session, frame=pixels, frame_idx=t)
         return list(out.object_ids), out.pred_masks[:, 0], out.object_score_logits.reshape(-1)
 
     def _keyframe(self, frame: Frame, pixels, t: int, ids, logits, scores):
