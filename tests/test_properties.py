@@ -114,3 +114,19 @@ def test_crop_rle_equals_the_frame_sized_mask_rle(height, width, data):
     frame = np.zeros((height, width), bool)
     frame[y0 : y0 + crop_h, x0 : x0 + crop_w] = crop
     assert crop_to_rle(crop, x0, y0, height, width) == mask_to_rle(frame)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_hsv_bins_table_gives_the_per_pixel_formula(seed):
+    import cv2
+    import numpy as np
+
+    from stvgr1_edge.tracking.observations import HIST_BINS, hsv_bins
+
+    image = np.random.default_rng(seed).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.int64)
+    hb, sb, vb = HIST_BINS
+    h = np.minimum(hsv[..., 0] * hb // 180, hb - 1)
+    expected = (h * sb + hsv[..., 1] * sb // 256) * vb + hsv[..., 2] * vb // 256
+    assert np.array_equal(hsv_bins(image), expected)

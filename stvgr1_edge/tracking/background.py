@@ -131,11 +131,11 @@ class ClassicalDetector(Detector):
         cfg = self.config
         frame = image.astype(np.float32) if frame is None else frame
         bg = self._fitted
-        difference = _largest_channel(np.abs(frame - bg))
+        difference = _largest_channel(cv2.absdiff(frame, bg))  # numpy's abs(frame - bg), in one pass
         fg = difference > cfg.diff_threshold
         if cfg.suppress_shadows:  # tested only where the colour differs (the same result, a fraction of the work)
-            ys, xs = np.nonzero(fg)
-            f_px, b_px = frame[ys, xs], bg[ys, xs]
+            at = np.flatnonzero(fg)  # flat indices: a third of np.nonzero's (y, x) pairs' cost
+            f_px, b_px = frame.reshape(-1, 3)[at], bg.reshape(-1, 3)[at]
             brightness, bg_brightness = f_px.sum(axis=1) + 1.0, b_px.sum(axis=1) + 1.0
             ratio = brightness / bg_brightness
             chroma_shift = np.abs(f_px / brightness[:, None] - b_px / bg_brightness[:, None]).max(axis=1)
@@ -144,7 +144,7 @@ class ClassicalDetector(Detector):
                 & (ratio <= cfg.shadow_max_ratio)
                 & (chroma_shift <= cfg.shadow_max_chroma_shift)
             )
-            fg[ys[shadow], xs[shadow]] = False
+            fg.reshape(-1)[at[shadow]] = False
         k = max(3, int(round(min(image.shape[:2]) * cfg.kernel_fraction)) | 1)
         square3 = np.ones((3, 3), np.uint8)
         raw = fg.astype(np.uint8)
@@ -152,7 +152,7 @@ class ClassicalDetector(Detector):
         if cfg.restore_thin_parts:  # reconstruction by dilation: the raw blobs the opening left any part of
             count, raw_labels = cv2.connectedComponents(raw, connectivity=8)
             touched = np.zeros(count, bool)
-            touched[raw_labels[fg_u8 > 0]] = True  # never label 0: the opening lies within the raw foreground
+            touched[raw_labels.reshape(-1)[np.flatnonzero(fg_u8)]] = True  # never 0: the opening is within raw
             fg_u8 = touched[raw_labels].astype(np.uint8)
         fg_u8 = cv2.morphologyEx(fg_u8, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         if cfg.edge_contrast_fraction > 0:
@@ -169,11 +169,14 @@ class ClassicalDetector(Detector):
         if rate <= 0:
             return
         k = max(3, int(round(min(image.shape[:2]) * self.config.kernel_fraction)) | 1)
-        near_object = cv2.dilate(foreground.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+        near_object = cv2.dilate(foreground.astype(np.uint8), np.ones((k, k), np.uint8))
+        free = (near_object == 0).view(np.uint8)  # OpenCV's mask: nonzero where free
         background = self._fitted
-        # the same sums as adding at the free pixels only, without gathering and scattering them (2 ms, not 10)
-        step = rate * ((image.astype(np.float32) if frame is None else frame) - background)
-        np.add(background, step, out=background, where=~near_object[..., None])
+        # background += rate * (frame - background) at the free pixels: the same float32 operations as numpy's,
+        # with OpenCV's masked add in place (2 ms at 640x360, numpy's where= 3.5 ms; gathering the pixels: 10)
+        step = cv2.subtract(image.astype(np.float32) if frame is None else frame, background)
+        np.multiply(step, np.float32(rate), out=step)
+        cv2.add(background, step, dst=background, mask=free)
 
     def _is_ghost(self, image: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int) -> bool:
         """A "ghost" is an object baked into the background that has since moved away: the blob's outline
