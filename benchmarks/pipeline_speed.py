@@ -28,8 +28,18 @@ from stvgr1_edge.errors import write_json_atomic  # noqa: E402
 STAGES = ("decode", "track", "markers", "resize", "vision", "prefill", "decode_tokens")
 
 
-def column(run: dict, seconds: float) -> dict:
-    """Per-stage seconds of one run (``markers``/``resize`` from ``render`` when a run has only that)."""
+def tracked_frames(video: dict, tracker: str) -> int:
+    """Frames the tracker steps on: every k-th (``tracker`` reads "classical, every k") and the sampled ones."""
+    from stvgr1_edge.sampling import plan_sampling
+
+    every = int(tracker.rsplit("every", 1)[1])
+    sampled = plan_sampling(video["frames"], video["fps"], video["height"], video["width"]).indices
+    return len(set(range(0, video["frames"], every)) | set(sampled))
+
+
+def column(run: dict, seconds: float, num_tracked: int) -> dict:
+    """Per-stage seconds of one run (``markers``/``resize`` from ``render`` when a run has only that), and the
+    per-frame costs of tracking (per tracked frame) and marker drawing (per sampled frame)."""
     t = run["timings_ms"]
     stages = {k: t[k] / 1e3 for k in STAGES if k in t}
     if "markers" not in t and "render" in t:
@@ -40,6 +50,8 @@ def column(run: dict, seconds: float) -> dict:
         "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "total_s": round(total, 3),
         "real_time_factor": round(total / seconds, 3),
+        "track_ms_per_tracked_frame": round(t["track"] / num_tracked, 2),
+        "markers_ms_per_sampled_frame": round(t["markers"] / run["sampled_frames"], 2) if "markers" in t else None,
         "answer_text": run["answer_text"],
         "peak_rss_mb": run.get("peak_rss_mb"),
     }
@@ -87,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     video = loaded[0]["video"]
     if any(d["video"] != video for d in loaded):
         parser.error("the runs are not on the same clip")
-    columns = {label: column(d["runs"][0], video["seconds"]) for label, d in zip(args.labels, loaded)}
+    num_tracked = tracked_frames(video, loaded[0]["tracker"])
+    columns = {label: column(d["runs"][0], video["seconds"], num_tracked) for label, d in zip(args.labels, loaded)}
     result = {
         "benchmark": "pipeline_speed",
         "video": video,
         "tracker": loaded[0]["tracker"],
         "model": loaded[0]["model"],
+        "tracked_frames": num_tracked,
         "machine": loaded[-1]["machine"],
         "same_answer": len({c["answer_text"] for c in columns.values()}) == 1,
         "columns": columns,

@@ -1,5 +1,5 @@
-"""Weight-only int4 for the language model's linears, gpt-fast style: choosing the codes and writing the folder that
-:mod:`stvgr1_edge.backends.int4` runs.
+"""Weight-only int4 for the language model's linears, gpt-fast style: choosing the codes (GPTQ, or the runtime's
+searched rounding) and writing the folder that :mod:`stvgr1_edge.backends.int4` runs.
 
 Quantization is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs;
 a group with range ``[lo, hi]`` (its min and max, shrunk by the :data:`RANGE_SHRINKS` factor that reconstructs
@@ -10,7 +10,8 @@ rounds one input column at a time and folds each column's error into the columns
 outputs on real activations move least (the packaged nano model on 200 held-out clips: 83.5% of int4 answers
 word for word full precision's with GPTQ, 50.5% with rounding).
 
-The kernels that run the codes, their device-specific layouts and the portable folder format are the runtime's
+The kernels that run the codes, their device-specific layouts, the portable folder format and the searched rounding
+(:func:`quantize_weight_int4`, which the runtime's decode engine also uses to quantize at load) are the runtime's
 (:mod:`stvgr1_edge.backends.int4`); quantize or load a model on the device it will run on.
 """
 
@@ -27,15 +28,18 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from stvgr1_edge.backends.int4 import (
+from stvgr1_edge.backends.int4 import (  # noqa: F401  (RANGE_SHRINKS, quantize_weight_int4: this module's API too)
     FORMAT,
     QUANT_FILE,
+    RANGE_SHRINKS,
     SUPPORTED_GROUP_SIZES,
     WEIGHTS_FILE,
     Int4ModuleSpec,
     WeightOnlyInt4Linear,
-    inner_k_tiles_for,
+    can_quantize,
     pack_uint4x2,
+    quantize_weight_int4,
+    search_int4_range,
     set_submodule,
 )
 from stvgr1_edge.errors import BadInputError, atomic_output_dir
@@ -44,52 +48,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SKIP = ("model.visual", "lm_head")
 """Modules kept in floating point: the whole vision tower and the output projection."""
-RANGE_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
-"""Candidate shrinks of a group's ``[min, max]`` (1.0: plain min/max rounding). The extremes otherwise stretch the 16
-levels over a range most of the group's weights do not use; the shrink with the least squared error is kept (nano
-model: 5% less weight error than min/max, and its validation m_vIoU gap to fp32 1.12 → 0.36 points)."""
 
 
-# ----------------------------------------------------------------------------------------------- packing
-def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Codes (float, 0..15) and scales of ``groups`` on the grid ``[lo, hi]``, and each group's squared error."""
-    scales = ((hi - lo) / 15).clamp(min=1e-6)
-    codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
-    error = ((codes * scales[..., None] + lo[..., None] - groups) ** 2).sum(dim=-1)
-    return codes, scales, error
-
-
-def _search_range(
-    groups: torch.Tensor, range_shrinks: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float codes, scales and range starts ``lo`` of ``groups`` (..., group_size): each group keeps the shrink of
-    its ``[min, max]`` whose codes reconstruct it with the least squared error."""
-    full_lo, full_hi = groups.amin(dim=-1), groups.amax(dim=-1)
-    first, *rest = range_shrinks
-    best_lo = full_lo * first
-    codes, scales, error = _round_to_range(groups, best_lo, full_hi * first)
-    for shrink in rest:  # one shrink at a time: a (shrinks, out, in) stack would not fit for a 7B model's linears
-        lo = full_lo * shrink
-        c, sc, e = _round_to_range(groups, lo, full_hi * shrink)
-        better = e < error
-        codes = torch.where(better[..., None], c, codes)
-        scales, best_lo = torch.where(better, sc, scales), torch.where(better, lo, best_lo)
-        error = torch.where(better, e, error)
-    return codes, scales, best_lo
-
-
-def quantize_weight_int4(
-    weight: torch.Tensor, group_size: int, range_shrinks: Sequence[float] = RANGE_SHRINKS
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(codes, scales, zeros)``: uint8 codes (out, in) in 0..15 and fp32 (out, in / group_size) scales and
-    tinygemm zeros, so that ``w ≈ (codes - 8) * scale + zero``. Each group keeps the range ``[lo, hi] * s``
-    (``s`` from ``range_shrinks``) whose codes reconstruct it with the least squared error."""
-    out_features, in_features = weight.shape
-    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
-    codes, scales, lo = _search_range(groups, range_shrinks)
-    return codes.to(torch.uint8).reshape(out_features, in_features), scales, lo + 8 * scales
-
-
+# ----------------------------------------------------------------------------------------------- GPTQ
 def quantize_weight_int4_gptq(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -128,7 +89,7 @@ def quantize_weight_int4_gptq(
             column = b0 + j
             if column % group_size == 0:
                 g = column // group_size
-                _, scales[:, g], los[:, g] = _search_range(block[:, j : j + group_size], range_shrinks)
+                _, scales[:, g], los[:, g] = search_int4_range(block[:, j : j + group_size], range_shrinks)
             g = column // group_size
             q = ((block[:, j] - los[:, g]) / scales[:, g]).round().clamp(0, 15)
             codes[:, column] = q.to(torch.uint8)
@@ -137,15 +98,6 @@ def quantize_weight_int4_gptq(
             errors[:, j] = error
         w[:, b1:] -= errors @ h_inv[b0:b1, b1:]  # the block's errors reach the later blocks at once
     return codes, scales, los + 8 * scales
-
-
-def can_quantize(linear: nn.Linear, group_size: int) -> bool:
-    """Shapes the kernels accept: ``in`` a multiple of the group and of 32, ``out`` a multiple of 8."""
-    return (
-        linear.in_features % group_size == 0
-        and inner_k_tiles_for(linear.in_features) is not None
-        and linear.out_features % 8 == 0
-    )
 
 
 def int4_linear_from(

@@ -84,9 +84,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError:  # pragma: no cover - depends on the installed typer
         click_exceptions = importlib.import_module("click.exceptions")
 
-    from .memory import return_large_buffers_to_os
-
-    return_large_buffers_to_os()  # a long video's peak memory must not depend on how the heap fragments
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)

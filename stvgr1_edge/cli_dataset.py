@@ -12,6 +12,8 @@ from .cli_common import (
     DETECTOR_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
+    ENGINE_OPTION,
+    HW_DECODE_OPTION,
     MAX_NEW_TOKENS_OPTION,
     MODEL_OPTION,
     QUANT_OPTION,
@@ -45,6 +47,8 @@ def predict(
     dtype: Optional[str] = DTYPE_OPTION,
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
+    engine: Optional[str] = ENGINE_OPTION,
+    hw_decode: Optional[str] = HW_DECODE_OPTION,
     shard: Optional[str] = typer.Option(
         None, "--shard", help="i/n: this process takes every n-th video \\[default: RANK/WORLD_SIZE, else 0/1]."
     ),
@@ -68,13 +72,14 @@ def predict(
     if device == "auto" and this_shard.count > 1:
         device = _rank_device(device)
     config = run_config_of(
-        pipeline=PipelineConfig(time_only=time_only),
+        pipeline=PipelineConfig(time_only=time_only, hw_decode=hw_decode),
         model=model,
         bundle=None if bundle is None else str(bundle),
         quant=quant,
         device=device,
         dtype=dtype,
         max_new_tokens=max_new_tokens,
+        engine=engine,
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,

@@ -12,6 +12,8 @@ from .cli_common import (
     DETECTOR_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
+    ENGINE_OPTION,
+    HW_DECODE_OPTION,
     MAX_NEW_TOKENS_OPTION,
     MODEL_OPTION,
     QUANT_OPTION,
@@ -52,6 +54,8 @@ def serve(
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
+    engine: Optional[str] = ENGINE_OPTION,
+    hw_decode: Optional[str] = HW_DECODE_OPTION,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (127.0.0.1: this machine only)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     api_key: Optional[str] = typer.Option(
@@ -70,13 +74,14 @@ def serve(
     require("fastapi", "serve", "stvg-edge serve")
     require("uvicorn", "serve", "stvg-edge serve")
     config = run_config_of(
-        pipeline=PipelineConfig(),
+        pipeline=PipelineConfig(hw_decode=hw_decode),
         model=model,
         bundle=None if bundle is None else str(bundle),
         quant=quant,
         device=device,
         dtype=dtype,
         max_new_tokens=max_new_tokens,
+        engine=engine,
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,

@@ -14,6 +14,8 @@ from .cli_common import (
     DETECTOR_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
+    ENGINE_OPTION,
+    HW_DECODE_OPTION,
     MAX_NEW_TOKENS_OPTION,
     MODEL_OPTION,
     NO_ANSWER_EXIT,
@@ -22,6 +24,7 @@ from .cli_common import (
     TRACKER_MODEL_OPTION,
     TRACKER_OPTION,
     app,
+    apply_memory_settings,
     check_choice,
     echo_json,
     fps_column,
@@ -87,6 +90,8 @@ def run(
         "MB, then in a temporary folder (lower it on small devices).",
     ),
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
+    engine: Optional[str] = ENGINE_OPTION,
+    hw_decode: Optional[str] = HW_DECODE_OPTION,
     strict: bool = typer.Option(
         False, "--strict", help=f"Exit with code {NO_ANSWER_EXIT} when any query's answer cannot be parsed."
     ),
@@ -118,7 +123,11 @@ def run(
             raise BadInputError(f"{flag} {value}: give a positive number of seconds")
     config = run_config_of(
         pipeline=PipelineConfig(
-            time_only=time_only, multi_object=multi, id_repair=id_repair, frame_memory_mb=frame_memory_mb
+            time_only=time_only,
+            multi_object=multi,
+            id_repair=id_repair,
+            frame_memory_mb=frame_memory_mb,
+            hw_decode=hw_decode,
         ),
         model=model,
         bundle=None if bundle is None else str(bundle),
@@ -126,6 +135,7 @@ def run(
         device=device,
         dtype=dtype,
         max_new_tokens=max_new_tokens,
+        engine=engine,
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,
@@ -314,6 +324,7 @@ def track(
     from .video import VideoWriter, iter_frames, probe_video
 
     check_choice("--format", fmt, ("json", "mot"))
+    apply_memory_settings(tracker)
     info = probe_video(video)
     suffix = ".tracks.json" if fmt == "json" else ".mot.txt"
     output = output if output is not None else Path(f"{Path(video.split('?')[0]).stem or 'video'}{suffix}")

@@ -80,6 +80,20 @@ class GrounderConfig:
     """Stop decoding once the last this many generated tokens are one short pattern (period <= 8) repeated: a
     degenerate answer ("small small small ...") would otherwise run to ``max_new_tokens`` and still not parse.
     0: never (the reference's behaviour)."""
+    engine: Literal["hf", "static"] = "hf"
+    """Decoder: "hf" (transformers' ``generate``) or "static" (:mod:`stvgr1_edge.backends.engine`: the same
+    prefill, then a static KV cache and a compiled one-token step; greedy answers are ``generate``'s tokens)."""
+    compile: bool = True
+    """Engine "static": ``torch.compile`` the decode step (compiled steps are kept on disk, in
+    ``~/.cache/stvg-edge/inductor`` or ``$STVG_EDGE_COMPILE_CACHE``). False: the same static loop, eager."""
+    weights: Literal["fp", "int8", "int4"] = "fp"
+    """The language model's linears, quantized at load (weight-only; either engine): "fp" as loaded, "int8"
+    per-channel, "int4" group-wise (searched rounding). Pays off with the compiled static engine."""
+    lm_head: Literal["fp", "int8", "int4"] = "fp"
+    """The output projection's format (it reads a vocabulary-sized matrix per token: a large share of a small
+    model's decode time)."""
+    int4_group_size: int = 128
+    """Group size of "int4" weights (32, 64, 128 or 256; a linear whose inputs do not split into groups stays fp)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +229,26 @@ def bitsandbytes_4bit_on_cpu() -> bool:
     except Exception:  # ImportError, or a CUDA-only build raising on CPU tensors
         return False
     return restored.shape == weight.shape and bool((restored - weight).abs().max() < 0.2)
+
+
+ENGINES = ("hf", "static")
+
+
+def check_engine_options(config: GrounderConfig) -> None:
+    """One :class:`BadInputError` line for an unknown engine or weight format, or one that cannot run here."""
+    from .backends.weight_only import WEIGHT_FORMATS
+
+    if config.engine not in ENGINES:
+        raise BadInputError(f"unknown engine {config.engine!r}: use one of {', '.join(ENGINES)}")
+    for name in ("weights", "lm_head"):
+        if getattr(config, name) not in WEIGHT_FORMATS:
+            formats = ", ".join(WEIGHT_FORMATS)
+            raise BadInputError(f"unknown {name} format {getattr(config, name)!r}: use one of {formats}")
+    if config.quant == "nf4" and (config.engine == "static" or config.weights != "fp" or config.lm_head != "fp"):
+        raise BadInputError(
+            "--quant nf4 runs on transformers' generate with bitsandbytes weights: drop it to use the static engine "
+            "or int8/int4 weights, or keep --engine hf"
+        )
 
 
 NANO_MODEL = "nano"
@@ -433,10 +467,17 @@ class Grounder(GroundingInputs):
     """A loaded Qwen2.5-VL model + processor. Load once per process and pass it around."""
 
     def __init__(self, model, processor, config: GrounderConfig = GrounderConfig()) -> None:
+        """``config.weights``/``lm_head`` other than "fp" quantize ``model``'s language model in place."""
         super().__init__(processor)
+        check_engine_options(config)
         self.model = model
         self.config = config
         self.device = next(model.parameters()).device
+        if config.weights != "fp" or config.lm_head != "fp":
+            from .backends.weight_only import quantize_language_model_
+
+            quantize_language_model_(model, config.weights, config.lm_head, config.int4_group_size)
+        self._engine: Any = None
         self.vision_encoder: Any = None
         """Optional external vision encoder (e.g. an ONNX one from :mod:`stvgr1_edge.bundle`): a callable
         ``(pixel_values, grid_thw) -> `` what ``model.model.get_video_features(..., return_dict=True)`` returns."""
@@ -538,10 +579,58 @@ class Grounder(GroundingInputs):
         window = self.config.stop_on_repetition
         return StoppingCriteriaList([RepetitionStop(prompt_len, window)] if window > 0 else [])
 
-    def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
-        """Answer one prompt about ``clip``; reuses ``encoded`` (from :meth:`encode_video`) when given."""
+    def _generate_hf(self, inputs: dict[str, Any], features: Any) -> tuple[list[int], float, float]:
+        """New token ids, seconds to the first one and seconds for the rest, by transformers' ``generate``."""
         import torch
 
+        clock = _TokenClock()
+        prompt_len = inputs["input_ids"].shape[1]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output_ids = self.model.generate(
+                **inputs,
+                mm_encoder_outputs={"video": features},
+                streamer=clock,
+                stopping_criteria=self._stopping_criteria(prompt_len),
+                **self.generation_kwargs(),
+            )
+        self._sync()
+        end = time.perf_counter()
+        first = clock.first_token_s if clock.first_token_s is not None else end
+        return output_ids[0, prompt_len:].tolist(), first - start, end - first
+
+    @property
+    def engine(self):
+        """The static decode engine (:class:`~stvgr1_edge.backends.engine.StaticEngine`), built on first use."""
+        if self._engine is None:
+            from .backends.engine import EngineConfig, StaticEngine
+
+            self._engine = StaticEngine(self.model, EngineConfig(compile=self.config.compile))
+        return self._engine
+
+    def _generate_static(self, inputs: dict[str, Any], features: Any) -> tuple[list[int], float, float]:
+        """:meth:`_generate_hf`'s result by the static engine, with the same token choice and stops."""
+        from .backends.engine import Sampling, sampling_of
+
+        cfg, window = self.config, self.config.stop_on_repetition
+        sampling = (
+            sampling_of(self.model.generation_config, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+            if cfg.do_sample
+            else Sampling()
+        )
+        out = self.engine.generate(
+            inputs,
+            {"video": features},
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
+            sampling=sampling,
+            stop=(lambda tokens: is_repetition(tokens, window)) if window > 0 else None,
+        )
+        self._sync()
+        return out.tokens, out.prefill_s, out.decode_s
+
+    def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
+        """Answer one prompt about ``clip``; reuses ``encoded`` (from :meth:`encode_video`) when given."""
         reused = encoded is not None
         encoded = encoded if encoded is not None else self.encode_video(clip)
         video = encoded.inputs
@@ -551,26 +640,13 @@ class Grounder(GroundingInputs):
             video_grid_thw=video.video_grid_thw.to(self.device),
             second_per_grid_ts=video.second_per_grid_ts.to(self.device),
         )
-        clock = _TokenClock()
         self._sync()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            output_ids = self.model.generate(
-                **inputs,
-                mm_encoder_outputs={"video": encoded.features},
-                streamer=clock,
-                stopping_criteria=self._stopping_criteria(inputs["input_ids"].shape[1]),
-                **self.generation_kwargs(),
-            )
-        self._sync()
-        end = time.perf_counter()
+        generate = self._generate_static if self.config.engine == "static" else self._generate_hf
+        new_ids, prefill_s, decode_s = generate(inputs, encoded.features)
         prompt_len = inputs["input_ids"].shape[1]
-        new_ids = output_ids[0, prompt_len:]
         text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        num_new = int(new_ids.numel())
-        first = clock.first_token_s if clock.first_token_s is not None else end
-        prefill_ms = (first - start) * 1e3
-        decode_ms = (end - first) * 1e3
+        num_new = len(new_ids)
+        prefill_ms, decode_ms = prefill_s * 1e3, decode_s * 1e3
         vision_ms = 0.0 if reused else encoded.vision_ms
         preprocess_ms = 0.0 if reused else video.preprocess_ms
         timings = {
@@ -578,7 +654,7 @@ class Grounder(GroundingInputs):
             "vision": vision_ms,
             "prefill": prefill_ms,
             "decode": decode_ms,
-            "total": preprocess_ms + vision_ms + (end - start) * 1e3,
+            "total": preprocess_ms + vision_ms + prefill_ms + decode_ms,
         }
         tokens_per_s = (num_new - 1) / (decode_ms / 1e3) if num_new > 1 and decode_ms > 0 else 0.0
         return GroundingOutput(

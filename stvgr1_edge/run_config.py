@@ -57,6 +57,8 @@ class RunConfig:
     """Compute dtype of the grounder (default "auto": bf16 on CUDA, fp32 on CPU)."""
     max_new_tokens: int = 1024
     """Most tokens generated per query."""
+    engine: Literal["hf", "static"] | None = None
+    """Decoder: "hf" (default: transformers' generate) or "static" (static KV cache, compiled decode step)."""
     # the tracker
     tracker: Literal["classical", "sam2", "edgetam"] | None = None
     """classical (default, no weights), sam2 or edgetam."""
@@ -106,8 +108,16 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
                 f"--bundle brings its own language model, so {' and '.join(llm_flags)} would be ignored: "
                 "drop them, or drop --bundle"
             )
+    if config.engine == "static" and config.quant == "nf4":
+        raise BadInputError(
+            "--engine static does not run nf4 (bitsandbytes) weights: drop --quant nf4, or use --engine hf"
+        )
     if bundle_manifest is not None:
         quant = bundle_manifest["grounder"]["llm_quant"]
+        if config.engine == "static" and quant == "nf4":
+            raise BadInputError(
+                "the bundle's language model is nf4 (bitsandbytes), which --engine static does not run: use --engine hf"
+            )
         if config.dtype is not None and quant in ("int4", "nf4"):
             raise BadInputError(
                 f"the bundle's language model is {quant}, whose kernels fix the compute dtype: drop --dtype"
@@ -149,7 +159,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
 
     dtype = config.dtype or "auto"
     if bundle is not None:
-        grounder = bundle.grounder(max_new_tokens=config.max_new_tokens, dtype=dtype)
+        grounder = bundle.grounder(max_new_tokens=config.max_new_tokens, dtype=dtype, engine=config.engine or "hf")
         llm = {
             "model": str(bundle.root / bundle.manifest["grounder"]["llm"]),
             "bundle": str(bundle.root),
@@ -164,6 +174,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
                 dtype=dtype,
                 quant=config.quant or "none",
                 max_new_tokens=config.max_new_tokens,
+                engine=config.engine or "hf",
             )
         )
         llm = {
@@ -179,6 +190,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             "device": str(grounder.device),
             "dtype": str(grounder.model.dtype).removeprefix("torch."),
             "max_new_tokens": config.max_new_tokens,
+            "engine": grounder.config.engine,
             "do_sample": grounder.config.do_sample,
         },
         "tracker": tracker_info,

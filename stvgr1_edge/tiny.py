@@ -368,6 +368,31 @@ def real_qwen2_5_vl_config(arch: str):
     )
 
 
+def build_truncated_qwen2_5_vl(
+    arch: str = "3b", layers: int = 4, vision_depth: int = 4, tokenizer=None, seed: int = 0, dtype=None
+):
+    """``(model, processor)``: a random-weight Qwen2.5-VL-3B/7B cut to its first ``layers`` decoder layers and
+    ``vision_depth`` vision blocks (the last one full attention). Each layer, the embedding and the vocabulary-sized
+    head keep their real sizes, so one decode step reads what a real layer reads — for decode-speed benchmarks and
+    tests at real widths in seconds. The special-token ids are pointed at ``tokenizer``'s (the small local one)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    config = real_qwen2_5_vl_config(arch)
+    text, vision = config.text_config, config.vision_config
+    text.num_hidden_layers, text.layer_types = layers, list(text.layer_types[:layers])
+    vision.depth, vision.fullatt_block_indexes = vision_depth, [vision_depth - 1]
+    ids = _token_ids(tokenizer)
+    config.image_token_id, config.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+    config.vision_start_token_id, config.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
+    text.bos_token_id, text.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    _set_generation_defaults(model, tokenizer)
+    return model, build_processor(tokenizer)
+
+
 def _set_generation_defaults(model, tokenizer) -> None:
     """Stop on ``<|im_end|>`` or ``<|endoftext|>`` and pad with ``<|endoftext|>``, as Qwen2.5-VL does."""
     ids = _token_ids(tokenizer)

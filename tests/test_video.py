@@ -202,6 +202,15 @@ def test_decode_ahead_gives_the_same_frames_and_raises_where_the_stream_breaks(t
     assert closed.is_set() and threading.active_count() == before
 
 
+def test_cli_refuses_an_unknown_hardware_decoder_before_loading_anything(tmp_path, capsys):
+    from stvgr1_edge.cli import main
+
+    path, out = write_test_video(tmp_path / "v.mp4", num_frames=4), tmp_path / "r.json"
+    assert main(["run", str(path), "a man", "-o", str(out), "--hw-decode", "no-such-device"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-device" in err[0] and not out.exists()
+
+
 def test_hardware_decoding_is_checked_and_falls_back_to_identical_software_frames(tmp_path, caplog):
     from stvgr1_edge.video import check_hw_decode, hw_decode_types
 

@@ -1,6 +1,8 @@
 """Runs weight-only int4 language models written by ``stvg-edge export --llm int4``: the gpt-fast-style
-``nn.Linear`` swap (:class:`WeightOnlyInt4Linear`) with its kernels and packing, and :func:`load_int4` for a saved
-folder. Choosing the codes (rounding search, GPTQ) is the toolchain's job (``stvgr1_edge_export.int4``).
+``nn.Linear`` swap (:class:`WeightOnlyInt4Linear`) with its kernels and packing, :func:`load_int4` for a saved
+folder, and the searched rounding (:func:`quantize_weight_int4`) that chooses codes without calibration data (the
+decode engine quantizes at load with it). GPTQ, which needs calibration data, is the toolchain's
+(``stvgr1_edge_export.int4``).
 
 The format is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs, each
 with integer codes ``q`` in 0..15, a ``scale`` and a ``zero``; the kernels (torch's tinygemm ops) dequantize
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -76,6 +79,63 @@ def kernel_for(device: torch.device) -> str:
     if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
         return "cpu"
     return "dequant"
+
+
+# ----------------------------------------------------------------------------------------------- rounding
+RANGE_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+"""Candidate shrinks of a group's ``[min, max]`` (1.0: plain min/max rounding). The extremes otherwise stretch the 16
+levels over a range most of the group's weights do not use; the shrink with the least squared error is kept (nano
+model: 5% less weight error than min/max, and its validation m_vIoU gap to fp32 1.12 → 0.36 points)."""
+
+
+def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Codes (float, 0..15) and scales of ``groups`` on the grid ``[lo, hi]``, and each group's squared error."""
+    scales = ((hi - lo) / 15).clamp(min=1e-6)
+    codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
+    error = ((codes * scales[..., None] + lo[..., None] - groups) ** 2).sum(dim=-1)
+    return codes, scales, error
+
+
+def search_int4_range(
+    groups: torch.Tensor, range_shrinks: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float codes, scales and range starts ``lo`` of ``groups`` (..., group_size): each group keeps the shrink of
+    its ``[min, max]`` whose codes reconstruct it with the least squared error."""
+    full_lo, full_hi = groups.amin(dim=-1), groups.amax(dim=-1)
+    first, *rest = range_shrinks
+    best_lo = full_lo * first
+    codes, scales, error = _round_to_range(groups, best_lo, full_hi * first)
+    for shrink in rest:  # one shrink at a time: a (shrinks, out, in) stack would not fit for a 7B model's linears
+        lo = full_lo * shrink
+        c, sc, e = _round_to_range(groups, lo, full_hi * shrink)
+        better = e < error
+        codes = torch.where(better[..., None], c, codes)
+        scales, best_lo = torch.where(better, sc, scales), torch.where(better, lo, best_lo)
+        error = torch.where(better, e, error)
+    return codes, scales, best_lo
+
+
+def quantize_weight_int4(
+    weight: torch.Tensor, group_size: int, range_shrinks: Sequence[float] = RANGE_SHRINKS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(codes, scales, zeros)``: uint8 codes (out, in) in 0..15 and fp32 (out, in / group_size) scales and
+    tinygemm zeros, so that ``w ≈ (codes - 8) * scale + zero``. Each group keeps the range ``[lo, hi] * s``
+    (``s`` from ``range_shrinks``) whose codes reconstruct it with the least squared error."""
+    out_features, in_features = weight.shape
+    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    codes, scales, lo = search_int4_range(groups, range_shrinks)
+    return codes.to(torch.uint8).reshape(out_features, in_features), scales, lo + 8 * scales
+
+
+def can_quantize(linear: nn.Linear, group_size: int) -> bool:
+    """Shapes the kernels accept: ``in`` a multiple of the group and of 32, ``out`` a multiple of 8 (tinygemm) or
+    of 16 (the CPU kernel's packing refuses others, e.g. the nano model's 1016-token head)."""
+    rows = 16 if kernel_for(linear.weight.device) == "cpu" else 8
+    return (
+        linear.in_features % group_size == 0
+        and inner_k_tiles_for(linear.in_features) is not None
+        and linear.out_features % rows == 0
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the module
