@@ -137,6 +137,9 @@ def test_offline_hub_id_says_how_to_download(monkeypatch):
 # both paths: objects seeded mid-video, re-seeded while held, retired from the session and re-linked later.
 ABSENT_FRAMES = range(6, 12)
 """Tracked frames on which the scripted presence head says "absent" for every object (retirement, re-linking)."""
+SAME_COMPUTATION_TOL = dict(rtol=0.0, atol=1e-8)
+"""The same arithmetic in the same order: BLAS may still pick its kernel by the operands' memory alignment, so one
+process can round the same product differently between calls (seen: 8e-10 after the rest of the suite had run)."""
 LOGIT_TOL = dict(rtol=1e-5, atol=1e-5)
 """Batched vs per-object low-res logits with stock kernels (measured max |diff| ~3e-9 on this clip, logits ~1e-3)."""
 
@@ -262,7 +265,7 @@ def _assert_scenario(reference: RecordingTracker) -> None:
 
 
 def _assert_stores_equal(a, b) -> None:
-    """Two transformers video sessions hold the same objects, frames and tensors (bit for bit)."""
+    """Two transformers video sessions hold the same objects, frames and tensors (to :data:`SAME_COMPUTATION_TOL`)."""
     import torch
 
     assert a.obj_ids == b.obj_ids and a.frames_tracked_per_obj == b.frames_tracked_per_obj
@@ -276,15 +279,16 @@ def _assert_stores_equal(a, b) -> None:
                 for key, x in outputs.items():
                     y = frames_b[f][key]
                     assert x.shape == y.shape and x.dtype == y.dtype, (key, x.shape, y.shape)
-                    assert torch.equal(x, y), f"{key}, frame {f}, object {idx}"
+                    torch.testing.assert_close(y, x, **SAME_COMPUTATION_TOL, msg=f"{key}, frame {f}, object {idx}")
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's notice when flags are set
 @pytest.mark.parametrize("family, cpu_batch_bytes", [("sam2", None), ("edgetam", None), ("sam2", 1)])
 def test_batched_propagation_is_the_per_object_computation(synth_clip, family, cpu_batch_bytes, monkeypatch):
     """With float rounding taken out (per-token heads row by row, oneDNN's batch-size-dependent convolution
-    algorithms off) the batched path reproduces transformers' per-object loop bit for bit: every propagation's
-    logits and scores, the session's stores at the end, and the TrackSet. ``cpu_batch_bytes=1``: every object its
+    algorithms off) the batched path does transformers' per-object arithmetic: every propagation's logits and scores
+    and the session's stores at the end agree to 1e-8 (logits ~1e-3; BLAS alone can differ by ~1e-9), the TrackSet's
+    IDs, frames and scores exactly. ``cpu_batch_bytes=1``: every object its
     own memory-attention batch (as real-size models run on the CPU), rows still back in session order."""
     import torch
 
@@ -301,11 +305,15 @@ def test_batched_propagation_is_the_per_object_computation(synth_clip, family, c
     assert len(batched.outputs) == len(reference.outputs)
     for (t, ids, logits, scores), (t2, ids2, logits2, scores2) in zip(reference.outputs, batched.outputs):
         assert (t, ids) == (t2, ids2)
-        assert (logits is None and logits2 is None) or torch.equal(logits, logits2), f"tracked frame {t}"
-        assert (scores is None and scores2 is None) or torch.equal(scores, scores2), f"tracked frame {t}"
+        assert (logits is None) == (logits2 is None)
+        if logits is not None:
+            torch.testing.assert_close(logits2, logits, **SAME_COMPUTATION_TOL, msg=f"tracked frame {t}")
+            torch.testing.assert_close(scores2, scores, **SAME_COMPUTATION_TOL, msg=f"tracked frame {t}")
     _assert_stores_equal(reference.session, batched.session)
-    assert batched.tracks.to_dict(decimals=None) == reference.tracks.to_dict(decimals=None)
-    assert len(reference.tracks) >= 8
+    ref, got = reference.tracks, batched.tracks
+    assert got.ids == ref.ids and len(ref) >= 8
+    for a, b in zip(ref, got):
+        assert (a.frames, a.scores, a.label) == (b.frames, b.scores, b.label)
 
 
 @pytest.mark.parametrize("family", ["sam2", "edgetam"])
