@@ -279,7 +279,9 @@ def _assert_stores_equal(a, b) -> None:
                 for key, x in outputs.items():
                     y = frames_b[f][key]
                     assert x.shape == y.shape and x.dtype == y.dtype, (key, x.shape, y.shape)
-                    torch.testing.assert_close(y, x, **SAME_COMPUTATION_TOL, msg=f"{key}, frame {f}, object {idx}")
+                    # bfloat16 stores (SAM2's spatial memories) round a 1e-9 difference to one bf16 step (2^-7)
+                    tol = dict(rtol=2**-7, atol=1e-8) if x.dtype == torch.bfloat16 else SAME_COMPUTATION_TOL
+                    torch.testing.assert_close(y, x, **tol, msg=lambda m: f"{key}, frame {f}, object {idx}: {m}")
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's notice when flags are set
@@ -287,7 +289,8 @@ def _assert_stores_equal(a, b) -> None:
 def test_batched_propagation_is_the_per_object_computation(synth_clip, family, cpu_batch_bytes, monkeypatch):
     """With float rounding taken out (per-token heads row by row, oneDNN's batch-size-dependent convolution
     algorithms off) the batched path does transformers' per-object arithmetic: every propagation's logits and scores
-    and the session's stores at the end agree to 1e-8 (logits ~1e-3; BLAS alone can differ by ~1e-9), the TrackSet's
+    and the session's stores at the end agree to 1e-8 (logits ~1e-3; BLAS alone can differ by ~1e-9; bfloat16 stores
+    to one bf16 step), the TrackSet's
     IDs, frames and scores exactly. ``cpu_batch_bytes=1``: every object its
     own memory-attention batch (as real-size models run on the CPU), rows still back in session order."""
     import torch
@@ -307,8 +310,8 @@ def test_batched_propagation_is_the_per_object_computation(synth_clip, family, c
         assert (t, ids) == (t2, ids2)
         assert (logits is None) == (logits2 is None)
         if logits is not None:
-            torch.testing.assert_close(logits2, logits, **SAME_COMPUTATION_TOL, msg=f"tracked frame {t}")
-            torch.testing.assert_close(scores2, scores, **SAME_COMPUTATION_TOL, msg=f"tracked frame {t}")
+            torch.testing.assert_close(logits2, logits, **SAME_COMPUTATION_TOL, msg=lambda m: f"frame {t}: {m}")
+            torch.testing.assert_close(scores2, scores, **SAME_COMPUTATION_TOL, msg=lambda m: f"frame {t}: {m}")
     _assert_stores_equal(reference.session, batched.session)
     ref, got = reference.tracks, batched.tracks
     assert got.ids == ref.ids and len(ref) >= 8
