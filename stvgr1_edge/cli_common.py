@@ -107,6 +107,15 @@ ENGINE_OPTION = typer.Option(
     "--engine",
     help="Decoder: hf (transformers generate) or static (static KV cache, compiled decode step) \\[default: hf].",
 )
+WEIGHTS_OPTION = typer.Option(
+    None,
+    "--weights",
+    help="The language model's linears quantized weight-only at load: fp, int8 or int4 (faster decoding, with "
+    "--engine static most) \\[default: fp].",
+)
+LM_HEAD_OPTION = typer.Option(
+    None, "--lm-head", help="The output projection at load: fp, int8 or int4 \\[default: fp]."
+)
 HW_DECODE_OPTION = typer.Option(
     None,
     "--hw-decode",
@@ -135,6 +144,8 @@ def run_config_of(pipeline: "PipelineConfig", **options: Any) -> "RunConfig":
     check_choice("--tracker", options.get("tracker"), ("classical", "sam2", "edgetam"))
     check_choice("--dtype", options.get("dtype"), ("auto", "bf16", "fp16", "fp32"))
     check_choice("--engine", options.get("engine"), ("hf", "static"))
+    check_choice("--weights", options.get("weights"), ("fp", "int8", "int4"))
+    check_choice("--lm-head", options.get("lm_head"), ("fp", "int8", "int4"))
     config = RunConfig(**options, pipeline=pipeline)  # the choices were checked, so the strings are the typed values
     check_run_config(config)
     apply_memory_settings(config.tracker or "classical")

@@ -16,6 +16,7 @@ from .cli_common import (
     DTYPE_OPTION,
     ENGINE_OPTION,
     HW_DECODE_OPTION,
+    LM_HEAD_OPTION,
     MAX_NEW_TOKENS_OPTION,
     MODEL_OPTION,
     NO_ANSWER_EXIT,
@@ -23,6 +24,7 @@ from .cli_common import (
     TRACK_EVERY_OPTION,
     TRACKER_MODEL_OPTION,
     TRACKER_OPTION,
+    WEIGHTS_OPTION,
     app,
     apply_memory_settings,
     check_choice,
@@ -91,6 +93,8 @@ def run(
     ),
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     engine: Optional[str] = ENGINE_OPTION,
+    weights: Optional[str] = WEIGHTS_OPTION,
+    lm_head: Optional[str] = LM_HEAD_OPTION,
     hw_decode: Optional[str] = HW_DECODE_OPTION,
     strict: bool = typer.Option(
         False, "--strict", help=f"Exit with code {NO_ANSWER_EXIT} when any query's answer cannot be parsed."
@@ -136,6 +140,8 @@ def run(
         dtype=dtype,
         max_new_tokens=max_new_tokens,
         engine=engine,
+        weights=weights,
+        lm_head=lm_head,
         tracker=tracker,
         tracker_model=tracker_model,
         detector=detector,

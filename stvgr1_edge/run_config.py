@@ -59,6 +59,10 @@ class RunConfig:
     """Most tokens generated per query."""
     engine: Literal["hf", "static"] | None = None
     """Decoder: "hf" (default: transformers' generate) or "static" (static KV cache, compiled decode step)."""
+    weights: Literal["fp", "int8", "int4"] | None = None
+    """The language model's linears, quantized weight-only at load: fp (default, as saved), int8 or int4."""
+    lm_head: Literal["fp", "int8", "int4"] | None = None
+    """The output projection's weights at load: fp (default), int8 or int4 (a bundle's too)."""
     # the tracker
     tracker: Literal["classical", "sam2", "edgetam"] | None = None
     """classical (default, no weights), sam2 or edgetam."""
@@ -108,6 +112,13 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
                 f"--bundle brings its own language model, so {' and '.join(llm_flags)} would be ignored: "
                 "drop them, or drop --bundle"
             )
+    if config.quant == "nf4" and (config.weights or config.lm_head) not in (None, "fp"):
+        raise BadInputError("--quant nf4 already quantizes the language model: drop --weights/--lm-head, or --quant")
+    if config.bundle is not None and config.weights not in (None, "fp"):
+        raise BadInputError(
+            "--bundle brings its language model's weights as exported, so --weights would be ignored: drop it "
+            "(--lm-head still applies), or export with --llm none"
+        )
     if config.engine == "static" and config.quant == "nf4":
         raise BadInputError(
             "--engine static does not run nf4 (bitsandbytes) weights: drop --quant nf4, or use --engine hf"
@@ -159,7 +170,12 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
 
     dtype = config.dtype or "auto"
     if bundle is not None:
-        grounder = bundle.grounder(max_new_tokens=config.max_new_tokens, dtype=dtype, engine=config.engine or "hf")
+        grounder = bundle.grounder(
+            max_new_tokens=config.max_new_tokens,
+            dtype=dtype,
+            engine=config.engine or "hf",
+            lm_head=config.lm_head or "fp",
+        )
         llm = {
             "model": str(bundle.root / bundle.manifest["grounder"]["llm"]),
             "bundle": str(bundle.root),
@@ -175,6 +191,8 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
                 quant=config.quant or "none",
                 max_new_tokens=config.max_new_tokens,
                 engine=config.engine or "hf",
+                weights=config.weights or "fp",
+                lm_head=config.lm_head or "fp",
             )
         )
         llm = {
@@ -191,6 +209,8 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             "dtype": str(grounder.model.dtype).removeprefix("torch."),
             "max_new_tokens": config.max_new_tokens,
             "engine": grounder.config.engine,
+            "weights": grounder.config.weights,
+            "lm_head": grounder.config.lm_head,
             "do_sample": grounder.config.do_sample,
         },
         "tracker": tracker_info,

@@ -303,3 +303,18 @@ def test_cli_static_engine_answers_like_hf_on_nano(tmp_path):
         answers[engine] = (query["answer_text"], query["ids"], query["start_s"], query["end_s"], query["tube"])
     assert answers["static"] == answers["hf"]
     assert "Target ID" in answers["hf"][0] and answers["hf"][1]  # a real answer, parsed
+
+
+def test_run_config_weight_formats_reach_the_grounder_and_conflicts_are_one_line():
+    from stvgr1_edge.run_config import RunConfig, build_pipeline, check_run_config
+
+    pipeline = build_pipeline(RunConfig(model="nano", device="cpu", engine="static", weights="int8", lm_head="int8"))
+    model = pipeline.grounder.model
+    assert isinstance(model.lm_head, WeightOnlyInt8Linear)
+    assert isinstance(model.model.language_model.layers[0].mlp.down_proj, WeightOnlyInt8Linear)
+    grounder = pipeline.describe()["grounder"]
+    assert (grounder["engine"], grounder["weights"], grounder["lm_head"]) == ("static", "int8", "int8")
+    for bad in (dict(quant="nf4", weights="int4"), dict(bundle="b", weights="int8")):
+        with pytest.raises(BadInputError) as info:
+            check_run_config(RunConfig(**bad))
+        assert "\n" not in str(info.value)

@@ -26,8 +26,8 @@ of objects even where the hardware could do them at once. :func:`propagate_objec
 The arithmetic is transformers' own, so the results are the per-object loop's up to float rounding: BLAS sums a
 single row (the decoder's per-token heads at batch 1) in another order than a stack of rows, and oneDNN picks
 convolution algorithms by batch size (EdgeTAM's memory encoder); about 1e-9 on the tiny test models. With those two
-made batch-independent they agree to 1e-8, the level at which BLAS alone varies between calls
-(tests/test_sam2_tracker.py). Streaming, forward in time only
+made batch-independent they are bit-identical in a fresh process (tests/test_sam2_tracker.py; BLAS's own kernel
+choice can still vary later in a process). Streaming, forward in time only
 (what ``Sam2Tracker`` runs).
 """
 

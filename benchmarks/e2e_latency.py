@@ -1,0 +1,319 @@
+"""End-to-end latency of `stvg-edge run`: the full-precision model against the optimized bundle, stage by stage.
+
+One clip, one query, the same tracker, two columns measured in one run:
+
+* **full**: the checkpoint as saved (fp32 on CPU, bf16 on CUDA), its PyTorch vision tower and transformers'
+  ``generate`` — what a user of the reference code runs;
+* **optimized**: ``stvg-edge export --llm int4`` (ONNX vision encoder, TensorRT where installed; int4 weight-only
+  decoder layers), run on the static engine (``--engine static``, compiled) with the output projection in
+  ``--lm-head`` format (int8: an fp32 head is most of what a 3B-wide decode step reads). The nano model keeps its
+  weights (``--llm none``, fp head): its 4.7 M parameters make decoding overhead-bound, so quantizing it would only
+  change its answers, and the static engine's greedy tokens are ``generate``'s.
+
+Each column runs in a fresh process per clip length (so peak RSS is its own); the clip is answered twice and the
+second run is reported, so neither column pays one-time costs (the engine's compile, first-call allocations).
+Reported per stage (seconds): decode, track, markers, resize, vision, prefill, decode_tokens, other, total; the
+peak RSS; the answers; the generated tokens' agreement (position by position, against the full column); the
+bundle's own int4 first-logits cosine (from its manifest: a fixed text prompt, full vs int4).
+
+Architectures: ``nano`` (the packaged model), ``3b-truncated`` (Qwen2.5-VL-3B widths and its 151,936-token head,
+``--layers`` decoder and vision layers, random weights); ``3b`` / ``7b`` (full depth, random weights: for GPUs).
+Random weights do not stop at an EOS: their answers run to ``--max-new-tokens``, in both columns alike.
+
+    python benchmarks/e2e_latency.py                                   # nano + 3b-truncated, 10/20/40/80 s, CPU
+    python benchmarks/e2e_latency.py --arch 7b --seconds 20 --device cuda
+
+Writes ``--out`` (default ``benchmarks/results/e2e_latency.json``, merged by architecture and device) and a
+stacked-bar plot beside it (``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pipeline_memory import QUERY, write_video  # noqa: E402
+
+from stvgr1_edge.errors import write_json_atomic  # noqa: E402
+
+logger = logging.getLogger("e2e_latency")
+STAGES = ("decode", "track", "markers", "resize", "vision", "prefill", "decode_tokens")
+COLUMNS = ("full", "optimized")
+KEPT = ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")
+"""What a column's child reports that goes into the result as is."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build_model_folder(arch: str, layers: int, folder: Path) -> str:
+    """A checkpoint folder (``save_pretrained``) for ``arch``, or "nano" for the packaged model."""
+    if arch == "nano":
+        return "nano"
+    from stvgr1_edge.tiny import build_truncated_qwen2_5_vl
+
+    if arch == "3b-truncated":
+        model, processor = build_truncated_qwen2_5_vl("3b", layers=layers, vision_depth=layers)
+    else:  # full depth, random weights
+        from stvgr1_edge.tiny import real_qwen2_5_vl_config
+
+        depth = real_qwen2_5_vl_config(arch)
+        model, processor = build_truncated_qwen2_5_vl(
+            arch, layers=depth.text_config.num_hidden_layers, vision_depth=depth.vision_config.depth
+        )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def export_bundle_folder(model: str, out: Path, device: str, llm: str) -> dict:
+    """``stvg-edge export --model MODEL --out OUT --llm LLM`` (TensorRT vision where it is installed)."""
+    from stvgr1_edge.grounding import packaged_model_dir
+
+    source = str(packaged_model_dir()) if model == "nano" else model
+    command = [sys.executable, "-m", "stvgr1_edge", "export", "--model", source, "--out", str(out), "--llm", llm]
+    if device.startswith("cuda"):
+        command += ["--device", device]
+        try:
+            import tensorrt  # noqa: F401
+
+            command += ["--vision", "trt"]
+        except ImportError:
+            pass
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"command": " ".join(["stvg-edge", *command[3:]]), "wall_s": round(time.perf_counter() - started, 1)} | {
+        "int4_logits_cosine": manifest.get("parity", {}).get("int4_logits_cosine"),
+        "vision_parity": manifest.get("parity", {}).get("vision"),
+        "int4": manifest["grounder"].get("int4"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- one column
+def run_column(spec: dict) -> dict:
+    """Child process: build the column's pipeline, answer the clip twice, report the second run."""
+    import resource
+
+    from stvgr1_edge.memory import return_large_buffers_to_os
+    from stvgr1_edge.run_config import RunConfig, build_pipeline
+
+    return_large_buffers_to_os()  # as the CLI does with the classical tracker
+    if spec["column"] == "full":
+        config = RunConfig(model=spec["model"], device=spec["device"], max_new_tokens=spec["max_new_tokens"])
+    else:
+        config = RunConfig(
+            bundle=spec["bundle"],
+            device=spec["device"],
+            max_new_tokens=spec["max_new_tokens"],
+            engine="static",
+            lm_head=spec["lm_head"],
+        )
+    config = RunConfig(**{**config.__dict__, "tracker": "classical", "every": spec["every"]})
+    started = time.perf_counter()
+    pipeline = build_pipeline(config)
+    load_s = time.perf_counter() - started
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        result = pipeline.run(spec["video"], [QUERY])
+        runs.append((time.perf_counter() - started, result))
+    wall_s, result = runs[-1]
+    query = result.queries[0]
+    tokenizer = pipeline.grounder.processor.tokenizer
+    return {
+        "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
+        "first_run_s": round(runs[0][0], 2),
+        "wall_s": round(wall_s, 3),
+        "load_s": round(load_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "answer_text": query.answer.raw,
+        "answer_tokens": tokenizer(query.answer.raw, add_special_tokens=False)["input_ids"],
+        "config": pipeline.describe()["grounder"],
+    }
+
+
+def measure(spec: dict) -> dict:
+    """:func:`run_column` in a fresh process."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        command = [sys.executable, __file__, "--child", json.dumps(spec), "--child-out", out.name]
+        subprocess.run(command, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def stages_s(run: dict) -> dict[str, float]:
+    t = run["timings_ms"]
+    stages = {k: t.get(k, 0.0) / 1e3 for k in STAGES}
+    stages["other"] = max(0.0, t["total"] / 1e3 - sum(stages.values()))
+    return {k: round(v, 3) for k, v in stages.items()}
+
+
+def agreement(reference: list[int], tokens: list[int]) -> float:
+    """Share of the reference's token positions the other answer has the same token at."""
+    if not reference:
+        return 1.0 if not tokens else 0.0
+    return round(sum(a == b for a, b in zip(reference, tokens)) / len(reference), 4)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot(entries: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(entries)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.6), squeeze=False)
+    names = [*STAGES, "other"]
+    colours = plt.get_cmap("tab10").colors
+    for ax, key in zip(axes[0], keys):
+        rows = entries[key]["rows"]
+        labels, bottoms, x = [], [], []
+        for i, row in enumerate(rows):
+            for j, column in enumerate(COLUMNS):
+                labels.append(f"{row['seconds']:g}s\n{column[:3]}")
+                x.append(i * 2.6 + j)
+                bottoms.append(0.0)
+        for s, name in enumerate(names):
+            values = [row["columns"][c]["stages_s"][name] for row in rows for c in COLUMNS]
+            ax.bar(x, values, bottom=bottoms, color=colours[s % 10], label=name if ax is axes[0][0] else None)
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylabel("wall time (s), second run")
+        ax.set_title(key, fontsize=9)
+    fig.legend(loc="upper center", ncol=len(names), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--arch", nargs="+", default=["nano", "3b-truncated"], choices=["nano", "3b-truncated", "3b", "7b"]
+    )
+    parser.add_argument("--seconds", nargs="+", type=float, default=[10, 20, 40, 80])
+    parser.add_argument("--layers", type=int, default=4, help="3b-truncated: decoder and vision layers kept")
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--every", type=int, default=3, help="track every k-th frame (the sampled ones always)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--llm", default="auto", choices=["auto", "int4", "none"], help="optimized bundle's LLM (auto: none for nano)"
+    )
+    parser.add_argument(
+        "--lm-head", default="auto", choices=["auto", "fp", "int8", "int4"], help="optimized head (auto: fp for nano)"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep models, bundles and clips here")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_latency.json")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        Path(args.child_out).write_text(json.dumps(run_column(json.loads(args.child))))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    with tempfile.TemporaryDirectory(prefix="e2e_latency_") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        clips = {}
+        for seconds in args.seconds:
+            clips[seconds] = work / f"clip_{seconds:g}s_{args.height}p.mp4"
+            if not clips[seconds].exists():
+                write_video(clips[seconds], args.width, args.height, args.fps, seconds)
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        for arch in args.arch:
+            model = build_model_folder(arch, args.layers, work / f"model_{arch}")
+            bundle = work / f"bundle_{arch}"
+            llm = args.llm if args.llm != "auto" else ("none" if arch == "nano" else "int4")
+            lm_head = args.lm_head if args.lm_head != "auto" else ("fp" if arch == "nano" else "int8")
+            export = export_bundle_folder(model, bundle, device, llm)
+            logger.info("%s: exported in %.0f s", arch, export["wall_s"])
+            rows = []
+            for seconds in args.seconds:
+                base = dict(
+                    model=model,
+                    bundle=str(bundle),
+                    device=device,
+                    video=str(clips[seconds]),
+                    every=args.every,
+                    max_new_tokens=args.max_new_tokens,
+                    lm_head=lm_head,
+                )
+                runs = {column: measure(base | {"column": column}) for column in COLUMNS}
+                full, optimized = runs["full"], runs["optimized"]
+                total = {c: runs[c]["timings_ms"]["total"] / 1e3 for c in COLUMNS}
+                row = {
+                    "seconds": seconds,
+                    "ratio_optimized_to_full": round(total["optimized"] / total["full"], 3),
+                    "same_answer": full["answer_text"] == optimized["answer_text"],
+                    "token_agreement": agreement(full["answer_tokens"], optimized["answer_tokens"]),
+                    "columns": {
+                        c: {
+                            "total_s": round(total[c], 3),
+                            "real_time_factor": round(total[c] / seconds, 3),
+                            "stages_s": stages_s(runs[c]),
+                            "generated_tokens": len(runs[c]["answer_tokens"]),
+                            **{
+                                k: runs[c][k] for k in ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")
+                            },
+                        }
+                        for c in COLUMNS
+                    },
+                }
+                logger.info(
+                    "%s %gs: full %.1f s, optimized %.1f s (x%.2f), same answer %s, token agreement %.2f",
+                    arch,
+                    seconds,
+                    total["full"],
+                    total["optimized"],
+                    row["ratio_optimized_to_full"],
+                    row["same_answer"],
+                    row["token_agreement"],
+                )
+                rows.append(row)
+            gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+            results[f"{arch}-{device}"] = {
+                "arch": arch,
+                "layers": args.layers if arch == "3b-truncated" else None,
+                "device": device,
+                "gpu": gpu,
+                "cpu": platform.processor() or platform.machine(),
+                "torch_threads": torch.get_num_threads(),
+                "clip": {"width": args.width, "height": args.height, "fps": args.fps, "query": QUERY},
+                "tracker": f"classical, every {args.every}",
+                "max_new_tokens": args.max_new_tokens,
+                "optimized": f"bundle (ONNX vision, LLM {llm}), static engine, lm_head {lm_head}",
+                "export": export,
+                "rows": rows,
+                "versions": {"torch": torch.__version__},
+                "machine": platform.platform(),
+            }
+            write_json_atomic(args.out, results, indent=1)
+        plot(results, args.out.with_suffix(".png"))
+    print(
+        json.dumps({k: [(r["seconds"], r["ratio_optimized_to_full"]) for r in v["rows"]] for k, v in results.items()})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())
