@@ -281,7 +281,9 @@ def _assert_stores_equal(a, b) -> None:
                     y = frames_b[f][key]
                     assert x.shape == y.shape and x.dtype == y.dtype, (key, x.shape, y.shape)
                     msg = f"{key}, frame {f}, object {idx}"
-                    torch.testing.assert_close(y, x, **SAME_COMPUTATION_TOL, msg=lambda m, msg=msg: f"{msg}: {m}")
+                    # bfloat16 stores (SAM2's spatial memories): a float32 difference may round to one bf16 step
+                    tol = SAME_COMPUTATION_TOL | ({"rtol": 2**-7} if x.dtype == torch.bfloat16 else {})
+                    torch.testing.assert_close(y, x, **tol, msg=lambda m, msg=msg: f"{msg}: {m}")
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's notice when flags are set
