@@ -318,3 +318,21 @@ def test_run_config_weight_formats_reach_the_grounder_and_conflicts_are_one_line
         with pytest.raises(BadInputError) as info:
             check_run_config(RunConfig(**bad))
         assert "\n" not in str(info.value)
+
+
+def test_int4_cpu_prefill_takes_the_dense_path_with_the_kernels_values():
+    """Long inputs (a prefill) through the weight dequantized once: the int4 kernel's outputs to bf16 rounding."""
+    from stvgr1_edge.backends import int4
+    from stvgr1_edge.backends.int4 import quantize_weight_int4
+
+    linear = torch.nn.Linear(256, 64, bias=True)
+    codes, scales, zeros = quantize_weight_int4(linear.weight, 32)
+    layer = WeightOnlyInt4Linear(256, 64, codes, scales, zeros, linear.bias, 32, torch.bfloat16)
+    if layer.kernel != "cpu":
+        pytest.skip("torch's CPU int4 kernel is not available here")
+    x = torch.randn(int4.DENSE_FROM_ROWS, 256)
+    dense = layer(x)
+    rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 64)])  # one row at a time: the kernel
+    torch.testing.assert_close(dense[::64], rows, rtol=2e-2, atol=2e-2)
+    reference = torch.nn.functional.linear(x, int4.dequantize_int4(codes, scales, zeros, 32), linear.bias)
+    assert torch.nn.functional.cosine_similarity(dense.flatten(), reference.flatten(), dim=0) > 0.999

@@ -120,7 +120,8 @@ def test_int4_linear_matches_dequantized_matmul(group_size):
     with torch.no_grad():
         got = layer(x)
     assert got.shape == (2, 5, 96)
-    assert (got - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+    tolerance = 1e-4 if layer.kernel == "dequant" else 1e-2  # the int4 kernels take bf16 activations
+    assert (got - expected).abs().max().item() < tolerance * expected.abs().max().item()
     assert torch.equal(layer.codes(), codes)  # the packed layout unpacks exactly
 
 
@@ -132,8 +133,10 @@ def test_dequant_fallback_kernel_equals_packed_cpu_kernel(monkeypatch):
     fallback = int4_linear_from(linear, 64)
     assert fallback.kernel == "dequant"
     x = torch.randn(3, 128)
-    with torch.no_grad():
-        assert (packed(x) - fallback(x)).abs().max().item() < 1e-5
+    with torch.no_grad():  # the same weights; the packed CPU kernel computes in bf16 (the fallback in fp32)
+        expected = fallback(x)
+        assert (packed(x) - expected).abs().max().item() < 1e-2 * expected.abs().max().item()
+        assert (packed(x.bfloat16()).float() - fallback(x.bfloat16()).float()).abs().max().item() < 1e-2
     assert torch.equal(fallback.codes(), packed.codes())
 
 
