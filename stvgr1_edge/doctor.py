@@ -509,7 +509,7 @@ def _int4_rows(torch: ModuleType | None, cuda_device: str | None) -> tuple[list[
     else:
         try:
             kernel, error = _int4_relative_error(torch, torch.device("cpu"))
-            if kernel == "cpu" and error < 1e-3:
+            if kernel == "cpu" and error < 0.05:  # bf16 activations, as with tinygemm
                 cpu_ok = True
                 rows.append(Check("int4", "int4 CPU", "ok", "int4pack (_weight_int4pack_mm_for_cpu) works"))
             else:

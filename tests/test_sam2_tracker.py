@@ -141,6 +141,9 @@ SAME_COMPUTATION_TOL = dict(rtol=1e-4, atol=1e-5)
 """Batched vs per-object with rounding taken out. Alone, the two are bit-identical; after the rest of the suite has
 run, BLAS picks other kernels (by operand alignment) for the same products, and the memory recurrence carries those
 ~1e-9 differences to ~1e-6 by the clip's 20th frame (logits are ~1e-3: a wrong bank or row moves them by that)."""
+STORE_TOL = dict(rtol=1e-3, atol=1e-4)
+"""The session's stored memories (values ~3e-2) at the clip's end: the recurrence amplifies most there (seen: one
+element of 4096 off by 1.3e-5); a wrong object's bank or row moves thousands of them by ~1e-2."""
 LOGIT_TOL = dict(rtol=1e-5, atol=1e-5)
 """Batched vs per-object low-res logits with stock kernels (measured max |diff| ~3e-9 on this clip, logits ~1e-3)."""
 
@@ -266,7 +269,7 @@ def _assert_scenario(reference: RecordingTracker) -> None:
 
 
 def _assert_stores_equal(a, b) -> None:
-    """Two transformers video sessions hold the same objects, frames and tensors (to :data:`SAME_COMPUTATION_TOL`)."""
+    """Two transformers video sessions hold the same objects, frames and tensors (to :data:`STORE_TOL`)."""
     import torch
 
     assert a.obj_ids == b.obj_ids and a.frames_tracked_per_obj == b.frames_tracked_per_obj
@@ -282,7 +285,7 @@ def _assert_stores_equal(a, b) -> None:
                     assert x.shape == y.shape and x.dtype == y.dtype, (key, x.shape, y.shape)
                     msg = f"{key}, frame {f}, object {idx}"
                     # bfloat16 stores (SAM2's spatial memories): a float32 difference may round to one bf16 step
-                    tol = SAME_COMPUTATION_TOL | ({"rtol": 2**-7} if x.dtype == torch.bfloat16 else {})
+                    tol = STORE_TOL | ({"rtol": 2**-7} if x.dtype == torch.bfloat16 else {})
                     torch.testing.assert_close(y, x, **tol, msg=lambda m, msg=msg: f"{msg}: {m}")
 
 
@@ -291,8 +294,8 @@ def _assert_stores_equal(a, b) -> None:
 def test_batched_propagation_is_the_per_object_computation(synth_clip, family, cpu_batch_bytes, monkeypatch):
     """With float rounding taken out (per-token heads row by row, oneDNN's batch-size-dependent convolution
     algorithms off) the batched path does transformers' per-object arithmetic: every propagation's logits and scores
-    and the session's stores at the end agree to :data:`SAME_COMPUTATION_TOL`, the TrackSet's
-    IDs, frames and scores exactly. ``cpu_batch_bytes=1``: every object its
+    to :data:`SAME_COMPUTATION_TOL` and the session's stores at the end to :data:`STORE_TOL`, the TrackSet's
+    IDs and frames exactly. ``cpu_batch_bytes=1``: every object its
     own memory-attention batch (as real-size models run on the CPU), rows still back in session order."""
     import torch
 
