@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from ..errors import BadInputError
@@ -22,7 +21,6 @@ from .int4 import (
     SUPPORTED_GROUP_SIZES,
     WeightOnlyInt4Linear,
     can_quantize,
-    kernel_for,
     quantize_weight_int4,
     set_submodule,
 )
@@ -36,14 +34,11 @@ WeightFormat = Literal["fp", "int8", "int4"]
 
 
 def int4_linear_of(linear: nn.Linear, group_size: int) -> WeightOnlyInt4Linear:
-    """``linear`` as a :class:`WeightOnlyInt4Linear` packed for its device, codes from the searched rounding.
-
-    On CPU it computes in bf16 whatever the model's dtype: torch's CPU int4 kernel is vectorised for bf16
-    activations only (fp32 runs ~100x slower, slower than the fp32 matrix it replaces)."""
+    """``linear`` as a :class:`WeightOnlyInt4Linear` packed for its device, codes from the searched rounding (the
+    layer picks its kernel's compute dtype: bf16 for the CPU and CUDA kernels)."""
     codes, scales, zeros = quantize_weight_int4(linear.weight, group_size)
-    dtype = torch.bfloat16 if kernel_for(linear.weight.device) == "cpu" else linear.weight.dtype
     return WeightOnlyInt4Linear(
-        linear.in_features, linear.out_features, codes, scales, zeros, linear.bias, group_size, dtype
+        linear.in_features, linear.out_features, codes, scales, zeros, linear.bias, group_size, linear.weight.dtype
     )
 
 
