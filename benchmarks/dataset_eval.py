@@ -54,6 +54,46 @@ def plot(report: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def evaluate_on_synth(
+    model: str,
+    num: int,
+    seed: int,
+    device: str = "cpu",
+    synth_options: dict | None = None,
+    predict_flags: tuple[str, ...] = (),
+) -> dict:
+    """synth -> predict -> eval in a temporary folder: the eval report with the commands, wall times and the share
+    of answers that parsed. ``synth_options``: synth's --width/--height/--seconds (None: its default)."""
+    cli = [sys.executable, "-m", "stvgr1_edge"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        synth = [*cli, "synth", str(data), "--num", str(num), "--seed", str(seed)]
+        for flag, value in (synth_options or {}).items():
+            if value is not None:
+                synth += [f"--{flag}", str(value)]
+        pred = data / "pred.jsonl"
+        predict = [*cli, "predict", str(data / "annotations.json"), str(data / "videos"), "-o", str(pred)]
+        predict += ["--model", model, "--device", device, *predict_flags]
+        report_file = Path(tmp) / "report.json"
+        evaluate = [*cli, "eval", str(pred), str(data / "annotations.json"), "--baseline", "prior"]
+        evaluate += ["--json", str(report_file)]
+        seconds = {"synth": run(synth), "predict": run(predict), "eval": run(evaluate)}
+        report = json.loads(report_file.read_text())
+        lines = [json.loads(line) for line in pred.read_text().splitlines()]
+
+    def shown(argv: list[str]) -> str:
+        return shlex.join(["stvg-edge", *argv[3:]]).replace(tmp, "DIR")
+
+    report["files"] = {"predictions": "DIR/data/pred.jsonl", "ground_truth": "DIR/data/annotations.json"}
+    return {
+        "what": f"{model} vs the prior baseline on {num} fresh synthetic clips (seed {seed})",
+        "commands": [shown(synth), shown(predict), shown(evaluate)],
+        "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "answers_parsed": sum(bool(line.get("parse_ok")) for line in lines) / len(lines),
+        **report,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="nano")
@@ -66,39 +106,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dataset_eval_synth64.json"))
     args = parser.parse_args()
 
-    cli = [sys.executable, "-m", "stvgr1_edge"]
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        synth = [*cli, "synth", str(data), "--num", str(args.num), "--seed", str(args.seed)]
-        for flag in ("width", "height", "seconds"):
-            if getattr(args, flag) is not None:
-                synth += [f"--{flag}", str(getattr(args, flag))]
-        pred = data / "pred.jsonl"
-        predict = [*cli, "predict", str(data / "annotations.json"), str(data / "videos"), "-o", str(pred)]
-        predict += ["--model", args.model, "--device", args.device]
-        report_file = Path(tmp) / "report.json"
-        evaluate = [*cli, "eval", str(pred), str(data / "annotations.json"), "--baseline", "prior"]
-        evaluate += ["--json", str(report_file)]
-        seconds = {"synth": run(synth), "predict": run(predict), "eval": run(evaluate)}
-        report = json.loads(report_file.read_text())
-        lines = [json.loads(line) for line in pred.read_text().splitlines()]
-
-    def shown(argv: list[str]) -> str:
-        return shlex.join(["stvg-edge", *argv[3:]]).replace(tmp, "DIR")
-
-    report["files"] = {"predictions": "DIR/data/pred.jsonl", "ground_truth": "DIR/data/annotations.json"}
-    summary = {
-        "what": f"{args.model} vs the prior baseline on {args.num} fresh synthetic clips (seed {args.seed})",
-        "commands": [shown(synth), shown(predict), shown(evaluate)],
-        "wall_seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "answers_parsed": sum(bool(line.get("parse_ok")) for line in lines) / len(lines),
-        **report,
-    }
+    summary = evaluate_on_synth(
+        args.model, args.num, args.seed, args.device, {f: getattr(args, f) for f in ("width", "height", "seconds")}
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
-    plot(report, args.out.with_suffix(".png"), summary["what"])
-    for convention, result in report["results"].items():
-        prior = report["baseline"]["results"][convention]["metrics"]
+    plot(summary, args.out.with_suffix(".png"), summary["what"])
+    for convention, result in summary["results"].items():
+        prior = summary["baseline"]["results"][convention]["metrics"]
         row = ", ".join(
             f"{m} {100 * (result['metrics'][m] or 0):.1f} (prior {100 * (prior[m] or 0):.1f})" for m in METRICS
         )

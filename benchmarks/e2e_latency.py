@@ -119,15 +119,16 @@ def run_column(spec: dict) -> dict:
             engine="static",
             lm_head=spec["lm_head"],
         )
-    config = RunConfig(**{**config.__dict__, "tracker": "classical", "every": spec["every"]})
+    # free decoding in both columns, as the reference decodes: every answer is --max-new-tokens long
+    config = RunConfig(**{**config.__dict__, "tracker": "classical", "every": spec["every"], "answer_template": False})
     started = time.perf_counter()
     pipeline = build_pipeline(config)
     load_s = time.perf_counter() - started
     grounder, generated = pipeline.grounder, []
     for name in ("_generate_hf", "_generate_static"):  # keep the token ids (random weights' tokens decode to "")
 
-        def keep_ids(inputs, features, generate=getattr(grounder, name)):
-            ids, prefill_s, decode_s = generate(inputs, features)
+        def keep_ids(inputs, features, constraint=None, generate=getattr(grounder, name)):
+            ids, prefill_s, decode_s = generate(inputs, features, constraint)
             generated.append(list(ids))
             return ids, prefill_s, decode_s
 

@@ -116,6 +116,12 @@ WEIGHTS_OPTION = typer.Option(
 LM_HEAD_OPTION = typer.Option(
     None, "--lm-head", help="The output projection at load: fp, int8 or int4 \\[default: fp]."
 )
+ANSWER_TEMPLATE_OPTION = typer.Option(
+    True,
+    "--answer-template/--free-answer",
+    help="Keep decoding inside the answer template <think>…</think> <answer>Target ID: k, Time range: a to b</answer>, "
+    "so every answer parses (the model's own token wherever the template allows it), or decode freely.",
+)
 HW_DECODE_OPTION = typer.Option(
     None,
     "--hw-decode",

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from .cli_common import (
+    ANSWER_TEMPLATE_OPTION,
     BUNDLE_OPTION,
     DETECTOR_OPTION,
     DEVICE_OPTION,
@@ -50,6 +51,7 @@ def predict(
     time_only: bool = typer.Option(False, "--time-only", help="Temporal grounding only: no markers, no ID, no tube."),
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     engine: Optional[str] = ENGINE_OPTION,
+    answer_template: bool = ANSWER_TEMPLATE_OPTION,
     weights: Optional[str] = WEIGHTS_OPTION,
     lm_head: Optional[str] = LM_HEAD_OPTION,
     hw_decode: Optional[str] = HW_DECODE_OPTION,
@@ -84,6 +86,7 @@ def predict(
         dtype=dtype,
         max_new_tokens=max_new_tokens,
         engine=engine,
+        answer_template=answer_template,
         weights=weights,
         lm_head=lm_head,
         tracker=tracker,

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .cli_common import (
+    ANSWER_TEMPLATE_OPTION,
     BUNDLE_OPTION,
     DETECTOR_OPTION,
     DEVICE_OPTION,
@@ -57,6 +58,7 @@ def serve(
     dtype: Optional[str] = DTYPE_OPTION,
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     engine: Optional[str] = ENGINE_OPTION,
+    answer_template: bool = ANSWER_TEMPLATE_OPTION,
     weights: Optional[str] = WEIGHTS_OPTION,
     lm_head: Optional[str] = LM_HEAD_OPTION,
     hw_decode: Optional[str] = HW_DECODE_OPTION,
@@ -86,6 +88,7 @@ def serve(
         dtype=dtype,
         max_new_tokens=max_new_tokens,
         engine=engine,
+        answer_template=answer_template,
         weights=weights,
         lm_head=lm_head,
         tracker=tracker,

@@ -23,18 +23,24 @@ prefill is the time to the first generated token, decode the rest.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
+from .answer_template import (
+    AnswerConstraint,
+    AnswerTemplate,
+    AnswerTemplateLogitsProcessor,
+    TokenStrings,
+    is_repetition,
+)
 from .clip import PromptedClip
 from .errors import BadInputError, MissingWeightsError, read_json, require
 from .hub import hub_source
+from .safetensors_check import check_safetensors_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -79,7 +85,13 @@ class GrounderConfig:
     stop_on_repetition: int = 64
     """Stop decoding once the last this many generated tokens are one short pattern (period <= 8) repeated: a
     degenerate answer ("small small small ...") would otherwise run to ``max_new_tokens`` and still not parse.
-    0: never (the reference's behaviour)."""
+    With ``answer_template`` the thinking is closed there instead and the answer written. 0: never (the
+    reference's behaviour)."""
+    answer_template: bool = True
+    """Keep decoding inside the answer template ``<think>…</think> <answer>Target ID: k, Time range: a to b</answer>``
+    (:mod:`stvgr1_edge.answer_template`): the model's own token wherever the template allows it, so an answer in
+    the template is unchanged and any other still parses. Not applied with ``min_new_tokens`` (fixed-length
+    benchmark decoding). False: free decoding (the reference's behaviour)."""
     engine: Literal["hf", "static"] = "hf"
     """Decoder: "hf" (transformers' ``generate``) or "static" (:mod:`stvgr1_edge.backends.engine`: the same
     prefill, then a static KV cache and a compiled one-token step; greedy answers are ``generate``'s tokens)."""
@@ -137,15 +149,6 @@ class GroundingOutput:
     num_visual_tokens: int
     num_prompt_tokens: int
     vision_reused: bool
-
-
-def is_repetition(tokens: Sequence[int], window: int, max_period: int = 8) -> bool:
-    """Whether the last ``window`` tokens are one pattern of at most ``max_period`` tokens repeated."""
-    if window <= 0 or len(tokens) < window:
-        return False
-    tail = list(tokens[-window:])
-    periods = range(1, min(max_period, window // 2) + 1)  # a pattern must repeat at least twice
-    return any(all(tail[i] == tail[i - p] for i in range(p, window)) for p in periods)
 
 
 class RepetitionStop:
@@ -270,53 +273,6 @@ def _how_to_get(model: str) -> str:
 
 def _missing_weights_message(model: str) -> str:
     return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
-
-
-def check_safetensors_weights(folder: str | os.PathLike) -> None:
-    """One :class:`BadInputError` line unless ``folder``'s weights are safetensors files whose headers read.
-
-    Pickle weights (``*.bin``, ``*.pt``) are never loaded, not even with ``weights_only``: a folder holding only
-    those is refused with how to convert it. A broken file (garbage, a bad header, cut short) is named."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
-        found = f" (only pickle files: {', '.join(pickles[:3])})" if pickles else ""
-        raise BadInputError(
-            f"{folder} holds no safetensors weights{found}: stvg-edge loads safetensors only; convert them, e.g. "
-            "load in a trusted environment and save_pretrained(..., safe_serialization=True)"
-        )
-    for file in files:
-        if not _safetensors_file_is_whole(file):
-            raise BadInputError(
-                f"{file} is not a valid safetensors file (bad header or cut short, {file.stat().st_size} bytes): "
-                "download or export the weights again"
-            )
-
-
-def _safetensors_file_is_whole(file: Path) -> bool:
-    """The 8-byte header length, a JSON header of tensor entries, and every tensor's bytes inside the file."""
-    import struct
-
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return False
-        header_len = struct.unpack("<Q", head)[0]
-        if not 0 < header_len <= size - 8:
-            return False
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return False
-    if not isinstance(header, dict):
-        return False
-    try:
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (TypeError, KeyError, IndexError, ValueError):
-        return False
-    return 8 + header_len + max(ends, default=0) <= size
 
 
 def resolve_model_source(model: str) -> tuple[str, bool]:
@@ -478,6 +434,8 @@ class Grounder(GroundingInputs):
 
             quantize_language_model_(model, config.weights, config.lm_head, config.int4_group_size)
         self._engine: Any = None
+        self._token_strings: TokenStrings | None = None
+        self._template_warnings: set[str] = set()
         self.vision_encoder: Any = None
         """Optional external vision encoder (e.g. an ONNX one from :mod:`stvgr1_edge.bundle`): a callable
         ``(pixel_values, grid_thw) -> `` what ``model.model.get_video_features(..., return_dict=True)`` returns."""
@@ -573,25 +531,58 @@ class Grounder(GroundingInputs):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         return kwargs
 
-    def _stopping_criteria(self, prompt_len: int):
-        from transformers import StoppingCriteriaList
+    @property
+    def token_strings(self) -> TokenStrings:
+        """The token texts the answer template is matched against, built on first use."""
+        if self._token_strings is None:
+            vocab_size = self.model.get_output_embeddings().out_features  # the logits' width (int4/int8 heads too)
+            self._token_strings = TokenStrings(self.processor.tokenizer, vocab_size)
+        return self._token_strings
 
-        window = self.config.stop_on_repetition
-        return StoppingCriteriaList([RepetitionStop(prompt_len, window)] if window > 0 else [])
+    def answer_constraint(self, prompt_text: str) -> AnswerConstraint | None:
+        """The constraint for one generation from ``prompt_text`` (the template its format sentence asks for), or
+        None when ``answer_template`` is off or ``min_new_tokens`` fixes the length."""
+        from .backends.engine import eos_ids_of
 
-    def _generate_hf(self, inputs: dict[str, Any], features: Any) -> tuple[list[int], float, float]:
+        cfg = self.config
+        eos = eos_ids_of(self.model.generation_config)
+        if not cfg.answer_template or cfg.min_new_tokens or not eos:
+            return None
+        constraint = AnswerConstraint(
+            self.token_strings,
+            AnswerTemplate.for_prompt(prompt_text),
+            eos,
+            cfg.max_new_tokens,
+            repetition_window=cfg.stop_on_repetition,
+        )
+        problem = constraint.cannot_finish()
+        if problem:
+            if problem not in self._template_warnings:
+                self._template_warnings.add(problem)
+                logger.warning("answer template not applied: %s", problem)
+            return None
+        return constraint
+
+    def _generate_hf(
+        self, inputs: dict[str, Any], features: Any, constraint: AnswerConstraint | None = None
+    ) -> tuple[list[int], float, float]:
         """New token ids, seconds to the first one and seconds for the rest, by transformers' ``generate``."""
         import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         clock = _TokenClock()
         prompt_len = inputs["input_ids"].shape[1]
+        window = self.config.stop_on_repetition
+        stops = [RepetitionStop(prompt_len, window)] if window > 0 and constraint is None else []
+        processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
         start = time.perf_counter()
         with torch.inference_mode():
             output_ids = self.model.generate(
                 **inputs,
                 mm_encoder_outputs={"video": features},
                 streamer=clock,
-                stopping_criteria=self._stopping_criteria(prompt_len),
+                stopping_criteria=StoppingCriteriaList(stops),
+                logits_processor=LogitsProcessorList(processors),
                 **self.generation_kwargs(),
             )
         self._sync()
@@ -608,7 +599,9 @@ class Grounder(GroundingInputs):
             self._engine = StaticEngine(self.model, EngineConfig(compile=self.config.compile))
         return self._engine
 
-    def _generate_static(self, inputs: dict[str, Any], features: Any) -> tuple[list[int], float, float]:
+    def _generate_static(
+        self, inputs: dict[str, Any], features: Any, constraint: AnswerConstraint | None = None
+    ) -> tuple[list[int], float, float]:
         """:meth:`_generate_hf`'s result by the static engine, with the same token choice and stops."""
         from .backends.engine import Sampling, sampling_of
 
@@ -624,7 +617,8 @@ class Grounder(GroundingInputs):
             max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=cfg.min_new_tokens,
             sampling=sampling,
-            stop=(lambda tokens: is_repetition(tokens, window)) if window > 0 else None,
+            stop=(lambda tokens: is_repetition(tokens, window)) if window > 0 and constraint is None else None,
+            constrain=constraint.mask if constraint is not None else None,
         )
         self._sync()
         return out.tokens, out.prefill_s, out.decode_s
@@ -642,7 +636,7 @@ class Grounder(GroundingInputs):
         )
         self._sync()
         generate = self._generate_static if self.config.engine == "static" else self._generate_hf
-        new_ids, prefill_s, decode_s = generate(inputs, encoded.features)
+        new_ids, prefill_s, decode_s = generate(inputs, encoded.features, self.answer_constraint(prompt_text))
         prompt_len = inputs["input_ids"].shape[1]
         text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         num_new = len(new_ids)

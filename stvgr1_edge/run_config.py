@@ -63,6 +63,8 @@ class RunConfig:
     """The language model's linears, quantized weight-only at load: fp (default, as saved), int8 or int4."""
     lm_head: Literal["fp", "int8", "int4"] | None = None
     """The output projection's weights at load: fp (default), int8 or int4 (a bundle's too)."""
+    answer_template: bool = True
+    """Keep decoding inside the answer template, so every answer parses (False: free decoding)."""
     # the tracker
     tracker: Literal["classical", "sam2", "edgetam"] | None = None
     """classical (default, no weights), sam2 or edgetam."""
@@ -175,6 +177,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             dtype=dtype,
             engine=config.engine or "hf",
             lm_head=config.lm_head or "fp",
+            answer_template=config.answer_template,
         )
         llm = {
             "model": str(bundle.root / bundle.manifest["grounder"]["llm"]),
@@ -193,6 +196,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
                 engine=config.engine or "hf",
                 weights=config.weights or "fp",
                 lm_head=config.lm_head or "fp",
+                answer_template=config.answer_template,
             )
         )
         llm = {
@@ -211,6 +215,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             "engine": grounder.config.engine,
             "weights": grounder.config.weights,
             "lm_head": grounder.config.lm_head,
+            "answer_template": grounder.config.answer_template,
             "do_sample": grounder.config.do_sample,
         },
         "tracker": tracker_info,

@@ -1,5 +1,6 @@
-"""A model that only repeats itself: decoding stops early, and `run` says on stderr that no answer was found (exit
-code 3 under --strict, the result written with parse_ok false either way)."""
+"""A model that only repeats itself. Decoding freely (--free-answer) it stops early, and `run` says on stderr that no
+answer was found (exit code 3 under --strict, the result written with parse_ok false either way); with the answer
+template (the default) its thinking is closed at the same window and the answer parses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stvgr1_edge.answer import parse_answer
 from stvgr1_edge.cli import NO_ANSWER_EXIT, main
 from stvgr1_edge.grounding import RepetitionStop, is_repetition
 
@@ -61,6 +63,7 @@ def clip(tmp_path_factory) -> Path:
 def test_a_looping_model_stops_at_the_window_and_strict_run_exits_3(parrot, clip, tmp_path, capsys):
     out = tmp_path / "r.json"
     args = ["run", str(clip), "a red circle blinks", "--model", str(parrot), "--device", "cpu", "-o", str(out)]
+    args.append("--free-answer")
     rc = main([*args, "--max-new-tokens", "300", "--strict"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == NO_ANSWER_EXIT == 3
@@ -70,3 +73,16 @@ def test_a_looping_model_stops_at_the_window_and_strict_run_exits_3(parrot, clip
     assert query["parse_ok"] is False
     assert query["num_generated_tokens"] == 64  # GrounderConfig.stop_on_repetition, not the 300 allowed
     assert main([*args, "--max-new-tokens", "300"]) == 0  # without --strict: a warning, exit 0
+
+
+def test_with_the_answer_template_a_looping_model_is_closed_at_the_window_and_answers(parrot, clip, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["run", str(clip), "a red circle blinks", "--model", str(parrot), "--device", "cpu", "-o", str(out)]
+    assert main([*args, "--max-new-tokens", "300", "--strict"]) == 0
+    query = json.loads(out.read_text())["queries"][0]
+    text = query["answer_text"]
+    assert query["parse_ok"] is True and parse_answer(text).parse_ok, text
+    thinking, answer = text.split("</think>")
+    assert thinking.startswith("<think>") and answer.lstrip().startswith("<answer>Target ID: ")
+    # the thinking is the model's own loop up to the repetition window (64 tokens incl. "<think>"'s), then the answer
+    assert 64 < query["num_generated_tokens"] < 64 + 80, query["num_generated_tokens"]

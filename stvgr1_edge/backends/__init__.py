@@ -69,7 +69,7 @@ def load_language_model(
 ):
     """A Qwen2.5-VL model from ``folder`` in eval mode on ``device``: ``save_pretrained`` weights (``quant`` none,
     in ``dtype``), an int4 folder or an NF4 folder."""
-    from ..grounding import check_safetensors_weights
+    from ..safetensors_check import check_safetensors_weights
 
     check_safetensors_weights(folder)
     if quant == "int4":

@@ -16,7 +16,7 @@ is bound by reading the weights, so that overhead is pure loss. Here:
   :func:`compile_cache_dir` so the next process loads the compiled step instead of building it again;
 - **token choice** is HF's: fp32 logits, greedy argmax, or HF's own temperature / top-k / top-p warpers and
   ``torch.multinomial``; it stops at any EOS id of the model's ``generation_config``, on the grounder's repetition
-  stop (:func:`~stvgr1_edge.grounding.is_repetition`) or at ``max_new_tokens``, as ``generate`` does.
+  stop (:func:`~stvgr1_edge.answer_template.is_repetition`) or at ``max_new_tokens``, as ``generate`` does.
 
 The linears are whatever the model holds: full precision (fp32/bf16/fp16), or weight-only int8/int4
 (:mod:`.weight_only`, :mod:`.int4`); compiled, an int8 linear's dequantization fuses into its matrix-vector product.
@@ -282,19 +282,23 @@ class StaticEngine:
         sampling: Sampling | None = None,
         eos_token_ids: Sequence[int] | None = None,
         stop: Callable[[list[int]], bool] | None = None,
+        constrain: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
     ) -> EngineOutput:
         """Generate for one prompt (batch 1): ``inputs`` as for ``model.generate`` (on the model's device).
 
         ``sampling`` and ``eos_token_ids`` default to the model's ``generation_config``; ``stop(tokens)`` is asked
-        after every token (e.g. the repetition stop); ``min_new_tokens`` keeps EOS out until that many tokens."""
+        after every token (e.g. the repetition stop); ``min_new_tokens`` keeps EOS out until that many tokens;
+        ``constrain(tokens, logits)`` masks the next token's logits before the choice (e.g. the answer template)."""
         generation_config = self.model.generation_config
         sampling = sampling if sampling is not None else sampling_of(generation_config)
         eos = tuple(eos_token_ids if eos_token_ids is not None else eos_ids_of(generation_config))
         warpers = sampling.warpers() if sampling.do_sample else []
         eos_index = torch.tensor(eos, dtype=torch.long, device=self.device)
 
-        def choose(logits: torch.Tensor, generated: int) -> int:  # logits: fp32 (1, vocab)
-            if generated < min_new_tokens and len(eos):
+        def choose(logits: torch.Tensor, tokens: list[int]) -> int:  # logits: fp32 (1, vocab)
+            if constrain is not None:
+                logits = constrain(tokens, logits)
+            if len(tokens) < min_new_tokens and len(eos):
                 logits = logits.index_fill(1, eos_index, -float("inf"))
             if not sampling.do_sample:
                 return int(logits.argmax(dim=-1))
@@ -309,7 +313,7 @@ class StaticEngine:
         self._prepare(length + max_new_tokens)
         start = time.perf_counter()
         first_logits, rope_delta = self.prefill(inputs, mm_encoder_outputs)
-        tokens = [choose(first_logits, 0)]
+        tokens = [choose(first_logits, [])]
         first = time.perf_counter()
         compile_s = 0.0
         token = torch.tensor([[tokens[-1]]], device=self.device)
@@ -320,7 +324,7 @@ class StaticEngine:
             if cuda_graphs:  # the previous step's output buffer may be reused from here on
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self._step_fn(token, slot, rope_delta).float()  # type: ignore[misc]
-            tokens.append(choose(logits, len(tokens)))
+            tokens.append(choose(logits, tokens))
             if self._fresh:
                 compile_s, self._fresh = time.perf_counter() - step_start, False
             token.fill_(tokens[-1])
