@@ -1,6 +1,6 @@
 """End-to-end latency of `stvg-edge run`: the full-precision model against the optimized bundle, stage by stage.
 
-One clip, one query, the same tracker, two columns measured in one run:
+One clip, one query, the same tracker, up to three columns measured in one run (``--columns``):
 
 * **full**: the checkpoint as saved (fp32 on CPU, bf16 on CUDA), its PyTorch vision tower and transformers'
   ``generate`` — what a user of the reference code runs;
@@ -8,7 +8,11 @@ One clip, one query, the same tracker, two columns measured in one run:
   decoder layers), run on the static engine (``--engine static``, compiled) with the output projection in
   ``--lm-head`` format (int8: an fp32 head is most of what a 3B-wide decode step reads). The nano model keeps its
   weights (``--llm none``, fp head): its 4.7 M parameters make decoding overhead-bound, so quantizing it would only
-  change its answers, and the static engine's greedy tokens are ``generate``'s.
+  change its answers, and the static engine's greedy tokens are ``generate``'s;
+* **quantized**: no export: the checkpoint with its language model quantized at load (``--weights int4 --lm-head
+  int4``, searched rounding, as the bundle's) and bf16 compute (``--dtype bf16``: the PyTorch vision tower and the
+  prefill run on bf16 matrix units, which an fp32 ONNX graph cannot use on a CPU), on the static engine. The nano
+  model keeps its weights and dtype here too.
 
 Each column runs in a fresh process per clip length (so peak RSS is its own); the clip is answered ``--runs`` times
 (default 2) and the last run is reported, so neither column pays one-time costs (the engine's compile, first-call
@@ -52,7 +56,7 @@ from stvgr1_edge.errors import write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("e2e_latency")
 STAGES = ("decode", "track", "markers", "resize", "vision", "prefill", "decode_tokens")
-COLUMNS = ("full", "optimized")
+COLUMNS = ("full", "optimized", "quantized")
 KEPT = ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")
 """What a column's child reports that goes into the result as is."""
 
@@ -111,6 +115,17 @@ def run_column(spec: dict) -> dict:
     return_large_buffers_to_os()  # as the CLI does with the classical tracker
     if spec["column"] == "full":
         config = RunConfig(model=spec["model"], device=spec["device"], max_new_tokens=spec["max_new_tokens"])
+    elif spec["column"] == "quantized":
+        quantized = spec["llm"] == "int4"
+        config = RunConfig(
+            model=spec["model"],
+            device=spec["device"],
+            max_new_tokens=spec["max_new_tokens"],
+            engine="static",
+            weights="int4" if quantized else "fp",
+            lm_head="int4" if quantized else "fp",
+            dtype="bf16" if quantized else None,
+        )
     else:
         config = RunConfig(
             bundle=spec["bundle"],
@@ -197,13 +212,14 @@ def plot(entries: dict, path: Path) -> None:
     for ax, key in zip(axes[0], keys):
         rows = entries[key]["rows"]
         labels, bottoms, x = [], [], []
+        columns = [c for c in COLUMNS if c in rows[0]["columns"]]
         for i, row in enumerate(rows):
-            for j, column in enumerate(COLUMNS):
-                labels.append(f"{row['seconds']:g}s\n{column[:3]}")
-                x.append(i * 2.6 + j)
+            for j, column in enumerate(columns):
+                labels.append(f"{row['seconds']:g}s\n{column[:5]}")
+                x.append(i * (len(columns) + 0.6) + j)
                 bottoms.append(0.0)
         for s, name in enumerate(names):
-            values = [row["columns"][c]["stages_s"][name] for row in rows for c in COLUMNS]
+            values = [row["columns"][c]["stages_s"][name] for row in rows for c in columns]
             ax.bar(x, values, bottom=bottoms, color=colours[s % 10], label=name if ax is axes[0][0] else None)
             bottoms = [b + v for b, v in zip(bottoms, values)]
         ax.set_xticks(x, labels, fontsize=7)
@@ -241,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lm-head", default="auto", choices=["auto", "fp", "int8", "int4"], help="optimized head (auto: fp for nano)"
     )
+    parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=COLUMNS, help="full is always run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, bundles and clips here")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_latency.json")
@@ -269,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             bundle = work / f"bundle_{arch}"
             llm = args.llm if args.llm != "auto" else ("none" if arch == "nano" else "int4")
             lm_head = args.lm_head if args.lm_head != "auto" else ("fp" if arch == "nano" else "int8")
-            export = export_bundle_folder(model, bundle, device, llm)
-            logger.info("%s: exported in %.0f s", arch, export["wall_s"])
+            export = export_bundle_folder(model, bundle, device, llm) if "optimized" in args.columns else None
+            if export is not None:
+                logger.info("%s: exported in %.0f s", arch, export["wall_s"])
             rows = []
             for seconds in args.seconds:
                 base = dict(
@@ -281,39 +299,39 @@ def main(argv: list[str] | None = None) -> int:
                     every=args.every,
                     max_new_tokens=args.max_new_tokens,
                     lm_head=lm_head,
+                    llm=llm,
                     runs=args.runs,
                 )
-                runs = {column: measure(base | {"column": column}) for column in COLUMNS}
-                full, optimized = runs["full"], runs["optimized"]
-                total = {c: runs[c]["timings_ms"]["total"] / 1e3 for c in COLUMNS}
-                row = {
-                    "seconds": seconds,
-                    "ratio_optimized_to_full": round(total["optimized"] / total["full"], 3),
-                    "same_answer": full["answer_text"] == optimized["answer_text"],
-                    "token_agreement": agreement(full["answer_tokens"], optimized["answer_tokens"]),
-                    "columns": {
-                        c: {
-                            "total_s": round(total[c], 3),
-                            "real_time_factor": round(total[c] / seconds, 3),
-                            "stages_s": stages_s(runs[c]),
-                            "generated_tokens": len(runs[c]["answer_tokens"]),
-                            **{
-                                k: runs[c][k] for k in ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")
-                            },
+                columns = ["full", *[c for c in args.columns if c != "full"]]
+                runs = {column: measure(base | {"column": column}) for column in columns}
+                total = {c: runs[c]["timings_ms"]["total"] / 1e3 for c in columns}
+                full = runs["full"]
+                row = {"seconds": seconds, "columns": {}}
+                for c in columns:
+                    row["columns"][c] = {
+                        "total_s": round(total[c], 3),
+                        "real_time_factor": round(total[c] / seconds, 3),
+                        "stages_s": stages_s(runs[c]),
+                        "generated_tokens": len(runs[c]["answer_tokens"]),
+                        **{k: runs[c][k] for k in ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")},
+                    }
+                    if c != "full":
+                        row["columns"][c] |= {
+                            "ratio_to_full": round(total[c] / total["full"], 3),
+                            "same_answer": full["answer_text"] == runs[c]["answer_text"],
+                            "token_agreement": agreement(full["answer_tokens"], runs[c]["answer_tokens"]),
                         }
-                        for c in COLUMNS
-                    },
-                }
-                logger.info(
-                    "%s %gs: full %.1f s, optimized %.1f s (x%.2f), same answer %s, token agreement %.2f",
-                    arch,
-                    seconds,
-                    total["full"],
-                    total["optimized"],
-                    row["ratio_optimized_to_full"],
-                    row["same_answer"],
-                    row["token_agreement"],
-                )
+                        logger.info(
+                            "%s %gs: full %.1f s, %s %.1f s (x%.2f), same answer %s, token agreement %.2f",
+                            arch,
+                            seconds,
+                            total["full"],
+                            c,
+                            total[c],
+                            row["columns"][c]["ratio_to_full"],
+                            row["columns"][c]["same_answer"],
+                            row["columns"][c]["token_agreement"],
+                        )
                 rows.append(row)
             gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
             results[f"{arch}-{device}"] = {
@@ -328,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_new_tokens": args.max_new_tokens,
                 "runs": args.runs,
                 "optimized": f"bundle (ONNX vision, LLM {llm}), static engine, lm_head {lm_head}",
+                "quantized": "weights int4, lm_head int4, bf16, static engine" if llm == "int4" else "static engine",
                 "export": export,
                 "rows": rows,
                 "versions": {"torch": torch.__version__},
@@ -335,9 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             write_json_atomic(args.out, results, indent=1)
         plot(results, args.out.with_suffix(".png"))
-    print(
-        json.dumps({k: [(r["seconds"], r["ratio_optimized_to_full"]) for r in v["rows"]] for k, v in results.items()})
-    )
+    ratios = {
+        key: [(r["seconds"], {c: v.get("ratio_to_full") for c, v in r["columns"].items()}) for r in e["rows"]]
+        for key, e in results.items()
+    }
+    print(json.dumps(ratios))
     return 0
 
 

@@ -94,7 +94,7 @@ else
   step engine_decode "$(share 20)" "$PY" benchmarks/engine_decode.py --arch 7b --layers 4 \
     --configs hf-bf16 engine-bf16 engine-int8 engine-int4-g128 --compile-processes 0 --out "$OUT/engine_decode.json"
   step e2e_latency "$(share 40)" "$PY" benchmarks/e2e_latency.py --arch 7b --seconds 20 --device cuda \
-    --workdir "$OUT/e2e_work" --out "$OUT/e2e_latency.json"
+    --columns full optimized --workdir "$OUT/e2e_work" --out "$OUT/e2e_latency.json"
   rm -rf "$OUT/e2e_work"  # the 7B checkpoint and bundle: tens of GB
 fi
 

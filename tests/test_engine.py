@@ -336,3 +336,32 @@ def test_int4_cpu_prefill_takes_the_dense_path_with_the_kernels_values():
     torch.testing.assert_close(dense[::64], rows, rtol=2e-2, atol=2e-2)
     reference = torch.nn.functional.linear(x, int4.dequantize_int4(codes, scales, zeros, 32), linear.bias)
     assert torch.nn.functional.cosine_similarity(dense.flatten(), reference.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_dequantization_is_exactly_the_eager_formula_fused_or_not(monkeypatch, dtype):
+    """The fused (compiled) dequantization of packed codes gives the eager formula's values bit for bit, and a
+    machine where compiling fails gets the same values eagerly, with one warning."""
+    from stvgr1_edge.backends import int4
+
+    codes = torch.randint(0, 16, (48, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    scales, zeros = torch.rand(48, 8).to(dtype), torch.randn(48, 8).to(dtype)
+    expected = int4.dequantize_int4(codes, scales, zeros, 32).to(dtype)
+    packed = int4.pack_uint4x2(codes)
+    assert torch.equal(int4.dequantize_packed_int4(packed, scales, zeros, 32, dtype), expected)
+    monkeypatch.setattr(int4, "_fused_dequantize", None)
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales.t().contiguous().t(), zeros, 32, dtype), expected)
+    assert int4._fused_dequantize not in (None, False)  # compiled
+
+    def cannot_build(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nmore")
+
+    monkeypatch.setattr(int4, "_fused_dequantize", cannot_build)
+    warnings = []
+    monkeypatch.setattr(int4.logger, "warning", lambda *args: warnings.append(args[0] % args[1:]))
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
+    assert int4._fused_dequantize is False and warnings == [
+        "int4 prefill: dequantizing eagerly (compiling failed: no C++ compiler)"
+    ]
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
+    assert len(warnings) == 1

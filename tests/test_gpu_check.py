@@ -38,7 +38,8 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_results(tmp_path):
     assert summary["device"] == "cpu" and summary["all_passed"]
     e2e = json.loads((out / "e2e_latency.json").read_text())["nano-cpu"]
     row = e2e["rows"][0]
-    assert row["same_answer"] and set(row["columns"]) == {"full", "optimized"}
+    assert set(row["columns"]) == {"full", "optimized", "quantized"}
+    assert row["columns"]["optimized"]["same_answer"] and row["columns"]["quantized"]["same_answer"]
     assert row["columns"]["optimized"]["config"]["engine"] == "static"
     assert all(row["columns"][c]["stages_s"]["track"] > 0 for c in row["columns"])
     objects = json.loads((out / "tracker_objects.json").read_text())

@@ -156,3 +156,18 @@ def test_prepared_cache_is_byte_identical_to_the_recorded_reference(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _cache_digest(tmp_path / "cache") == reference
+
+
+def test_prepare_takes_the_packaged_model_by_name_as_run_does(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from stvgr1_edge.errors import BadInputError
+    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge_train.prepare import load_clip_processor
+
+    monkeypatch.chdir(tmp_path)  # no ./nano folder here
+    by_name = load_clip_processor("nano").processor
+    packaged = AutoTokenizer.from_pretrained(packaged_model_dir(), local_files_only=True)
+    assert by_name.tokenizer.get_vocab() == packaged.get_vocab()
+    with pytest.raises(BadInputError, match="cannot load a processor from"):
+        load_clip_processor(str(tmp_path / "missing"))

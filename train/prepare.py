@@ -94,12 +94,17 @@ _WORKER_PROCESSOR: ClipProcessor | None = None
 
 
 def load_clip_processor(source: str | None) -> ClipProcessor:
-    """The processor of model ``source`` (folder or hub id, local files only) or Qwen2.5-VL's constants."""
+    """The processor of model ``source`` (folder, hub id or "nano", local files only) or Qwen2.5-VL's constants."""
     if source is None:
         from stvgr1_edge.tiny import build_processor, build_tokenizer
 
         return ClipProcessor(build_processor(build_tokenizer()))
     from transformers import AutoProcessor
+
+    from stvgr1_edge.grounding import NANO_MODEL, packaged_model_dir
+
+    if source == NANO_MODEL and not Path(source).exists():  # as for `run --model nano`: a local ./nano folder wins
+        source = str(packaged_model_dir())
 
     try:
         return ClipProcessor(AutoProcessor.from_pretrained(source, local_files_only=True))

@@ -23,6 +23,7 @@ types; quantize or load it on the device it will run on.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ QUANT_FILE = "int4_quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "stvg-edge-int4-v1"
 
+logger = logging.getLogger(__name__)
+
 
 # ----------------------------------------------------------------------------------------------- packing
 def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -46,6 +49,42 @@ def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
     groups = codes.float().reshape(out_features, in_features // group_size, group_size)
     weight = (groups - 8) * scales.float()[..., None] + zeros.float()[..., None]
     return weight.reshape(out_features, in_features)
+
+
+def dequantize_packed_int4(
+    packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """:func:`dequantize_int4` of :func:`pack_uint4x2` codes, cast to ``dtype``, in one pass: each element is the
+    same fp32 value rounded once. ``scales``/``zeros``: (out, in / group_size)."""
+    out_features = packed.shape[0]
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=-1).view(out_features, scales.shape[1], group_size)
+    weight = (codes.to(torch.float32) - 8) * scales.float()[..., None] + zeros.float()[..., None]
+    return weight.to(dtype).view(out_features, -1)
+
+
+_fused_dequantize: object = None
+"""CPU: :func:`dequantize_packed_int4` compiled by inductor into one loop (2048 x 11008: 120 -> 21 ms on 2 cores; in
+eager every step writes a full fp32 temporary), built on first use; False once compiling failed here."""
+
+
+def dequantize_for_prefill(
+    packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """:func:`dequantize_packed_int4`, fused by inductor where it compiles (the kernels are kept in the engine's
+    compile cache), else eager."""
+    global _fused_dequantize
+    if _fused_dequantize is None:
+        from .engine import use_compile_cache
+
+        use_compile_cache()
+        _fused_dequantize = torch.compile(dequantize_packed_int4, dynamic=False)
+    if _fused_dequantize is not False:
+        try:
+            return _fused_dequantize(packed, scales, zeros, group_size, dtype)  # type: ignore[operator]
+        except Exception as exc:  # no C++ compiler, or inductor cannot build here: the same values, eagerly
+            logger.warning("int4 prefill: dequantizing eagerly (compiling failed: %s)", str(exc).splitlines()[0])
+            _fused_dequantize = False
+    return dequantize_packed_int4(packed, scales, zeros, group_size, dtype)
 
 
 def pack_uint4x2(codes: torch.Tensor) -> torch.Tensor:
@@ -142,7 +181,8 @@ def can_quantize(linear: nn.Linear, group_size: int) -> bool:
 DENSE_FROM_ROWS = 512
 """CPU: inputs of this many rows (a prefill) go through one dense matmul over the weight dequantized once instead of
 torch's int4 kernel, whose cost grows by one dequantization per row (2048 -> 11008, bf16, 2 cores: 0.25 ms a row;
-dequantizing once ~110 ms, then 2000 rows in 160 ms against 500 ms). Decoding (one row) stays on the int4 kernel."""
+dequantizing once takes 21 ms fused (:func:`dequantize_for_prefill`), then the bf16 matmul 22 ms per 1000 rows).
+Decoding (one row) stays on the int4 kernel."""
 
 
 class WeightOnlyInt4Linear(nn.Module):
@@ -212,8 +252,8 @@ class WeightOnlyInt4Linear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
         if self.kernel == "cpu" and flat.shape[0] >= DENSE_FROM_ROWS and self._kept_codes is not None:
             scales, zeros = self.scales_and_zeros[..., 0].t(), self.scales_and_zeros[..., 1].t()
-            dense = dequantize_int4(unpack_uint4x2(self._kept_codes), scales, zeros, self.group_size)
-            out = nn.functional.linear(flat, dense.to(flat.dtype))
+            dense = dequantize_for_prefill(self._kept_codes, scales, zeros, self.group_size, flat.dtype)
+            out = nn.functional.linear(flat, dense)
         else:
             out = self._mm(flat, self.weight, self.scales_and_zeros)
         if self.bias is not None:
