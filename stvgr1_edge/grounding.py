@@ -40,6 +40,7 @@ from .answer_template import (
 from .clip import PromptedClip
 from .errors import BadInputError, MissingWeightsError, read_json, require
 from .hub import hub_source
+from .rope_index import use_trained_rope_index
 from .safetensors_check import check_safetensors_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -426,7 +427,7 @@ class Grounder(GroundingInputs):
         """``config.weights``/``lm_head`` other than "fp" quantize ``model``'s language model in place."""
         super().__init__(processor)
         check_engine_options(config)
-        self.model = model
+        self.model = use_trained_rope_index(model)
         self.config = config
         self.device = next(model.parameters()).device
         if config.weights != "fp" or config.lm_head != "fp":

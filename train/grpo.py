@@ -32,6 +32,7 @@ from trl.trainer.utils import RepeatSampler
 
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
 from stvgr1_edge.prepared import read_video_tensors
+from stvgr1_edge.rope_index import use_trained_rope_index
 
 from .checkpoint import ExactResumeMixin
 from .rewards import RewardConfig, build_reward_funcs
@@ -93,6 +94,9 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
             gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(suppress))
             grpo_args.generation_kwargs = gen
         super().__init__(*args, **kwargs)
+        for model in (self.model, getattr(self, "ref_model", None)):  # the positions Qwen2.5-VL was trained with
+            if model is not None:
+                use_trained_rope_index(model)
         self.clip_processor = ClipProcessor(self.processing_class)
         self.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
         self.merge_size = int(self.processing_class.video_processor.merge_size)

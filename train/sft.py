@@ -19,6 +19,7 @@ import torch
 from stvgr1_edge.errors import BadInputError
 from stvgr1_edge.prepared import read_video_tensors
 from stvgr1_edge.prompt import normalize_query
+from stvgr1_edge.rope_index import use_trained_rope_index
 
 from .checkpoint import ExactResumeMixin
 from .video_inputs import ClipProcessor, collate_videos, video_token_type_ids
@@ -403,6 +404,7 @@ def run_sft(run: SFTRunConfig):
     cuda = torch.cuda.is_available()
     bf16 = bool(run.bf16 and cuda)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.bfloat16 if bf16 else torch.float32)
+    use_trained_rope_index(model)  # the positions Qwen2.5-VL was trained with (transformers 5 places text differently)
     if run.freeze_vision:
         model.model.visual.requires_grad_(False)
     args = TrainingArguments(

@@ -69,6 +69,7 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from stvgr1_edge.prompt import grounding_prompt
+    from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge.synth import SynthConfig, generate_clip
     from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.video_inputs import ClipProcessor
@@ -76,7 +77,9 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
     from .pretrain_vision import VisionPretrainConfig, labelled_clip
 
     processor, source = load_processor(model_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    model = use_trained_rope_index(
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    )
     clip_processor = ClipProcessor(processor)
     video_token_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     config = VisionPretrainConfig()
