@@ -365,3 +365,21 @@ def test_prefill_dequantization_is_exactly_the_eager_formula_fused_or_not(monkey
     ]
     assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
     assert len(warnings) == 1
+
+
+def test_int4_quantization_and_cpu_packing_in_row_blocks_equal_one_block(monkeypatch):
+    """Rows are quantized and packed a block at a time (bounded memory): the same codes, scales, zeros and packed
+    weight as all rows at once, also when the row count is not a multiple of the block (64 rows: the CPU packing's
+    own block)."""
+    from stvgr1_edge.backends import int4
+
+    weight = torch.randn(208, 256, generator=torch.Generator().manual_seed(3))  # the CPU kernel packs 16 rows at a time
+    whole = int4.quantize_weight_int4(weight, 32)
+    layer_whole = WeightOnlyInt4Linear(256, 208, *whole, None, 32, torch.float32)
+    monkeypatch.setattr(int4, "QUANTIZE_ROWS", 64)
+    blocks = int4.quantize_weight_int4(weight, 32)
+    assert all(torch.equal(a, b) for a, b in zip(whole, blocks))
+    layer_blocks = WeightOnlyInt4Linear(256, 208, *blocks, None, 32, torch.float32)
+    assert torch.equal(layer_whole.weight, layer_blocks.weight)
+    x = torch.randn(3, 256)
+    assert torch.equal(layer_whole(x), layer_blocks(x))

@@ -154,6 +154,12 @@ def search_int4_range(
     return codes, scales, best_lo
 
 
+QUANTIZE_ROWS = 4096
+"""Rows quantized (and packed for the CPU kernel) at a time: the range search keeps several fp32 copies of what it
+works on, which for a whole 151,936-row head were ~5 GB at once. A multiple of 64: the CPU packing lays rows out in
+blocks of 64, so only such blocks pack to the same bytes apart as together."""
+
+
 def quantize_weight_int4(
     weight: torch.Tensor, group_size: int, range_shrinks: Sequence[float] = RANGE_SHRINKS
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,9 +167,15 @@ def quantize_weight_int4(
     tinygemm zeros, so that ``w ≈ (codes - 8) * scale + zero``. Each group keeps the range ``[lo, hi] * s``
     (``s`` from ``range_shrinks``) whose codes reconstruct it with the least squared error."""
     out_features, in_features = weight.shape
-    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
-    codes, scales, lo = search_int4_range(groups, range_shrinks)
-    return codes.to(torch.uint8).reshape(out_features, in_features), scales, lo + 8 * scales
+    codes, scales, zeros = [], [], []
+    for start in range(0, out_features, QUANTIZE_ROWS):  # rows are independent: bounded temporaries
+        rows = weight[start : start + QUANTIZE_ROWS].detach().float()
+        groups = rows.reshape(rows.shape[0], in_features // group_size, group_size)
+        c, sc, lo = search_int4_range(groups, range_shrinks)
+        codes.append(c.to(torch.uint8).reshape(rows.shape[0], in_features))
+        scales.append(sc)
+        zeros.append(lo + 8 * sc)
+    return torch.cat(codes), torch.cat(scales), torch.cat(zeros)
 
 
 def can_quantize(linear: nn.Linear, group_size: int) -> bool:
@@ -222,9 +234,14 @@ class WeightOnlyInt4Linear(nn.Module):
             compute_dtype = torch.bfloat16
         if self.kernel == "cuda":
             packed = torch.ops.aten._convert_weight_to_int4pack(pack_uint4x2(codes).contiguous(), self.inner_k_tiles)
-        elif self.kernel == "cpu":
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                codes.to(torch.int32).contiguous(), self.inner_k_tiles
+        elif self.kernel == "cpu":  # rows pack independently: int32 copies of a block at a time
+            packed = torch.cat(
+                [
+                    torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                        codes[start : start + QUANTIZE_ROWS].to(torch.int32).contiguous(), self.inner_k_tiles
+                    )
+                    for start in range(0, self.out_features, QUANTIZE_ROWS)
+                ]
             )
         else:
             packed = pack_uint4x2(codes).contiguous()
