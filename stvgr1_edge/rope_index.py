@@ -5,8 +5,8 @@ axes. In Qwen's own code (and transformers 4.x, and vLLM) the text *after* a vid
 position the video used on any axis. transformers 5.x starts it one past the video's largest *row/column* only,
 ignoring time: on a 20 s clip at 2 fps (20 temporal grids 2 positions apart, 7x13 merged patches) the video spans
 39 positions in time but 13 in width, so the prompt's closing tokens and every generated token sit 26 positions
-early, where the model never saw them in training — and ``generate``'s next positions (last + 1) no longer agree with the model's
-own ``rope_deltas`` (largest + 1 - length).
+early, where the model never saw them in training — and ``generate``'s next positions (last + 1) no longer agree
+with the model's own ``rope_deltas`` (largest + 1 - length).
 
 :func:`qwen2_5_vl_rope_index` is the original rule; :func:`use_trained_rope_index` installs it on a loaded model, so
 that ``generate``, a plain forward (training) and the static engine all place tokens as in training. Temporal
