@@ -276,11 +276,19 @@ def _missing_weights_message(model: str) -> str:
     return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
 
 
+def named_model_folder(model: str) -> str:
+    """``model``, or the packaged model's folder when it names it ("nano") and no local ./nano model folder exists."""
+    if model == NANO_MODEL and not (Path(model) / "config.json").exists():
+        return str(packaged_model_dir())
+    return model
+
+
 def resolve_model_source(model: str) -> tuple[str, bool]:
     """``(source, local_files_only)``; checks a local folder holds a model before loading it.
-    ``"nano"`` is the model shipped in the package (:func:`packaged_model_dir`)."""
-    if model == NANO_MODEL and not (Path(model) / "config.json").exists():  # a local ./nano model folder wins
-        model = str(packaged_model_dir())
+    ``"nano"`` is the model shipped in the package (:func:`named_model_folder`)."""
+    packaged = named_model_folder(model)
+    if packaged != model:
+        model = packaged
         if not (Path(model) / "model.safetensors").exists():
             raise MissingWeightsError(
                 f"the packaged nano model is missing from {model}: reinstall stvg-edge "

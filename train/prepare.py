@@ -101,11 +101,9 @@ def load_clip_processor(source: str | None) -> ClipProcessor:
         return ClipProcessor(build_processor(build_tokenizer()))
     from transformers import AutoProcessor
 
-    from stvgr1_edge.grounding import NANO_MODEL, packaged_model_dir
+    from stvgr1_edge.grounding import named_model_folder
 
-    if source == NANO_MODEL and not Path(source).exists():  # as for `run --model nano`: a local ./nano folder wins
-        source = str(packaged_model_dir())
-
+    source = named_model_folder(source)  # "nano", as `run --model nano` takes it
     try:
         return ClipProcessor(AutoProcessor.from_pretrained(source, local_files_only=True))
     except OSError as exc:

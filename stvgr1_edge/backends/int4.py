@@ -54,12 +54,9 @@ def dequantize_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
 def dequantize_packed_int4(
     packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """:func:`dequantize_int4` of :func:`pack_uint4x2` codes, cast to ``dtype``, in one pass: each element is the
-    same fp32 value rounded once. ``scales``/``zeros``: (out, in / group_size)."""
-    out_features = packed.shape[0]
-    codes = torch.stack([packed >> 4, packed & 0xF], dim=-1).view(out_features, scales.shape[1], group_size)
-    weight = (codes.to(torch.float32) - 8) * scales.float()[..., None] + zeros.float()[..., None]
-    return weight.to(dtype).view(out_features, -1)
+    """:func:`dequantize_int4` of :func:`pack_uint4x2` codes, cast to ``dtype`` (compiled, one pass: each element is
+    the same fp32 value rounded once). ``scales``/``zeros``: (out, in / group_size)."""
+    return dequantize_int4(unpack_uint4x2(packed), scales, zeros, group_size).to(dtype)
 
 
 _fused_dequantize: object = None
