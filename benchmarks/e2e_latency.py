@@ -62,21 +62,29 @@ KEPT = ("peak_rss_mb", "load_s", "first_run_s", "answer_text", "config")
 
 
 # ---------------------------------------------------------------------------------------------- models
-def build_model_folder(arch: str, layers: int, folder: Path) -> str:
+def build_model_folder(arch: str, layers: int, folder: Path, device: str = "cpu") -> str:
     """A checkpoint folder (``save_pretrained``) for ``arch``, or "nano" for the packaged model."""
     if arch == "nano":
         return "nano"
+    if (folder / "config.json").exists():
+        return str(folder)
+    import torch
+
     from stvgr1_edge.tiny import build_truncated_qwen2_5_vl
 
     if arch == "3b-truncated":
         model, processor = build_truncated_qwen2_5_vl("3b", layers=layers, vision_depth=layers)
-    else:  # full depth, random weights
+    else:  # full depth, random weights, bf16 as the hub's checkpoints; drawn on the device (minutes on a CPU)
         from stvgr1_edge.tiny import real_qwen2_5_vl_config
 
         depth = real_qwen2_5_vl_config(arch)
-        model, processor = build_truncated_qwen2_5_vl(
-            arch, layers=depth.text_config.num_hidden_layers, vision_depth=depth.vision_config.depth
-        )
+        with torch.device(device):
+            model, processor = build_truncated_qwen2_5_vl(
+                arch,
+                layers=depth.text_config.num_hidden_layers,
+                vision_depth=depth.vision_config.depth,
+                dtype=torch.bfloat16,
+            )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -114,7 +122,9 @@ def run_column(spec: dict) -> dict:
 
     return_large_buffers_to_os()  # as the CLI does with the classical tracker
     if spec["column"] == "full":
-        config = RunConfig(model=spec["model"], device=spec["device"], max_new_tokens=spec["max_new_tokens"])
+        config = RunConfig(
+            model=spec["model"], device=spec["device"], max_new_tokens=spec["max_new_tokens"], engine="hf"
+        )
     elif spec["column"] == "quantized":
         quantized = spec["llm"] == "int4"
         config = RunConfig(
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_video(clips[seconds], args.width, args.height, args.fps, seconds)
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         for arch in args.arch:
-            model = build_model_folder(arch, args.layers, work / f"model_{arch}")
+            model = build_model_folder(arch, args.layers, work / f"model_{arch}", device)
             bundle = work / f"bundle_{arch}"
             llm = args.llm if args.llm != "auto" else ("none" if arch == "nano" else "int4")
             lm_head = args.lm_head if args.lm_head != "auto" else ("fp" if arch == "nano" else "int8")

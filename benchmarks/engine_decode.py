@@ -47,6 +47,7 @@ CONFIGS = {
     "engine-int8": ("static", "fp32", "int8", "int8", 0),
     "engine-int4-g32": ("static", "fp32", "int4", "int4", 32),
     "engine-int4-g128": ("static", "fp32", "int4", "int4", 128),
+    "engine-int4-g128-bf16": ("static", "bf16", "int4", "int4", 128),
 }
 
 
@@ -61,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="engine configurations run eager")
     p.add_argument("--compile-processes", type=int, default=1, choices=[0, 1], help="measure compile in 2 processes")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, 128 + 16 tokens, 1 repeat")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the model, the cache and the timing)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--compile-probe", type=Path, default=None, help=argparse.SUPPRESS)  # the child process
     args = p.parse_args(argv)
@@ -72,17 +74,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def copy_bandwidth_gb_s(megabytes: int = 1024, repeats: int = 5) -> float:
-    """Best of ``repeats`` copies of a ``megabytes`` fp32 tensor: read + write = 2 * bytes moved."""
+def synchronize(device: str) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously: a clock read alone times the launch)."""
     import torch
 
-    src = torch.randn(megabytes * 2**20 // 4)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth_gb_s(device: str = "cpu", megabytes: int = 1024, repeats: int = 5) -> float:
+    """Best of ``repeats`` copies of a ``megabytes`` fp32 tensor on ``device``: read + write = 2 * bytes moved."""
+    import torch
+
+    src = torch.randn(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # touch the pages
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         dst.copy_(src)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * src.numel() * 4 / best / 1e9
 
@@ -133,6 +145,7 @@ def run_hf(model, inputs, new_tokens: int) -> tuple[list[int], float, float]:
         out = model.generate(
             **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock
         )
+    synchronize(str(out.device))
     end = time.perf_counter()
     return out[0, inputs["input_ids"].shape[1] :].tolist(), clock.first_s - start, end - clock.first_s
 
@@ -145,17 +158,20 @@ def first_logits_hf(model, inputs):
 
 
 def build_model(args, seed: int = 0):
+    import torch
+
     from stvgr1_edge.tiny import build_truncated_qwen2_5_vl
 
-    return build_truncated_qwen2_5_vl(args.arch, layers=args.layers, vision_depth=4, seed=seed)
+    with torch.device(args.device):  # drawn where it runs: a 7B-wide model's random init takes minutes on a CPU
+        return build_truncated_qwen2_5_vl(args.arch, layers=args.layers, vision_depth=4, seed=seed)
 
 
-def prompt_inputs(processor, length: int):
+def prompt_inputs(processor, length: int, device: str = "cpu"):
     import torch
 
     vocab = len(processor.tokenizer)
     ids = torch.randint(14, vocab, (1, length), generator=torch.Generator().manual_seed(0))  # no special tokens
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
 def variant(base, dtype: str, weights: str, lm_head: str, group: int):
@@ -188,6 +204,7 @@ def bench_config(label, spec, base, inputs, reference, args) -> dict:
             return run_hf(model, inputs, new)
 
         logits = first_logits_hf(model, inputs)
+        once()  # warm-up, as the engine's: CUDA's first bf16 generate took 4.1 s against 0.43 s after
         capacity = inputs["input_ids"].shape[1] + new // 2  # the dynamic cache's mean length over the decode
     else:
         engine = StaticEngine(model, EngineConfig(compile=not args.no_compile))
@@ -241,7 +258,7 @@ def compile_probe(args) -> None:
     from stvgr1_edge.backends.engine import EngineConfig, Sampling, StaticEngine
 
     base, processor = build_model(args)
-    inputs = prompt_inputs(processor, args.prompt_tokens)
+    inputs = prompt_inputs(processor, args.prompt_tokens, args.device)
     out = {}
     for label in ("engine-fp32", "engine-int8"):
         _, dtype, weights, lm_head, group = CONFIGS[label]
@@ -257,7 +274,7 @@ def compile_in_two_processes(args) -> dict:
         times = []
         for _ in range(2):
             out = Path(cache) / "probe.json"
-            cmd = [sys.executable, __file__, "--arch", args.arch, "--layers", str(args.layers)]
+            cmd = [sys.executable, __file__, "--arch", args.arch, "--layers", str(args.layers), "--device", args.device]
             cmd += ["--prompt-tokens", str(args.prompt_tokens), "--compile-probe", str(out)]
             subprocess.run(cmd, env=env, check=True)
             times.append(json.loads(out.read_text()))
@@ -272,23 +289,30 @@ def run(args) -> dict:
     import torch
     import transformers
 
-    bandwidth = copy_bandwidth_gb_s()
+    bandwidth = copy_bandwidth_gb_s(args.device)
     logger.info("copy bandwidth %.1f GB/s", bandwidth)
     base, processor = build_model(args)
-    inputs = prompt_inputs(processor, args.prompt_tokens)
+    inputs = prompt_inputs(processor, args.prompt_tokens, args.device)
     results: dict[str, dict] = {}
+    tokens: dict[str, list[int]] = {}
     reference = None
     for label in sorted(args.configs, key=lambda c: c != "hf-fp32"):  # HF fp32 first: the reference
         logger.info("%s ...", label)
         r = bench_config(label, CONFIGS[label], base, inputs, reference, args)
         if label == "hf-fp32":
             reference = {"tokens": r["_tokens"], "logits": r["_logits"]}
-        r.pop("_tokens"), r.pop("_logits")
+        tokens[label] = r.pop("_tokens")
+        r.pop("_logits")
         ceiling = bandwidth * 1e9 / r["bytes_per_token"]["total"]
         r["ceiling_tokens_per_s"] = round(ceiling, 2)
         r["percent_of_ceiling"] = round(100 * r["decode_tokens_per_s"] / ceiling, 1)
         results[label] = r
         logger.info("%s: %.2f tok/s (%.0f%% of ceiling)", label, r["decode_tokens_per_s"], r["percent_of_ceiling"])
+    for label, r in results.items():  # the engine against generate in its own dtype (random weights: bf16 and fp32
+        hf = f"hf-{r['dtype']}"  # tokens part within a few steps)
+        if r["decoder"] == "static" and r["weights"] == "fp" and hf in tokens:
+            same = sum(a == b for a, b in zip(tokens[label], tokens[hf])) / len(tokens[hf])
+            r["token_agreement_vs_hf_same_dtype"] = round(same, 4)
     speed = {k: v["decode_tokens_per_s"] for k, v in results.items()}
     targets = {}
     for dtype in ("fp32", "bf16"):
@@ -307,7 +331,7 @@ def run(args) -> dict:
         "new_tokens": args.new_tokens,
         "batch": 1,
         "repeats": args.repeats,
-        "device": f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(args.device),
         "copy_bandwidth_gb_s": round(bandwidth, 2),
         "configs": results,
         "targets": targets,
@@ -316,6 +340,14 @@ def run(args) -> dict:
     if args.compile_processes:
         result["compile_time_s"] = compile_in_two_processes(args)
     return result
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def plot(entry: dict, png: Path) -> None:
@@ -361,7 +393,8 @@ def main(argv=None) -> None:
 
     entry = run(args)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    key = f"{args.arch}-{args.layers}l-cpu-p{args.prompt_tokens}-n{args.new_tokens}" + ("-quick" if args.quick else "")
+    key = f"{args.arch}-{args.layers}l-{args.device.split(':')[0]}-p{args.prompt_tokens}-n{args.new_tokens}"
+    key += "-quick" if args.quick else ""
     results[key] = entry
     write_json_atomic(args.out, results, indent=2)
     plot(entry, args.out.with_suffix(".png"))

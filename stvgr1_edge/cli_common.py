@@ -105,7 +105,8 @@ MAX_NEW_TOKENS_OPTION = typer.Option(1024, "--max-new-tokens", min=1, help="Most
 ENGINE_OPTION = typer.Option(
     None,
     "--engine",
-    help="Decoder: hf (transformers generate) or static (static KV cache, compiled decode step) \\[default: hf].",
+    help="Decoder: hf (transformers generate) or static (static KV cache, compiled decode step) "
+    "\\[default: static on CUDA, hf on CPU].",
 )
 WEIGHTS_OPTION = typer.Option(
     None,

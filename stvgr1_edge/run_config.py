@@ -58,7 +58,8 @@ class RunConfig:
     max_new_tokens: int = 1024
     """Most tokens generated per query."""
     engine: Literal["hf", "static"] | None = None
-    """Decoder: "hf" (default: transformers' generate) or "static" (static KV cache, compiled decode step)."""
+    """Decoder: "hf" (transformers' generate) or "static" (static KV cache, compiled decode step); default
+    :func:`default_engine`'s."""
     weights: Literal["fp", "int8", "int4"] | None = None
     """The language model's linears, quantized weight-only at load: fp (default, as saved), int8 or int4."""
     lm_head: Literal["fp", "int8", "int4"] | None = None
@@ -91,6 +92,13 @@ class RunConfig:
 def _flag(name: str) -> str:
     """The `run`/`predict` option of a field (``every`` is ``--track-every``: ``--every`` is the window step)."""
     return "--track-every" if name == "every" else "--" + name.replace("_", "-")
+
+
+def default_engine(device: str, quant: str) -> Literal["hf", "static"]:
+    """The decoder when none is asked for: the static engine on CUDA (H200, Qwen2.5-VL-7B widths: 3.8x generate's
+    tokens/s in bf16, ``benchmarks/results/gpu_check/engine_decode.json``), generate on a CPU (there they are within
+    8% of each other and the engine's first run compiles) and for nf4 weights (which the engine does not run)."""
+    return "static" if device.startswith("cuda") and quant != "nf4" else "hf"
 
 
 def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> None:
@@ -175,7 +183,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
         grounder = bundle.grounder(
             max_new_tokens=config.max_new_tokens,
             dtype=dtype,
-            engine=config.engine or "hf",
+            engine=config.engine or default_engine(device, bundle.manifest["grounder"]["llm_quant"]),
             lm_head=config.lm_head or "fp",
             answer_template=config.answer_template,
         )
@@ -193,7 +201,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
                 dtype=dtype,
                 quant=config.quant or "none",
                 max_new_tokens=config.max_new_tokens,
-                engine=config.engine or "hf",
+                engine=config.engine or default_engine(device, config.quant or "none"),
                 weights=config.weights or "fp",
                 lm_head=config.lm_head or "fp",
                 answer_template=config.answer_template,

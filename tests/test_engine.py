@@ -244,6 +244,30 @@ def test_unknown_formats_and_nf4_with_the_static_engine_are_one_line_errors(tiny
 
 
 # ------------------------------------------------------------------------------------------ compile cache
+def test_a_step_that_fails_to_compile_decodes_eagerly_with_one_warning(tiny, clip, monkeypatch, caplog):
+    """Where the step cannot be compiled (a Jetson torch without Triton, a CPU without a C++ compiler) the engine
+    warns once and gives the eager loop's tokens; larger caches built later are not compiled again."""
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("Cannot find a working triton installation\nmore detail")
+
+        return compiled
+
+    inputs, mm = query_inputs(tiny, clip, PROMPTS[0])
+    expected = StaticEngine(tiny.model, EngineConfig(compile=False)).generate(inputs, mm, max_new_tokens=16).tokens
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    engine = StaticEngine(tiny.model, EngineConfig(compile=True, cache_block=16))
+    with caplog.at_level("WARNING", logger="stvgr1_edge.backends.engine"):
+        got = engine.generate(inputs, mm, max_new_tokens=16, sampling=Sampling())
+        capacity = engine.step.capacity
+        again = engine.generate(inputs, mm, max_new_tokens=capacity, min_new_tokens=capacity, sampling=Sampling())
+    assert got.tokens == expected and again.tokens[:16] == expected
+    assert engine.step.capacity > capacity  # a new, larger step: built eager, no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["decode step: compiling failed (Cannot find a working triton installation): decoding eagerly"]
+
+
 def test_compile_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("STVG_EDGE_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -320,19 +344,27 @@ def test_run_config_weight_formats_reach_the_grounder_and_conflicts_are_one_line
         assert "\n" not in str(info.value)
 
 
-def test_int4_cpu_prefill_takes_the_dense_path_with_the_kernels_values():
-    """Long inputs (a prefill) through the weight dequantized once: the int4 kernel's outputs to bf16 rounding."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_int4_prefill_takes_the_dense_path_with_the_kernels_values(monkeypatch, device):
+    """Long inputs (a prefill) through the weight dequantized once, short ones (decoding) through the int4 kernel
+    (torch's CPU kernel, tinygemm on CUDA): the same outputs to bf16 rounding."""
     from stvgr1_edge.backends import int4
     from stvgr1_edge.backends.int4 import quantize_weight_int4
 
-    linear = torch.nn.Linear(256, 64, bias=True)
+    linear = torch.nn.Linear(256, 64, bias=True).to(device)
     codes, scales, zeros = quantize_weight_int4(linear.weight, 32)
     layer = WeightOnlyInt4Linear(256, 64, codes, scales, zeros, linear.bias, 32, torch.bfloat16)
-    if layer.kernel != "cpu":
-        pytest.skip("torch's CPU int4 kernel is not available here")
-    x = torch.randn(int4.DENSE_FROM_ROWS, 256)
+    if layer.kernel != device:
+        pytest.skip(f"torch's {device} int4 kernel is not available here")
+    dequantized = []
+    monkeypatch.setattr(
+        int4, "dequantize_for_prefill", lambda *a: dequantized.append(1) or int4.dequantize_packed_int4(*a)
+    )
+    x = torch.randn(int4.DENSE_FROM_ROWS[device], 256, device=device)
     dense = layer(x)
+    assert len(dequantized) == 1
     rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 64)])  # one row at a time: the kernel
+    assert len(dequantized) == 1
     torch.testing.assert_close(dense[::64], rows, rtol=2e-2, atol=2e-2)
     reference = torch.nn.functional.linear(x, int4.dequantize_int4(codes, scales, zeros, 32), linear.bias)
     assert torch.nn.functional.cosine_similarity(dense.flatten(), reference.flatten(), dim=0) > 0.999

@@ -31,9 +31,10 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_results(tmp_path):
     assert [s["step"] for s in summary["steps"]] == [
         "doctor",
         "pytest_gpu",
-        "tracker_objects",
+        "int4_prefill_rows",
         "engine_decode",
         "e2e_latency",
+        "tracker_objects",
     ]
     assert summary["device"] == "cpu" and summary["all_passed"]
     e2e = json.loads((out / "e2e_latency.json").read_text())["nano-cpu"]

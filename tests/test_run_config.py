@@ -118,3 +118,12 @@ def test_result_config_records_what_ran(tmp_path):
     assert grounder["vision_encoder"] == "pytorch" and grounder["bundle"] is None
     assert tracker == {"name": "classical", "every": 2}
     assert cli["config"]["pipeline"]["time_only"] is False
+
+
+def test_default_engine_is_the_static_one_on_cuda_and_generate_elsewhere():
+    """What ``--engine`` defaults to follows the benchmarks (engine_decode.json per device): nf4 stays on generate,
+    which is the only decoder that runs it."""
+    from stvgr1_edge.run_config import default_engine
+
+    assert default_engine("cuda", "none") == default_engine("cuda:1", "int4") == "static"
+    assert default_engine("cpu", "none") == default_engine("cpu", "int4") == default_engine("cuda", "nf4") == "hf"

@@ -224,6 +224,7 @@ class StaticEngine:
         self.step: DecodeStep | None = None
         self._step_fn: Callable | None = None
         self._fresh = False  # the step was just built: its first call compiles it
+        self._compile_failed = False  # compiling failed here once: later steps are built eager
 
     # ---------------------------------------------------------------------------------------------- the cache
     def _prepare(self, needed: int) -> None:
@@ -234,7 +235,7 @@ class StaticEngine:
         self.step = None  # free the old cache first
         self.step = DecodeStep(self.model, -(-needed // block) * block)
         self._step_fn = self.step
-        if self.config.compile:
+        if self.config.compile and not self._compile_failed:
             cache_dir = use_compile_cache()
             mode = self.config.compile_mode or ("reduce-overhead" if self.device.type == "cuda" else None)
             self._step_fn = torch.compile(self.step, mode=mode, fullgraph=True, dynamic=False)
@@ -270,6 +271,19 @@ class StaticEngine:
             static.k[:, :, :length].copy_(layer.keys)
             static.v[:, :, :length].copy_(layer.values)
         return out.logits[:, -1].float(), rope_delta.to(self.device)
+
+    def _first_call(self, token: torch.Tensor, slot: torch.Tensor, rope_delta: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._step_fn(token, slot, rope_delta)  # type: ignore[misc]
+        except Exception as exc:
+            if self._step_fn is self.step:
+                raise
+            # e.g. a Jetson torch without Triton, or a CPU without a C++ compiler: the same static loop, eager
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("decode step: compiling failed (%s): decoding eagerly", reason)
+            assert self.step is not None
+            self._step_fn, self._compile_failed = self.step, True
+            return self.step(token, slot, rope_delta)
 
     # ---------------------------------------------------------------------------------------------- the loop
     @torch.no_grad()
@@ -321,12 +335,14 @@ class StaticEngine:
         cuda_graphs = self.config.compile and self.device.type == "cuda"
         while not finished(tokens):
             step_start = time.perf_counter()
-            if cuda_graphs:  # the previous step's output buffer may be reused from here on
+            if cuda_graphs and self._step_fn is not self.step:  # the last step's output buffer is reused from here
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = self._step_fn(token, slot, rope_delta).float()  # type: ignore[misc]
-            tokens.append(choose(logits, tokens))
-            if self._fresh:
+            if self._fresh:  # compiles, or loads the compiled step from the cache
+                logits = self._first_call(token, slot, rope_delta)
                 compile_s, self._fresh = time.perf_counter() - step_start, False
+            else:
+                logits = self._step_fn(token, slot, rope_delta)  # type: ignore[misc]
+            tokens.append(choose(logits.float(), tokens))
             token.fill_(tokens[-1])
             slot += 1
         end = time.perf_counter()

@@ -60,7 +60,7 @@ def dequantize_packed_int4(
 
 
 _fused_dequantize: object = None
-"""CPU: :func:`dequantize_packed_int4` compiled by inductor into one loop (2048 x 11008: 120 -> 21 ms on 2 cores; in
+""":func:`dequantize_packed_int4` compiled by inductor into one loop (CPU, 2048 x 11008: 120 -> 21 ms on 2 cores; in
 eager every step writes a full fp32 temporary), built on first use; False once compiling failed here."""
 
 
@@ -187,11 +187,13 @@ def can_quantize(linear: nn.Linear, group_size: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- the module
-DENSE_FROM_ROWS = 512
-"""CPU: inputs of this many rows (a prefill) go through one dense matmul over the weight dequantized once instead of
-torch's int4 kernel, whose cost grows by one dequantization per row (2048 -> 11008, bf16, 2 cores: 0.25 ms a row;
-dequantizing once takes 21 ms fused (:func:`dequantize_for_prefill`), then the bf16 matmul 22 ms per 1000 rows).
-Decoding (one row) stays on the int4 kernel."""
+DENSE_FROM_ROWS = {"cpu": 128, "cuda": 64}
+"""Per kernel: inputs of this many rows (a prefill) go through one dense matmul over the weight dequantized once
+(:func:`dequantize_for_prefill`) instead of the int4 kernel, whose cost grows with every row. Where the two cross
+(``benchmarks/int4_prefill_rows.py``, a 7B MLP matrix in bf16): 2 CPU cores, ~128 rows (4 MB of codes dequantize in
+~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 rows (tinygemm 0.33 ms at 64 rows and 19 ms at 4096,
+dense 0.25 and 0.9 ms). Decoding (one row) stays on the int4 kernel. Costs the codes a second time (half a byte per
+weight, where the kernel's weights are)."""
 
 
 class WeightOnlyInt4Linear(nn.Module):
@@ -247,10 +249,11 @@ class WeightOnlyInt4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         # Export keeps the codes (half a byte per weight, outside the state dict) for saving them: reading them back
         # out of a kernel layout costs a (in x in) @ (in x out) int4 matmul per layer, hours for a 3B model on a CPU.
-        # The CPU kernel keeps them too, for prefill: it dequantizes the weight once per input row, so a long
-        # prompt is far cheaper as one dense matmul over the weight dequantized once (see :data:`DENSE_FROM_ROWS`).
-        keep = keep_codes or self.kernel == "cpu"
-        self._kept_codes = pack_uint4x2(codes).cpu() if keep else None
+        # The CPU and CUDA kernels keep them too (where the weight is), for prefill: their cost grows with the input
+        # rows, so a long prompt is far cheaper as one dense matmul over the weight dequantized once
+        # (:data:`DENSE_FROM_ROWS`).
+        keep = keep_codes or self.kernel in DENSE_FROM_ROWS
+        self._kept_codes = pack_uint4x2(codes).to(device if self.kernel in DENSE_FROM_ROWS else "cpu") if keep else None
 
     def _mm(self, x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
         if self.kernel == "cuda":
@@ -264,7 +267,8 @@ class WeightOnlyInt4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
-        if self.kernel == "cpu" and flat.shape[0] >= DENSE_FROM_ROWS and self._kept_codes is not None:
+        dense_from = DENSE_FROM_ROWS.get(self.kernel)
+        if dense_from is not None and flat.shape[0] >= dense_from and self._kept_codes is not None:
             scales, zeros = self.scales_and_zeros[..., 0].t(), self.scales_and_zeros[..., 1].t()
             dense = dequantize_for_prefill(self._kept_codes, scales, zeros, self.group_size, flat.dtype)
             out = nn.functional.linear(flat, dense)
