@@ -190,10 +190,10 @@ def can_quantize(linear: nn.Linear, group_size: int) -> bool:
 DENSE_FROM_ROWS = {"cpu": 128, "cuda": 64}
 """Per kernel: inputs of this many rows (a prefill) go through one dense matmul over the weight dequantized once
 (:func:`dequantize_for_prefill`) instead of the int4 kernel, whose cost grows with every row. Where the two cross
-(``benchmarks/int4_prefill_rows.py``, a 7B MLP matrix in bf16): 2 CPU cores, ~128 rows (4 MB of codes dequantize in
-~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 rows (tinygemm 0.33 ms at 64 rows and 19 ms at 4096,
-dense 0.25 and 0.9 ms). Decoding (one row) stays on the int4 kernel. Costs the codes a second time (half a byte per
-weight, where the kernel's weights are)."""
+(``benchmarks/int4_prefill_rows.py``, a 7B MLP matrix in bf16): 2 CPU cores, ~128 rows (its 34 MB of codes
+dequantize in ~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 rows (tinygemm 0.33 ms at 64 rows and
+19 ms at 4096, dense 0.25 and 0.9 ms). Decoding (one row) stays on the int4 kernel. Costs the codes a second time
+(half a byte per weight, where the kernel's weights are)."""
 
 
 class WeightOnlyInt4Linear(nn.Module):
