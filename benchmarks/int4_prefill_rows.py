@@ -19,57 +19,53 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from engine_decode import device_name, synchronize  # noqa: E402
 
 SHAPES = {"mlp up (3584 -> 18944)": (3584, 18944), "mlp down (18944 -> 3584)": (18944, 3584)}
 
 
 def best_ms(fn, device: str, repeats: int) -> float:
-    import torch
-
     fn()  # warm-up (compiles the fused dequantization once)
     best = float("inf")
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best * 1e3
 
 
 def measure(device: str, rows: list[int], repeats: int) -> dict:
+    """Both paths of ``WeightOnlyInt4Linear.forward`` at every row count, chosen by moving its switch."""
     import torch
 
-    from stvgr1_edge.backends.int4 import (
-        WeightOnlyInt4Linear,
-        dequantize_for_prefill,
-        quantize_weight_int4,
-    )
+    from stvgr1_edge.backends import int4
 
     out: dict = {"shapes": {}}
     for name, (in_features, out_features) in SHAPES.items():
         torch.manual_seed(0)
         weight = torch.randn(out_features, in_features, device=device) * 0.02
-        codes, scales, zeros = quantize_weight_int4(weight, 128)
-        layer = WeightOnlyInt4Linear(in_features, out_features, codes, scales, zeros, None, 128, torch.bfloat16)
-        sz = layer.scales_and_zeros
-        scales_t, zeros_t = sz[..., 0].t(), sz[..., 1].t()
-        kept = layer._kept_codes
+        codes, scales, zeros = int4.quantize_weight_int4(weight, 128)
+        layer = int4.WeightOnlyInt4Linear(in_features, out_features, codes, scales, zeros, None, 128, torch.bfloat16)
+        switch = int4.DENSE_FROM_ROWS.get(layer.kernel)
         points = []
         for m in rows:
             x = torch.randn(m, in_features, device=device, dtype=torch.bfloat16)
-            kernel_ms = best_ms(lambda: layer._mm(x, layer.weight, sz), device, repeats)
-            dense_ms = best_ms(
-                lambda: torch.nn.functional.linear(
-                    x, dequantize_for_prefill(kept, scales_t, zeros_t, 128, torch.bfloat16)
-                ),
-                device,
-                repeats,
-            )
-            points.append({"rows": m, "kernel_ms": round(kernel_ms, 4), "dense_ms": round(dense_ms, 4)})
-            print(f"{name} rows {m}: kernel {kernel_ms:.3f} ms, dequantize + dense {dense_ms:.3f} ms", flush=True)
+            timed = {}
+            for path, from_rows in (("kernel", m + 1), ("dense", 1)):
+                int4.DENSE_FROM_ROWS[layer.kernel] = from_rows
+                try:
+                    timed[path] = best_ms(lambda: layer(x), device, repeats)
+                finally:
+                    if switch is None:
+                        int4.DENSE_FROM_ROWS.pop(layer.kernel)
+                    else:
+                        int4.DENSE_FROM_ROWS[layer.kernel] = switch
+            points.append({"rows": m, "kernel_ms": round(timed["kernel"], 4), "dense_ms": round(timed["dense"], 4)})
+            print(f"{name} rows {m}: kernel {timed['kernel']:.3f} ms, dequantize + dense {timed['dense']:.3f} ms")
         out["shapes"][name] = {"kernel": layer.kernel, "points": points}
     return out
 
@@ -121,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from stvgr1_edge.errors import write_json_atomic
 
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    key = f"{name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    key = f"{device_name(args.device)}, torch {torch.__version__}"
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results[key] = measure(args.device, args.rows, args.repeats)
     write_json_atomic(args.out, results, indent=1)

@@ -231,8 +231,9 @@ class WeightOnlyInt4Linear(nn.Module):
             # tinygemm computes in bf16; the CPU kernel is vectorised for bf16 activations only (with fp32 ones a
             # 3B-wide decode step took ~10x longer than the fp32 model's own)
             compute_dtype = torch.bfloat16
+        two_per_byte = pack_uint4x2(codes).contiguous()  # the portable form: tinygemm's input, and what is kept
         if self.kernel == "cuda":
-            packed = torch.ops.aten._convert_weight_to_int4pack(pack_uint4x2(codes).contiguous(), self.inner_k_tiles)
+            packed = torch.ops.aten._convert_weight_to_int4pack(two_per_byte, self.inner_k_tiles)
         elif self.kernel == "cpu":  # rows pack independently: int32 copies of a block at a time
             packed = torch.cat(
                 [
@@ -243,7 +244,7 @@ class WeightOnlyInt4Linear(nn.Module):
                 ]
             )
         else:
-            packed = pack_uint4x2(codes).contiguous()
+            packed = two_per_byte
         self.register_buffer("weight", packed)
         self.register_buffer("scales_and_zeros", pack_scales_and_zeros(scales, zeros, compute_dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
@@ -252,8 +253,10 @@ class WeightOnlyInt4Linear(nn.Module):
         # The CPU and CUDA kernels keep them too (where the weight is), for prefill: their cost grows with the input
         # rows, so a long prompt is far cheaper as one dense matmul over the weight dequantized once
         # (:data:`DENSE_FROM_ROWS`).
-        keep = keep_codes or self.kernel in DENSE_FROM_ROWS
-        self._kept_codes = pack_uint4x2(codes).to(device if self.kernel in DENSE_FROM_ROWS else "cpu") if keep else None
+        if self.kernel in DENSE_FROM_ROWS:
+            self._kept_codes: torch.Tensor | None = two_per_byte
+        else:
+            self._kept_codes = two_per_byte.cpu() if keep_codes else None
 
     def _mm(self, x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
         if self.kernel == "cuda":
