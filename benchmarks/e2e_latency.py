@@ -4,11 +4,13 @@ One clip, one query, the same tracker, up to three columns measured in one run (
 
 * **full**: the checkpoint as saved (fp32 on CPU, bf16 on CUDA), its PyTorch vision tower and transformers'
   ``generate`` — what a user of the reference code runs;
-* **optimized**: ``stvg-edge export --llm int4`` (ONNX vision encoder, TensorRT where installed; int4 weight-only
-  decoder layers), run on the static engine (``--engine static``, compiled) with the output projection in
-  ``--lm-head`` format (int8: an fp32 head is most of what a 3B-wide decode step reads). The nano model keeps its
-  weights (``--llm none``, fp head): its 4.7 M parameters make decoding overhead-bound, so quantizing it would only
-  change its answers, and the static engine's greedy tokens are ``generate``'s;
+* **optimized**: ``stvg-edge export --llm int4 --vision-dtype V`` (ONNX vision encoder: int8 on a CPU, whose
+  integer units run it twice as fast as fp32; TensorRT where installed; int4 weight-only decoder layers), run on the
+  static engine (``--engine static``, compiled) with the output projection in ``--lm-head`` format (int4: the head
+  is half of what a 3B-wide decode step reads) and bf16 around the int4 layers (``--dtype bf16``, as the int4
+  kernels compute). The nano model keeps its weights (``--llm none``, fp head): its 4.7 M parameters make decoding
+  overhead-bound, so quantizing it (or its vision graph) would only change its answers, and the static engine's
+  greedy tokens are ``generate``'s;
 * **quantized**: no export: the checkpoint with its language model quantized at load (``--weights int4 --lm-head
   int4``, searched rounding, as the bundle's) and bf16 compute (``--dtype bf16``: the PyTorch vision tower and the
   prefill run on bf16 matrix units, which an fp32 ONNX graph cannot use on a CPU), on the static engine. The nano
@@ -90,12 +92,14 @@ def build_model_folder(arch: str, layers: int, folder: Path, device: str = "cpu"
     return str(folder)
 
 
-def export_bundle_folder(model: str, out: Path, device: str, llm: str) -> dict:
-    """``stvg-edge export --model MODEL --out OUT --llm LLM`` (TensorRT vision where it is installed)."""
+def export_bundle_folder(model: str, out: Path, device: str, llm: str, vision_dtype: str) -> dict:
+    """``stvg-edge export --model MODEL --out OUT --llm LLM --vision-dtype V`` (TensorRT vision where it is
+    installed)."""
     from stvgr1_edge.grounding import packaged_model_dir
 
     source = str(packaged_model_dir()) if model == "nano" else model
     command = [sys.executable, "-m", "stvgr1_edge", "export", "--model", source, "--out", str(out), "--llm", llm]
+    command += ["--vision-dtype", vision_dtype]
     if device.startswith("cuda"):
         command += ["--device", device]
         try:
@@ -143,6 +147,7 @@ def run_column(spec: dict) -> dict:
             max_new_tokens=spec["max_new_tokens"],
             engine="static",
             lm_head=spec["lm_head"],
+            dtype="bf16" if spec["llm"] == "int4" else None,
         )
     # free decoding in both columns, as the reference decodes: every answer is --max-new-tokens long
     config = RunConfig(**{**config.__dict__, "tracker": "classical", "every": spec["every"], "answer_template": False})
@@ -267,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lm-head", default="auto", choices=["auto", "fp", "int8", "int4"], help="optimized head (auto: fp for nano)"
     )
+    parser.add_argument(
+        "--vision-dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "int8"],
+        help="optimized bundle's vision graph (auto: int8 with an int4 LLM on a CPU, else fp32)",
+    )
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=COLUMNS, help="full is always run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workdir", type=Path, default=None, help="keep models, bundles and clips here")
@@ -295,8 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model_folder(arch, args.layers, work / f"model_{arch}", device)
             bundle = work / f"bundle_{arch}"
             llm = args.llm if args.llm != "auto" else ("none" if arch == "nano" else "int4")
-            lm_head = args.lm_head if args.lm_head != "auto" else ("fp" if arch == "nano" else "int8")
-            export = export_bundle_folder(model, bundle, device, llm) if "optimized" in args.columns else None
+            lm_head = args.lm_head if args.lm_head != "auto" else ("fp" if arch == "nano" else "int4")
+            quantized_cpu = device == "cpu" and llm == "int4"  # the nano model stays as trained (see the module doc)
+            vision_dtype = args.vision_dtype if args.vision_dtype != "auto" else ("int8" if quantized_cpu else "fp32")
+            export = (
+                export_bundle_folder(model, bundle, device, llm, vision_dtype) if "optimized" in args.columns else None
+            )
             if export is not None:
                 logger.info("%s: exported in %.0f s", arch, export["wall_s"])
             rows = []
@@ -355,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tracker": f"classical, every {args.every}",
                 "max_new_tokens": args.max_new_tokens,
                 "runs": args.runs,
-                "optimized": f"bundle (ONNX vision, LLM {llm}), static engine, lm_head {lm_head}",
+                "optimized": f"bundle (ONNX vision {vision_dtype}, LLM {llm}), static engine, lm_head {lm_head}"
+                + (", bf16" if llm == "int4" else ""),
                 "quantized": "weights int4, lm_head int4, bf16, static engine" if llm == "int4" else "static engine",
                 "export": export,
                 "rows": rows,

@@ -26,6 +26,7 @@ import torch
 
 from stvgr1_edge.bundle import BUNDLE_FORMAT, MANIFEST, bundle_file_digests
 from stvgr1_edge.errors import BadInputError, atomic_output_dir, write_json_atomic
+from stvgr1_edge_export.vision_onnx import VISION_EXPORT_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ class BundleOptions:
     """Bundle folder to create (replaced if it already holds a bundle)."""
     vision: Literal["onnx", "trt"] = "onnx"
     """"onnx": vision_encoder.onnx; "trt": also a TensorRT engine built from it (needs NVIDIA's tensorrt)."""
-    vision_dtype: Literal["fp32", "fp16"] = "fp32"
-    """Weights/compute dtype of the exported vision graph (fp16 keeps norms, rotary and softmax in fp32)."""
+    vision_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    """Weights/compute dtype of the exported vision graph (fp16 keeps norms, rotary and softmax in fp32; int8: linear
+    layers on integer units, for CPUs)."""
     tracker: Literal["none", "onnx", "trt"] = "none"
     """"onnx": SAM2/EdgeTAM graphs; "trt": the same graphs, run through onnxruntime's TensorRT EP (needs tensorrt)."""
     tracker_model: str | None = None
@@ -173,8 +175,15 @@ def export_bundle(options: BundleOptions, on_stage: Callable[[str], None] | None
 
     stage = on_stage or (lambda _s: None)
     out = _prepare_out(Path(options.out))
-    if options.vision not in ("onnx", "trt") or options.vision_dtype not in ("fp32", "fp16"):
-        raise BadInputError(f"--vision {options.vision} --vision-dtype {options.vision_dtype}: use onnx|trt, fp32|fp16")
+    if options.vision not in ("onnx", "trt") or options.vision_dtype not in VISION_EXPORT_DTYPES:
+        raise BadInputError(
+            f"--vision {options.vision} --vision-dtype {options.vision_dtype}: use onnx|trt, fp32|fp16|int8"
+        )
+    if options.vision == "trt" and options.vision_dtype == "int8":
+        raise BadInputError(
+            "--vision-dtype int8 is onnxruntime's CPU graph, not one TensorRT builds: use --vision-dtype fp16 with "
+            "--vision trt, or --vision onnx"
+        )
     if options.tracker not in ("none", "onnx", "trt") or options.llm not in ("none", "nf4", "int4"):
         raise BadInputError(f"--tracker {options.tracker} --llm {options.llm}: use none|onnx|trt and none|nf4|int4")
     if options.tracker != "none" and not options.tracker_model:

@@ -15,7 +15,9 @@ def export(
     model: str = typer.Option(..., "--model", help="Qwen2.5-VL checkpoint: hub ID or local folder."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write (built next to it, renamed at the end)."),
     vision: str = typer.Option("onnx", "--vision", help="onnx, or trt (also a TensorRT engine; needs tensorrt)."),
-    vision_dtype: str = typer.Option("fp32", "--vision-dtype", help="fp32 or fp16 vision graph."),
+    vision_dtype: str = typer.Option(
+        "fp32", "--vision-dtype", help="fp32, fp16 (GPUs) or int8 (CPUs: linear layers on integer units) vision graph."
+    ),
     tracker: str = typer.Option(
         "none",
         "--tracker",

@@ -13,6 +13,11 @@ attention computed, and the valid rows scattered back. That equals the stock per
 fp16 graphs keep the numerically sensitive parts in fp32: the residual stream, RMSNorm, rotary, the attention
 softmax. Only the linear layers and the two attention matmuls run in fp16 (their inputs cast down, outputs cast up).
 
+int8 graphs (for CPUs) are the fp32 graph with every linear layer's weights quantized per output channel to int8
+and its input quantized per call (onnxruntime's dynamic quantization, ``MatMulInteger``: integer dot products on
+VNNI/AMX units); attention, norms and the residual stream stay fp32. On 2 Sapphire Rapids cores, a 3B-wide tower
+over a 20 s clip's 8,960 patches took 4.6 s in int8 against 9.6 s in fp32 (output cosine 0.998, random weights).
+
 The graph inputs (the pixels and the grid-dependent tensors) are listed in :mod:`stvgr1_edge.backends.onnx_vision`,
 which computes them and runs the graph.
 
@@ -191,15 +196,19 @@ def external_data_path(onnx_path: str | os.PathLike) -> Path:
     return onnx_path.with_name(onnx_path.name + ".data")
 
 
+VISION_EXPORT_DTYPES = ("fp32", "fp16", "int8")
+"""Weight formats of the exported vision graph (``stvg-edge export --vision-dtype``)."""
+
+
 def _tower_bytes(tower: nn.Module, dtype: str) -> int:
-    bytes_per_weight = 4 if dtype == "fp32" else 2
+    bytes_per_weight = {"fp32": 4, "fp16": 2, "int8": 1}[dtype]
     return sum(p.numel() for p in tower.parameters()) * bytes_per_weight
 
 
 def export_vision_encoder(
     model,
     out_path: str | os.PathLike,
-    dtype: Literal["fp32", "fp16"] = "fp32",
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32",
     example_grid_thw: Sequence[int] = (2, 16, 20),
     external_data: bool | None = None,
 ) -> Path:
@@ -213,16 +222,23 @@ def export_vision_encoder(
     ``external_data``: write the weights to :func:`external_data_path` next to the graph (one side file) instead
     of inside it; ``None`` (default) does so when the weights exceed :data:`EXTERNAL_DATA_THRESHOLD_BYTES`.
     Load such a graph by path (``onnx.checker.check_model(path)``, ``onnxruntime.InferenceSession(path)``).
+
+    ``dtype="int8"`` traces the fp32 graph, then quantizes its linear layers (see the module doc; needs
+    onnxruntime at export time).
     """
 
     require("onnx", "export", "ONNX export")
     import onnx
 
+    if dtype not in VISION_EXPORT_DTYPES:
+        raise BadInputError(f"unknown vision export dtype {dtype!r}: use one of {', '.join(VISION_EXPORT_DTYPES)}")
+    if dtype == "int8":
+        require("onnxruntime", "export", "int8 vision export")
     tower = _vision_tower(model)
     config = tower.config
     if external_data is None:
         external_data = _tower_bytes(tower, dtype) > EXTERNAL_DATA_THRESHOLD_BYTES
-    graph = vision_encoder_graph(tower, dtype)
+    graph = vision_encoder_graph(tower, "fp16" if dtype == "fp16" else "fp32")
     device = next(graph.parameters()).device
     example = tuple(t.to(device) for t in _example_inputs(config, example_grid_thw))
     dynamic_axes = {
@@ -263,7 +279,9 @@ def export_vision_encoder(
         dtype_meta = proto.metadata_props.add()
         dtype_meta.key, dtype_meta.value = "weights_dtype", dtype
         final = Path(scratch) / out_path.name
-        if external_data:
+        if dtype == "int8":
+            _quantize_linears_int8(proto, Path(scratch), final, external_data)
+        elif external_data:
             onnx.save_model(
                 proto,
                 str(final),
@@ -272,9 +290,11 @@ def export_vision_encoder(
                 location=data_path.name,
                 size_threshold=1024,
             )
-            os.replace(Path(scratch) / data_path.name, data_path)
         else:
             onnx.save(proto, str(final))
+        if external_data:
+            os.replace(Path(scratch) / data_path.name, data_path)
+        else:
             data_path.unlink(missing_ok=True)
         os.replace(final, out_path)
     logger.info(
@@ -285,3 +305,42 @@ def export_vision_encoder(
         out_path,
     )
     return out_path
+
+
+def _quantize_linears_int8(proto, scratch: Path, final: Path, external_data: bool) -> None:
+    """Write ``proto`` (the fp32 graph) to ``final`` with its linear layers (``Gemm``, and ``MatMul`` by a weight)
+    int8 weight-quantized per output channel, inputs quantized per call; ``final``'s weights go to
+    :func:`external_data_path` when ``external_data``. The quantizer keeps the graph's metadata (the vision config
+    the runtime reads)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = scratch / "fp32.onnx"
+    # the quantizer reads a path; a graph over protobuf's 2 GB goes through an external data file
+    onnx.save_model(proto, str(fp32), save_as_external_data=True, location="fp32.onnx.data", size_threshold=1024)
+    # the quantizer advises (on the root logger) its shape-inference pre-pass, which only matters for the op types
+    # it cannot see the shapes of; ours are Gemm/MatMul by constant weights, so the advice is dropped
+    advice = _DropMessage("Please consider to run pre-processing")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(
+            fp32,
+            final,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=external_data,
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)

@@ -87,6 +87,12 @@ class Bundle:
 
         info = self.manifest["grounder"]
         check_vision_runtime(info["vision"], self.device, f"bundle {self.root}")  # fail before loading anything
+        if info["vision"].get("dtype") == "int8" and str(self.device).startswith("cuda"):
+            logger.warning(
+                "bundle %s has an int8 vision graph, made for CPUs: on CUDA its integer matmuls fall back to the "
+                "CPU (export with --vision-dtype fp16 for a GPU)",
+                self.root,
+            )
         llm_dir = self.root / info["llm"]
         quant = info["llm_quant"]
         if quant not in LLM_QUANTS:

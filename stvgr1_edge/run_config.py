@@ -6,7 +6,7 @@ bundle), which tracker (or tracks computed earlier), and what the pipeline does 
 option would otherwise be ignored silently (one line, :class:`~stvgr1_edge.errors.BadInputError`, exit 2 in the CLI):
 
 - ``bundle`` with ``model`` or ``quant`` (the bundle brings its own language model, in its own format);
-- ``bundle`` with ``dtype`` when its language model is int4 or nf4 (the kernels fix the compute dtype);
+- ``bundle`` with ``dtype`` when its language model is nf4 (bitsandbytes fixed the compute dtype at export);
 - ``tracks`` with any tracker option (``tracker``, ``tracker_model``, ``detector``, ``every``,
   ``keyframe_interval``): the tracks are replayed, nothing is tracked;
 - a bundle with an exported tracker together with ``tracker``/``tracker_model``;
@@ -139,9 +139,9 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
             raise BadInputError(
                 "the bundle's language model is nf4 (bitsandbytes), which --engine static does not run: use --engine hf"
             )
-        if config.dtype is not None and quant in ("int4", "nf4"):
+        if config.dtype is not None and quant == "nf4":
             raise BadInputError(
-                f"the bundle's language model is {quant}, whose kernels fix the compute dtype: drop --dtype"
+                "the bundle's language model is nf4, whose compute dtype was fixed at export: drop --dtype"
             )
         exported = bundle_manifest.get("tracker")
         tracker_flags = [_flag(n) for n in ("tracker", "tracker_model") if getattr(config, n) is not None]

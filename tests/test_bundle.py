@@ -262,6 +262,28 @@ def test_export_refuses_a_non_bundle_out_folder_and_trt_without_tensorrt(model_d
         assert not (tmp_path / "t").exists()
 
 
+def test_cpu_bundle_int8_vision_int4_llm_runs_in_bf16_and_records_both(model_dir, video_and_query, tmp_path, capsys):
+    """The CPU bundle: an int8 vision graph (recorded with its parity: close, not equal) and an int4 language model,
+    run with ``--dtype bf16`` (what surrounds the int4 layers on bf16 units); an int8 graph is not one TensorRT
+    builds, so ``--vision trt`` with it is refused in one line."""
+    folder = tmp_path / "cpu_bundle"
+    export = ["export", "--model", str(model_dir), "--llm", "int4", "--vision-dtype", "int8"]
+    assert main([*export, "--out", str(folder)]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["grounder"]["vision"]["dtype"] == "int8"
+    assert 0.99 < manifest["parity"]["vision"]["cosine"] < 1.0 - 1e-7
+    video, query = video_and_query
+    result = _run([str(video), query, "--bundle", str(folder), "--dtype", "bf16"], tmp_path / "bf16.json")
+    grounder = result["config"]["grounder"]
+    assert (grounder["quant"], grounder["dtype"], grounder["vision_encoder"]) == ("int4", "bfloat16", "onnx")
+    assert result["queries"][0]["num_generated_tokens"] > 0
+    capsys.readouterr()
+    assert main([*export, "--out", str(tmp_path / "trt"), "--vision", "trt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--vision-dtype int8" in err and "fp16" in err
+    assert not (tmp_path / "trt").exists()
+
+
 def test_export_with_gptq_calibration_records_it_and_picks_other_int4_weights(
     bundles, model_dir, video_and_query, tmp_path, capsys
 ):

@@ -272,6 +272,27 @@ def test_save_load_round_trip_gives_identical_outputs(quantized, prompt_ids, tmp
     assert torch.equal(loaded.generate(input_ids=prompt_ids, **greedy), model.generate(input_ids=prompt_ids, **greedy))
 
 
+def test_load_in_bf16_casts_what_surrounds_the_int4_layers_and_keeps_their_kernels(quantized, prompt_ids, tmp_path):
+    """``load_int4(dtype=bf16)``: embeddings, norms and attention weights in bf16, the int4 layers' buffers as packed,
+    the rotary tables fp32; the logits stay close to the fp32 load's (same codes, bf16 around them)."""
+    _, model, names = quantized
+    folder = save_int4(model, tmp_path / "int4_bf16")
+    as_saved, bf16 = load_int4(folder), load_int4(folder, dtype=torch.bfloat16)
+    floating = [p for p in bf16.parameters() if p.is_floating_point()]
+    assert floating and all(p.dtype == torch.bfloat16 for p in floating)
+    assert all(p.dtype == torch.float32 for p in as_saved.parameters() if p.is_floating_point())
+    for name in names:
+        a, b = as_saved.get_submodule(name), bf16.get_submodule(name)
+        assert torch.equal(a.weight, b.weight) and a.scales_and_zeros.dtype == b.scales_and_zeros.dtype
+    assert bf16.model.language_model.rotary_emb.inv_freq.dtype == torch.float32
+    with torch.no_grad():
+        a, b = as_saved(input_ids=prompt_ids).logits, bf16(input_ids=prompt_ids).logits
+    assert (a.dtype, b.dtype) == (torch.float32, torch.bfloat16)
+    b = b.float()
+    assert not torch.equal(a, b)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
 def test_load_refuses_a_folder_without_int4_file(tmp_path):
     with pytest.raises(BadInputError, match="not found"):
         load_int4(tmp_path)

@@ -1,11 +1,13 @@
 """Vision encoder -> ONNX (dynamic patches) and the TensorRT builder's dependency handling.
 
 Tolerances: the PyTorch wrapper vs the stock tower < 1e-5 max abs; onnxruntime fp32 vs PyTorch < 1e-4 max abs;
-onnxruntime fp16 vs PyTorch fp32 cosine > 0.999 (tiny random model, outputs of magnitude ~0.1).
+onnxruntime fp16 vs PyTorch fp32 cosine > 0.999; int8 (dynamic quantization) vs PyTorch fp32 cosine > 0.99 (tiny
+random model, outputs of magnitude ~0.1).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -41,7 +43,7 @@ def onnx_paths(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("vision_onnx")
     return {
         dtype: export_vision_encoder(tiny_model, folder / f"vision_{dtype}.onnx", dtype=dtype)
-        for dtype in ("fp32", "fp16")
+        for dtype in ("fp32", "fp16", "int8")
     }
 
 
@@ -109,14 +111,35 @@ def test_onnx_fp32_matches_pytorch_on_three_grids(tiny_model, onnx_paths):
         assert (tokens - _stock(tiny_model, pixels, [grid])).abs().max().item() < 1e-4, grid
 
 
-def test_onnx_fp16_matches_pytorch_on_three_grids(tiny_model, onnx_paths):
-    encoder = OnnxVisionEncoder(onnx_paths["fp16"])
-    for grid in GRIDS:
+def _cosines_to_stock(tiny_model, onnx_path, grids=GRIDS) -> list[float]:
+    """Cosine of the graph's tokens to the stock tower's, per grid."""
+    encoder = OnnxVisionEncoder(onnx_path)
+    cosines = []
+    for grid in grids:
         pixels = _pixels(grid)
         tokens = encoder(pixels, torch.tensor([grid])).pooler_output[0]
         reference = _stock(tiny_model, pixels, [grid])
-        cosine = torch.nn.functional.cosine_similarity(tokens.flatten(), reference.flatten(), dim=0).item()
-        assert cosine > 0.999, grid
+        cosines.append(torch.nn.functional.cosine_similarity(tokens.flatten(), reference.flatten(), dim=0).item())
+    return cosines
+
+
+def test_onnx_fp16_matches_pytorch_on_three_grids(tiny_model, onnx_paths):
+    assert all(cosine > 0.999 for cosine in _cosines_to_stock(tiny_model, onnx_paths["fp16"]))
+
+
+def test_onnx_int8_runs_every_linear_on_integer_matmuls_close_to_pytorch(tiny_model, onnx_paths):
+    """int8: each of the tower's linear layers (patch embed, qkv/proj, MLP, merger) is one MatMulInteger over int8
+    weights, attention and norms stay fp32, the weights take a quarter of the fp32 graph's bytes, and the
+    tokens stay close to the stock tower's on every grid (not equal: they are quantized)."""
+    model = onnx.load(str(onnx_paths["int8"]))
+    ops = [n.op_type for n in model.graph.node]
+    tower = tiny_model.model.visual
+    linears = sum(isinstance(m, torch.nn.Linear) for m in tower.modules()) + 1  # + the patch embed's conv
+    assert ops.count("MatMulInteger") == linears and "Gemm" not in ops
+    assert "Softmax" in ops and ops.count("MatMul") == 2 * len(tower.blocks)  # q @ k, probs @ v, in fp32
+    assert METADATA_KEY in {p.key for p in model.metadata_props}
+    assert onnx_paths["int8"].stat().st_size < 0.5 * onnx_paths["fp32"].stat().st_size  # scales, graph: ~0.4 here
+    assert all(0.99 < cosine < 1.0 - 1e-7 for cosine in _cosines_to_stock(tiny_model, onnx_paths["int8"]))
 
 
 def test_fp16_graph_keeps_norms_and_softmax_in_fp32(onnx_paths):
@@ -171,6 +194,20 @@ def test_large_graphs_write_external_data_loaded_by_path(tiny_model, tmp_path, m
     assert (tokens - _stock(tiny_model, pixels, [grid])).abs().max().item() < 1e-4
     export_vision_encoder(tiny_model, path, external_data=False)  # forced inline: the stale side file goes
     assert not data.exists() and path.stat().st_size >= 0.9 * tower_bytes
+
+
+def test_int8_graph_with_external_data_keeps_its_weights_in_the_side_file(tiny_model, tmp_path):
+    from stvgr1_edge_export.vision_onnx import external_data_path
+
+    path = tmp_path / "vision.onnx"
+    export_vision_encoder(tiny_model, path, dtype="int8", external_data=True)
+    assert external_data_path(path).name == "vision.onnx.data"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["vision.onnx", "vision.onnx.data"]  # no scratch left
+    graph = onnx.load(str(path), load_external_data=False).graph
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and math.prod(t.dims) > 1024]
+    assert int8_weights and all(t.data_location == onnx.TensorProto.EXTERNAL for t in int8_weights)
+    onnx.checker.check_model(str(path))
+    assert _cosines_to_stock(tiny_model, path, GRIDS[:1])[0] > 0.99
 
 
 def test_runtime_session_options_and_side_inputs_cached_per_grid(onnx_paths):

@@ -189,6 +189,34 @@ def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
     assert any(k.startswith("model.visual.merger.") for k in changed)
 
 
+def test_frozen_tower_pretraining_trains_the_heads_only(tiny, tmp_path, monkeypatch):
+    """``--freeze-tower`` (the read-out baseline): the optimizer holds exactly the heads' weights, and the saved
+    model is the loaded one, weight for weight."""
+    import dataclasses
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import TokenProbe
+
+    optimized = []
+    adamw = torch.optim.AdamW
+
+    def recording_adamw(params, **kwargs):
+        optimized.extend(params)
+        return adamw(optimized, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording_adamw)
+    config = dataclasses.replace(CONFIG, train_tower=False)
+    report = pretrain_vision(tiny.folder, tmp_path / "frozen", config)
+    assert report["final"]["step"] == 6
+    hidden = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).config.text_config.hidden_size
+    heads = TokenProbe.build(hidden)
+    assert sorted(p.shape for p in optimized) == sorted(p.shape for p in heads.parameters())
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "frozen").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_event_weight_weighs_the_event_classes_against_none():
     import dataclasses
 

@@ -55,8 +55,9 @@ def test_bundle_manifest_conflicts_tracker_and_dtype():
         check_run_config(RunConfig(bundle="B", tracker_model="M"), _manifest("none", tracker=True))
     check_run_config(RunConfig(bundle="B", tracker="classical"), _manifest("none", tracker=False))  # no tracker in it
     check_run_config(RunConfig(bundle="B", detector="classical"), _manifest("none", tracker=True))  # feeds its tracker
-    with pytest.raises(BadInputError, match="int4.*--dtype"):
-        check_run_config(RunConfig(bundle="B", dtype="fp32"), _manifest("int4", tracker=False))
+    with pytest.raises(BadInputError, match="nf4.*--dtype"):
+        check_run_config(RunConfig(bundle="B", dtype="fp32"), _manifest("nf4", tracker=False))
+    check_run_config(RunConfig(bundle="B", dtype="bf16"), _manifest("int4", tracker=False))
     check_run_config(RunConfig(bundle="B", dtype="fp32"), _manifest("none", tracker=False))
 
 

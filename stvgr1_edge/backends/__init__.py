@@ -67,15 +67,15 @@ def load_vision_encoder(root: Path, vision: dict, device: str, providers: Sequen
 def load_language_model(
     folder: str | os.PathLike, quant: Literal["none", "int4", "nf4"], device: str, dtype: "torch.dtype | None" = None
 ):
-    """A Qwen2.5-VL model from ``folder`` in eval mode on ``device``: ``save_pretrained`` weights (``quant`` none,
-    in ``dtype``), an int4 folder or an NF4 folder."""
+    """A Qwen2.5-VL model from ``folder`` in eval mode on ``device``: ``save_pretrained`` weights (``quant`` none),
+    an int4 folder (its unquantized parts in ``dtype``) or an NF4 folder."""
     from ..safetensors_check import check_safetensors_weights
 
     check_safetensors_weights(folder)
     if quant == "int4":
         from .int4 import load_int4
 
-        return load_int4(folder, device=device)
+        return load_int4(folder, device=device, dtype=dtype)
     if quant == "nf4":
         from .nf4 import load_nf4
 

@@ -322,11 +322,16 @@ class Int4ModuleSpec:
     """Activation dtype of the kernel ("float32", "bfloat16", "float16"); CUDA packing always uses bf16."""
 
 
-def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_int4(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
     """Rebuild a model saved by :func:`save_int4` on ``device`` (int4 layers packed for its kernel), in eval mode.
 
     The model is built with empty (meta) parameters, then every tensor is assigned from the file, so nothing is
-    initialised twice and no full-precision copy of the quantized layers ever exists.
+    initialised twice and no full-precision copy of the quantized layers ever exists. ``dtype``: the compute dtype
+    of everything around the int4 layers (embeddings, norms, attention, an unquantized head; default: as saved). The
+    CPU and CUDA int4 kernels compute in bf16 whatever it is, so bf16 saves a cast around every quantized layer and
+    puts the rest on bf16 matrix units.
     """
     import transformers
     from accelerate import init_empty_weights
@@ -374,4 +379,10 @@ def load_int4(folder: str | os.PathLike, device: str | torch.device = "cpu") -> 
         module_name, _, attr = alias.rpartition(".")
         source_module, _, source_attr = source.rpartition(".")
         setattr(model.get_submodule(module_name), attr, getattr(model.get_submodule(source_module), source_attr))
+    if dtype is not None:
+        # parameters only: the int4 layers hold buffers, and the rotary tables (buffers) stay fp32 as
+        # from_pretrained(dtype=...) leaves them
+        for param in model.parameters():
+            if param.is_floating_point():
+                param.data = param.data.to(dtype)
     return model.to(device).eval()

@@ -105,6 +105,9 @@ class VisionPretrainConfig:
     """Training items per generated clip, each with other marker IDs (generating the clip costs the most)."""
     data_workers: int = 1
     """Processes generating clips while the model trains (0: in the training process)."""
+    train_tower: bool = True
+    """False: the tower stays as loaded and only the heads learn (how much of each label is a linear read-out of
+    that tower: the baseline for training it further)."""
     shuffle_ids_prob: float = 0.5
     """Chance that a clip's marker IDs are a random permutation instead of the order of first appearance."""
     extra_markers_per_frame: int = 2
@@ -636,7 +639,7 @@ def _evaluate(visual, probe, val_batches, config, device) -> dict[str, float]:
             _, hits = _losses_and_hits(probe, out, {k: v.to(device) for k, v in labels.items()}, config)
             for name, h in hits.items():
                 totals[name] = [a + b for a, b in zip(totals.get(name, [0, 0, 0, 0]), h)]
-    visual.train()
+    visual.train(config.train_tower)
     scores = {}
     for name, (right, n, false_pos, negatives) in totals.items():
         scores[f"{name}_acc"] = right / max(n, 1)
@@ -659,10 +662,11 @@ def pretrain_vision(
     processor = AutoProcessor.from_pretrained(str(init_dir))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(init_dir), dtype=torch.float32).to(device)
     visual = model.model.visual
-    visual.train()
+    visual.train(config.train_tower)
+    visual.requires_grad_(config.train_tower)
     probe = TokenProbe.build(model.config.text_config.hidden_size).to(device)
     vp = processor.video_processor
-    params = [p for p in visual.parameters()] + [p for p in probe.parameters()]
+    params = [p for p in visual.parameters() if p.requires_grad] + [p for p in probe.parameters()]
     total = config.glyph_steps + config.scene_steps + config.steps
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -788,6 +792,13 @@ def main(argv: list[str] | None = None) -> None:
         help="Loss weight of the event classes against 'none'.",
     )
     parser.add_argument("--eval-every", type=int, default=VisionPretrainConfig.eval_every)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--data-workers", type=int, default=VisionPretrainConfig.data_workers, help="Clip-generating processes."
+    )
+    parser.add_argument(
+        "--freeze-tower", action="store_true", help="Train the heads only: a linear read-out of the tower as loaded."
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -806,8 +817,10 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=args.lr,
         eval_every=args.eval_every,
         event_weight=args.event_weight,
+        data_workers=args.data_workers,
+        train_tower=not args.freeze_tower,
     )
-    report = pretrain_vision(args.init, args.out, config)
+    report = pretrain_vision(args.init, args.out, config, device=args.device)
     print(json.dumps(report["final"], indent=1))
 
 
