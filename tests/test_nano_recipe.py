@@ -217,6 +217,24 @@ def test_frozen_tower_pretraining_trains_the_heads_only(tiny, tmp_path, monkeypa
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_event_lm_stage_trains_the_language_model_only_and_scores_held_out_clips(tiny, tmp_path):
+    """The event stage changes language-model weights only (the tower and the head stay as loaded), and its report
+    holds one held-out evaluation per ``eval_every`` clips with rates in [0, 1]."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge_train.recipes.nano.pretrain_event_lm import EventLMConfig, pretrain_event_lm
+
+    config = EventLMConfig(clips=2, eval_clips=1, eval_every=1)
+    report = pretrain_event_lm(tiny.folder, tmp_path / "event_lm", config)
+    assert [h["step"] for h in report["history"]] == [1, 2]
+    assert all(0.0 <= h[k] <= 1.0 for h in report["history"] for k in ("event_balanced_acc", "recall"))
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "event_lm").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.language_model.") for k in changed), sorted(changed)[:5]
+    assert any(".layers." in k for k in changed)
+
+
 def test_event_weight_weighs_the_event_classes_against_none():
     import dataclasses
 
