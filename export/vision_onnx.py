@@ -320,7 +320,7 @@ def _quantize_linears_int8(proto, scratch: Path, final: Path, external_data: boo
     onnx.save_model(proto, str(fp32), save_as_external_data=True, location="fp32.onnx.data", size_threshold=1024)
     # the quantizer advises (on the root logger) its shape-inference pre-pass, which only matters for the op types
     # it cannot see the shapes of; ours are Gemm/MatMul by constant weights, so the advice is dropped
-    advice = _DropMessage("Please consider to run pre-processing")
+    advice = lambda record: not record.getMessage().startswith("Please consider to run pre-processing")  # noqa: E731
     logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(
@@ -333,14 +333,3 @@ def _quantize_linears_int8(proto, scratch: Path, final: Path, external_data: boo
         )
     finally:
         logging.getLogger().removeFilter(advice)
-
-
-class _DropMessage(logging.Filter):
-    """Drops the log records whose message starts with ``prefix``."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)

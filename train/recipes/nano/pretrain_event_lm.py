@@ -15,8 +15,8 @@ state learn "this object is doing its event in this tube" (binary cross-entropy,
 negatives / positives up to ``max_pos_weight``). One fresh labelled clip a step (:func:`pretrain_vision.labelled_clip`,
 root seed ``EventLMConfig.seed``) with the STVG-R1 prompt of its own query, under the trained M-RoPE rule; held-out
 clips (:data:`probe_lm.PROBE_SEED`) are scored every ``eval_every`` clips: balanced accuracy, recall and false-positive
-rate of the head. From the packaged model on 2 CPU cores (``--clips 400 --eval-every 100``, 2 minutes): 0.728,
-0.741, 0.738, 0.748 after 100-400 clips; a head alone on the frozen language model stays at 0.55-0.56. The head is
+rate of the head. From the packaged model on 2 CPU cores (``--clips 400 --eval-every 100``, 2 minutes): 0.73,
+0.74, 0.74, 0.75 after 100-400 clips; a head alone on the frozen language model stays at 0.55-0.56. The head is
 thrown away; the model (language model changed, tower not) and ``pretrain_event_lm.json`` are saved after every
 evaluation.
 """
@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano.pretrain_event_lm")
@@ -52,45 +51,11 @@ class EventLMConfig:
     20000)."""
 
 
-class EventClips:
-    """Labelled clips with their prompt: ``(VideoTensors, labels, input_ids)`` of the ``i``-th clip of a root seed."""
-
-    def __init__(self, processor, workdir: Path) -> None:
-        from stvgr1_edge_train.video_inputs import ClipProcessor
-
-        from .pretrain_vision import VisionPretrainConfig
-
-        self.processor, self.workdir = processor, workdir
-        self.clip_processor = ClipProcessor(processor)
-        self.vision_config = VisionPretrainConfig()
-
-    def __call__(self, root_seed: int, i: int):
-        from stvgr1_edge.prompt import grounding_prompt
-        from stvgr1_edge.synth import SynthConfig, generate_clip
-
-        from .pretrain_vision import labelled_clip
-
-        config = self.vision_config
-        seed = int(np.random.SeedSequence(root_seed, spawn_key=(i,)).generate_state(1)[0])
-        video_processor = self.processor.video_processor
-        ((video, labels),) = labelled_clip(seed, video_processor, config, np.random.default_rng(seed), self.workdir)
-        query = generate_clip(seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds)).query
-        tokens = video.num_visual_tokens(video_processor.merge_size)
-        return video, labels, self.clip_processor.prepare_text(grounding_prompt(query), tokens)["input_ids"]
-
-
 def object_token_logits(model, head, video, input_ids, labels, video_token_id: int, device: str):
     """The head's logit on every object token's last-layer state, and whether that object is doing its event."""
-    from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
+    from .probe_lm import video_token_hidden_states
 
-    input_ids = input_ids.to(device)
-    out = model(
-        input_ids=input_ids,
-        mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
-        output_hidden_states=True,
-        **collate_videos([video], device=device),
-    )
-    states = out.hidden_states[-1][0, input_ids[0] == video_token_id]
+    states = video_token_hidden_states(model, input_ids, video, video_token_id, device=device)[-1]
     on_object = (labels["shape"] > 0).to(device)
     return head(states).squeeze(-1)[on_object], (labels["event"] > 0).to(device)[on_object]
 
@@ -105,7 +70,7 @@ def pretrain_event_lm(
     from stvgr1_edge_train.grpo import load_processor
 
     from .pretrain_vision import save_stage
-    from .probe_lm import PROBE_SEED
+    from .probe_lm import PROBE_SEED, PromptedLabelledClips
 
     torch.manual_seed(config.seed)
     processor, source = load_processor(str(model_dir))
@@ -117,7 +82,7 @@ def pretrain_event_lm(
     params = [*model.model.language_model.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
 
-    def evaluate(clips: EventClips) -> dict[str, float]:
+    def evaluate(clips: PromptedLabelledClips) -> dict[str, float]:
         model.eval()
         predicted, truth = [], []
         with torch.no_grad():
@@ -136,7 +101,7 @@ def pretrain_event_lm(
     running = None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nano-event-lm-") as tmp:
-        clips = EventClips(processor, Path(tmp))
+        clips = PromptedLabelledClips(processor, Path(tmp))
         model.train()
         for step in range(config.clips):
             video, labels, input_ids = clips(config.seed, step)

@@ -29,21 +29,57 @@ PROBE_SEED = 20_000
 """Root seed of the probe clips (training uses 0/1 and 10000/10001, validation 4000, held-out 5000)."""
 
 
-def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarray:
-    """(layers + 1, video tokens, hidden) of one clip: the merged tower output, then each LM layer's output."""
+def video_token_hidden_states(model, input_ids, video, video_token_id: int, device=None):
+    """(layers + 1, video tokens, hidden) tensor of one clip: the merged tower output, then each LM layer's output
+    (with autograd, as the caller's mode says)."""
     import torch
 
     from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
 
+    input_ids = input_ids.to(device) if device is not None else input_ids
+    out = model(
+        input_ids=input_ids,
+        mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
+        output_hidden_states=True,
+        **collate_videos([video], device=device),
+    )
+    return torch.stack(out.hidden_states)[:, 0, input_ids[0] == video_token_id]
+
+
+def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarray:
+    """:func:`video_token_hidden_states` as a float numpy array, without autograd."""
+    import torch
+
     with torch.no_grad():
-        out = model(
-            input_ids=input_ids,
-            mm_token_type_ids=video_token_type_ids(input_ids, video_token_id),
-            output_hidden_states=True,
-            **collate_videos([video]),
-        )
-    positions = (input_ids[0] == video_token_id).nonzero()[:, 0]
-    return torch.stack(out.hidden_states)[:, 0, positions].float().numpy()
+        return video_token_hidden_states(model, input_ids, video, video_token_id).float().numpy()
+
+
+class PromptedLabelledClips:
+    """``(VideoTensors, labels, input_ids)`` of the ``i``-th clip of a root seed: a fresh vision-stage clip
+    (:func:`pretrain_vision.labelled_clip`, 224x168, 6 s) with the STVG-R1 prompt of its own query."""
+
+    def __init__(self, processor, workdir: Path) -> None:
+        from stvgr1_edge_train.video_inputs import ClipProcessor
+
+        from .pretrain_vision import VisionPretrainConfig
+
+        self.processor, self.workdir = processor, workdir
+        self.clip_processor = ClipProcessor(processor)
+        self.vision_config = VisionPretrainConfig()
+
+    def __call__(self, root_seed: int, i: int):
+        from stvgr1_edge.prompt import grounding_prompt
+        from stvgr1_edge.synth import SynthConfig, generate_clip
+
+        from .pretrain_vision import labelled_clip
+
+        config = self.vision_config
+        seed = int(np.random.SeedSequence(root_seed, spawn_key=(i,)).generate_state(1)[0])
+        video_processor = self.processor.video_processor
+        ((video, labels),) = labelled_clip(seed, video_processor, config, np.random.default_rng(seed), self.workdir)
+        query = generate_clip(seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds)).query
+        tokens = video.num_visual_tokens(video_processor.merge_size)
+        return video, labels, self.clip_processor.prepare_text(grounding_prompt(query), tokens)["input_ids"]
 
 
 def ridge_probe(
@@ -68,35 +104,20 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from stvgr1_edge.prompt import grounding_prompt
     from stvgr1_edge.rope_index import use_trained_rope_index
-    from stvgr1_edge.synth import SynthConfig, generate_clip
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.video_inputs import ClipProcessor
-
-    from .pretrain_vision import VisionPretrainConfig, labelled_clip
 
     processor, source = load_processor(model_dir)
     model = use_trained_rope_index(
         Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
     )
-    clip_processor = ClipProcessor(processor)
     video_token_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-    config = VisionPretrainConfig()
     states, tubes, events, objects, clip_of = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="nano-probe-") as tmp:
+        prompted_clip = PromptedLabelledClips(processor, Path(tmp))
         for i in range(clips):
-            clip_seed = int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1)[0])
-            ((video, labels),) = labelled_clip(
-                clip_seed, processor.video_processor, config, np.random.default_rng(clip_seed), Path(tmp)
-            )
-            query = generate_clip(
-                clip_seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds)
-            ).query
-            input_ids = clip_processor.prepare_text(
-                grounding_prompt(query), video.num_visual_tokens(processor.video_processor.merge_size)
-            )
-            s = video_token_states(model, input_ids["input_ids"], video, video_token_id)
+            video, labels, input_ids = prompted_clip(seed, i)
+            s = video_token_states(model, input_ids, video, video_token_id)
             groups = int(video.video_grid_thw[0, 0])
             states.append(s)
             tubes.append(np.arange(s.shape[1]) // (s.shape[1] // groups))
