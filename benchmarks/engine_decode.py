@@ -231,6 +231,7 @@ def bench_config(label, spec, base, inputs, reference, args) -> dict:
         "dtype": dtype,
         "weights": weights,
         "lm_head": lm_head,
+        "lm_head_kernel": getattr(model.lm_head, "kernel", type(model.lm_head).__name__),
         "int4_group_size": group or None,
         "compiled": decoder == "static" and not args.no_compile,
         "decode_tokens_per_s": round(tok_s, 3),

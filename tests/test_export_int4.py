@@ -10,7 +10,14 @@ from torch import nn
 
 import stvgr1_edge_export.int4
 from stvgr1_edge.backends import int4
-from stvgr1_edge.backends.int4 import WeightOnlyInt4Linear, dequantize_int4, load_int4, pack_uint4x2, unpack_uint4x2
+from stvgr1_edge.backends.int4 import (
+    WeightOnlyInt4Linear,
+    dequantize_int4,
+    integer_zero_points,
+    load_int4,
+    pack_uint4x2,
+    unpack_uint4x2,
+)
 from stvgr1_edge.backends.nf4 import require_nf4_runtime
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
 from stvgr1_edge_export.int4 import (
@@ -67,9 +74,13 @@ def test_range_search_never_reconstructs_a_group_worse_than_min_max_and_lowers_t
         codes, scales, zeros = quantize_weight_int4(weight, 32, shrinks)
         assert codes.dtype == torch.uint8 and int(codes.max()) <= 15
         errors[name] = ((dequantize_int4(codes, scales, zeros, 32) - weight) ** 2).reshape(64, 8, 32).sum(-1)
-    # plain min/max: the codes span each group's range exactly (q = 0 at the min)
+    # plain min/max: 16 levels over each group's range, the grid moved by less than half a step so that it holds 0
     codes, scales, zeros = quantize_weight_int4(weight, 32, (1.0,))
-    assert torch.allclose(zeros - 8 * scales, weight.reshape(64, 8, 32).amin(-1))
+    groups = weight.reshape(64, 8, 32)
+    assert torch.allclose(scales, (groups.amax(-1) - groups.amin(-1)) / 15)
+    assert ((zeros - 8 * scales - groups.amin(-1)).abs() <= scales / 2 + 1e-6).all()
+    zero_points = integer_zero_points(scales, zeros)
+    assert zero_points is not None and torch.allclose(zeros, (8 - zero_points.float()) * scales, atol=1e-6)
     assert (errors["searched"] <= errors["min_max"] * (1 + 1e-5)).all()
     assert errors["searched"].sum() < 0.97 * errors["min_max"].sum()  # Gaussian weights: about 5% less
 
@@ -83,6 +94,7 @@ def test_gptq_moves_the_layer_outputs_less_than_rounding_on_unseen_inputs():
     rounded = dequantize_int4(*quantize_weight_int4(weight, 32), 32)
     codes, scales, zeros = quantize_weight_int4_gptq(weight, hessian, 32)
     assert codes.dtype == torch.uint8 and codes.shape == weight.shape and int(codes.max()) <= 15
+    assert integer_zero_points(scales, zeros) is not None  # the same grid as plain rounding
     gptq = dequantize_int4(codes, scales, zeros, 32)
 
     def output_error(w):
@@ -123,6 +135,50 @@ def test_int4_linear_matches_dequantized_matmul(group_size):
     tolerance = 1e-4 if layer.kernel == "dequant" else 1e-2  # the int4 kernels take bf16 activations
     assert (got - expected).abs().max().item() < tolerance * expected.abs().max().item()
     assert torch.equal(layer.codes(), codes)  # the packed layout unpacks exactly
+
+
+def _head_sized_codes(out_features: int, group_size: int = 64, seed: int = 0):
+    weight = torch.randn(out_features, 256, generator=torch.Generator().manual_seed(seed)) * 0.02
+    return quantize_weight_int4(weight, group_size)
+
+
+def test_a_vocabulary_sized_cpu_layer_runs_on_onnxruntime_with_the_same_weights():
+    import copy
+
+    from stvgr1_edge.backends.int4_mlas import mlas_available
+
+    if not mlas_available():
+        pytest.skip("onnx/onnxruntime not installed")
+    out_features = int4.MLAS_FROM_ROWS
+    codes, scales, zeros = _head_sized_codes(out_features)
+    layer = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
+    assert layer.kernel == "mlas"
+    smaller = WeightOnlyInt4Linear(256, 2048, codes[:2048], scales[:2048], zeros[:2048], None, 64, torch.float32)
+    assert smaller.kernel == "cpu"  # decoder-sized layers keep torch's kernel
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    expected = x @ dequantize_int4(codes, scales, zeros, 64).T
+    with torch.no_grad():
+        got = layer(x)
+        compiled = torch.compile(layer)(x)
+    assert got.dtype == torch.float32 and got.shape == (3, out_features)
+    # int8 activations: ~0.5% of the largest logit at most, and nearly the same direction
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+    assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+    assert torch.equal(compiled, got)  # the compiled step calls the same kernel
+    assert torch.equal(layer.codes(), codes)
+    with torch.no_grad():  # a prefill's rows go through the dense path, decode rows through onnxruntime
+        prefill = layer(torch.cat([x, torch.randn(200, 256)]))[:3]
+    assert torch.nn.functional.cosine_similarity(prefill, expected).min() > 0.999
+    assert copy.deepcopy(layer)._mlas is layer._mlas
+
+
+def test_zero_points_off_the_integer_grid_keep_torchs_kernel():
+    codes, scales, zeros = _head_sized_codes(int4.MLAS_FROM_ROWS)
+    shifted = zeros + 0.3 * scales  # a float range start, as older exports wrote
+    assert integer_zero_points(scales, shifted) is None
+    assert integer_zero_points(scales.bfloat16(), zeros.bfloat16()) is not None  # bf16-saved ones still are on it
+    layer = WeightOnlyInt4Linear(256, int4.MLAS_FROM_ROWS, codes, scales, shifted, None, 64, torch.float32)
+    assert layer.kernel == "cpu"
 
 
 def test_dequant_fallback_kernel_equals_packed_cpu_kernel(monkeypatch):

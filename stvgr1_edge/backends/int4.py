@@ -6,13 +6,16 @@ decode engine quantizes at load with it). GPTQ, which needs calibration data, is
 
 The format is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs, each
 with integer codes ``q`` in 0..15, a ``scale`` and a ``zero``; the kernels (torch's tinygemm ops) dequantize
-``(q - 8) * scale + zero``.
+``(q - 8) * scale + zero``. The rounding here puts ``zero = (8 - zp) * scale`` with an integer zero point ``zp`` (the
+ONNX/GPTQ convention ``(q - zp) * scale``), which onnxruntime's kernel needs too.
 
 Kernels, chosen by the device the module is packed on:
 
 - ``"cuda"``: ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, bf16 activations), weights packed by
   ``_convert_weight_to_int4pack`` from uint8 ``(out, in / 2)`` (even input index in the high nibble);
 - ``"cpu"``: ``_weight_int4pack_mm_for_cpu`` with ``_convert_weight_to_int4pack_for_cpu`` (int32 codes);
+- ``"mlas"``: a CPU layer with :data:`MLAS_FROM_ROWS` outputs or more (a vocabulary head): onnxruntime's
+  ``MatMulNBits`` with int8 activations (:mod:`.int4_mlas`), where onnx and onnxruntime are installed;
 - ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
   ``F.linear``.
 
@@ -27,7 +30,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -125,11 +128,14 @@ model: 5% less weight error than min/max, and its validation m_vIoU gap to fp32 
 
 
 def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Codes (float, 0..15) and scales of ``groups`` on the grid ``[lo, hi]``, and each group's squared error."""
+    """Codes (float, 0..15), scales and grid starts of ``groups`` on the grid ``[lo, hi]`` moved so that it holds 0
+    (an integer zero point ``zp = -lo / scale``, the ONNX/GPTQ convention: onnxruntime's int8-activation kernel
+    (:data:`MLAS_FROM_ROWS`) reads the same codes only then), and each group's squared error."""
     scales = ((hi - lo) / 15).clamp(min=1e-6)
+    lo = -(-lo / scales).round().clamp(0, 15) * scales
     codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
     error = ((codes * scales[..., None] + lo[..., None] - groups) ** 2).sum(dim=-1)
-    return codes, scales, error
+    return codes, scales, lo, error
 
 
 def search_int4_range(
@@ -139,11 +145,9 @@ def search_int4_range(
     its ``[min, max]`` whose codes reconstruct it with the least squared error."""
     full_lo, full_hi = groups.amin(dim=-1), groups.amax(dim=-1)
     first, *rest = range_shrinks
-    best_lo = full_lo * first
-    codes, scales, error = _round_to_range(groups, best_lo, full_hi * first)
+    codes, scales, best_lo, error = _round_to_range(groups, full_lo * first, full_hi * first)
     for shrink in rest:  # one shrink at a time: a (shrinks, out, in) stack would not fit for a 7B model's linears
-        lo = full_lo * shrink
-        c, sc, e = _round_to_range(groups, lo, full_hi * shrink)
+        c, sc, lo, e = _round_to_range(groups, full_lo * shrink, full_hi * shrink)
         better = e < error
         codes = torch.where(better[..., None], c, codes)
         scales, best_lo = torch.where(better, sc, scales), torch.where(better, lo, best_lo)
@@ -187,13 +191,33 @@ def can_quantize(linear: nn.Linear, group_size: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- the module
-DENSE_FROM_ROWS = {"cpu": 128, "cuda": 64}
+DENSE_FROM_ROWS = {"cpu": 128, "mlas": 128, "cuda": 64}
 """Per kernel: inputs of this many rows (a prefill) go through one dense matmul over the weight dequantized once
 (:func:`dequantize_for_prefill`) instead of the int4 kernel, whose cost grows with every row. Where the two cross
 (``benchmarks/int4_prefill_rows.py``, a 7B MLP matrix in bf16): 2 CPU cores, ~128 rows (its 34 MB of codes
 dequantize in ~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 rows (tinygemm 0.33 ms at 64 rows and
 19 ms at 4096, dense 0.25 and 0.9 ms). Decoding (one row) stays on the int4 kernel. Costs the codes a second time
 (half a byte per weight, where the kernel's weights are)."""
+
+
+MLAS_FROM_ROWS = 32_768
+"""CPU int4 linears with at least this many outputs (vocabulary heads) run on onnxruntime's int8-activation kernel
+(:mod:`.int4_mlas`) where it is installed and their zero points lie on the integer grid: a 3B head in two thirds of
+torch's kernel's time. Decoder matrices (up to ~19k outputs at 7B) stream as fast on torch's kernel and stay there."""
+
+ZERO_POINT_TOLERANCE = 0.1
+"""How far ``8 - zero / scale`` may be from an integer for a zero point to count as on the grid (bf16-saved scales
+and zeros move it by up to ~0.03; zeros from a float range start are off it by up to 0.5)."""
+
+
+def integer_zero_points(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor | None:
+    """uint8 zero points ``zp`` with ``zero == (8 - zp) * scale`` (``w = (q - zp) * scale``), or None when some
+    group's zero is off the integer grid."""
+    zero_points = 8 - zeros.float() / scales.float()
+    rounded = zero_points.round()
+    if (rounded < 0).any() or (rounded > 15).any() or ((zero_points - rounded).abs() > ZERO_POINT_TOLERANCE).any():
+        return None
+    return rounded.to(torch.uint8)
 
 
 class WeightOnlyInt4Linear(nn.Module):
@@ -232,7 +256,23 @@ class WeightOnlyInt4Linear(nn.Module):
             # 3B-wide decode step took ~10x longer than the fp32 model's own)
             compute_dtype = torch.bfloat16
         two_per_byte = pack_uint4x2(codes).contiguous()  # the portable form: tinygemm's input, and what is kept
-        if self.kernel == "cuda":
+        self._mlas: Any = None
+        if self.kernel == "cpu" and out_features >= MLAS_FROM_ROWS:
+            from .int4_mlas import MlasInt4Kernel, mlas_available
+
+            zero_points = integer_zero_points(scales, zeros)
+            if zero_points is not None and mlas_available():
+                self.kernel, self._mlas = "mlas", MlasInt4Kernel(two_per_byte, scales, zero_points, group_size)
+                logger.info("int4: %d-output layer on onnxruntime's int4 kernel (MatMulNBits)", out_features)
+            else:
+                logger.info(
+                    "int4: %d-output layer on torch's CPU kernel (%s)",
+                    out_features,
+                    "zero points off the integer grid" if zero_points is None else "onnx/onnxruntime not installed",
+                )
+        if self.kernel == "mlas":  # the session holds the kernel's layout; the module keeps the portable codes
+            packed = two_per_byte
+        elif self.kernel == "cuda":
             packed = torch.ops.aten._convert_weight_to_int4pack(two_per_byte, self.inner_k_tiles)
         elif self.kernel == "cpu":  # rows pack independently: int32 copies of a block at a time
             packed = torch.cat(
@@ -269,14 +309,17 @@ class WeightOnlyInt4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        flat = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
+        flat = x.reshape(-1, self.in_features)
         dense_from = DENSE_FROM_ROWS.get(self.kernel)
         if dense_from is not None and flat.shape[0] >= dense_from and self._kept_codes is not None:
+            flat = flat.to(self.scales_and_zeros.dtype)
             scales, zeros = self.scales_and_zeros[..., 0].t(), self.scales_and_zeros[..., 1].t()
             dense = dequantize_for_prefill(self._kept_codes, scales, zeros, self.group_size, flat.dtype)
             out = nn.functional.linear(flat, dense)
+        elif self.kernel == "mlas":  # takes the activation in fp32 (and rounds it to int8 itself)
+            out = self._mlas(flat)
         else:
-            out = self._mm(flat, self.weight, self.scales_and_zeros)
+            out = self._mm(flat.to(self.scales_and_zeros.dtype), self.weight, self.scales_and_zeros)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
