@@ -3,12 +3,13 @@ searched rounding) and writing the folder that :mod:`stvgr1_edge.backends.int4` 
 
 Quantization is group-wise asymmetric: each row of ``W`` (out, in) is cut into groups of ``group_size`` inputs;
 a group with range ``[lo, hi]`` (its min and max, shrunk by the :data:`RANGE_SHRINKS` factor that reconstructs
-the group best) gets ``scale = (hi - lo) / 15`` and integer codes ``q = round((w - lo) / scale)``
-in 0..15. The kernels (torch's tinygemm ops) dequantize ``(q - 8) * scale + zero`` with ``zero = lo + 8 * scale``.
+the group best) gets ``scale = (hi - lo) / 15``, ``lo`` moved onto the nearest multiple of ``scale`` (an integer
+zero point) and integer codes ``q = round((w - lo) / scale)`` in 0..15. The kernels (torch's tinygemm ops)
+dequantize ``(q - 8) * scale + zero`` with ``zero = lo + 8 * scale``.
 Given calibration inputs, GPTQ (:func:`quantize_weight_int4_gptq`) picks the codes instead, in the same format: it
 rounds one input column at a time and folds each column's error into the columns still to come, so that the layer's
-outputs on real activations move least (the packaged nano model on 200 held-out clips: 69% of int4 answers
-word for word full precision's with GPTQ, 41.5% with rounding; `benchmarks/results/accuracy.json`).
+outputs on real activations move least (the packaged nano model on 200 held-out clips: 65.5% of int4 answers
+word for word full precision's with GPTQ, 46.5% with rounding; `benchmarks/results/accuracy.json`).
 
 The kernels that run the codes, their device-specific layouts, the portable folder format and the searched rounding
 (:func:`quantize_weight_int4`, which the runtime's decode engine also uses to quantize at load) are the runtime's
