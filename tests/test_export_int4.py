@@ -85,6 +85,15 @@ def test_range_search_never_reconstructs_a_group_worse_than_min_max_and_lowers_t
     assert errors["searched"].sum() < 0.97 * errors["min_max"].sum()  # Gaussian weights: about 5% less
 
 
+def test_groups_of_one_sign_keep_half_a_step_of_error_on_the_integer_grid():
+    weight = torch.cat([torch.linspace(1.0, 1.5, 32), -torch.linspace(2.0, 3.0, 32)]).reshape(1, 64)
+    codes, scales, zeros = quantize_weight_int4(weight, 32, (1.0,))
+    assert torch.allclose(scales, torch.tensor([[1.5 / 15, 3.0 / 15]]))  # the grid spans [0, max] and [min, 0]
+    assert integer_zero_points(scales, zeros).tolist() == [[0, 15]]
+    error = (dequantize_int4(codes, scales, zeros, 32) - weight).abs().reshape(2, 32).amax(-1)
+    assert (error <= scales[0] / 2 + 1e-6).all()
+
+
 def test_gptq_moves_the_layer_outputs_less_than_rounding_on_unseen_inputs():
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(64, 256, generator=gen)

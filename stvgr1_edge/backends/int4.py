@@ -128,9 +128,11 @@ model's decoder, group 32: 5% less squared weight error than min/max)."""
 
 
 def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Codes (float, 0..15), scales and grid starts of ``groups`` on the grid ``[lo, hi]`` moved so that it holds 0
-    (an integer zero point ``zp = -lo / scale``, the ONNX/GPTQ convention: onnxruntime's int8-activation kernel
-    (:data:`MLAS_FROM_ROWS`) reads the same codes only then), and each group's squared error."""
+    """Codes (float, 0..15), scales and grid starts of ``groups`` on the grid ``[lo, hi]``, widened to hold 0 and
+    moved by less than half a step so that 0 is one of its levels (an integer zero point ``zp = -lo / scale``, the
+    ONNX/GPTQ convention: onnxruntime's int8-activation kernel (:data:`MLAS_FROM_ROWS`) reads the same codes only
+    then), and each group's squared error."""
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # a group of one sign: [0, max] or [min, 0], not a clamped grid
     scales = ((hi - lo) / 15).clamp(min=1e-6)
     lo = -(-lo / scales).round().clamp(0, 15) * scales
     codes = ((groups - lo[..., None]) / scales[..., None]).round().clamp(0, 15)
