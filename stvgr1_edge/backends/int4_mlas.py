@@ -1,6 +1,6 @@
 """onnxruntime's int4 kernel (MLAS ``MatMulNBits``) for a CPU int4 linear, used for vocabulary-sized heads.
 
-Why: decoding one token reads the whole output projection (a 3B model's 151,936 x 2048 head is 156 MB in int4, over
+Why: decoding one token reads the whole output projection (a 3B model's 151,936 x 2048 head is 156 MB in int4, almost
 half of a 4-layer model's bytes). torch's CPU int4 kernel dequantizes every weight to bf16 and multiplies in bf16;
 MLAS quantizes the one activation row to int8 and multiplies with VNNI/AMX integer dot products, so it keeps up with
 memory: that head alone in 6.2-6.7 ms against 9.6-9.8 ms on 2 Sapphire Rapids cores, and a 4-layer 3B-wide decode
@@ -21,18 +21,15 @@ decode step treats it as one opaque kernel.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import weakref
 from typing import Any
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 ACCURACY_LEVEL = 4
 """``MatMulNBits``' ``accuracy_level``: 4 quantizes the activation to int8 (the VNNI/AMX path); 0 computes in fp32
-and is ~3x slower than torch's kernel here."""
+and is ~2x slower than torch's kernel here."""
 
 _kernels: "weakref.WeakValueDictionary[int, MlasInt4Kernel]" = weakref.WeakValueDictionary()
 _next_key = 0
