@@ -156,8 +156,8 @@ def test_a_vocabulary_sized_cpu_layer_runs_on_onnxruntime_with_the_same_weights(
 
     from stvgr1_edge.backends.int4_mlas import mlas_available
 
-    if not mlas_available():
-        pytest.skip("onnx/onnxruntime not installed")
+    if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
+        pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
     out_features = int4.MLAS_FROM_ROWS
     codes, scales, zeros = _head_sized_codes(out_features)
     layer = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
@@ -182,6 +182,8 @@ def test_a_vocabulary_sized_cpu_layer_runs_on_onnxruntime_with_the_same_weights(
 
 
 def test_zero_points_off_the_integer_grid_keep_torchs_kernel():
+    if int4.kernel_for(torch.device("cpu")) != "cpu":
+        pytest.skip("needs torch's CPU int4 kernel")
     codes, scales, zeros = _head_sized_codes(int4.MLAS_FROM_ROWS)
     shifted = zeros + 0.3 * scales  # a float range start, as older exports wrote
     assert integer_zero_points(scales, shifted) is None
