@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (medians reported)")
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
     p.add_argument("--no-compile", action="store_true", help="engine configurations run eager")
+    p.add_argument(
+        "--per-session-pools", action="store_true", help="CPU: onnxruntime's int4 sessions without the shared pool"
+    )
     p.add_argument("--compile-processes", type=int, default=1, choices=[0, 1], help="measure compile in 2 processes")
     p.add_argument("--quick", action="store_true", help="a smoke run: 2 layers, 128 + 16 tokens, 1 repeat")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the model, the cache and the timing)")
@@ -290,8 +293,12 @@ def run(args) -> dict:
     import torch
     import transformers
 
+    from stvgr1_edge.backends.ort_threads import share_threads, threads_shared
+
     bandwidth = copy_bandwidth_gb_s(args.device)
     logger.info("copy bandwidth %.1f GB/s", bandwidth)
+    if args.device == "cpu" and not args.per_session_pools:  # as stvg-edge run does for CPU int4 (ort_threads.py)
+        share_threads()
     base, processor = build_model(args)
     inputs = prompt_inputs(processor, args.prompt_tokens, args.device)
     results: dict[str, dict] = {}
@@ -334,6 +341,7 @@ def run(args) -> dict:
         "repeats": args.repeats,
         "device": device_name(args.device),
         "copy_bandwidth_gb_s": round(bandwidth, 2),
+        "onnxruntime_shared_pool": threads_shared(),
         "configs": results,
         "targets": targets,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stvgr1_edge.backends.ort_threads import session_options
 from stvgr1_edge.errors import BadInputError, atomic_output, require
 
 logger = logging.getLogger(__name__)
@@ -546,7 +547,7 @@ def tracker_parity(model: nn.Module, folder: str | os.PathLike, seed: int = 0) -
     spec = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
     errors: dict[str, float] = {}
     for name, file in spec["graphs"].items():
-        session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(folder / file), session_options(), providers=["CPUExecutionProvider"])
         inputs = example_inputs(
             model,
             name,

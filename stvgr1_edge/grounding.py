@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 from .answer_template import (
     AnswerConstraint,
@@ -324,16 +324,20 @@ def resolve_model_source(model: str) -> tuple[str, bool]:
 class _TokenClock:
     """A ``generate`` streamer that records when the first new token arrives (the end of prefill).
 
-    ``generate`` puts the prompt first, then each new token once it is on the host."""
+    ``generate`` puts the prompt first, then each new token once it is on the host. ``on_first_token`` is called
+    then (the rest is decoding)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_first_token: Callable[[], None] | None = None) -> None:
         self.calls = 0
         self.first_token_s: float | None = None
+        self.on_first_token = on_first_token
 
     def put(self, value) -> None:
         self.calls += 1
         if self.calls == 2:
             self.first_token_s = time.perf_counter()
+            if self.on_first_token is not None:
+                self.on_first_token()
 
     def end(self) -> None:
         pass
@@ -579,21 +583,28 @@ class Grounder(GroundingInputs):
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        clock = _TokenClock()
+        from .backends.int4_mlas import decoding_thread_count
+
+        # the prompt on all of torch's threads, the tokens on as many as the weights' kernel wants
+        threads, decode_threads = torch.get_num_threads(), decoding_thread_count(self.model)
+        clock = _TokenClock(on_first_token=lambda: torch.set_num_threads(decode_threads))
         prompt_len = inputs["input_ids"].shape[1]
         window = self.config.stop_on_repetition
         stops = [RepetitionStop(prompt_len, window)] if window > 0 and constraint is None else []
         processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
         start = time.perf_counter()
-        with torch.inference_mode():
-            output_ids = self.model.generate(
-                **inputs,
-                mm_encoder_outputs={"video": features},
-                streamer=clock,
-                stopping_criteria=StoppingCriteriaList(stops),
-                logits_processor=LogitsProcessorList(processors),
-                **self.generation_kwargs(),
-            )
+        try:
+            with torch.inference_mode():
+                output_ids = self.model.generate(
+                    **inputs,
+                    mm_encoder_outputs={"video": features},
+                    streamer=clock,
+                    stopping_criteria=StoppingCriteriaList(stops),
+                    logits_processor=LogitsProcessorList(processors),
+                    **self.generation_kwargs(),
+                )
+        finally:
+            torch.set_num_threads(threads)
         self._sync()
         end = time.perf_counter()
         first = clock.first_token_s if clock.first_token_s is not None else end

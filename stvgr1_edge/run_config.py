@@ -178,6 +178,13 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
 
         TrackSet.load(config.tracks)  # a bad tracks file fails before the model loads
 
+    int4_llm = bundle.manifest["grounder"]["llm_quant"] if bundle is not None else config.weights
+    if device == "cpu" and "int4" in (int4_llm, config.lm_head):
+        from .backends.int4_mlas import mlas_available
+        from .backends.ort_threads import share_threads
+
+        if mlas_available():  # the int4 linears run on onnxruntime: one warm pool for all of them (ort_threads)
+            share_threads()
     dtype = config.dtype or "auto"
     if bundle is not None:
         grounder = bundle.grounder(

@@ -25,6 +25,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def per_session_onnxruntime_pools():
+    """A CPU int4 run turns on onnxruntime's shared pool for the rest of its process (``backends/ort_threads.py``),
+    after which onnxruntime refuses sessions with pools of their own: in this one test process that would leak from
+    one test into the next. So it stays off here; the test of it runs in a fresh interpreter."""
+    from stvgr1_edge.backends import ort_threads
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ort_threads, "share_threads", lambda threads=None: False)
+        yield
+
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 """Real data the tests need, copied into the repo with its provenance (``fixtures/README.md``)."""
 

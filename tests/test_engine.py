@@ -4,6 +4,7 @@ random model and a 3B model cut to 4 layers; weight-only int8/int4 fidelity; the
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -344,23 +345,26 @@ def test_run_config_weight_formats_reach_the_grounder_and_conflicts_are_one_line
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_int4_prefill_takes_the_dense_path_with_the_kernels_values(monkeypatch, device):
+@pytest.mark.parametrize("kernel", ["mlas", "cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_int4_prefill_takes_the_dense_path_with_the_kernels_values(monkeypatch, kernel):
     """Long inputs (a prefill) through the weight dequantized once, short ones (decoding) through the int4 kernel
-    (torch's CPU kernel, tinygemm on CUDA): the same outputs to bf16 rounding."""
-    from stvgr1_edge.backends import int4
+    (onnxruntime's or torch's on a CPU, tinygemm on CUDA): the same outputs to the kernels' rounding."""
+    from stvgr1_edge.backends import int4, int4_mlas
     from stvgr1_edge.backends.int4 import quantize_weight_int4
 
+    device = "cuda" if kernel == "cuda" else "cpu"
+    if kernel == "cpu":
+        monkeypatch.setattr(int4_mlas, "mlas_available", lambda: False)
     linear = torch.nn.Linear(256, 64, bias=True).to(device)
     codes, scales, zeros = quantize_weight_int4(linear.weight, 32)
     layer = WeightOnlyInt4Linear(256, 64, codes, scales, zeros, linear.bias, 32, torch.bfloat16)
-    if layer.kernel != device:
-        pytest.skip(f"torch's {device} int4 kernel is not available here")
+    if layer.kernel != kernel:
+        pytest.skip(f"the {kernel!r} int4 kernel is not available here")
     dequantized = []
     monkeypatch.setattr(
         int4, "dequantize_for_prefill", lambda *a: dequantized.append(1) or int4.dequantize_packed_int4(*a)
     )
-    x = torch.randn(int4.DENSE_FROM_ROWS[device], 256, device=device)
+    x = torch.randn(int4.DENSE_FROM_ROWS[kernel], 256, device=device)
     dense = layer(x)
     assert len(dequantized) == 1
     rows = torch.cat([layer(x[i : i + 1]) for i in range(0, len(x), 64)])  # one row at a time: the kernel
@@ -370,48 +374,30 @@ def test_int4_prefill_takes_the_dense_path_with_the_kernels_values(monkeypatch, 
     assert torch.nn.functional.cosine_similarity(dense.flatten(), reference.flatten(), dim=0) > 0.999
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_prefill_dequantization_is_exactly_the_eager_formula_fused_or_not(monkeypatch, dtype):
-    """The fused (compiled) dequantization of packed codes gives the eager formula's values bit for bit, and a
-    machine where compiling fails gets the same values eagerly, with one warning."""
-    from stvgr1_edge.backends import int4
+def test_int4_onnxruntime_layers_decode_on_one_torch_thread_and_prefill_on_all(nano, clip):
+    """With onnxruntime int4 linears (whose pool spins) the prompt runs on all of torch's threads, every token after
+    the first on one; both engines give the threads back, and answer alike."""
+    from stvgr1_edge.backends.int4_mlas import mlas_available, uses_mlas
 
-    codes = torch.randint(0, 16, (48, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    scales, zeros = torch.rand(48, 8).to(dtype), torch.randn(48, 8).to(dtype)
-    expected = int4.dequantize_int4(codes, scales, zeros, 32).to(dtype)
-    packed = int4.pack_uint4x2(codes)
-    assert torch.equal(int4.dequantize_packed_int4(packed, scales, zeros, 32, dtype), expected)
-    monkeypatch.setattr(int4, "_fused_dequantize", None)
-    assert torch.equal(int4.dequantize_for_prefill(packed, scales.t().contiguous().t(), zeros, 32, dtype), expected)
-    assert int4._fused_dequantize not in (None, False)  # compiled
-
-    def cannot_build(*args, **kwargs):
-        raise RuntimeError("no C++ compiler\nmore")
-
-    monkeypatch.setattr(int4, "_fused_dequantize", cannot_build)
-    warnings = []
-    monkeypatch.setattr(int4.logger, "warning", lambda *args: warnings.append(args[0] % args[1:]))
-    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
-    assert int4._fused_dequantize is False and warnings == [
-        "int4 prefill: dequantizing eagerly (compiling failed: no C++ compiler)"
-    ]
-    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
-    assert len(warnings) == 1
-
-
-def test_int4_quantization_and_cpu_packing_in_row_blocks_equal_one_block(monkeypatch):
-    """Rows are quantized and packed a block at a time (bounded memory): the same codes, scales, zeros and packed
-    weight as all rows at once, also when the row count is not a multiple of the block (64 rows: the CPU packing's
-    own block)."""
-    from stvgr1_edge.backends import int4
-
-    weight = torch.randn(208, 256, generator=torch.Generator().manual_seed(3))  # the CPU kernel packs 16 rows at a time
-    whole = int4.quantize_weight_int4(weight, 32)
-    layer_whole = WeightOnlyInt4Linear(256, 208, *whole, None, 32, torch.float32)
-    monkeypatch.setattr(int4, "QUANTIZE_ROWS", 64)
-    blocks = int4.quantize_weight_int4(weight, 32)
-    assert all(torch.equal(a, b) for a, b in zip(whole, blocks))
-    layer_blocks = WeightOnlyInt4Linear(256, 208, *blocks, None, 32, torch.float32)
-    assert torch.equal(layer_whole.weight, layer_blocks.weight)
-    x = torch.randn(3, 256)
-    assert torch.equal(layer_whole(x), layer_blocks(x))
+    if not mlas_available():
+        pytest.skip("needs onnx and onnxruntime")
+    model = copy.deepcopy(nano.model)
+    quantize_language_model_(model, "int4", "fp", 32)
+    if not uses_mlas(model):
+        pytest.skip("torch has no CPU int4 kernel here")
+    seen: list[tuple[int, int]] = []  # (rows of the head's input, torch threads) per forward
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append((args[0].shape[1], torch.get_num_threads())))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    answers = []
+    try:
+        for engine in ("hf", "static"):
+            config = GrounderConfig(model="nano-int4", device="cpu", max_new_tokens=12, engine=engine, compile=False)
+            seen.clear()
+            answers.append(Grounder(model, nano.processor, config).ground(clip, PROMPTS[0]))
+            assert torch.get_num_threads() == 2, engine
+            assert seen[0][1] == 2 and len(seen) == answers[-1].num_generated_tokens > 2, (engine, seen)
+            assert {threads for _, threads in seen[1:]} == {1}, (engine, seen)
+    finally:
+        torch.set_num_threads(threads)
+    assert answers[0].text == answers[1].text

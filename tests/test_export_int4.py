@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -151,26 +153,24 @@ def _head_sized_codes(out_features: int, group_size: int = 64, seed: int = 0):
     return quantize_weight_int4(weight, group_size)
 
 
-def test_a_vocabulary_sized_cpu_layer_runs_on_onnxruntime_with_the_same_weights():
+def test_a_cpu_layer_runs_on_onnxruntime_with_the_same_weights(monkeypatch):
     import copy
 
-    from stvgr1_edge.backends.int4_mlas import mlas_available
+    from stvgr1_edge.backends import int4_mlas
 
-    if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
+    if not int4_mlas.mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
-    out_features = int4.MLAS_FROM_ROWS
+    out_features = 4096
     codes, scales, zeros = _head_sized_codes(out_features)
     layer = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
-    assert layer.kernel == "mlas"
-    smaller = WeightOnlyInt4Linear(256, 2048, codes[:2048], scales[:2048], zeros[:2048], None, 64, torch.float32)
-    assert smaller.kernel == "cpu"  # decoder-sized layers keep torch's kernel
+    assert layer.kernel == "mlas" and int4.kernel_counts(nn.Sequential(layer)) == {"mlas": 1}
     x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
     expected = x @ dequantize_int4(codes, scales, zeros, 64).T
     with torch.no_grad():
         got = layer(x)
         compiled = torch.compile(layer)(x)
     assert got.dtype == torch.float32 and got.shape == (3, out_features)
-    # int8 activations: ~0.5% of the largest logit at most, and nearly the same direction
+    # int8 activations: ~0.5% of the largest output at most, and nearly the same direction
     assert (got - expected).abs().max() < 0.02 * expected.abs().max()
     assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
     assert torch.equal(compiled, got)  # the compiled step calls the same kernel
@@ -179,20 +179,91 @@ def test_a_vocabulary_sized_cpu_layer_runs_on_onnxruntime_with_the_same_weights(
         prefill = layer(torch.cat([x, torch.randn(200, 256)]))[:3]
     assert torch.nn.functional.cosine_similarity(prefill, expected).min() > 0.999
     assert copy.deepcopy(layer)._mlas is layer._mlas
+    monkeypatch.setattr(int4_mlas, "mlas_available", lambda: False)  # without onnxruntime: torch's kernel
+    fallback = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
+    assert fallback.kernel == "cpu"
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(fallback(x), expected).min() > 0.999
+
+
+def test_decoding_threads_drop_torch_to_one_thread_only_for_onnxruntime_layers():
+    from stvgr1_edge.backends.int4_mlas import decoding_threads, mlas_available
+
+    if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
+        pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
+    codes, scales, zeros = _head_sized_codes(512)
+    with_mlas = nn.Sequential(WeightOnlyInt4Linear(256, 512, codes, scales, zeros, None, 64, torch.float32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with decoding_threads(with_mlas):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with decoding_threads(nn.Sequential(nn.Linear(4, 4))):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), decoding_threads(with_mlas):
+            raise RuntimeError("restored on the way out too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+SHARED_POOL_SCRIPT = """
+import numpy as np, onnxruntime as ort, torch
+from onnx import TensorProto, helper
+from stvgr1_edge.backends import ort_threads
+from stvgr1_edge.backends.int4 import WeightOnlyInt4Linear, dequantize_int4, quantize_weight_int4
+from stvgr1_edge.run_config import RunConfig, build_pipeline
+
+build_pipeline(RunConfig(model="nano", device="cpu"))
+before = ort_threads.threads_shared()  # full precision: off
+build_pipeline(RunConfig(model="nano", device="cpu", weights="int4"))  # turns the shared pool on
+codes, scales, zeros = quantize_weight_int4(torch.randn(512, 256), 64)
+layer = WeightOnlyInt4Linear(256, 512, codes, scales, zeros, None, 64, torch.float32)
+x = torch.randn(1, 256)
+cosine = torch.nn.functional.cosine_similarity(layer(x), x @ dequantize_int4(codes, scales, zeros, 64).T).item()
+value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [value("x", [2])], [value("y", [2])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+session = ort.InferenceSession(model, ort_threads.session_options(), providers=["CPUExecutionProvider"])
+relu = session.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist()
+print(before, ort_threads.threads_shared(), layer.kernel, round(cosine, 4), relu)
+"""
+
+
+def test_a_cpu_int4_run_shares_one_onnxruntime_pool_and_the_packages_sessions_follow():
+    """onnxruntime's shared pool is process-wide (with it on, it refuses sessions asking for a pool of their own), so
+    a fresh interpreter: a full-precision run leaves it off, an int4 one turns it on, and then both the int4 kernel
+    and a graph built with the package's session options run."""
+    from stvgr1_edge.backends.int4_mlas import mlas_available
+    from stvgr1_edge.backends.ort_threads import session_options, threads_shared
+
+    if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
+        pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
+    assert not threads_shared()  # off unless asked for: this process's own sessions keep their pools
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    done = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, kernel, cosine, relu = done.stdout.strip().splitlines()[-1].split(" ", 4)
+    assert (before, after, kernel) == ("False", "True", "mlas")
+    assert float(cosine) > 0.999 and relu == "[0.0, 2.0]"
 
 
 def test_zero_points_off_the_integer_grid_keep_torchs_kernel():
     if int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs torch's CPU int4 kernel")
-    codes, scales, zeros = _head_sized_codes(int4.MLAS_FROM_ROWS)
+    codes, scales, zeros = _head_sized_codes(512)
     shifted = zeros + 0.3 * scales  # a float range start, as older exports wrote
     assert integer_zero_points(scales, shifted) is None
     assert integer_zero_points(scales.bfloat16(), zeros.bfloat16()) is not None  # bf16-saved ones still are on it
-    layer = WeightOnlyInt4Linear(256, int4.MLAS_FROM_ROWS, codes, scales, shifted, None, 64, torch.float32)
+    layer = WeightOnlyInt4Linear(256, 512, codes, scales, shifted, None, 64, torch.float32)
     assert layer.kernel == "cpu"
 
 
 def test_dequant_fallback_kernel_equals_packed_cpu_kernel(monkeypatch):
+    from stvgr1_edge.backends import int4_mlas
+
+    monkeypatch.setattr(int4_mlas, "mlas_available", lambda: False)  # torch's kernel (onnxruntime's: above)
     torch.manual_seed(0)
     linear = nn.Linear(128, 64, bias=False)
     packed = int4_linear_from(linear, 64)

@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .int4_mlas import decoding_threads
+
 logger = logging.getLogger(__name__)
 
 COMPILE_CACHE_ENV = "STVG_EDGE_COMPILE_CACHE"
@@ -333,17 +335,18 @@ class StaticEngine:
         token = torch.tensor([[tokens[-1]]], device=self.device)
         slot = torch.tensor([length], device=self.device)
         cuda_graphs = self.config.compile and self.device.type == "cuda"
-        while not finished(tokens):
-            step_start = time.perf_counter()
-            if cuda_graphs and self._step_fn is not self.step:  # the last step's output buffer is reused from here
-                torch.compiler.cudagraph_mark_step_begin()
-            if self._fresh:  # compiles, or loads the compiled step from the cache
-                logits = self._first_call(token, slot, rope_delta)
-                compile_s, self._fresh = time.perf_counter() - step_start, False
-            else:
-                logits = self._step_fn(token, slot, rope_delta)  # type: ignore[misc]
-            tokens.append(choose(logits.float(), tokens))
-            token.fill_(tokens[-1])
-            slot += 1
+        with decoding_threads(self.model):  # onnxruntime int4 linears: torch on one thread (int4_mlas)
+            while not finished(tokens):
+                step_start = time.perf_counter()
+                if cuda_graphs and self._step_fn is not self.step:  # the last step's output buffer is reused now
+                    torch.compiler.cudagraph_mark_step_begin()
+                if self._fresh:  # compiles, or loads the compiled step from the cache
+                    logits = self._first_call(token, slot, rope_delta)
+                    compile_s, self._fresh = time.perf_counter() - step_start, False
+                else:
+                    logits = self._step_fn(token, slot, rope_delta)  # type: ignore[misc]
+                tokens.append(choose(logits.float(), tokens))
+                token.fill_(tokens[-1])
+                slot += 1
         end = time.perf_counter()
         return EngineOutput(tokens, first - start, end - first, compile_s, first_logits)

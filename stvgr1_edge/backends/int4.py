@@ -14,8 +14,9 @@ Kernels, chosen by the device the module is packed on:
 - ``"cuda"``: ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, bf16 activations), weights packed by
   ``_convert_weight_to_int4pack`` from uint8 ``(out, in / 2)`` (even input index in the high nibble);
 - ``"cpu"``: ``_weight_int4pack_mm_for_cpu`` with ``_convert_weight_to_int4pack_for_cpu`` (int32 codes);
-- ``"mlas"``: a CPU layer with :data:`MLAS_FROM_ROWS` outputs or more (a vocabulary head): onnxruntime's
-  ``MatMulNBits`` with int8 activations (:mod:`.int4_mlas`), where onnx and onnxruntime are installed;
+- ``"mlas"``: a CPU layer whose zero points lie on the integer grid, where onnx and onnxruntime are installed:
+  onnxruntime's ``MatMulNBits`` with int8 activations (:mod:`.int4_mlas`; decode under its
+  :func:`~.int4_mlas.decoding_threads`);
 - ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
   ``F.linear``.
 
@@ -130,7 +131,7 @@ model's decoder, group 32: 5% less squared weight error than min/max)."""
 def _round_to_range(groups: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
     """Codes (float, 0..15), scales and grid starts of ``groups`` on the grid ``[lo, hi]``, widened to hold 0 and
     moved by less than half a step so that 0 is one of its levels (an integer zero point ``zp = -lo / scale``, the
-    ONNX/GPTQ convention: onnxruntime's int8-activation kernel (:data:`MLAS_FROM_ROWS`) reads the same codes only
+    ONNX/GPTQ convention: onnxruntime's int8-activation kernel (:mod:`.int4_mlas`) reads the same codes only
     then), and each group's squared error."""
     lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # a group of one sign: [0, max] or [min, 0], not a clamped grid
     scales = ((hi - lo) / 15).clamp(min=1e-6)
@@ -203,11 +204,6 @@ dequantize in ~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 ro
 where the kernel's weights are)."""
 
 
-MLAS_FROM_ROWS = 32_768
-"""CPU int4 linears with at least this many outputs (vocabulary heads) run on onnxruntime's int8-activation kernel
-(:mod:`.int4_mlas`) where it is installed and their zero points lie on the integer grid: a 3B head in two thirds of
-torch's kernel's time. Decoder matrices (up to ~19k outputs at 7B) stream as fast on torch's kernel and stay there."""
-
 ZERO_POINT_TOLERANCE = 0.1
 """How far ``8 - zero / scale`` may be from an integer for a zero point to count as on the grid (bf16-saved scales
 and zeros move it by up to ~0.03; zeros from a float range start are off it by up to 0.5)."""
@@ -260,15 +256,16 @@ class WeightOnlyInt4Linear(nn.Module):
             compute_dtype = torch.bfloat16
         two_per_byte = pack_uint4x2(codes).contiguous()  # the portable form: tinygemm's input, and what is kept
         self._mlas: Any = None
-        if self.kernel == "cpu" and out_features >= MLAS_FROM_ROWS:
+        if self.kernel == "cpu":  # onnxruntime's kernel where it can read these weights (see the module doc)
             from .int4_mlas import MlasInt4Kernel, mlas_available
 
             zero_points = integer_zero_points(scales, zeros)
             if zero_points is not None and mlas_available():
-                self.kernel, self._mlas = "mlas", MlasInt4Kernel(two_per_byte, scales, zero_points, group_size)
-                logger.info("int4: %d-output layer on onnxruntime's int4 kernel (MatMulNBits)", out_features)
+                # the scales as the module keeps (and saves) them, so a reloaded model computes the same values
+                kept_scales = scales.to(compute_dtype)
+                self.kernel, self._mlas = "mlas", MlasInt4Kernel(two_per_byte, kept_scales, zero_points, group_size)
             else:
-                logger.info(
+                logger.debug(
                     "int4: %d-output layer on torch's CPU kernel (%s)",
                     out_features,
                     "zero points off the integer grid" if zero_points is None else "onnx/onnxruntime not installed",
@@ -351,6 +348,15 @@ class WeightOnlyInt4Linear(nn.Module):
         )
 
 
+def kernel_counts(model: nn.Module) -> dict[str, int]:
+    """How many of ``model``'s int4 linears run on each kernel (e.g. ``{"mlas": 28}``)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, WeightOnlyInt4Linear):
+            counts[module.kernel] = counts.get(module.kernel, 0) + 1
+    return counts
+
+
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -431,4 +437,5 @@ def load_int4(
         for param in model.parameters():
             if param.is_floating_point():
                 param.data = param.data.to(dtype)
+    logger.info("int4: %s", ", ".join(f"{n} linears on the {k!r} kernel" for k, n in kernel_counts(model).items()))
     return model.to(device).eval()

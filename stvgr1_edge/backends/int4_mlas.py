@@ -1,17 +1,20 @@
-"""onnxruntime's int4 kernel (MLAS ``MatMulNBits``) for a CPU int4 linear, used for vocabulary-sized heads.
+"""onnxruntime's int4 kernel (MLAS ``MatMulNBits``) for CPU int4 linears.
 
-Why: decoding one token reads the whole output projection (a 3B model's 151,936 x 2048 head is 156 MB in int4, almost
-half of a 4-layer model's bytes). torch's CPU int4 kernel dequantizes every weight to bf16 and multiplies in bf16;
-MLAS quantizes the one activation row to int8 and multiplies with VNNI/AMX integer dot products, so it keeps up with
-memory: that head alone in 6.2-6.7 ms against 9.6-9.8 ms on 2 Sapphire Rapids cores, and a 4-layer 3B-wide decode
-step ~2 ms faster (25.0-25.4 against 27.2-27.4 ms a token). The decoder's own matrices (2-11k rows) stream at about
-the same ~16 GB/s on both kernels, and a session per layer would cost a thread pool each, so they stay on torch's
-kernel (:data:`~.int4.MLAS_FROM_ROWS`). Its threads must not spin between calls: torch runs the rest of the step
-on the same cores (spinning: 47 ms a token instead of 25).
+Why: torch's CPU int4 kernel dequantizes every weight to bf16 and multiplies in bf16, which keeps it compute-bound
+at ~10-14 GB/s on 2 Sapphire Rapids cores; MLAS quantizes the one activation row to int8 and multiplies with
+VNNI/AMX integer dot products. The 28 matrices of a 4-layer 3B-wide decoder with norms and attention between them,
+2 cores: 10.4 ms a token on the shared pool with torch on one thread, against 14.1 ms on torch's kernel; a 3B head
+(151,936 x 2048, 156 MB in int4) 6.2-6.7 ms against 9.6-9.8 ms.
+
+Threads: decoding calls these kernels between small torch ops (norms, rotary, attention on one row), and
+onnxruntime's workers and torch's would take turns on the same cores; :func:`decoding_threads` drops torch to one
+thread while tokens are decoded, so the cores are onnxruntime's for the matrices. On onnxruntime's shared pool
+(:func:`~.ort_threads.share_threads`, which ``stvg-edge run --weights int4`` turns on on a CPU) the workers also
+stay warm between calls; with a pool per session each call wakes one.
 
 The weights are the same codes, scales and zero points as the torch kernels' (:func:`~.int4.quantize_weight_int4`
 keeps zero points on the integer grid, as ``MatMulNBits`` requires); only the activation is rounded to int8 (per
-block, ``accuracy_level=4``), which moves the logits by about 0.5% (cosine to the dequantized product > 0.999).
+block, ``accuracy_level=4``), which moves a layer's output by about 0.5% (cosine to the dequantized product > 0.999).
 
 Needs ``onnx`` (to build the one-node graph) and ``onnxruntime``; without them, or without
 ``torch.library.custom_op`` (torch < 2.4), the torch kernel is used. The call is a torch custom op, so a compiled
@@ -20,12 +23,15 @@ decode step treats it as one opaque kernel.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .ort_threads import session_options
 
 ACCURACY_LEVEL = 4
 """``MatMulNBits``' ``accuracy_level``: 4 quantizes the activation to int8 (the VNNI/AMX path); 0 computes in fp32
@@ -60,6 +66,28 @@ def _mlas_op():
 
         _op = mlas_int4_mm
     return _op
+
+
+def uses_mlas(model: torch.nn.Module) -> bool:
+    """Whether any of ``model``'s linears runs on this kernel."""
+    return any(getattr(module, "kernel", None) == "mlas" for module in model.modules())
+
+
+def decoding_thread_count(model: torch.nn.Module) -> int:
+    """torch threads to decode tokens of ``model`` with: one when it has onnxruntime int4 linears (the cores are
+    onnxruntime's for the matrices: see the module doc), else torch's current count."""
+    return 1 if uses_mlas(model) else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def decoding_threads(model: torch.nn.Module) -> Iterator[None]:
+    """:func:`decoding_thread_count` torch threads inside the block; torch's count is restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(decoding_thread_count(model))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _pack_low_first(values: np.ndarray) -> np.ndarray:
@@ -115,11 +143,7 @@ class MlasInt4Kernel:
             graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         )
         model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch needs the cores next
+        options = session_options(torch.get_num_threads())
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.out_features = out_features
         self.key = _next_key

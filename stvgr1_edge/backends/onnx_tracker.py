@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from ..errors import BadInputError, read_json, require
 from ..tracking.base import Detector
 from ..tracking.sam2 import Sam2Tracker, Sam2TrackerConfig
+from .ort_threads import session_options
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,9 @@ class _OrtGraph:
         ort = require("onnxruntime", "export", "running the ONNX tracker")
         if not path.is_file():
             raise BadInputError(f"tracker graph missing: {path}: re-export the bundle with stvg-edge export")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: shape-merge notices are not for the user
-        # the graphs alternate with small PyTorch ops: idle onnxruntime threads must not spin and starve them
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # errors-only logging (shape-merge notices are not for the user); the graphs alternate with small PyTorch
+        # ops, so a pool of their own must not spin and starve them
+        options = session_options()
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
 

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import BadInputError, require
+from .ort_threads import session_options as ort_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +152,12 @@ def compute_vision_side_inputs(grid_thw: torch.Tensor, vision_config) -> VisionS
 
 
 def session_options(intra_op_num_threads: int = 0):
-    """onnxruntime ``SessionOptions`` for the exported graphs: all graph optimizations, errors-only logging and
-    no spinning of idle worker threads (they alternate with PyTorch ops on a small CPU and would starve them).
-    ``intra_op_num_threads`` 0 lets onnxruntime choose (one per physical core)."""
+    """onnxruntime ``SessionOptions`` for the exported graphs: all graph optimizations, errors-only logging and the
+    process's threading (:func:`~.ort_threads.session_options`: a pool of ``intra_op_num_threads`` whose idle
+    workers do not spin, 0 letting onnxruntime choose one per physical core, or the shared pool)."""
     ort = require("onnxruntime", "export", "running an exported graph")
-    options = ort.SessionOptions()
+    options = ort_session_options(intra_op_num_threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = int(intra_op_num_threads)
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

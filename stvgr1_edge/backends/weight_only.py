@@ -21,6 +21,7 @@ from .int4 import (
     SUPPORTED_GROUP_SIZES,
     WeightOnlyInt4Linear,
     can_quantize,
+    kernel_counts,
     quantize_weight_int4,
     set_submodule,
 )
@@ -78,5 +79,11 @@ def quantize_language_model_(
             set_submodule(model, name, new)
             counts[fmt] += 1
     if targets:
-        logger.info("weight-only: %d int8 and %d int4 linears (group %d)", counts["int8"], counts["int4"], group_size)
+        logger.info(
+            "weight-only: %d int8 and %d int4 linears (group %d; int4 kernels %s)",
+            counts["int8"],
+            counts["int4"],
+            group_size,
+            kernel_counts(model),
+        )
     return counts
