@@ -148,8 +148,8 @@ def test_int4_linear_matches_dequantized_matmul(group_size):
     assert torch.equal(layer.codes(), codes)  # the packed layout unpacks exactly
 
 
-def _head_sized_codes(out_features: int, group_size: int = 64, seed: int = 0):
-    weight = torch.randn(out_features, 256, generator=torch.Generator().manual_seed(seed)) * 0.02
+def _head_sized_codes(out_features: int, group_size: int = 64, seed: int = 0, in_features: int = 256):
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed)) * 0.02
     return quantize_weight_int4(weight, group_size)
 
 
@@ -160,11 +160,15 @@ def test_a_cpu_layer_runs_on_onnxruntime_with_the_same_weights(monkeypatch):
 
     if not int4_mlas.mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
-    out_features = 4096
-    codes, scales, zeros = _head_sized_codes(out_features)
-    layer = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
+    out_features, width = 2048, int4.MLAS_FROM_IN_FEATURES
+    codes, scales, zeros = _head_sized_codes(out_features, in_features=width)
+    layer = WeightOnlyInt4Linear(width, out_features, codes, scales, zeros, None, 64, torch.float32)
     assert layer.kernel == "mlas" and int4.kernel_counts(nn.Sequential(layer)) == {"mlas": 1}
-    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    narrow = WeightOnlyInt4Linear(
+        width // 2, out_features, codes[:, : width // 2], scales[:, :8], zeros[:, :8], None, 64, torch.float32
+    )
+    assert narrow.kernel == "cpu"  # fewer inputs: torch's kernel costs less per call
+    x = torch.randn(3, width, generator=torch.Generator().manual_seed(1))
     expected = x @ dequantize_int4(codes, scales, zeros, 64).T
     with torch.no_grad():
         got = layer(x)
@@ -176,11 +180,11 @@ def test_a_cpu_layer_runs_on_onnxruntime_with_the_same_weights(monkeypatch):
     assert torch.equal(compiled, got)  # the compiled step calls the same kernel
     assert torch.equal(layer.codes(), codes)
     with torch.no_grad():  # a prefill's rows go through the dense path, decode rows through onnxruntime
-        prefill = layer(torch.cat([x, torch.randn(200, 256)]))[:3]
+        prefill = layer(torch.cat([x, torch.randn(200, width)]))[:3]
     assert torch.nn.functional.cosine_similarity(prefill, expected).min() > 0.999
     assert copy.deepcopy(layer)._mlas is layer._mlas
     monkeypatch.setattr(int4_mlas, "mlas_available", lambda: False)  # without onnxruntime: torch's kernel
-    fallback = WeightOnlyInt4Linear(256, out_features, codes, scales, zeros, None, 64, torch.float32)
+    fallback = WeightOnlyInt4Linear(width, out_features, codes, scales, zeros, None, 64, torch.float32)
     assert fallback.kernel == "cpu"
     with torch.no_grad():
         assert torch.nn.functional.cosine_similarity(fallback(x), expected).min() > 0.999
@@ -191,8 +195,9 @@ def test_decoding_threads_drop_torch_to_one_thread_only_for_onnxruntime_layers()
 
     if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
-    codes, scales, zeros = _head_sized_codes(512)
-    with_mlas = nn.Sequential(WeightOnlyInt4Linear(256, 512, codes, scales, zeros, None, 64, torch.float32))
+    width = int4.MLAS_FROM_IN_FEATURES
+    codes, scales, zeros = _head_sized_codes(512, in_features=width)
+    with_mlas = nn.Sequential(WeightOnlyInt4Linear(width, 512, codes, scales, zeros, None, 64, torch.float32))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -218,9 +223,9 @@ from stvgr1_edge.run_config import RunConfig, build_pipeline
 build_pipeline(RunConfig(model="nano", device="cpu"))
 before = ort_threads.threads_shared()  # full precision: off
 build_pipeline(RunConfig(model="nano", device="cpu", weights="int4"))  # turns the shared pool on
-codes, scales, zeros = quantize_weight_int4(torch.randn(512, 256), 64)
-layer = WeightOnlyInt4Linear(256, 512, codes, scales, zeros, None, 64, torch.float32)
-x = torch.randn(1, 256)
+codes, scales, zeros = quantize_weight_int4(torch.randn(512, 1024), 64)
+layer = WeightOnlyInt4Linear(1024, 512, codes, scales, zeros, None, 64, torch.float32)
+x = torch.randn(1, 1024)
 cosine = torch.nn.functional.cosine_similarity(layer(x), x @ dequantize_int4(codes, scales, zeros, 64).T).item()
 value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [value("x", [2])], [value("y", [2])])
@@ -252,11 +257,12 @@ def test_a_cpu_int4_run_shares_one_onnxruntime_pool_and_the_packages_sessions_fo
 def test_zero_points_off_the_integer_grid_keep_torchs_kernel():
     if int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs torch's CPU int4 kernel")
-    codes, scales, zeros = _head_sized_codes(512)
+    width = int4.MLAS_FROM_IN_FEATURES
+    codes, scales, zeros = _head_sized_codes(512, in_features=width)
     shifted = zeros + 0.3 * scales  # a float range start, as older exports wrote
     assert integer_zero_points(scales, shifted) is None
     assert integer_zero_points(scales.bfloat16(), zeros.bfloat16()) is not None  # bf16-saved ones still are on it
-    layer = WeightOnlyInt4Linear(256, 512, codes, scales, shifted, None, 64, torch.float32)
+    layer = WeightOnlyInt4Linear(width, 512, codes, scales, shifted, None, 64, torch.float32)
     assert layer.kernel == "cpu"
 
 

@@ -14,7 +14,8 @@ Kernels, chosen by the device the module is packed on:
 - ``"cuda"``: ``torch.ops.aten._weight_int4pack_mm`` (tinygemm, bf16 activations), weights packed by
   ``_convert_weight_to_int4pack`` from uint8 ``(out, in / 2)`` (even input index in the high nibble);
 - ``"cpu"``: ``_weight_int4pack_mm_for_cpu`` with ``_convert_weight_to_int4pack_for_cpu`` (int32 codes);
-- ``"mlas"``: a CPU layer whose zero points lie on the integer grid, where onnx and onnxruntime are installed:
+- ``"mlas"``: a CPU layer with :data:`MLAS_FROM_IN_FEATURES` inputs or more whose zero points lie on the integer
+  grid, where onnx and onnxruntime are installed:
   onnxruntime's ``MatMulNBits`` with int8 activations (:mod:`.int4_mlas`; decode under its
   :func:`~.int4_mlas.decoding_threads`);
 - ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
@@ -204,6 +205,12 @@ dequantize in ~95 ms; the kernel takes 0.8 ms a row); H200, between 32 and 64 ro
 where the kernel's weights are)."""
 
 
+MLAS_FROM_IN_FEATURES = 1024
+"""CPU int4 linears with at least this many inputs run on onnxruntime's kernel (:mod:`.int4_mlas`); narrower ones
+(the packaged nano model's 192-512) keep torch's, whose per-call cost is lower: nano's int4 answers took 0.54 s a
+clip on onnxruntime's kernel against 0.37 s on torch's (``benchmarks/accuracy.py``, 2 CPU cores). Every
+Qwen2.5-VL-3B/7B language-model linear has 2048 inputs or more."""
+
 ZERO_POINT_TOLERANCE = 0.1
 """How far ``8 - zero / scale`` may be from an integer for a zero point to count as on the grid (bf16-saved scales
 and zeros move it by up to ~0.03; zeros from a float range start are off it by up to 0.5)."""
@@ -256,7 +263,7 @@ class WeightOnlyInt4Linear(nn.Module):
             compute_dtype = torch.bfloat16
         two_per_byte = pack_uint4x2(codes).contiguous()  # the portable form: tinygemm's input, and what is kept
         self._mlas: Any = None
-        if self.kernel == "cpu":  # onnxruntime's kernel where it can read these weights (see the module doc)
+        if self.kernel == "cpu" and in_features >= MLAS_FROM_IN_FEATURES:  # onnxruntime's, where it reads them
             from .int4_mlas import MlasInt4Kernel, mlas_available
 
             zero_points = integer_zero_points(scales, zeros)
