@@ -405,3 +405,50 @@ def test_int4_onnxruntime_layers_decode_on_one_torch_thread_and_prefill_on_all(n
     finally:
         torch.set_num_threads(threads)
     assert answers[0].text == answers[1].text
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_dequantization_is_exactly_the_eager_formula_fused_or_not(monkeypatch, dtype):
+    """The fused (compiled) dequantization of packed codes gives the eager formula's values bit for bit, and a
+    machine where compiling fails gets the same values eagerly, with one warning."""
+    from stvgr1_edge.backends import int4
+
+    codes = torch.randint(0, 16, (48, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    scales, zeros = torch.rand(48, 8).to(dtype), torch.randn(48, 8).to(dtype)
+    expected = int4.dequantize_int4(codes, scales, zeros, 32).to(dtype)
+    packed = int4.pack_uint4x2(codes)
+    assert torch.equal(int4.dequantize_packed_int4(packed, scales, zeros, 32, dtype), expected)
+    monkeypatch.setattr(int4, "_fused_dequantize", None)
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales.t().contiguous().t(), zeros, 32, dtype), expected)
+    assert int4._fused_dequantize not in (None, False)  # compiled
+
+    def cannot_build(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nmore")
+
+    monkeypatch.setattr(int4, "_fused_dequantize", cannot_build)
+    warnings = []
+    monkeypatch.setattr(int4.logger, "warning", lambda *args: warnings.append(args[0] % args[1:]))
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
+    assert int4._fused_dequantize is False and warnings == [
+        "int4 prefill: dequantizing eagerly (compiling failed: no C++ compiler)"
+    ]
+    assert torch.equal(int4.dequantize_for_prefill(packed, scales, zeros, 32, dtype), expected)
+    assert len(warnings) == 1
+
+
+def test_int4_quantization_and_cpu_packing_in_row_blocks_equal_one_block(monkeypatch):
+    """Rows are quantized and packed a block at a time (bounded memory): the same codes, scales, zeros and packed
+    weight as all rows at once, also when the row count is not a multiple of the block (64 rows: the CPU packing's
+    own block)."""
+    from stvgr1_edge.backends import int4
+
+    weight = torch.randn(208, 256, generator=torch.Generator().manual_seed(3))  # the CPU kernel packs 16 rows at a time
+    whole = int4.quantize_weight_int4(weight, 32)
+    layer_whole = WeightOnlyInt4Linear(256, 208, *whole, None, 32, torch.float32)
+    monkeypatch.setattr(int4, "QUANTIZE_ROWS", 64)
+    blocks = int4.quantize_weight_int4(weight, 32)
+    assert all(torch.equal(a, b) for a, b in zip(whole, blocks))
+    layer_blocks = WeightOnlyInt4Linear(256, 208, *blocks, None, 32, torch.float32)
+    assert torch.equal(layer_whole.weight, layer_blocks.weight)
+    x = torch.randn(3, 256)
+    assert torch.equal(layer_whole(x), layer_blocks(x))
