@@ -477,3 +477,16 @@ class AnswerTemplateLogitsProcessor:
         if input_ids.shape[0] != 1:
             raise ValueError("the answer template constrains one sequence at a time")
         return self.constraint.mask(input_ids[0, self.prompt_len :].tolist(), scores)
+
+
+class RepetitionStop:
+    """A transformers stopping criterion: True once the generated tokens end in a degenerate repetition."""
+
+    def __init__(self, prompt_len: int, window: int) -> None:
+        self.prompt_len, self.window = prompt_len, window
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = [is_repetition(row[self.prompt_len :].tolist(), self.window) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -34,6 +34,7 @@ from .answer_template import (
     AnswerConstraint,
     AnswerTemplate,
     AnswerTemplateLogitsProcessor,
+    RepetitionStop,
     TokenStrings,
     is_repetition,
 )
@@ -150,19 +151,6 @@ class GroundingOutput:
     num_visual_tokens: int
     num_prompt_tokens: int
     vision_reused: bool
-
-
-class RepetitionStop:
-    """A transformers stopping criterion: True once the generated tokens end in a degenerate repetition."""
-
-    def __init__(self, prompt_len: int, window: int) -> None:
-        self.prompt_len, self.window = prompt_len, window
-
-    def __call__(self, input_ids: "torch.Tensor", scores: Any, **kwargs: Any) -> "torch.Tensor":
-        import torch
-
-        done = [is_repetition(row[self.prompt_len :].tolist(), self.window) for row in input_ids]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class VideoGrounder(Protocol):
@@ -583,28 +571,24 @@ class Grounder(GroundingInputs):
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .backends.int4_mlas import decoding_thread_count
+        from .backends.int4_mlas import DecodingThreads
 
-        # the prompt on all of torch's threads, the tokens on as many as the weights' kernel wants
-        threads, decode_threads = torch.get_num_threads(), decoding_thread_count(self.model)
-        clock = _TokenClock(on_first_token=lambda: torch.set_num_threads(decode_threads))
+        decode_threads = DecodingThreads(self.model, start_at_once=False)  # the prompt on all of torch's threads
+        clock = _TokenClock(on_first_token=decode_threads.start)
         prompt_len = inputs["input_ids"].shape[1]
         window = self.config.stop_on_repetition
         stops = [RepetitionStop(prompt_len, window)] if window > 0 and constraint is None else []
         processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
         start = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                output_ids = self.model.generate(
-                    **inputs,
-                    mm_encoder_outputs={"video": features},
-                    streamer=clock,
-                    stopping_criteria=StoppingCriteriaList(stops),
-                    logits_processor=LogitsProcessorList(processors),
-                    **self.generation_kwargs(),
-                )
-        finally:
-            torch.set_num_threads(threads)
+        with decode_threads, torch.inference_mode():
+            output_ids = self.model.generate(
+                **inputs,
+                mm_encoder_outputs={"video": features},
+                streamer=clock,
+                stopping_criteria=StoppingCriteriaList(stops),
+                logits_processor=LogitsProcessorList(processors),
+                **self.generation_kwargs(),
+            )
         self._sync()
         end = time.perf_counter()
         first = clock.first_token_s if clock.first_token_s is not None else end

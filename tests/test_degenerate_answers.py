@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stvgr1_edge.answer import parse_answer
+from stvgr1_edge.answer_template import RepetitionStop, is_repetition
 from stvgr1_edge.cli import NO_ANSWER_EXIT, main
-from stvgr1_edge.grounding import RepetitionStop, is_repetition
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ def test_a_cpu_layer_runs_on_onnxruntime_with_the_same_weights(monkeypatch):
 
 
 def test_decoding_threads_drop_torch_to_one_thread_only_for_onnxruntime_layers():
-    from stvgr1_edge.backends.int4_mlas import decoding_threads, mlas_available
+    from stvgr1_edge.backends.int4_mlas import DecodingThreads, mlas_available
 
     if not mlas_available() or int4.kernel_for(torch.device("cpu")) != "cpu":
         pytest.skip("needs onnx, onnxruntime and torch's CPU int4 kernel")
@@ -201,12 +201,12 @@ def test_decoding_threads_drop_torch_to_one_thread_only_for_onnxruntime_layers()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with decoding_threads(with_mlas):
+        with DecodingThreads(with_mlas):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with decoding_threads(nn.Sequential(nn.Linear(4, 4))):
+        with DecodingThreads(nn.Sequential(nn.Linear(4, 4))):
             assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), decoding_threads(with_mlas):
+        with pytest.raises(RuntimeError), DecodingThreads(with_mlas):
             raise RuntimeError("restored on the way out too")
         assert torch.get_num_threads() == 2
     finally:

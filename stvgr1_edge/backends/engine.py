@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .int4_mlas import decoding_threads
+from .int4_mlas import DecodingThreads
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class StaticEngine:
         token = torch.tensor([[tokens[-1]]], device=self.device)
         slot = torch.tensor([length], device=self.device)
         cuda_graphs = self.config.compile and self.device.type == "cuda"
-        with decoding_threads(self.model):  # onnxruntime int4 linears: torch on one thread (int4_mlas)
+        with DecodingThreads(self.model):  # onnxruntime int4 linears: torch on one thread (int4_mlas)
             while not finished(tokens):
                 step_start = time.perf_counter()
                 if cuda_graphs and self._step_fn is not self.step:  # the last step's output buffer is reused now

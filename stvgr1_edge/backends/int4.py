@@ -17,7 +17,7 @@ Kernels, chosen by the device the module is packed on:
 - ``"mlas"``: a CPU layer with :data:`MLAS_FROM_IN_FEATURES` inputs or more whose zero points lie on the integer
   grid, where onnx and onnxruntime are installed:
   onnxruntime's ``MatMulNBits`` with int8 activations (:mod:`.int4_mlas`; decode under its
-  :func:`~.int4_mlas.decoding_threads`);
+  :class:`~.int4_mlas.DecodingThreads`);
 - ``"dequant"``: any other device (or a pre-Ampere GPU, or a torch without those ops): dequantize, then
   ``F.linear``.
 

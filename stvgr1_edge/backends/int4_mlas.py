@@ -7,7 +7,7 @@ VNNI/AMX integer dot products. The 28 matrices of a 4-layer 3B-wide decoder with
 (151,936 x 2048, 156 MB in int4) 6.2-6.7 ms against 9.6-9.8 ms.
 
 Threads: decoding calls these kernels between small torch ops (norms, rotary, attention on one row), and
-onnxruntime's workers and torch's would take turns on the same cores; :func:`decoding_threads` drops torch to one
+onnxruntime's workers and torch's would take turns on the same cores; :class:`DecodingThreads` drops torch to one
 thread while tokens are decoded, so the cores are onnxruntime's for the matrices. On onnxruntime's shared pool
 (:func:`~.ort_threads.share_threads`, which ``stvg-edge run --weights int4`` turns on on a CPU) the workers also
 stay warm between calls; with a pool per session each call wakes one.
@@ -23,10 +23,9 @@ decode step treats it as one opaque kernel.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import weakref
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,24 +69,35 @@ def _mlas_op():
 
 def uses_mlas(model: torch.nn.Module) -> bool:
     """Whether any of ``model``'s linears runs on this kernel."""
-    return any(getattr(module, "kernel", None) == "mlas" for module in model.modules())
+    from .int4 import kernel_counts
+
+    return "mlas" in kernel_counts(model)
 
 
-def decoding_thread_count(model: torch.nn.Module) -> int:
-    """torch threads to decode tokens of ``model`` with: one when it has onnxruntime int4 linears (the cores are
-    onnxruntime's for the matrices: see the module doc), else torch's current count."""
-    return 1 if uses_mlas(model) else torch.get_num_threads()
+class DecodingThreads:
+    """torch's threads while ``model`` decodes tokens: one when it has onnxruntime int4 linears (the cores are
+    onnxruntime's for the matrices: see the module doc), else unchanged. A context manager: entering switches (with
+    ``start_at_once=False`` only at :meth:`start`, e.g. once ``generate``'s first token is out, so that the prompt
+    keeps all threads); leaving restores torch's count, also on an error."""
 
+    saved: int  # torch's count when the block was entered
 
-@contextlib.contextmanager
-def decoding_threads(model: torch.nn.Module) -> Iterator[None]:
-    """:func:`decoding_thread_count` torch threads inside the block; torch's count is restored after it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(decoding_thread_count(model))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    def __init__(self, model: torch.nn.Module, start_at_once: bool = True) -> None:
+        self.threads = 1 if uses_mlas(model) else None
+        self.start_at_once = start_at_once
+
+    def start(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    def __enter__(self) -> "DecodingThreads":
+        self.saved = torch.get_num_threads()
+        if self.start_at_once:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        torch.set_num_threads(self.saved)
 
 
 def _pack_low_first(values: np.ndarray) -> np.ndarray:
