@@ -100,10 +100,11 @@ class GrounderConfig:
     compile: bool = True
     """Engine "static": ``torch.compile`` the decode step (compiled steps are kept on disk, in
     ``~/.cache/stvg-edge/inductor`` or ``$STVG_EDGE_COMPILE_CACHE``). False: the same static loop, eager."""
-    weights: Literal["fp", "int8", "int4"] = "fp"
+    weights: Literal["fp", "int8", "int4", "fp32-ort"] = "fp"
     """The language model's linears, quantized at load (weight-only; either engine): "fp" as loaded, "int8"
-    per-channel, "int4" group-wise (searched rounding). Pays off with the compiled static engine."""
-    lm_head: Literal["fp", "int8", "int4"] = "fp"
+    per-channel, "int4" group-wise (searched rounding). Pays off with the compiled static engine. "fp32-ort": an fp32
+    model's own weights on onnxruntime's CPU kernel (:mod:`stvgr1_edge.backends.fp32_ort`)."""
+    lm_head: Literal["fp", "int8", "int4", "fp32-ort"] = "fp"
     """The output projection's format (it reads a vocabulary-sized matrix per token: a large share of a small
     model's decode time)."""
     int4_group_size: int = 128

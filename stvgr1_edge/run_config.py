@@ -60,10 +60,11 @@ class RunConfig:
     engine: Literal["hf", "static"] | None = None
     """Decoder: "hf" (transformers' generate) or "static" (static KV cache, compiled decode step); default
     :func:`default_engine`'s."""
-    weights: Literal["fp", "int8", "int4"] | None = None
-    """The language model's linears, quantized weight-only at load: fp (default, as saved), int8 or int4."""
-    lm_head: Literal["fp", "int8", "int4"] | None = None
-    """The output projection's weights at load: fp (default), int8 or int4 (a bundle's too)."""
+    weights: Literal["fp", "int8", "int4", "fp32-ort"] | None = None
+    """The language model's linears, quantized weight-only at load: fp (default, as saved), int8 or int4; or
+    fp32-ort (fp32 weights on onnxruntime's CPU kernel)."""
+    lm_head: Literal["fp", "int8", "int4", "fp32-ort"] | None = None
+    """The output projection's weights at load: fp (default), int8, int4 or fp32-ort (a bundle's too)."""
     answer_template: bool = True
     """Keep decoding inside the answer template, so every answer parses (False: free decoding)."""
     # the tracker
@@ -129,6 +130,12 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
             "--bundle brings its language model's weights as exported, so --weights would be ignored: drop it "
             "(--lm-head still applies), or export with --llm none"
         )
+    fp32_ort = [_flag(n) for n in ("weights", "lm_head") if getattr(config, n) == "fp32-ort"]
+    if fp32_ort and (config.dtype in ("bf16", "fp16") or config.device.startswith("cuda")):
+        raise BadInputError(
+            f"{' and '.join(f + ' fp32-ort' for f in fp32_ort)}: fp32-ort runs fp32 weights on a CPU; add --dtype fp32 "
+            "--device cpu, or use fp, int8 or int4"
+        )
     if config.engine == "static" and config.quant == "nf4":
         raise BadInputError(
             "--engine static does not run nf4 (bitsandbytes) weights: drop --quant nf4, or use --engine hf"
@@ -178,12 +185,12 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
 
         TrackSet.load(config.tracks)  # a bad tracks file fails before the model loads
 
-    int4_llm = bundle.manifest["grounder"]["llm_quant"] if bundle is not None else config.weights
-    if device == "cpu" and "int4" in (int4_llm, config.lm_head):
+    llm_format = bundle.manifest["grounder"]["llm_quant"] if bundle is not None else config.weights
+    if device == "cpu" and {"int4", "fp32-ort"} & {llm_format, config.lm_head}:
         from .backends.int4_mlas import mlas_available
         from .backends.ort_threads import share_threads
 
-        if mlas_available():  # the int4 linears run on onnxruntime: one warm pool for all of them (ort_threads)
+        if mlas_available():  # the linears run on onnxruntime: one warm pool for all of them (ort_threads)
             share_threads()
     dtype = config.dtype or "auto"
     if bundle is not None:

@@ -50,35 +50,47 @@ def mlas_available() -> bool:
     )
 
 
-def _mlas_op():
-    """The custom op ``stvg_edge::mlas_int4_mm(x, key, out_features)``, defined on first use."""
+def kernel_op():
+    """The custom op ``stvg_edge::ort_linear(x, key, out_features)``: ``x`` (rows, in) fp32 through the onnxruntime
+    kernel registered under ``key`` (:func:`register_kernel`), (rows, out) fp32. Defined on first use."""
     global _op
     if _op is None:
 
-        @torch.library.custom_op("stvg_edge::mlas_int4_mm", mutates_args=())
-        def mlas_int4_mm(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
+        @torch.library.custom_op("stvg_edge::ort_linear", mutates_args=())
+        def ort_linear(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
             return _kernels[key].run(x)
 
-        @mlas_int4_mm.register_fake
+        @ort_linear.register_fake
         def _(x: torch.Tensor, key: int, out_features: int) -> torch.Tensor:
             return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
 
-        _op = mlas_int4_mm
+        _op = ort_linear
     return _op
 
 
+def register_kernel(kernel: Any) -> int:
+    """A key under which :func:`kernel_op` finds ``kernel`` (an object with ``run(x)``) while it is alive."""
+    global _next_key
+    key = _next_key
+    _next_key += 1
+    _kernels[key] = kernel
+    return key
+
+
 def uses_mlas(model: torch.nn.Module) -> bool:
-    """Whether any of ``model``'s linears runs on this kernel."""
+    """Whether any of ``model``'s linears runs on onnxruntime: int4 on this kernel, or fp32 on
+    :class:`~.fp32_ort.OrtFp32Linear`."""
+    from .fp32_ort import OrtFp32Linear
     from .int4 import kernel_counts
 
-    return "mlas" in kernel_counts(model)
+    return "mlas" in kernel_counts(model) or any(isinstance(m, OrtFp32Linear) for m in model.modules())
 
 
 class DecodingThreads:
-    """torch's threads while ``model`` decodes tokens: one when it has onnxruntime int4 linears (the cores are
-    onnxruntime's for the matrices: see the module doc), else unchanged. A context manager: entering switches (with
-    ``start_at_once=False`` only at :meth:`start`, e.g. once ``generate``'s first token is out, so that the prompt
-    keeps all threads); leaving restores torch's count, also on an error."""
+    """torch's threads while ``model`` decodes tokens: one when it has onnxruntime linears (:func:`uses_mlas`: the
+    cores are onnxruntime's for the matrices, see the module doc), else unchanged. A context manager: entering
+    switches (with ``start_at_once=False`` only at :meth:`start`, e.g. once ``generate``'s first token is out, so that
+    the prompt keeps all threads); leaving restores torch's count, also on an error."""
 
     saved: int  # torch's count when the block was entered
 
@@ -107,7 +119,37 @@ def _pack_low_first(values: np.ndarray) -> np.ndarray:
     return (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
 
 
-class MlasInt4Kernel:
+class OrtLinearKernel:
+    """A linear layer's product as one onnxruntime session: ``run(x)`` is ``x @ W.T`` in fp32, (rows, in) -> (rows,
+    out); calling it goes through :func:`kernel_op`, so that ``torch.compile`` keeps it as one call. Copies of a model
+    share the session (it is read-only)."""
+
+    session: Any
+    out_features: int
+    key: int
+
+    def _open(self, model: Any, out_features: int, options: Any = None) -> None:
+        """Start the session of the ONNX ``model`` (built on ``options``, default :func:`session_options`'s)."""
+        import onnxruntime as ort
+
+        if options is None:
+            options = session_options(torch.get_num_threads())
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.out_features = out_features
+        self.key = register_kernel(self)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        (y,) = self.session.run(None, {"x": x.detach().to(torch.float32).contiguous().numpy()})
+        return torch.from_numpy(y)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return kernel_op()(x, self.key, self.out_features)
+
+    def __deepcopy__(self, memo) -> "OrtLinearKernel":
+        return self
+
+
+class MlasInt4Kernel(OrtLinearKernel):
     """One ``MatMulNBits`` session holding a linear's int4 weight: ``run(x)`` is ``x @ W.T`` in fp32, (rows, in) ->
     (rows, out).
 
@@ -118,10 +160,8 @@ class MlasInt4Kernel:
         self, codes_two_per_byte: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, group_size: int
     ) -> None:
         import onnx
-        import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        global _next_key
         packed = codes_two_per_byte.cpu().numpy()
         out_features, in_features = packed.shape[0], packed.shape[1] * 2
         blocks = in_features // group_size
@@ -153,23 +193,7 @@ class MlasInt4Kernel:
             graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         )
         model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-        options = session_options(torch.get_num_threads())
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.out_features = out_features
-        self.key = _next_key
-        _next_key += 1
-        _kernels[self.key] = self
-
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        (y,) = self.session.run(None, {"x": x.detach().to(torch.float32).contiguous().numpy()})
-        return torch.from_numpy(y)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` (fp32) through the custom op, so that ``torch.compile`` keeps it as one call."""
-        return _mlas_op()(x, self.key, self.out_features)
-
-    def __deepcopy__(self, memo) -> "MlasInt4Kernel":
-        return self  # the session is read-only: copies of a model share it
+        self._open(model, out_features)
 
     def __reduce__(self):
         raise TypeError("an onnxruntime int4 kernel cannot be pickled: save the model with save_int4")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, require
 from .int4 import (
     SUPPORTED_GROUP_SIZES,
     WeightOnlyInt4Linear,
@@ -29,9 +30,10 @@ from .int8 import int8_linear_from
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("fp", "int8", "int4")
-"""Weight formats of the language model's linears: "fp" (as loaded), "int8" (per-channel), "int4" (group-wise)."""
-WeightFormat = Literal["fp", "int8", "int4"]
+WEIGHT_FORMATS = ("fp", "int8", "int4", "fp32-ort")
+"""Weight formats of the language model's linears: "fp" (as loaded), "int8" (per-channel), "int4" (group-wise),
+"fp32-ort" (an fp32 model's own weights on onnxruntime's CPU kernel: :mod:`.fp32_ort`)."""
+WeightFormat = Literal["fp", "int8", "int4", "fp32-ort"]
 
 
 def int4_linear_of(linear: nn.Linear, group_size: int) -> WeightOnlyInt4Linear:
@@ -44,6 +46,10 @@ def int4_linear_of(linear: nn.Linear, group_size: int) -> WeightOnlyInt4Linear:
 
 
 def _quantized(linear: nn.Linear, fmt: str, group_size: int, name: str) -> nn.Module:
+    if fmt == "fp32-ort":
+        from .fp32_ort import OrtFp32Linear
+
+        return OrtFp32Linear(linear)
     if fmt == "int8":
         return int8_linear_from(linear)
     if can_quantize(linear, group_size):
@@ -66,7 +72,9 @@ def quantize_language_model_(
             raise BadInputError(f"unknown {flag} format {value!r}: use one of {', '.join(WEIGHT_FORMATS)}")
     if "int4" in (weights, lm_head) and group_size not in SUPPORTED_GROUP_SIZES:
         raise BadInputError(f"int4 group size {group_size} is not supported: use one of {SUPPORTED_GROUP_SIZES}")
-    counts = {"int8": 0, "int4": 0}
+    if "fp32-ort" in (weights, lm_head):
+        check_fp32_ort(model)
+    counts = {"int8": 0, "int4": 0, "fp32-ort": 0}
     targets = []
     if weights != "fp":
         body = model.model.language_model
@@ -80,10 +88,25 @@ def quantize_language_model_(
             counts[fmt] += 1
     if targets:
         logger.info(
-            "weight-only: %d int8 and %d int4 linears (group %d; int4 kernels %s)",
+            "weight-only: %d int8, %d int4 (group %d; int4 kernels %s) and %d fp32-ort linears",
             counts["int8"],
             counts["int4"],
             group_size,
             kernel_counts(model),
+            counts["fp32-ort"],
         )
     return counts
+
+
+def check_fp32_ort(model: Any) -> None:
+    """ "fp32-ort" needs an fp32 language model on a CPU, onnxruntime and torch's custom ops; else one clear error."""
+    weight = model.get_input_embeddings().weight  # the model's dtype and device (a quantized head has neither)
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        raise BadInputError(
+            f"the fp32-ort format runs fp32 weights on a CPU, not {str(weight.dtype).removeprefix('torch.')} on "
+            f"{weight.device.type}: add --dtype fp32 --device cpu, or use fp, int8 or int4"
+        )
+    require("onnx", "export", "the fp32-ort weight format")
+    require("onnxruntime", "export", "the fp32-ort weight format")
+    if not hasattr(torch.library, "custom_op"):
+        raise BadInputError(f"the fp32-ort format needs torch >= 2.4 (this is {torch.__version__}): use fp")
