@@ -3,9 +3,9 @@
 
 Why: torch's CPU fp32 matrix products can leave much of a machine's speed unused. On 2 AMD EPYC (Zen 4) cores, the
 29 matrices of a 4-layer 3B-wide decoder and its head (2.48 GB in fp32) took 108 ms per token on torch's kernel
-(22.8 GB/s) and 37 ms on this one (66 GB/s); one layer's prefill of 2,048 rows 1.59 s against 0.67 s. Where torch's
-kernel already reads at the memory's speed (it did on Intel Sapphire Rapids cores), the gain is small: measure
-with ``benchmarks/engine_decode.py`` before choosing it.
+(22.8 GB/s) and 37 ms on this one (66 GB/s); one layer's prefill of 2,048 rows 1.59 s against 0.67 s. On Intel
+Sapphire Rapids cores torch's fp32 decode already read at the copy bandwidth, and this kernel was not measured
+there: measure with ``benchmarks/engine_decode.py`` before choosing it.
 
 Memory: onnxruntime keeps its own prepacked copy of each weight and the torch module drops its own, so the model's
 size does not grow — except a head tied to the input embedding (3B), whose table torch keeps for the embedding.
@@ -69,7 +69,7 @@ def _in_memory_initializer(name: str, shape: tuple[int, ...]):
 class OrtFp32Linear(nn.Module):
     """An fp32 ``nn.Linear`` computed by :class:`OrtFp32Kernel`; holds no torch copy of the weight."""
 
-    kernel = "ort-fp32"
+    kernel = "fp32-ort"
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()

@@ -99,7 +99,8 @@ def quantize_language_model_(
 
 
 def check_fp32_ort(model: Any) -> None:
-    """ "fp32-ort" needs an fp32 language model on a CPU, onnxruntime and torch's custom ops; else one clear error."""
+    """The "fp32-ort" format needs an fp32 language model on a CPU, onnxruntime and torch's custom ops: else one
+    clear error."""
     weight = model.get_input_embeddings().weight  # the model's dtype and device (a quantized head has neither)
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         raise BadInputError(
