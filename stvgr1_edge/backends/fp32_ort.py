@@ -69,7 +69,7 @@ def _in_memory_initializer(name: str, shape: tuple[int, ...]):
 class OrtFp32Linear(nn.Module):
     """An fp32 ``nn.Linear`` computed by :class:`OrtFp32Kernel`; holds no torch copy of the weight."""
 
-    kernel = "fp32-ort"
+    kernel = "ort-fp32"  # the name engine_decode.json reports for the head
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
