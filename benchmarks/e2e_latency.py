@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from engine_decode import cpu_name  # noqa: E402
 from pipeline_memory import QUERY, write_video  # noqa: E402
 
 from stvgr1_edge.errors import write_json_atomic  # noqa: E402
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 "layers": args.layers if arch == "3b-truncated" else None,
                 "device": device,
                 "gpu": gpu,
-                "cpu": platform.processor() or platform.machine(),
+                "cpu": cpu_name(),
                 "torch_threads": torch.get_num_threads(),
                 "clip": {"width": args.width, "height": args.height, "fps": args.fps, "query": QUERY},
                 "tracker": f"classical, every {args.every}",

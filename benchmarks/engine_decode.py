@@ -371,12 +371,23 @@ def run(args) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the architecture: speeds differ by CPU family."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: str) -> str:
     import torch
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def plot(entry: dict, png: Path) -> None:
