@@ -114,6 +114,8 @@ WEIGHTS_OPTION = typer.Option(
     help="The language model's linears quantized weight-only at load: fp, int8 or int4 (faster decoding, with "
     "--engine static most), or fp32-ort (an fp32 model's own weights on onnxruntime's CPU kernel) \\[default: fp].",
 )
+WEIGHT_FORMATS = ("fp", "int8", "int4", "fp32-ort")
+"""--weights / --lm-head choices (backends.weight_only.WEIGHT_FORMATS, named here without importing torch)."""
 LM_HEAD_OPTION = typer.Option(
     None, "--lm-head", help="The output projection at load: fp, int8, int4 or fp32-ort \\[default: fp]."
 )
@@ -151,8 +153,8 @@ def run_config_of(pipeline: "PipelineConfig", **options: Any) -> "RunConfig":
     check_choice("--tracker", options.get("tracker"), ("classical", "sam2", "edgetam"))
     check_choice("--dtype", options.get("dtype"), ("auto", "bf16", "fp16", "fp32"))
     check_choice("--engine", options.get("engine"), ("hf", "static"))
-    check_choice("--weights", options.get("weights"), ("fp", "int8", "int4", "fp32-ort"))
-    check_choice("--lm-head", options.get("lm_head"), ("fp", "int8", "int4", "fp32-ort"))
+    check_choice("--weights", options.get("weights"), WEIGHT_FORMATS)
+    check_choice("--lm-head", options.get("lm_head"), WEIGHT_FORMATS)
     config = RunConfig(**options, pipeline=pipeline)  # the choices were checked, so the strings are the typed values
     check_run_config(config)
     apply_memory_settings(config.tracker or "classical")

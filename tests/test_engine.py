@@ -309,20 +309,35 @@ def test_cli_bad_engine_exits_2_with_one_line(capsys, tmp_path):
         assert "--engine 'fast' is not one of hf, static" in _one_error_line(capsys)
 
 
-@pytest.mark.slow
-def test_cli_static_engine_answers_like_hf_on_nano(tmp_path):
+def nano_cli_run(tmp_path, seed: int, name: str, *flags: str, fresh_process: bool = False) -> dict:
+    """``stvg-edge run --model nano`` (CPU, 256 new tokens, ``flags``) on one synthetic 224x168 6 s clip of ``seed``,
+    in this process or a fresh one; the result JSON."""
+    import subprocess
+    import sys
+
     from stvgr1_edge.cli import main
     from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
 
-    ann = write_synthetic_dataset(tmp_path, num=1, seed=5001, config=SynthConfig(width=224, height=168, seconds=6))
-    entry = next(iter(json.loads(ann.read_text()).values()))
-    video = str(tmp_path / entry["video_path"])
+    folder = tmp_path / f"clip{seed}"
+    if not folder.exists():
+        write_synthetic_dataset(folder, num=1, seed=seed, config=SynthConfig(width=224, height=168, seconds=6))
+    entry = next(iter(json.loads((folder / "annotations.json").read_text()).values()))
+    out = tmp_path / f"{name}.json"
+    args = ["run", str(folder / entry["video_path"]), entry["English"], "--model", "nano", "--device", "cpu"]
+    args += ["-o", str(out), "--max-new-tokens", "256", *flags]
+    if fresh_process:
+        done = subprocess.run([sys.executable, "-m", "stvgr1_edge.cli", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    else:
+        assert main(args) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_cli_static_engine_answers_like_hf_on_nano(tmp_path):
     answers = {}
     for engine in ("hf", "static"):
-        out = tmp_path / f"{engine}.json"
-        args = ["run", video, entry["English"], "--model", "nano", "--device", "cpu", "-o", str(out)]
-        assert main([*args, "--engine", engine, "--max-new-tokens", "256"]) == 0
-        result = json.loads(out.read_text())
+        result = nano_cli_run(tmp_path, 5001, engine, "--engine", engine)
         assert result["config"]["grounder"]["engine"] == engine
         query = result["queries"][0]
         answers[engine] = (query["answer_text"], query["ids"], query["start_s"], query["end_s"], query["tube"])

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_engine import PROMPTS, clip, compile_cache, hf_tokens, query_inputs  # noqa: F401 (fixtures)
+from test_engine import PROMPTS, clip, compile_cache, hf_tokens, nano_cli_run, query_inputs  # noqa: F401 (fixtures)
 
 from stvgr1_edge.backends.engine import EngineConfig, Sampling, StaticEngine
 from stvgr1_edge.backends.int4_mlas import mlas_available, uses_mlas
@@ -82,7 +79,11 @@ def test_engine_and_generate_on_fp32_ort_give_the_torch_fp32_tokens(nano_pair, c
 
 
 def test_it_refuses_bf16_weights_and_gpu_runs_in_one_line(nano_pair):
+    from stvgr1_edge import cli_common
+    from stvgr1_edge.backends import weight_only
     from stvgr1_edge.run_config import RunConfig, check_run_config
+
+    assert cli_common.WEIGHT_FORMATS == weight_only.WEIGHT_FORMATS  # the CLI offers every format, and only those
 
     plain, _, _ = nano_pair
     bf16 = copy.deepcopy(plain.model).to(torch.bfloat16)
@@ -100,19 +101,10 @@ def test_it_refuses_bf16_weights_and_gpu_runs_in_one_line(nano_pair):
 def test_cli_run_with_fp32_ort_answers_like_fp(tmp_path):
     """`stvg-edge run --weights fp32-ort --lm-head fp32-ort` (a fresh process: it turns on onnxruntime's shared pool)
     gives the fp run's answer and tube, and says which format ran."""
-    from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
-
-    ann = write_synthetic_dataset(tmp_path, num=1, seed=5003, config=SynthConfig(width=224, height=168, seconds=6))
-    entry = next(iter(json.loads(ann.read_text()).values()))
-    video = str(tmp_path / entry["video_path"])
     results = {}
     for weights in ("fp", "fp32-ort"):
-        out = tmp_path / f"{weights}.json"
-        args = ["run", video, entry["English"], "--model", "nano", "--device", "cpu", "-o", str(out)]
-        args += ["--engine", "static", "--weights", weights, "--lm-head", weights, "--max-new-tokens", "256"]
-        done = subprocess.run([sys.executable, "-m", "stvgr1_edge.cli", *args], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-        results[weights] = json.loads(out.read_text())
+        flags = ("--engine", "static", "--weights", weights, "--lm-head", weights)
+        results[weights] = nano_cli_run(tmp_path, 5003, weights, *flags, fresh_process=True)
     assert results["fp32-ort"]["config"]["grounder"]["weights"] == "fp32-ort"
     fp, ort = (results[w]["queries"][0] for w in ("fp", "fp32-ort"))
     assert (ort["answer_text"], ort["ids"], ort["start_s"], ort["end_s"]) == (

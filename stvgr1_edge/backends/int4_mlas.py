@@ -52,7 +52,7 @@ def mlas_available() -> bool:
 
 def kernel_op():
     """The custom op ``stvg_edge::ort_linear(x, key, out_features)``: ``x`` (rows, in) fp32 through the onnxruntime
-    kernel registered under ``key`` (:func:`register_kernel`), (rows, out) fp32. Defined on first use."""
+    kernel registered under ``key`` (:func:`_register_kernel`), (rows, out) fp32. Defined on first use."""
     global _op
     if _op is None:
 
@@ -68,7 +68,7 @@ def kernel_op():
     return _op
 
 
-def register_kernel(kernel: Any) -> int:
+def _register_kernel(kernel: Any) -> int:
     """A key under which :func:`kernel_op` finds ``kernel`` (an object with ``run(x)``) while it is alive."""
     global _next_key
     key = _next_key
@@ -136,7 +136,7 @@ class OrtLinearKernel:
             options = session_options(torch.get_num_threads())
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self.out_features = out_features
-        self.key = register_kernel(self)
+        self.key = _register_kernel(self)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         (y,) = self.session.run(None, {"x": x.detach().to(torch.float32).contiguous().numpy()})
