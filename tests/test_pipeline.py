@@ -429,5 +429,6 @@ def test_only_frames_that_are_tracked_or_sampled_become_arrays_and_stages_are_ti
     t = result.timings_ms
     assert {"decode", "track", "markers", "resize", "render", "vision", "prefill", "decode_tokens", "total"} <= set(t)
     assert t["render"] >= t["markers"] + t["resize"] - 1.0
-    assert result.to_dict()["real_time_factor"] == pytest.approx(t["total"] / 1e3 / info.duration_s, rel=1e-3)
+    rtf = t["total"] / 1e3 / info.duration_s  # written with 4 decimals: within half a unit of the last one
+    assert result.to_dict()["real_time_factor"] == pytest.approx(rtf, rel=1e-3, abs=5e-5)
     assert "real-time factor" in result.timing_line()
