@@ -354,3 +354,32 @@ def test_probe_states_start_with_the_towers_merged_tokens(tiny, tmp_path):
         ).pooler_output[0]
     np.testing.assert_allclose(states[0], merged.numpy(), atol=1e-5)
     assert not np.allclose(states[1], states[0])  # the LM's first layer changed them
+
+
+def test_grpo_curves_follow_the_log_and_skip_entries_without_a_reward(tmp_path):
+    import json
+
+    from stvgr1_edge_train.recipes.nano.train_nano import write_grpo_curves
+
+    log = []
+    for step in range(1, 13):
+        log.append(
+            {
+                "step": step,
+                "reward": 1.0 + 0.1 * step,
+                "reward_std": 0.5,
+                "kl": 0.001 * step,
+                "rewards/temporal_iou_reward/mean": 0.05 * step,
+                "rewards/id_match_reward/mean": 0.5,
+                "rewards/format_reward/mean": 1.0,
+            }
+        )
+    log.insert(5, {"step": 5, "loss": 0.1})  # a loss-only entry (no generation logged) is not a point
+    log.append({"train_runtime": 10.0, "step": 12})  # the trainer's closing summary neither
+    path = tmp_path / "curves.json"
+    write_grpo_curves(log, path, smooth=4)
+    curves = json.loads(path.read_text())
+    assert curves["step"] == list(range(1, 13))
+    assert curves["tIoU reward"] == pytest.approx([0.05 * s for s in range(1, 13)])
+    assert curves["KL"][-1] == pytest.approx(0.012) and curves["ID reward"] == [0.5] * 12
+    assert path.with_suffix(".png").stat().st_size > 10_000

@@ -2,6 +2,7 @@
 
     python -m stvgr1_edge_train.recipes.nano.train_nano all    --work runs/nano          # everything, in order
     python -m stvgr1_edge_train.recipes.nano.train_nano data   --work runs/nano   # synth + prepare train, val, held-out
+    python -m stvgr1_edge_train.recipes.nano.train_nano formats --work runs/nano  # the clip-format sets
     python -m stvgr1_edge_train.recipes.nano.train_nano init   --work runs/nano   # random-init nano model + processor
     python -m stvgr1_edge_train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
     python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
@@ -14,7 +15,9 @@
 Data seeds (disjoint ``SeedSequence`` roots): training clips ``stvg-edge synth --seed 0 --num 800`` and
 ``--seed 1 --num 2400``; validation (model selection, ``val``) ``--seed 4000 --num 200``; held-out (final metrics
 only, ``eval``) ``--seed 5000 --num 200``; the vision stage draws its own clips from root seeds 10000/10001.
-Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps and 288 visual tokens. Stage settings
+Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps and 288 visual tokens. The clip-format
+sets (``formats``: :data:`FORMAT_SETS`, seeds 20-23, validation 24) add synth's default 320x240/8 s and 4 s / 16 s
+clips; the shipped model's last SFT and its GRPO stage train on them (``--data cache_formats``). Stage settings
 live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml``
 and ``grpo.yaml`` next to this file.
 """
@@ -37,6 +40,16 @@ VAL_SEED, VAL_NUM = 4000, 200
 HELDOUT_SEED, HELDOUT_NUM = 5000, 200
 """Held-out clips: the final metrics only (full pipeline from the MP4s); never used for any choice."""
 CLIP_ARGS = ["--width", "224", "--height", "168", "--seconds", "6"]
+FORMAT_SETS = (
+    (20, 500, ()),
+    (21, 300, ("--width", "224", "--height", "168", "--seconds", "6")),
+    (22, 250, ("--seconds", "4")),
+    (23, 250, ("--seconds", "16")),
+)
+"""(root seed, clips, synth options) of the clip-format sets (``WORK/cache_formats``): synth's default 320x240/8 s,
+the first stages' 224x168/6 s, and 4 s / 16 s clips, so that the model's answers follow the clip's size and length."""
+FORMAT_VAL = (24, 60, ())
+"""Clip-format validation clips (``WORK/cache_formats_val``, synth's default format): model selection."""
 
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano")
 
@@ -70,6 +83,28 @@ def stage_data(work: Path, workers: int) -> None:
             )
 
 
+def stage_format_data(work: Path, workers: int) -> None:
+    """The clip-format sets, prepared with the model's processor into ``WORK/cache_formats`` (and the validation set
+    into ``WORK/cache_formats_val``)."""
+    sets = [(f"formats{seed}", seed, num, options, "cache_formats") for seed, num, options in FORMAT_SETS]
+    sets.append(("formats_val", *FORMAT_VAL, "cache_formats_val"))
+    for name, seed, num, options, cache in sets:
+        if not (work / name / "annotations.json").exists():
+            _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *options)
+        annotations = str(work / name / "annotations.json")
+        _stvg_edge(
+            "train",
+            "prepare",
+            annotations,
+            "--out",
+            str(work / cache),
+            "--model",
+            str(work / "init"),
+            "--workers",
+            str(workers),
+        )
+
+
 def stage_init(work: Path) -> None:
     from .build_nano import build_nano
 
@@ -90,10 +125,10 @@ def stage_text(work: Path, max_steps: int | None, start: str | None = None, outp
     pretrain_text(start or work / "vision", output or work / "text", config)
 
 
-def stage_val(work: Path, model: str, num: int | None) -> None:
+def stage_val(work: Path, model: str, num: int | None, data: str = "cache_val") -> None:
     from stvgr1_edge_train.evaluate import evaluate_cache
 
-    scores = evaluate_cache(model, work / "cache_val", num=num)
+    scores = evaluate_cache(model, work / data, num=num)
     print(model, {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items() if k != "samples"})
 
 
@@ -116,6 +151,8 @@ def stage_sft(
     start: str | None = None,
     output: str | None = None,
     learning_rate: float | None = None,
+    data: str = "cache_train",
+    train_tower: bool = False,
 ) -> None:
     from stvgr1_edge_train.sft import SFTRunConfig, run_sft
 
@@ -124,9 +161,11 @@ def stage_sft(
         settings["max_steps"] = max_steps
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
+    if train_tower:
+        settings["freeze_vision"] = False
     run_sft(
         SFTRunConfig(
-            data=str(work / "cache_train"),
+            data=str(work / data),
             model=start or str(work / "text"),
             output_dir=output or str(work / "sft"),
             **settings,
@@ -140,20 +179,67 @@ def stage_grpo(
     start: str | None = None,
     output: str | None = None,
     learning_rate: float | None = None,
+    data: str = "cache_train",
+    settings: tuple[str, ...] = (),
 ) -> None:
     from stvgr1_edge_train.grpo import load_run_config, run_grpo
 
-    overrides = [f"grpo.max_steps={max_steps}"] if max_steps is not None else []
+    overrides = list(settings)
+    if max_steps is not None:
+        overrides.append(f"grpo.max_steps={max_steps}")
     if learning_rate is not None:
         overrides.append(f"grpo.learning_rate={learning_rate}")
     run = load_run_config(
         RECIPE_DIR / "grpo.yaml",
         overrides,
-        data=str(work / "cache_train"),
+        data=str(work / data),
         model=start or str(work / "sft"),
         output_dir=output or str(work / "grpo"),
     )
-    run_grpo(run)
+    trainer = run_grpo(run)
+    write_grpo_curves(trainer.state.log_history, Path(run.output_dir) / "grpo_curves.json")
+
+
+CURVES = {
+    "reward": "reward",
+    "tIoU reward": "rewards/temporal_iou_reward/mean",
+    "ID reward": "rewards/id_match_reward/mean",
+    "format reward": "rewards/format_reward/mean",
+    "reward std in group": "reward_std",
+    "KL": "kl",
+}
+"""The GRPO log's curves: plotted name -> TRL's log key."""
+
+
+def write_grpo_curves(log_history: list[dict], path: Path, smooth: int = 10) -> None:
+    """The reward and its terms (tIoU, ID, format), their spread within a group and the KL to the start, step by
+    step, as JSON and a PNG next to it (with a ``smooth``-step running mean: one step is one prompt's group)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    logged = [entry for entry in log_history if "reward" in entry]
+    curves = {name: [entry.get(key) for entry in logged] for name, key in CURVES.items()}
+    steps = [entry.get("step", i + 1) for i, entry in enumerate(logged)]
+    path.write_text(json.dumps({"step": steps, **curves}, indent=1))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, names in zip(axes, (("reward",), ("tIoU reward", "ID reward", "format reward"), ("KL",))):
+        for name in names:
+            values = np.asarray([np.nan if v is None else v for v in curves[name]], dtype=float)
+            line = ax.plot(steps, values, alpha=0.3)[0]
+            if len(values) >= smooth:
+                mean = np.convolve(np.nan_to_num(values), np.ones(smooth) / smooth, mode="valid")
+                ax.plot(steps[smooth - 1 :], mean, color=line.get_color(), label=f"{name} ({smooth}-step mean)")
+        ax.set_xlabel("GRPO step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+    logger.info("GRPO curves -> %s (+ .png)", path)
 
 
 def stage_eval(work: Path, model: str, num: int | None) -> None:
@@ -193,12 +279,28 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "stage", choices=["all", "data", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"]
+        "stage", choices=["all", "data", "formats", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"]
     )
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="Cut the vision/text/SFT/GRPO stage to this many steps."
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="Cache in WORK for sft/grpo (default cache_train; the `formats` stage: cache_formats) or val (cache_val).",
+    )
+    parser.add_argument(
+        "--train-tower", action="store_true", help="sft: train the vision tower too (sft.yaml freezes it)."
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="grpo: override a grpo.yaml setting (grpo.temperature=0.7, rewards.id_weight=0.5); repeatable.",
     )
     parser.add_argument("--model", default=None, help="Model folder for eval/ship (default: WORK/grpo).")
     parser.add_argument("--num", type=int, default=None, help="Held-out clips to evaluate (default: all).")
@@ -225,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         stage_init(work)
     if args.stage in ("all", "data"):
         stage_data(work, args.workers)
+    if args.stage in ("all", "formats"):
+        stage_format_data(work, args.workers)
 
     def overrides(stage: str) -> tuple:
         """--max-steps, --from and --output of the stage named on the command line (`all` runs every stage with its
@@ -236,11 +340,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "text"):
         stage_text(work, *overrides("text"))
     if args.stage in ("all", "sft"):
-        stage_sft(work, *overrides("sft"), args.lr)
+        stage_sft(work, *overrides("sft"), args.lr, args.data or "cache_train", args.train_tower)
     if args.stage in ("all", "grpo"):
-        stage_grpo(work, *overrides("grpo"), args.lr if args.stage == "grpo" else None)
+        stage_grpo(
+            work,
+            *overrides("grpo"),
+            args.lr if args.stage == "grpo" else None,
+            args.data or "cache_train",
+            tuple(args.settings),
+        )
     if args.stage == "val":
-        stage_val(work, args.model or str(work / "sft"), args.num)
+        stage_val(work, args.model or str(work / "sft"), args.num, args.data or "cache_val")
     if args.stage == "all":
         stage_eval(work, str(work / "sft"), args.num)
     if args.stage in ("all", "eval"):
