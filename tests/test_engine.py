@@ -111,8 +111,8 @@ def test_tiny_model_greedy_tokens_are_generates(tiny, clip, compile):
 @pytest.mark.slow
 @pytest.mark.parametrize("compile", [False, True])
 def test_nano_model_greedy_tokens_are_generates_up_to_its_eos(nano, clip, compile):
-    answers = assert_same_tokens_as_generate(nano, clip, compile, min_distinct=5)
-    eos = nano.model.generation_config.eos_token_id  # the trained model ends its time-only answer (56 tokens)
+    answers = assert_same_tokens_as_generate(nano, clip, compile, min_distinct=3)
+    eos = nano.model.generation_config.eos_token_id  # the trained model ends its time-only answer
     assert answers[1][-1] in eos and len(answers[1]) < nano.config.max_new_tokens
 
 
