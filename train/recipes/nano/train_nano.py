@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         stage_init(work)
     if args.stage in ("all", "data"):
         stage_data(work, args.workers)
-    if args.stage in ("all", "formats"):
+    if args.stage == "formats":
         stage_format_data(work, args.workers)
 
     def overrides(stage: str) -> tuple:
