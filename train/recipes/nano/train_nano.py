@@ -60,20 +60,21 @@ def _stvg_edge(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def stage_data(work: Path, workers: int) -> None:
+def synth_and_prepare(work: Path, sets: list[tuple], workers: int) -> None:
+    """``stvg-edge synth`` each (folder name, root seed, clips, synth options, cache or None) set into WORK (once),
+    then ``train prepare`` it into its cache with WORK/init's processor (resumable)."""
     init = work / "init"
     if not (init / "config.json").exists():
         stage_init(work)
-    sets = [(f"train{seed}", seed, num, "cache_train") for seed, num in TRAIN_SETS]
-    sets += [("val", VAL_SEED, VAL_NUM, "cache_val"), ("heldout", HELDOUT_SEED, HELDOUT_NUM, None)]
-    for name, seed, num, cache in sets:
+    for name, seed, num, options, cache in sets:
         if not (work / name / "annotations.json").exists():
-            _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *CLIP_ARGS)
+            _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *options)
         if cache is not None:
+            annotations = str(work / name / "annotations.json")
             _stvg_edge(
                 "train",
                 "prepare",
-                str(work / name / "annotations.json"),
+                annotations,
                 "--out",
                 str(work / cache),
                 "--model",
@@ -83,26 +84,20 @@ def stage_data(work: Path, workers: int) -> None:
             )
 
 
+def stage_data(work: Path, workers: int) -> None:
+    sets = [(f"train{seed}", seed, num, CLIP_ARGS, "cache_train") for seed, num in TRAIN_SETS]
+    sets += [
+        ("val", VAL_SEED, VAL_NUM, CLIP_ARGS, "cache_val"),
+        ("heldout", HELDOUT_SEED, HELDOUT_NUM, CLIP_ARGS, None),
+    ]
+    synth_and_prepare(work, sets, workers)
+
+
 def stage_format_data(work: Path, workers: int) -> None:
-    """The clip-format sets, prepared with the model's processor into ``WORK/cache_formats`` (and the validation set
-    into ``WORK/cache_formats_val``)."""
+    """The clip-format sets into ``WORK/cache_formats``, the validation set into ``WORK/cache_formats_val``."""
     sets = [(f"formats{seed}", seed, num, options, "cache_formats") for seed, num, options in FORMAT_SETS]
     sets.append(("formats_val", *FORMAT_VAL, "cache_formats_val"))
-    for name, seed, num, options, cache in sets:
-        if not (work / name / "annotations.json").exists():
-            _stvg_edge("synth", str(work / name), "--num", str(num), "--seed", str(seed), *options)
-        annotations = str(work / name / "annotations.json")
-        _stvg_edge(
-            "train",
-            "prepare",
-            annotations,
-            "--out",
-            str(work / cache),
-            "--model",
-            str(work / "init"),
-            "--workers",
-            str(workers),
-        )
+    synth_and_prepare(work, sets, workers)
 
 
 def stage_init(work: Path) -> None:
@@ -231,8 +226,8 @@ def write_grpo_curves(log_history: list[dict], path: Path, smooth: int = 10) -> 
         for name in names:
             values = np.asarray([np.nan if v is None else v for v in curves[name]], dtype=float)
             line = ax.plot(steps, values, alpha=0.3)[0]
-            if len(values) >= smooth:
-                mean = np.convolve(np.nan_to_num(values), np.ones(smooth) / smooth, mode="valid")
+            if len(values) >= smooth and not np.isnan(values).any():  # a gap would read as zero in the mean
+                mean = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
                 ax.plot(steps[smooth - 1 :], mean, color=line.get_color(), label=f"{name} ({smooth}-step mean)")
         ax.set_xlabel("GRPO step")
         ax.legend(fontsize=7)
