@@ -71,3 +71,16 @@ def write_test_video(path: Path, num_frames: int = 20, width: int = 64, height: 
             img[..., 1] = 60
             w.write(img)
     return path
+
+
+@pytest.fixture(scope="session")
+def saved_tiny(tmp_path_factory):
+    """A tiny random Qwen2.5-VL saved with ``save_pretrained`` (``folder``) and its processor loaded back."""
+    import types
+
+    from transformers import AutoProcessor
+
+    from stvgr1_edge.tiny import save_tiny_model
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("saved_tiny") / "model")
+    return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))

@@ -12,15 +12,19 @@ from stvgr1_edge.prepared import load_cached_samples
 
 def load_cached_dataset(cache_dir: str | Path, processor_constants: dict[str, Any] | None = None):
     """The cache as a ``datasets.Dataset`` of rows (:meth:`CachedSample.to_row`); checks the tensors were made
-    with ``processor_constants`` (the training processor's) when given."""
+    with ``processor_constants`` (the training processor's) when given. ``cache_dir`` may name several caches
+    joined by "," (``runs/nano/cache_formats,runs/nano/cache_time``): their rows, in that order."""
     from datasets import Dataset
 
-    samples = load_cached_samples(cache_dir)
-    if processor_constants is not None:
-        for s in samples:
-            if s.processor and s.processor != processor_constants:
-                raise BadInputError(
-                    f"sample {s.sample_id!r} was prepared with processor constants {s.processor}, "
-                    f"the model's processor has {processor_constants}: rerun prepare with --model"
-                )
-    return Dataset.from_list([s.to_row(Path(cache_dir)) for s in samples])
+    rows = []
+    for folder in str(cache_dir).split(","):
+        samples = load_cached_samples(folder)
+        if processor_constants is not None:
+            for s in samples:
+                if s.processor and s.processor != processor_constants:
+                    raise BadInputError(
+                        f"sample {s.sample_id!r} was prepared with processor constants {s.processor}, "
+                        f"the model's processor has {processor_constants}: rerun prepare with --model"
+                    )
+        rows += [s.to_row(Path(folder)) for s in samples]
+    return Dataset.from_list(rows)

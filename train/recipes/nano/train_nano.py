@@ -7,6 +7,7 @@
     python -m stvgr1_edge_train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
     python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
     python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
+    python -m stvgr1_edge_train.recipes.nano.train_nano time   --work runs/nano [--max-steps N]   # -> WORK/time
     python -m stvgr1_edge_train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
     python -m stvgr1_edge_train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
     python -m stvgr1_edge_train.recipes.nano.train_nano eval   --work runs/nano --model runs/nano/grpo [--num 40]
@@ -19,7 +20,9 @@ Clips are 224x168, 6 s at 10 fps, so the §4 sampling gives 12 frames at 2 fps a
 sets (``formats``: :data:`FORMAT_SETS`, seeds 20-23, validation 24) add synth's default 320x240/8 s and 4 s / 16 s
 clips; the shipped model's last SFT and its GRPO stage train on them (``--data cache_formats``). Stage settings
 live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml``
-and ``grpo.yaml`` next to this file.
+and ``grpo.yaml`` next to this file. The ``time`` stage (``pretrain_time.py``: time reading on clips with a trivially
+visible event, from WORK/sft) is not part of ``all``; it also writes its clips to ``WORK/cache_time``, which SFT can
+take next to another cache (``--data cache_formats,cache_time``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ FORMAT_SETS = (
 the first stages' 224x168/6 s, and 4 s / 16 s clips, so that the model's answers follow the clip's size and length."""
 FORMAT_VAL = (24, 60, ())
 """Clip-format validation clips (``WORK/cache_formats_val``, synth's default format): model selection."""
+TIME_CACHE_CLIPS = 400
+"""Time-reading clips (``pretrain_time.py``, root seed 42000) written to ``WORK/cache_time`` for SFT mixing."""
 
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano")
 
@@ -120,6 +125,20 @@ def stage_text(work: Path, max_steps: int | None, start: str | None = None, outp
     pretrain_text(start or work / "vision", output or work / "text", config)
 
 
+def stage_time(work: Path, max_steps: int | None, start: str | None = None, output: str | None = None) -> None:
+    """The time-reading stage (``pretrain_time.py``) from ``start`` (default WORK/sft), and its clips as a cache for
+    SFT mixing (``WORK/cache_time``, :data:`TIME_CACHE_CLIPS` clips, written once)."""
+    from stvgr1_edge_train.grpo import load_processor
+
+    from .pretrain_time import TimeReadingConfig, pretrain_time, write_time_reading_cache
+
+    start = start or str(work / "sft")
+    if not (work / "cache_time" / "samples").is_dir():
+        write_time_reading_cache(work / "cache_time", load_processor(start)[0], TIME_CACHE_CLIPS)
+    config = TimeReadingConfig() if max_steps is None else TimeReadingConfig(steps=max_steps)
+    pretrain_time(start, output or work / "time", config)
+
+
 def stage_val(work: Path, model: str, num: int | None, data: str = "cache_val") -> None:
     from stvgr1_edge_train.evaluate import evaluate_cache
 
@@ -160,7 +179,7 @@ def stage_sft(
         settings["freeze_vision"] = False
     run_sft(
         SFTRunConfig(
-            data=str(work / data),
+            data=",".join(str(work / name) for name in data.split(",")),
             model=start or str(work / "text"),
             output_dir=output or str(work / "sft"),
             **settings,
@@ -187,7 +206,7 @@ def stage_grpo(
     run = load_run_config(
         RECIPE_DIR / "grpo.yaml",
         overrides,
-        data=str(work / data),
+        data=",".join(str(work / name) for name in data.split(",")),
         model=start or str(work / "sft"),
         output_dir=output or str(work / "grpo"),
     )
@@ -274,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "stage", choices=["all", "data", "formats", "init", "vision", "text", "sft", "grpo", "val", "eval", "ship"]
+        "stage",
+        choices=["all", "data", "formats", "init", "vision", "text", "time", "sft", "grpo", "val", "eval", "ship"],
     )
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
@@ -284,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data",
         default=None,
-        help="Cache in WORK for sft/grpo (default cache_train; the `formats` stage: cache_formats) or val (cache_val).",
+        help="Cache in WORK for sft/grpo (default cache_train; several joined by ',') or val (cache_val).",
     )
     parser.add_argument(
         "--train-tower", action="store_true", help="sft: train the vision tower too (sft.yaml freezes it)."
@@ -334,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         stage_vision(work, *overrides("vision"))
     if args.stage in ("all", "text"):
         stage_text(work, *overrides("text"))
+    if args.stage == "time":
+        stage_time(work, *overrides("time"))
     if args.stage in ("all", "sft"):
         stage_sft(work, *overrides("sft"), args.lr, args.data or "cache_train", args.train_tower)
     if args.stage in ("all", "grpo"):
