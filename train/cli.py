@@ -96,7 +96,9 @@ def grpo(
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Run YAML (e.g. train/configs/grpo_stvg_r1.yaml)."
     ),
-    data: Optional[str] = typer.Option(None, "--data", help="Cache folder from `train prepare`."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help='Cache folder from `train prepare` (several: joined by ",").'
+    ),
     model: Optional[str] = typer.Option(None, "--model", help="Qwen2.5-VL hub id or folder to fine-tune."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder (checkpoints + final model)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Checkpoint folder, or 'latest' in the output folder."),
@@ -113,7 +115,7 @@ def grpo(
 
 @app.command()
 def sft(
-    data: str = typer.Option(..., "--data", help="Cache folder from `train prepare`."),
+    data: str = typer.Option(..., "--data", help='Cache folder from `train prepare` (several: joined by ",").'),
     model: str = typer.Option(..., "--model", help="Qwen2.5-VL hub id or folder."),
     output: str = typer.Option("runs/sft_stvg_r1", "--output", "-o", help="Output folder."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Checkpoint folder, or 'latest'."),

@@ -323,12 +323,13 @@ def main(argv: list[str] | None = None) -> None:
         "--from",
         dest="start",
         default=None,
-        help="Starting model of the vision/text/sft/grpo stage (default: WORK/init, WORK/vision, WORK/text, WORK/sft).",
+        help="Starting model of the vision/text/time/sft/grpo stage (default: WORK/init, WORK/vision, WORK/sft, "
+        "WORK/text, WORK/sft).",
     )
     parser.add_argument(
         "--output",
         default=None,
-        help="Output folder of the vision/text/sft/grpo stage (default: WORK/vision, WORK/text, WORK/sft, WORK/grpo).",
+        help="Output folder of the vision/text/time/sft/grpo stage (default: WORK/<stage>).",
     )
     parser.add_argument(
         "--lr", type=float, default=None, help="Override the learning rate of sft.yaml (sft) or grpo.yaml (grpo)."
