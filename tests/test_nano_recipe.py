@@ -4,8 +4,6 @@ vision features computing the same loss as SFT on pixels."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 
@@ -40,13 +38,8 @@ CONFIG = VisionPretrainConfig(
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoProcessor
-
-    from stvgr1_edge.tiny import save_tiny_model
-
-    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
+def tiny(saved_tiny):
+    return saved_tiny
 
 
 def _frames_from_patches(pixel_values, grid, video_processor) -> np.ndarray:

@@ -4,7 +4,6 @@ the grounder's prompt layout without the video, labels on the restated query and
 from __future__ import annotations
 
 import re
-import types
 
 import numpy as np
 import pytest
@@ -25,13 +24,8 @@ from stvgr1_edge_train.recipes.nano.pretrain_text import (
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoProcessor
-
-    from stvgr1_edge.tiny import save_tiny_model
-
-    folder = save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
+def tiny(saved_tiny):
+    return saved_tiny
 
 
 def _phrase_words(query: str) -> set[str]:
