@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
+from stvgr1_edge.baseline import best_constant_range
 from stvgr1_edge_train.recipes.nano.pretrain_time import (
     TimeReadingBatches,
     TimeReadingConfig,
-    best_constant_tiou,
     pretrain_time,
     time_reading_clip,
     time_reading_frames,
@@ -43,14 +43,14 @@ def test_ranges_and_lengths_vary_so_a_constant_range_scores_low():
     clips = [time_reading_frames(seed) for seed in range(40)]
     ranges = np.array([(c["start_s"], c["end_s"]) for c in clips])
     assert len({round(c["duration_s"]) for c in clips}) >= 6
-    assert best_constant_tiou(ranges) < 0.5
+    assert best_constant_range(ranges)[2] < 0.5
 
 
 def test_best_constant_range_is_the_best_one_on_the_grid():
-    assert best_constant_tiou(np.array([[1.0, 2.0], [1.0, 2.0]])) == pytest.approx(1.0)
+    assert best_constant_range(np.array([[1.0, 2.0], [1.0, 2.0]]))[2] == pytest.approx(1.0)
     # two disjoint ranges: matching one (tIoU 1 and 0) beats covering both (1/3 each)
-    assert best_constant_tiou(np.array([[0.0, 1.0], [2.0, 3.0]])) == pytest.approx(0.5)
-    assert best_constant_tiou(np.array([[0.0, 2.0], [1.0, 3.0]])) == pytest.approx(2 / 3)
+    assert best_constant_range(np.array([[0.0, 1.0], [2.0, 3.0]]))[2] == pytest.approx(0.5)
+    assert best_constant_range(np.array([[0.0, 2.0], [1.0, 3.0]]))[2] == pytest.approx(2 / 3)
 
 
 def test_batches_label_the_answer_only_and_weigh_its_times(saved_tiny):
@@ -100,7 +100,8 @@ def test_cached_clips_load_with_another_cache_and_teach_the_same_answer(saved_ti
     collator teaches them the stage's own answer."""
     from stvgr1_edge.prepared import read_video_tensors
     from stvgr1_edge_train.cache import load_cached_dataset
-    from stvgr1_edge_train.recipes.nano.pretrain_time import seed_of, write_time_reading_cache
+    from stvgr1_edge_train.recipes.nano.pretrain_time import write_time_reading_cache
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import clip_seed
     from stvgr1_edge_train.sft import SFTCollator
 
     write_time_reading_cache(tmp_path / "a", saved_tiny.processor, 2, root_seed=1)
@@ -109,7 +110,7 @@ def test_cached_clips_load_with_another_cache_and_teach_the_same_answer(saved_ti
     assert len(rows) == 5
     assert [r["video_file"].startswith(str(tmp_path / "a")) for r in rows] == [True, True, False, False, False]
     config = TimeReadingConfig()
-    clip = time_reading_clip(seed_of(2, 1), saved_tiny.processor.video_processor, config)
+    clip = time_reading_clip(clip_seed(2, 1), saved_tiny.processor.video_processor, config)
     row = rows[3]
     assert (row["gt_start_s"], row["gt_end_s"], row["query"]) == (clip.start_s, clip.end_s, clip.query)
     assert torch.equal(read_video_tensors(row["video_file"]).pixel_values_videos, clip.video.pixel_values_videos)

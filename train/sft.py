@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from stvgr1_edge.errors import BadInputError
-from stvgr1_edge.prepared import read_video_tensors
+from stvgr1_edge.prepared import VideoTensors, read_video_tensors
 from stvgr1_edge.prompt import normalize_query
 from stvgr1_edge.rope_index import use_trained_rope_index
 
@@ -270,7 +270,10 @@ class SFTCollator:
         ]
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        videos = [read_video_tensors(r["video_file"]) for r in rows]
+        return self.collate(rows, [read_video_tensors(r["video_file"]) for r in rows])
+
+    def collate(self, rows: list[dict[str, Any]], videos: Sequence[VideoTensors]) -> dict[str, torch.Tensor]:
+        """The batch of ``rows`` whose videos are already in memory (``videos``, in row order)."""
         sequences, label_rows, weight_rows = [], [], []
         for row, video in zip(rows, videos):
             prompt = self.clip_processor.prepare_text(row["prompt"], video.num_visual_tokens(self.merge_size))

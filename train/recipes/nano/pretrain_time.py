@@ -148,117 +148,87 @@ def time_reading_clip(seed: int, video_processor, config: TimeReadingConfig = Ti
     )
 
 
+def time_reading_sample(clip: TimeReadingClip, sample_id: str, merge_size: int, processor_constants=None):
+    """``clip`` as a prepared-clip sample (:class:`stvgr1_edge.prepared.CachedSample`, tensors in
+    ``videos/<sample_id>.safetensors``): the one object is ID 1, :data:`LABEL`. Its ``to_row`` is what SFT reads."""
+    from stvgr1_edge.prepared import CachedSample
+    from stvgr1_edge.prompt import grounding_prompt
+
+    return CachedSample(
+        sample_id=sample_id,
+        video=sample_id,
+        video_file=f"videos/{sample_id}.safetensors",
+        query=clip.query,
+        prompt=grounding_prompt(clip.query),
+        gt_id=1,
+        gt_start_s=clip.start_s,
+        gt_end_s=clip.end_s,
+        duration_s=clip.duration_s,
+        num_visual_tokens=clip.video.num_visual_tokens(merge_size),
+        valid_ids=(1,),
+        vote_share=1.0,
+        mean_iou=1.0,
+        object_labels=(LABEL,),
+        processor=processor_constants or {},
+        frame_times_s=tuple(round(t, 3) for t in clip.frame_times_s),
+    )
+
+
 def write_time_reading_cache(
     cache_dir, processor, num: int, root_seed: int = 42_000, config: TimeReadingConfig = TimeReadingConfig()
 ) -> int:
     """Write ``num`` time-reading clips (root seed ``root_seed``) as a prepared-clip cache
-    (:mod:`stvgr1_edge.prepared`) that SFT can mix with real clips: the one object is ID 1, :data:`LABEL`.
-    Returns ``num``."""
+    (:mod:`stvgr1_edge.prepared`) that SFT can mix with real clips (:func:`time_reading_sample`). Returns ``num``."""
     from pathlib import Path
 
-    from stvgr1_edge.prepared import CachedSample, write_sample, write_video_tensors
-    from stvgr1_edge.prompt import grounding_prompt
+    from stvgr1_edge.prepared import write_sample, write_video_tensors
     from stvgr1_edge_train.video_inputs import ClipProcessor
 
-    from .pretrain_vision import video_tensors
+    from .pretrain_vision import clip_seed
 
     cache_dir = Path(cache_dir)
     constants = ClipProcessor(processor).constants()
     merge = int(processor.video_processor.merge_size)
     for i in range(num):
-        clip = time_reading_frames(seed_of(root_seed, i), config)
-        video = video_tensors(clip["frames"], clip["sample_fps"], processor.video_processor)
-        sample_id = f"time_s{root_seed}_{i:05d}"
-        video_file = f"videos/{sample_id}.safetensors"
-        write_video_tensors(cache_dir / video_file, video)
-        write_sample(
-            cache_dir,
-            CachedSample(
-                sample_id=sample_id,
-                video=sample_id,
-                video_file=video_file,
-                query=clip["query"],
-                prompt=grounding_prompt(clip["query"]),
-                gt_id=1,
-                gt_start_s=clip["start_s"],
-                gt_end_s=clip["end_s"],
-                duration_s=clip["duration_s"],
-                num_visual_tokens=video.num_visual_tokens(merge),
-                valid_ids=(1,),
-                vote_share=1.0,
-                mean_iou=1.0,
-                object_labels=(LABEL,),
-                processor=constants,
-                frame_times_s=tuple(round(t, 3) for t in clip["frame_times_s"]),
-            ),
-        )
+        clip = time_reading_clip(clip_seed(root_seed, i), processor.video_processor, config)
+        sample = time_reading_sample(clip, f"time_s{root_seed}_{i:05d}", merge, constants)
+        write_video_tensors(cache_dir / sample.video_file, clip.video)
+        write_sample(cache_dir, sample)
     return num
 
 
-def seed_of(root: int, i: int) -> int:
-    """The ``i``-th clip seed of a root seed (disjoint streams per root)."""
-    return int(np.random.SeedSequence(root, spawn_key=(i,)).generate_state(1)[0])
-
-
-def best_constant_tiou(ranges: np.ndarray, step: float = 0.1) -> float:
-    """Mean tIoU of the best constant range (on a ``step`` grid) over ``ranges`` (N, 2): the prior baseline."""
-    grid = np.arange(0.0, float(ranges.max()) + step, step)
-    a, b = np.meshgrid(grid, grid, indexing="ij")
-    keep = b > a
-    a, b = a[keep][:, None], b[keep][:, None]
-    inter = np.clip(np.minimum(b, ranges[None, :, 1]) - np.maximum(a, ranges[None, :, 0]), 0, None)
-    union = np.maximum(b, ranges[None, :, 1]) - np.minimum(a, ranges[None, :, 0])
-    return float((inter / union).mean(1).max())
-
-
 class TimeReadingBatches:
-    """Batches of :class:`TimeReadingClip` as model inputs: prompt + teacher answer, labels on the answer, the
-    times weighted ``time_weight``."""
+    """Batches of :class:`TimeReadingClip` as model inputs: the SFT stage's own collation
+    (:meth:`stvgr1_edge_train.sft.SFTCollator.collate`: prompt + checked teacher answer, labels on the answer, the
+    times weighted ``time_weight``) of each clip's :func:`time_reading_sample` row, videos already in memory."""
 
     def __init__(self, processor, config: TimeReadingConfig) -> None:
-        from stvgr1_edge_train.video_inputs import ClipProcessor
+        from stvgr1_edge_train.sft import SFTCollator
 
-        self.processor, self.config = processor, config
-        self.clip_processor = ClipProcessor(processor)
+        self.collator = SFTCollator(processor, mark_target=True, check_attributes=True, time_weight=config.time_weight)
+        self.merge_size = self.collator.merge_size
+        self.video_token_id = self.collator.video_token_id
         self.tokenizer = processor.tokenizer
-        self.merge_size = int(processor.video_processor.merge_size)
-        self.video_token_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
     def prompt_ids(self, clip: TimeReadingClip) -> list[int]:
         from stvgr1_edge.prompt import grounding_prompt
 
         tokens = clip.video.num_visual_tokens(self.merge_size)
-        return self.clip_processor.prepare_text(grounding_prompt(clip.query), tokens)["input_ids"][0].tolist()
+        return self.collator.clip_processor.prepare_text(grounding_prompt(clip.query), tokens)["input_ids"][0].tolist()
 
     def __call__(self, clips: list[TimeReadingClip]) -> dict[str, torch.Tensor]:
-        from stvgr1_edge_train.sft import pad_right, target_answer, time_offsets
-        from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
+        from pathlib import Path
 
-        sequences, label_rows, weight_rows = [], [], []
-        for clip in clips:
-            prompt = self.prompt_ids(clip)
-            answer = target_answer(
-                1, clip.start_s, clip.end_s, clip.query, [(1, LABEL)], mark_target=True, check_attributes=True
-            )
-            answer += "<|im_end|>"
-            encoded = self.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-            times = time_offsets(answer)
-            weights = [self.config.time_weight if s in times else 1.0 for s, _ in encoded["offset_mapping"]]
-            sequences.append(prompt + encoded["input_ids"])
-            label_rows.append([-100] * len(prompt) + encoded["input_ids"])
-            weight_rows.append([0.0] * len(prompt) + weights)
-        batch = pad_right(sequences, label_rows, self.tokenizer.pad_token_id)
-        batch["loss_weights"] = torch.zeros(batch["labels"].shape)
-        for i, w in enumerate(weight_rows):
-            batch["loss_weights"][i, : len(w)] = torch.tensor(w)
-        batch["mm_token_type_ids"] = video_token_type_ids(batch["input_ids"], self.video_token_id)
-        batch.update(collate_videos([c.video for c in clips]))
+        rows = [time_reading_sample(c, f"time_{i}", self.merge_size).to_row(Path()) for i, c in enumerate(clips)]
+        batch = self.collator.collate(rows, [c.video for c in clips])
+        batch.setdefault("loss_weights", (batch["labels"] != -100).float())  # time_weight 1: every answer token alike
         return batch
 
 
 def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeReadingClip], device: str) -> dict:
     """Greedy answers on ``clips``: mean tIoU, the prior's, parse rate and the mean start/end error."""
     from stvgr1_edge.answer import parse_answer
+    from stvgr1_edge.baseline import best_constant_range
     from stvgr1_edge.metrics import temporal_iou_seconds
     from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
 
@@ -285,7 +255,7 @@ def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeRe
             tious.append(temporal_iou_seconds((answer.start_s, answer.end_s), (clip.start_s, clip.end_s)))
             errors.append(abs(answer.start_s - clip.start_s) + abs(answer.end_s - clip.end_s))
     model.train()
-    prior = best_constant_tiou(np.array([(c.start_s, c.end_s) for c in clips]))
+    prior = best_constant_range([(c.start_s, c.end_s) for c in clips])[2]
     return {
         "m_tiou": float(np.mean(tious)),
         "prior_m_tiou": prior,
@@ -308,7 +278,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.sft import weighted_next_token_loss
 
-    from .pretrain_vision import save_stage
+    from .pretrain_vision import clip_seed, save_stage
 
     torch.manual_seed(config.seed)
     processor, source = load_processor(str(model_dir))
@@ -327,14 +297,14 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     vp = processor.video_processor
     merge = int(vp.merge_size)
 
-    held_out = [time_reading_clip(seed_of(config.eval_seed, i), vp, config) for i in range(config.eval_clips)]
+    held_out = [time_reading_clip(clip_seed(config.eval_seed, i), vp, config) for i in range(config.eval_clips)]
     history = [{"step": 0, "seconds": 0.0, "loss": None, **evaluate_time_reading(model, batches, held_out, device)}]
     logger.info("step 0: %s", history[-1])
     running, start = None, time.perf_counter()
     model.train()
     for step in range(config.steps):
         clips = [
-            time_reading_clip(seed_of(config.seed, step * config.batch_size + j), vp, config)
+            time_reading_clip(clip_seed(config.seed, step * config.batch_size + j), vp, config)
             for j in range(config.batch_size)
         ]
         batch = {k: v.to(device) for k, v in batches(clips).items()}

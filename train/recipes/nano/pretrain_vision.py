@@ -558,13 +558,18 @@ def labelled_clip(
     return out
 
 
+def clip_seed(root_seed: int, i: int) -> int:
+    """The seed of clip ``i`` of a root seed: the recipe's stages draw disjoint clip streams from their roots."""
+    return int(np.random.SeedSequence(root_seed, spawn_key=(i,)).generate_state(1)[0])
+
+
 def labelled_clips(root_seed: int, video_processor, config: VisionPretrainConfig, variants: int = 1) -> Iterator:
     """An endless stream of labelled clips from ``root_seed`` (clip ``i`` uses the i-th spawned seed; each clip
     gives ``variants`` consecutive items with different marker IDs)."""
     i = 0
     with tempfile.TemporaryDirectory(prefix="nano-vision-") as tmp:
         while True:
-            seed = int(np.random.SeedSequence(root_seed, spawn_key=(i,)).generate_state(1)[0])
+            seed = clip_seed(root_seed, i)
             yield from labelled_clip(seed, video_processor, config, np.random.default_rng(seed), Path(tmp), variants)
             i += 1
 

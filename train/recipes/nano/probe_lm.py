@@ -71,10 +71,10 @@ class PromptedLabelledClips:
         from stvgr1_edge.prompt import grounding_prompt
         from stvgr1_edge.synth import SynthConfig, generate_clip
 
-        from .pretrain_vision import labelled_clip
+        from .pretrain_vision import clip_seed, labelled_clip
 
         config = self.vision_config
-        seed = int(np.random.SeedSequence(root_seed, spawn_key=(i,)).generate_state(1)[0])
+        seed = clip_seed(root_seed, i)
         video_processor = self.processor.video_processor
         ((video, labels),) = labelled_clip(seed, video_processor, config, np.random.default_rng(seed), self.workdir)
         query = generate_clip(seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds)).query
