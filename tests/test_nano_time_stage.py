@@ -14,9 +14,11 @@ from stvgr1_edge.baseline import best_constant_range
 from stvgr1_edge_train.recipes.nano.pretrain_time import (
     TimeReadingBatches,
     TimeReadingConfig,
+    attention_mass_loss,
     pretrain_time,
     time_reading_clip,
     time_reading_frames,
+    time_token_positions,
 )
 
 
@@ -83,6 +85,8 @@ def test_stage_trains_the_language_model_only_and_reports_each_evaluation(saved_
         max_seconds=6.0,
         clock_weight=1.0,
         clock_layer=1,
+        attention_layer=1,
+        attention_head=3,
     )
     report = pretrain_time(saved_tiny.folder, tmp_path / "time", config)
     assert [h["step"] for h in report["history"]] == [0, 1, 2]
@@ -132,3 +136,86 @@ def test_token_times_are_each_tubes_mean_frame_time_in_token_order(saved_tiny):
         expected = (frame_times[2 * j] + frame_times[2 * j + 1]) / 2
         assert torch.allclose(times[j * per_tube : (j + 1) * per_tube], torch.tensor(expected))
     assert (times.diff() >= 0).all() and times[-1] > times[0]
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5, 6])
+def test_event_edge_tokens_are_the_squares_cells_in_the_first_and_last_shown_tubes(saved_tiny, seed):
+    vp = saved_tiny.processor.video_processor
+    frames = time_reading_frames(seed)["frames"]
+    clip = time_reading_clip(seed, vp)
+    tubes, rows, cols = (int(v) for v in clip.video.video_grid_thw[0])
+    cell = vp.merge_size * vp.patch_size
+    rows, cols = rows // vp.merge_size, cols // vp.merge_size
+    first, last = (m.view(tubes, rows, cols) for m in clip.event_edge_tokens(vp.merge_size, vp.patch_size))
+    # which pixels the square changes, per tube, against a frame without it
+    times = np.array(clip.frame_times_s)
+    plain = frames[(times < clip.start_s - 1e-9) | (times > clip.end_s + 1e-9)][0]
+    changed = (frames != plain).any(-1).reshape(tubes, 2, rows, cell, cols, cell).any(1).mean((2, 4))
+    shown = np.nonzero(changed.max((1, 2)) > 0)[0]
+    assert len(shown) >= 1
+    for mask, tube in ((first, shown[0]), (last, shown[-1])):
+        assert mask.any() and mask.sum() == mask[tube].sum()  # one tube: the first (last) that shows the square
+        covered = changed[tube]
+        assert (covered[mask[tube].numpy()] > 0.45).all() and (covered[~mask[tube].numpy()] < 0.55).all()
+
+
+def test_time_token_positions_spell_the_written_times(saved_tiny):
+    clips = [time_reading_clip(seed, saved_tiny.processor.video_processor) for seed in (12, 13)]
+    batch = TimeReadingBatches(saved_tiny.processor, TimeReadingConfig())(clips)
+    tokenizer = saved_tiny.processor.tokenizer
+    for row, clip in enumerate(clips):
+        runs = time_token_positions(tokenizer, batch["labels"][row])
+        spelled = [tokenizer.decode(batch["input_ids"][row, run]).strip() for run in runs]
+        start, end = f"{clip.start_s:.2f}", f"{clip.end_s:.2f}"
+        assert spelled == [start, end, start, end]
+
+
+def test_attention_mass_loss_is_the_models_own_attention_on_the_targets(saved_tiny):
+    """The loss recomputes one head's attention from the layer's input: it must be the attention the model itself
+    computes (eager attention, 3-D rotary positions, grouped key heads), on the square's tokens."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.rope_index import use_trained_rope_index
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(saved_tiny.folder, attn_implementation="eager")
+    model = use_trained_rope_index(model).eval()
+    clips = [time_reading_clip(seed, saved_tiny.processor.video_processor) for seed in (14, 15)]
+    batches = TimeReadingBatches(saved_tiny.processor, TimeReadingConfig())
+    batch = batches(clips)
+    labels = batch.pop("labels")
+    batch.pop("loss_weights")
+    queries = batches.attention_queries({**batch, "labels": labels}, clips)
+    assert len(queries) == 8 and all(len(targets) > 0 for _, _, targets in queries)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True, output_attentions=True)
+        for layer, head in ((1, 3), (0, 0)):
+            loss = attention_mass_loss(model, batch, out.hidden_states[layer], layer, head, queries)
+            attention = out.attentions[layer][:, head]
+            masses = [attention[row][q][:, t].sum(-1) for row, q, t in queries]
+            expected = -torch.log(torch.cat(masses)).mean()
+            assert torch.allclose(loss, expected, atol=1e-4), (layer, head, loss, expected)
+        # a different target set gives a different loss: the targets are what is scored
+        shifted = [(row, q, t - 1) for row, q, t in queries]
+        assert not torch.allclose(attention_mass_loss(model, batch, out.hidden_states[0], 0, 0, shifted), loss)
+
+
+def test_each_auxiliary_loss_reaches_the_update(saved_tiny, tmp_path):
+    """Two steps (the first at the warm-up's zero rate) with the clock or the attention loss weighted up end in other
+    weights than the same steps without it (same clips, same seed): neither term is dropped from the loss that is
+    optimized."""
+    from safetensors.torch import load_file
+
+    def one_step(name, **weights):
+        config = TimeReadingConfig(
+            steps=2, batch_size=2, eval_clips=1, max_seconds=6.0, clock_layer=1, attention_layer=1, **weights
+        )
+        pretrain_time(saved_tiny.folder, tmp_path / name, config)
+        return load_file(tmp_path / name / "model.safetensors")
+
+    def differ(a, b):
+        return any(not torch.equal(a[k], b[k]) for k in a if ".layers.0." in k)
+
+    both = one_step("both", clock_weight=1.0, attention_weight=1.0)
+    assert differ(one_step("clock", clock_weight=100.0, attention_weight=1.0), both)
+    assert differ(one_step("attention", clock_weight=1.0, attention_weight=100.0), both)
+    assert not differ(one_step("again", clock_weight=1.0, attention_weight=1.0), both)  # the steps are reproducible

@@ -1,7 +1,7 @@
 """A nano recipe stage: teach the language model to *write the time* of what it sees, on clips where the event is
 trivially visible; and a measurement of whether it can.
 
-    python -m stvgr1_edge_train.recipes.nano.pretrain_time MODEL_DIR OUT_DIR [--steps 600] [--clock-weight 2]
+    python -m stvgr1_edge_train.recipes.nano.pretrain_time MODEL_DIR OUT_DIR [--steps 800] [--attention-weight 1]
     python -m stvgr1_edge_train.recipes.nano.pretrain_time MODEL_DIR CACHE_DIR --cache 400   # clips for SFT mixing
 
 Why: the nano model's time answers follow the clip's length, not its event. Writing a time needs two steps: the visual
@@ -13,18 +13,23 @@ must also get right.
 What: clips whose only change is a black-and-white checkered square shown over a random range ([``min_event_s``,
 ``max_event_fraction`` of the clip]) of a clip of random length (4-16 s), size and frame rate, sampled and resized by
 the §4 rules; the STVG-R1 prompt; the teacher answer in the SFT stage's format (query, the one object's checked line,
-ID, then the time range), its times weighted ``time_weight``. The tower stays frozen; the language model trains. An
-optional probe loss (``clock_weight``, its head thrown away) makes every visual token's time a linear feature after LM
-layer ``clock_layer``. Held-out clips (root ``eval_seed``) are decoded greedily every ``eval_every`` steps and scored
-by mean tIoU against the best constant range on the same clips (the prior, 0.365 on the default 48). The model is
-saved after every evaluation with ``pretrain_time.json``.
+ID, then the time range), its times weighted ``time_weight``. The tower stays frozen; the language model trains, with
+two auxiliary losses. The clock loss (``clock_weight``, its head thrown away) makes every visual token's time a linear
+feature after LM layer ``clock_layer``. The attention loss (``attention_weight``) teaches where to read it: at the
+positions that write a start's (end's) characters, one head of LM layer ``attention_layer`` must attend to the square's
+tokens in the first (last) tube that shows it. Held-out clips (root ``eval_seed``) are decoded greedily every
+``eval_every`` steps and scored by mean tIoU against the best constant range on the same clips (the prior, 0.365 on the
+default 48). The model is saved after every evaluation with ``pretrain_time.json``.
 
-Measured from the shipped model on 2 CPU cores (batch 8, ~3.3 s a step, lr 5e-4): the answers' mean tIoU stays at the
-prior (0.38 / 0.39 after 100 / 200 steps without the clock loss; 0.35 / 0.30 / 0.43 after 100 / 200 / 300 with it),
-the predicted start's partial correlation with the true one, given the clip's length, stays within ±0.25 of zero on 40
-held-out clips, and the predicted end follows the clip's length (correlation 0.79-0.95). The clock loss does make time
-linear in the tokens (the head's RMS error on each step's fresh clips 0.7 s after 280 steps; a ridge probe on
-the shipped model's states misses by 1.5 s on average), so what these step counts do not reach is the read-out.
+Measured from the shipped model on 2 CPU cores (batch 8, lr 5e-4, ~3.6 s a step): with the defaults (``--steps 800``)
+the held-out tIoU is 0.26 / 0.45 / 0.52 / 0.54 after 200 / 400 / 600 / 800 steps (prior 0.365); on 40 held-out clips
+the predicted start's partial correlation with the true one, given the clip's length, is 0.16 / 0.39 / 0.69 after 400 /
+600 / 800 steps (the end's 0.14 / 0.75 / 0.75), and tIoU falls with the clip's length (0.59 / 0.57 / 0.47 for clips of
+4-8 / 8-12 / 12-16 s at step 800).
+Without the attention loss the answers stay at the prior whatever the clock loss does (0.38 / 0.39 after 100 / 200
+steps without the clock loss, 0.35 / 0.30 / 0.43 after 100 / 200 / 300 with it; partial correlations within ±0.25 of
+zero, the predicted end following the clip's length): the clock alone makes time linear in the tokens (the head's RMS
+error 0.7 s after 280 steps) but the answer loss does not find the read-out in those steps.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ LABEL = "large white square"
 
 @dataclass(frozen=True)
 class TimeReadingConfig:
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 8
     learning_rate: float = 5e-4
     warmup_steps: int = 30
@@ -61,6 +66,13 @@ class TimeReadingConfig:
     the token's time (seconds / 10, mean squared error). It makes the time a linear feature of the tokens that the
     answer's digits can read by attention (0: off). The head is thrown away."""
     clock_layer: int = 2
+    attention_weight: float = 1.0
+    """Weight of the attention loss: at the positions that write the start's (end's) characters, head
+    ``attention_head`` of LM layer ``attention_layer`` is trained to put its attention on the square's tokens of the
+    first (last) 2-frame tube that shows it (minus the log of the attention mass there). It builds the read-out the
+    answer loss alone does not find: "look at where the event begins (ends), copy its time" (0: off)."""
+    attention_layer: int = 2
+    attention_head: int = 0
 
     sizes: tuple[tuple[int, int], ...] = ((320, 240), (224, 168))
     """(width, height) of the clips: synth's default and the first stages'."""
@@ -86,6 +98,30 @@ class TimeReadingClip:
     end_s: float
     duration_s: float
     frame_times_s: tuple[float, ...]
+    square_box: tuple[int, int, int]
+    """(x0, y0, side) of the shown square in the resized frames' pixels."""
+
+    def event_edge_tokens(self, merge_size: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean masks over the visual tokens (tube-major, then row-major merged cells): the square's tokens (more
+        than half of the merged cell covered) in the first and in the last tube with a frame inside the range."""
+        tubes, rows, cols = (int(v) for v in self.video.video_grid_thw[0])
+        rows, cols, cell = rows // merge_size, cols // merge_size, merge_size * patch_size
+        x0, y0, side = self.square_box
+        edges = np.arange(max(rows, cols) + 1) * cell
+        cover_y = np.clip(np.minimum(edges[1 : rows + 1], y0 + side) - np.maximum(edges[:rows], y0), 0, None)
+        cover_x = np.clip(np.minimum(edges[1 : cols + 1], x0 + side) - np.maximum(edges[:cols], x0), 0, None)
+        covered = torch.from_numpy(np.outer(cover_y, cover_x) * 2 > cell * cell).flatten()
+        shown = [
+            j
+            for j in range(tubes)
+            if any(self.start_s - 1e-6 <= t <= self.end_s + 1e-6 for t in self.frame_times_s[2 * j : 2 * j + 2])
+        ]
+        masks = []
+        for tube in (shown[0], shown[-1]):
+            mask = torch.zeros(tubes, rows * cols, dtype=torch.bool)
+            mask[tube] = covered
+            masks.append(mask.flatten())
+        return masks[0], masks[1]
 
     def token_times_s(self, merge_size: int) -> torch.Tensor:
         """Each visual token's time: the mean of its 2-frame tube's frame times (tokens are tube-major)."""
@@ -98,7 +134,7 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
     """One clip's sampled frames, already at the §4 resized size: a noisy background, two to four static discs, and
     a square shown only on the event's frames. The range is whole native frames (``start_s``/``end_s``: the first and
     last shown frame's times). Returns ``frames`` (T, H, W, 3) uint8, ``frame_times_s``, ``sample_fps``, ``query``,
-    ``start_s``, ``end_s``, ``duration_s``."""
+    ``start_s``, ``end_s``, ``duration_s``, ``square_box`` (x0, y0, side)."""
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import PALETTE
 
@@ -127,6 +163,7 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
     cells = ((yy[:side, :side] // CHECKER_PX + xx[:side, :side] // CHECKER_PX) % 2)[..., None]
     shown[y0 : y0 + side, x0 : x0 + side] = np.where(cells == 1, 245, 10)
     return {
+        "square_box": (x0, y0, side),
         "frames": np.stack([shown if first <= i <= last else frame for i in plan.indices]).astype(np.uint8),
         "frame_times_s": [i / fps for i in plan.indices],
         "sample_fps": plan.sample_fps,
@@ -144,7 +181,13 @@ def time_reading_clip(seed: int, video_processor, config: TimeReadingConfig = Ti
     clip = time_reading_frames(seed, config)
     video = video_tensors(clip["frames"], clip["sample_fps"], video_processor)
     return TimeReadingClip(
-        video, clip["query"], clip["start_s"], clip["end_s"], clip["duration_s"], tuple(clip["frame_times_s"])
+        video,
+        clip["query"],
+        clip["start_s"],
+        clip["end_s"],
+        clip["duration_s"],
+        tuple(clip["frame_times_s"]),
+        tuple(int(v) for v in clip["square_box"]),
     )
 
 
@@ -207,6 +250,7 @@ class TimeReadingBatches:
 
         self.collator = SFTCollator(processor, mark_target=True, check_attributes=True, time_weight=config.time_weight)
         self.merge_size = self.collator.merge_size
+        self.patch_size = int(processor.video_processor.patch_size)
         self.video_token_id = self.collator.video_token_id
         self.tokenizer = processor.tokenizer
 
@@ -223,6 +267,18 @@ class TimeReadingBatches:
         batch = self.collator.collate(rows, [c.video for c in clips])
         batch.setdefault("loss_weights", (batch["labels"] != -100).float())  # time_weight 1: every answer token alike
         return batch
+
+    def attention_queries(self, batch: dict[str, torch.Tensor], clips: list[TimeReadingClip]) -> list[tuple]:
+        """For :func:`attention_mass_loss`: per written time, ``(row, positions that predict its characters, the
+        square's token positions in the first tube that shows it (a start) or the last (an end))``."""
+        queries = []
+        for row, clip in enumerate(clips):
+            video_positions = torch.nonzero(batch["input_ids"][row] == self.video_token_id).flatten()
+            first, last = clip.event_edge_tokens(self.merge_size, self.patch_size)
+            for i, run in enumerate(time_token_positions(self.tokenizer, batch["labels"][row])):
+                targets = video_positions[first if i % 2 == 0 else last]
+                queries.append((row, torch.tensor(run) - 1, targets))
+        return queries
 
 
 def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeReadingClip], device: str) -> dict:
@@ -264,6 +320,56 @@ def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeRe
     }
 
 
+def time_token_positions(tokenizer, labels: torch.Tensor) -> list[list[int]]:
+    """Sequence positions of each time written in a labelled row (the teacher answer's two-decimal numbers, in
+    order: the reasoning's start and end, then the ``<answer>``'s), the tokens that overlap its characters."""
+    from stvgr1_edge_train.sft import TIME_PATTERN
+
+    positions = torch.nonzero(labels != -100).flatten().tolist()
+    spans, text = [], ""
+    for position in positions:
+        piece = tokenizer.decode([int(labels[position])])
+        spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return [
+        [positions[k] for k, (a, b) in enumerate(spans) if a < match.end() and b > match.start()]
+        for match in TIME_PATTERN.finditer(text)
+    ]
+
+
+def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: list[tuple]) -> torch.Tensor:
+    """Mean, over every query position of ``queries`` (``(row, query positions, target positions)``), of minus the
+    log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets. Recomputed from the
+    layer's input states ``hidden_in`` with the layer's own norm, projections and ``batch``'s 3-D rotary positions
+    (causal), so the forward pass keeps its fast attention kernel."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    position_ids, _ = model.model.get_rope_index(
+        input_ids=batch["input_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        video_grid_thw=batch["video_grid_thw"],
+        second_per_grid_ts=batch["second_per_grid_ts"],
+        attention_mask=batch["attention_mask"],
+    )
+    language_model = model.model.language_model
+    block = language_model.layers[layer]
+    attention = block.self_attn
+    x = block.input_layernorm(hidden_in)
+    batch, length, _ = x.shape
+    cos, sin = language_model.rotary_emb(x, position_ids)
+    kv_head = head // attention.num_key_value_groups
+    q = attention.q_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
+    k = attention.k_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    losses = []
+    for row, query_positions, target_positions in queries:
+        scores = (q[row, 0, query_positions] @ k[row, 0].T) * attention.scaling
+        future = torch.arange(length, device=x.device)[None] > query_positions.to(x.device)[:, None]
+        log_attention = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        losses.append(-torch.logsumexp(log_attention[:, target_positions.to(x.device)], dim=-1))
+    return torch.cat(losses).mean()
+
+
 def unit_rms(states: torch.Tensor) -> torch.Tensor:
     """``states`` scaled to unit root-mean-square per row: the residual stream's scale grows through the layers, and
     a probe head on it must not dominate the gradient norm that clipping shares with the model."""
@@ -288,6 +394,9 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     layers = model.config.text_config.num_hidden_layers
     if not 0 < config.clock_layer <= layers:
         raise ValueError(f"clock_layer must be an LM layer, 1..{layers}")
+    heads = model.config.text_config.num_attention_heads
+    if not 0 <= config.attention_layer < layers or not 0 <= config.attention_head < heads:
+        raise ValueError(f"attention_layer must be 0..{layers - 1} and attention_head a head of it")
     clock = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(clock.parameters()) if config.clock_weight else []
@@ -309,13 +418,20 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         ]
         batch = {k: v.to(device) for k, v in batches(clips).items()}
         weights, labels = batch.pop("loss_weights"), batch.pop("labels")
-        out = model(**batch, output_hidden_states=bool(config.clock_weight))
+        out = model(**batch, output_hidden_states=bool(config.clock_weight or config.attention_weight))
         loss = answer_loss = weighted_next_token_loss(out.logits, labels, weights)
+        if config.attention_weight:
+            queries = batches.attention_queries({**batch, "labels": labels}, clips)
+            hidden_in = out.hidden_states[config.attention_layer]
+            attention_loss = attention_mass_loss(
+                model, batch, hidden_in, config.attention_layer, config.attention_head, queries
+            )
+            loss = loss + config.attention_weight * attention_loss
         if config.clock_weight:
             states = out.hidden_states[config.clock_layer][batch["input_ids"] == batches.video_token_id]
             times = torch.cat([c.token_times_s(merge) for c in clips]).to(device)
             clock_loss = torch.nn.functional.mse_loss(clock(unit_rms(states)).squeeze(-1), times / 10)
-            loss = answer_loss + config.clock_weight * clock_loss
+            loss = loss + config.clock_weight * clock_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -324,6 +440,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         running = answer_loss.item() if running is None else 0.9 * running + 0.1 * answer_loss.item()
         if (step + 1) % 10 == 0:
             extra = f", clock loss {clock_loss.item():.4f}" if config.clock_weight else ""
+            extra += f", attention loss {attention_loss.item():.3f}" if config.attention_weight else ""
             logger.info("step %d: answer loss %.4f%s (%.1f s)", step + 1, running, extra, time.perf_counter() - start)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             scores = evaluate_time_reading(model, batches, held_out, device)
@@ -355,6 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=TimeReadingConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TimeReadingConfig.learning_rate)
     parser.add_argument("--clock-weight", type=float, default=TimeReadingConfig.clock_weight)
+    parser.add_argument("--attention-weight", type=float, default=TimeReadingConfig.attention_weight)
     parser.add_argument("--eval-clips", type=int, default=TimeReadingConfig.eval_clips)
     parser.add_argument("--eval-every", type=int, default=TimeReadingConfig.eval_every)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -372,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         clock_weight=args.clock_weight,
+        attention_weight=args.attention_weight,
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
     )
