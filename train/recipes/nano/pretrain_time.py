@@ -355,11 +355,11 @@ def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, qu
     block = language_model.layers[layer]
     attention = block.self_attn
     x = block.input_layernorm(hidden_in)
-    batch, length, _ = x.shape
+    rows, length, _ = x.shape
     cos, sin = language_model.rotary_emb(x, position_ids)
     kv_head = head // attention.num_key_value_groups
-    q = attention.q_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
-    k = attention.k_proj(x).view(batch, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
+    q = attention.q_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
+    k = attention.k_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     losses = []
     for row, query_positions, target_positions in queries:
