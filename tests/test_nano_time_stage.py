@@ -184,7 +184,7 @@ def test_attention_mass_loss_is_the_models_own_attention_on_the_targets(saved_ti
     batch = batches(clips)
     labels = batch.pop("labels")
     batch.pop("loss_weights")
-    queries = batches.attention_queries({**batch, "labels": labels}, clips)
+    queries = batches.attention_queries(batch["input_ids"], labels, clips)
     assert len(queries) == 8 and all(len(targets) > 0 for _, _, targets in queries)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True, output_attentions=True)

@@ -268,14 +268,16 @@ class TimeReadingBatches:
         batch.setdefault("loss_weights", (batch["labels"] != -100).float())  # time_weight 1: every answer token alike
         return batch
 
-    def attention_queries(self, batch: dict[str, torch.Tensor], clips: list[TimeReadingClip]) -> list[tuple]:
+    def attention_queries(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, clips: list[TimeReadingClip]
+    ) -> list[tuple]:
         """For :func:`attention_mass_loss`: per written time, ``(row, positions that predict its characters, the
         square's token positions in the first tube that shows it (a start) or the last (an end))``."""
         queries = []
         for row, clip in enumerate(clips):
-            video_positions = torch.nonzero(batch["input_ids"][row] == self.video_token_id).flatten()
+            video_positions = torch.nonzero(input_ids[row] == self.video_token_id).flatten()
             first, last = clip.event_edge_tokens(self.merge_size, self.patch_size)
-            for i, run in enumerate(time_token_positions(self.tokenizer, batch["labels"][row])):
+            for i, run in enumerate(time_token_positions(self.tokenizer, labels[row])):
                 targets = video_positions[first if i % 2 == 0 else last]
                 queries.append((row, torch.tensor(run) - 1, targets))
         return queries
@@ -421,7 +423,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         out = model(**batch, output_hidden_states=bool(config.clock_weight or config.attention_weight))
         loss = answer_loss = weighted_next_token_loss(out.logits, labels, weights)
         if config.attention_weight:
-            queries = batches.attention_queries({**batch, "labels": labels}, clips)
+            queries = batches.attention_queries(batch["input_ids"], labels, clips)
             hidden_in = out.hidden_states[config.attention_layer]
             attention_loss = attention_mass_loss(
                 model, batch, hidden_in, config.attention_layer, config.attention_head, queries
