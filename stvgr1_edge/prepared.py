@@ -88,6 +88,9 @@ class CachedSample:
     frame_times_s: tuple[float, ...] = ()
     """Presentation time of each sampled frame (``VideoInfo.frame_times_s``), in tensor order; empty in caches
     written before it."""
+    target_boxes: tuple[tuple[float, ...], ...] = ()
+    """The annotated target box in each sampled frame, in tensor order, as fractions of the frame (x0, y0, x1, y1);
+    ``()`` for a frame the annotations give no box (outside the GT range). Empty in caches written before it."""
     version: int = CACHE_VERSION
 
     def to_row(self, cache_dir: Path) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class CachedSample:
             "valid_ids": list(self.valid_ids),
             "object_labels": list(self.object_labels) if self.object_labels else [""] * len(self.valid_ids),
             "frame_times_s": list(self.frame_times_s),
+            "target_boxes": [list(box) for box in self.target_boxes],
         }
 
 
@@ -148,6 +152,7 @@ def write_sample(cache_dir: Path, sample: CachedSample) -> Path:
     d["valid_ids"] = list(sample.valid_ids)
     d["object_labels"] = list(sample.object_labels)
     d["frame_times_s"] = list(sample.frame_times_s)
+    d["target_boxes"] = [list(box) for box in sample.target_boxes]
     write_json_atomic(path, d, indent=1)
     return path
 
@@ -178,6 +183,7 @@ def load_cached_samples(cache_dir: str | Path) -> list[CachedSample]:
         meta["valid_ids"] = tuple(meta.get("valid_ids", ()))
         meta["object_labels"] = tuple(meta.get("object_labels", ()))
         meta["frame_times_s"] = tuple(meta.get("frame_times_s", ()))
+        meta["target_boxes"] = tuple(tuple(box) for box in meta.get("target_boxes", ()))
         sample = CachedSample(**meta)
         if not (cache_dir / sample.video_file).is_file():
             raise BadInputError(f"{path} names {sample.video_file}, which is missing: rerun `stvg-edge train prepare`")

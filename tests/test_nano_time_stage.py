@@ -14,12 +14,11 @@ from stvgr1_edge.baseline import best_constant_range
 from stvgr1_edge_train.recipes.nano.pretrain_time import (
     TimeReadingBatches,
     TimeReadingConfig,
-    attention_mass_loss,
     pretrain_time,
     time_reading_clip,
     time_reading_frames,
-    time_token_positions,
 )
+from stvgr1_edge_train.sft import attention_mass_loss, time_token_positions
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
@@ -182,9 +181,9 @@ def test_attention_mass_loss_is_the_models_own_attention_on_the_targets(saved_ti
     clips = [time_reading_clip(seed, saved_tiny.processor.video_processor) for seed in (14, 15)]
     batches = TimeReadingBatches(saved_tiny.processor, TimeReadingConfig())
     batch = batches(clips)
-    labels = batch.pop("labels")
+    batch.pop("labels")
     batch.pop("loss_weights")
-    queries = batches.attention_queries(batch["input_ids"], labels, clips)
+    queries = batch.pop("attention_queries")
     assert len(queries) == 8 and all(len(targets) > 0 for _, _, targets in queries)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True, output_attentions=True)

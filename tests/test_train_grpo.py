@@ -368,6 +368,116 @@ def test_sft_event_timeline_tags_each_tube_by_its_sampled_frames_and_weighs_the_
         SFTCollator(processor, mark_target=True, event_timeline=True)([old_cache_row])
 
 
+def test_covered_cells_are_those_the_box_covers_by_more_than_half_or_the_most_covered_one():
+    from stvgr1_edge_train.sft import covered_cells
+
+    # a 4x6 grid of cells: a box over cells (1, 2), (1, 3) whole and half of (2, 2), (2, 3) -> the two whole ones
+    mask = covered_cells((2 / 6, 1 / 4, 4 / 6, 2.5 / 4), rows=4, cols=6).view(4, 6)
+    assert mask.nonzero().tolist() == [[1, 2], [1, 3]]
+    # a box over three quarters of (0, 0) and a quarter of (0, 1)
+    assert covered_cells((0.0, 0.0, 1.25 / 6, 1 / 4), 4, 6).view(4, 6).nonzero().tolist() == [[0, 0]]
+    # a small object inside one cell's lower right corner, no cell covered by half: the cell it sits in
+    assert covered_cells((4.6 / 6, 2.6 / 4, 4.9 / 6, 2.9 / 4), 4, 6).view(4, 6).nonzero().tolist() == [[2, 4]]
+
+
+def test_sft_attention_queries_point_the_times_at_the_targets_box_at_its_ranges_edges(setup):
+    from stvgr1_edge.errors import BadInputError
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import SFTCollator
+
+    processor, _ = load_processor(setup.model)
+    tok, merge = processor.tokenizer, processor.video_processor.merge_size
+    rows = list(load_cached_dataset(setup.cache))
+    collator = SFTCollator(processor, mark_target=True, check_attributes=True, attend_event_edges=True)
+    batch = collator(rows)
+    assert torch.equal(batch["loss_weights"], (batch["labels"] != -100).float())
+    queries = batch["attention_queries"]
+    assert [row for row, _, _ in queries] == [i for i in range(len(rows)) for _ in range(4)]
+    for k, (i, query_positions, target_positions) in enumerate(queries):
+        row, (tubes, grid_rows, grid_cols) = rows[i], batch["video_grid_thw"][i].tolist()
+        # the positions predict the characters of the k-th time written: start, end, start, end
+        written = tok.decode(batch["input_ids"][i, query_positions + 1]).strip()
+        assert written == f"{row['gt_start_s'] if k % 2 == 0 else row['gt_end_s']:.2f}"
+        # the targets are visual tokens of one tube: the first (a start) or last (an end) with a frame in range
+        video_positions = torch.nonzero(batch["input_ids"][i] == collator.video_token_id).flatten().tolist()
+        cols, per_tube = grid_cols // merge, grid_rows * grid_cols // merge**2
+        index = [video_positions.index(p) for p in target_positions.tolist()]
+        in_range = [
+            j
+            for j in range(tubes)
+            if any(row["gt_start_s"] <= t <= row["gt_end_s"] for t in row["frame_times_s"][2 * j : 2 * j + 2])
+        ]
+        tube = in_range[0] if k % 2 == 0 else in_range[-1]
+        assert index and {n // per_tube for n in index} == {tube}
+        # ... and the cells of the target's box there: the one under its centre, none outside it
+        boxes = [b for b in row["target_boxes"][2 * tube : 2 * tube + 2] if b]
+        cells = {divmod(n % per_tube, cols) for n in index}
+        x0, y0, x1, y1 = boxes[0]
+        grid = (grid_rows // merge, cols)
+        assert (int((y0 + y1) / 2 * grid[0]), int((x0 + x1) / 2 * grid[1])) in cells
+        for r, c in cells:
+            assert any(
+                b[0] * grid[1] < c + 1 and b[2] * grid[1] > c and b[1] * grid[0] < r + 1 and b[3] * grid[0] > r
+                for b in boxes
+            )
+    old_cache_row = dict(rows[0], target_boxes=[])  # a cache written before the boxes were recorded
+    with pytest.raises(BadInputError, match="rerun `stvg-edge train prepare`"):
+        collator([old_cache_row])
+
+
+def test_sft_attention_weight_adds_the_attention_mass_loss_and_reaches_the_update(setup, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.errors import BadInputError
+    from stvgr1_edge.rope_index import use_trained_rope_index
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import (
+        SFTCollator,
+        SFTRunConfig,
+        WeightedLossMixin,
+        attention_mass_loss,
+        run_sft,
+        weighted_next_token_loss,
+    )
+
+    processor, _ = load_processor(setup.model)
+    model = use_trained_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model)).eval()
+    batch = SFTCollator(processor, attend_event_edges=True)(list(load_cached_dataset(setup.cache))[:2])
+    scorer = type("Scorer", (WeightedLossMixin,), {"attention_weight": 0.5, "attention_layer": 1, "attention_head": 3})
+    with torch.no_grad():
+        loss = scorer().compute_loss(model, dict(batch))
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+        out = model(**inputs, output_hidden_states=True)
+        answer = weighted_next_token_loss(out.logits, batch["labels"], batch["loss_weights"])
+        attention = attention_mass_loss(model, inputs, out.hidden_states[1], 1, 3, batch["attention_queries"])
+    assert attention > 0.1 and torch.allclose(loss, answer + 0.5 * attention)
+
+    def final_weights(name, **kw):
+        trainer = run_sft(
+            SFTRunConfig(
+                data=setup.cache,
+                model=setup.model,
+                output_dir=str(tmp_path / name),
+                max_steps=2,
+                per_device_train_batch_size=2,
+                gradient_checkpointing=False,
+                save_steps=100,
+                learning_rate=1e-3,
+                **kw,
+            )
+        )
+        logged = [h["attention_loss"] for h in trainer.state.log_history if "loss" in h]
+        assert len(logged) == 2 and all(value > 0 for value in logged)  # the auxiliary term is logged each step
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    # the same runs but for the layer whose attention is trained: the auxiliary loss is what moves the weights apart
+    first, second = (final_weights(f"layer{n}", attention_weight=1.0, attention_layer=n) for n in (0, 1))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    with pytest.raises(BadInputError, match="attention_layer must be"):
+        final_weights("bad", attention_weight=1.0, attention_layer=99)
+
+
 def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     from stvgr1_edge.cli import main as stvg_main
     from stvgr1_edge_train.cli import main as train_main
@@ -399,3 +509,7 @@ def test_cli_train_grpo_and_prepare(setup, tmp_path, capsys):
     assert "skipped_existing 5" in capsys.readouterr().out
     assert train_main(["grpo", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+    # the attention loss's options reach the run: a layer the model does not have is refused before training
+    sft_args = ["sft", "--data", setup.cache, "--model", setup.model, "--output", str(tmp_path / "sft")]
+    assert train_main([*sft_args, "--attention-weight", "1", "--attention-layer", "9"]) == 2
+    assert "attention_layer must be 0..1" in capsys.readouterr().err

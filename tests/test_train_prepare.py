@@ -87,6 +87,18 @@ def test_prepare_cache_real_tracking_report_and_resume(synthetic, tmp_path):
         video = read_video_tensors(out / s.video_file)
         assert video.num_visual_tokens(2) == s.num_visual_tokens
         assert s.prompt.count(ann[s.sample_id]["English"].lower().rstrip(".")) == 1
+        # the GT box in each sampled frame, as fractions of the frame; none outside the GT range
+        entry = ann[s.sample_id]
+        height, width = entry["img_hw"]
+        assert len(s.target_boxes) == len(s.frame_times_s) == 2 * int(video.video_grid_thw[0, 0])
+        for t, box in zip(s.frame_times_s, s.target_boxes):
+            frame = round(t * entry["fps"])
+            if entry["st_frame"] <= frame <= entry["ed_frame"]:
+                x, y, w, h = entry["bbox"][frame - entry["st_frame"]]
+                assert box == pytest.approx((x / width, y / height, (x + w) / width, (y + h) / height), abs=1e-4)
+            else:
+                assert box == ()
+        assert 0 < sum(len(box) > 0 for box in s.target_boxes) < len(s.target_boxes)
     grids = {tuple(read_video_tensors(out / s.video_file).video_grid_thw[0].tolist()) for s in samples}
     assert grids == {(4, 8, 12), (6, 8, 10)}
 
@@ -114,7 +126,7 @@ def test_prepare_cache_parallel_workers_match_serial(synthetic, tmp_path):
 
 def _cache_digest(cache) -> dict:
     """Per sample: a hash of its metadata (without the cache's file names, which depend on where the videos
-    lie) and a hash of its video's tensors."""
+    lie, and without the target boxes, recorded since the reference was made) and a hash of its video's tensors."""
     import hashlib
 
     from safetensors.torch import load_file
@@ -127,7 +139,7 @@ def _cache_digest(cache) -> dict:
         for key in sorted(tensors):
             digest.update(key.encode())
             digest.update(tensors[key].contiguous().numpy().tobytes())
-        meta = {k: v for k, v in sample.items() if k != "video_file"}
+        meta = {k: v for k, v in sample.items() if k not in ("video_file", "target_boxes")}
         out[sample["sample_id"]] = {
             "json": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),
             "tensors": digest.hexdigest(),

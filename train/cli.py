@@ -159,6 +159,15 @@ def sft(
     freeze_vision: bool = typer.Option(
         False, "--freeze-vision", help="Train the language model only (keep a pretrained vision tower)."
     ),
+    attention_weight: float = typer.Option(
+        0.0,
+        "--attention-weight",
+        min=0.0,
+        help="Weight of the event-edge attention loss: each time's tokens attend to the target's tokens in the "
+        "first/last tube of its GT range (needs a cache with target boxes; 0: off).",
+    ),
+    attention_layer: int = typer.Option(2, "--attention-layer", min=0, help="LM layer of the attention loss."),
+    attention_head: int = typer.Option(0, "--attention-head", min=0, help="Head of the attention loss."),
 ) -> None:
     """Supervised warm-start on teacher-forced answers (for models that cannot produce the format yet)."""
     from .sft import SFTRunConfig, run_sft
@@ -181,6 +190,9 @@ def sft(
         time_weight=time_weight,
         event_timeline=event_timeline,
         freeze_vision=freeze_vision,
+        attention_weight=attention_weight,
+        attention_layer=attention_layer,
+        attention_head=attention_head,
     )
     trainer = run_sft(run)
     typer.echo(f"trained {trainer.state.global_step} steps -> {output}")

@@ -198,11 +198,26 @@ def prepare_video_samples(
                 object_labels=object_labels(s, truth, tracks.ids),
                 processor=processor.constants(),
                 frame_times_s=tuple(info.frame_times_s[i] for i in clip.frame_indices),
+                target_boxes=target_boxes_in_frames(s, clip.frame_indices, (info.width, info.height)),
             ),
         )
         results.append(_sample_result(s, "cached", **extra))
     logger.info("%s: %d tracks, %d samples, tracked in %.2fs", video_path, len(tracks), len(samples), track_s)
     return results
+
+
+def target_boxes_in_frames(
+    sample: STVGSample, frame_indices: Sequence[int], video_size: tuple[int, int]
+) -> tuple[tuple[float, ...], ...]:
+    """The sample's GT box in each of ``frame_indices`` as fractions of the frame (x0, y0, x1, y1, rounded to 1e-4),
+    ``()`` where the annotations give none. The boxes are in the annotations' frame size (``img_hw``), else the
+    video's (``video_size``: width, height)."""
+    width, height = (sample.width, sample.height) if sample.width and sample.height else video_size
+    scale = (width, height, width, height)
+    return tuple(
+        tuple(round(float(v) / s, 4) for v, s in zip(sample.gt_boxes[i], scale)) if i in sample.gt_boxes else ()
+        for i in frame_indices
+    )
 
 
 def object_labels(sample: STVGSample, truth: dict[int, int], track_ids: Sequence[int]) -> tuple[str, ...]:

@@ -131,6 +131,96 @@ def time_offsets(answer: str) -> set[int]:
     return {i for match in TIME_PATTERN.finditer(answer) for i in range(match.start(), match.end())}
 
 
+def covered_cells(box: Sequence[float], rows: int, cols: int) -> torch.Tensor:
+    """Boolean mask over a frame's ``rows`` x ``cols`` merged cells (row-major): the cells ``box`` (x0, y0, x1, y1 as
+    fractions of the frame) covers more than half of; where it covers none by half (a small object), the one it
+    covers most."""
+    import numpy as np
+
+    x0, y0, x1, y1 = box
+    cover_y = np.clip(np.minimum(np.arange(1, rows + 1), y1 * rows) - np.maximum(np.arange(rows), y0 * rows), 0, None)
+    cover_x = np.clip(np.minimum(np.arange(1, cols + 1), x1 * cols) - np.maximum(np.arange(cols), x0 * cols), 0, None)
+    cover = np.outer(cover_y, cover_x)
+    covered = cover > 0.5 + 1e-6
+    if not covered.any() and cover.max() > 0:
+        covered = cover == cover.max()
+    return torch.from_numpy(covered.flatten())
+
+
+def event_edge_token_masks(
+    target_boxes: Sequence[Sequence[float]], video_grid_thw: Sequence[int], merge_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Boolean masks over a clip's visual tokens (tube-major, then row-major merged cells): the target's cells
+    (:func:`covered_cells` of its box in the tube's frames) in the first and in the last 2-frame tube that has a
+    box (``target_boxes``: one per sampled frame, empty outside the GT range). None when no frame has one."""
+    tubes, rows, cols = (int(v) for v in video_grid_thw)
+    rows, cols = rows // merge_size, cols // merge_size
+    if len(target_boxes) != 2 * tubes:
+        raise BadInputError(
+            f"{len(target_boxes)} target boxes for {tubes} visual tubes: the cache does not match its tensors; "
+            "rerun `stvg-edge train prepare`"
+        )
+    shown = [j for j in range(tubes) if any(len(box) for box in target_boxes[2 * j : 2 * j + 2])]
+    if not shown:
+        return None
+    masks = []
+    for tube in (shown[0], shown[-1]):
+        mask = torch.zeros(tubes, rows * cols, dtype=torch.bool)
+        for box in target_boxes[2 * tube : 2 * tube + 2]:
+            if len(box):
+                mask[tube] |= covered_cells(box, rows, cols)
+        masks.append(mask.flatten())
+    return masks[0], masks[1]
+
+
+def time_token_positions(tokenizer, labels: torch.Tensor) -> list[list[int]]:
+    """Sequence positions of each time written in a labelled row (the teacher answer's two-decimal numbers, in
+    order: the reasoning's start and end, then the ``<answer>``'s), the tokens that overlap its characters."""
+    positions = torch.nonzero(labels != -100).flatten().tolist()
+    spans, text = [], ""
+    for position in positions:
+        piece = tokenizer.decode([int(labels[position])])
+        spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return [
+        [positions[k] for k, (a, b) in enumerate(spans) if a < match.end() and b > match.start()]
+        for match in TIME_PATTERN.finditer(text)
+    ]
+
+
+def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: Sequence[tuple]) -> torch.Tensor:
+    """Mean, over every query position of ``queries`` (``(row, query positions, target positions)``), of minus the
+    log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets. Recomputed from the
+    layer's input states ``hidden_in`` with the layer's own norm, projections and ``batch``'s 3-D rotary positions
+    (causal), so the forward pass keeps its fast attention kernel."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+    position_ids, _ = model.model.get_rope_index(
+        input_ids=batch["input_ids"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        video_grid_thw=batch["video_grid_thw"],
+        second_per_grid_ts=batch["second_per_grid_ts"],
+        attention_mask=batch["attention_mask"],
+    )
+    language_model = model.model.language_model
+    block = language_model.layers[layer]
+    attention = block.self_attn
+    x = block.input_layernorm(hidden_in)
+    rows, length, _ = x.shape
+    cos, sin = language_model.rotary_emb(x, position_ids)
+    kv_head = head // attention.num_key_value_groups
+    q = attention.q_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
+    k = attention.k_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    losses = []
+    for row, query_positions, target_positions in queries:
+        scores = (q[row, 0, query_positions] @ k[row, 0].T) * attention.scaling
+        future = torch.arange(length, device=x.device)[None] > query_positions.to(x.device)[:, None]
+        log_attention = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        losses.append(-torch.logsumexp(log_attention[:, target_positions.to(x.device)], dim=-1))
+    return torch.cat(losses).mean()
+
+
 def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy as a weighted mean: ``weights`` (aligned with ``labels``) per predicted token, 0 on
     ``-100`` labels. All ones on the labelled tokens give the model's own loss."""
@@ -225,7 +315,10 @@ class FrozenVisionFeatures:
 
 class SFTCollator:
     """Rows → ``input_ids`` (prompt + answer, right-padded), ``labels`` (answer only), video tensors (or, with
-    ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``)."""
+    ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``). With ``attend_event_edges``,
+    also ``attention_queries`` for :func:`attention_mass_loss`: per time written, the positions that predict its
+    characters and the target's tokens in the first (a start) or last (an end) tube of its GT range
+    (:func:`event_edge_token_masks` of the row's ``target_boxes``)."""
 
     def __init__(
         self,
@@ -238,8 +331,10 @@ class SFTCollator:
         check_attributes: bool = False,
         time_weight: float = 1.0,
         event_timeline: bool = False,
+        attend_event_edges: bool = False,
     ) -> None:
         self.vision_features = vision_features
+        self.attend_event_edges = attend_event_edges
         self.event_timeline = event_timeline and mark_target
         self.line_end_weight = line_end_weight
         self.time_weight = time_weight
@@ -313,7 +408,11 @@ class SFTCollator:
             batch["loss_weights"] = torch.zeros(batch["labels"].shape)
             for i, w in enumerate(weight_rows):
                 batch["loss_weights"][i, : len(w)] = torch.tensor(w)
+        elif self.attend_event_edges:  # the auxiliary loss goes through WeightedLossMixin: every answer token alike
+            batch["loss_weights"] = (batch["labels"] != -100).float()
         batch["mm_token_type_ids"] = video_token_type_ids(batch["input_ids"], self.video_token_id)
+        if self.attend_event_edges:
+            batch["attention_queries"] = self.attention_queries(rows, videos, batch["input_ids"], batch["labels"])
         batch.update(collate_videos(videos))
         if self.vision_features is not None:
             from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -323,20 +422,62 @@ class SFTCollator:
             batch["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=features)}
         return batch
 
+    def attention_queries(self, rows, videos, input_ids: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
+        """``(row, positions that predict a time's characters, the target's token positions at its event's
+        start or end)`` per time written; none for a row whose sampled frames all lie outside its GT range."""
+        queries = []
+        for i, (row, video) in enumerate(zip(rows, videos)):
+            if not row.get("target_boxes"):
+                raise BadInputError(
+                    f"sample {row['sample_id']!r} has no target boxes (a cache written before they were "
+                    "recorded): rerun `stvg-edge train prepare` into a new folder"
+                )
+            masks = event_edge_token_masks(row["target_boxes"], video.video_grid_thw[0], self.merge_size)
+            if masks is None:
+                continue
+            video_positions = torch.nonzero(input_ids[i] == self.video_token_id).flatten()
+            for k, run in enumerate(time_token_positions(self.tokenizer, labels[i])):
+                queries.append((i, torch.tensor(run) - 1, video_positions[masks[k % 2]]))
+        return queries
+
 
 class WeightedLossMixin:
     """Put before ``Trainer``: a batch with ``loss_weights`` (:class:`SFTCollator`) is scored with
     :func:`weighted_next_token_loss` instead of the model's own loss (a mean per micro-batch: with gradient
-    accumulation, micro-batches count alike whatever their token counts)."""
+    accumulation, micro-batches count alike whatever their token counts). A batch with ``attention_queries`` adds
+    ``attention_weight`` times :func:`attention_mass_loss` of head ``attention_head`` of LM layer
+    ``attention_layer`` (class attributes, set by :func:`run_sft`); its mean since the last log is logged as
+    ``attention_loss``."""
+
+    attention_weight: float = 0.0
+    attention_layer: int = 2
+    attention_head: int = 0
+    _attention_losses: list[float] | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("loss_weights", None)
+        queries = inputs.pop("attention_queries", None)
         if weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        attend = bool(queries) and self.attention_weight > 0
+        outputs = model(**inputs, output_hidden_states=attend)
         loss = weighted_next_token_loss(outputs.logits, labels, weights.to(outputs.logits.device))
+        if attend:
+            hidden_in = outputs.hidden_states[self.attention_layer]
+            unwrapped = getattr(model, "module", model)  # DDP / DeepSpeed wrap the model
+            attention = attention_mass_loss(
+                unwrapped, inputs, hidden_in, self.attention_layer, self.attention_head, queries
+            )
+            loss = loss + self.attention_weight * attention
+            self._attention_losses = (self._attention_losses or []) + [float(attention.detach())]
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._attention_losses and "loss" in logs:
+            logs["attention_loss"] = round(sum(self._attention_losses) / len(self._attention_losses), 4)
+            self._attention_losses = None
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -391,6 +532,12 @@ class SFTRunConfig:
     the time range (see :func:`event_timeline`); its tags weigh ``time_weight``. Needs a cache with sampled frame
     times. (On the nano model, whose tower hardly shows the events, the LM wrote one timeline for every clip: see
     ``stvgr1_edge/models/nano/MODEL_CARD.md``.)"""
+    attention_weight: float = 0.0
+    """Weight of the event-edge attention loss (:func:`attention_mass_loss`, 0: off): at the positions that write a
+    start's (end's) characters, head ``attention_head`` of LM layer ``attention_layer`` is trained to attend to the
+    target's tokens in the first (last) tube of its GT range. Needs a cache with target boxes."""
+    attention_layer: int = 2
+    attention_head: int = 0
 
 
 def run_sft(run: SFTRunConfig):
@@ -428,7 +575,19 @@ def run_sft(run: SFTRunConfig):
         remove_unused_columns=False,
         use_cpu=not cuda,
     )
-    trainer_cls = type("SFTTrainer", (ExactResumeMixin, WeightedLossMixin, Trainer), {})
+    layers = model.config.text_config.num_hidden_layers
+    heads = model.config.text_config.num_attention_heads
+    if run.attention_weight and not (0 <= run.attention_layer < layers and 0 <= run.attention_head < heads):
+        raise BadInputError(
+            f"attention_layer must be 0..{layers - 1} and attention_head 0..{heads - 1} for this model, got "
+            f"{run.attention_layer} and {run.attention_head}"
+        )
+    attention = {
+        "attention_weight": run.attention_weight,
+        "attention_layer": run.attention_layer,
+        "attention_head": run.attention_head,
+    }
+    trainer_cls = type("SFTTrainer", (ExactResumeMixin, WeightedLossMixin, Trainer), attention)
     # processing_class: every checkpoint-N/ gets the processor files too, so it loads (and evaluates) on its own
     features = FrozenVisionFeatures(model) if run.freeze_vision else None
     trainer = trainer_cls(
@@ -446,6 +605,7 @@ def run_sft(run: SFTRunConfig):
             run.check_attributes,
             run.time_weight,
             run.event_timeline,
+            attend_event_edges=run.attention_weight > 0,
         ),
     )
     resume = run.resume_from_checkpoint

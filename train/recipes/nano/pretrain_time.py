@@ -101,27 +101,23 @@ class TimeReadingClip:
     square_box: tuple[int, int, int]
     """(x0, y0, side) of the shown square in the resized frames' pixels."""
 
+    def target_boxes(self, patch_size: int) -> tuple[tuple[float, ...], ...]:
+        """The square's box in each sampled frame as fractions of the frame (x0, y0, x1, y1), ``()`` where it is not
+        shown: a prepared sample's ``target_boxes``."""
+        _, rows, cols = (int(v) for v in self.video.video_grid_thw[0])
+        width, height = cols * patch_size, rows * patch_size
+        x0, y0, side = self.square_box
+        box = (x0 / width, y0 / height, (x0 + side) / width, (y0 + side) / height)
+        return tuple(box if self.start_s - 1e-6 <= t <= self.end_s + 1e-6 else () for t in self.frame_times_s)
+
     def event_edge_tokens(self, merge_size: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean masks over the visual tokens (tube-major, then row-major merged cells): the square's tokens (more
         than half of the merged cell covered) in the first and in the last tube with a frame inside the range."""
-        tubes, rows, cols = (int(v) for v in self.video.video_grid_thw[0])
-        rows, cols, cell = rows // merge_size, cols // merge_size, merge_size * patch_size
-        x0, y0, side = self.square_box
-        edges = np.arange(max(rows, cols) + 1) * cell
-        cover_y = np.clip(np.minimum(edges[1 : rows + 1], y0 + side) - np.maximum(edges[:rows], y0), 0, None)
-        cover_x = np.clip(np.minimum(edges[1 : cols + 1], x0 + side) - np.maximum(edges[:cols], x0), 0, None)
-        covered = torch.from_numpy(np.outer(cover_y, cover_x) * 2 > cell * cell).flatten()
-        shown = [
-            j
-            for j in range(tubes)
-            if any(self.start_s - 1e-6 <= t <= self.end_s + 1e-6 for t in self.frame_times_s[2 * j : 2 * j + 2])
-        ]
-        masks = []
-        for tube in (shown[0], shown[-1]):
-            mask = torch.zeros(tubes, rows * cols, dtype=torch.bool)
-            mask[tube] = covered
-            masks.append(mask.flatten())
-        return masks[0], masks[1]
+        from stvgr1_edge_train.sft import event_edge_token_masks
+
+        masks = event_edge_token_masks(self.target_boxes(patch_size), self.video.video_grid_thw[0], merge_size)
+        assert masks is not None  # every clip shows the square on at least one sampled frame
+        return masks
 
     def token_times_s(self, merge_size: int) -> torch.Tensor:
         """Each visual token's time: the mean of its 2-frame tube's frame times (tokens are tube-major)."""
@@ -191,7 +187,9 @@ def time_reading_clip(seed: int, video_processor, config: TimeReadingConfig = Ti
     )
 
 
-def time_reading_sample(clip: TimeReadingClip, sample_id: str, merge_size: int, processor_constants=None):
+def time_reading_sample(
+    clip: TimeReadingClip, sample_id: str, merge_size: int, patch_size: int, processor_constants=None
+):
     """``clip`` as a prepared-clip sample (:class:`stvgr1_edge.prepared.CachedSample`, tensors in
     ``videos/<sample_id>.safetensors``): the one object is ID 1, :data:`LABEL`. Its ``to_row`` is what SFT reads."""
     from stvgr1_edge.prepared import CachedSample
@@ -214,6 +212,7 @@ def time_reading_sample(clip: TimeReadingClip, sample_id: str, merge_size: int, 
         object_labels=(LABEL,),
         processor=processor_constants or {},
         frame_times_s=tuple(round(t, 3) for t in clip.frame_times_s),
+        target_boxes=clip.target_boxes(patch_size),
     )
 
 
@@ -231,10 +230,10 @@ def write_time_reading_cache(
 
     cache_dir = Path(cache_dir)
     constants = ClipProcessor(processor).constants()
-    merge = int(processor.video_processor.merge_size)
+    merge, patch = int(processor.video_processor.merge_size), int(processor.video_processor.patch_size)
     for i in range(num):
         clip = time_reading_clip(clip_seed(root_seed, i), processor.video_processor, config)
-        sample = time_reading_sample(clip, f"time_s{root_seed}_{i:05d}", merge, constants)
+        sample = time_reading_sample(clip, f"time_s{root_seed}_{i:05d}", merge, patch, constants)
         write_video_tensors(cache_dir / sample.video_file, clip.video)
         write_sample(cache_dir, sample)
     return num
@@ -243,12 +242,19 @@ def write_time_reading_cache(
 class TimeReadingBatches:
     """Batches of :class:`TimeReadingClip` as model inputs: the SFT stage's own collation
     (:meth:`stvgr1_edge_train.sft.SFTCollator.collate`: prompt + checked teacher answer, labels on the answer, the
-    times weighted ``time_weight``) of each clip's :func:`time_reading_sample` row, videos already in memory."""
+    times weighted ``time_weight``, with ``attention_weight`` the ``attention_queries`` of the square's first and last
+    shown tube) of each clip's :func:`time_reading_sample` row, videos already in memory."""
 
     def __init__(self, processor, config: TimeReadingConfig) -> None:
         from stvgr1_edge_train.sft import SFTCollator
 
-        self.collator = SFTCollator(processor, mark_target=True, check_attributes=True, time_weight=config.time_weight)
+        self.collator = SFTCollator(
+            processor,
+            mark_target=True,
+            check_attributes=True,
+            time_weight=config.time_weight,
+            attend_event_edges=config.attention_weight > 0,
+        )
         self.merge_size = self.collator.merge_size
         self.patch_size = int(processor.video_processor.patch_size)
         self.video_token_id = self.collator.video_token_id
@@ -263,24 +269,13 @@ class TimeReadingBatches:
     def __call__(self, clips: list[TimeReadingClip]) -> dict[str, torch.Tensor]:
         from pathlib import Path
 
-        rows = [time_reading_sample(c, f"time_{i}", self.merge_size).to_row(Path()) for i, c in enumerate(clips)]
+        rows = [
+            time_reading_sample(c, f"time_{i}", self.merge_size, self.patch_size).to_row(Path())
+            for i, c in enumerate(clips)
+        ]
         batch = self.collator.collate(rows, [c.video for c in clips])
         batch.setdefault("loss_weights", (batch["labels"] != -100).float())  # time_weight 1: every answer token alike
         return batch
-
-    def attention_queries(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, clips: list[TimeReadingClip]
-    ) -> list[tuple]:
-        """For :func:`attention_mass_loss`: per written time, ``(row, positions that predict its characters, the
-        square's token positions in the first tube that shows it (a start) or the last (an end))``."""
-        queries = []
-        for row, clip in enumerate(clips):
-            video_positions = torch.nonzero(input_ids[row] == self.video_token_id).flatten()
-            first, last = clip.event_edge_tokens(self.merge_size, self.patch_size)
-            for i, run in enumerate(time_token_positions(self.tokenizer, labels[row])):
-                targets = video_positions[first if i % 2 == 0 else last]
-                queries.append((row, torch.tensor(run) - 1, targets))
-        return queries
 
 
 def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeReadingClip], device: str) -> dict:
@@ -322,56 +317,6 @@ def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeRe
     }
 
 
-def time_token_positions(tokenizer, labels: torch.Tensor) -> list[list[int]]:
-    """Sequence positions of each time written in a labelled row (the teacher answer's two-decimal numbers, in
-    order: the reasoning's start and end, then the ``<answer>``'s), the tokens that overlap its characters."""
-    from stvgr1_edge_train.sft import TIME_PATTERN
-
-    positions = torch.nonzero(labels != -100).flatten().tolist()
-    spans, text = [], ""
-    for position in positions:
-        piece = tokenizer.decode([int(labels[position])])
-        spans.append((len(text), len(text) + len(piece)))
-        text += piece
-    return [
-        [positions[k] for k, (a, b) in enumerate(spans) if a < match.end() and b > match.start()]
-        for match in TIME_PATTERN.finditer(text)
-    ]
-
-
-def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: list[tuple]) -> torch.Tensor:
-    """Mean, over every query position of ``queries`` (``(row, query positions, target positions)``), of minus the
-    log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets. Recomputed from the
-    layer's input states ``hidden_in`` with the layer's own norm, projections and ``batch``'s 3-D rotary positions
-    (causal), so the forward pass keeps its fast attention kernel."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
-    position_ids, _ = model.model.get_rope_index(
-        input_ids=batch["input_ids"],
-        mm_token_type_ids=batch["mm_token_type_ids"],
-        video_grid_thw=batch["video_grid_thw"],
-        second_per_grid_ts=batch["second_per_grid_ts"],
-        attention_mask=batch["attention_mask"],
-    )
-    language_model = model.model.language_model
-    block = language_model.layers[layer]
-    attention = block.self_attn
-    x = block.input_layernorm(hidden_in)
-    rows, length, _ = x.shape
-    cos, sin = language_model.rotary_emb(x, position_ids)
-    kv_head = head // attention.num_key_value_groups
-    q = attention.q_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
-    k = attention.k_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    losses = []
-    for row, query_positions, target_positions in queries:
-        scores = (q[row, 0, query_positions] @ k[row, 0].T) * attention.scaling
-        future = torch.arange(length, device=x.device)[None] > query_positions.to(x.device)[:, None]
-        log_attention = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-        losses.append(-torch.logsumexp(log_attention[:, target_positions.to(x.device)], dim=-1))
-    return torch.cat(losses).mean()
-
-
 def unit_rms(states: torch.Tensor) -> torch.Tensor:
     """``states`` scaled to unit root-mean-square per row: the residual stream's scale grows through the layers, and
     a probe head on it must not dominate the gradient norm that clipping shares with the model."""
@@ -384,7 +329,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import weighted_next_token_loss
+    from stvgr1_edge_train.sft import attention_mass_loss, weighted_next_token_loss
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -418,12 +363,13 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
             time_reading_clip(clip_seed(config.seed, step * config.batch_size + j), vp, config)
             for j in range(config.batch_size)
         ]
-        batch = {k: v.to(device) for k, v in batches(clips).items()}
+        batch = batches(clips)
+        queries = batch.pop("attention_queries", [])
+        batch = {k: v.to(device) for k, v in batch.items()}
         weights, labels = batch.pop("loss_weights"), batch.pop("labels")
         out = model(**batch, output_hidden_states=bool(config.clock_weight or config.attention_weight))
         loss = answer_loss = weighted_next_token_loss(out.logits, labels, weights)
         if config.attention_weight:
-            queries = batches.attention_queries(batch["input_ids"], labels, clips)
             hidden_in = out.hidden_states[config.attention_layer]
             attention_loss = attention_mass_loss(
                 model, batch, hidden_in, config.attention_layer, config.attention_head, queries
