@@ -305,6 +305,22 @@ def test_recipe_sft_settings_are_sft_fields_and_a_misspelt_key_stops_the_run(tmp
         sft_settings(typo)
 
 
+def test_recipe_sft_passes_its_options_over_the_yaml_settings(tmp_path, monkeypatch):
+    import stvgr1_edge_train.sft as sft
+    from stvgr1_edge_train.recipes.nano.train_nano import main
+
+    runs = []
+    monkeypatch.setattr(sft, "run_sft", runs.append)
+    argv = ["sft", "--work", str(tmp_path), "--from", "START", "--data", "a,b", "--max-steps", "3"]
+    main(argv)
+    main([*argv, "--attention-weight", "1.5", "--train-tower", "--lr", "1e-4"])
+    plain, attended = runs
+    assert plain.attention_weight == 0.0 and plain.freeze_vision is True and plain.learning_rate == 5e-4
+    assert (attended.attention_weight, attended.freeze_vision, attended.learning_rate) == (1.5, False, 1e-4)
+    assert attended.max_steps == 3 and attended.model == "START"
+    assert attended.data == f"{tmp_path / 'a'},{tmp_path / 'b'}"
+
+
 def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
     from stvgr1_edge_train.recipes.nano.probe_lm import ridge_probe
 

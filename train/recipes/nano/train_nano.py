@@ -6,7 +6,7 @@
     python -m stvgr1_edge_train.recipes.nano.train_nano init   --work runs/nano   # random-init nano model + processor
     python -m stvgr1_edge_train.recipes.nano.train_nano vision --work runs/nano [--max-steps N]   # -> WORK/vision
     python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
-    python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N]   # -> WORK/sft
+    python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N] [--attention-weight W]
     python -m stvgr1_edge_train.recipes.nano.train_nano time   --work runs/nano [--max-steps N]   # -> WORK/time
     python -m stvgr1_edge_train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
     python -m stvgr1_edge_train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
@@ -167,12 +167,15 @@ def stage_sft(
     learning_rate: float | None = None,
     data: str = "cache_train",
     train_tower: bool = False,
+    attention_weight: float | None = None,
 ) -> None:
     from stvgr1_edge_train.sft import SFTRunConfig, run_sft
 
     settings = sft_settings(RECIPE_DIR / "sft.yaml")
     if max_steps is not None:
         settings["max_steps"] = max_steps
+    if attention_weight is not None:
+        settings["attention_weight"] = attention_weight
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
     if train_tower:
@@ -310,6 +313,13 @@ def main(argv: list[str] | None = None) -> None:
         "--train-tower", action="store_true", help="sft: train the vision tower too (sft.yaml freezes it)."
     )
     parser.add_argument(
+        "--attention-weight",
+        type=float,
+        default=None,
+        help="sft: weight of the event-edge attention loss (stvgr1_edge_train.sft.SFTRunConfig.attention_weight; "
+        "needs caches with target boxes).",
+    )
+    parser.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -358,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "time":
         stage_time(work, *overrides("time"))
     if args.stage in ("all", "sft"):
-        stage_sft(work, *overrides("sft"), args.lr, args.data or "cache_train", args.train_tower)
+        stage_sft(work, *overrides("sft"), args.lr, args.data or "cache_train", args.train_tower, args.attention_weight)
     if args.stage in ("all", "grpo"):
         stage_grpo(
             work,
