@@ -452,6 +452,10 @@ def test_sft_attention_weight_adds_the_attention_mass_loss_and_reaches_the_updat
         answer = weighted_next_token_loss(out.logits, batch["labels"], batch["loss_weights"])
         attention = attention_mass_loss(model, inputs, out.hidden_states[1], 1, 3, batch["attention_queries"])
     assert attention > 0.1 and torch.allclose(loss, answer + 0.5 * attention)
+    # a batch with queries but no token weights keeps its attention term (every answer token weighs 1)
+    unweighted = {k: v for k, v in batch.items() if k != "loss_weights"}
+    with torch.no_grad():
+        assert torch.allclose(scorer().compute_loss(model, unweighted), loss)
 
     def final_weights(name, **kw):
         trainer = run_sft(

@@ -457,6 +457,8 @@ class WeightedLossMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weights = inputs.pop("loss_weights", None)
         queries = inputs.pop("attention_queries", None)
+        if weights is None and queries:  # the attention term needs this path: every answer token alike
+            weights = (inputs["labels"] != -100).float()
         if weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
