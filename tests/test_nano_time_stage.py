@@ -18,7 +18,7 @@ from stvgr1_edge_train.recipes.nano.pretrain_time import (
     time_reading_clip,
     time_reading_frames,
 )
-from stvgr1_edge_train.sft import attention_mass_loss, time_token_positions
+from stvgr1_edge_train.sft import attention_mass_loss, event_edge_token_masks, time_token_positions
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
@@ -138,14 +138,15 @@ def test_token_times_are_each_tubes_mean_frame_time_in_token_order(saved_tiny):
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5, 6])
-def test_event_edge_tokens_are_the_squares_cells_in_the_first_and_last_shown_tubes(saved_tiny, seed):
+def test_event_edge_masks_are_the_squares_cells_in_the_first_and_last_shown_tubes(saved_tiny, seed):
     vp = saved_tiny.processor.video_processor
     frames = time_reading_frames(seed)["frames"]
     clip = time_reading_clip(seed, vp)
     tubes, rows, cols = (int(v) for v in clip.video.video_grid_thw[0])
     cell = vp.merge_size * vp.patch_size
     rows, cols = rows // vp.merge_size, cols // vp.merge_size
-    first, last = (m.view(tubes, rows, cols) for m in clip.event_edge_tokens(vp.merge_size, vp.patch_size))
+    masks = event_edge_token_masks(clip.target_boxes(vp.patch_size), clip.video.video_grid_thw[0], vp.merge_size)
+    first, last = (m.view(tubes, rows, cols) for m in masks)
     # which pixels the square changes, per tube, against a frame without it
     times = np.array(clip.frame_times_s)
     plain = frames[(times < clip.start_s - 1e-9) | (times > clip.end_s + 1e-9)][0]

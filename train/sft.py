@@ -188,6 +188,16 @@ def time_token_positions(tokenizer, labels: torch.Tensor) -> list[list[int]]:
     ]
 
 
+def check_attention_head(text_config, layer: int, head: int) -> None:
+    """Stop with one line unless ``layer`` and ``head`` name an attention head of the language model."""
+    layers, heads = text_config.num_hidden_layers, text_config.num_attention_heads
+    if not (0 <= layer < layers and 0 <= head < heads):
+        raise BadInputError(
+            f"attention_layer must be 0..{layers - 1} and attention_head 0..{heads - 1} for this model, got "
+            f"{layer} and {head}"
+        )
+
+
 def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: Sequence[tuple]) -> torch.Tensor:
     """Mean, over every query position of ``queries`` (``(row, query positions, target positions)``), of minus the
     log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets. Recomputed from the
@@ -577,13 +587,8 @@ def run_sft(run: SFTRunConfig):
         remove_unused_columns=False,
         use_cpu=not cuda,
     )
-    layers = model.config.text_config.num_hidden_layers
-    heads = model.config.text_config.num_attention_heads
-    if run.attention_weight and not (0 <= run.attention_layer < layers and 0 <= run.attention_head < heads):
-        raise BadInputError(
-            f"attention_layer must be 0..{layers - 1} and attention_head 0..{heads - 1} for this model, got "
-            f"{run.attention_layer} and {run.attention_head}"
-        )
+    if run.attention_weight:
+        check_attention_head(model.config.text_config, run.attention_layer, run.attention_head)
     attention = {
         "attention_weight": run.attention_weight,
         "attention_layer": run.attention_layer,

@@ -110,15 +110,6 @@ class TimeReadingClip:
         box = (x0 / width, y0 / height, (x0 + side) / width, (y0 + side) / height)
         return tuple(box if self.start_s - 1e-6 <= t <= self.end_s + 1e-6 else () for t in self.frame_times_s)
 
-    def event_edge_tokens(self, merge_size: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean masks over the visual tokens (tube-major, then row-major merged cells): the square's tokens (more
-        than half of the merged cell covered) in the first and in the last tube with a frame inside the range."""
-        from stvgr1_edge_train.sft import event_edge_token_masks
-
-        masks = event_edge_token_masks(self.target_boxes(patch_size), self.video.video_grid_thw[0], merge_size)
-        assert masks is not None  # every clip shows the square on at least one sampled frame
-        return masks
-
     def token_times_s(self, merge_size: int) -> torch.Tensor:
         """Each visual token's time: the mean of its 2-frame tube's frame times (tokens are tube-major)."""
         tubes = int(self.video.video_grid_thw[0, 0])
@@ -329,7 +320,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import attention_mass_loss, weighted_next_token_loss
+    from stvgr1_edge_train.sft import attention_mass_loss, check_attention_head, weighted_next_token_loss
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -341,9 +332,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     layers = model.config.text_config.num_hidden_layers
     if not 0 < config.clock_layer <= layers:
         raise ValueError(f"clock_layer must be an LM layer, 1..{layers}")
-    heads = model.config.text_config.num_attention_heads
-    if not 0 <= config.attention_layer < layers or not 0 <= config.attention_head < heads:
-        raise ValueError(f"attention_layer must be 0..{layers - 1} and attention_head a head of it")
+    check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
     clock = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(clock.parameters()) if config.clock_weight else []
