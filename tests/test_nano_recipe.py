@@ -321,6 +321,37 @@ def test_recipe_sft_passes_its_options_over_the_yaml_settings(tmp_path, monkeypa
     assert attended.data == f"{tmp_path / 'a'},{tmp_path / 'b'}"
 
 
+def test_recipe_stream_passes_its_options_over_the_stage_defaults(tmp_path, monkeypatch):
+    import stvgr1_edge_train.recipes.nano.stream_sft as stream
+    from stvgr1_edge_train.recipes.nano.train_nano import main
+
+    runs = []
+    monkeypatch.setattr(stream, "stream_sft", lambda start, out, config: runs.append((start, out, config)))
+    main(["stream", "--work", str(tmp_path)])
+    main(
+        [
+            "stream",
+            "--work",
+            str(tmp_path),
+            "--from",
+            "START",
+            "--output",
+            "OUT",
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-4",
+            "--attention-weight",
+            "0",
+        ]
+    )
+    (start, out, plain), (start2, out2, changed) = runs
+    assert (start, out) == (tmp_path / "sft", tmp_path / "stream") and plain == stream.StreamSFTConfig()
+    assert (start2, out2) == ("START", "OUT")
+    assert (changed.steps, changed.learning_rate, changed.attention_weight) == (3, 1e-4, 0.0)
+    assert changed.formats == plain.formats and changed.train_tower is True
+
+
 def test_ridge_probe_finds_a_planted_signal_and_balanced_finds_the_rare_class():
     from stvgr1_edge_train.recipes.nano.probe_lm import ridge_probe
 

@@ -241,6 +241,44 @@ def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights
     return (ce * weights).sum() / weights.sum()
 
 
+@dataclass
+class SFTLoss:
+    """One batch's SFT objective: ``total`` = ``answer`` + attention weight × ``attention`` (None when off)."""
+
+    total: torch.Tensor
+    answer: torch.Tensor
+    attention: torch.Tensor | None
+    outputs: Any
+    """The model's forward outputs (with ``hidden_states`` when the attention term or the caller asked)."""
+
+
+def sft_loss(
+    model,
+    inputs: dict,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    queries: Sequence[tuple] | None = None,
+    attention_weight: float = 0.0,
+    attention_layer: int = 2,
+    attention_head: int = 0,
+    output_hidden_states: bool = False,
+) -> SFTLoss:
+    """The answer's :func:`weighted_next_token_loss` on ``inputs`` (the collated batch without ``labels``,
+    ``loss_weights`` and ``attention_queries``), plus ``attention_weight`` × :func:`attention_mass_loss` of head
+    ``attention_head`` of LM layer ``attention_layer`` where ``queries`` are given. The one loss of the SFT trainer
+    and of the recipe stages that run their own loop."""
+    attend = bool(queries) and attention_weight > 0
+    outputs = model(**inputs, output_hidden_states=attend or output_hidden_states)
+    answer = weighted_next_token_loss(outputs.logits, labels, weights.to(outputs.logits.device))
+    if not attend:
+        return SFTLoss(answer, answer, None, outputs)
+    hidden_in = outputs.hidden_states[attention_layer]
+    unwrapped = getattr(model, "module", model)  # DDP / DeepSpeed wrap the model
+    assert queries is not None
+    attention = attention_mass_loss(unwrapped, inputs, hidden_in, attention_layer, attention_head, queries)
+    return SFTLoss(answer + attention_weight * attention, answer, attention, outputs)
+
+
 def pad_right(
     sequences: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]], pad_id: int
 ) -> dict[str, torch.Tensor]:
@@ -472,18 +510,12 @@ class WeightedLossMixin:
         if weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
-        attend = bool(queries) and self.attention_weight > 0
-        outputs = model(**inputs, output_hidden_states=attend)
-        loss = weighted_next_token_loss(outputs.logits, labels, weights.to(outputs.logits.device))
-        if attend:
-            hidden_in = outputs.hidden_states[self.attention_layer]
-            unwrapped = getattr(model, "module", model)  # DDP / DeepSpeed wrap the model
-            attention = attention_mass_loss(
-                unwrapped, inputs, hidden_in, self.attention_layer, self.attention_head, queries
-            )
-            loss = loss + self.attention_weight * attention
-            self._attention_losses = (self._attention_losses or []) + [float(attention.detach())]
-        return (loss, outputs) if return_outputs else loss
+        loss = sft_loss(
+            model, inputs, labels, weights, queries, self.attention_weight, self.attention_layer, self.attention_head
+        )
+        if loss.attention is not None:
+            self._attention_losses = (self._attention_losses or []) + [float(loss.attention.detach())]
+        return (loss.total, loss.outputs) if return_outputs else loss.total
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._attention_losses and "loss" in logs:

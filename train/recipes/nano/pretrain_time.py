@@ -320,7 +320,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import attention_mass_loss, check_attention_head, weighted_next_token_loss
+    from stvgr1_edge_train.sft import check_attention_head, sft_loss
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -356,16 +356,20 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         queries = batch.pop("attention_queries", [])
         batch = {k: v.to(device) for k, v in batch.items()}
         weights, labels = batch.pop("loss_weights"), batch.pop("labels")
-        out = model(**batch, output_hidden_states=bool(config.clock_weight or config.attention_weight))
-        loss = answer_loss = weighted_next_token_loss(out.logits, labels, weights)
-        if config.attention_weight:
-            hidden_in = out.hidden_states[config.attention_layer]
-            attention_loss = attention_mass_loss(
-                model, batch, hidden_in, config.attention_layer, config.attention_head, queries
-            )
-            loss = loss + config.attention_weight * attention_loss
+        losses = sft_loss(
+            model,
+            batch,
+            labels,
+            weights,
+            queries,
+            config.attention_weight,
+            config.attention_layer,
+            config.attention_head,
+            output_hidden_states=bool(config.clock_weight),
+        )
+        loss, answer_loss, attention_loss = losses.total, losses.answer, losses.attention
         if config.clock_weight:
-            states = out.hidden_states[config.clock_layer][batch["input_ids"] == batches.video_token_id]
+            states = losses.outputs.hidden_states[config.clock_layer][batch["input_ids"] == batches.video_token_id]
             times = torch.cat([c.token_times_s(merge) for c in clips]).to(device)
             clock_loss = torch.nn.functional.mse_loss(clock(unit_rms(states)).squeeze(-1), times / 10)
             loss = loss + config.clock_weight * clock_loss
@@ -377,7 +381,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         running = answer_loss.item() if running is None else 0.9 * running + 0.1 * answer_loss.item()
         if (step + 1) % 10 == 0:
             extra = f", clock loss {clock_loss.item():.4f}" if config.clock_weight else ""
-            extra += f", attention loss {attention_loss.item():.3f}" if config.attention_weight else ""
+            extra += f", attention loss {attention_loss.item():.3f}" if attention_loss is not None else ""
             logger.info("step %d: answer loss %.4f%s (%.1f s)", step + 1, running, extra, time.perf_counter() - start)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             scores = evaluate_time_reading(model, batches, held_out, device)

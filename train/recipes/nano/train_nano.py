@@ -8,6 +8,7 @@
     python -m stvgr1_edge_train.recipes.nano.train_nano text   --work runs/nano [--max-steps N]   # -> WORK/text
     python -m stvgr1_edge_train.recipes.nano.train_nano sft    --work runs/nano [--max-steps N] [--attention-weight W]
     python -m stvgr1_edge_train.recipes.nano.train_nano time   --work runs/nano [--max-steps N]   # -> WORK/time
+    python -m stvgr1_edge_train.recipes.nano.train_nano stream --work runs/nano [--max-steps N]   # -> WORK/stream
     python -m stvgr1_edge_train.recipes.nano.train_nano grpo   --work runs/nano [--max-steps N]   # -> WORK/grpo
     python -m stvgr1_edge_train.recipes.nano.train_nano val    --work runs/nano --model runs/nano/sft [--num 100]
     python -m stvgr1_edge_train.recipes.nano.train_nano eval   --work runs/nano --model runs/nano/grpo [--num 40]
@@ -22,7 +23,8 @@ clips; the shipped model's last SFT and its GRPO stage train on them (``--data c
 live in ``pretrain_vision.py`` (``VisionPretrainConfig``), ``pretrain_text.py`` (``TextPretrainConfig``), ``sft.yaml``
 and ``grpo.yaml`` next to this file. The ``time`` stage (``pretrain_time.py``: time reading on clips with a trivially
 visible event, from WORK/sft) is not part of ``all``; it also writes its clips to ``WORK/cache_time``, which SFT can
-take next to another cache (``--data cache_formats,cache_time``).
+take next to another cache (``--data cache_formats,cache_time``). The ``stream`` stage (``stream_sft.py``: SFT on
+fresh synthetic clips in the clip formats, never one twice, from WORK/sft) is not part of ``all`` either.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ FORMAT_SETS = (
 the first stages' 224x168/6 s, and 4 s / 16 s clips, so that the model's answers follow the clip's size and length."""
 FORMAT_VAL = (24, 60, ())
 """Clip-format validation clips (``WORK/cache_formats_val``, synth's default format): model selection."""
+STAGES = ("all", "data", "formats", "init", "vision", "text", "time", "sft", "stream", "grpo", "val", "eval", "ship")
+"""The recipe's stages, as the command line names them."""
 TIME_CACHE_CLIPS = 400
 """Time-reading clips (``pretrain_time.py``, root seed 42000) written to ``WORK/cache_time`` for SFT mixing."""
 
@@ -137,6 +141,29 @@ def stage_time(work: Path, max_steps: int | None, start: str | None = None, outp
         write_time_reading_cache(work / "cache_time", load_processor(start)[0], TIME_CACHE_CLIPS)
     config = TimeReadingConfig() if max_steps is None else TimeReadingConfig(steps=max_steps)
     pretrain_time(start, output or work / "time", config)
+
+
+def stage_stream(
+    work: Path,
+    max_steps: int | None,
+    start: str | None = None,
+    output: str | None = None,
+    learning_rate: float | None = None,
+    attention_weight: float | None = None,
+) -> None:
+    """SFT on fresh synthetic clips (``stream_sft.py``) from ``start`` (default WORK/sft) to WORK/stream."""
+    from dataclasses import replace
+
+    from .stream_sft import StreamSFTConfig, stream_sft
+
+    config = StreamSFTConfig()
+    if max_steps is not None:
+        config = replace(config, steps=max_steps)
+    if learning_rate is not None:
+        config = replace(config, learning_rate=learning_rate)
+    if attention_weight is not None:
+        config = replace(config, attention_weight=attention_weight)
+    stream_sft(start or work / "sft", output or work / "stream", config)
 
 
 def stage_val(work: Path, model: str, num: int | None, data: str = "cache_val") -> None:
@@ -297,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "stage",
-        choices=["all", "data", "formats", "init", "vision", "text", "time", "sft", "grpo", "val", "eval", "ship"],
+        choices=STAGES,
     )
     parser.add_argument("--work", type=Path, default=Path("runs/nano"), help="Working folder (data, caches, runs).")
     parser.add_argument("--workers", type=int, default=2, help="Worker processes for `train prepare`.")
@@ -316,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         "--attention-weight",
         type=float,
         default=None,
-        help="sft: weight of the event-edge attention loss (stvgr1_edge_train.sft.SFTRunConfig.attention_weight; "
-        "needs caches with target boxes).",
+        help="sft/stream: weight of the event-edge attention loss (stvgr1_edge_train.sft.SFTRunConfig."
+        "attention_weight; sft needs caches with target boxes).",
     )
     parser.add_argument(
         "--set",
@@ -333,16 +360,19 @@ def main(argv: list[str] | None = None) -> None:
         "--from",
         dest="start",
         default=None,
-        help="Starting model of the vision/text/time/sft/grpo stage (default: WORK/init, WORK/vision, WORK/sft, "
-        "WORK/text, WORK/sft).",
+        help="Starting model of the vision/text/time/sft/stream/grpo stage (default: WORK/init, WORK/vision, "
+        "WORK/sft, WORK/text, WORK/sft, WORK/sft).",
     )
     parser.add_argument(
         "--output",
         default=None,
-        help="Output folder of the vision/text/time/sft/grpo stage (default: WORK/<stage>).",
+        help="Output folder of the vision/text/time/sft/stream/grpo stage (default: WORK/<stage>).",
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help="Override the learning rate of sft.yaml (sft) or grpo.yaml (grpo)."
+        "--lr",
+        type=float,
+        default=None,
+        help="Override the learning rate of sft.yaml (sft), stream_sft.py (stream) or grpo.yaml (grpo).",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -377,6 +407,8 @@ def main(argv: list[str] | None = None) -> None:
             args.data or "cache_train",
             tuple(args.settings),
         )
+    if args.stage == "stream":
+        stage_stream(work, *overrides("stream"), args.lr, args.attention_weight)
     if args.stage == "val":
         stage_val(work, args.model or str(work / "sft"), args.num, args.data or "cache_val")
     if args.stage == "all":

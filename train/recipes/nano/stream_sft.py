@@ -1,0 +1,310 @@
+"""A nano recipe stage: SFT on a fresh stream of synthetic clips — no clip is ever seen twice.
+
+    python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR OUT_DIR [--steps 600] [--attention-weight 1]
+
+Why: on the prepared caches (1,279 clips in the clip formats) the event-edge attention loss builds event features in
+the language model but memorises the clips: its value on held-out clips stops falling while the training batches'
+keeps falling. Here every step draws new clips from ``stvg-edge synth`` in the clip formats the model must answer
+(synth's default 320x240/8 s, 224x168/6 s, 4 s and 16 s), so the only way down is to read the event.
+
+What: each clip is generated, its sampled frames rendered and passed through H.264 once (the colour and edge losses a
+decoded MP4 has), its true tracks replayed as the tracker's (:class:`ReplayTracker`: the §3 markers from the true
+masks), prompted, resized and patchified exactly as ``stvg-edge train prepare`` would; the row is the prepared
+sample's (:class:`CachedSample`), so collation, teacher answer and loss are the SFT stage's (``sft.yaml``'s answer
+options, with ``attention_weight`` the event-edge attention loss of :func:`stvgr1_edge_train.sft.attention_mass_loss`).
+The tower trains too. Held-out clips (root ``eval_seed``, default format) are decoded greedily every ``eval_every``
+steps: ID accuracy, mean tIoU and the best constant range's tIoU on the same clips; the model is saved after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("stvgr1_edge_train.recipes.nano.stream_sft")
+
+
+@dataclass(frozen=True)
+class StreamSFTConfig:
+    steps: int = 600
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    warmup_steps: int = 30
+    train_tower: bool = True
+    time_weight: float = 3.0
+    line_end_weight: float = 2.0
+    attention_weight: float = 1.0
+    attention_layer: int = 2
+    attention_head: int = 0
+    formats: tuple[tuple[float, int, int, float], ...] = (
+        (0.4, 320, 240, 8.0),
+        (0.2, 224, 168, 6.0),
+        (0.2, 320, 240, 4.0),
+        (0.2, 320, 240, 16.0),
+    )
+    """(share, width, height, seconds) of the drawn clips: the clip-format sets' formats (``train_nano formats``)."""
+    eval_clips: int = 24
+    eval_every: int = 100
+    seed: int = 50_000
+    """Root seed of the training clips (other stages' roots: 0/1, 20-24, 4000, 5000, 10000-10003, 20000, 30000,
+    40000-42000)."""
+    eval_seed: int = 51_000
+
+
+@dataclass(frozen=True)
+class StreamClip:
+    video: object
+    """:class:`VideoTensors` of the prompted, resized frames."""
+    sample: object
+    """:class:`stvgr1_edge.prepared.CachedSample` of the clip (its ``video_file`` is not written)."""
+
+
+def draw_format(seed: int, config: StreamSFTConfig):
+    """The :class:`SynthConfig` of clip ``seed``: one of ``config.formats``, drawn by share."""
+    from stvgr1_edge.synth import SynthConfig
+
+    shares = np.asarray([f[0] for f in config.formats], dtype=float)
+    pick = int(np.random.default_rng(seed).choice(len(shares), p=shares / shares.sum()))
+    _, width, height, seconds = config.formats[pick]
+    return SynthConfig(width=width, height=height, seconds=seconds)
+
+
+def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip:
+    """One fresh synthetic clip as the grounder's tensors and its prepared-sample row (see the module doc)."""
+    from stvgr1_edge.prepared import CachedSample
+    from stvgr1_edge.prompt import grounding_prompt
+    from stvgr1_edge.prompted import track_and_prompt
+    from stvgr1_edge.sampling import plan_sampling
+    from stvgr1_edge.synth import generate_clip
+    from stvgr1_edge.synth_render import render_frames
+    from stvgr1_edge.tracking.replay import ReplayTracker
+    from stvgr1_edge.tracks import TrackSet
+    from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
+    from stvgr1_edge_train.video_inputs import ClipProcessor
+
+    from .pretrain_vision import video_tensors
+
+    cfg = synth_config
+    clip = generate_clip(seed, cfg, key=f"stream_{seed}")
+    sampling = plan_sampling(clip.num_frames, cfg.fps, cfg.height, cfg.width)
+    wanted = set(sampling.indices)
+    video_path = workdir / "clip.mp4"
+    with VideoWriter(video_path, cfg.fps, cfg.width, cfg.height, crf=cfg.video_crf, preset=cfg.video_preset) as w:
+        w.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
+    decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
+    frame_times = tuple(f / cfg.fps for f in range(clip.num_frames))
+    info = VideoInfo(
+        str(video_path), cfg.width, cfg.height, clip.num_frames, cfg.fps, clip.num_frames / cfg.fps, "h264", frame_times
+    )
+    # the true tracks at the sampled frames stand in for the tracker's (only those frames carry pixels here)
+    shown = TrackSet(cfg.width, cfg.height, cfg.fps, clip.num_frames)
+    for obj_id, track in clip.gt_tracks.tracks.items():
+        for f, box, mask in zip(track.frames, track.boxes, track.masks):
+            if f in wanted:
+                shown.add(obj_id, f, box, mask, 1.0)
+    prompted = track_and_prompt(decoded, info, ReplayTracker(shown, "the clip's true tracks"), sampling).clip
+    vp = processor.video_processor
+    video = video_tensors(prompted.frames, prompted.sample_fps, vp)
+    event, target = clip.event, clip.gt_tracks.tracks[clip.target_id]
+    scale = (cfg.width, cfg.height, cfg.width, cfg.height)
+    boxes = []
+    for f in sampling.indices:
+        box = target.box_at(f) if event.start_frame <= f <= event.end_frame else None
+        boxes.append(() if box is None else tuple(round(float(v) / s, 4) for v, s in zip(box, scale)))
+    labels = {obj.object_id: obj.label for obj in clip.objects}
+    ids = tuple(shown.ids)
+    sample = CachedSample(
+        sample_id=clip.key,
+        video=clip.key,
+        video_file=f"videos/{clip.key}.safetensors",
+        query=clip.query,
+        prompt=grounding_prompt(clip.query),
+        gt_id=int(clip.target_id),
+        gt_start_s=event.start_frame / cfg.fps,
+        gt_end_s=event.end_frame / cfg.fps,
+        duration_s=clip.num_frames / cfg.fps,
+        num_visual_tokens=video.num_visual_tokens(int(vp.merge_size)),
+        valid_ids=ids,
+        vote_share=1.0,
+        mean_iou=1.0,
+        object_labels=tuple(labels[i] for i in ids),
+        processor=ClipProcessor(processor).constants(),
+        frame_times_s=tuple(round(frame_times[i], 3) for i in sampling.indices),
+        target_boxes=tuple(boxes),
+    )
+    return StreamClip(video, sample)
+
+
+def evaluate_stream(model, collator, clips: list[StreamClip], device: str) -> dict:
+    """Greedy answers on ``clips``: ID accuracy, mean tIoU, the prior's (best constant range) and the parse rate."""
+    from stvgr1_edge.answer import parse_answer
+    from stvgr1_edge.baseline import best_constant_range
+    from stvgr1_edge.metrics import temporal_iou_seconds
+    from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
+
+    model.eval()
+    tious, correct, parsed = [], 0, 0
+    with torch.no_grad():
+        for clip in clips:
+            s = clip.sample
+            prompt = collator.clip_processor.prepare_text(s.prompt, clip.video.num_visual_tokens(collator.merge_size))
+            input_ids = prompt["input_ids"].to(device)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                mm_token_type_ids=video_token_type_ids(input_ids, collator.video_token_id),
+                **collate_videos([clip.video], device=device),
+                max_new_tokens=256,
+                do_sample=False,
+            )
+            text = collator.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+            answer = parse_answer(text, duration_s=s.duration_s)
+            correct += int(answer.ids[:1] == (s.gt_id,))
+            if answer.has_time_range:
+                parsed += 1
+                tious.append(temporal_iou_seconds((answer.start_s, answer.end_s), (s.gt_start_s, s.gt_end_s)))
+            else:
+                tious.append(0.0)
+    model.train()
+    return {
+        "id_accuracy": correct / len(clips),
+        "m_tiou": float(np.mean(tious)),
+        "prior_m_tiou": best_constant_range([(c.sample.gt_start_s, c.sample.gt_end_s) for c in clips])[2],
+        "parsed": parsed / len(clips),
+    }
+
+
+def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), device: str = "cpu") -> dict:
+    """SFT ``model_dir`` on fresh synthetic clips (see the module doc); saves to ``out_dir`` after each evaluation."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, get_cosine_schedule_with_warmup
+
+    from stvgr1_edge.rope_index import use_trained_rope_index
+    from stvgr1_edge.synth import SynthConfig
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import SFTCollator, check_attention_head, sft_loss
+
+    from .pretrain_vision import clip_seed, save_stage
+
+    torch.manual_seed(config.seed)
+    processor, source = load_processor(str(model_dir))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device)
+    model = use_trained_rope_index(model)
+    model.model.visual.requires_grad_(config.train_tower)
+    if config.attention_weight:
+        check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    collator = SFTCollator(
+        processor,
+        mark_target=True,
+        check_attributes=True,
+        line_end_weight=config.line_end_weight,
+        time_weight=config.time_weight,
+        attend_event_edges=config.attention_weight > 0,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="stvg_stream_") as tmp:
+        workdir = Path(tmp)
+        held_out = [
+            stream_clip(clip_seed(config.eval_seed, i), SynthConfig(), processor, workdir)
+            for i in range(config.eval_clips)
+        ]
+        scores = evaluate_stream(model, collator, held_out, device)
+        history = [{"step": 0, "seconds": 0.0, "loss": None, "attention_loss": None, **scores}]
+        logger.info("step 0: %s", history[-1])
+        running, running_attention, start, report = None, None, time.perf_counter(), {}
+        model.train()
+        for step in range(config.steps):
+            seeds = [clip_seed(config.seed, step * config.batch_size + j) for j in range(config.batch_size)]
+            clips = [stream_clip(s, draw_format(s, config), processor, workdir) for s in seeds]
+            batch = collator.collate([c.sample.to_row(Path()) for c in clips], [c.video for c in clips])
+            queries = batch.pop("attention_queries", [])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            weights = batch.pop("loss_weights", None)
+            weights = (labels != -100).float() if weights is None else weights
+            loss = sft_loss(
+                model,
+                batch,
+                labels,
+                weights,
+                queries,
+                config.attention_weight,
+                config.attention_layer,
+                config.attention_head,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            a = loss.answer.item()
+            running = a if running is None else 0.9 * running + 0.1 * a
+            if loss.attention is not None:  # on clips never seen before, so a held-out measure at every step
+                a = loss.attention.item()
+                running_attention = a if running_attention is None else 0.9 * running_attention + 0.1 * a
+            if (step + 1) % 10 == 0:
+                extra = f", attention loss {running_attention:.3f}" if running_attention is not None else ""
+                logger.info(
+                    "step %d: answer loss %.4f%s (%.1f s)", step + 1, running, extra, time.perf_counter() - start
+                )
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                scores = evaluate_stream(model, collator, held_out, device)
+                history.append(
+                    {
+                        "step": step + 1,
+                        "seconds": round(time.perf_counter() - start, 1),
+                        "loss": running,
+                        "attention_loss": running_attention,
+                        **scores,
+                    }
+                )
+                logger.info("step %d: %s", step + 1, {k: round(v, 3) for k, v in scores.items()})
+                report = save_stage(model, processor, out_dir, config, history, report_name="stream_sft.json")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.recipes.nano.stream_sft",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="Model folder to start from.")
+    parser.add_argument("out", help="Output folder (whole model + processor + stream_sft.json).")
+    parser.add_argument("--steps", type=int, default=StreamSFTConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=StreamSFTConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=StreamSFTConfig.learning_rate)
+    parser.add_argument("--attention-weight", type=float, default=StreamSFTConfig.attention_weight)
+    parser.add_argument("--freeze-tower", action="store_true", help="Keep the vision tower's weights.")
+    parser.add_argument("--eval-clips", type=int, default=StreamSFTConfig.eval_clips)
+    parser.add_argument("--eval-every", type=int, default=StreamSFTConfig.eval_every)
+    parser.add_argument("--seed", type=int, default=StreamSFTConfig.seed, help="Root seed of the training clips.")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = StreamSFTConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        attention_weight=args.attention_weight,
+        train_tower=not args.freeze_tower,
+        eval_clips=args.eval_clips,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    report = stream_sft(args.model, args.out, config, device=args.device)
+    print(json.dumps(report.get("final", {}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
