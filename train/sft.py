@@ -254,19 +254,21 @@ class SFTLoss:
 
 def sft_loss(
     model,
-    inputs: dict,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    queries: Sequence[tuple] | None = None,
+    batch: dict,
     attention_weight: float = 0.0,
     attention_layer: int = 2,
     attention_head: int = 0,
     output_hidden_states: bool = False,
 ) -> SFTLoss:
-    """The answer's :func:`weighted_next_token_loss` on ``inputs`` (the collated batch without ``labels``,
-    ``loss_weights`` and ``attention_queries``), plus ``attention_weight`` × :func:`attention_mass_loss` of head
-    ``attention_head`` of LM layer ``attention_layer`` where ``queries`` are given. The one loss of the SFT trainer
-    and of the recipe stages that run their own loop."""
+    """The SFT objective on a collated batch (:class:`SFTCollator`, tensors on the model's device; not modified): the
+    answer's :func:`weighted_next_token_loss` with the batch's ``loss_weights`` (every answer token 1 without them),
+    plus ``attention_weight`` × :func:`attention_mass_loss` of head ``attention_head`` of LM layer ``attention_layer``
+    where the batch has ``attention_queries``. The one loss of the SFT trainer and of the recipe stages that run their
+    own loop."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+    labels, queries = batch["labels"], batch.get("attention_queries")
+    weights = batch.get("loss_weights")
+    weights = (labels != -100).float() if weights is None else weights
     attend = bool(queries) and attention_weight > 0
     outputs = model(**inputs, output_hidden_states=attend or output_hidden_states)
     answer = weighted_next_token_loss(outputs.logits, labels, weights.to(outputs.logits.device))
@@ -274,7 +276,6 @@ def sft_loss(
         return SFTLoss(answer, answer, None, outputs)
     hidden_in = outputs.hidden_states[attention_layer]
     unwrapped = getattr(model, "module", model)  # DDP / DeepSpeed wrap the model
-    assert queries is not None
     attention = attention_mass_loss(unwrapped, inputs, hidden_in, attention_layer, attention_head, queries)
     return SFTLoss(answer + attention_weight * attention, answer, attention, outputs)
 
@@ -503,16 +504,10 @@ class WeightedLossMixin:
     _attention_losses: list[float] | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        weights = inputs.pop("loss_weights", None)
-        queries = inputs.pop("attention_queries", None)
-        if weights is None and queries:  # the attention term needs this path: every answer token alike
-            weights = (inputs["labels"] != -100).float()
-        if weights is None:
+        if "loss_weights" not in inputs and not inputs.get("attention_queries"):
+            inputs.pop("attention_queries", None)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        loss = sft_loss(
-            model, inputs, labels, weights, queries, self.attention_weight, self.attention_layer, self.attention_head
-        )
+        loss = sft_loss(model, inputs, self.attention_weight, self.attention_layer, self.attention_head)
         if loss.attention is not None:
             self._attention_losses = (self._attention_losses or []) + [float(loss.attention.detach())]
         return (loss.total, loss.outputs) if return_outputs else loss.total

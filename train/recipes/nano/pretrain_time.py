@@ -265,7 +265,6 @@ class TimeReadingBatches:
             for i, c in enumerate(clips)
         ]
         batch = self.collator.collate(rows, [c.video for c in clips])
-        batch.setdefault("loss_weights", (batch["labels"] != -100).float())  # time_weight 1: every answer token alike
         return batch
 
 
@@ -353,15 +352,10 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
             for j in range(config.batch_size)
         ]
         batch = batches(clips)
-        queries = batch.pop("attention_queries", [])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        weights, labels = batch.pop("loss_weights"), batch.pop("labels")
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         losses = sft_loss(
             model,
             batch,
-            labels,
-            weights,
-            queries,
             config.attention_weight,
             config.attention_layer,
             config.attention_head,

@@ -490,6 +490,25 @@ def video_tensors(frames: np.ndarray, sample_fps: float, video_processor):
     )
 
 
+def sampled_frames_through_h264(clip, indices, workdir: Path) -> tuple[list, object]:
+    """The synthetic ``clip``'s frames at ``indices``, rendered, encoded with H.264 (x264's colour and edge losses)
+    and decoded, as :class:`Frame` s with their clip indices; and the clip's :class:`VideoInfo` as the pipeline would
+    see it (only the sampled frames carry pixels here: decoding them all would triple the cost)."""
+    from stvgr1_edge.synth_render import render_frames
+    from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
+
+    cfg, wanted = clip.config, set(indices)
+    video_path = workdir / "clip.mp4"
+    with VideoWriter(video_path, cfg.fps, cfg.width, cfg.height, crf=cfg.video_crf, preset=cfg.video_preset) as w:
+        w.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
+    decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(indices, iter_frames(video_path))]
+    frame_times = tuple(f / cfg.fps for f in range(clip.num_frames))
+    info = VideoInfo(
+        str(video_path), cfg.width, cfg.height, clip.num_frames, cfg.fps, clip.num_frames / cfg.fps, "h264", frame_times
+    )
+    return decoded, info
+
+
 def labelled_clip(
     clip_seed: int,
     video_processor,
@@ -505,35 +524,17 @@ def labelled_clip(
     from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import SynthConfig, generate_clip
-    from stvgr1_edge.synth_render import render_frames
     from stvgr1_edge.tracking.replay import ReplayTracker
     from stvgr1_edge.tracks import TrackSet
-    from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
+    from stvgr1_edge.video import Frame
 
     synth = SynthConfig(width=config.width, height=config.height, seconds=config.seconds)
     clip = generate_clip(clip_seed, synth)
     sampling = plan_sampling(clip.num_frames, synth.fps, synth.height, synth.width)
     if (sampling.resized_height, sampling.resized_width) != (synth.height, synth.width):
         raise ValueError(f"the pretraining clip size {synth.width}x{synth.height} must not be resized by §4")
-    # Only the sampled frames go through H.264 (x264's colour and edge losses; decoding all 60 would triple the cost)
     wanted = set(sampling.indices)
-    video_path = workdir / "clip.mp4"
-    with VideoWriter(
-        video_path, synth.fps, synth.width, synth.height, crf=synth.video_crf, preset=synth.video_preset
-    ) as writer:
-        writer.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
-    decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
-    # the clip as the pipeline would see it (only its sampled frames are decoded: the others carry no pixels here)
-    info = VideoInfo(
-        str(video_path),
-        synth.width,
-        synth.height,
-        clip.num_frames,
-        synth.fps,
-        clip.num_frames / synth.fps,
-        "h264",
-        tuple(f / synth.fps for f in range(clip.num_frames)),
-    )
+    decoded, info = sampled_frames_through_h264(clip, sampling.indices, workdir)
     objects = object_token_labels(clip, sampling.indices, config.min_object_pixels, config.min_object_share)
     out = []
     for _ in range(variants):

@@ -84,26 +84,17 @@ def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip
     from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import generate_clip
-    from stvgr1_edge.synth_render import render_frames
     from stvgr1_edge.tracking.replay import ReplayTracker
     from stvgr1_edge.tracks import TrackSet
-    from stvgr1_edge.video import Frame, VideoInfo, VideoWriter, iter_frames
     from stvgr1_edge_train.video_inputs import ClipProcessor
 
-    from .pretrain_vision import video_tensors
+    from .pretrain_vision import sampled_frames_through_h264, video_tensors
 
     cfg = synth_config
     clip = generate_clip(seed, cfg, key=f"stream_{seed}")
     sampling = plan_sampling(clip.num_frames, cfg.fps, cfg.height, cfg.width)
     wanted = set(sampling.indices)
-    video_path = workdir / "clip.mp4"
-    with VideoWriter(video_path, cfg.fps, cfg.width, cfg.height, crf=cfg.video_crf, preset=cfg.video_preset) as w:
-        w.write_all(frame for f, frame in enumerate(render_frames(clip)) if f in wanted)
-    decoded = [Frame(f, frame.time_s, frame.image) for f, frame in zip(sampling.indices, iter_frames(video_path))]
-    frame_times = tuple(f / cfg.fps for f in range(clip.num_frames))
-    info = VideoInfo(
-        str(video_path), cfg.width, cfg.height, clip.num_frames, cfg.fps, clip.num_frames / cfg.fps, "h264", frame_times
-    )
+    decoded, info = sampled_frames_through_h264(clip, sampling.indices, workdir)
     # the true tracks at the sampled frames stand in for the tracker's (only those frames carry pixels here)
     shown = TrackSet(cfg.width, cfg.height, cfg.fps, clip.num_frames)
     for obj_id, track in clip.gt_tracks.tracks.items():
@@ -137,7 +128,7 @@ def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip
         mean_iou=1.0,
         object_labels=tuple(labels[i] for i in ids),
         processor=ClipProcessor(processor).constants(),
-        frame_times_s=tuple(round(frame_times[i], 3) for i in sampling.indices),
+        frame_times_s=tuple(round(info.frame_times_s[i], 3) for i in sampling.indices),
         target_boxes=tuple(boxes),
     )
     return StreamClip(video, sample)
@@ -227,21 +218,8 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
             seeds = [clip_seed(config.seed, step * config.batch_size + j) for j in range(config.batch_size)]
             clips = [stream_clip(s, draw_format(s, config), processor, workdir) for s in seeds]
             batch = collator.collate([c.sample.to_row(Path()) for c in clips], [c.video for c in clips])
-            queries = batch.pop("attention_queries", [])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            weights = batch.pop("loss_weights", None)
-            weights = (labels != -100).float() if weights is None else weights
-            loss = sft_loss(
-                model,
-                batch,
-                labels,
-                weights,
-                queries,
-                config.attention_weight,
-                config.attention_layer,
-                config.attention_head,
-            )
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss = sft_loss(model, batch, config.attention_weight, config.attention_layer, config.attention_head)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
