@@ -226,6 +226,14 @@ def test_event_lm_stage_trains_the_language_model_only_and_scores_held_out_clips
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("model.language_model.") for k in changed), sorted(changed)[:5]
     assert any(".layers." in k for k in changed)
+    # with train_tower the tower's weights change as well
+    tower = pretrain_event_lm(
+        tiny.folder, tmp_path / "tower", EventLMConfig(clips=2, eval_clips=1, eval_every=2, train_tower=True)
+    )
+    assert [h["step"] for h in tower["history"]] == [2]
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "tower").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.visual.") for k in changed) and any(".language_model." in k for k in changed)
 
 
 def test_event_weight_weighs_the_event_classes_against_none():

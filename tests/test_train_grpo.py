@@ -425,6 +425,31 @@ def test_sft_attention_queries_point_the_times_at_the_targets_box_at_its_ranges_
         collator([old_cache_row])
 
 
+def test_sft_attention_span_points_both_times_at_the_target_in_every_tube_of_its_range(setup):
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.sft import SFTCollator, event_edge_token_masks
+
+    processor, _ = load_processor(setup.model)
+    merge = processor.video_processor.merge_size
+    rows = list(load_cached_dataset(setup.cache))
+    edges = SFTCollator(processor, attend_event_edges=True)(rows)["attention_queries"]
+    span = SFTCollator(processor, attend_event_edges=True, attention_span=True)(rows)
+    assert [(i, q.tolist()) for i, q, _ in span["attention_queries"]] == [(i, q.tolist()) for i, q, _ in edges]
+    for (i, _, spanned), (_, _, edge) in zip(span["attention_queries"], edges):
+        row, (tubes, grid_rows, grid_cols) = rows[i], span["video_grid_thw"][i].tolist()
+        per_tube = grid_rows * grid_cols // merge**2
+        video_positions = torch.nonzero(
+            span["input_ids"][i] == processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        )
+        index = [video_positions.flatten().tolist().index(p) for p in spanned.tolist()]
+        in_range = {j for j in range(tubes) if any(row["target_boxes"][2 * j : 2 * j + 2])}
+        # every tube with a box in range holds targets, no other tube does, and the edge's targets are among them
+        assert {n // per_tube for n in index} == in_range and len(in_range) > 1
+        assert set(edge.tolist()) < set(spanned.tolist())
+        start, end = event_edge_token_masks(row["target_boxes"], (tubes, grid_rows, grid_cols), merge, span=True)
+        assert torch.equal(start, end) and int(start.sum()) == len(index)
+
+
 def test_sft_attention_weight_adds_the_attention_mass_loss_and_reaches_the_update(setup, tmp_path):
     from safetensors.torch import load_file
     from transformers import Qwen2_5_VLForConditionalGeneration

@@ -148,11 +148,12 @@ def covered_cells(box: Sequence[float], rows: int, cols: int) -> torch.Tensor:
 
 
 def event_edge_token_masks(
-    target_boxes: Sequence[Sequence[float]], video_grid_thw: Sequence[int], merge_size: int
+    target_boxes: Sequence[Sequence[float]], video_grid_thw: Sequence[int], merge_size: int, span: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Boolean masks over a clip's visual tokens (tube-major, then row-major merged cells): the target's cells
     (:func:`covered_cells` of its box in the tube's frames) in the first and in the last 2-frame tube that has a
-    box (``target_boxes``: one per sampled frame, empty outside the GT range). None when no frame has one."""
+    box (``target_boxes``: one per sampled frame, empty outside the GT range). None when no frame has one. With
+    ``span``, both masks hold the target's cells in every tube of the range (the event's tokens, not its edges)."""
     tubes, rows, cols = (int(v) for v in video_grid_thw)
     rows, cols = rows // merge_size, cols // merge_size
     if len(target_boxes) != 2 * tubes:
@@ -164,11 +165,12 @@ def event_edge_token_masks(
     if not shown:
         return None
     masks = []
-    for tube in (shown[0], shown[-1]):
+    for edge in (shown, shown) if span else ([shown[0]], [shown[-1]]):
         mask = torch.zeros(tubes, rows * cols, dtype=torch.bool)
-        for box in target_boxes[2 * tube : 2 * tube + 2]:
-            if len(box):
-                mask[tube] |= covered_cells(box, rows, cols)
+        for tube in edge:
+            for box in target_boxes[2 * tube : 2 * tube + 2]:
+                if len(box):
+                    mask[tube] |= covered_cells(box, rows, cols)
         masks.append(mask.flatten())
     return masks[0], masks[1]
 
@@ -367,7 +369,8 @@ class SFTCollator:
     ``vision_features``, the frozen tower's merged tokens as ``mm_encoder_outputs``). With ``attend_event_edges``,
     also ``attention_queries`` for :func:`attention_mass_loss`: per time written, the positions that predict its
     characters and the target's tokens in the first (a start) or last (an end) tube of its GT range
-    (:func:`event_edge_token_masks` of the row's ``target_boxes``)."""
+    (:func:`event_edge_token_masks` of the row's ``target_boxes``); with ``attention_span`` too, the target's tokens in
+    every tube of the range for both."""
 
     def __init__(
         self,
@@ -381,9 +384,11 @@ class SFTCollator:
         time_weight: float = 1.0,
         event_timeline: bool = False,
         attend_event_edges: bool = False,
+        attention_span: bool = False,
     ) -> None:
         self.vision_features = vision_features
         self.attend_event_edges = attend_event_edges
+        self.attention_span = attention_span
         self.event_timeline = event_timeline and mark_target
         self.line_end_weight = line_end_weight
         self.time_weight = time_weight
@@ -481,7 +486,9 @@ class SFTCollator:
                     f"sample {row['sample_id']!r} has no target boxes (a cache written before they were "
                     "recorded): rerun `stvg-edge train prepare` into a new folder"
                 )
-            masks = event_edge_token_masks(row["target_boxes"], video.video_grid_thw[0], self.merge_size)
+            masks = event_edge_token_masks(
+                row["target_boxes"], video.video_grid_thw[0], self.merge_size, span=self.attention_span
+            )
             if masks is None:
                 continue
             video_positions = torch.nonzero(input_ids[i] == self.video_token_id).flatten()

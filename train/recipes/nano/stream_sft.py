@@ -44,6 +44,9 @@ class StreamSFTConfig:
     attention_weight: float = 1.0
     attention_layer: int = 2
     attention_head: int = 0
+    attention_span: bool = False
+    """Attend to the target in every tube of its GT range for both times (the event's tokens), not to its first
+    (start) and last (end) tube."""
     formats: tuple[tuple[float, int, int, float], ...] = (
         (0.4, 320, 240, 8.0),
         (0.2, 224, 168, 6.0),
@@ -201,6 +204,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
         line_end_weight=config.line_end_weight,
         time_weight=config.time_weight,
         attend_event_edges=config.attention_weight > 0,
+        attention_span=config.attention_span,
     )
 
     with tempfile.TemporaryDirectory(prefix="stvg_stream_") as tmp:
@@ -263,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=StreamSFTConfig.batch_size)
     parser.add_argument("--lr", type=float, default=StreamSFTConfig.learning_rate)
     parser.add_argument("--attention-weight", type=float, default=StreamSFTConfig.attention_weight)
+    parser.add_argument(
+        "--attention-span", action="store_true", help="Attention targets: the target's tokens over its whole range."
+    )
     parser.add_argument("--freeze-tower", action="store_true", help="Keep the vision tower's weights.")
     parser.add_argument("--eval-clips", type=int, default=StreamSFTConfig.eval_clips)
     parser.add_argument("--eval-every", type=int, default=StreamSFTConfig.eval_every)
@@ -275,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         attention_weight=args.attention_weight,
+        attention_span=args.attention_span,
         train_tower=not args.freeze_tower,
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
