@@ -165,9 +165,9 @@ def event_edge_token_masks(
     if not shown:
         return None
     masks = []
-    for edge in (shown, shown) if span else ([shown[0]], [shown[-1]]):
+    for marked in (shown, shown) if span else ([shown[0]], [shown[-1]]):  # the start's tubes, then the end's
         mask = torch.zeros(tubes, rows * cols, dtype=torch.bool)
-        for tube in edge:
+        for tube in marked:
             for box in target_boxes[2 * tube : 2 * tube + 2]:
                 if len(box):
                     mask[tube] |= covered_cells(box, rows, cols)

@@ -1,0 +1,92 @@
+"""The nano recipe's read-out probe (train/recipes/nano/probe_readout.py): forcing one head's look changes that head
+only, at the asked positions only, and leaves the model as it was; the shifted look is the same cells later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+import torch
+
+from stvgr1_edge.synth import SynthConfig
+from stvgr1_edge_train.recipes.nano.probe_readout import force_head, probe_readout, shifted_targets
+
+SMALL = SynthConfig(width=224, height=168, seconds=6.0)
+
+
+@pytest.fixture(scope="module")
+def clip_batch(saved_tiny, tmp_path_factory):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.rope_index import use_trained_rope_index
+    from stvgr1_edge_train.grpo import load_processor
+    from stvgr1_edge_train.recipes.nano.stream_sft import stream_clip
+    from stvgr1_edge_train.sft import SFTCollator
+
+    processor, source = load_processor(str(saved_tiny.folder))
+    model = use_trained_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(source)).eval()
+    collator = SFTCollator(processor, mark_target=True, check_attributes=True, attend_event_edges=True)
+    clip = stream_clip(7, SMALL, processor, tmp_path_factory.mktemp("readout"))
+    batch = collator.collate([clip.sample.to_row(Path())], [clip.video])
+    queries = batch.pop("attention_queries")
+    batch.pop("labels"), batch.pop("loss_weights", None)
+    return model, batch, queries
+
+
+def test_forcing_no_head_is_the_model_and_the_attention_is_restored(clip_batch):
+    model, batch, _ = clip_batch
+    config = model.model.language_model.config
+    before = config._attn_implementation
+    with torch.no_grad():
+        own = model(**batch).logits
+        with force_head(model, 0, 0, None):
+            assert config._attn_implementation != before
+            forced = model(**batch).logits
+        again = model(**batch).logits
+    assert torch.allclose(own, forced, atol=1e-4)
+    assert config._attn_implementation == before and torch.equal(own, again)
+
+
+def test_forced_head_looks_uniformly_at_the_targets_and_no_other_weight_moves(clip_batch):
+    model, batch, queries = clip_batch
+    layer, head = 0, 2  # the tiny model has two LM layers: force the first, watch the second
+    with torch.no_grad():
+        with force_head(model, layer, head, None):
+            own_out = model(**batch, output_attentions=True)
+        with force_head(model, layer, head, queries):
+            forced_out = model(**batch, output_attentions=True)
+    own, forced = own_out.attentions, forced_out.attentions
+    asked = torch.cat([q for _, q, _ in queries]).tolist()
+    for _, query_positions, targets in queries:
+        for q in query_positions.tolist():
+            expected = torch.zeros(own[layer].shape[-1])
+            expected[targets] = 1.0 / len(targets)
+            assert torch.allclose(forced[layer][0, head, q], expected)
+    # the forced layer's other rows and heads are the model's own
+    other_rows = [i for i in range(own[layer].shape[2]) if i not in asked]
+    assert torch.allclose(forced[layer][0, head, other_rows], own[layer][0, head, other_rows], atol=1e-5)
+    keep = [h for h in range(own[layer].shape[1]) if h != head]
+    assert torch.allclose(forced[layer][0, keep], own[layer][0, keep], atol=1e-5)
+    # ... and the look changes the answer where it is asked, nothing before it
+    change = (forced_out.logits - own_out.logits)[0].abs().amax(dim=-1)
+    assert change[asked].min() > 1e-4 and change[: min(asked)].max() < 1e-5
+
+
+def test_shifted_targets_are_the_same_cells_half_the_clip_later():
+    video_positions = torch.arange(100, 124)  # 4 tubes of 6 tokens
+    queries = [(0, torch.tensor([3, 4]), torch.tensor([101, 102])), (0, torch.tensor([7]), torch.tensor([121]))]
+    moved = shifted_targets(queries, video_positions, tubes=4, tokens_per_tube=6)
+    assert [m[2].tolist() for m in moved] == [[113, 114], [109]]  # 2 tubes (12 tokens) later, wrapping round
+    assert all(torch.equal(m[1], q[1]) for m, q in zip(moved, queries))
+
+
+def test_probe_reports_each_look(saved_tiny):
+    report = probe_readout(saved_tiny.folder, clips=3)
+    assert report["clips"] == 3 and report["mae_constant"] >= 0
+    for name in ("own", "true", "shifted"):
+        r = report[name]["r_start_digit"]
+        assert np.isnan(r) or -1.0 <= r <= 1.0
+        assert 0.0 <= report[name]["mae_start_digit"] <= 9.0
