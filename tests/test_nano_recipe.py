@@ -351,12 +351,14 @@ def test_recipe_stream_passes_its_options_over_the_stage_defaults(tmp_path, monk
             "1e-4",
             "--attention-weight",
             "0",
+            "--attention-span",
         ]
     )
     (start, out, plain), (start2, out2, changed) = runs
     assert (start, out) == (tmp_path / "sft", tmp_path / "stream") and plain == stream.StreamSFTConfig()
     assert (start2, out2) == ("START", "OUT")
     assert (changed.steps, changed.learning_rate, changed.attention_weight) == (3, 1e-4, 0.0)
+    assert changed.attention_span is True and plain.attention_span is False
     assert changed.formats == plain.formats and changed.train_tower is True
 
 

@@ -150,6 +150,7 @@ def stage_stream(
     output: str | None = None,
     learning_rate: float | None = None,
     attention_weight: float | None = None,
+    attention_span: bool = False,
 ) -> None:
     """SFT on fresh synthetic clips (``stream_sft.py``) from ``start`` (default WORK/sft) to WORK/stream."""
     from dataclasses import replace
@@ -163,6 +164,8 @@ def stage_stream(
         config = replace(config, learning_rate=learning_rate)
     if attention_weight is not None:
         config = replace(config, attention_weight=attention_weight)
+    if attention_span:
+        config = replace(config, attention_span=True)
     stream_sft(start or work / "sft", output or work / "stream", config)
 
 
@@ -347,6 +350,11 @@ def main(argv: list[str] | None = None) -> None:
         "attention_weight; sft needs caches with target boxes).",
     )
     parser.add_argument(
+        "--attention-span",
+        action="store_true",
+        help="stream: the times attend to the target over its whole GT range (stream_sft.py --attention-span).",
+    )
+    parser.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
             tuple(args.settings),
         )
     if args.stage == "stream":
-        stage_stream(work, *overrides("stream"), args.lr, args.attention_weight)
+        stage_stream(work, *overrides("stream"), args.lr, args.attention_weight, args.attention_span)
     if args.stage == "val":
         stage_val(work, args.model or str(work / "sft"), args.num, args.data or "cache_val")
     if args.stage == "all":
