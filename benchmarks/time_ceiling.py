@@ -44,13 +44,8 @@ def edge_answer(times: np.ndarray, inside: np.ndarray) -> tuple[float, float]:
 
 
 def tube_edge_answer(times: np.ndarray, tubes: np.ndarray) -> tuple[float, float]:
-    """Halfway between the first (last) 2-frame tube showing the event and the tube before (after) it; the clip's
-    first (last) sampled time where there is none."""
-    idx = np.nonzero(tubes)[0]
-    first, last = int(idx[0]), int(idx[-1])
-    start = (times[2 * first - 1] + times[2 * first]) / 2 if first > 0 else times[0]
-    end = (times[2 * last + 1] + times[2 * last + 2]) / 2 if 2 * last + 2 < len(times) else times[-1]
-    return float(start), float(end)
+    """:func:`edge_answer` at 2-frame tube resolution: a tube showing the event counts both its frames in."""
+    return edge_answer(times, np.repeat(tubes, 2))
 
 
 def format_ceiling(num: int, seed: int, options: dict) -> dict:

@@ -44,23 +44,21 @@ _forced: dict = {}
 
 
 def forced_head_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention, except that head ``_forced['head']`` of the layer ``_forced['layer']``, at each query
-    position of ``_forced['queries']`` (``(row, query positions, target positions)``), looks uniformly at the
-    targets."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
+    """transformers' eager attention, except that head ``_forced['head']`` of the layer ``_forced['layer']``, at each
+    query position of ``_forced['queries']`` (``(row, query positions, target positions)``), looks uniformly at the
+    targets: its weights there are 1 / targets on them, and its output the mean of their values."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward, repeat_kv
 
-    keys, values = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    weights = torch.matmul(query, keys.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask[:, :, :, : keys.shape[-2]]
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    output, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if _forced.get("queries") and module.layer_idx == _forced["layer"]:
-        weights = weights.clone()
+        head = _forced["head"]
+        values = repeat_kv(value, module.num_key_value_groups)[:, head]  # (rows, keys, head dim)
+        output, weights = output.clone(), weights.clone()
         for row, query_positions, targets in _forced["queries"]:
-            for q in query_positions.tolist():
-                weights[row, _forced["head"], q] = 0.0
-                weights[row, _forced["head"], q, targets] = 1.0 / len(targets)
-    return torch.matmul(weights, values).transpose(1, 2).contiguous(), weights
+            weights[row, head, query_positions] = 0.0
+            weights[row, head, query_positions[:, None], targets] = 1.0 / len(targets)
+            output[row, query_positions, head] = values[row, targets].mean(dim=0)
+    return output, weights
 
 
 @contextlib.contextmanager
@@ -97,6 +95,7 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
     """The probe's report (see the module doc)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from stvgr1_edge.answer_template import DIGITS, TokenStrings
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge.synth import SynthConfig
     from stvgr1_edge_train.grpo import load_processor
@@ -111,15 +110,10 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
     collator = SFTCollator(
         processor, mark_target=True, check_attributes=True, attend_event_edges=True, attention_span=span
     )
-    tokenizer = processor.tokenizer
-    digit_ids, digit_values = [], []
-    for token_id in range(len(tokenizer)):
-        text = tokenizer.decode([token_id]).strip()
-        if len(text) == 1 and text.isdigit():
-            digit_ids.append(token_id)
-            digit_values.append(float(text))
-    digits = dict(zip(digit_ids, digit_values))
-    values = torch.tensor(digit_values)
+    # the tokenizers split numbers into digits: one token per digit
+    ids_of = TokenStrings(processor.tokenizer).ids_of
+    digits = {ids_of[d][0]: float(d) for d in DIGITS if d in ids_of}
+    digit_ids, values = list(digits), torch.tensor(list(digits.values()))
     expected: dict[str, list[float]] = {"own": [], "true": [], "shifted": []}
     truth: list[float] = []
     with tempfile.TemporaryDirectory(prefix="nano-readout-") as tmp, torch.no_grad():
