@@ -11,6 +11,7 @@ pytest.importorskip("trl")
 import torch
 
 from stvgr1_edge_train.recipes.nano.pretrain_vision import (
+    CHANGE_HEADS,
     IGNORE,
     MERGED_PX,
     TEMPORAL_PATCH,
@@ -147,7 +148,7 @@ def test_glyph_crops_are_labelled_by_the_marker_they_show():
     for _ in range(200):
         frames, labels = glyph_crop(rng, backgrounds, CONFIG)
         assert frames.shape == (TEMPORAL_PATCH, MERGED_PX, MERGED_PX, 3) and labels["digit"].shape == (1, 1)
-        assert all((labels[k] == IGNORE).all() for k in ("colour", "shape", "size", "event"))
+        assert all((labels[k] == IGNORE).all() for k in ("colour", "shape", "size", "event", *CHANGE_HEADS))
         red = (frames[..., 0] >= 245) & (frames[..., 1] <= 15) & (frames[..., 2] <= 15)
         digit = int(labels["digit"][0, 0])
         # a marker's centre lies in the crop, so some of its red strokes do; an unmarked crop has none
@@ -213,6 +214,8 @@ def test_frozen_tower_pretraining_trains_the_heads_only(tiny, tmp_path, monkeypa
 def test_event_lm_stage_trains_the_language_model_only_and_scores_held_out_clips(tiny, tmp_path):
     """The event stage changes language-model weights only (the tower and the head stay as loaded), and its report
     holds one held-out evaluation per ``eval_every`` clips with rates in [0, 1]."""
+    import dataclasses
+
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from stvgr1_edge_train.recipes.nano.pretrain_event_lm import EventLMConfig, pretrain_event_lm
@@ -221,11 +224,16 @@ def test_event_lm_stage_trains_the_language_model_only_and_scores_held_out_clips
     report = pretrain_event_lm(tiny.folder, tmp_path / "event_lm", config)
     assert [h["step"] for h in report["history"]] == [1, 2]
     assert all(0.0 <= h[k] <= 1.0 for h in report["history"] for k in ("event_balanced_acc", "recall"))
+    assert all("event_tube_balanced_acc" in h for h in report["history"])
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "event_lm").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("model.language_model.") for k in changed), sorted(changed)[:5]
     assert any(".layers." in k for k in changed)
+    # per-tube balance weighs the same clips' tokens otherwise, so the same steps reach other weights
+    pretrain_event_lm(tiny.folder, tmp_path / "per_tube", dataclasses.replace(config, balance_per_tube=True))
+    per_tube = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "per_tube").state_dict()
+    assert any(not torch.equal(after[k], per_tube[k]) for k in changed)
     # with train_tower the tower's weights change as well
     tower = pretrain_event_lm(
         tiny.folder, tmp_path / "tower", EventLMConfig(clips=2, eval_clips=1, eval_every=2, train_tower=True)
@@ -234,6 +242,40 @@ def test_event_lm_stage_trains_the_language_model_only_and_scores_held_out_clips
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "tower").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("model.visual.") for k in changed) and any(".language_model." in k for k in changed)
+
+
+def test_tube_balanced_accuracy_gives_a_time_only_rule_one_half():
+    """Events sit mid-clip: "positive in the middle tubes" scores well on clip-wide balanced accuracy but exactly 0.5
+    within tubes; a rule that sees the event scores 1; tubes holding one class do not count."""
+    from stvgr1_edge_train.recipes.nano.probe_lm import tube_balanced_accuracy
+
+    tube = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3])
+    truth = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0], bool)
+    middle = (tube == 1) | (tube == 2)
+    clip_wide = (middle[truth].mean() + 1 - middle[~truth].mean()) / 2
+    assert clip_wide > 0.75
+    assert tube_balanced_accuracy(middle, truth, tube) == pytest.approx(0.5)
+    assert tube_balanced_accuracy(truth, truth, tube) == pytest.approx(1.0)
+    # tube 1 right (balanced 1), tube 2 all negative (balanced 0.5): weighted by their 4 tokens each
+    mixed = np.array([0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1], bool)
+    assert tube_balanced_accuracy(mixed, truth, tube) == pytest.approx(0.75)
+
+
+def test_balanced_weights_balance_each_group_and_cap_the_positives():
+    from stvgr1_edge_train.recipes.nano.pretrain_event_lm import balanced_weights
+
+    active = torch.tensor([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1]).bool()
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2])
+    weight = balanced_weights(active, groups, max_pos_weight=4.0)
+    for g in range(3):
+        pos, neg = active & (groups == g), ~active & (groups == g)
+        want = min(float(neg.sum()) / float(pos.sum()), 4.0)
+        assert torch.allclose(weight[pos], torch.full((int(pos.sum()),), want))
+        assert torch.all(weight[neg] == 1.0)
+    assert weight[13] == 4.0  # 6 negatives / 1 positive, capped
+    # one group over the clip: every positive weighs all negatives / all positives
+    clip_wide = balanced_weights(active, torch.zeros_like(groups), max_pos_weight=20.0)
+    assert torch.all(clip_wide[active] == 10.0 / 4.0)
 
 
 def test_event_weight_weighs_the_event_classes_against_none():
@@ -256,6 +298,118 @@ def test_event_weight_weighs_the_event_classes_against_none():
         expected = F.cross_entropy(probe["event"](features), labels["event"], weight=weight)
         assert torch.allclose(weighted["event"], expected) and not torch.allclose(plain["event"], expected)
         assert all(torch.equal(weighted[k], plain[k]) for k in plain if k != "event")
+
+
+def test_change_labels_name_the_move_the_size_the_turn_and_the_colour_change():
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import change_labels
+
+    classes = label_classes()
+
+    def named(first, second, shape):
+        return {k: (classes[k][v] if v != IGNORE else None) for k, v in change_labels(first, second, shape).items()}
+
+    red, dark = (220, 30, 30), (35, 35, 35)
+    assert named(((50, 50), 10, 0, red), ((65, 46), 11, 5, red), "square") == {
+        "dx": "far_right",
+        "dy": "up",
+        "scale": "grows",
+        "turn": "same",
+        "recolour": "same",
+    }
+    # 85 degrees turns a square by 5 (its symmetry is 90); 30 turns a star (symmetry 72) by 30
+    assert named(((50, 50), 10, 0, red), ((50, 50), 10, 85, red), "square")["turn"] == "same"
+    assert named(((50, 50), 10, 0, red), ((49, 62), 10, 30, red), "star") == {
+        "dx": "still",
+        "dy": "far_down",
+        "scale": "same",
+        "turn": "turns",
+        "recolour": "same",
+    }
+    assert named(((50, 50), 10, 0, red), ((42, 50), 8, 40, dark), "circle") == {
+        "dx": "left",
+        "dy": "still",
+        "scale": "shrinks",
+        "turn": None,
+        "recolour": "changes",
+    }
+
+
+def test_clip_change_labels_follow_the_objects_and_their_events():
+    """Outside its event an object keeps its size and colour, so those tokens are "same" for both; a blink shows as
+    "changes" on most of its event tokens, a spin as "turns", a stop as still on both axes."""
+    from stvgr1_edge.sampling import plan_sampling
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import object_token_labels
+
+    classes = label_classes()
+    found = {}
+    for seed in range(12):
+        clip = generate_clip(seed, SynthConfig(width=224, height=168, seconds=6))
+        sampled = plan_sampling(clip.num_frames, clip.config.fps, 168, 224).indices
+        labels = object_token_labels(clip, sampled, CONFIG.min_object_pixels, CONFIG.min_object_share)
+        event, on_object = labels["event"], labels["shape"] > 0
+        assert ((labels["dx"] > 0) <= (on_object | (labels["dx"] == IGNORE))).all()
+        for name in ("scale", "recolour"):
+            outside = on_object & (event == 0) & (labels[name] != IGNORE)
+            found.setdefault(name, []).extend(labels[name][outside].tolist())
+        for event_name, head, value in (
+            ("blinks", "recolour", "changes"),
+            ("spins", "turn", "turns"),
+            ("stops", "dx", "still"),
+            ("stops", "dy", "still"),
+        ):
+            sel = (event == classes["event"].index(event_name)) & (labels[head] != IGNORE)
+            found.setdefault((event_name, head), []).extend((labels[head][sel] == classes[head].index(value)).tolist())
+    # outside its event (before, after, or without one) an object keeps its size and colour within a tube
+    assert len(found["scale"]) > 100 and set(found["scale"]) == {classes["scale"].index("same")}
+    assert set(found["recolour"]) == {classes["recolour"].index("same")}
+    for key in (("blinks", "recolour"), ("spins", "turn"), ("stops", "dx"), ("stops", "dy")):
+        assert len(found[key]) >= 10 and np.mean(found[key]) > 0.7, (key, len(found[key]), np.mean(found[key]))
+
+
+def test_scene_changes_give_the_change_heads_every_class():
+    import dataclasses
+
+    from stvgr1_edge.synth import SynthConfig
+    from stvgr1_edge.synth_render import make_background
+
+    classes = label_classes()
+    rng = np.random.default_rng(4)
+    backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]
+    seen = {False: {h: set() for h in CHANGE_HEADS}, True: {h: set() for h in CHANGE_HEADS}}
+    for changes in (False, True):
+        config = dataclasses.replace(CONFIG, scene_changes=changes)
+        for _ in range(150):
+            _, labels = small_scene(rng, backgrounds, config)
+            for h in CHANGE_HEADS:
+                seen[changes][h] |= {classes[h][v] for v in labels[h].ravel().tolist() if v > 0}
+    # plain scenes: small moves, small turns, no size or colour change; changing scenes: every class
+    assert seen[False]["scale"] == {"same"} and seen[False]["recolour"] == {"same"}
+    assert not {"far_left", "far_right"} & seen[False]["dx"]
+    for h in CHANGE_HEADS:
+        assert seen[True][h] == set(classes[h][1:]), (h, seen[True][h])
+
+
+def test_change_heads_train_only_with_a_change_weight():
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import TokenProbe, _losses_and_hits
+
+    torch.manual_seed(0)
+    probe = TokenProbe.build(16)
+    features = torch.randn(40, 16)
+    labels = {name: torch.randint(0, len(names), (40,)) for name, names in label_classes().items()}
+    off, _ = _losses_and_hits(probe, features, labels, CONFIG)
+    assert not set(CHANGE_HEADS) & set(off)
+    on, hits = _losses_and_hits(probe, features, labels, dataclasses.replace(CONFIG, change_weight=2.0))
+    assert set(CHANGE_HEADS) <= set(on) and set(CHANGE_HEADS) <= set(hits)
+    weight = torch.tensor([5.0 if n == "changes" else 1.0 for n in label_classes()["recolour"]])
+    with torch.no_grad():
+        expected = 2.0 * F.cross_entropy(probe["recolour"](features), labels["recolour"], weight=weight)
+        assert torch.allclose(on["recolour"], expected)
+        assert all(torch.equal(on[k], off[k]) for k in off)
 
 
 def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
@@ -433,3 +587,45 @@ def test_grpo_curves_follow_the_log_and_skip_entries_without_a_reward(tmp_path):
     assert curves["tIoU reward"] == pytest.approx([0.05 * s for s in range(1, 13)])
     assert curves["KL"][-1] == pytest.approx(0.012) and curves["ID reward"] == [0.5] * 12
     assert path.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_event_auc_counts_ties_half_and_names_every_event():
+    from stvgr1_edge.synth import EVENTS
+    from stvgr1_edge_train.recipes.nano.probe_events import auc, class_aucs
+
+    assert auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auc(np.array([1.0]), np.array([2.0, 3.0])) == 0.0
+    assert auc(np.array([1.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.625)  # 2.5 of 4 pairs
+    assert np.isnan(auc(np.array([]), np.array([1.0])))
+    label = np.array([0, 0, 1, 1, 2, -1])
+    score = np.array([0.0, 1.0, 2.0, 3.0, 0.5, 9.0])  # the left-out (-1) row would win every pair
+    scores = class_aucs(score, label)
+    assert set(scores) == {"all", *EVENTS}
+    assert scores[EVENTS[0]] == 1.0 and scores[EVENTS[1]] == 0.5 and scores["all"] == pytest.approx(5 / 6)
+
+
+def test_true_state_rows_label_each_object_tube_by_its_event():
+    from stvgr1_edge.sampling import plan_sampling
+    from stvgr1_edge.synth import EVENTS, SynthConfig, generate_clip
+    from stvgr1_edge_train.recipes.nano.probe_events import true_state_rows
+
+    for seed in range(3):
+        clip = generate_clip(seed, SynthConfig(width=224, height=168, seconds=6))
+        sampled = plan_sampling(clip.num_frames, clip.config.fps, 168, 224).indices
+        labels, tube, context = true_state_rows(clip, sampled)
+        pairs = [tuple(sampled[g : g + 2]) for g in range(0, len(sampled), 2)]
+        want = []
+        for obj in clip.objects:
+            for a, b in pairs:
+                if obj.present[a] and obj.present[b]:
+                    e = obj.event
+                    want.append(
+                        0 if e is None else EVENTS.index(e.name) + 1 if e.start_frame <= b and a <= e.end_frame else -1
+                    )
+        assert labels.tolist() == want
+        # a state is centre (2), radius, folded rotation (sin, cos) and colour (3); a tube row holds both frames' and
+        # their difference, a context row this tube's, its neighbours', the first tube's and the change since then
+        assert tube.shape == (len(want), 24) and context.shape == (len(want), 5 * 24)
+        assert np.allclose(tube[:, 16:], tube[:, 8:16] - tube[:, :8]) and np.array_equal(context[:, :24], tube)
+        assert np.allclose(context[:, 96:], tube - context[:, 72:96])
+        assert (labels > 0).any()  # the target does its event

@@ -4,23 +4,24 @@ video tokens).
     python -m stvgr1_edge_train.recipes.nano.pretrain_event_lm MODEL_DIR OUT_DIR [--clips 800] [--device cuda]
 
 Why: the time answer needs, at some token, "the named object is doing its event now". The tower sees one 2-frame
-tube per token (two frames 0.5 s apart at 2 fps), and from one tube most events do not show: a heads-only read-out
-of the packaged tower names the event on 0.2-0.3 of event tokens whatever the training compute, and a linear probe
-pooled over the GT target's own tokens tells inside-event tubes from the others at balanced accuracy 0.57-0.59 at
-every layer (0.5 is chance). The language model sees all the tubes, so it can compare an object's tokens across
-them, but answer-level training never asked it to.
+tube per token (two frames 0.5 s apart at 2 fps) and nothing of the others; the language model sees all the tubes,
+so it can compare an object's tokens across them, but answer-level training never asked it to.
 
 What: the tower stays frozen (``train_tower`` trains it too); the language model's layers and one linear head on every
 object token's last-layer state learn "this object is doing its event in this tube" (binary cross-entropy, the rare
-positives weighted by negatives / positives up to ``max_pos_weight``). One fresh labelled clip a step
-(:func:`pretrain_vision.labelled_clip`, root seed ``EventLMConfig.seed``) with the STVG-R1 prompt of its own query,
-under the trained M-RoPE rule; held-out clips (:data:`probe_lm.PROBE_SEED`) are scored every ``eval_every`` clips:
-balanced accuracy, recall and false-positive rate of the head. From the packaged model on 2 CPU cores (``--clips 400
---eval-every 100``, 2 minutes): 0.73, 0.74, 0.74, 0.75 after 100-400 clips; a head alone on the frozen language model
-stays at 0.55-0.56. With the tower trained too (``--train-tower``, from a stream-stage model, ``--clips 3000
---eval-every 250``, 14 minutes): 0.742 after 250 clips, 0.744-0.769 from 500 to 3,000 (0.765 at the end): more clips
-and the tower do not lift it. The head is thrown away; the model (language model changed, tower only with
-``train_tower``) and ``pretrain_event_lm.json`` are saved after every evaluation.
+positives weighted by negatives / positives up to ``max_pos_weight``, over the clip or, with ``balance_per_tube``,
+within each tube). One fresh labelled clip a step (:func:`pretrain_vision.labelled_clip`, root seed
+``EventLMConfig.seed``) with the STVG-R1 prompt of its own query, under the trained M-RoPE rule; held-out clips
+(:data:`probe_lm.PROBE_SEED`) are scored every ``eval_every`` clips: balanced accuracy over the clip, balanced
+accuracy within each tube (:func:`probe_lm.tube_balanced_accuracy`), recall and false-positive rate of the head.
+
+Events sit mid-clip, and the language model knows each token's time after its second layer, so balanced accuracy
+over the clip rewards "the middle tubes". From a stream-stage model (2 CPU cores, ``--clips 600 --eval-every 150``,
+3 minutes): 0.74-0.75 over the clip after 150-600 clips but 0.50-0.52 within tubes -- time alone. With
+``--balance-per-tube`` time has nothing to win: 0.51-0.54 within tubes (LM only), 0.53-0.58 with ``--train-tower``
+(``--clips 900``), 0.54-0.59 from a tower trained with :mod:`pretrain_vision`'s change heads. The tower, not the
+language model, is what does not see the events (``probe_events``). The head is thrown away; the model (language
+model changed, tower only with ``train_tower``) and ``pretrain_event_lm.json`` are saved after every evaluation.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class EventLMConfig:
     learning_rate: float = 3e-4
     max_pos_weight: float = 20.0
     """Cap of the positives' loss weight (negatives / positives of the clip)."""
+    balance_per_tube: bool = False
+    """Weigh positives against negatives within each tube, not over the clip: events sit mid-clip, so with clip-wide
+    weights "the middle tubes" alone scores well and the tube's time is all a model learns."""
     eval_clips: int = 40
     """Held-out clips scored at every evaluation (root seed :data:`probe_lm.PROBE_SEED`)."""
     eval_every: int = 100
@@ -56,12 +60,23 @@ class EventLMConfig:
 
 
 def object_token_logits(model, head, video, input_ids, labels, video_token_id: int, device: str):
-    """The head's logit on every object token's last-layer state, and whether that object is doing its event."""
+    """The head's logit on every object token's last-layer state, whether that object is doing its event, and the
+    token's tube."""
     from .probe_lm import video_token_hidden_states
 
     states = video_token_hidden_states(model, input_ids, video, video_token_id, device=device)[-1]
     on_object = (labels["shape"] > 0).to(device)
-    return head(states).squeeze(-1)[on_object], (labels["event"] > 0).to(device)[on_object]
+    tube = torch.arange(len(states), device=device) // (len(states) // int(video.video_grid_thw[0, 0]))
+    return head(states).squeeze(-1)[on_object], (labels["event"] > 0).to(device)[on_object], tube[on_object]
+
+
+def balanced_weights(active: torch.Tensor, groups: torch.Tensor, max_pos_weight: float) -> torch.Tensor:
+    """Per-token loss weights: negatives 1, positives negatives / positives of their group (capped)."""
+    weight = torch.ones(len(active), device=active.device)
+    for g in groups.unique():
+        pos, neg = active & (groups == g), ~active & (groups == g)
+        weight[pos] = min(float(neg.sum()) / max(float(pos.sum()), 1.0), max_pos_weight)
+    return weight
 
 
 def pretrain_event_lm(
@@ -74,7 +89,7 @@ def pretrain_event_lm(
     from stvgr1_edge_train.grpo import load_processor
 
     from .pretrain_vision import save_stage
-    from .probe_lm import PROBE_SEED, PromptedLabelledClips
+    from .probe_lm import PROBE_SEED, PromptedLabelledClips, tube_balanced_accuracy
 
     torch.manual_seed(config.seed)
     processor, source = load_processor(str(model_dir))
@@ -89,17 +104,25 @@ def pretrain_event_lm(
 
     def evaluate(clips: PromptedLabelledClips) -> dict[str, float]:
         model.eval()
-        predicted, truth = [], []
+        predicted, truth, tubes = [], [], []
         with torch.no_grad():
             for i in range(config.eval_clips):
                 video, labels, input_ids = clips(PROBE_SEED, i)
-                logits, active = object_token_logits(model, head, video, input_ids, labels, video_token_id, device)
+                logits, active, tube = object_token_logits(
+                    model, head, video, input_ids, labels, video_token_id, device
+                )
                 predicted.append((logits > 0).cpu())
                 truth.append(active.cpu())
+                tubes.append(tube.cpu())
         model.train()
         p, t = torch.cat(predicted), torch.cat(truth)
         recall, false_pos = float(p[t].float().mean()), float(p[~t].float().mean())
-        return {"event_balanced_acc": (recall + 1 - false_pos) / 2, "recall": recall, "false_positive_rate": false_pos}
+        return {
+            "event_balanced_acc": (recall + 1 - false_pos) / 2,
+            "event_tube_balanced_acc": tube_balanced_accuracy(p.numpy(), t.numpy(), torch.cat(tubes).numpy()),
+            "recall": recall,
+            "false_positive_rate": false_pos,
+        }
 
     history: list[dict] = []
     report: dict = {}
@@ -110,11 +133,11 @@ def pretrain_event_lm(
         model.train()
         for step in range(config.clips):
             video, labels, input_ids = clips(config.seed, step)
-            logits, active = object_token_logits(model, head, video, input_ids, labels, video_token_id, device)
+            logits, active, tube = object_token_logits(model, head, video, input_ids, labels, video_token_id, device)
             if len(active):
-                target = active.float()
-                pos_weight = ((1 - target).sum() / target.sum().clamp(min=1)).clamp(max=config.max_pos_weight)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+                groups = tube if config.balance_per_tube else torch.zeros_like(tube)
+                weight = balanced_weights(active, groups, config.max_pos_weight)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, active.float(), weight=weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -142,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-clips", type=int, default=EventLMConfig.eval_clips)
     parser.add_argument("--eval-every", type=int, default=EventLMConfig.eval_every)
     parser.add_argument("--train-tower", action="store_true", help="Train the vision tower too.")
+    parser.add_argument(
+        "--balance-per-tube", action="store_true", help="Weigh positives against negatives within each tube."
+    )
+    parser.add_argument("--seed", type=int, default=EventLMConfig.seed, help="Root seed of the training clips.")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -151,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
         train_tower=args.train_tower,
+        balance_per_tube=args.balance_per_tube,
+        seed=args.seed,
     )
     report = pretrain_event_lm(args.model, args.out, config, device=args.device)
     print(json.dumps(report["final"], indent=1))

@@ -1,0 +1,228 @@
+"""How visible each event is: AUC of "this object is doing its event in this tube" against objects without an event,
+per event class, from the objects' true drawing state (what the pixels can show) or from a model's video tokens.
+
+    python -m stvgr1_edge_train.recipes.nano.probe_events truth [--width 224 --height 168 --seconds 6]
+    python -m stvgr1_edge_train.recipes.nano.probe_events MODEL_DIR [--layers 0,2,4] [--clips 100]
+
+``truth``: every object's centre, radius, rotation (folded by its shape's symmetry) and colour at the §4-sampled
+frames of fresh synthetic clips; an MLP on one tube's two frames ("tube") and one that also sees the neighbouring
+tubes and the object's first look ("context") is fit on 600 clips (root seed 71) and scored on 200 (root 72). At
+224x168, 6 s (5 minutes on 2 CPU cores): tube 0.911 (``jumps`` 0.69, ``shakes`` 0.83, the others 0.92-0.99), context
+0.988 (``jumps`` 0.95, the others 0.97-1.00).
+
+A model: ridge read-outs (fit on ``0.6 * clips`` vision-stage clips of root seed 33000, scored on 40 of
+:data:`probe_lm.PROBE_SEED`) of the tower output (layer 0) and the language model's layers, on object tokens of the
+middle tubes only: events sit mid-clip and the language model knows each token's time, so the first and last tubes
+would let time stand in for the event. A stream-stage model (``--layers 0,2``, 2 minutes): tower 0.585, LM layer 2
+0.659 -- far below what the drawing state shows (see :mod:`pretrain_vision`'s change heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Chance that a positive scores above a negative (ties count half); NaN without both."""
+    from scipy.stats import rankdata
+
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    ranks = rankdata(np.r_[positive, negative])
+    return float(
+        (ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2) / (len(positive) * len(negative))
+    )
+
+
+def class_aucs(score: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """``all`` (every event against no event) and one AUC per event name; ``label``: 0 no event, k the k-th event of
+    :data:`stvgr1_edge.synth.EVENTS` (1-based), negative: left out."""
+    from stvgr1_edge.synth import EVENTS
+
+    out = {"all": auc(score[label > 0], score[label == 0])}
+    out.update({name: auc(score[label == k], score[label == 0]) for k, name in enumerate(EVENTS, start=1)})
+    return out
+
+
+def _object_state(obj, frame: int, width: int, height: int) -> np.ndarray:
+    turn = np.deg2rad(obj.angle_deg[frame] * 360.0 / SYMMETRY_DEG.get(obj.shape, 360.0))
+    return np.r_[
+        obj.center[frame] / width, 10 * obj.radius[frame] / height, np.sin(turn), np.cos(turn), obj.rgb[frame] / 255.0
+    ]
+
+
+def true_state_rows(clip, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per (object, tube) with the object present in both frames: ``(label, tube features, context
+    features)``. Label 0: the object has no event; k: its event (k-th of ``EVENTS``) is on in the tube; -1: its event
+    is elsewhere. Tube features: the state in both frames and their difference; context: those of this tube, of the
+    tubes before and after (zeros where absent) and the difference from the object's first tube."""
+    from stvgr1_edge.synth import EVENTS
+
+    cfg = clip.config
+    pairs = [tuple(sampled[g : g + 2]) for g in range(0, len(sampled) - 1, 2)]
+    labels, tube_rows, context_rows = [], [], []
+    for obj in clip.objects:
+        per_tube, shown = [], []
+        for a, b in pairs:
+            sa, sb = _object_state(obj, a, cfg.width, cfg.height), _object_state(obj, b, cfg.width, cfg.height)
+            per_tube.append(np.r_[sa, sb, sb - sa])
+            shown.append(bool(obj.present[a] and obj.present[b]))
+        if not any(shown):
+            continue
+        first = per_tube[shown.index(True)]
+        for t, (a, b) in enumerate(pairs):
+            if not shown[t]:
+                continue
+            event = obj.event
+            if event is None:
+                labels.append(0)
+            else:
+                on = event.start_frame <= b and a <= event.end_frame
+                labels.append(EVENTS.index(event.name) + 1 if on else -1)
+            around = [per_tube[u] if 0 <= u < len(pairs) and shown[u] else np.zeros_like(first) for u in (t - 1, t + 1)]
+            tube_rows.append(per_tube[t])
+            context_rows.append(np.r_[per_tube[t], around[0], around[1], first, per_tube[t] - first])
+    return np.asarray(labels), np.asarray(tube_rows), np.asarray(context_rows)
+
+
+def mlp_scores(train_x: np.ndarray, train_active: np.ndarray, test_x: np.ndarray, steps: int = 3000) -> np.ndarray:
+    """Logits of a 2-hidden-layer MLP fit (balanced binary cross-entropy) on standardised ``train_x``."""
+    import torch
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    x = torch.tensor((train_x - mean) / std, dtype=torch.float32)
+    target = torch.tensor(train_active, dtype=torch.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 1),
+    )
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    pos_weight = (1 - target).sum() / target.sum().clamp(min=1)
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (512,))
+        logits = net(x[batch]).squeeze(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target[batch], pos_weight=pos_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return net(torch.tensor((test_x - mean) / std, dtype=torch.float32)).squeeze(-1).numpy()
+
+
+def true_state_aucs(width: int, height: int, seconds: float, train_clips: int = 600, test_clips: int = 200) -> dict:
+    """:func:`class_aucs` of the tube and context MLPs (see the module doc)."""
+    from stvgr1_edge.sampling import plan_sampling
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+
+    from .pretrain_vision import clip_seed
+
+    config = SynthConfig(width=width, height=height, seconds=seconds)
+
+    def rows(root: int, n: int):
+        parts = []
+        for i in range(n):
+            clip = generate_clip(clip_seed(root, i), config)
+            parts.append(true_state_rows(clip, plan_sampling(clip.num_frames, config.fps, height, width).indices))
+        return [np.concatenate([p[k] for p in parts]) for k in range(3)]
+
+    (train_y, train_tube, train_context), (test_y, test_tube, test_context) = (
+        rows(71, train_clips),
+        rows(72, test_clips),
+    )
+    keep_train, keep_test = train_y >= 0, test_y >= 0  # event objects outside their event are neither
+    out = {"width": width, "height": height, "seconds": seconds, "train_clips": train_clips, "test_clips": test_clips}
+    for name, train_x, test_x in (("tube", train_tube, test_tube), ("context", train_context, test_context)):
+        score = mlp_scores(train_x[keep_train], train_y[keep_train] > 0, test_x[keep_test])
+        out[name] = class_aucs(score, test_y[keep_test])
+    return out
+
+
+def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] = (0, -1)) -> dict:
+    """:func:`class_aucs` of balanced ridge read-outs of ``layers`` (0: the tower's merged output), middle tubes."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from stvgr1_edge.rope_index import use_trained_rope_index
+    from stvgr1_edge_train.grpo import load_processor
+
+    from .probe_lm import PROBE_SEED, PromptedLabelledClips, video_token_states
+
+    processor, source = load_processor(model_dir)
+    model = use_trained_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32))
+    model.eval()
+    video_token_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+
+    def collect(prompted, root: int, n: int):
+        states, events = [], []
+        for i in range(n):
+            video, labels, input_ids = prompted(root, i)
+            s = video_token_states(model, input_ids, video, video_token_id)[list(layers)]
+            groups = int(video.video_grid_thw[0, 0])
+            tube = np.arange(s.shape[1]) // (s.shape[1] // groups)
+            keep = (labels["shape"].numpy() > 0) & (tube >= 1) & (tube <= groups - 2)
+            states.append(s[:, keep])
+            events.append(labels["event"].numpy()[keep])
+        return np.concatenate(states, 1), np.concatenate(events)
+
+    with tempfile.TemporaryDirectory(prefix="nano-probe-events-") as tmp:
+        prompted = PromptedLabelledClips(processor, Path(tmp))
+        train_x, train_y = collect(prompted, 33_000, int(0.6 * clips))
+        test_x, test_y = collect(prompted, PROBE_SEED, 40)
+    out: dict = {"model": model_dir, "train_clips": int(0.6 * clips), "test_clips": 40, "layers": {}}
+    for i, layer in enumerate(layers):
+        mean, std = train_x[i].mean(0), train_x[i].std(0) + 1e-6
+        a, b = (train_x[i] - mean) / std, (test_x[i] - mean) / std
+        active = (train_y > 0).astype(np.float64)
+        weight = np.where(active > 0, (1 - active).sum() / max(active.sum(), 1.0), 1.0)
+        coef = np.linalg.solve(a.T @ (a * weight[:, None]) + 10 * np.eye(a.shape[1]), a.T @ (weight * (2 * active - 1)))
+        out["layers"][str(layer)] = class_aucs(b @ coef, test_y)
+    return out
+
+
+def _line(name: str, scores: dict[str, float]) -> str:
+    return f"{name}: all {scores['all']:.3f}  " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "all")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stvgr1_edge_train.recipes.nano.probe_events",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="'truth' (the objects' drawing state) or a model folder.")
+    parser.add_argument("--width", type=int, default=224)
+    parser.add_argument("--height", type=int, default=168)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--clips", type=int, default=100, help="Model probe: clips of the read-out fit / 0.6.")
+    parser.add_argument("--layers", default="0,-1", help="Model probe: hidden-state layers (0: tower output).")
+    parser.add_argument("--out", default=None, help="Also write the scores to this JSON file.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.source == "truth":
+        scores = true_state_aucs(args.width, args.height, args.seconds)
+        lines = [_line(name, scores[name]) for name in ("tube", "context")]
+    else:
+        scores = model_event_aucs(args.source, args.clips, tuple(int(v) for v in args.layers.split(",")))
+        lines = [_line(f"layer {k}", v) for k, v in scores["layers"].items()]
+    print("\n".join(lines))
+    if args.out:
+        from stvgr1_edge.errors import write_json_atomic
+
+        write_json_atomic(args.out, scores, indent=1)
+
+
+if __name__ == "__main__":
+    main()
