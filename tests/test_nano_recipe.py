@@ -629,3 +629,96 @@ def test_true_state_rows_label_each_object_tube_by_its_event():
         assert np.allclose(tube[:, 16:], tube[:, 8:16] - tube[:, :8]) and np.array_equal(context[:, :24], tube)
         assert np.allclose(context[:, 96:], tube - context[:, 72:96])
         assert (labels > 0).any()  # the target does its event
+
+
+def test_other_clip_formats_label_the_grid_the_model_sees_and_unseen_sizes_are_refused(tiny, tmp_path):
+    """``--width/--height/--seconds``: a 28-multiple size that §4 keeps (308x252, what it makes of synth's default
+    320x240) gets one label per token of that grid; a size §4 would resize is refused with the size to use."""
+    from dataclasses import replace
+
+    config = replace(CONFIG, width=308, height=252, seconds=8.0)
+    assert config.clip_format_error() is None
+    ((video, labels),) = labelled_clip(19, tiny.processor.video_processor, config, np.random.default_rng(3), tmp_path)
+    t, h, w = (int(v) for v in video.video_grid_thw[0])
+    assert (h * 14, w * 14) == (252, 308)
+    assert all(v.numel() == t * (h // 2) * (w // 2) == 8 * 9 * 11 for v in labels.values())
+    problem = replace(CONFIG, width=320, height=240, seconds=8.0).clip_format_error()
+    assert problem is not None and "--width 308 --height 252" in problem
+
+
+def test_the_pretraining_command_answers_bad_input_in_one_line(tiny, tmp_path, capsys):
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import main
+
+    for argv, words in [
+        ([tiny.folder, str(tmp_path / "a"), "--width", "320", "--height", "240"], "308x252"),
+        ([tiny.folder, str(tmp_path / "b"), "--train-seed", str(VisionPretrainConfig.seed + 2)], "validation root"),
+        ([str(tmp_path / "missing"), str(tmp_path / "c")], "not a model folder"),
+        ([tiny.folder, str(tmp_path / "d"), "--seconds", "0.5"], "--seconds of at least"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in err and words in err, err
+        assert not (tmp_path / argv[1]).exists()
+
+
+def test_a_training_seed_draws_other_clips_and_keeps_the_validation_clips(tiny, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from stvgr1_edge_train.recipes.nano import pretrain_vision as stage
+
+    roots: dict[str, list[int]] = {"train": [], "all": []}
+    clip_stream_init, labelled = stage.ClipStream.__init__, stage.labelled_clips
+
+    def recording_init(self, root_seed, *args):
+        roots["train"].append(root_seed)
+        clip_stream_init(self, root_seed, *args)
+
+    def recording_labelled(root_seed, *args, **kwargs):
+        roots["all"].append(root_seed)
+        return labelled(root_seed, *args, **kwargs)
+
+    monkeypatch.setattr(stage.ClipStream, "__init__", recording_init)
+    monkeypatch.setattr(stage, "labelled_clips", recording_labelled)
+    config = replace(CONFIG, glyph_steps=0, scene_steps=0, steps=1, train_seed=12_345)
+    stage.pretrain_vision(tiny.folder, tmp_path / "out", config)
+    assert roots["train"] == [12_345]
+    assert roots["all"][0] == config.seed + 1  # the validation clips: the same whatever the training seed
+    assert replace(config, train_seed=config.seed + 1).train_seed_error() is not None
+
+
+def test_the_event_probe_reads_models_on_the_clip_format_asked_for(tiny, tmp_path, capsys):
+    """``probe_events MODEL --width 308 --height 252 --seconds 8``: the probe's clips are of that grid, with as many
+    video tokens in the prompt as the tower gives; a size the model never sees unresized is refused in one line."""
+    from stvgr1_edge_train.recipes.nano.probe_events import main
+    from stvgr1_edge_train.recipes.nano.probe_lm import PromptedLabelledClips
+
+    config = VisionPretrainConfig(width=308, height=252, seconds=8.0)
+    video, labels, input_ids = PromptedLabelledClips(tiny.processor, tmp_path, config)(33_000, 0)
+    assert [int(v) for v in video.video_grid_thw[0]] == [8, 18, 22]
+    video_pad = tiny.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert int((torch.as_tensor(input_ids) == video_pad).sum()) == labels["event"].numel() == 8 * 9 * 11
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny.folder), "--width", "320", "--height", "240"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err and "308x252" in err
+
+
+def test_the_event_probe_pools_each_objects_own_tokens(tiny, tmp_path):
+    """The object read-out averages the tokens the vision stage labels for one object: every labelled token has an
+    owner, and one owner's tokens in a tube carry one colour, shape, size and event."""
+    from stvgr1_edge_train.recipes.nano.probe_events import token_object_ids
+
+    ((_, labels),) = labelled_clip(19, tiny.processor.video_processor, CONFIG, np.random.default_rng(3), tmp_path)
+    owners, has_event = token_object_ids(19, CONFIG)
+    owners = owners.reshape(-1)
+    labelled = labels["shape"].numpy() > 0
+    assert labelled.any() and (owners[labelled] > 0).all()
+    assert set(owners[owners > 0].tolist()) <= set(has_event)
+    assert len(owners) == labels["shape"].numel() == 6 * 6 * 8  # 224x168 6 s: 6 tubes of 6 x 8 tokens
+    tube = np.arange(len(owners)) // 48
+    for t in range(6):
+        for k in np.unique(owners[labelled & (tube == t)]):
+            where = labelled & (tube == t) & (owners == k)
+            for name in ("colour", "shape", "size", "event"):
+                assert len(np.unique(labels[name].numpy()[where])) == 1, (t, k, name)

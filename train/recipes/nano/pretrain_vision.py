@@ -42,6 +42,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -170,6 +171,9 @@ class VisionPretrainConfig:
     """... and this share of the object's pixels in the tube (else the token is not labelled for the object heads)."""
     seed: int = 10_000
     """Root seed of the pretraining clips (the recipe trains on 0 and 1, validates on 4000, holds out 5000)."""
+    train_seed: int | None = None
+    """Root seed of the training streams (None: ``seed``). Validation stays on ``seed + 1`` .. ``seed + 3``, so a
+    run that continues a tower on fresh clips (another ``train_seed``) is scored on the same clips as the first."""
     val_clips: int = 24
     """Clips (root seed ``seed + 1``) scored at the end and every ``eval_every`` steps."""
     eval_every: int = 250
@@ -189,7 +193,39 @@ class VisionPretrainConfig:
     """Chance that a clip's IDs start above 1 (IDs consumed by earlier tracks, as after ID switches)."""
     width: int = 224
     height: int = 168
+    """Clip size: multiples of 28 that §4 keeps as they are (token labels are per 28x28 pixels), e.g. 308x252,
+    the size §4 resizes synth's default 320x240 to."""
     seconds: float = 6.0
+
+    def clip_format_error(self) -> str | None:
+        """Why this clip format cannot be labelled per token (None: it can)."""
+        from stvgr1_edge.errors import BadInputError
+        from stvgr1_edge.sampling import plan_sampling
+        from stvgr1_edge.synth import SynthConfig
+
+        try:
+            synth = SynthConfig(width=self.width, height=self.height, seconds=self.seconds)
+        except BadInputError as error:  # synth's own limits (a clip too short for its events, ...)
+            return str(error)
+        frames = max(1, round(synth.seconds * synth.fps))
+        sampling = plan_sampling(frames, synth.fps, synth.height, synth.width)
+        resized = (sampling.resized_width, sampling.resized_height)
+        if resized != (self.width, self.height):
+            return (
+                f"clip size {self.width}x{self.height}: §4 resizes it to {resized[0]}x{resized[1]}, and token labels "
+                f"need the size the model sees; use --width {resized[0]} --height {resized[1]}"
+            )
+        if len(sampling.indices) % TEMPORAL_PATCH:
+            odd = len(sampling.indices)
+            return f"{self.seconds} s clips sample an odd number of frames ({odd}); use another --seconds"
+        return None
+
+    def train_seed_error(self) -> str | None:
+        """Why ``train_seed`` cannot be used (None: it can): it must not replay the validation clips."""
+        if self.train_seed is not None and self.train_seed in range(self.seed + 1, self.seed + 4):
+            first, last = self.seed + 1, self.seed + 3
+            return f"--train-seed {self.train_seed} is a validation root ({first}..{last}); pick another"
+        return None
 
 
 # --- one labelled clip ---------------------------------------------------------------------------
@@ -271,6 +307,26 @@ def _nearest_colour(rgb: np.ndarray) -> str:
     return names[int(np.argmin(((values - np.asarray(rgb, np.float64)) ** 2).sum(axis=1)))]
 
 
+def token_owners(maps: Sequence[np.ndarray], min_object_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` ID of the object covering most of each token over the tube (``maps``: each frame's object
+    map; 0 where no object covers ``min_object_pixels`` of it) and the share of that object's tube pixels the token
+    holds."""
+    height, width = maps[0].shape
+    rows, cols = height // MERGED_PX, width // MERGED_PX
+    ids = sorted({int(k) for m in maps for k in np.unique(m) if k > 0})
+    if not ids:
+        return np.zeros((rows, cols), np.int64), np.zeros((rows, cols))
+    counts = np.zeros((len(ids), rows, cols), np.int64)
+    for m in maps:
+        cells = m.reshape(rows, MERGED_PX, cols, MERGED_PX)
+        for i, k in enumerate(ids):
+            counts[i] += (cells == k).sum(axis=(1, 3))
+    owner = counts.argmax(axis=0)
+    owned = counts.max(axis=0) >= min_object_pixels
+    share = counts.max(axis=0) / np.maximum(counts.sum(axis=(1, 2))[owner], 1)
+    return np.where(owned, np.asarray(ids)[owner], 0), np.where(owned, share, 0.0)
+
+
 def tube_object_labels(
     maps: Sequence[np.ndarray], describe, min_object_pixels: int, min_object_share: float, state=None
 ) -> dict[str, np.ndarray]:
@@ -287,21 +343,11 @@ def tube_object_labels(
     labels = {name: np.zeros((rows, cols), np.int64) for name in ("colour", "shape", "size", "event")}
     for name in CHANGE_HEADS:
         labels[name] = np.zeros((rows, cols), np.int64) if state is not None else np.full((rows, cols), IGNORE)
-    ids = sorted({int(k) for m in maps for k in np.unique(m) if k > 0})
-    if not ids:
-        return labels
-    counts = np.zeros((len(ids), rows, cols), np.int64)
-    for m in maps:
-        cells = m.reshape(rows, MERGED_PX, cols, MERGED_PX)
-        for i, k in enumerate(ids):
-            counts[i] += (cells == k).sum(axis=(1, 3))
-    owner = counts.argmax(axis=0)
-    owned = counts.max(axis=0) >= min_object_pixels
-    share = counts.max(axis=0) / np.maximum(counts.sum(axis=(1, 2))[owner], 1)
+    owner, share = token_owners(maps, min_object_pixels)
     for name in labels:
-        labels[name][owned & (share < min_object_share)] = IGNORE
-    for r, c in zip(*np.nonzero(owned & (share >= min_object_share))):
-        k = ids[int(owner[r, c])]
+        labels[name][(owner > 0) & (share < min_object_share)] = IGNORE
+    for r, c in zip(*np.nonzero((owner > 0) & (share >= min_object_share))):
+        k = int(owner[r, c])
         facts = [describe(k, j) for j in range(len(maps))]
         # a blinking object is dark in one frame of the tube and its own colour in the other: its own wins
         colours = [f[0] for f in facts if f[0] is not None]
@@ -796,27 +842,28 @@ def pretrain_vision(
         _collate_clips([next(clip_stream) for _ in range(config.batch_clips)])
         for _ in range(max(1, config.val_clips // config.batch_clips))
     ]
+    train_seed = config.seed if config.train_seed is None else config.train_seed
     phases = [
         (
             "glyph",
             config.glyph_steps,
             glyph_val,
             torch.utils.data.DataLoader(
-                SceneStream(config.seed, vp, config, glyph_crop, config.glyph_batch), batch_size=None, **workers
+                SceneStream(train_seed, vp, config, glyph_crop, config.glyph_batch), batch_size=None, **workers
             ),
         ),
         (
             "scene",
             config.scene_steps,
             scene_val,
-            torch.utils.data.DataLoader(SceneStream(config.seed, vp, config), batch_size=None, **workers),
+            torch.utils.data.DataLoader(SceneStream(train_seed, vp, config), batch_size=None, **workers),
         ),
         (
             "clip",
             config.steps,
             clip_val,
             torch.utils.data.DataLoader(
-                ClipStream(config.seed, vp, config), batch_size=config.batch_clips, collate_fn=_collate_clips, **workers
+                ClipStream(train_seed, vp, config), batch_size=config.batch_clips, collate_fn=_collate_clips, **workers
             ),
         ),
     ]
@@ -917,6 +964,15 @@ def main(argv: list[str] | None = None) -> None:
         help="Loss weight of the change heads (dx, dy, scale, turn, recolour); 0 leaves them out.",
     )
     parser.add_argument("--eval-every", type=int, default=VisionPretrainConfig.eval_every)
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="Root seed of the training clips (default: the validation's root); another one continues on fresh clips.",
+    )
+    parser.add_argument("--width", type=int, default=VisionPretrainConfig.width, help="Clip width (a 28-multiple).")
+    parser.add_argument("--height", type=int, default=VisionPretrainConfig.height, help="Clip height (a 28-multiple).")
+    parser.add_argument("--seconds", type=float, default=VisionPretrainConfig.seconds, help="Clip length.")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--data-workers", type=int, default=VisionPretrainConfig.data_workers, help="Clip-generating processes."
@@ -946,7 +1002,17 @@ def main(argv: list[str] | None = None) -> None:
         scene_changes=args.scene_changes,
         data_workers=args.data_workers,
         train_tower=not args.freeze_tower,
+        train_seed=args.train_seed,
+        width=args.width,
+        height=args.height,
+        seconds=args.seconds,
     )
+    problem = config.clip_format_error() or config.train_seed_error()
+    if not Path(args.init).is_dir():
+        problem = f"{args.init} is not a model folder; pass the folder build_nano or an earlier stage wrote"
+    if problem:  # one line and exit code 2, as the other command lines answer bad input
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     report = pretrain_vision(args.init, args.out, config, device=args.device)
     print(json.dumps(report["final"], indent=1))
 

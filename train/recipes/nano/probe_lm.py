@@ -57,16 +57,16 @@ def video_token_states(model, input_ids, video, video_token_id: int) -> np.ndarr
 
 class PromptedLabelledClips:
     """``(VideoTensors, labels, input_ids)`` of the ``i``-th clip of a root seed: a fresh vision-stage clip
-    (:func:`pretrain_vision.labelled_clip`, 224x168, 6 s) with the STVG-R1 prompt of its own query."""
+    (:func:`pretrain_vision.labelled_clip`; by default 224x168, 6 s) with the STVG-R1 prompt of its own query."""
 
-    def __init__(self, processor, workdir: Path) -> None:
+    def __init__(self, processor, workdir: Path, vision_config=None) -> None:
         from stvgr1_edge_train.video_inputs import ClipProcessor
 
         from .pretrain_vision import VisionPretrainConfig
 
         self.processor, self.workdir = processor, workdir
         self.clip_processor = ClipProcessor(processor)
-        self.vision_config = VisionPretrainConfig()
+        self.vision_config = vision_config or VisionPretrainConfig()
 
     def __call__(self, root_seed: int, i: int):
         from stvgr1_edge.prompt import grounding_prompt
