@@ -176,6 +176,7 @@ def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
     report = pretrain_vision(tiny.folder, tmp_path / "out", CONFIG)
     assert [h["phase"] for h in report["history"]] == ["glyph", "glyph", "scene", "scene", "clip", "clip"]
     assert report["final"]["step"] == 6 and 0.0 <= report["final"]["digit_acc"] <= 1.0
+    assert 0.0 <= report["final"]["colour_balanced_acc"] <= 1.0
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -722,3 +723,19 @@ def test_the_event_probe_pools_each_objects_own_tokens(tiny, tmp_path):
             where = labelled & (tube == t) & (owners == k)
             for name in ("colour", "shape", "size", "event"):
                 assert len(np.unique(labels[name].numpy()[where])) == 1, (t, k, name)
+
+
+def test_validation_reports_each_rare_class_recall_beside_the_plain_accuracy():
+    """Plain accuracy of a change head is mostly "same": a head that never answers "turns" scores 0.75 on three
+    unturned tokens and one turned token, but its balanced accuracy is 0.5 and its "turns" recall 0."""
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import IGNORE, class_hits, recall_scores
+
+    names = label_classes()["turn"]
+    same, turns = names.index("same"), names.index("turns")
+    target = torch.tensor([same, same, same, turns, IGNORE, 0])
+    pred = torch.tensor([same, same, same, same, turns, 0])
+    right, n = class_hits(pred, target, len(names))
+    assert n.tolist() == [1, 3, 1] and right.tolist() == [1, 3, 0]
+    scores = recall_scores("turn", right, n)
+    assert scores == {"turn_balanced_acc": 0.5, "turn_recall_same": 1.0, "turn_recall_turns": 0.0}
+    assert set(recall_scores("digit", right, n)) == {"digit_balanced_acc"}

@@ -771,13 +771,37 @@ def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
         pred = logits.argmax(-1)
         # accuracy where there is something to see (marker tokens; object tokens; event tokens)
         keep = target > 0
+        class_right, class_n = class_hits(pred, target, logits.shape[-1])
         hits[name] = (
             int((pred[keep] == target[keep]).sum()),
             int(keep.sum()),
             int(((pred > 0) & (target == 0)).sum()),
             int((target == 0).sum()),
+            class_right,
+            class_n,
         )
     return losses, hits
+
+
+def class_hits(pred: torch.Tensor, target: torch.Tensor, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: tokens of that class predicted right, and tokens of that class (:data:`IGNORE` left out)."""
+    labelled = target != IGNORE
+    pred, target = pred[labelled], target[labelled]
+    n = torch.bincount(target, minlength=classes)
+    right = torch.bincount(target[pred == target], minlength=classes)
+    return right.cpu().numpy(), n.cpu().numpy()
+
+
+def recall_scores(name: str, class_right: np.ndarray, class_n: np.ndarray) -> dict[str, float]:
+    """``{name}_balanced_acc``: mean recall over the classes other than "none" that occur (plain accuracy is mostly
+    the commonest class: "same" for the change heads); for the event and change heads also each class's recall."""
+    seen = np.nonzero(class_n[1:] > 0)[0] + 1
+    recall = class_right[seen] / class_n[seen]
+    scores = {f"{name}_balanced_acc": float(recall.mean()) if len(seen) else float("nan")}
+    if name == "event" or name in CHANGE_HEADS:
+        names = label_classes()[name]
+        scores.update({f"{name}_recall_{names[k]}": float(r) for k, r in zip(seen, recall)})
+    return scores
 
 
 def _collate_clips(items):
@@ -793,19 +817,20 @@ def _forward(visual, videos, device):
 
 
 def _evaluate(visual, probe, val_batches, config, device) -> dict[str, float]:
-    totals: dict[str, list[int]] = {}
+    totals: dict[str, list] = {}
     visual.eval()
     with torch.no_grad():
         for videos, labels in val_batches:
             out = _forward(visual, videos, device)
             _, hits = _losses_and_hits(probe, out, {k: v.to(device) for k, v in labels.items()}, config)
             for name, h in hits.items():
-                totals[name] = [a + b for a, b in zip(totals.get(name, [0, 0, 0, 0]), h)]
+                totals[name] = [a + b for a, b in zip(totals[name], h)] if name in totals else list(h)
     visual.train(config.train_tower)
     scores = {}
-    for name, (right, n, false_pos, negatives) in totals.items():
+    for name, (right, n, false_pos, negatives, class_right, class_n) in totals.items():
         scores[f"{name}_acc"] = right / max(n, 1)
         scores[f"{name}_false_positive_rate"] = false_pos / max(negatives, 1)
+        scores.update(recall_scores(name, class_right, class_n))
     return scores
 
 
