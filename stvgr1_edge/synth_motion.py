@@ -68,14 +68,14 @@ class Effects:
     max_scale: float
 
 
-_SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
+SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
 
 
 def spin_rate(shape: str, duration_s: float, rng) -> float:
     """Degrees per second for a spin that ends looking as it started (whole turns of the shape's symmetry)
     and that 2-fps sampling cannot mistake for standing still: whether samples fall 0.45 or 0.6 s apart (the
     sampler spreads frames evenly over the clip), each step turns 20-80% of the shape's symmetry angle."""
-    sym = _SYMMETRY_DEG[shape]
+    sym = SYMMETRY_DEG[shape]
     rates = []
     for turns in range(1, 20):
         omega = turns * sym / duration_s

@@ -62,11 +62,11 @@ class EventLMConfig:
 def object_token_logits(model, head, video, input_ids, labels, video_token_id: int, device: str):
     """The head's logit on every object token's last-layer state, whether that object is doing its event, and the
     token's tube."""
-    from .probe_lm import video_token_hidden_states
+    from .probe_lm import token_tubes, video_token_hidden_states
 
     states = video_token_hidden_states(model, input_ids, video, video_token_id, device=device)[-1]
     on_object = (labels["shape"] > 0).to(device)
-    tube = torch.arange(len(states), device=device) // (len(states) // int(video.video_grid_thw[0, 0]))
+    tube = torch.from_numpy(token_tubes(video, model.config.vision_config.spatial_merge_size)).to(device)
     return head(states).squeeze(-1)[on_object], (labels["event"] > 0).to(device)[on_object], tube[on_object]
 
 

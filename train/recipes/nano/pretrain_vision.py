@@ -60,7 +60,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -107,8 +107,6 @@ RECOLOUR_RGB = 25.0
 """An RGB distance beyond this between the two frames is a colour change (blinking dark included)."""
 RARE_CHANGES, RARE_CHANGE_WEIGHT = ("shrinks", "grows", "turns", "changes"), 5.0
 """Change classes that few tokens show, and their loss weight against the others."""
-SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
-"""Rotation that maps each shape onto itself (a circle's rotation does not show)."""
 
 
 def change_labels(first, second, shape: str) -> dict[str, int]:
@@ -137,6 +135,8 @@ def change_labels(first, second, shape: str) -> dict[str, int]:
             else "same"
         ),
     }
+    from stvgr1_edge.synth_motion import SYMMETRY_DEG  # the rotation that maps each shape onto itself
+
     if shape in SYMMETRY_DEG:
         sym = SYMMETRY_DEG[shape]
         turned = (float(a1) - float(a0)) % sym
@@ -973,6 +973,12 @@ def save_stage(
     return report
 
 
+def exit_bad_input(problem: str) -> NoReturn:
+    """One line on stderr and exit code 2, as the other command lines answer bad input."""
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stvgr1_edge_train.recipes.nano.pretrain_vision",
@@ -1048,9 +1054,8 @@ def main(argv: list[str] | None = None) -> None:
     problem = config.clip_format_error() or config.train_seed_error()
     if not Path(args.init).is_dir():
         problem = f"{args.init} is not a model folder; pass the folder build_nano or an earlier stage wrote"
-    if problem:  # one line and exit code 2, as the other command lines answer bad input
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+    if problem:
+        exit_bad_input(problem)
     report = pretrain_vision(args.init, args.out, config, device=args.device)
     print(json.dumps(report["final"], indent=1))
 

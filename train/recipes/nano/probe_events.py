@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
-
-SYMMETRY_DEG = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -58,6 +55,8 @@ def class_aucs(score: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def _object_state(obj, frame: int, width: int, height: int) -> np.ndarray:
+    from stvgr1_edge.synth_motion import SYMMETRY_DEG
+
     turn = np.deg2rad(obj.angle_deg[frame] * 360.0 / SYMMETRY_DEG.get(obj.shape, 360.0))
     return np.r_[
         obj.center[frame] / width, 10 * obj.radius[frame] / height, np.sin(turn), np.cos(turn), obj.rgb[frame] / 255.0
@@ -199,7 +198,7 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
     from stvgr1_edge_train.grpo import load_processor
 
     from .pretrain_vision import VisionPretrainConfig, clip_seed
-    from .probe_lm import PROBE_SEED, PromptedLabelledClips, video_token_states
+    from .probe_lm import PROBE_SEED, PromptedLabelledClips, token_tubes, video_token_states
 
     vision_config = vision_config or VisionPretrainConfig()
     processor, source = load_processor(model_dir)
@@ -213,7 +212,7 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
             video, labels, input_ids = prompted(root, i)
             s = video_token_states(model, input_ids, video, video_token_id)[list(layers)]
             groups = int(video.video_grid_thw[0, 0])
-            tube = np.arange(s.shape[1]) // (s.shape[1] // groups)
+            tube = token_tubes(video, processor.video_processor.merge_size)
             shape, event = labels["shape"].numpy(), labels["event"].numpy()
             keep = (shape > 0) & (tube >= 1) & (tube <= groups - 2)
             states.append(s[:, keep])
@@ -273,13 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         scores = true_state_aucs(args.width, args.height, args.seconds)
         lines = [_line(name, scores[name]) for name in ("tube", "context")]
     else:
-        from .pretrain_vision import VisionPretrainConfig
+        from .pretrain_vision import VisionPretrainConfig, exit_bad_input
 
         clip_format = VisionPretrainConfig(width=args.width, height=args.height, seconds=args.seconds)
         problem = clip_format.clip_format_error()
-        if problem:  # one line and exit code 2
-            print(f"error: {problem}", file=sys.stderr)
-            raise SystemExit(2)
+        if problem:
+            exit_bad_input(problem)
         layers = tuple(int(v) for v in args.layers.split(","))
         scores = model_event_aucs(args.source, args.clips, layers, clip_format)
         scores["clip_format"] = [args.width, args.height, args.seconds]

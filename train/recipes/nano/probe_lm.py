@@ -100,6 +100,12 @@ def ridge_probe(
     return classes[(x @ coef).argmax(1)]
 
 
+def token_tubes(video, merge_size: int) -> np.ndarray:
+    """The 2-frame tube of each of a clip's video tokens (tokens run tube by tube, row by row)."""
+    tokens = video.num_visual_tokens(merge_size)
+    return np.arange(tokens) // (tokens // int(video.video_grid_thw[0, 0]))
+
+
 def tube_balanced_accuracy(predicted: np.ndarray, truth: np.ndarray, tube: np.ndarray) -> float:
     """Balanced accuracy within each tube, averaged over the tubes that hold both classes (weighted by their tokens).
     Events sit mid-clip, so "positive in the middle tubes" scores well on balanced accuracy over the clip; any rule
@@ -134,9 +140,8 @@ def probe_model(model_dir: str, clips: int = 150, seed: int = PROBE_SEED) -> dic
         for i in range(clips):
             video, labels, input_ids = prompted_clip(seed, i)
             s = video_token_states(model, input_ids, video, video_token_id)
-            groups = int(video.video_grid_thw[0, 0])
             states.append(s)
-            tubes.append(np.arange(s.shape[1]) // (s.shape[1] // groups))
+            tubes.append(token_tubes(video, processor.video_processor.merge_size))
             events.append(labels["event"].numpy())
             objects.append(labels["shape"].numpy() > 0)
             clip_of.append(np.full(s.shape[1], i))
