@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("trl")
 import torch
 
-from stvgr1_edge.synth import SynthConfig, clip_annotation, generate_clip, write_clip_video
+from stvgr1_edge.synth import EVENTS, SynthConfig, clip_annotation, generate_clip, write_clip_video
 from stvgr1_edge_train.recipes.nano.stream_sft import StreamSFTConfig, draw_format, stream_clip, stream_sft
 
 SMALL = SynthConfig(width=224, height=168, seconds=6.0)
@@ -47,6 +47,7 @@ def test_stream_clip_is_the_prepared_sample_of_the_same_clip(saved_tiny, tmp_pat
         assert any(mine.target_boxes) and not all(mine.target_boxes)
         for a, b in zip(row.target_boxes, mine.target_boxes):
             np.testing.assert_allclose(a, b, atol=1.01 / SMALL.height)
+        assert streamed[seed].event == generate_clip(seed, SMALL).event.name
         labels = dict(zip(row.valid_ids, row.object_labels))
         assert labels[row.gt_id] == dict(zip(mine.valid_ids, mine.object_labels))[mine.gt_id]
         assert sorted(row.object_labels) == sorted(mine.object_labels)
@@ -105,6 +106,12 @@ def test_stage_trains_the_tower_unless_frozen_and_reports_each_evaluation(saved_
     assert [h["step"] for h in report["history"]] == [0, 1, 2]
     for h in report["history"]:
         assert 0.0 <= h["m_tiou"] <= 1.0 and 0.0 < h["prior_m_tiou"] <= 1.0 and 0.0 <= h["id_accuracy"] <= 1.0
+        # the per-event split covers every clip once and averages back to the clip-wide numbers
+        by_event = h["by_event"]
+        assert set(by_event) <= set(EVENTS) and sum(e["clips"] for e in by_event.values()) == config.eval_clips
+        for key in ("m_tiou", "prior_m_tiou"):
+            pooled = sum(e[key] * e["clips"] for e in by_event.values()) / config.eval_clips
+            assert pooled == pytest.approx(h[key]), key
     assert [h["attention_loss"] is not None and h["attention_loss"] > 0 for h in report["history"]] == [
         False,
         True,
