@@ -739,3 +739,28 @@ def test_validation_reports_each_rare_class_recall_beside_the_plain_accuracy():
     scores = recall_scores("turn", right, n)
     assert scores == {"turn_balanced_acc": 0.5, "turn_recall_same": 1.0, "turn_recall_turns": 0.0}
     assert set(recall_scores("digit", right, n)) == {"digit_balanced_acc"}
+
+
+def test_still_scenes_change_objects_in_place():
+    """With ``scene_still`` every object keeps its centre between the two frames (dx, dy "still"), while turns,
+    growth and colour changes still occur; without it, changing scenes move most objects."""
+    import dataclasses
+
+    from stvgr1_edge.synth import SynthConfig
+    from stvgr1_edge.synth_render import make_background
+
+    classes = label_classes()
+    rng = np.random.default_rng(5)
+    backgrounds = [make_background(rng, SynthConfig(width=224, height=168))]
+    seen = {}
+    for still in (False, True):
+        config = dataclasses.replace(CONFIG, scene_changes=True, scene_still=still)
+        seen[still] = {h: [] for h in CHANGE_HEADS}
+        for _ in range(150):
+            _, labels = small_scene(rng, backgrounds, config)
+            for h in CHANGE_HEADS:
+                seen[still][h] += [classes[h][v] for v in labels[h].ravel().tolist() if v > 0]
+    assert set(seen[True]["dx"]) == {"still"} and set(seen[True]["dy"]) == {"still"}
+    assert {"turns"} <= set(seen[True]["turn"]) and {"grows", "shrinks"} <= set(seen[True]["scale"])
+    assert "changes" in seen[True]["recolour"]
+    assert np.mean([c != "still" for c in seen[False]["dx"]]) > 0.5
