@@ -122,3 +122,30 @@ def test_stage_trains_the_tower_unless_frozen_and_reports_each_evaluation(saved_
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(".layers." in k and not k.startswith("model.visual.") for k in changed)
     assert any(k.startswith("model.visual.") for k in changed) == train_tower
+
+
+def test_zero_steps_only_evaluate_and_write_nothing(saved_tiny, tmp_path):
+    config = StreamSFTConfig(steps=0, eval_clips=3, formats=((1.0, 224, 168, 6.0),), attention_layer=1)
+    report = stream_sft(saved_tiny.folder, tmp_path / "never", config)
+    assert [h["step"] for h in report["history"]] == [0] and report["final"] is report["history"][0]
+    assert sum(e["clips"] for e in report["final"]["by_event"].values()) == 3
+    assert not (tmp_path / "never").exists()
+
+
+def test_events_option_keeps_every_clip_to_those_events():
+    config = StreamSFTConfig(events=("blinks", "stops"))
+    events = set()
+    for seed in range(12):
+        clip = generate_clip(seed, draw_format(seed, config))
+        events |= {o.event.name for o in clip.objects if o.event is not None}
+    assert events == {"blinks", "stops"}
+
+
+def test_unknown_event_is_one_line_and_exit_2(capsys):
+    from stvgr1_edge_train.recipes.nano.stream_sft import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["model", "out", "--events", "blinks,waves"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "waves" in err and "blinks" in err

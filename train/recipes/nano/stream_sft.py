@@ -1,6 +1,7 @@
 """A nano recipe stage: SFT on a fresh stream of synthetic clips — no clip is ever seen twice.
 
     python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR OUT_DIR [--steps 600] [--attention-weight 1]
+    python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR - --steps 0 --eval-clips 72   # its evaluation only
 
 Why: on the prepared caches (1,279 clips in the clip formats) the event-edge attention loss builds event features in
 the language model but memorises the clips: its value on held-out clips stops falling while the training batches'
@@ -54,6 +55,9 @@ class StreamSFTConfig:
         (0.2, 320, 240, 16.0),
     )
     """(share, width, height, seconds) of the drawn clips: the clip-format sets' formats (``train_nano formats``)."""
+    events: tuple[str, ...] | None = None
+    """Events of the training and held-out clips (targets and distractors alike; None: all of synth's), e.g. only
+    those the tower sees, to ask whether the language model learns to time an event it is shown."""
     eval_clips: int = 24
     eval_every: int = 100
     seed: int = 50_000
@@ -79,7 +83,9 @@ def draw_format(seed: int, config: StreamSFTConfig):
     shares = np.asarray([f[0] for f in config.formats], dtype=float)
     pick = int(np.random.default_rng(seed).choice(len(shares), p=shares / shares.sum()))
     _, width, height, seconds = config.formats[pick]
-    return SynthConfig(width=width, height=height, seconds=seconds)
+    if config.events is None:
+        return SynthConfig(width=width, height=height, seconds=seconds)
+    return SynthConfig(width=width, height=height, seconds=seconds, events=config.events)
 
 
 def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip:
@@ -193,7 +199,8 @@ def evaluate_stream(model, collator, clips: list[StreamClip], device: str) -> di
 
 
 def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), device: str = "cpu") -> dict:
-    """SFT ``model_dir`` on fresh synthetic clips (see the module doc); saves to ``out_dir`` after each evaluation."""
+    """SFT ``model_dir`` on fresh synthetic clips (see the module doc); saves to ``out_dir`` after each evaluation.
+    With ``config.steps`` 0 it only scores ``model_dir`` on the held-out clips and writes nothing."""
     from transformers import Qwen2_5_VLForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from stvgr1_edge.rope_index import use_trained_rope_index
@@ -203,6 +210,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
 
     from .pretrain_vision import clip_seed, save_stage
 
+    held_out_format = SynthConfig() if config.events is None else SynthConfig(events=config.events)  # checks them
     torch.manual_seed(config.seed)
     processor, source = load_processor(str(model_dir))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device)
@@ -226,12 +234,14 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
     with tempfile.TemporaryDirectory(prefix="stvg_stream_") as tmp:
         workdir = Path(tmp)
         held_out = [
-            stream_clip(clip_seed(config.eval_seed, i), SynthConfig(), processor, workdir)
+            stream_clip(clip_seed(config.eval_seed, i), held_out_format, processor, workdir)
             for i in range(config.eval_clips)
         ]
         scores = evaluate_stream(model, collator, held_out, device)
         history = [{"step": 0, "seconds": 0.0, "loss": None, "attention_loss": None, **scores}]
         logger.info("step 0: %s", history[-1])
+        if config.steps == 0:  # an evaluation only: nothing trained, nothing written
+            return {"history": history, "final": history[-1]}
         running, running_attention, start, report = None, None, time.perf_counter(), {}
         model.train()
         for step in range(config.steps):
@@ -292,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-clips", type=int, default=StreamSFTConfig.eval_clips)
     parser.add_argument("--eval-every", type=int, default=StreamSFTConfig.eval_every)
     parser.add_argument("--seed", type=int, default=StreamSFTConfig.seed, help="Root seed of the training clips.")
+    parser.add_argument(
+        "--events", default=None, help="Comma-separated events of every clip (default: all), e.g. blinks,stops."
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -305,7 +318,18 @@ def main(argv: list[str] | None = None) -> None:
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
         seed=args.seed,
+        events=None if args.events is None else tuple(e.strip() for e in args.events.split(",")),
     )
+    if config.events is not None:
+        from stvgr1_edge.errors import BadInputError
+        from stvgr1_edge.synth import SynthConfig
+
+        from .pretrain_vision import exit_bad_input
+
+        try:
+            SynthConfig(events=config.events)
+        except BadInputError as error:
+            exit_bad_input(str(error))
     report = stream_sft(args.model, args.out, config, device=args.device)
     print(json.dumps(report.get("final", {}), indent=1))
 
