@@ -536,7 +536,7 @@ def small_scene(rng: np.random.Generator, backgrounds: Sequence[np.ndarray], con
             elif kind < 0.3:  # a colour change under way
                 other = np.asarray(list(PALETTE.values())[int(rng.integers(len(PALETTE)))], np.float64)
                 rgb[1] = rgb[0] + rng.uniform(0.2, 0.5) * (other - rgb[0])
-        if config.scene_still:
+        if config.scene_still:  # after the draws above, so the crops' other changes are those of moving scenes
             step = np.zeros(2)
         objects.append(
             SynthObject(

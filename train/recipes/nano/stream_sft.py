@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stvgr1_edge.errors import BadInputError
+from stvgr1_edge.synth import EVENTS, SynthConfig
+
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano.stream_sft")
 
 
@@ -55,9 +58,9 @@ class StreamSFTConfig:
         (0.2, 320, 240, 16.0),
     )
     """(share, width, height, seconds) of the drawn clips: the clip-format sets' formats (``train_nano formats``)."""
-    events: tuple[str, ...] | None = None
-    """Events of the training and held-out clips (targets and distractors alike; None: all of synth's), e.g. only
-    those the tower sees, to ask whether the language model learns to time an event it is shown."""
+    events: tuple[str, ...] = EVENTS
+    """Events of the training and held-out clips (targets and distractors alike), e.g. only those the tower sees, to
+    ask whether the language model learns to time an event it is shown."""
     eval_clips: int = 24
     eval_every: int = 100
     seed: int = 50_000
@@ -72,19 +75,15 @@ class StreamClip:
     """:class:`VideoTensors` of the prompted, resized frames."""
     sample: object
     """:class:`stvgr1_edge.prepared.CachedSample` of the clip (its ``video_file`` is not written)."""
-    event: str = ""
+    event: str
     """The target's event (``jumps``, ``blinks``, ...): which events a model reads, in :func:`evaluate_stream`."""
 
 
 def draw_format(seed: int, config: StreamSFTConfig):
     """The :class:`SynthConfig` of clip ``seed``: one of ``config.formats``, drawn by share."""
-    from stvgr1_edge.synth import SynthConfig
-
     shares = np.asarray([f[0] for f in config.formats], dtype=float)
     pick = int(np.random.default_rng(seed).choice(len(shares), p=shares / shares.sum()))
     _, width, height, seconds = config.formats[pick]
-    if config.events is None:
-        return SynthConfig(width=width, height=height, seconds=seconds)
     return SynthConfig(width=width, height=height, seconds=seconds, events=config.events)
 
 
@@ -204,13 +203,12 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
     from transformers import Qwen2_5_VLForConditionalGeneration, get_cosine_schedule_with_warmup
 
     from stvgr1_edge.rope_index import use_trained_rope_index
-    from stvgr1_edge.synth import SynthConfig
     from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.sft import SFTCollator, check_attention_head, sft_loss
 
     from .pretrain_vision import clip_seed, save_stage
 
-    held_out_format = SynthConfig() if config.events is None else SynthConfig(events=config.events)  # checks them
+    held_out_format = SynthConfig(events=config.events)  # unknown events: BadInputError before any loading
     torch.manual_seed(config.seed)
     processor, source = load_processor(str(model_dir))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device)
@@ -318,19 +316,14 @@ def main(argv: list[str] | None = None) -> None:
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
         seed=args.seed,
-        events=None if args.events is None else tuple(e.strip() for e in args.events.split(",")),
+        events=EVENTS if args.events is None else tuple(e.strip() for e in args.events.split(",")),
     )
-    if config.events is not None:
-        from stvgr1_edge.errors import BadInputError
-        from stvgr1_edge.synth import SynthConfig
-
+    try:
+        report = stream_sft(args.model, args.out, config, device=args.device)
+    except BadInputError as error:
         from .pretrain_vision import exit_bad_input
 
-        try:
-            SynthConfig(events=config.events)
-        except BadInputError as error:
-            exit_bad_input(str(error))
-    report = stream_sft(args.model, args.out, config, device=args.device)
+        exit_bad_input(str(error))
     print(json.dumps(report.get("final", {}), indent=1))
 
 
