@@ -260,7 +260,7 @@ CURVES = {
 
 def write_grpo_curves(log_history: list[dict], path: Path, smooth: int = 10) -> None:
     """The reward and its terms (tIoU, ID, format), their spread within a group and the KL to the start, step by
-    step, as JSON and a PNG next to it (with a ``smooth``-step running mean: one step is one prompt's group)."""
+    step, as JSON and a PNG next to it (with a ``smooth``-step running mean: one step is one batch of prompt groups)."""
     import json
 
     import matplotlib
