@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=StreamSFTConfig.eval_every)
     parser.add_argument("--seed", type=int, default=StreamSFTConfig.seed, help="Root seed of the training clips.")
     parser.add_argument(
-        "--events", default=None, help="Comma-separated events of every clip (default: all), e.g. blinks,stops."
+        "--events",
+        default=",".join(EVENTS),
+        help="Comma-separated events of every clip (default: all), e.g. blinks,stops.",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
         seed=args.seed,
-        events=EVENTS if args.events is None else tuple(e.strip() for e in args.events.split(",")),
+        events=tuple(e.strip() for e in args.events.split(",")),
     )
     try:
         report = stream_sft(args.model, args.out, config, device=args.device)
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         from .pretrain_vision import exit_bad_input
 
         exit_bad_input(str(error))
-    print(json.dumps(report.get("final", {}), indent=1))
+    print(json.dumps(report["final"], indent=1))
 
 
 if __name__ == "__main__":
