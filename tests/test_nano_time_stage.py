@@ -12,9 +12,12 @@ import torch
 
 from stvgr1_edge.baseline import best_constant_range
 from stvgr1_edge_train.recipes.nano.pretrain_time import (
+    SQUARE_PATTERNS,
     TimeReadingBatches,
     TimeReadingConfig,
+    carried_states,
     pretrain_time,
+    square_pixels,
     time_reading_clip,
     time_reading_frames,
 )
@@ -38,6 +41,41 @@ def test_the_square_is_shown_on_the_sampled_frames_inside_the_range_only(seed):
     assert config.min_seconds - 0.1 <= clip["duration_s"] <= config.max_seconds + 0.1
     # the same seed draws the same clip
     np.testing.assert_array_equal(time_reading_frames(seed, config)["frames"], frames)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_with_distractors_each_square_shows_its_own_pattern_on_its_own_range_and_the_query_names_the_target(seed):
+    config = TimeReadingConfig(distractors=2)
+    clip = time_reading_frames(seed, config)
+    frames, times = clip["frames"], np.array(clip["frame_times_s"])
+    squares = clip["squares"]
+    assert len(squares) == 3 and sorted(p for p, *_ in squares) == sorted(SQUARE_PATTERNS)
+    target_pattern, target_box, start_s, end_s = squares[0]
+    assert clip["query"] == f"the {target_pattern} square is shown"
+    assert (start_s, end_s) == (clip["start_s"], clip["end_s"]) and tuple(clip["square_box"]) == target_box
+    for i, (_, (x0, y0, side), _, _) in enumerate(squares):
+        for _, (x1, y1, other), _, _ in squares[i + 1 :]:  # no square hides another
+            assert x0 + side <= x1 or x1 + other <= x0 or y0 + side <= y1 or y1 + other <= y0
+    for pattern, (x0, y0, side), a, b in squares:
+        inside = (times >= a - 1e-9) & (times <= b + 1e-9)
+        assert inside.any() and (~inside).any()
+        region = frames[:, y0 : y0 + side, x0 : x0 + side]
+        drawn = np.broadcast_to(square_pixels(pattern, side), region.shape[1:])
+        np.testing.assert_array_equal([(r == drawn).all() for r in region], inside)
+    # the target's pattern is what its box shows; the other patterns never show there
+    for pattern in set(SQUARE_PATTERNS) - {target_pattern}:
+        x0, y0, side = target_box
+        drawn = np.broadcast_to(square_pixels(pattern, side), (side, side, 3))
+        assert not any((f[y0 : y0 + side, x0 : x0 + side] == drawn).all() for f in frames)
+
+
+def test_distractors_are_refused_beyond_the_patterns_and_patterns_are_named():
+    with pytest.raises(ValueError, match="at most 2"):
+        time_reading_frames(0, TimeReadingConfig(distractors=3))
+    with pytest.raises(ValueError, match="unknown square pattern"):
+        square_pixels("plaid", 14)
+    checkered, striped = square_pixels("checkered", 28)[..., 0], square_pixels("striped", 28)[..., 0]
+    assert (checkered != striped).any() and set(np.unique(checkered)) == set(np.unique(striped)) == {10, 245}
 
 
 def test_ranges_and_lengths_vary_so_a_constant_range_scores_low():
@@ -200,9 +238,9 @@ def test_attention_mass_loss_is_the_models_own_attention_on_the_targets(saved_ti
 
 
 def test_each_auxiliary_loss_reaches_the_update(saved_tiny, tmp_path):
-    """Two steps (the first at the warm-up's zero rate) with the clock or the attention loss weighted up end in other
-    weights than the same steps without it (same clips, same seed): neither term is dropped from the loss that is
-    optimized."""
+    """Two steps (the first at the warm-up's zero rate) with the clock, the attention or the carry loss weighted up
+    end in other weights than the same steps without it (same clips, same seed): no term is dropped from the loss
+    that is optimized."""
     from safetensors.torch import load_file
 
     def one_step(name, **weights):
@@ -218,4 +256,28 @@ def test_each_auxiliary_loss_reaches_the_update(saved_tiny, tmp_path):
     both = one_step("both", clock_weight=1.0, attention_weight=1.0)
     assert differ(one_step("clock", clock_weight=100.0, attention_weight=1.0), both)
     assert differ(one_step("attention", clock_weight=1.0, attention_weight=100.0), both)
+    assert differ(one_step("carry", clock_weight=1.0, attention_weight=1.0, carry_weight=100.0), both)
     assert not differ(one_step("again", clock_weight=1.0, attention_weight=1.0), both)  # the steps are reproducible
+
+
+def test_carried_states_are_the_positions_that_write_each_time_with_that_time(saved_tiny):
+    """The carry loss regresses, at each position that predicts a time's characters, the time whose characters
+    follow: decoding the next tokens of every picked position gives back the paired time."""
+    config = TimeReadingConfig(distractors=1, carry_weight=1.0, attention_weight=0.0)
+    clips = [time_reading_clip(seed, saved_tiny.processor.video_processor, config) for seed in (21, 22)]
+    batch = TimeReadingBatches(saved_tiny.processor, config)(clips)
+    tokenizer = saved_tiny.processor.tokenizer
+    length = batch["input_ids"].shape[1]
+    positions = torch.arange(length, dtype=torch.float32).view(1, length, 1).expand(2, length, 1)
+    rows = torch.arange(2, dtype=torch.float32).view(2, 1, 1).expand(2, length, 1)
+    picked, written = carried_states(torch.cat([rows, positions], -1), batch, clips)
+    assert len(picked) == len(written) > 0
+    spelled: dict[tuple[int, str], str] = {}
+    for (row, position), time in zip(picked.long().tolist(), written.tolist()):
+        key = (row, f"{time:.2f}")
+        spelled[key] = spelled.get(key, "") + tokenizer.decode(batch["input_ids"][row, position + 1])
+    for row, clip in enumerate(clips):
+        start, end = f"{clip.start_s:.2f}", f"{clip.end_s:.2f}"
+        # each time is written twice (the reasoning's and the <answer>'s range)
+        assert spelled[(row, start)].replace(" ", "") == start * 2
+        assert spelled[(row, end)].replace(" ", "") == end * 2

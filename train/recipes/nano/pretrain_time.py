@@ -17,7 +17,10 @@ ID, then the time range), its times weighted ``time_weight``. The tower stays fr
 two auxiliary losses. The clock loss (``clock_weight``, its head thrown away) makes every visual token's time a linear
 feature after LM layer ``clock_layer``. The attention loss (``attention_weight``) teaches where to read it: at the
 positions that write a start's (end's) characters, one head of LM layer ``attention_layer`` must attend to the square's
-tokens in the first (last) tube that shows it. Held-out clips (root ``eval_seed``) are decoded greedily every
+tokens in the first (last) tube that shows it. With ``distractors``, other squares of other patterns are shown over
+their own ranges and the query names the target's pattern. The carry loss (``carry_weight``, off by default) asks the
+look to bring the time back: the state after that layer, at those positions, must hold the time written there as a
+linear feature. Held-out clips (root ``eval_seed``) are decoded greedily every
 ``eval_every`` steps and scored by mean tIoU against the best constant range on the same clips (the prior, 0.365 on the
 default 48). The model is saved after every evaluation with ``pretrain_time.json``.
 
@@ -30,6 +33,17 @@ Without the attention loss the answers stay at the prior whatever the clock loss
 steps without the clock loss, 0.35 / 0.30 / 0.43 after 100 / 200 / 300 with it; partial correlations within ±0.25 of
 zero, the predicted end following the clip's length): the clock alone makes time linear in the tokens (the head's RMS
 error 0.7 s after 280 steps) but the answer loss does not find the read-out in those steps.
+
+With two distractors (``--distractors 2``, from the shipped model, 800 steps, 50 minutes) the held-out tIoU is 0.32 /
+0.37 / 0.31 / 0.41 / 0.39 / 0.46 / 0.44 / 0.44 after 100 ... 800 steps (prior 0.365). The look is learned but brings
+nothing back (``python -m stvgr1_edge_train.recipes.nano.probe_carry OUT``, 200 clips): head 0 of layer 2 puts 0.73 of
+its attention on the target's first (last) shown tube and 0.07 on the other squares, the looked-at tokens hold their
+time (ridge R² 0.82), yet the state that writes the start holds the target's start beyond what the clip's length
+tells at R² 0.03 before the layer and 0.05 after it. 400 more steps with ``--carry-weight 2`` (25 minutes): held-out
+tIoU 0.43 / 0.40 / 0.44 / 0.50 after 100 / 200 / 300 / 400; the look is the same (0.79 on the edge tube, 0.06 on the
+others) and now brings the time: R² 0.02 before the layer, 0.34 after it and 0.20 after the last layer. The same 400
+steps without it: tIoU 0.42 / 0.41 / 0.47 / 0.46, R² 0.00 / 0.09 / 0.04. The carry reaches the state, but the digits
+use little of it: the answers gain 0.03 tIoU on the 48 held-out clips.
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ logger = logging.getLogger("stvgr1_edge_train.recipes.nano.pretrain_time")
 
 CHECKER_PX = 7
 """Cell side of the shown square's checkerboard (half a 14-pixel patch)."""
+SQUARE_PATTERNS = ("checkered", "striped", "white")
+"""Patterns a shown square may have (:func:`square_pixels`); each is visible in every token it covers."""
 LABEL = "large white square"
 """The shown square's object line in the teacher answer (``size colour shape``, as synthetic clips describe objects)."""
 
@@ -73,6 +89,11 @@ class TimeReadingConfig:
     answer loss alone does not find: "look at where the event begins (ends), copy its time" (0: off)."""
     attention_layer: int = 2
     attention_head: int = 0
+    carry_weight: float = 0.0
+    """Weight of the carry loss: a linear head on the state after LM layer ``attention_layer``, at the positions the
+    attention loss trains, regresses the time written there (seconds / 10, mean squared error; the head is thrown
+    away). The attention loss teaches where to look, not what the look brings: without this the look's output need
+    not hold the time of the tokens it looks at (0: off)."""
 
     sizes: tuple[tuple[int, int], ...] = ((320, 240), (224, 168))
     """(width, height) of the clips: synth's default and the first stages'."""
@@ -82,6 +103,10 @@ class TimeReadingConfig:
     min_event_s: float = 1.0
     max_event_fraction: float = 0.6
     margin_s: float = 0.25
+    distractors: int = 0
+    """Other squares in each clip, each with another of :data:`SQUARE_PATTERNS` and shown over its own random range;
+    the query names the target's pattern, so the read-out must find the named square's tubes, not any change
+    (0: one checkered square, the query always the same). At most ``len(SQUARE_PATTERNS) - 1``."""
     eval_clips: int = 48
     eval_every: int = 100
     seed: int = 40_000
@@ -117,11 +142,53 @@ class TimeReadingClip:
         return times.repeat_interleave(self.video.num_visual_tokens(merge_size) // tubes)
 
 
+def square_pixels(pattern: str, side: int) -> np.ndarray:
+    """A shown square's (side, side, 1) grey values: black-and-white half-patch cells (``checkered``), half-patch
+    horizontal bands (``striped``) or plain white."""
+    yy, xx = np.mgrid[:side, :side]
+    if pattern == "checkered":
+        cells = (yy // CHECKER_PX + xx // CHECKER_PX) % 2
+    elif pattern == "striped":
+        cells = (yy // CHECKER_PX) % 2
+    elif pattern == "white":
+        cells = np.ones_like(yy)
+    else:
+        raise ValueError(f"unknown square pattern {pattern!r}: one of {', '.join(SQUARE_PATTERNS)}")
+    return np.where(cells == 1, 245, 10)[..., None]
+
+
+def shown_range(rng: np.random.Generator, config: TimeReadingConfig, duration: float, fps: float) -> tuple[int, int]:
+    """A random shown range as its first and last native frame: ``min_event_s`` to ``max_event_fraction`` of the
+    clip, ``margin_s`` from both ends."""
+    length = rng.uniform(config.min_event_s, config.max_event_fraction * duration)
+    start = rng.uniform(config.margin_s, duration - config.margin_s - length)
+    return int(math.ceil(start * fps)), int(math.floor((start + length) * fps))
+
+
+def distractor_squares(
+    rng: np.random.Generator, config: TimeReadingConfig, height: int, width: int
+) -> list[tuple[str, int, int, int]]:
+    """(pattern, x0, y0, side) of the target and ``distractors`` other squares, target first: distinct patterns,
+    sides a quarter to a third of the frame's short side, placed without overlap."""
+    count = config.distractors + 1
+    if count > len(SQUARE_PATTERNS):
+        raise ValueError(f"distractors must be at most {len(SQUARE_PATTERNS) - 1}")
+    patterns = [SQUARE_PATTERNS[int(k)] for k in rng.permutation(len(SQUARE_PATTERNS))[:count]]
+    placed: list[tuple[str, int, int, int]] = []
+    while len(placed) < count:
+        side = int(rng.uniform(0.25, 0.34) * min(height, width))
+        y0, x0 = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
+        if all(x0 + side <= x or x + s <= x0 or y0 + side <= y or y + s <= y0 for _, x, y, s in placed):
+            placed.append((patterns[len(placed)], x0, y0, side))
+    return placed
+
+
 def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig()) -> dict:
     """One clip's sampled frames, already at the §4 resized size: a noisy background, two to four static discs, and
-    a square shown only on the event's frames. The range is whole native frames (``start_s``/``end_s``: the first and
-    last shown frame's times). Returns ``frames`` (T, H, W, 3) uint8, ``frame_times_s``, ``sample_fps``, ``query``,
-    ``start_s``, ``end_s``, ``duration_s``, ``square_box`` (x0, y0, side)."""
+    a square shown only on the event's frames (with ``distractors``, other squares shown over their own ranges). The
+    range is whole native frames (``start_s``/``end_s``: the first and last shown frame's times). Returns ``frames``
+    (T, H, W, 3) uint8, ``frame_times_s``, ``sample_fps``, ``query``, ``start_s``, ``end_s``, ``duration_s``,
+    ``square_box`` (x0, y0, side) and ``squares`` (pattern, (x0, y0, side), start_s, end_s; the target first)."""
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import PALETTE
 
@@ -130,9 +197,7 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
     fps = float(config.video_fps[int(rng.integers(len(config.video_fps)))])
     total = int(round(rng.uniform(config.min_seconds, config.max_seconds) * fps))
     duration = total / fps
-    length = rng.uniform(config.min_event_s, config.max_event_fraction * duration)
-    start = rng.uniform(config.margin_s, duration - config.margin_s - length)
-    first, last = int(math.ceil(start * fps)), int(math.floor((start + length) * fps))
+    first, last = shown_range(rng, config, duration, fps)
     plan = plan_sampling(total, fps, height, width)
     h, w = plan.resized_height, plan.resized_width
 
@@ -142,19 +207,30 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
     for _ in range(int(rng.integers(2, 5))):
         cy, cx, r = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w, rng.uniform(0.06, 0.12) * min(h, w)
         frame[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = PALETTE[colours[int(rng.integers(len(colours)))]]
-    # The shown square is a black-and-white checkerboard of half-patch cells: no other pixel looks like it, so
-    # every token it covers says "shown" by itself, and only the time is left to read.
-    side = int(rng.uniform(0.4, 0.6) * min(h, w))
-    y0, x0 = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-    shown = frame.copy()
-    cells = ((yy[:side, :side] // CHECKER_PX + xx[:side, :side] // CHECKER_PX) % 2)[..., None]
-    shown[y0 : y0 + side, x0 : x0 + side] = np.where(cells == 1, 245, 10)
+    # The shown square's pattern is unlike any other pixel, so every token it covers says "shown" by itself, and
+    # only the time (and, with distractors, which square) is left to read.
+    if config.distractors == 0:
+        side = int(rng.uniform(0.4, 0.6) * min(h, w))
+        y0, x0 = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        squares = [("checkered", x0, y0, side)]
+        ranges = [(first, last)]
+    else:
+        squares = distractor_squares(rng, config, h, w)
+        ranges = [(first, last)] + [shown_range(rng, config, duration, fps) for _ in squares[1:]]
+    frames = []
+    for i in plan.indices:
+        shown = frame.copy()
+        for (pattern, x0, y0, side), (a, b) in zip(squares, ranges, strict=True):
+            if a <= i <= b:
+                shown[y0 : y0 + side, x0 : x0 + side] = square_pixels(pattern, side)
+        frames.append(shown)
     return {
-        "square_box": (x0, y0, side),
-        "frames": np.stack([shown if first <= i <= last else frame for i in plan.indices]).astype(np.uint8),
+        "square_box": squares[0][1:],
+        "squares": [(p, (x0, y0, s), a / fps, b / fps) for (p, x0, y0, s), (a, b) in zip(squares, ranges)],
+        "frames": np.stack(frames).astype(np.uint8),
         "frame_times_s": [i / fps for i in plan.indices],
         "sample_fps": plan.sample_fps,
-        "query": "the checkered square is shown",
+        "query": f"the {squares[0][0]} square is shown",
         "start_s": first / fps,
         "end_s": last / fps,
         "duration_s": duration,
@@ -244,7 +320,7 @@ class TimeReadingBatches:
             mark_target=True,
             check_attributes=True,
             time_weight=config.time_weight,
-            attend_event_edges=config.attention_weight > 0,
+            attend_event_edges=config.attention_weight > 0 or config.carry_weight > 0,
         )
         self.merge_size = self.collator.merge_size
         self.patch_size = int(processor.video_processor.patch_size)
@@ -307,6 +383,21 @@ def evaluate_time_reading(model, batches: TimeReadingBatches, clips: list[TimeRe
     }
 
 
+def carried_states(
+    states: torch.Tensor, batch: dict, clips: list[TimeReadingClip]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``states`` (batch, length, hidden) at every position of the batch's ``attention_queries`` and the time
+    each writes. A row's queries follow its times in the order written (the reasoning's start and end, then the
+    ``<answer>``'s), so its even queries write the start and its odd ones the end."""
+    picked, written, seen = [], [], [0] * len(clips)
+    for row, query_positions, _ in batch["attention_queries"]:
+        clip, k = clips[row], seen[row]
+        seen[row] += 1
+        picked.append(states[row, query_positions.to(states.device)])
+        written.append(torch.full((len(query_positions),), clip.start_s if k % 2 == 0 else clip.end_s))
+    return torch.cat(picked), torch.cat(written)
+
+
 def unit_rms(states: torch.Tensor) -> torch.Tensor:
     """``states`` scaled to unit root-mean-square per row: the residual stream's scale grows through the layers, and
     a probe head on it must not dominate the gradient norm that clipping shares with the model."""
@@ -335,6 +426,8 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     clock = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(clock.parameters()) if config.clock_weight else []
+    carry = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)  # used with carry_weight only
+    params += list(carry.parameters()) if config.carry_weight else []
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     batches = TimeReadingBatches(processor, config)
@@ -359,7 +452,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
             config.attention_weight,
             config.attention_layer,
             config.attention_head,
-            output_hidden_states=bool(config.clock_weight),
+            output_hidden_states=bool(config.clock_weight or config.carry_weight),
         )
         loss, answer_loss, attention_loss = losses.total, losses.answer, losses.attention
         if config.clock_weight:
@@ -367,6 +460,10 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
             times = torch.cat([c.token_times_s(merge) for c in clips]).to(device)
             clock_loss = torch.nn.functional.mse_loss(clock(unit_rms(states)).squeeze(-1), times / 10)
             loss = loss + config.clock_weight * clock_loss
+        if config.carry_weight:
+            states, written = carried_states(losses.outputs.hidden_states[config.attention_layer + 1], batch, clips)
+            carry_loss = torch.nn.functional.mse_loss(carry(unit_rms(states)).squeeze(-1), written.to(device) / 10)
+            loss = loss + config.carry_weight * carry_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -375,6 +472,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
         running = answer_loss.item() if running is None else 0.9 * running + 0.1 * answer_loss.item()
         if (step + 1) % 10 == 0:
             extra = f", clock loss {clock_loss.item():.4f}" if config.clock_weight else ""
+            extra += f", carry loss {carry_loss.item():.4f}" if config.carry_weight else ""
             extra += f", attention loss {attention_loss.item():.3f}" if attention_loss is not None else ""
             logger.info("step %d: answer loss %.4f%s (%.1f s)", step + 1, running, extra, time.perf_counter() - start)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
@@ -408,27 +506,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=TimeReadingConfig.learning_rate)
     parser.add_argument("--clock-weight", type=float, default=TimeReadingConfig.clock_weight)
     parser.add_argument("--attention-weight", type=float, default=TimeReadingConfig.attention_weight)
+    parser.add_argument("--carry-weight", type=float, default=TimeReadingConfig.carry_weight)
+    parser.add_argument(
+        "--distractors",
+        type=int,
+        default=TimeReadingConfig.distractors,
+        choices=range(len(SQUARE_PATTERNS)),
+        help="Other squares per clip, each shown over its own range; the query names the target's pattern.",
+    )
     parser.add_argument("--eval-clips", type=int, default=TimeReadingConfig.eval_clips)
     parser.add_argument("--eval-every", type=int, default=TimeReadingConfig.eval_every)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.cache is not None:
-        from stvgr1_edge_train.grpo import load_processor
-
-        processor, _ = load_processor(args.model)
-        write_time_reading_cache(args.out, processor, args.cache, args.cache_seed)
-        print(f"{args.cache} clips -> {args.out}")
-        return
     config = TimeReadingConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
         clock_weight=args.clock_weight,
         attention_weight=args.attention_weight,
+        carry_weight=args.carry_weight,
+        distractors=args.distractors,
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
     )
+    if args.cache is not None:
+        from stvgr1_edge_train.grpo import load_processor
+
+        processor, _ = load_processor(args.model)
+        write_time_reading_cache(args.out, processor, args.cache, args.cache_seed, config)
+        print(f"{args.cache} clips -> {args.out}")
+        return
     report = pretrain_time(args.model, args.out, config, device=args.device)
     print(json.dumps(report["final"], indent=1))
 
