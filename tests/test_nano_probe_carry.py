@@ -33,3 +33,18 @@ def test_probe_reports_the_heads_masses_and_the_probes_on_a_saved_model(saved_ti
         assert set(report[name]) == {"start_beyond_length", "start", "length"}
         assert all(r2 <= 1.0 for r2 in report[name].values())
     assert report["clock_r2"] <= 1.0 and report["clips"] == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"), [(["/no/such/model"], "model folder not found"), (["/no/such/model", "--clips", "3"], "too few")]
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, says, capsys, tmp_path):
+    from stvgr1_edge_train.recipes.nano.probe_carry import main
+
+    out = tmp_path / "carry.json"
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and says in err and "\n" not in err
+    assert not out.exists()

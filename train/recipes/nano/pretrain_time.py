@@ -226,7 +226,7 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
         frames.append(shown)
     return {
         "square_box": squares[0][1:],
-        "squares": [(p, (x0, y0, s), a / fps, b / fps) for (p, x0, y0, s), (a, b) in zip(squares, ranges)],
+        "squares": [(p, (x0, y0, s), a / fps, b / fps) for (p, x0, y0, s), (a, b) in zip(squares, ranges, strict=True)],
         "frames": np.stack(frames).astype(np.uint8),
         "frame_times_s": [i / fps for i in plan.indices],
         "sample_fps": plan.sample_fps,

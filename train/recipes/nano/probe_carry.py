@@ -27,9 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
+
+from .pretrain_time import SQUARE_PATTERNS
 
 logger = logging.getLogger(__name__)
 
@@ -161,18 +162,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("model", help="Model folder (a time-stage output).")
     parser.add_argument("--clips", type=int, default=200)
-    parser.add_argument("--distractors", type=int, default=2, choices=(0, 1, 2))
+    parser.add_argument("--distractors", type=int, default=2, choices=range(len(SQUARE_PATTERNS)))
     parser.add_argument("--layer", type=int, default=2, help="LM layer of the trained head.")
     parser.add_argument("--head", type=int, default=0, help="The trained head.")
     parser.add_argument("--out", default=None, help="Also write the report here (JSON).")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = probe_carry(args.model, args.clips, args.distractors, args.layer, args.head, args.device)
-    text = json.dumps(report, indent=1)
+    from stvgr1_edge.errors import StvgError, write_json_atomic
+
+    from .pretrain_vision import exit_bad_input
+
+    if args.clips < 10:
+        exit_bad_input(f"--clips {args.clips} is too few for the ridge probes: pass 10 or more (200 by default)")
+    try:
+        report = probe_carry(args.model, args.clips, args.distractors, args.layer, args.head, args.device)
+    except StvgError as error:
+        exit_bad_input(str(error))
     if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        write_json_atomic(args.out, report, indent=1)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
