@@ -125,15 +125,21 @@ class TimeReadingClip:
     frame_times_s: tuple[float, ...]
     square_box: tuple[int, int, int]
     """(x0, y0, side) of the shown square in the resized frames' pixels."""
+    distractors: tuple[tuple[tuple[int, int, int], float, float], ...] = ()
+    """(box, start_s, end_s) of each other square (``TimeReadingConfig.distractors``)."""
 
-    def target_boxes(self, patch_size: int) -> tuple[tuple[float, ...], ...]:
-        """The square's box in each sampled frame as fractions of the frame (x0, y0, x1, y1), ``()`` where it is not
-        shown: a prepared sample's ``target_boxes``."""
+    def square_boxes(self, box: tuple[int, int, int], start_s: float, end_s: float, patch_size: int) -> tuple:
+        """A square's ``box`` (x0, y0, side) in each sampled frame as fractions of the frame (x0, y0, x1, y1) on the
+        frames it is shown on (``start_s``..``end_s``), ``()`` elsewhere."""
         _, rows, cols = (int(v) for v in self.video.video_grid_thw[0])
         width, height = cols * patch_size, rows * patch_size
-        x0, y0, side = self.square_box
-        box = (x0 / width, y0 / height, (x0 + side) / width, (y0 + side) / height)
-        return tuple(box if self.start_s - 1e-6 <= t <= self.end_s + 1e-6 else () for t in self.frame_times_s)
+        x0, y0, side = box
+        fractions = (x0 / width, y0 / height, (x0 + side) / width, (y0 + side) / height)
+        return tuple(fractions if start_s - 1e-6 <= t <= end_s + 1e-6 else () for t in self.frame_times_s)
+
+    def target_boxes(self, patch_size: int) -> tuple[tuple[float, ...], ...]:
+        """The target square's :meth:`square_boxes`: a prepared sample's ``target_boxes``."""
+        return self.square_boxes(self.square_box, self.start_s, self.end_s, patch_size)
 
     def token_times_s(self, merge_size: int) -> torch.Tensor:
         """Each visual token's time: the mean of its 2-frame tube's frame times (tokens are tube-major)."""
@@ -251,6 +257,7 @@ def time_reading_clip(seed: int, video_processor, config: TimeReadingConfig = Ti
         clip["duration_s"],
         tuple(clip["frame_times_s"]),
         tuple(int(v) for v in clip["square_box"]),
+        tuple((tuple(box), start_s, end_s) for _, box, start_s, end_s in clip["squares"][1:]),
     )
 
 

@@ -62,16 +62,6 @@ def ridge_r2(features, target, fit_share: float = 0.6, alphas=(0.1, 1.0, 10.0, 1
     return r2(fit(slice(0, cut), alpha), slice(cut, None))
 
 
-def shown_boxes(clip, box: tuple[int, int, int], start_s: float, end_s: float, patch_size: int) -> list[tuple]:
-    """A square's box (x0, y0, side in resized pixels) as a prepared sample's ``target_boxes`` of ``clip``'s frames:
-    fractions of the frame on the frames it is shown on (``start_s``..``end_s``), ``()`` elsewhere."""
-    _, rows, cols = (int(v) for v in clip.video.video_grid_thw[0])
-    width, height = cols * patch_size, rows * patch_size
-    x0, y0, side = box
-    fractions = (x0 / width, y0 / height, (x0 + side) / width, (y0 + side) / height)
-    return [fractions if start_s - 1e-6 <= t <= end_s + 1e-6 else () for t in clip.frame_times_s]
-
-
 def probe_carry(
     model_dir, clips: int = 200, distractors: int = 2, layer: int = 2, head: int = 0, device: str = "cpu"
 ) -> dict:
@@ -88,7 +78,7 @@ def probe_carry(
         time_token_positions,
     )
 
-    from .pretrain_time import TimeReadingBatches, TimeReadingConfig, time_reading_clip, time_reading_frames
+    from .pretrain_time import TimeReadingBatches, TimeReadingConfig, time_reading_clip
     from .pretrain_vision import clip_seed
 
     processor, source = load_processor(str(model_dir))
@@ -104,7 +94,6 @@ def probe_carry(
     clock_states, clock_times, truth = [], [], []
     for i in range(clips):
         seed = clip_seed(CARRY_SEED, i)
-        squares = time_reading_frames(seed, config)["squares"]
         clip = time_reading_clip(seed, vp, config)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batches([clip]).items()}
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
@@ -113,8 +102,8 @@ def probe_carry(
         anywhere = event_edge_token_masks(clip.target_boxes(patch), grid, merge, span=True)
         assert edges is not None and anywhere is not None  # every time-reading clip shows its square
         others = torch.zeros_like(anywhere[0])
-        for _, box, start_s, end_s in squares[1:]:
-            shown = event_edge_token_masks(shown_boxes(clip, box, start_s, end_s, patch), grid, merge, span=True)
+        for box, start_s, end_s in clip.distractors:
+            shown = event_edge_token_masks(clip.square_boxes(box, start_s, end_s, patch), grid, merge, span=True)
             if shown is not None:
                 others |= shown[0]
         with torch.no_grad():
