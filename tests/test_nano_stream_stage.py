@@ -149,3 +149,32 @@ def test_unknown_event_is_one_line_and_exit_2(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "waves" in err and "blinks" in err
+
+
+def test_carry_loss_reaches_the_update_and_is_reported(saved_tiny, tmp_path):
+    """Two steps with the carry loss weighted up end in other language-model weights than the same steps (same clips,
+    same seed) without it, and each evaluation after a step reports its running value; without it none is reported."""
+    from safetensors.torch import load_file
+
+    def run(name, carry_weight):
+        config = StreamSFTConfig(
+            steps=2,
+            batch_size=2,
+            eval_clips=1,
+            eval_every=2,
+            formats=((1.0, 224, 168, 6.0),),
+            attention_layer=1,
+            attention_head=3,
+            carry_weight=carry_weight,
+        )
+        report = stream_sft(saved_tiny.folder, tmp_path / name, config)
+        return report, load_file(tmp_path / name / "model.safetensors")
+
+    plain, plain_weights = run("plain", 0.0)
+    carried, carried_weights = run("carried", 100.0)
+    assert [h["carry_loss"] for h in plain["history"]] == [None, None]
+    assert carried["history"][0]["carry_loss"] is None and carried["history"][-1]["carry_loss"] > 0
+    layer0 = [k for k in plain_weights if k.startswith("model.layers.0.")]
+    assert layer0 and any(not torch.equal(plain_weights[k], carried_weights[k]) for k in layer0)
+    # the carry head is a probe: the saved model has the same tensors either way
+    assert set(plain_weights) == set(carried_weights)

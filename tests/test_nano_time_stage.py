@@ -15,13 +15,17 @@ from stvgr1_edge_train.recipes.nano.pretrain_time import (
     SQUARE_PATTERNS,
     TimeReadingBatches,
     TimeReadingConfig,
-    carried_states,
     pretrain_time,
     square_pixels,
     time_reading_clip,
     time_reading_frames,
 )
-from stvgr1_edge_train.sft import attention_mass_loss, event_edge_token_masks, time_token_positions
+from stvgr1_edge_train.sft import (
+    attention_mass_loss,
+    carried_states,
+    event_edge_token_masks,
+    time_token_positions,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
@@ -270,7 +274,8 @@ def test_carried_states_are_the_positions_that_write_each_time_with_that_time(sa
     length = batch["input_ids"].shape[1]
     positions = torch.arange(length, dtype=torch.float32).view(1, length, 1).expand(2, length, 1)
     rows = torch.arange(2, dtype=torch.float32).view(2, 1, 1).expand(2, length, 1)
-    picked, written = carried_states(torch.cat([rows, positions], -1), batch, clips)
+    ranges = [(c.start_s, c.end_s) for c in clips]
+    picked, written = carried_states(torch.cat([rows, positions], -1), batch["attention_queries"], ranges)
     assert len(picked) == len(written) > 0
     spelled: dict[tuple[int, str], str] = {}
     for (row, position), time in zip(picked.long().tolist(), written.tolist()):

@@ -233,6 +233,39 @@ def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, qu
     return torch.cat(losses).mean()
 
 
+def carried_states(
+    states: torch.Tensor, queries: Sequence[tuple], ranges: Sequence[tuple[float, float]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``states`` (batch, length, hidden) at every position of ``queries`` (a batch's ``attention_queries``) and
+    the time each writes, from each row's (start_s, end_s) in ``ranges``. A row's queries follow its times in the
+    order written (the reasoning's start and end, then the ``<answer>``'s), so its even queries write the start and
+    its odd ones the end."""
+    picked, written, seen = [], [], [0] * len(ranges)
+    for row, query_positions, _ in queries:
+        k = seen[row]
+        seen[row] += 1
+        picked.append(states[row, query_positions.to(states.device)])
+        written.append(torch.full((len(query_positions),), float(ranges[row][k % 2])))
+    return torch.cat(picked), torch.cat(written)
+
+
+def unit_rms(states: torch.Tensor) -> torch.Tensor:
+    """``states`` scaled to unit root-mean-square per row: the residual stream's scale grows through the layers, and
+    a probe head on it must not dominate the gradient norm that clipping shares with the model."""
+    return states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def carry_loss(
+    head: torch.nn.Module, states: torch.Tensor, queries: Sequence[tuple], ranges: Sequence[tuple[float, float]]
+) -> torch.Tensor:
+    """Mean squared error of ``head`` (a linear map to one value) reading, from ``states`` (the state after the layer
+    whose attention :func:`attention_mass_loss` trains) at each position that writes a time, that time in tens of
+    seconds. The attention loss teaches where to look, not what the look brings: this asks the look's output to hold
+    the time it looked at. ``head`` is a probe, thrown away after training."""
+    picked, written = carried_states(states, queries, ranges)
+    return torch.nn.functional.mse_loss(head(unit_rms(picked)).squeeze(-1), written.to(picked.device) / 10)
+
+
 def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy as a weighted mean: ``weights`` (aligned with ``labels``) per predicted token, 0 on
     ``-100`` labels. All ones on the labelled tokens give the model's own loss."""

@@ -1,6 +1,7 @@
 """A nano recipe stage: SFT on a fresh stream of synthetic clips — no clip is ever seen twice.
 
     python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR OUT_DIR [--steps 600] [--attention-weight 1]
+                                                        [--carry-weight 0]
     python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR - --steps 0 --eval-clips 72   # its evaluation only
 
 Why: on the prepared caches (1,279 clips in the clip formats) the event-edge attention loss builds event features in
@@ -12,9 +13,10 @@ What: each clip is generated, its sampled frames rendered and passed through H.2
 decoded MP4 has), its true tracks replayed as the tracker's (:class:`ReplayTracker`: the §3 markers from the true
 masks), prompted, resized and patchified exactly as ``stvg-edge train prepare`` would; the row is the prepared
 sample's (:class:`CachedSample`), so collation, teacher answer and loss are the SFT stage's (``sft.yaml``'s answer
-options, with ``attention_weight`` the event-edge attention loss of :func:`stvgr1_edge_train.sft.attention_mass_loss`).
-The tower trains too. Held-out clips (root ``eval_seed``, default format) are decoded greedily every ``eval_every``
-steps: ID accuracy, mean tIoU and the best constant range's tIoU on the same clips; the model is saved after each.
+options, with ``attention_weight`` the event-edge attention loss of :func:`stvgr1_edge_train.sft.attention_mass_loss`
+and ``carry_weight`` the carry loss of :func:`stvgr1_edge_train.sft.carry_loss`). The tower trains too. Held-out
+clips (root ``eval_seed``, default format) are decoded greedily every ``eval_every`` steps: ID accuracy, mean tIoU and
+the best constant range's tIoU on the same clips; the model is saved after each.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class StreamSFTConfig:
     attention_weight: float = 1.0
     attention_layer: int = 2
     attention_head: int = 0
+    carry_weight: float = 0.0
+    """Weight of the carry loss (:func:`stvgr1_edge_train.sft.carry_loss`): the state after LM layer
+    ``attention_layer``, at the positions that write a time, must hold that time as a linear feature (0: off)."""
     attention_span: bool = False
     """Attend to the target in every tube of its GT range for both times (the event's tokens), not to its first
     (start) and last (end) tube."""
@@ -204,7 +209,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import SFTCollator, check_attention_head, sft_loss
+    from stvgr1_edge_train.sft import SFTCollator, carry_loss, check_attention_head, sft_loss
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -214,9 +219,11 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device)
     model = use_trained_rope_index(model)
     model.model.visual.requires_grad_(config.train_tower)
-    if config.attention_weight:
+    if config.attention_weight or config.carry_weight:
         check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
     params = [p for p in model.parameters() if p.requires_grad]
+    carry = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)  # a probe: not saved
+    params += list(carry.parameters()) if config.carry_weight else []
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     collator = SFTCollator(
@@ -225,7 +232,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
         check_attributes=True,
         line_end_weight=config.line_end_weight,
         time_weight=config.time_weight,
-        attend_event_edges=config.attention_weight > 0,
+        attend_event_edges=config.attention_weight > 0 or config.carry_weight > 0,
         attention_span=config.attention_span,
     )
 
@@ -236,20 +243,34 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
             for i in range(config.eval_clips)
         ]
         scores = evaluate_stream(model, collator, held_out, device)
-        history = [{"step": 0, "seconds": 0.0, "loss": None, "attention_loss": None, **scores}]
+        history = [{"step": 0, "seconds": 0.0, "loss": None, "attention_loss": None, "carry_loss": None, **scores}]
         logger.info("step 0: %s", history[-1])
         if config.steps == 0:  # an evaluation only: nothing trained, nothing written
             return {"history": history, "final": history[-1]}
-        running, running_attention, start, report = None, None, time.perf_counter(), {}
+        running, running_attention, running_carry = None, None, None
+        start, report = time.perf_counter(), {}
         model.train()
         for step in range(config.steps):
             seeds = [clip_seed(config.seed, step * config.batch_size + j) for j in range(config.batch_size)]
             clips = [stream_clip(s, draw_format(s, config), processor, workdir) for s in seeds]
             batch = collator.collate([c.sample.to_row(Path()) for c in clips], [c.video for c in clips])
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss = sft_loss(model, batch, config.attention_weight, config.attention_layer, config.attention_head)
+            loss = sft_loss(
+                model,
+                batch,
+                config.attention_weight,
+                config.attention_layer,
+                config.attention_head,
+                output_hidden_states=config.carry_weight > 0,
+            )
+            total, carried = loss.total, None
+            if config.carry_weight and batch["attention_queries"]:
+                ranges = [(c.sample.gt_start_s, c.sample.gt_end_s) for c in clips]
+                after = loss.outputs.hidden_states[config.attention_layer + 1]
+                carried = carry_loss(carry, after, batch["attention_queries"], ranges)
+                total = total + config.carry_weight * carried
             optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             schedule.step()
@@ -258,8 +279,12 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
             if loss.attention is not None:  # on clips never seen before, so a held-out measure at every step
                 a = loss.attention.item()
                 running_attention = a if running_attention is None else 0.9 * running_attention + 0.1 * a
+            if carried is not None:
+                a = carried.item()
+                running_carry = a if running_carry is None else 0.9 * running_carry + 0.1 * a
             if (step + 1) % 10 == 0:
                 extra = f", attention loss {running_attention:.3f}" if running_attention is not None else ""
+                extra += f", carry loss {running_carry:.4f}" if running_carry is not None else ""
                 logger.info(
                     "step %d: answer loss %.4f%s (%.1f s)", step + 1, running, extra, time.perf_counter() - start
                 )
@@ -271,6 +296,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
                         "seconds": round(time.perf_counter() - start, 1),
                         "loss": running,
                         "attention_loss": running_attention,
+                        "carry_loss": running_carry,
                         **scores,
                     }
                 )
@@ -293,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=StreamSFTConfig.batch_size)
     parser.add_argument("--lr", type=float, default=StreamSFTConfig.learning_rate)
     parser.add_argument("--attention-weight", type=float, default=StreamSFTConfig.attention_weight)
+    parser.add_argument("--carry-weight", type=float, default=StreamSFTConfig.carry_weight)
     parser.add_argument(
         "--attention-span", action="store_true", help="Attention targets: the target's tokens over its whole range."
     )
@@ -314,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=args.lr,
         attention_weight=args.attention_weight,
         attention_span=args.attention_span,
+        carry_weight=args.carry_weight,
         train_tower=not args.freeze_tower,
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
