@@ -462,6 +462,7 @@ def test_sft_attention_weight_adds_the_attention_mass_loss_and_reaches_the_updat
         SFTRunConfig,
         WeightedLossMixin,
         attention_mass_loss,
+        model_inputs,
         run_sft,
         weighted_next_token_loss,
     )
@@ -472,7 +473,7 @@ def test_sft_attention_weight_adds_the_attention_mass_loss_and_reaches_the_updat
     scorer = type("Scorer", (WeightedLossMixin,), {"attention_weight": 0.5, "attention_layer": 1, "attention_head": 3})
     with torch.no_grad():
         loss = scorer().compute_loss(model, dict(batch))
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+        inputs = model_inputs(batch)
         out = model(**inputs, output_hidden_states=True)
         answer = weighted_next_token_loss(out.logits, batch["labels"], batch["loss_weights"])
         attention = attention_mass_loss(model, inputs, out.hidden_states[1], 1, 3, batch["attention_queries"])

@@ -200,9 +200,11 @@ def check_attention_head(text_config, layer: int, head: int) -> None:
         )
 
 
-def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: Sequence[tuple]) -> torch.Tensor:
-    """Mean, over every query position of ``queries`` (``(row, query positions, target positions)``), of minus the
-    log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets. Recomputed from the
+def attention_log_masses(
+    model, batch: dict, hidden_in, layer: int, head: int, queries: Sequence[tuple]
+) -> torch.Tensor:
+    """The log of the attention mass that head ``head`` of LM layer ``layer`` puts on the targets, at every query
+    position of ``queries`` (``(row, query positions, target positions)``), in that order. Recomputed from the
     layer's input states ``hidden_in`` with the layer's own norm, projections and ``batch``'s 3-D rotary positions
     (causal), so the forward pass keeps its fast attention kernel."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
@@ -224,13 +226,19 @@ def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, qu
     q = attention.q_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, head : head + 1]
     k = attention.k_proj(x).view(rows, length, -1, attention.head_dim).transpose(1, 2)[:, kv_head : kv_head + 1]
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    losses = []
+    masses = []
     for row, query_positions, target_positions in queries:
         scores = (q[row, 0, query_positions] @ k[row, 0].T) * attention.scaling
         future = torch.arange(length, device=x.device)[None] > query_positions.to(x.device)[:, None]
         log_attention = torch.log_softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-        losses.append(-torch.logsumexp(log_attention[:, target_positions.to(x.device)], dim=-1))
-    return torch.cat(losses).mean()
+        masses.append(torch.logsumexp(log_attention[:, target_positions.to(x.device)], dim=-1))
+    return torch.cat(masses)
+
+
+def attention_mass_loss(model, batch: dict, hidden_in, layer: int, head: int, queries: Sequence[tuple]) -> torch.Tensor:
+    """Mean, over every query position of ``queries``, of minus :func:`attention_log_masses`: the attention loss that
+    teaches one head where to look."""
+    return -attention_log_masses(model, batch, hidden_in, layer, head, queries).mean()
 
 
 def carried_states(
@@ -287,6 +295,12 @@ class SFTLoss:
     """The model's forward outputs (with ``hidden_states`` when the attention term or the caller asked)."""
 
 
+def model_inputs(batch: dict) -> dict:
+    """A collated batch (:class:`SFTCollator`) without its loss-side entries (labels, loss weights, attention
+    queries): what the model's forward takes."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+
+
 def sft_loss(
     model,
     batch: dict,
@@ -300,7 +314,7 @@ def sft_loss(
     plus ``attention_weight`` × :func:`attention_mass_loss` of head ``attention_head`` of LM layer ``attention_layer``
     where the batch has ``attention_queries``. The one loss of the SFT trainer and of the recipe stages that run their
     own loop."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+    inputs = model_inputs(batch)
     labels, queries = batch["labels"], batch.get("attention_queries")
     weights = batch.get("loss_weights")
     weights = (labels != -100).float() if weights is None else weights

@@ -226,12 +226,13 @@ def time_reading_frames(seed: int, config: TimeReadingConfig = TimeReadingConfig
     else:
         squares = distractor_squares(rng, config, h, w)
         ranges = [(first, last)] + [shown_range(rng, config, duration, fps) for _ in squares[1:]]
+    pixels = [square_pixels(pattern, side) for pattern, _, _, side in squares]
     frames = []
     for i in plan.indices:
         shown = frame.copy()
-        for (pattern, x0, y0, side), (a, b) in zip(squares, ranges, strict=True):
+        for (_, x0, y0, side), (a, b), patch in zip(squares, ranges, pixels, strict=True):
             if a <= i <= b:
-                shown[y0 : y0 + side, x0 : x0 + side] = square_pixels(pattern, side)
+                shown[y0 : y0 + side, x0 : x0 + side] = patch
         frames.append(shown)
     return {
         "square_box": squares[0][1:],

@@ -72,9 +72,10 @@ def probe_carry(
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
     from stvgr1_edge_train.sft import (
-        attention_mass_loss,
+        attention_log_masses,
         check_attention_head,
         event_edge_token_masks,
+        model_inputs,
         time_token_positions,
     )
 
@@ -96,7 +97,7 @@ def probe_carry(
         seed = clip_seed(CARRY_SEED, i)
         clip = time_reading_clip(seed, vp, config)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batches([clip]).items()}
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", "attention_queries")}
+        inputs = model_inputs(batch)
         grid = clip.video.video_grid_thw[0]
         edges = event_edge_token_masks(clip.target_boxes(patch), grid, merge)
         anywhere = event_edge_token_masks(clip.target_boxes(patch), grid, merge, span=True)
@@ -111,11 +112,14 @@ def probe_carry(
             video = torch.nonzero(batch["input_ids"][0] == batches.video_token_id).flatten().cpu()
             runs = time_token_positions(processor.tokenizer, batch["labels"][0].cpu())[:2]  # the reasoning's range
             for k, run in enumerate(runs):
+                query_positions = torch.tensor(run) - 1
                 for name, mask in (("edge", edges[k]), ("target", anywhere[0]), ("distractors", others & ~anywhere[0])):
-                    for position in run:  # one query each: exp(-loss) is then that position's attention mass
-                        query = [(0, torch.tensor([position - 1]), video[mask])]
-                        loss = attention_mass_loss(model, inputs, out.hidden_states[layer], layer, head, query)
-                        masses[name].append(float(torch.exp(-loss)) if mask.any() else 0.0)
+                    if not mask.any():
+                        masses[name].extend([0.0] * len(run))
+                        continue
+                    query = [(0, query_positions, video[mask])]
+                    logs = attention_log_masses(model, inputs, out.hidden_states[layer], layer, head, query)
+                    masses[name].extend(torch.exp(logs).tolist())
             writes_start = runs[0][0] - 1
             for name, index in (("before", layer), ("after", layer + 1), ("last", len(out.hidden_states) - 1)):
                 states[name].append(out.hidden_states[index][0, writes_start].float().cpu().numpy())
