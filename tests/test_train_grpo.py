@@ -247,6 +247,7 @@ def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(se
         SFTCollator,
         WeightedLossMixin,
         checked_label,
+        model_inputs,
         query_attributes,
         weighted_next_token_loss,
     )
@@ -284,7 +285,7 @@ def test_sft_line_end_weight_weighs_each_inventory_lines_end_and_nothing_else(se
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup.model)
     with torch.no_grad():
         own = model(**plain).loss
-        inputs = {k: v for k, v in weighted.items() if k not in ("labels", "loss_weights")}
+        inputs = model_inputs(weighted)
         logits = model(**inputs).logits
     ones = (labels != -100).float()
     assert torch.allclose(weighted_next_token_loss(logits, labels, ones), own, atol=1e-6)

@@ -27,12 +27,12 @@ time stage's model before this stage: 0.18 / 0.11 / -0.36 at 32 clips); the carr
 and the model's own look still misses the event (attention loss 2.8 in both, against 0.16 on the time stage's squares).
 
 On the events the tower sees best (``--events blinks,stops,changes_colour``, a new ``--seed`` for each run), from the
-carry model: 150, then 300, then 600 steps (18 / 33 / 69 minutes) take the attention loss from 2.8 to 2.1 / 1.6 / 1.3
-and tIoU on 72 held-out clips of those events (``--steps 0 --eval-clips 72 --events ...``) from 0.335 to 0.358 / 0.405
-/ 0.426 (0.457 halfway through the 600; prior 0.510); on 72 clips of all events the last model scores 0.38 (prior
-0.51; the packaged model 0.34), blinks 0.62 against the constant's 0.58. ``probe_readout --clips 64`` own / true look:
-0.28 / 0.82, 0.27 / 0.90, 0.18 / 0.88: the look finds more of the event's tubes, the digits still follow it only when
-forced.
+``--carry-weight 2`` model above: 150, then 300, then 600 steps (18 / 33 / 69 minutes) take the attention loss from
+2.8 to 2.1 / 1.6 / 1.3 and tIoU on 72 held-out clips of those events (``--steps 0 --eval-clips 72 --events ...``) from
+0.335 to 0.358 / 0.405 / 0.426 (0.457 halfway through the 600; prior 0.510); on 72 clips of all events the last model
+scores 0.38 (prior 0.51; the packaged model 0.34), blinks 0.62 against the constant's 0.58. ``probe_readout --clips
+64`` own / true look: 0.28 / 0.82, 0.27 / 0.90, 0.18 / 0.88: the look finds more of the event's tubes, the digits
+still follow it only when forced.
 """
 
 from __future__ import annotations
