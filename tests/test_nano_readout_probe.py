@@ -12,7 +12,7 @@ pytest.importorskip("trl")
 import torch
 
 from stvgr1_edge.synth import SynthConfig
-from stvgr1_edge_train.recipes.nano.probe_readout import force_head, probe_readout, shifted_targets
+from stvgr1_edge_train.recipes.nano.probe_readout import force_head, look_summary, probe_readout, shifted_targets
 
 SMALL = SynthConfig(width=224, height=168, seconds=6.0)
 
@@ -83,10 +83,35 @@ def test_shifted_targets_are_the_same_cells_half_the_clip_later():
     assert all(torch.equal(m[1], q[1]) for m, q in zip(moved, queries))
 
 
+def test_look_summary_splits_the_mass_by_tube():
+    video_positions = torch.arange(100, 124)  # 4 tubes of 6 tokens
+    weights = torch.zeros(130)
+    weights[5], weights[101], weights[115] = 0.25, 0.5, 0.25  # a text token, tube 0, tube 2
+    look = look_summary(weights, torch.tensor([101, 102]), video_positions, tokens_per_tube=6)
+    assert look["mass_on_targets"] == pytest.approx(0.5) and look["mass_on_video"] == pytest.approx(0.75)
+    assert look["true_tube"] == 0 and look["peak_tube"] == 0
+    assert look["mean_tube"] == pytest.approx(0.5 / 0.75)  # (0.5 * 0 + 0.25 * 2) / 0.75
+    weights[101] = 0.0
+    assert look_summary(weights, torch.tensor([101, 102]), video_positions, 6)["peak_tube"] == 2
+
+
 def test_probe_reports_each_look(saved_tiny):
-    report = probe_readout(saved_tiny.folder, clips=3)
+    report = probe_readout(saved_tiny.folder, clips=3, layer=1)  # the tiny model's last layer
     assert report["clips"] == 3 and report["mae_constant"] >= 0
     for name in ("own", "true", "shifted"):
         r = report[name]["r_start_digit"]
         assert np.isnan(r) or -1.0 <= r <= 1.0
         assert 0.0 <= report[name]["mae_start_digit"] <= 9.0
+        look = report[name]["look"]
+        assert 0.0 <= look["mass_on_targets"] <= look["mass_on_video"] <= 1.0 + 1e-6
+    # the forced looks are the ones the report sees: all on the true targets, or all on cells half a clip later
+    true, shifted = report["true"]["look"], report["shifted"]["look"]
+    assert true["mass_on_targets"] == pytest.approx(1.0) and true["peak_on_true_tube"] == 1.0
+    assert shifted["mass_on_targets"] == pytest.approx(0.0) and shifted["peak_on_true_tube"] == 0.0
+
+
+def test_probe_refuses_a_head_the_model_lacks(saved_tiny):
+    from stvgr1_edge.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="attention_layer must be 0..1"):
+        probe_readout(saved_tiny.folder, clips=1, layer=2)

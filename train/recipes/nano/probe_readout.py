@@ -15,11 +15,19 @@ and the head's attention at the time positions is, in turn:
 For each, the expected integer digit of the reasoning's first start time (probabilities of the digit tokens at the
 position that writes it) is correlated with the true one across clips. ``true`` far above ``own`` means the read-out
 works and the look misses the event; ``true`` near ``own`` and ``shifted`` means the digits do not come from the look.
+Each look's ``look`` says where the head's weights at that position go (:func:`look_summary`): the mass on the true
+targets and on the video, the correlation of the look's tube (its video mass's mean) with the true one, and how often
+its heaviest tube is the true one.
 
-Measured on 2 CPU cores (32 clips, about 3 minutes; r of own / true / shifted): the packaged model -0.06 / -0.06 /
-0.10 (its time digits do not come from head 0 of layer 2); a stream-stage model trained with the edge targets 0.08 /
-0.70 / -0.36, one trained further with ``--attention-span`` (``--span`` here) 0.05 / 0.72 / -0.65: the read-out works,
-the model's own look does not find the event.
+Measured on 2 CPU cores (r of own / true / shifted look): the packaged model -0.06 / -0.06 / 0.10 at 32 clips (about 3
+minutes; its time digits do not come from head 0 of layer 2); at 64 clips (about a minute) the stream stage's
+``--carry-weight 2`` model 0.13 / 0.89 / -0.23 and the same trained on three events for 150, 300 and 600 more steps 0.28
+/ 0.82 / -0.10, 0.27 / 0.90 / -0.22 and 0.18 / 0.88 / -0.21 (``stream_sft``'s docstring): the read-out works, the
+model's own look does not find the event. Where that look goes (``look``, the same 64 clips): the ``--carry-weight 2``
+model puts 7% of the head's weight on the target's cells of its start tube, the one trained on three events and then on
+all events for 920 steps 12% (r 0.14 / 0.86 / -0.32); nearly all the rest is on other video tokens (99.8% on the video),
+its heaviest tube is the true one on 30% of the clips (1 in 8 by chance at synth's default) and its mean tube does not
+follow the true one (r -0.04 and -0.02): the digits read the mean of a look spread over the clip.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from stvgr1_edge.errors import BadInputError
 
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano.probe_readout")
 
@@ -91,6 +101,24 @@ def shifted_targets(queries, video_positions: torch.Tensor, tubes: int, tokens_p
     return moved
 
 
+def look_summary(weights: torch.Tensor, targets: torch.Tensor, video_positions: torch.Tensor, tokens_per_tube: int):
+    """Where one look goes: ``weights`` is the head's attention row at a time position (over all keys), ``targets``
+    the true targets (the target's cells in its edge tube). Its mass on the targets and on all video tokens, the tube
+    of the targets, the look's tube (mean over its video mass) and the tube holding most of it."""
+    on_video = weights[video_positions].double()
+    per_tube = on_video.reshape(-1, tokens_per_tube).sum(dim=1)
+    tube_of = torch.searchsorted(video_positions, targets) // tokens_per_tube
+    video_mass = float(per_tube.sum())
+    tubes = torch.arange(len(per_tube), dtype=torch.float64)
+    return {
+        "mass_on_targets": float(weights[targets].sum()),
+        "mass_on_video": video_mass,
+        "true_tube": int(tube_of.min()),
+        "mean_tube": float((per_tube * tubes).sum() / video_mass) if video_mass > 0 else float("nan"),
+        "peak_tube": int(per_tube.argmax()),
+    }
+
+
 def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2, head: int = 0) -> dict:
     """The probe's report (see the module doc)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -99,7 +127,7 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge.synth import SynthConfig
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import SFTCollator
+    from stvgr1_edge_train.sft import SFTCollator, check_attention_head
 
     from .pretrain_vision import clip_seed
     from .stream_sft import stream_clip
@@ -107,6 +135,7 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
     processor, source = load_processor(str(model_dir))
     model = use_trained_rope_index(Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=torch.float32))
     model.eval()
+    check_attention_head(model.config.text_config, layer, head)  # else nothing is forced and the looks are all own
     collator = SFTCollator(
         processor, mark_target=True, check_attributes=True, attend_event_edges=True, attention_span=span
     )
@@ -115,6 +144,7 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
     digits = {ids_of[d][0]: float(d) for d in DIGITS if d in ids_of}
     digit_ids, values = list(digits), torch.tensor(list(digits.values()))
     expected: dict[str, list[float]] = {"own": [], "true": [], "shifted": []}
+    looks: dict[str, list[dict]] = {name: [] for name in expected}
     truth: list[float] = []
     with tempfile.TemporaryDirectory(prefix="nano-readout-") as tmp, torch.no_grad():
         for i in range(clips):
@@ -126,20 +156,32 @@ def probe_readout(model_dir, clips: int = 32, span: bool = False, layer: int = 2
                 continue
             tubes, rows, cols = (int(v) for v in batch["video_grid_thw"][0])
             video_positions = torch.nonzero(batch["input_ids"][0] == collator.video_token_id).flatten()
-            moved = shifted_targets(queries, video_positions, tubes, rows * cols // collator.merge_size**2)
+            tokens_per_tube = rows * cols // collator.merge_size**2
+            moved = shifted_targets(queries, video_positions, tubes, tokens_per_tube)
             position = int(queries[0][1][0])  # predicts the first character of the first start time
             truth.append(digits.get(int(labels[0, position + 1]), float("nan")))
             for name, forced in (("own", None), ("true", queries), ("shifted", moved)):
                 with force_head(model, layer, head, forced):
-                    logits = model(**batch).logits[0, position]
+                    out = model(**batch, output_attentions=True)
+                logits = out.logits[0, position]
                 expected[name].append(float((torch.softmax(logits[digit_ids], -1) * values).sum()))
+                look = out.attentions[layer][0, head, position]
+                looks[name].append(look_summary(look, queries[0][2], video_positions, tokens_per_tube))
     t = np.asarray(truth)
     report = {"model": str(model_dir), "clips": len(truth), "span": span, "layer": layer, "head": head}
     for name, e in expected.items():
         e = np.asarray(e)
+        seen = looks[name]
+        true_tube = np.asarray([x["true_tube"] for x in seen], dtype=float)
         report[name] = {
             "r_start_digit": float(np.corrcoef(e, t)[0, 1]),
             "mae_start_digit": float(np.abs(e - t).mean()),
+            "look": {
+                "mass_on_targets": float(np.mean([x["mass_on_targets"] for x in seen])),
+                "mass_on_video": float(np.mean([x["mass_on_video"] for x in seen])),
+                "r_tube": float(np.corrcoef([x["mean_tube"] for x in seen], true_tube)[0, 1]),
+                "peak_on_true_tube": float(np.mean([x["peak_tube"] == x["true_tube"] for x in seen])),
+            },
         }
     report["mae_constant"] = float(np.abs(t - t.mean()).mean())
     return report
@@ -159,7 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="Also write the report here (JSON).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    report = probe_readout(args.model, args.clips, args.span, args.layer, args.head)
+    try:
+        report = probe_readout(args.model, args.clips, args.span, args.layer, args.head)
+    except BadInputError as error:
+        from .pretrain_vision import exit_bad_input
+
+        exit_bad_input(str(error))
     if args.out:
         from stvgr1_edge.errors import write_json_atomic
 
