@@ -20,14 +20,14 @@ targets and on the video, the correlation of the look's tube (its video mass's m
 its heaviest tube is the true one.
 
 Measured on 2 CPU cores (r of own / true / shifted look): the packaged model -0.06 / -0.06 / 0.10 at 32 clips (about 3
-minutes; its time digits do not come from head 0 of layer 2); at 64 clips (about a minute) the stream stage's
-``--carry-weight 2`` model 0.13 / 0.89 / -0.23 and the same trained on three events for 150, 300 and 600 more steps 0.28
-/ 0.82 / -0.10, 0.27 / 0.90 / -0.22 and 0.18 / 0.88 / -0.21 (``stream_sft``'s docstring): the read-out works, the
-model's own look does not find the event. Where that look goes (``look``, the same 64 clips): the ``--carry-weight 2``
-model puts 7% of the head's weight on the target's cells of its start tube, the one trained on three events and then on
-all events for 920 steps 12% (r 0.14 / 0.86 / -0.32); nearly all the rest is on other video tokens (99.8% on the video),
-its heaviest tube is the true one on 30% of the clips (1 in 8 by chance at synth's default) and its mean tube does not
-follow the true one (r -0.04 and -0.02): the digits read the mean of a look spread over the clip.
+minutes; its time digits do not come from head 0 of layer 2); at 64 clips the stream stage's ``--carry-weight 2`` model
+0.13 / 0.89 / -0.23 and the same trained on three events for 150, 300 and 600 more steps 0.28 / 0.82 / -0.10, 0.27 /
+0.90 / -0.22 and 0.18 / 0.88 / -0.21 (``stream_sft``'s docstring): the read-out works, the model's own look does not
+find the event. Where that look goes (``look``, the same 64 clips): the ``--carry-weight 2`` model puts 7% of the head's
+weight on the target's cells of its start tube, the one trained on three events and then on all events for 920 steps 12%
+(r 0.14 / 0.86 / -0.32); nearly all the rest is on other video tokens (99.8% on the video), its heaviest tube is the
+true one on 30% of the clips (1 in 8 by chance at synth's default) and its mean tube does not follow the true one (r
+-0.04 and -0.02): the digits read the mean of a look spread over the clip.
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def shifted_targets(queries, video_positions: torch.Tensor, tubes: int, tokens_p
 
 def look_summary(weights: torch.Tensor, targets: torch.Tensor, video_positions: torch.Tensor, tokens_per_tube: int):
     """Where one look goes: ``weights`` is the head's attention row at a time position (over all keys), ``targets``
-    the true targets (the target's cells in its edge tube). Its mass on the targets and on all video tokens, the tube
-    of the targets, the look's tube (mean over its video mass) and the tube holding most of it."""
+    the true targets (the target's cells in its edge tube; with ``span``, in its range's tubes, the first of which is
+    the true tube). Its mass on the targets and on all video tokens, the true tube, the look's tube (mean over its
+    video mass) and the tube holding most of it."""
     on_video = weights[video_positions].double()
     per_tube = on_video.reshape(-1, tokens_per_tube).sum(dim=1)
     tube_of = torch.searchsorted(video_positions, targets) // tokens_per_tube
