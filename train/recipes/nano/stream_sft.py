@@ -90,7 +90,7 @@ class StreamSFTConfig:
     ask whether the language model learns to time an event it is shown."""
     eval_clips: int = 72
     """Held-out clips per evaluation: 24 move by about ±0.09 tIoU between evaluations of similar models, 72 (~1.5
-    minutes on 2 CPU cores) cut that spread by about √3."""
+    minutes on 2 CPU cores) have a standard error √3 times smaller."""
     eval_every: int = 100
     seed: int = 50_000
     """Root seed of the training clips (other stages' roots: 0/1, 20-24, 4000, 5000, 10000-10003, 20000, 30000,
