@@ -48,6 +48,10 @@ def test_stream_clip_is_the_prepared_sample_of_the_same_clip(saved_tiny, tmp_pat
         for a, b in zip(row.target_boxes, mine.target_boxes):
             np.testing.assert_allclose(a, b, atol=1.01 / SMALL.height)
         assert streamed[seed].event == generate_clip(seed, SMALL).event.name
+        # the whole track's boxes: the range's boxes where the event is, the object's elsewhere
+        track = streamed[seed].target_track_boxes
+        assert len(track) == len(mine.target_boxes) and all(track)
+        assert all(t == b for t, b in zip(track, mine.target_boxes) if b)
         labels = dict(zip(row.valid_ids, row.object_labels))
         assert labels[row.gt_id] == dict(zip(mine.valid_ids, mine.object_labels))[mine.gt_id]
         assert sorted(row.object_labels) == sorted(mine.object_labels)

@@ -106,6 +106,9 @@ class StreamClip:
     """:class:`stvgr1_edge.prepared.CachedSample` of the clip (its ``video_file`` is not written)."""
     event: str
     """The target's event (``jumps``, ``blinks``, ...): which events a model reads, in :func:`evaluate_stream`."""
+    target_track_boxes: tuple[tuple[float, ...], ...] = ()
+    """The target's box (normalised x1, y1, x2, y2) at every sampled frame, in its GT range or not (empty where it is
+    not shown): where the object is, against the sample's ``target_boxes`` (where its event is)."""
 
 
 def draw_format(seed: int, config: StreamSFTConfig):
@@ -145,10 +148,12 @@ def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip
     video = video_tensors(prompted.frames, prompted.sample_fps, vp)
     event, target = clip.event, clip.gt_tracks.tracks[clip.target_id]
     scale = (cfg.width, cfg.height, cfg.width, cfg.height)
-    boxes = []
+    track_boxes = []
     for f in sampling.indices:
-        box = target.box_at(f) if event.start_frame <= f <= event.end_frame else None
-        boxes.append(() if box is None else tuple(round(float(v) / s, 4) for v, s in zip(box, scale)))
+        box = target.box_at(f)
+        track_boxes.append(() if box is None else tuple(round(float(v) / s, 4) for v, s in zip(box, scale)))
+    in_range = [event.start_frame <= f <= event.end_frame for f in sampling.indices]
+    boxes = [box if inside else () for box, inside in zip(track_boxes, in_range)]
     labels = {obj.object_id: obj.label for obj in clip.objects}
     ids = tuple(shown.ids)
     sample = CachedSample(
@@ -170,7 +175,7 @@ def stream_clip(seed: int, synth_config, processor, workdir: Path) -> StreamClip
         frame_times_s=tuple(round(info.frame_times_s[i], 3) for i in sampling.indices),
         target_boxes=tuple(boxes),
     )
-    return StreamClip(video, sample, event.name)
+    return StreamClip(video, sample, event.name, tuple(track_boxes))
 
 
 def evaluate_stream(model, collator, clips: list[StreamClip], device: str) -> dict:
