@@ -725,6 +725,17 @@ def test_the_event_probe_pools_each_objects_own_tokens(tiny, tmp_path):
                 assert len(np.unique(labels[name].numpy()[where])) == 1, (t, k, name)
 
 
+def test_the_context_row_holds_the_tube_its_neighbours_and_the_first_tube():
+    from stvgr1_edge_train.recipes.nano.probe_events import object_context
+
+    per_tube = {t: np.full((2, 3), float(t)) for t in (2, 3, 5)}  # 2 layers, 3 features; absent at 4
+    row = object_context(per_tube, 3)
+    assert row.shape == (2, 15)
+    np.testing.assert_array_equal(row[0], [3, 3, 3, 2, 2, 2, 0, 0, 0, 2, 2, 2, 1, 1, 1])
+    row = object_context(per_tube, 5)  # no tube 6 either, the first is still tube 2
+    np.testing.assert_array_equal(row[1], [5, 5, 5, 0, 0, 0, 0, 0, 0, 2, 2, 2, 3, 3, 3])
+
+
 def test_validation_reports_each_rare_class_recall_beside_the_plain_accuracy():
     """Plain accuracy of a change head is mostly "same": a head that never answers "turns" scores 0.75 on three
     unturned tokens and one turned token, but its balanced accuracy is 0.5 and its "turns" recall 0."""

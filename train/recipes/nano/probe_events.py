@@ -18,6 +18,15 @@ would let time stand in for the event. A stream-stage model (``--layers 0,2``, 2
 0.659 -- far below what the drawing state shows (see :mod:`pretrain_vision`'s change heads). Single tokens are not
 what holds it back: the packaged model's tower gives 0.591 per token, 0.593 with each object's tokens averaged per
 tube (ridge and MLP alike), its last LM layer 0.601 / 0.622 / 0.607 (``--layers 0,-1``, 5 minutes).
+
+Nor is comparing tubes: an MLP on each object's averaged tokens in its tube, the tubes around it and its first tube
+(``objects context``, :func:`object_context`: what ``truth``'s context MLP sees, in the model's features) gains little.
+At synth's default (``--layers 0,2 --width 308 --height 252 --seconds 8``; ``truth --width 320 --height 240 --seconds
+8``: tube 0.920, context 0.984), the stream stage's last model (``stream_sft``'s docstring) scores with ``--clips 300``
+(2 minutes) 0.635 / 0.659 per tube / in context at the tower and 0.649 / 0.717 after LM layer 2 (``blinks`` 0.96-0.99,
+``stops`` 0.74-0.90, ``changes_colour`` 0.65-0.82, the other five 0.51-0.68; 0.604 / 0.647 and 0.613 / 0.681 with the
+default 100). The features do not hold the objects' state that a comparison across tubes would need; the tower is where
+the events are lost.
 """
 
 from __future__ import annotations
@@ -182,6 +191,15 @@ def ridge_scores(train_x: np.ndarray, train_active: np.ndarray, test_x: np.ndarr
     return b @ coef
 
 
+def object_context(per_tube: dict[int, np.ndarray], t: int) -> np.ndarray:
+    """One object's context row at tube ``t`` from its pooled token states per tube (``per_tube``: tube -> state,
+    the tubes where it has tokens): the state there, at the tubes before and after (zeros where it has none), at its
+    first tube, and the difference from that -- what ``truth``'s context MLP sees, in the model's features."""
+    now, first = per_tube[t], per_tube[min(per_tube)]
+    zeros = np.zeros_like(now)
+    return np.concatenate([now, per_tube.get(t - 1, zeros), per_tube.get(t + 1, zeros), first, now - first], axis=-1)
+
+
 def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] = (0, -1), vision_config=None) -> dict:
     """:func:`class_aucs` of read-outs of ``layers`` (0: the tower's merged output), middle tubes, on clips of
     ``vision_config``'s format (a :class:`pretrain_vision.VisionPretrainConfig`; default 224x168, 6 s):
@@ -190,7 +208,10 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
       no event);
     - ``objects``: ridge and MLP read-outs of each object's tokens averaged per tube, scored as ``truth``'s tube MLP
       is (one row per object and tube; event objects outside their event left out). A token sees a 28x28 corner
-      of an object; the language model can look at all of them."""
+      of an object; the language model can look at all of them;
+    - ``objects`` ``context``: an MLP on :func:`object_context` rows, scored as ``truth``'s context MLP is: the
+      object's averaged tokens in its tube, the tubes around it and its first tube. High where single tubes are low
+      means the features hold the object's state and comparing tubes is left to do."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -207,7 +228,7 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
     video_token_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
 
     def collect(prompted, root: int, n: int):
-        states, events, pooled, pooled_events = [], [], [], []
+        states, events, pooled, contexts, pooled_events = [], [], [], [], []
         for i in range(n):
             video, labels, input_ids = prompted(root, i)
             s = video_token_states(model, input_ids, video, video_token_id)[list(layers)]
@@ -219,23 +240,29 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
             events.append(event[keep])
             owners, has_event = token_object_ids(clip_seed(root, i), vision_config)
             owners = owners.reshape(-1)
+            by_object: dict[int, dict[int, np.ndarray]] = {}
+            for t in range(groups):
+                for k in np.unique(owners[(tube == t) & (shape > 0)]):
+                    by_object.setdefault(int(k), {})[t] = s[:, (tube == t) & (shape > 0) & (owners == k)].mean(1)
             for t in range(1, groups - 1):
                 for k in np.unique(owners[(tube == t) & (shape > 0)]):
                     where = (tube == t) & (shape > 0) & (owners == k)
-                    pooled.append(s[:, where].mean(1))
+                    pooled.append(by_object[int(k)][t])
+                    contexts.append(object_context(by_object[int(k)], t))
                     e = int(event[where].max())
                     pooled_events.append(e if e > 0 else (-1 if has_event[int(k)] else 0))
         return (
             np.concatenate(states, 1),
             np.concatenate(events),
             np.stack(pooled, 1),
+            np.stack(contexts, 1),
             np.asarray(pooled_events),
         )
 
     with tempfile.TemporaryDirectory(prefix="nano-probe-events-") as tmp:
         prompted = PromptedLabelledClips(processor, Path(tmp), vision_config)
-        train_x, train_y, train_px, train_py = collect(prompted, 33_000, int(0.6 * clips))
-        test_x, test_y, test_px, test_py = collect(prompted, PROBE_SEED, 40)
+        train_x, train_y, train_px, train_cx, train_py = collect(prompted, 33_000, int(0.6 * clips))
+        test_x, test_y, test_px, test_cx, test_py = collect(prompted, PROBE_SEED, 40)
     out: dict = {"model": model_dir, "train_clips": int(0.6 * clips), "test_clips": 40, "layers": {}, "objects": {}}
     keep_train, keep_test = train_py >= 0, test_py >= 0
     for i, layer in enumerate(layers):
@@ -245,6 +272,9 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
         out["objects"][str(layer)] = {
             "ridge": class_aucs(ridge_scores(a, active, b), test_py[keep_test]),
             "mlp": class_aucs(mlp_scores(a, active, b), test_py[keep_test]),
+            "context": class_aucs(
+                mlp_scores(train_cx[i][keep_train], active, test_cx[i][keep_test]), test_py[keep_test]
+            ),
         }
     return out
 
@@ -283,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         scores["clip_format"] = [args.width, args.height, args.seconds]
         lines = [_line(f"layer {k} tokens", v) for k, v in scores["layers"].items()]
         for k, v in scores["objects"].items():
-            lines += [_line(f"layer {k} objects {name}", v[name]) for name in ("ridge", "mlp")]
+            lines += [_line(f"layer {k} objects {name}", v[name]) for name in ("ridge", "mlp", "context")]
     print("\n".join(lines))
     if args.out:
         from stvgr1_edge.errors import write_json_atomic
