@@ -90,7 +90,7 @@ def true_state_rows(clip, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             shown.append(bool(obj.present[a] and obj.present[b]))
         if not any(shown):
             continue
-        first = per_tube[shown.index(True)]
+        states = {t: row for t, row in enumerate(per_tube) if shown[t]}
         for t, (a, b) in enumerate(pairs):
             if not shown[t]:
                 continue
@@ -100,9 +100,8 @@ def true_state_rows(clip, sampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             else:
                 on = event.start_frame <= b and a <= event.end_frame
                 labels.append(EVENTS.index(event.name) + 1 if on else -1)
-            around = [per_tube[u] if 0 <= u < len(pairs) and shown[u] else np.zeros_like(first) for u in (t - 1, t + 1)]
             tube_rows.append(per_tube[t])
-            context_rows.append(np.r_[per_tube[t], around[0], around[1], first, per_tube[t] - first])
+            context_rows.append(object_context(states, t))
     return np.asarray(labels), np.asarray(tube_rows), np.asarray(context_rows)
 
 
@@ -240,17 +239,18 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
             events.append(event[keep])
             owners, has_event = token_object_ids(clip_seed(root, i), vision_config)
             owners = owners.reshape(-1)
-            by_object: dict[int, dict[int, np.ndarray]] = {}
+            by_object: dict[int, dict[int, np.ndarray]] = {}  # object -> tube -> its averaged token states
+            tube_events: dict[tuple[int, int], int] = {}  # (tube, object) -> its token event label
             for t in range(groups):
                 for k in np.unique(owners[(tube == t) & (shape > 0)]):
-                    by_object.setdefault(int(k), {})[t] = s[:, (tube == t) & (shape > 0) & (owners == k)].mean(1)
-            for t in range(1, groups - 1):
-                for k in np.unique(owners[(tube == t) & (shape > 0)]):
                     where = (tube == t) & (shape > 0) & (owners == k)
-                    pooled.append(by_object[int(k)][t])
-                    contexts.append(object_context(by_object[int(k)], t))
-                    e = int(event[where].max())
-                    pooled_events.append(e if e > 0 else (-1 if has_event[int(k)] else 0))
+                    by_object.setdefault(int(k), {})[t] = s[:, where].mean(1)
+                    tube_events[t, int(k)] = int(event[where].max())
+            for (t, k), e in tube_events.items():
+                if 1 <= t <= groups - 2:
+                    pooled.append(by_object[k][t])
+                    contexts.append(object_context(by_object[k], t))
+                    pooled_events.append(e if e > 0 else (-1 if has_event[k] else 0))
         return (
             np.concatenate(states, 1),
             np.concatenate(events),

@@ -63,6 +63,8 @@ from stvgr1_edge.errors import BadInputError
 
 logger = logging.getLogger("stvgr1_edge_train.recipes.nano.probe_readout")
 
+OBJECT_LOOK = ("mass_on_object", "object_mass_in_range", "object_cells_in_range")
+""":func:`look_summary`'s entries about the target object (present where its cells are known)."""
 READOUT_SEED = 55_000
 """Root seed of the probe's clips (the stream stage trains from 50000 and 52000+, evaluates on 51000)."""
 FORCED_ATTENTION = "stvg_forced_head"
@@ -88,9 +90,10 @@ def forced_head_attention(module, query, key, value, attention_mask, scaling, dr
                 kept = weights[row, head, query_positions[:, None], targets]
                 kept = kept / kept.sum(dim=-1, keepdim=True).clamp_min(1e-30)
             else:
-                kept = torch.full((len(query_positions), len(targets)), 1.0 / len(targets), dtype=weights.dtype)
+                shape = (len(query_positions), len(targets))
+                kept = torch.full(shape, 1.0 / len(targets), dtype=weights.dtype, device=weights.device)
             weights[row, head, query_positions] = 0.0
-            weights[row, head, query_positions[:, None], targets] = kept.to(weights.device)
+            weights[row, head, query_positions[:, None], targets] = kept
             output[row, query_positions, head] = (kept.to(values.dtype) @ values[row, targets]).to(output.dtype)
     return output, weights
 
@@ -225,7 +228,7 @@ def probe_readout(
             video_positions = torch.nonzero(batch["input_ids"][0] == collator.video_token_id).flatten()
             tokens_per_tube = rows * cols // collator.merge_size**2
             moved = shifted_targets(queries, video_positions, tubes, tokens_per_tube)
-            grid, merge = batch["video_grid_thw"][0].tolist(), collator.merge_size
+            grid, merge = (tubes, rows, cols), collator.merge_size
             # the target's cells in every tube that shows it, and in its GT range's (queries exist: so do both)
             object_cells = video_positions[event_edge_token_masks(clip.target_track_boxes, grid, merge, True)[0]]
             range_cells = video_positions[event_edge_token_masks(clip.sample.target_boxes, grid, merge, True)[0]]
@@ -268,10 +271,7 @@ def probe_readout(
                 "mass_on_video": float(np.mean([x["mass_on_video"] for x in seen])),
                 "r_tube": float(np.corrcoef([x["mean_tube"] for x in seen], true_tube)[0, 1]),
                 "peak_on_true_tube": float(np.mean([x["peak_tube"] == x["true_tube"] for x in seen])),
-                **{
-                    key: finite_mean([x.get(key, np.nan) for x in seen])
-                    for key in ("mass_on_object", "object_mass_in_range", "object_cells_in_range")
-                },
+                **{key: finite_mean([x.get(key, np.nan) for x in seen]) for key in OBJECT_LOOK},
             },
         }
     report["mae_constant"] = float(np.abs(t - t.mean()).mean())
@@ -286,7 +286,7 @@ def probe_readout(
             "mae_start_digit": float(np.abs(own[mine] - t[mine]).mean()),
             **{
                 key: finite_mean([x.get(key, np.nan) for x, m in zip(looks["own"], mine) if m])
-                for key in ("mass_on_targets", "mass_on_object", "object_mass_in_range", "object_cells_in_range")
+                for key in ("mass_on_targets", *OBJECT_LOOK)
             },
         }
     return report
