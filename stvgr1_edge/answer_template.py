@@ -10,7 +10,8 @@ the template, so the answer parses whatever the model is shown:
   is complete. It is closed for the model (``</think>`` written token by token) when the tokens left would not
   fit the longest answer, or when the thinking degenerates into a repetition (``stop_on_repetition``);
 * after ``</think>``: up to two spaces or newlines, then ``<answer>Target ID: `` (or ``<answer>Time range: ``
-  for time-only prompts), digits, ``, Time range: ``, a number with at most two decimals, `` to ``, a number,
+  for time-only prompts), digits (given the clip's drawn IDs, one of those: an ID that is not drawn has no
+  track, so no tube), ``, Time range: ``, a number with at most two decimals, `` to ``, a number,
   ``</answer>``, end-of-sequence. Where the template allows several tokens (a digit, the ID list's end), the
   model's own scores choose among them.
 
@@ -137,24 +138,38 @@ class Gap:
 
 
 class IdList:
-    """One to ``most`` IDs, each followed by ``", "``: ``3, `` or ``3, 5, ``. Position: (IDs begun, digits of the
-    current one, characters of the separator matched)."""
+    """One to ``most`` IDs, each followed by ``", "``: ``3, `` or ``3, 5, ``. ``allowed``: the IDs that may be
+    written (None: any of up to ``digits`` digits). Position: (IDs begun, digits of the current one, characters of
+    the separator matched, the current ID's digits so far)."""
 
-    def __init__(self, most: int, digits: int = MAX_ID_DIGITS, separator: str = ", ") -> None:
+    def __init__(
+        self, most: int, digits: int = MAX_ID_DIGITS, separator: str = ", ", allowed: Sequence[int] | None = None
+    ) -> None:
+        self.allowed = frozenset(str(int(i)) for i in allowed) if allowed else None
+        if self.allowed:
+            digits = max(len(a) for a in self.allowed)
         self.most, self.digits, self.separator = most, digits, separator
-        self.start: tuple = (0, 0, 0)
+        self.start: tuple = (0, 0, 0, "")
         self.one = digits + len(separator)
+        self.shortest = min(len(a) for a in self.allowed) if self.allowed else 1
+
+    def _may_begin(self, digits: str) -> bool:
+        return self.allowed is None or any(a.startswith(digits) for a in self.allowed)
+
+    def _complete(self, digits: str) -> bool:
+        return self.allowed is None or digits in self.allowed
 
     def step(self, pos: tuple, ch: str) -> tuple | None:
-        n, d, s = pos
+        n, d, s, current = pos
         if ch in DIGITS:
-            if s == 0 and 0 < d < self.digits:
-                return (n, d + 1, 0)
-            if (n == 0 or s == len(self.separator)) and n < self.most:
-                return (n + 1, 1, 0)
+            if s == 0 and 0 < d < self.digits and self._may_begin(current + ch):
+                return (n, d + 1, 0, current + ch)
+            if (n == 0 or s == len(self.separator)) and n < self.most and self._may_begin(ch):
+                return (n + 1, 1, 0, ch)
             return None
-        if n and (d or 0 < s < len(self.separator)) and ch == self.separator[s]:
-            return (n, 0, s + 1)
+        ending = d and s == 0 and self._complete(current)  # the current ID is whole: its separator may begin
+        if n and (ending or 0 < s < len(self.separator)) and ch == self.separator[s]:
+            return (n, 0, s + 1, current)
         return None
 
     def done(self, pos: tuple) -> bool:
@@ -163,16 +178,23 @@ class IdList:
     def full(self, pos: tuple) -> bool:
         return pos[0] == self.most and pos[2] == len(self.separator)
 
+    def _digits_to_finish(self, current: str) -> int:
+        if self.allowed is None:
+            return 0
+        return min((len(a) - len(current) for a in self.allowed if a.startswith(current)), default=0)
+
     def min_left(self, pos: tuple) -> int:
-        n, d, s = pos
-        return 1 + len(self.separator) if n == 0 else len(self.separator) - s
+        n, d, s, current = pos
+        if n == 0:
+            return self.shortest + len(self.separator)
+        return (self._digits_to_finish(current) if s == 0 else 0) + len(self.separator) - s
 
     def max_left(self, pos: tuple) -> int:
-        n, d, s = pos
+        n, d, s, current = pos
         if n == 0:
             return self.most * self.one
-        current = (self.digits - d if s == 0 else 0) + len(self.separator) - s
-        return current + (self.most - n) * self.one
+        current_left = (self.digits - d if s == 0 else 0) + len(self.separator) - s
+        return current_left + (self.most - n) * self.one
 
 
 class Number:
@@ -218,15 +240,19 @@ class AnswerTemplate:
     0 (``--time-only``: no ID)."""
 
     ids: int = 1
+    allowed_ids: tuple[int, ...] | None = None
+    """The IDs an answer may name (the IDs drawn on the frames); None or empty: any."""
 
     @classmethod
-    def for_prompt(cls, prompt_text: str) -> "AnswerTemplate":
-        """The template the prompt's own format sentence asks for (`stvgr1_edge.prompt`); one ID when it names none."""
+    def for_prompt(cls, prompt_text: str, allowed_ids: Sequence[int] | None = None) -> "AnswerTemplate":
+        """The template the prompt's own format sentence asks for (`stvgr1_edge.prompt`); one ID when it names none.
+        ``allowed_ids``: the IDs the answer may name (the clip's drawn IDs)."""
+        allowed = tuple(sorted({int(i) for i in allowed_ids})) if allowed_ids else None
         if 'format "Target ID: [ID, ID, ...]' in prompt_text:
-            return cls(ids=MAX_IDS_MULTI)
+            return cls(ids=MAX_IDS_MULTI, allowed_ids=allowed)
         if 'format "Time range: [start time to end time]"' in prompt_text:
             return cls(ids=0)
-        return cls(ids=1)
+        return cls(ids=1, allowed_ids=allowed)
 
     def parts(self) -> list:
         answer_open = "<answer>Target ID: " if self.ids else "<answer>Time range: "
@@ -235,7 +261,7 @@ class AnswerTemplate:
             Thinking(),
             Gap(),
             Literal(answer_open),
-            *([IdList(self.ids), Literal("Time range: ")] if self.ids else []),
+            *([IdList(self.ids, allowed=self.allowed_ids), Literal("Time range: ")] if self.ids else []),
             Number(),
             Literal(" to "),
             Number(),

@@ -92,8 +92,9 @@ class GrounderConfig:
     answer_template: bool = True
     """Keep decoding inside the answer template ``<think>…</think> <answer>Target ID: k, Time range: a to b</answer>``
     (:mod:`stvgr1_edge.answer_template`): the model's own token wherever the template allows it, so an answer in
-    the template is unchanged and any other still parses. Not applied with ``min_new_tokens`` (fixed-length
-    benchmark decoding). False: free decoding (the reference's behaviour)."""
+    the template is unchanged and any other still parses; where the clip knows its drawn IDs, the answer names one
+    of them. Not applied with ``min_new_tokens`` (fixed-length benchmark decoding). False: free decoding (the
+    reference's behaviour)."""
     engine: Literal["hf", "static"] = "hf"
     """Decoder: "hf" (transformers' ``generate``) or "static" (:mod:`stvgr1_edge.backends.engine`: the same
     prefill, then a static KV cache and a compiled one-token step; greedy answers are ``generate``'s tokens)."""
@@ -541,9 +542,10 @@ class Grounder(GroundingInputs):
             self._token_strings = TokenStrings(self.processor.tokenizer, vocab_size)
         return self._token_strings
 
-    def answer_constraint(self, prompt_text: str) -> AnswerConstraint | None:
-        """The constraint for one generation from ``prompt_text`` (the template its format sentence asks for), or
-        None when ``answer_template`` is off or ``min_new_tokens`` fixes the length."""
+    def answer_constraint(self, prompt_text: str, drawn_ids: Sequence[int] | None = None) -> AnswerConstraint | None:
+        """The constraint for one generation from ``prompt_text`` (the template its format sentence asks for, its
+        IDs among ``drawn_ids`` when some are given), or None when ``answer_template`` is off or ``min_new_tokens``
+        fixes the length."""
         from .backends.engine import eos_ids_of
 
         cfg = self.config
@@ -552,7 +554,7 @@ class Grounder(GroundingInputs):
             return None
         constraint = AnswerConstraint(
             self.token_strings,
-            AnswerTemplate.for_prompt(prompt_text),
+            AnswerTemplate.for_prompt(prompt_text, drawn_ids),
             eos,
             cfg.max_new_tokens,
             repetition_window=cfg.stop_on_repetition,
@@ -641,7 +643,8 @@ class Grounder(GroundingInputs):
         )
         self._sync()
         generate = self._generate_static if self.config.engine == "static" else self._generate_hf
-        new_ids, prefill_s, decode_s = generate(inputs, encoded.features, self.answer_constraint(prompt_text))
+        constraint = self.answer_constraint(prompt_text, clip.drawn_ids)
+        new_ids, prefill_s, decode_s = generate(inputs, encoded.features, constraint)
         prompt_len = inputs["input_ids"].shape[1]
         text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         num_new = len(new_ids)

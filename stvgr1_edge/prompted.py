@@ -171,7 +171,8 @@ def render_prompted_clip(
     from its box. ``draw_markers=False`` (time-only grounding) keeps the pixels as decoded. ``resize=True``
     shrinks each marked frame to ``sampling.resized_height x resized_width`` at once (qwen-vl-utils' resize, as
     the grounder would do it later; the clip then holds the small frames). ``video_fps``/``num_video_frames``
-    default to the track set's. ``timings_ms`` gets ``markers`` and ``resize`` added (wall ms).
+    default to the track set's. ``timings_ms`` gets ``markers`` and ``resize`` added (wall ms). The clip's
+    ``drawn_ids`` are the IDs drawn on any sampled frame (none with ``draw_markers=False``).
     """
     if not sampling.indices:
         raise ValueError("render_prompted_clip: the sampling has no frames")
@@ -180,12 +181,14 @@ def render_prompted_clip(
 
     wanted = frozenset(sampling.indices)
     images: dict[int, np.ndarray] = {}
+    drawn: set[int] = set()
     for frame in frames:
         if frame.index not in wanted:
             continue
         image = frame.image
         t0 = time.perf_counter()
         objects = tracks.objects_at(frame.index) if draw_markers else []
+        drawn.update(track_id for track_id, _, _ in objects)
         if objects:
             image = draw_id_markers(
                 image,
@@ -213,6 +216,7 @@ def render_prompted_clip(
         resized_width=sampling.resized_width,
         video_fps=float(tracks.fps if video_fps is None else video_fps),
         num_video_frames=int(tracks.num_frames if num_video_frames is None else num_video_frames),
+        drawn_ids=tuple(sorted(drawn)),
     )
 
 

@@ -19,6 +19,8 @@ from stvgr1_edge.prompt import grounding_prompt, multi_object_prompt, time_only_
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ONE, MANY, TIME = AnswerTemplate(1), AnswerTemplate.for_prompt(multi_object_prompt("x")), AnswerTemplate(0)
+DRAWN = AnswerTemplate.for_prompt(grounding_prompt("x"), allowed_ids=(105, 3, 12))  # the clip's drawn IDs
+DRAWN_MANY = AnswerTemplate.for_prompt(multi_object_prompt("x"), allowed_ids=(3, 12, 105))
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,14 @@ def eos(tokenizer) -> list[int]:
         (MANY, "<think>x</think><answer>Target ID: 3, Time range: 1 to 2</answer>", True),
         (TIME, "<think>x</think> <answer>Time range: 1.25 to 2.5</answer>", True),
         (TIME, "<think>x</think> <answer>Target ID: 3, Time range: 1 to 2</answer>", None),
+        (DRAWN, "<think>x</think><answer>Target ID: 12, Time range: 1 to 2</answer>", True),
+        (DRAWN, "<think>x</think><answer>Target ID: 105, Time range: 1 to 2</answer>", True),
+        (DRAWN, "<think>x</think><answer>Target ID: 1, Time range: 1 to 2</answer>", None),  # a prefix of 12, 105
+        (DRAWN, "<think>x</think><answer>Target ID: 4, Time range: 1 to 2</answer>", None),  # not drawn
+        (DRAWN, "<think>x</think><answer>Target ID: 120, Time range: 1 to 2</answer>", None),  # longer than 12
+        (DRAWN, "<think>x</think><answer>Target ID: 10", False),  # may still become 105
+        (DRAWN_MANY, "<think>x</think><answer>Target ID: 105, 3, Time range: 1 to 2</answer>", True),
+        (DRAWN_MANY, "<think>x</think><answer>Target ID: 105, 31, Time range: 1 to 2</answer>", None),
     ],
 )
 def test_template_accepts_its_answers_and_nothing_else(template, text, complete):
@@ -68,6 +78,10 @@ def test_each_prompt_names_its_template():
     assert AnswerTemplate.for_prompt(grounding_prompt("a man sits")) == AnswerTemplate(1)
     assert AnswerTemplate.for_prompt(time_only_prompt("a man sits")) == AnswerTemplate(0)
     assert AnswerTemplate.for_prompt(multi_object_prompt("two men meet")).ids > 1
+    # drawn IDs narrow the ID list; a time-only answer names none, and no drawn IDs leave any ID allowed
+    assert DRAWN.allowed_ids == (3, 12, 105) and DRAWN_MANY.ids > 1
+    assert AnswerTemplate.for_prompt(time_only_prompt("a man sits"), allowed_ids=(3,)) == AnswerTemplate(0)
+    assert AnswerTemplate.for_prompt(grounding_prompt("a man sits"), allowed_ids=()) == AnswerTemplate(1)
 
 
 def choose(constraint: AnswerConstraint, tokens: list[int], logits: torch.Tensor, generator=None) -> int:
@@ -86,7 +100,9 @@ def decode_with(constraint: AnswerConstraint, next_logits, eos: list[int], gener
     return tokens
 
 
-@pytest.mark.parametrize("template", [ONE, MANY, TIME], ids=["one", "many", "time"])
+@pytest.mark.parametrize(
+    "template", [ONE, MANY, TIME, DRAWN, DRAWN_MANY], ids=["one", "many", "time", "drawn", "drawn-many"]
+)
 @pytest.mark.parametrize("max_new_tokens", ["shortest", 90, 400])
 @pytest.mark.parametrize("sample", [False, True])
 def test_random_logits_always_end_in_a_complete_answer_within_the_budget(
@@ -110,6 +126,8 @@ def test_random_logits_always_end_in_a_complete_answer_within_the_budget(
         assert machine.complete(machine.feed(machine.start, "".join(vocabulary.text[t] for t in tokens[:-1])))
         answer = parse_answer(text, time_only=template.ids == 0)
         assert answer.parse_ok, text
+        if template.allowed_ids:
+            assert answer.ids and set(answer.ids) <= set(template.allowed_ids), text
         if budget == 400:  # random text never writes "</think>": closed for it, early enough
             assert constraint.forced_close in ("budget", "repetition")
 
@@ -207,6 +225,25 @@ def test_both_engines_give_the_same_template_answer_from_a_random_model(tiny_mod
     assert parse_answer(outputs["hf"].text, time_only=time_only).parse_ok, outputs["hf"].text
     assert not parse_answer(free_text, time_only=time_only).parse_ok  # what the template saves a random model from
     assert outputs["hf"].num_generated_tokens <= 120
+
+
+def test_the_answer_names_a_drawn_id(tiny_model, clip):
+    """Where the clip knows its drawn IDs, a random model's sampled answers name only those; without them, the same
+    samples name others (what the drawn IDs save a random model from)."""
+    import dataclasses
+
+    model, processor = tiny_model
+    config = GrounderConfig(model="tiny", device="cpu", max_new_tokens=100, do_sample=True, temperature=1.5)
+    drawn = dataclasses.replace(clip, drawn_ids=(2, 17))
+    named: dict[bool, set[int]] = {True: set(), False: set()}
+    for knows_ids, prompted in ((True, drawn), (False, clip)):
+        torch.manual_seed(0)
+        for _ in range(4):
+            answer = parse_answer(Grounder(model, processor, config).ground(prompted, grounding_prompt("a dog")).text)
+            assert answer.parse_ok
+            named[knows_ids].update(answer.ids)
+    assert named[True] and named[True] <= {2, 17}, named
+    assert named[False] - {2, 17}, named
 
 
 def test_sampling_under_the_template_parses(tiny_model, clip):

@@ -130,6 +130,14 @@ def test_mask_is_used_for_the_anchor_when_the_object_has_one(sampling):
     assert np.array_equal(clip.frames[k], from_mask)
 
 
+def test_the_clip_knows_the_ids_drawn_on_its_sampled_frames(sampling):
+    tracks = tracks_on_some_frames()
+    unsampled = next(f for f in range(N) if f not in sampling.indices)
+    tracks.add(7, unsampled, [5, 5, 30, 30])  # tracked, but never on a frame the model sees
+    assert render_prompted_clip(grey_stream(), tracks, sampling).drawn_ids == (1, 2)
+    assert render_prompted_clip(grey_stream(), tracks, sampling, draw_markers=False).drawn_ids == ()
+
+
 def test_draw_markers_false_leaves_pixels_untouched(sampling):
     frames = grey_stream()
     clip = render_prompted_clip(frames, tracks_on_some_frames(), sampling, draw_markers=False)
