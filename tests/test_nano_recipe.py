@@ -171,12 +171,17 @@ def test_tensors_are_the_grounders(tiny):
 
 
 def test_pretraining_changes_the_vision_tower_only(tiny, tmp_path):
+    import dataclasses
+
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    report = pretrain_vision(tiny.folder, tmp_path / "out", CONFIG)
+    report = pretrain_vision(tiny.folder, tmp_path / "out", dataclasses.replace(CONFIG, state_weight=1.0))
     assert [h["phase"] for h in report["history"]] == ["glyph", "glyph", "scene", "scene", "clip", "clip"]
     assert report["final"]["step"] == 6 and 0.0 <= report["final"]["digit_acc"] <= 1.0
     assert 0.0 <= report["final"]["colour_balanced_acc"] <= 1.0
+    # the state head is scored where it has labels (scenes and clips), never on digit-only glyph crops
+    assert all("state_r2_radius" not in h for h in report["history"][:2])
+    assert all(np.isfinite(h["state_r2_radius"]) and h["state_r2_radius"] <= 1 for h in report["history"][2:])
     before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny.folder).state_dict()
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -413,6 +418,86 @@ def test_change_heads_train_only_with_a_change_weight():
         assert all(torch.equal(on[k], off[k]) for k in off)
 
 
+def test_state_labels_hold_each_objects_offset_radius_turn_and_colour_in_both_frames():
+    """A square growing and turning, a circle beside it: each owned token's state row is the object's state in
+    each frame, relative to that token; a circle has no turn, floor tokens and slivers no state at all."""
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import STATE_NAMES, tube_object_labels
+
+    maps = [np.zeros((56, 84), np.uint8) for _ in range(2)]
+    maps[0][0:28, 0:28], maps[1][0:28, 0:30] = 1, 1  # the square: token (0, 0) (and a sliver of (0, 1) in frame 1)
+    maps[0][28:56, 56:84], maps[1][28:56, 56:84] = 2, 2  # the circle: token (1, 2)
+    states = {
+        (1, 0): ((14.0, 14.0), 10.0, 0.0, (200, 0, 0)),
+        (1, 1): ((15.0, 13.0), 20.0, 45.0, (200, 0, 0)),
+        (2, 0): ((70.0, 42.0), 14.0, 30.0, (0, 0, 255)),
+        (2, 1): ((70.0, 42.0), 14.0, 60.0, (0, 0, 255)),
+    }
+    shapes = {1: "square", 2: "circle"}
+    labels = tube_object_labels(
+        maps,
+        lambda k, j: ("red", shapes[k], "small", None),
+        min_object_pixels=30,
+        min_object_share=0.2,
+        state=lambda k, j: states[k, j],
+    )
+    state, n = labels["state"], len(STATE_NAMES)
+    assert state.shape == (2, 3, 2 * n)
+    square, circle = state[0, 0], state[1, 2]
+    np.testing.assert_allclose(square[:2], [0.0, 0.0], atol=1e-6)  # centred on its token in frame 0
+    np.testing.assert_allclose(square[n : n + 2], [1 / 28, -1 / 28], atol=1e-6)  # moved 1 px right, 1 px up
+    np.testing.assert_allclose([square[2], square[n + 2]], [0.0, np.log(2.0)], atol=1e-6)  # radius 10 -> 20
+    # a square's 45-degree turn is half of its 90-degree symmetry: folded, the turn's cosine goes from 1 to -1
+    np.testing.assert_allclose([square[4], square[n + 4]], [1.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(square[5:8], [200 / 255 - 0.5, -0.5, -0.5], atol=1e-6)
+    np.testing.assert_allclose(circle[:2], [0.0, 0.0], atol=1e-6)
+    assert np.isnan(circle[[3, 4, n + 3, n + 4]]).all() and not np.isnan(np.delete(circle, [3, 4, n + 3, n + 4])).any()
+    floor = np.ones((2, 3), bool)
+    floor[0, 0] = floor[1, 2] = False
+    assert np.isnan(state[floor]).all()  # the floor and the square's 2-pixel sliver in token (0, 1)
+    without = tube_object_labels(maps, lambda k, j: ("red", shapes[k], "small", None), 30, 0.2)
+    assert np.isnan(without["state"]).all()
+
+
+def test_the_state_loss_skips_unlabelled_entries_and_r2_scores_against_the_mean():
+    import dataclasses
+
+    from stvgr1_edge_train.recipes.nano.pretrain_vision import (
+        STATE_NAMES,
+        TokenProbe,
+        _losses_and_hits,
+        state_loss_and_sums,
+        state_r2,
+    )
+
+    torch.manual_seed(0)
+    width = TEMPORAL_PATCH * len(STATE_NAMES)
+    target = torch.randn(200, width)
+    target[::3] = float("nan")  # tokens without an object
+    target[:, [3, 4, 11, 12]] = float("nan")  # circles everywhere: no turn
+    exact_loss, exact = state_loss_and_sums(torch.nan_to_num(target), target)
+    assert exact_loss.item() == 0.0
+    scores = state_r2(*exact)
+    assert scores["state_r2_radius"] == pytest.approx(1.0) and np.isnan(scores["state_r2_turn"])
+    labelled = ~torch.isnan(target[:, 0])
+    mean = torch.nan_to_num(target[labelled].nanmean(0)).expand_as(target)
+    assert state_r2(*state_loss_and_sums(mean, target)[1])["state_r2_colour"] == pytest.approx(0.0, abs=1e-6)
+    # NaN entries cost nothing: whatever is predicted there, the loss is the same
+    noise = torch.randn_like(target)
+    wild = torch.where(torch.isnan(target), 1e3 * noise, noise)
+    assert torch.equal(state_loss_and_sums(wild, target)[0], state_loss_and_sums(noise, target)[0])
+    assert state_loss_and_sums(noise, torch.full_like(target, float("nan"))) == (None, None)
+    # the state head trains only with a state weight, and then at that weight
+    probe = TokenProbe.build(16)
+    features = torch.randn(200, 16)
+    labels = {name: torch.randint(0, len(names), (200,)) for name, names in label_classes().items()}
+    labels["state"] = target
+    off, _ = _losses_and_hits(probe, features, labels, CONFIG)
+    on, hits = _losses_and_hits(probe, features, labels, dataclasses.replace(CONFIG, state_weight=3.0))
+    assert "state" not in off and "state" in hits
+    with torch.no_grad():
+        assert torch.allclose(on["state"], 3.0 * state_loss_and_sums(probe["state"](features), target)[0])
+
+
 def test_sft_on_frozen_vision_features_has_the_same_loss(tmp_path):
     from _train_helpers import write_mixed_synthetic
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -642,7 +727,7 @@ def test_other_clip_formats_label_the_grid_the_model_sees_and_unseen_sizes_are_r
     ((video, labels),) = labelled_clip(19, tiny.processor.video_processor, config, np.random.default_rng(3), tmp_path)
     t, h, w = (int(v) for v in video.video_grid_thw[0])
     assert (h * 14, w * 14) == (252, 308)
-    assert all(v.numel() == t * (h // 2) * (w // 2) == 8 * 9 * 11 for v in labels.values())
+    assert all(v.shape[0] == t * (h // 2) * (w // 2) == 8 * 9 * 11 for v in labels.values())  # one row per token
     problem = replace(CONFIG, width=320, height=240, seconds=8.0).clip_format_error()
     assert problem is not None and "--width 308 --height 252" in problem
 
@@ -734,6 +819,58 @@ def test_the_context_row_holds_the_tube_its_neighbours_and_the_first_tube():
     np.testing.assert_array_equal(row[0], [3, 3, 3, 2, 2, 2, 0, 0, 0, 2, 2, 2, 1, 1, 1])
     row = object_context(per_tube, 5)  # no tube 6 either, the first is still tube 2
     np.testing.assert_array_equal(row[1], [5, 5, 5, 0, 0, 0, 0, 0, 0, 2, 2, 2, 3, 3, 3])
+
+
+def test_the_state_read_out_recovers_a_state_the_tokens_hold_and_not_one_they_lack():
+    """``read_states``: pooled tokens that are a linear image of the true tube state give it back (R^2 near 1, the
+    context rows those of the true states); tokens of pure noise give R^2 near or below 0."""
+    from stvgr1_edge_train.recipes.nano.probe_events import object_context, read_states
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(24, 40))
+
+    def clips(n: int, signal: bool):
+        tubes, keys, truths = [], [], {}
+        for c in range(n):
+            for k in (1, 2, 3):
+                for t in range(6):
+                    truth = rng.normal(size=24)
+                    pooled = (truth @ mixing if signal else rng.normal(size=40)) + 0.01 * rng.normal(size=40)
+                    tubes.append((c, k, t, pooled[None], truth))
+                    truths.setdefault((c, k), {})[t] = truth
+                    if 1 <= t <= 4:
+                        keys.append((c, k, t))
+        return (tubes, keys), truths
+
+    (train, _), ((test, truths)) = clips(30, True), clips(10, True)
+    train_rows, test_rows, r2 = read_states(train, test, 0)
+    assert min(r2.values()) > 0.99, r2
+    expected = np.stack([object_context(truths[c, k], t) for c, k, t in test[1]])
+    assert test_rows.shape == expected.shape and np.corrcoef(test_rows.ravel(), expected.ravel())[0, 1] > 0.99
+    assert len(train_rows) == len(train[1])
+    (noise_train, _), (noise_test, _) = clips(30, False), clips(10, False)
+    assert max(read_states(noise_train, noise_test, 0)[2].values()) < 0.1
+
+
+def test_true_tube_states_follow_a_growing_object():
+    """The drawing state of each (tube, object) where the object is in both frames: a growing object's radius
+    column rises across its event and stays up after it, the others' keep theirs."""
+    from stvgr1_edge.synth import SynthConfig, generate_clip
+    from stvgr1_edge_train.recipes.nano.probe_events import state_r2, true_tube_states
+
+    config = VisionPretrainConfig()
+    for seed in range(200):
+        clip = generate_clip(seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds))
+        if clip.objects[0].event is not None and clip.objects[0].event.name == "grows":
+            break
+    states = true_tube_states(seed, config)
+    growing = clip.objects[0].object_id
+    radius = [states[t, growing][2] for t in range(6) if (t, growing) in states]
+    assert radius[-1] > 1.4 * radius[0] and all(b >= a - 1e-9 for a, b in zip(radius, radius[1:]))
+    assert {k for _, k in states} <= {o.object_id for o in clip.objects}
+    truth = np.stack(list(states.values()))
+    assert state_r2(truth, truth)["radius"] == 1.0
+    assert abs(state_r2(np.broadcast_to(truth.mean(0), truth.shape), truth)["colour"]) < 1e-9
 
 
 def test_validation_reports_each_rare_class_recall_beside_the_plain_accuracy():

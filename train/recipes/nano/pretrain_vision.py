@@ -50,6 +50,17 @@ rises from 0.659 to 0.735 and 0.743, one tube's from 0.635 to 0.650 and 0.676: `
 ``jumps`` 0.73 in context, but ``grows`` 0.50 and ``spins`` 0.65, and the ``scale`` and ``turn`` heads still never
 answer a growth, a shrink or a turn.
 
+A token cannot tell a growth or a turn within its tube, but the language model can compare the object's state across
+tubes if each token holds it: the ``state`` head (``--state-weight``, :data:`STATE_NAMES`) regresses the token's
+object's offset from the token, log radius, folded turn and colour in each of the tube's frames. Linearly
+(``--freeze-tower``, 300 head steps at synth's default grid) the packaged tower gives R^2 offset 0.16, radius 0.62, turn
+-0.31, colour 0.80. From it, 1,200 clip steps (``--glyph-steps 0 --scene-steps 0 --steps 1200 --eval-every 400 --lr 3e-4
+--change-weight 1 --event-weight 5 --state-weight 5 --width 308 --height 252 --seconds 8 --train-seed 11700``, 26
+minutes): offset 0.51 / 0.63 / 0.66, radius 0.85 / 0.88 / 0.89, colour 0.90 / 0.93 / 0.94 after 400 / 800 / 1,200 steps,
+turn -0.07 / -0.03 / -0.02 (objects turn only while spinning: the tower never learns to see it). The read-out of each
+object in context hardly moves (``probe_events``, ``objects context``: 0.710 to 0.723; ``grows`` 0.49 to 0.58), see
+:mod:`probe_events` for why.
+
 The heads are thrown away afterwards and the language model is not touched, so the features the LM later reads are
 ones from which these facts are a linear read-out. Clips are drawn fresh for every step (root seed
 ``VisionPretrainConfig.seed``, disjoint from the recipe's training, validation and held-out seeds) in the recipe's
@@ -155,6 +166,35 @@ def change_labels(first, second, shape: str) -> dict[str, int]:
     return out
 
 
+STATE_NAMES = ("offset_x", "offset_y", "log_radius", "turn_sin", "turn_cos", "red", "green", "blue")
+"""What the ``state`` head regresses per frame of a token's tube (so ``2 * len(STATE_NAMES)`` outputs): the
+object's centre relative to the token's centre (in tokens), its log radius (against :data:`STATE_RADIUS_PX`), its
+rotation folded by the shape's symmetry (sine, cosine; not for circles) and its colour (0-1, centred)."""
+STATE_RADIUS_PX = 10.0
+STATE_GROUPS = {"offset": (0, 1), "radius": (2,), "turn": (3, 4), "colour": (5, 6, 7)}
+"""Indices of :data:`STATE_NAMES` scored together (``state_r2_{group}`` over both frames)."""
+
+
+def state_features(state, shape: str, row: int, col: int) -> np.ndarray:
+    """:data:`STATE_NAMES` of one object in one frame, ``state`` ``(centre (x, y), radius, angle_deg, rgb)`` in
+    pixels, for the token at ``(row, col)``; NaN for what the loss skips (an absent object: ``state`` None; a
+    circle's rotation)."""
+    from stvgr1_edge.synth_motion import SYMMETRY_DEG
+
+    out = np.full(len(STATE_NAMES), np.nan, np.float32)
+    if state is None:
+        return out
+    centre, radius, angle_deg, rgb = state
+    out[0] = (float(centre[0]) - (col + 0.5) * MERGED_PX) / MERGED_PX
+    out[1] = (float(centre[1]) - (row + 0.5) * MERGED_PX) / MERGED_PX
+    out[2] = math.log(max(float(radius), 1e-3) / STATE_RADIUS_PX)
+    if shape in SYMMETRY_DEG:
+        folded = math.radians(float(angle_deg) * 360.0 / SYMMETRY_DEG[shape])
+        out[3], out[4] = math.sin(folded), math.cos(folded)
+    out[5:8] = np.asarray(rgb, np.float64) / 255.0 - 0.5
+    return out
+
+
 @dataclass(frozen=True)
 class VisionPretrainConfig:
     """The dense vision stage: small scenes first (reading digits and shapes), then whole clips (events, context)."""
@@ -192,6 +232,11 @@ class VisionPretrainConfig:
     was finished with 5 (``--event-weight 5``, accuracy 0.237)."""
     change_weight: float = 0.0
     """Weight of the :data:`CHANGE_HEADS` losses (0: those heads are not trained)."""
+    state_weight: float = 0.0
+    """Weight of the ``state`` regression (:data:`STATE_NAMES` in both frames of each object token, smooth L1; 0: not
+    trained). The change heads ask a token to match the object across the tube's frames, which it rarely sees twice
+    when the object moves; the state in each frame is there in one frame's pixels, and comparing it across tubes is
+    left to the language model."""
     min_object_pixels: int = 30
     """A token belongs to an object when the object covers at least this many of its 2 x 28 x 28 pixels ..."""
     min_object_share: float = 0.2
@@ -363,7 +408,8 @@ def tube_object_labels(
     tube; :data:`IGNORE` where that object covers at least ``min_object_pixels`` of it but the token holds less than
     ``min_object_share`` of the object (a sliver cannot tell a circle's edge from a square's). ``state(object_id,
     j)``: ``(centre, radius, angle_deg, rgb)`` in frame j, or None where absent, for the :data:`CHANGE_HEADS`
-    (IGNORE everywhere without it, and on tokens whose object is absent from one frame)."""
+    (IGNORE everywhere without it, and on tokens whose object is absent from one frame) and ``state``
+    (:func:`state_features` in each frame, ``(rows, cols, frames * len(STATE_NAMES))``, NaN where unlabelled)."""
     classes = label_classes()
     height, width = maps[0].shape
     rows, cols = height // MERGED_PX, width // MERGED_PX
@@ -373,6 +419,8 @@ def tube_object_labels(
     owner, share = token_owners(maps, min_object_pixels)
     for name in labels:
         labels[name][(owner > 0) & (share < min_object_share)] = IGNORE
+    # (rows, cols, frames x STATE_NAMES) floats, NaN where not labelled (no object, a sliver, no state given)
+    labels["state"] = np.full((rows, cols, len(maps) * len(STATE_NAMES)), np.nan, np.float32)
     for r, c in zip(*np.nonzero((owner > 0) & (share >= min_object_share))):
         k = int(owner[r, c])
         facts = [describe(k, j) for j in range(len(maps))]
@@ -388,6 +436,9 @@ def tube_object_labels(
             changes = change_labels(first, second, facts[0][1]) if first and second else {}
             for name in CHANGE_HEADS:
                 labels[name][r, c] = changes.get(name, IGNORE)
+            labels["state"][r, c] = np.concatenate(
+                [state_features(state(k, j), facts[0][1], r, c) for j in range(len(maps))]
+            )
     return labels
 
 
@@ -645,8 +696,13 @@ class SceneStream(torch.utils.data.IterableDataset):
         while True:
             scenes = [self.make(rng, backgrounds, self.config) for _ in range(self.batch)]
             videos = [video_tensors(frames, 2.0, self.video_processor) for frames, _ in scenes]
-            labels = {k: torch.from_numpy(np.stack([lab[k] for _, lab in scenes]).reshape(-1)) for k in scenes[0][1]}
+            labels = {k: token_rows(np.stack([lab[k] for _, lab in scenes])) for k in scenes[0][1]}
             yield videos, labels
+
+
+def token_rows(labels: np.ndarray) -> torch.Tensor:
+    """``(items, rows, cols[, D])`` token labels as one row per token, in the merger's output order."""
+    return torch.from_numpy(np.ascontiguousarray(labels.reshape(-1, *labels.shape[3:])))
 
 
 def video_tensors(frames: np.ndarray, sample_fps: float, video_processor):
@@ -697,7 +753,6 @@ def labelled_clip(
 ) -> list:
     """``variants`` ``(VideoTensors, labels)`` pairs for one fresh synthetic clip, each with its own marker IDs
     (see the module doc for how the clip is made)."""
-    import torch
 
     from stvgr1_edge.prompted import track_and_prompt
     from stvgr1_edge.sampling import plan_sampling
@@ -731,7 +786,7 @@ def labelled_clip(
         out.append(
             (
                 video_tensors(prompted.frames, prompted.sample_fps, video_processor),
-                {k: torch.from_numpy(v.reshape(-1)) for k, v in labels.items()},
+                {k: token_rows(v) for k, v in labels.items()},
             )
         )
     return out
@@ -772,7 +827,46 @@ class TokenProbe:
     def build(hidden_size: int):
         import torch.nn as nn
 
-        return nn.ModuleDict({name: nn.Linear(hidden_size, len(names)) for name, names in label_classes().items()})
+        heads = {name: nn.Linear(hidden_size, len(names)) for name, names in label_classes().items()}
+        heads["state"] = nn.Linear(hidden_size, TEMPORAL_PATCH * len(STATE_NAMES))
+        return nn.ModuleDict(heads)
+
+
+def state_loss_and_sums(prediction: torch.Tensor, target: torch.Tensor):
+    """Smooth L1 of the ``state`` head over the labelled entries (NaN: skipped; None without any), and per output the
+    sums an R^2 needs: ``(squared error, target sum, target square sum, count)``."""
+    import torch.nn.functional as F
+
+    labelled = ~torch.isnan(target)
+    if not labelled.any():
+        return None, None
+    filled = torch.where(labelled, target, torch.zeros_like(target))
+    loss = F.smooth_l1_loss(prediction[labelled], target[labelled], beta=0.1)
+    weight = labelled.to(prediction.dtype)
+    with torch.no_grad():
+        sums = tuple(
+            v.cpu().double().numpy()
+            for v in (
+                (((prediction - filled) ** 2) * weight).sum(0),
+                filled.sum(0),
+                (filled**2).sum(0),
+                weight.sum(0),
+            )
+        )
+    return loss, sums
+
+
+def state_r2(sse: np.ndarray, total: np.ndarray, square: np.ndarray, n: np.ndarray) -> dict[str, float]:
+    """``state_r2_{group}`` (:data:`STATE_GROUPS`, both frames pooled): 1 - squared error / the targets' variance
+    about their mean, per output, then averaged over the group's outputs that have labels."""
+    variance = square - total**2 / np.maximum(n, 1)
+    r2 = np.where((n > 1) & (variance > 0), 1 - sse / np.maximum(variance, 1e-12), np.nan)
+    out = {}
+    for group, index in STATE_GROUPS.items():
+        columns = [j * len(STATE_NAMES) + i for j in range(TEMPORAL_PATCH) for i in index]
+        values = r2[columns][~np.isnan(r2[columns])]
+        out[f"state_r2_{group}"] = float(values.mean()) if len(values) else float("nan")
+    return out
 
 
 def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
@@ -781,6 +875,12 @@ def _losses_and_hits(probe, features, labels, config: VisionPretrainConfig):
     losses, hits = {}, {}
     for name, head in probe.items():
         if name in CHANGE_HEADS and config.change_weight <= 0:
+            continue
+        if name == "state":
+            if config.state_weight > 0 and "state" in labels:
+                loss, sums = state_loss_and_sums(head(features), labels["state"])
+                if loss is not None:
+                    losses[name], hits[name] = config.state_weight * loss, sums
             continue
         logits = head(features)
         target = labels[name]
@@ -856,6 +956,8 @@ def _evaluate(visual, probe, val_batches, config, device) -> dict[str, float]:
                 totals[name] = [a + b for a, b in zip(totals[name], h)] if name in totals else list(h)
     visual.train(config.train_tower)
     scores = {}
+    if "state" in totals:
+        scores.update(state_r2(*totals.pop("state")))
     for name, (right, n, false_pos, negatives, class_right, class_n) in totals.items():
         scores[f"{name}_acc"] = right / max(n, 1)
         scores[f"{name}_false_positive_rate"] = false_pos / max(negatives, 1)
@@ -1026,6 +1128,12 @@ def main(argv: list[str] | None = None) -> None:
         default=VisionPretrainConfig.change_weight,
         help="Loss weight of the change heads (dx, dy, scale, turn, recolour); 0 leaves them out.",
     )
+    parser.add_argument(
+        "--state-weight",
+        type=float,
+        default=VisionPretrainConfig.state_weight,
+        help="Loss weight of the state regression (offset, radius, turn, colour in each frame); 0 leaves it out.",
+    )
     parser.add_argument("--eval-every", type=int, default=VisionPretrainConfig.eval_every)
     parser.add_argument(
         "--train-seed",
@@ -1062,6 +1170,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_every=args.eval_every,
         event_weight=args.event_weight,
         change_weight=args.change_weight,
+        state_weight=args.state_weight,
         scene_changes=args.scene_changes,
         scene_still=args.scene_still,
         data_workers=args.data_workers,
