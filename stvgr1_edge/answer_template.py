@@ -139,8 +139,8 @@ class Gap:
 
 class IdList:
     """One to ``most`` IDs, each followed by ``", "``: ``3, `` or ``3, 5, ``. ``allowed``: the IDs that may be
-    written (None: any of up to ``digits`` digits). Position: (IDs begun, digits of the current one, characters of
-    the separator matched, the current ID's digits so far)."""
+    written (None: any of up to ``digits`` digits). Position: (IDs begun, digits of the current one so far ("" once
+    its separator begins), characters of the separator matched)."""
 
     def __init__(
         self, most: int, digits: int = MAX_ID_DIGITS, separator: str = ", ", allowed: Sequence[int] | None = None
@@ -149,27 +149,29 @@ class IdList:
         if self.allowed:
             digits = max(len(a) for a in self.allowed)
         self.most, self.digits, self.separator = most, digits, separator
-        self.start: tuple = (0, 0, 0, "")
+        self.start: tuple = (0, "", 0)
         self.one = digits + len(separator)
         self.shortest = min(len(a) for a in self.allowed) if self.allowed else 1
 
     def _may_begin(self, digits: str) -> bool:
         return self.allowed is None or any(a.startswith(digits) for a in self.allowed)
 
-    def _complete(self, digits: str) -> bool:
-        return self.allowed is None or digits in self.allowed
+    def _digits_to_finish(self, digits: str) -> int:
+        if self.allowed is None:
+            return 0
+        return min((len(a) - len(digits) for a in self.allowed if a.startswith(digits)), default=0)
 
     def step(self, pos: tuple, ch: str) -> tuple | None:
-        n, d, s, current = pos
+        n, current, s = pos
         if ch in DIGITS:
-            if s == 0 and 0 < d < self.digits and self._may_begin(current + ch):
-                return (n, d + 1, 0, current + ch)
+            if current and len(current) < self.digits and self._may_begin(current + ch):
+                return (n, current + ch, 0)
             if (n == 0 or s == len(self.separator)) and n < self.most and self._may_begin(ch):
-                return (n + 1, 1, 0, ch)
+                return (n + 1, ch, 0)
             return None
-        ending = d and s == 0 and self._complete(current)  # the current ID is whole: its separator may begin
-        if n and (ending or 0 < s < len(self.separator)) and ch == self.separator[s]:
-            return (n, 0, s + 1, current)
+        whole = current and (self.allowed is None or current in self.allowed)  # its separator may begin
+        if n and (whole or 0 < s < len(self.separator)) and ch == self.separator[s]:
+            return (n, "", s + 1)
         return None
 
     def done(self, pos: tuple) -> bool:
@@ -178,22 +180,17 @@ class IdList:
     def full(self, pos: tuple) -> bool:
         return pos[0] == self.most and pos[2] == len(self.separator)
 
-    def _digits_to_finish(self, current: str) -> int:
-        if self.allowed is None:
-            return 0
-        return min((len(a) - len(current) for a in self.allowed if a.startswith(current)), default=0)
-
     def min_left(self, pos: tuple) -> int:
-        n, d, s, current = pos
+        n, current, s = pos
         if n == 0:
             return self.shortest + len(self.separator)
-        return (self._digits_to_finish(current) if s == 0 else 0) + len(self.separator) - s
+        return (self._digits_to_finish(current) if current else 0) + len(self.separator) - s
 
     def max_left(self, pos: tuple) -> int:
-        n, d, s, current = pos
+        n, current, s = pos
         if n == 0:
             return self.most * self.one
-        current_left = (self.digits - d if s == 0 else 0) + len(self.separator) - s
+        current_left = (self.digits - len(current) if current else 0) + len(self.separator) - s
         return current_left + (self.most - n) * self.one
 
 

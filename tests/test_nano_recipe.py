@@ -793,10 +793,10 @@ def test_the_event_probe_reads_models_on_the_clip_format_asked_for(tiny, tmp_pat
 def test_the_event_probe_pools_each_objects_own_tokens(tiny, tmp_path):
     """The object read-out averages the tokens the vision stage labels for one object: every labelled token has an
     owner, and one owner's tokens in a tube carry one colour, shape, size and event."""
-    from stvgr1_edge_train.recipes.nano.probe_events import token_object_ids
+    from stvgr1_edge_train.recipes.nano.probe_events import probe_clip, token_object_ids
 
     ((_, labels),) = labelled_clip(19, tiny.processor.video_processor, CONFIG, np.random.default_rng(3), tmp_path)
-    owners, has_event = token_object_ids(19, CONFIG)
+    owners, has_event = token_object_ids(*probe_clip(19, CONFIG), CONFIG.min_object_pixels)
     owners = owners.reshape(-1)
     labelled = labels["shape"].numpy() > 0
     assert labelled.any() and (owners[labelled] > 0).all()
@@ -855,15 +855,14 @@ def test_the_state_read_out_recovers_a_state_the_tokens_hold_and_not_one_they_la
 def test_true_tube_states_follow_a_growing_object():
     """The drawing state of each (tube, object) where the object is in both frames: a growing object's radius
     column rises across its event and stays up after it, the others' keep theirs."""
-    from stvgr1_edge.synth import SynthConfig, generate_clip
-    from stvgr1_edge_train.recipes.nano.probe_events import state_r2, true_tube_states
+    from stvgr1_edge_train.recipes.nano.probe_events import probe_clip, state_r2, true_tube_states
 
     config = VisionPretrainConfig()
     for seed in range(200):
-        clip = generate_clip(seed, SynthConfig(width=config.width, height=config.height, seconds=config.seconds))
+        clip, sampled = probe_clip(seed, config)
         if clip.objects[0].event is not None and clip.objects[0].event.name == "grows":
             break
-    states = true_tube_states(seed, config)
+    states = true_tube_states(clip, sampled)
     growing = clip.objects[0].object_id
     radius = [states[t, growing][2] for t in range(6) if (t, growing) in states]
     assert radius[-1] > 1.4 * radius[0] and all(b >= a - 1e-9 for a, b in zip(radius, radius[1:]))

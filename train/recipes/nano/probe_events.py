@@ -92,20 +92,14 @@ def true_tube_state(obj, a: int, b: int, width: int, height: int) -> np.ndarray:
     return np.r_[sa, sb, sb - sa]
 
 
-def true_tube_states(seed: int, vision_config) -> dict[tuple[int, int], np.ndarray]:
-    """``(tube, object ID) -> true_tube_state`` of vision-stage clip ``seed``, where the object is in both frames."""
-    from stvgr1_edge.sampling import plan_sampling
-    from stvgr1_edge.synth import SynthConfig, generate_clip
-
-    c = vision_config
-    clip = generate_clip(seed, SynthConfig(width=c.width, height=c.height, seconds=c.seconds))
-    sampled = plan_sampling(clip.num_frames, clip.config.fps, c.height, c.width).indices
-    out = {}
+def true_tube_states(clip, sampled) -> dict[tuple[int, int], np.ndarray]:
+    """``(tube, object ID) -> true_tube_state`` of a clip at its sampled frames, where the object is in both."""
+    cfg, out = clip.config, {}
     for t, g in enumerate(range(0, len(sampled) - 1, 2)):
         a, b = int(sampled[g]), int(sampled[g + 1])
         for obj in clip.objects:
             if obj.present[a] and obj.present[b]:
-                out[t, obj.object_id] = true_tube_state(obj, a, b, c.width, c.height)
+                out[t, obj.object_id] = true_tube_state(obj, a, b, cfg.width, cfg.height)
     return out
 
 
@@ -218,20 +212,26 @@ def true_state_aucs(width: int, height: int, seconds: float, train_clips: int = 
     return out
 
 
-def token_object_ids(seed: int, vision_config) -> tuple[np.ndarray, dict[int, bool]]:
-    """``(groups, rows, cols)`` synthetic object ID owning each token of vision-stage clip ``seed`` (0: none; the
-    owners :func:`pretrain_vision.tube_object_labels` labels tokens by) and, per object, whether it has an event."""
+def probe_clip(seed: int, vision_config) -> tuple:
+    """Vision-stage clip ``seed`` in ``vision_config``'s format (its objects only, not rendered) and its §4-sampled
+    frame indices."""
     from stvgr1_edge.sampling import plan_sampling
     from stvgr1_edge.synth import SynthConfig, generate_clip
+
+    c = vision_config
+    clip = generate_clip(seed, SynthConfig(width=c.width, height=c.height, seconds=c.seconds))
+    return clip, plan_sampling(clip.num_frames, clip.config.fps, c.height, c.width).indices
+
+
+def token_object_ids(clip, sampled, min_object_pixels: int) -> tuple[np.ndarray, dict[int, bool]]:
+    """``(groups, rows, cols)`` synthetic object ID owning each token of a :func:`probe_clip` (0: none; the owners
+    :func:`pretrain_vision.tube_object_labels` labels tokens by) and, per object, whether it has an event."""
     from stvgr1_edge.synth_render import object_label_map
 
     from .pretrain_vision import TEMPORAL_PATCH, token_owners
 
-    c = vision_config
-    clip = generate_clip(seed, SynthConfig(width=c.width, height=c.height, seconds=c.seconds))
-    sampled = plan_sampling(clip.num_frames, clip.config.fps, c.height, c.width).indices
     owners = [
-        token_owners([object_label_map(clip, int(f)) for f in sampled[g : g + TEMPORAL_PATCH]], c.min_object_pixels)[0]
+        token_owners([object_label_map(clip, int(f)) for f in sampled[g : g + TEMPORAL_PATCH]], min_object_pixels)[0]
         for g in range(0, len(sampled), TEMPORAL_PATCH)
     ]
     return np.stack(owners), {o.object_id: o.event is not None for o in clip.objects}
@@ -296,7 +296,8 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
             keep = (shape > 0) & (tube >= 1) & (tube <= groups - 2)
             states.append(s[:, keep])
             events.append(event[keep])
-            owners, has_event = token_object_ids(clip_seed(root, i), vision_config)
+            clip, sampled = probe_clip(clip_seed(root, i), vision_config)
+            owners, has_event = token_object_ids(clip, sampled, vision_config.min_object_pixels)
             owners = owners.reshape(-1)
             by_object: dict[int, dict[int, np.ndarray]] = {}  # object -> tube -> its averaged token states
             tube_events: dict[tuple[int, int], int] = {}  # (tube, object) -> its token event label
@@ -305,7 +306,7 @@ def model_event_aucs(model_dir: str, clips: int = 100, layers: tuple[int, ...] =
                     where = (tube == t) & (shape > 0) & (owners == k)
                     by_object.setdefault(int(k), {})[t] = s[:, where].mean(1)
                     tube_events[t, int(k)] = int(event[where].max())
-            truth = true_tube_states(clip_seed(root, i), vision_config)
+            truth = true_tube_states(clip, sampled)
             for k, per_tube in by_object.items():
                 tubes.extend((i, k, t, state, truth.get((t, k))) for t, state in per_tube.items())
             for (t, k), e in tube_events.items():
