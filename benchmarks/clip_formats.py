@@ -3,11 +3,13 @@
 For each format (synth's default 320x240/8 s, the nano model's first training format 224x168/6 s, and 4 s / 16 s
 clips at the default size) the same fresh synthetic clips go through the dataset commands (`dataset_eval.py`: synth,
 predict, eval --baseline prior) for every model named, once with the answer template (the default) and, with
-``--free``, once decoding freely (`predict --free-answer`). Several models (e.g. a GRPO model and its SFT start) are
-scored on the very same clips in one run. One JSON with every report and a PNG: m_tIoU and m_vIoU per format, each
-model beside the prior, and the share of answers that parsed.
+``--free``, once decoding freely (`predict --free-answer`), and with ``--answer-samples N`` once giving the answer
+that N sampled answers agree with most (`predict --answer-samples N`). Several models (e.g. a GRPO model and its SFT
+start) are scored on the very same clips in one run. One JSON with every report and a PNG: m_tIoU and m_vIoU per
+format, each model beside the prior, and the share of answers that parsed.
 
-    python benchmarks/clip_formats.py [--models nano [WORK/sft ...]] [--num 16] [--seed 9000] [--free] [--out F.json]
+    python benchmarks/clip_formats.py [--models nano [WORK/sft ...]] [--num 16] [--seed 9000] [--free]
+                                      [--answer-samples N] [--out F.json]
 """
 
 from __future__ import annotations
@@ -79,11 +81,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=9000)
     parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     parser.add_argument("--free", action="store_true", help="Also decode without the answer template.")
+    parser.add_argument(
+        "--answer-samples", type=int, default=0, help="Also give the answer N sampled answers agree with most."
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/clip_formats.json"))
     args = parser.parse_args()
 
     decodings = {k: v for k, v in DECODINGS.items() if args.free or k == "template"}
+    if args.answer_samples > 0:
+        decodings[f"samples {args.answer_samples}"] = ("--answer-samples", str(args.answer_samples))
     reports: dict = {}
     table: dict = {}
     for name in args.formats:

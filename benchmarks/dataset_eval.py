@@ -7,7 +7,10 @@
 Writes the eval report with the commands and wall times (JSON) and a bar chart of model vs prior per convention
 (PNG). The synth format is its default unless ``--width/--height/--seconds`` say otherwise.
 
-    python benchmarks/dataset_eval.py [--model nano] [--num 64] [--seed 9000] [--out benchmarks/results/...]
+    python benchmarks/dataset_eval.py [--model nano] [--num 64] [--seed 9000] [--answer-samples N]
+                                      [--out benchmarks/results/...]
+
+``--answer-samples N`` passes the same option to predict (the answer N sampled answers agree with most).
 """
 
 from __future__ import annotations
@@ -103,11 +106,17 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--answer-samples", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dataset_eval_synth64.json"))
     args = parser.parse_args()
 
     summary = evaluate_on_synth(
-        args.model, args.num, args.seed, args.device, {f: getattr(args, f) for f in ("width", "height", "seconds")}
+        args.model,
+        args.num,
+        args.seed,
+        args.device,
+        {f: getattr(args, f) for f in ("width", "height", "seconds")},
+        ("--answer-samples", str(args.answer_samples)) if args.answer_samples else (),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))

@@ -125,6 +125,13 @@ ANSWER_TEMPLATE_OPTION = typer.Option(
     help="Keep decoding inside the answer template <think>…</think> <answer>Target ID: k, Time range: a to b</answer>, "
     "so every answer parses (the model's own token wherever the template allows it), or decode freely.",
 )
+ANSWER_SAMPLES_OPTION = typer.Option(
+    0,
+    "--answer-samples",
+    help="Sample N more answers and give the one whose ID and time range they agree with most (minimum Bayes risk; "
+    "a time written greedily, digit by digit, is not the best-scoring one): N more decodes per query, batched "
+    "\\[default: 0, the decoded answer].",
+)
 HW_DECODE_OPTION = typer.Option(
     None,
     "--hw-decode",

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .cli_common import (
+    ANSWER_SAMPLES_OPTION,
     ANSWER_TEMPLATE_OPTION,
     BUNDLE_OPTION,
     DETECTOR_OPTION,
@@ -59,6 +60,7 @@ def serve(
     max_new_tokens: int = MAX_NEW_TOKENS_OPTION,
     engine: Optional[str] = ENGINE_OPTION,
     answer_template: bool = ANSWER_TEMPLATE_OPTION,
+    answer_samples: int = ANSWER_SAMPLES_OPTION,
     weights: Optional[str] = WEIGHTS_OPTION,
     lm_head: Optional[str] = LM_HEAD_OPTION,
     hw_decode: Optional[str] = HW_DECODE_OPTION,
@@ -89,6 +91,7 @@ def serve(
         max_new_tokens=max_new_tokens,
         engine=engine,
         answer_template=answer_template,
+        answer_samples=answer_samples,
         weights=weights,
         lm_head=lm_head,
         tracker=tracker,

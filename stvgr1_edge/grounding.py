@@ -23,6 +23,7 @@ prefill is the time to the first generated token, decode the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
+from .answer_mbr import SampledAnswers, choose_answer, sample_completions
 from .answer_template import (
     AnswerConstraint,
     AnswerTemplate,
@@ -110,6 +112,16 @@ class GrounderConfig:
     model's decode time)."""
     int4_group_size: int = 128
     """Group size of "int4" weights (32, 64, 128 or 256; a linear whose inputs do not split into groups stays fp)."""
+    answer_samples: int = 0
+    """0: the decoded answer. N > 0: N more answers are sampled (at ``sample_temperature``, inside the answer
+    template) and the answer given is the one, of them and the decoded answer, whose IDs and time range the samples
+    agree with most (mean tIoU over samples naming the same IDs: minimum Bayes risk, :mod:`stvgr1_edge.answer_mbr`).
+    Greedy decoding writes a time's most likely digits one by one, which is neither the most likely range nor the
+    best-scoring one."""
+    sample_temperature: float = 1.0
+    """Temperature of the ``answer_samples`` draws (training sampled at 1.0)."""
+    sample_seed: int = 0
+    """Seed of the ``answer_samples`` draws: the same answer every run."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +158,17 @@ class GroundingOutput:
     text: str
     """Generated text (special tokens removed)."""
     timings_ms: dict[str, float]
-    """"preprocess", "vision" (0 when reused), "prefill" (to the first token), "decode" (the rest), "total"."""
+    """"preprocess", "vision" (0 when reused), "prefill" (to the first token), "decode" (the rest, and the
+    ``answer_samples`` draws), "total"."""
     num_generated_tokens: int
+    """Tokens of the decoded answer."""
     tokens_per_s: float
-    """Decode throughput: (tokens - 1) / decode seconds (0 when fewer than 2 tokens)."""
+    """The decoded answer's decode throughput: (tokens - 1) / its decode seconds (0 when fewer than 2 tokens)."""
     num_visual_tokens: int
     num_prompt_tokens: int
     vision_reused: bool
+    samples: SampledAnswers | None = None
+    """With ``answer_samples``: the sampled answers and which one ``text`` is (None: ``text`` is the decoded one)."""
 
 
 class VideoGrounder(Protocol):
@@ -647,8 +663,16 @@ class Grounder(GroundingInputs):
         new_ids, prefill_s, decode_s = generate(inputs, encoded.features, constraint)
         prompt_len = inputs["input_ids"].shape[1]
         text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        samples, sampling_s = None, 0.0
+        if self.config.answer_samples > 0:
+            sampling_start = time.perf_counter()
+            samples = self.sample_answers(inputs, encoded.features, text, prompt_text, clip)
+            self._sync()
+            sampling_s = time.perf_counter() - sampling_start
+            if samples.chosen >= 0:
+                text = samples.texts[samples.chosen]
         num_new = len(new_ids)
-        prefill_ms, decode_ms = prefill_s * 1e3, decode_s * 1e3
+        prefill_ms, decode_ms = prefill_s * 1e3, (decode_s + sampling_s) * 1e3
         vision_ms = 0.0 if reused else encoded.vision_ms
         preprocess_ms = 0.0 if reused else video.preprocess_ms
         timings = {
@@ -658,7 +682,7 @@ class Grounder(GroundingInputs):
             "decode": decode_ms,
             "total": preprocess_ms + vision_ms + prefill_ms + decode_ms,
         }
-        tokens_per_s = (num_new - 1) / (decode_ms / 1e3) if num_new > 1 and decode_ms > 0 else 0.0
+        tokens_per_s = (num_new - 1) / decode_s if num_new > 1 and decode_s > 0 else 0.0  # the decoded answer's
         return GroundingOutput(
             text=text,
             timings_ms=timings,
@@ -667,7 +691,41 @@ class Grounder(GroundingInputs):
             num_visual_tokens=video.num_visual_tokens,
             num_prompt_tokens=prompt_len,
             vision_reused=reused,
+            samples=samples,
         )
+
+    def sample_answers(
+        self, inputs: dict[str, Any], features: Any, decoded: str, prompt_text: str, clip: PromptedClip
+    ) -> SampledAnswers:
+        """``answer_samples`` answers sampled for the prompt ``inputs`` about ``clip``, and which of them, or the
+        ``decoded`` answer (-1), the samples agree with most (:func:`~stvgr1_edge.answer_mbr.choose_answer`), their
+        ranges clamped to the clip as the answer's will be."""
+        import torch
+
+        from .answer import parse_answer
+        from .backends.engine import eos_ids_of
+
+        cfg = self.config
+        time_only = AnswerTemplate.for_prompt(prompt_text).ids == 0
+        constraints = [self.answer_constraint(prompt_text, clip.drawn_ids) for _ in range(cfg.answer_samples)]
+        rows = sample_completions(
+            self.model,
+            inputs,
+            features,
+            cfg.answer_samples,
+            cfg.sample_temperature,
+            eos_ids_of(self.model.generation_config),
+            torch.Generator(device=self.device).manual_seed(cfg.sample_seed),
+            cfg.max_new_tokens,
+            constraints=None if None in constraints else [c.mask for c in constraints],  # type: ignore[union-attr]
+        )
+        texts = tuple(
+            self.processor.tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            for row in rows
+        )
+        answers = [parse_answer(t, clip.duration_s, time_only=time_only) for t in texts]
+        chosen, score = choose_answer([*answers, parse_answer(decoded, clip.duration_s, time_only=time_only)], answers)
+        return SampledAnswers(texts, -1 if chosen == len(answers) else chosen, score)
 
     def ground_many(self, clip: PromptedClip, prompts: Sequence[str]) -> list[GroundingOutput]:
         """Answer several prompts about one clip, encoding its frames once. The first output carries the
@@ -679,14 +737,6 @@ class Grounder(GroundingInputs):
             if i == 0:
                 timings = dict(out.timings_ms, preprocess=encoded.inputs.preprocess_ms, vision=encoded.vision_ms)
                 timings["total"] += encoded.inputs.preprocess_ms + encoded.vision_ms
-                out = GroundingOutput(
-                    out.text,
-                    timings,
-                    out.num_generated_tokens,
-                    out.tokens_per_s,
-                    out.num_visual_tokens,
-                    out.num_prompt_tokens,
-                    vision_reused=False,
-                )
+                out = dataclasses.replace(out, timings_ms=timings, vision_reused=False)
             outputs.append(out)
         return outputs

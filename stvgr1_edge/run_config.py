@@ -67,6 +67,9 @@ class RunConfig:
     """The output projection's weights at load: fp (default), int8, int4 or fp32-ort (a bundle's too)."""
     answer_template: bool = True
     """Keep decoding inside the answer template, so every answer parses (False: free decoding)."""
+    answer_samples: int = 0
+    """Sample this many more answers and give the one they agree with most (0: the decoded answer; see
+    :attr:`~stvgr1_edge.grounding.GrounderConfig.answer_samples`)."""
     # the tracker
     tracker: Literal["classical", "sam2", "edgetam"] | None = None
     """classical (default, no weights), sam2 or edgetam."""
@@ -164,6 +167,8 @@ def check_run_config(config: RunConfig, bundle_manifest: dict | None = None) -> 
         raise BadInputError(f"--keyframe-interval must be >= 1, got {config.keyframe_interval}")
     if config.max_new_tokens < 1:
         raise BadInputError(f"--max-new-tokens must be >= 1, got {config.max_new_tokens}")
+    if config.answer_samples < 0:
+        raise BadInputError(f"--answer-samples must be >= 0 (0: the decoded answer), got {config.answer_samples}")
 
 
 def build_pipeline(config: RunConfig) -> GroundingPipeline:
@@ -200,6 +205,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             engine=config.engine or default_engine(device, bundle.manifest["grounder"]["llm_quant"]),
             lm_head=config.lm_head or "fp",
             answer_template=config.answer_template,
+            answer_samples=config.answer_samples,
         )
         llm = {
             "model": str(bundle.root / bundle.manifest["grounder"]["llm"]),
@@ -219,6 +225,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
                 weights=config.weights or "fp",
                 lm_head=config.lm_head or "fp",
                 answer_template=config.answer_template,
+                answer_samples=config.answer_samples,
             )
         )
         llm = {
@@ -238,6 +245,7 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
             "weights": grounder.config.weights,
             "lm_head": grounder.config.lm_head,
             "answer_template": grounder.config.answer_template,
+            "answer_samples": grounder.config.answer_samples,
             "do_sample": grounder.config.do_sample,
         },
         "tracker": tracker_info,

@@ -74,6 +74,15 @@ def write_test_video(path: Path, num_frames: int = 20, width: int = 64, height: 
 
 
 @pytest.fixture(scope="session")
+def random_prompted_clip():
+    """Four random 56x84 frames as a prompted clip (a 2 s, 10 fps video sampled at 2 fps): what a grounder needs."""
+    from stvgr1_edge.clip import PromptedClip
+
+    frames = np.random.default_rng(0).integers(0, 256, (4, 60, 90, 3), dtype=np.uint8)
+    return PromptedClip(frames, (0, 6, 13, 19), 2.0, 56, 84, 10.0, 20)
+
+
+@pytest.fixture(scope="session")
 def saved_tiny(tmp_path_factory):
     """A tiny random Qwen2.5-VL saved with ``save_pretrained`` (``folder``) and its processor loaded back."""
     import types

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -197,9 +196,8 @@ def test_a_vocabulary_that_cannot_spell_the_template_is_refused(eos):
 
 # --- in the grounder -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def clip() -> PromptedClip:
-    frames = np.random.default_rng(0).integers(0, 256, (4, 60, 90, 3), dtype=np.uint8)
-    return PromptedClip(frames, (0, 6, 13, 19), 2.0, 56, 84, 10.0, 20)
+def clip(random_prompted_clip) -> PromptedClip:
+    return random_prompted_clip
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ def _one_error_line(capsys) -> str:
         (["no-such-command"], "No such command"),
         (["eval"], "Missing argument"),
         (["synth", "out", "--num", "0"], "--num"),
+        (["run", "missing.mp4", "a dog", "--answer-samples", "-1"], "--answer-samples must be >= 0"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(capsys, argv, fragment):

@@ -1,0 +1,133 @@
+"""Minimum-Bayes-risk answers: the agreement between answers, the choice among them, and the batched sampler that
+draws them from one prompt pass (its cache repeated per sample)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stvgr1_edge.answer import GroundingAnswer, parse_answer
+from stvgr1_edge.answer_mbr import agreement, choose_answer, sample_completions
+from stvgr1_edge.backends.engine import eos_ids_of
+from stvgr1_edge.clip import PromptedClip
+from stvgr1_edge.grounding import Grounder, GrounderConfig
+from stvgr1_edge.prompt import grounding_prompt, time_only_prompt
+
+
+def answer(ids: tuple[int, ...], start: float | None, end: float | None) -> GroundingAnswer:
+    return GroundingAnswer(ids, start, end, start is not None, "", (), "")
+
+
+def test_agreement_is_the_tiou_of_answers_naming_the_same_ids():
+    assert agreement(answer((2,), 1.0, 3.0), answer((2,), 2.0, 4.0)) == pytest.approx(1 / 3)
+    assert agreement(answer((2,), 1.0, 3.0), answer((5,), 1.0, 3.0)) == 0.0  # same range, another object
+    assert agreement(answer((), 1.0, 3.0), answer((), 1.0, 3.0)) == 1.0  # time-only answers
+    assert agreement(answer((1, 2), 0.0, 2.0), answer((2, 1), 0.0, 2.0)) == 1.0  # an ID list in any order
+    assert agreement(answer((2,), None, None), answer((2,), 1.0, 3.0)) == 0.0
+
+
+def test_the_answer_the_samples_agree_with_wins_over_the_decoded_one():
+    samples = [answer((2,), 2.0, 5.0), answer((2,), 2.5, 5.5), answer((2,), 1.5, 4.5), answer((7,), 1.0, 3.0)]
+    decoded = answer((7,), 1.0, 3.0)  # what greedy wrote: one sample agrees with it
+    index, score = choose_answer([*samples, decoded], samples)
+    assert index == 0
+    expected = np.mean([agreement(samples[0], s) for s in samples])
+    assert score == pytest.approx(expected)
+    assert score > np.mean([agreement(decoded, s) for s in samples])
+    # ties go to the earlier candidate
+    assert choose_answer([answer((1,), 0.0, 1.0), answer((1,), 0.0, 1.0)], [answer((1,), 0.0, 1.0)]) == (0, 1.0)
+    with pytest.raises(ValueError):
+        choose_answer([], samples)
+
+
+@pytest.fixture(scope="module")
+def clip(random_prompted_clip) -> PromptedClip:
+    return random_prompted_clip
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A random tiny model whose attention is sharp: its queries and keys scaled up, so that what a token attends to,
+    and its logits, depend on the positions (a random model's near-uniform attention hardly does)."""
+    from stvgr1_edge.tiny import build_tiny_qwen2_5_vl
+
+    model, processor = build_tiny_qwen2_5_vl(seed=0)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    return model, processor
+
+
+def _prompt_inputs(grounder: Grounder, clip: PromptedClip, prompt: str):
+    encoded = grounder.encode_video(clip)
+    inputs = grounder.prepare_text(prompt, encoded.inputs.num_visual_tokens)
+    inputs.update(video_grid_thw=encoded.inputs.video_grid_thw, second_per_grid_ts=encoded.inputs.second_per_grid_ts)
+    return inputs, encoded.features
+
+
+@pytest.mark.parametrize("prompt", [grounding_prompt("the man walks to the door"), time_only_prompt("a ball rolls")])
+def test_cold_samples_are_the_decoded_answer_token_for_token(tiny_model, clip, prompt):
+    """At a near-zero temperature every sample is the argmax path. The samples share one prompt pass and a repeated
+    cache, and decode at positions the sampler computes itself: any slip in the cache or the M-RoPE positions would
+    change a random model's tokens against ``generate``'s."""
+    model, processor = tiny_model
+    grounder = Grounder(model, processor, GrounderConfig(model="tiny", device="cpu", max_new_tokens=100))
+    decoded = grounder.ground(clip, prompt)
+    inputs, features = _prompt_inputs(grounder, clip, prompt)
+    constraints = [grounder.answer_constraint(prompt) for _ in range(3)]
+    rows = sample_completions(
+        model,
+        inputs,
+        features,
+        3,
+        1e-6,
+        eos_ids_of(model.generation_config),
+        torch.Generator().manual_seed(0),
+        100,
+        constraints=[c.mask for c in constraints],  # type: ignore[union-attr]
+    )
+    texts = [processor.tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in rows]
+    assert texts == [decoded.text] * 3
+    assert parse_answer(decoded.text, time_only="Target ID" not in prompt).parse_ok
+
+
+def test_the_grounder_gives_the_answer_its_samples_agree_with(tiny_model, clip):
+    model, processor = tiny_model
+    prompt = grounding_prompt("a dog runs")
+    drawn = dataclasses.replace(clip, drawn_ids=(2, 17))
+    config = GrounderConfig(model="tiny", device="cpu", max_new_tokens=100, answer_samples=6, sample_temperature=1.5)
+    grounder = Grounder(model, processor, config)
+    out = grounder.ground(drawn, prompt)
+    again = grounder.ground(drawn, prompt)
+    decoded = Grounder(model, processor, dataclasses.replace(config, answer_samples=0)).ground(drawn, prompt)
+    assert out.samples is not None and len(out.samples.texts) == 6
+    assert out.text == again.text and out.samples.texts == again.samples.texts  # seeded: the same every run
+    assert len(set(out.samples.texts)) > 1  # sampled, not six copies of the argmax
+    answers = [parse_answer(t, clip.duration_s) for t in out.samples.texts]  # clamped to the clip's 2 s, as scored
+    assert all(a.parse_ok and set(a.ids) <= {2, 17} for a in answers)  # each inside the template, drawn IDs only
+    index, score = choose_answer([*answers, parse_answer(decoded.text, clip.duration_s)], answers)
+    assert out.text == (decoded.text if index == len(answers) else out.samples.texts[index])
+    assert out.samples.chosen == (-1 if index == len(answers) else index)
+    assert out.samples.agreement == pytest.approx(score)
+    assert decoded.samples is None
+
+
+def test_run_takes_answer_samples_and_records_them(saved_tiny, tmp_path):
+    """The CLI path: `run --answer-samples N` reaches the grounder, its answer parses and the result says how it was
+    decoded."""
+    from stvgr1_edge.cli import main
+    from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "data", num=1, seed=3, config=SynthConfig(seconds=4.0, width=160, height=120))
+    video = tmp_path / "data" / "videos" / "synth_s3_0000.mp4"
+    out = tmp_path / "r.json"
+    args = ["run", str(video), "a red circle blinks", "--model", str(saved_tiny.folder), "--device", "cpu"]
+    assert main([*args, "--answer-samples", "3", "--max-new-tokens", "100", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["grounder"]["answer_samples"] == 3
+    assert result["queries"][0]["parse_ok"] is True
