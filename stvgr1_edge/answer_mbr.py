@@ -113,19 +113,17 @@ def sample_completions(
         logits = out.logits[:, -1].float().expand(num_samples, -1)
         length = ids.shape[1]
         for step in range(max_new_tokens):
-            chosen = []
-            for row in range(num_samples):
-                if finished[row]:
-                    chosen.append(filler)
-                    continue
-                row_logits = logits[row : row + 1]
-                if constraints is not None:
-                    row_logits = constraints[row](generated[row], row_logits)
-                probs = torch.softmax(row_logits / temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+            active = [row for row in range(num_samples) if not finished[row]]
+            if constraints is None:
+                step_logits = logits[active]
+            else:
+                step_logits = torch.cat([constraints[row](generated[row], logits[row : row + 1]) for row in active])
+            draws = torch.multinomial(torch.softmax(step_logits / temperature, dim=-1), 1, generator=generator)
+            chosen = [filler] * num_samples
+            for row, token in zip(active, draws.view(-1).tolist()):
                 generated[row].append(token)
                 finished[row] = token in eos
-                chosen.append(token)
+                chosen[row] = token
             if all(finished) or step == max_new_tokens - 1:
                 break
             position = (length + step + rope_delta.to(device)).view(1, 1, 1).expand(3, num_samples, 1)

@@ -75,12 +75,16 @@ class QueryResult:
     warnings: list[str]
     timings_ms: dict[str, float]
     num_generated_tokens: int = 0
+    answer_agreement: float | None = None
+    """With ``answer_samples``: how far the sampled answers agree with this one (0-1; None: not sampled)."""
 
     def to_dict(self) -> dict:
         d = {"query": self.query, **self.answer.to_dict(), "tube": self.tube.boxes_json()}
         d["warnings"] = list(self.warnings)
         d["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         d["num_generated_tokens"] = self.num_generated_tokens
+        if self.answer_agreement is not None:
+            d["answer_agreement"] = round(self.answer_agreement, 4)
         return d
 
 
@@ -301,6 +305,7 @@ class GroundingPipeline:
                     warnings,
                     {"prefill": out.timings_ms["prefill"], "decode": out.timings_ms["decode"]},
                     out.num_generated_tokens,
+                    out.samples.agreement if out.samples is not None else None,
                 )
             )
         return results

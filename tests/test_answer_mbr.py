@@ -118,8 +118,8 @@ def test_the_grounder_gives_the_answer_its_samples_agree_with(tiny_model, clip):
 
 
 def test_run_takes_answer_samples_and_records_them(saved_tiny, tmp_path):
-    """The CLI path: `run --answer-samples N` reaches the grounder, its answer parses and the result says how it was
-    decoded."""
+    """The CLI path: `run --answer-samples N` reaches the grounder, its answer parses, and the result says how it was
+    decoded and how far the samples agree with it (nothing of the kind without samples)."""
     from stvgr1_edge.cli import main
     from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
 
@@ -130,4 +130,9 @@ def test_run_takes_answer_samples_and_records_them(saved_tiny, tmp_path):
     assert main([*args, "--answer-samples", "3", "--max-new-tokens", "100", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["config"]["grounder"]["answer_samples"] == 3
-    assert result["queries"][0]["parse_ok"] is True
+    query = result["queries"][0]
+    assert query["parse_ok"] is True
+    assert 0.0 <= query["answer_agreement"] <= 1.0
+    plain = tmp_path / "plain.json"
+    assert main([*args, "--max-new-tokens", "100", "-o", str(plain)]) == 0
+    assert "answer_agreement" not in json.loads(plain.read_text())["queries"][0]
