@@ -96,6 +96,49 @@ def test_cold_samples_are_the_decoded_answer_token_for_token(tiny_model, clip, p
     assert parse_answer(decoded.text, time_only="Target ID" not in prompt).parse_ok
 
 
+def test_samples_that_end_early_leave_the_others_decoding_as_before(tiny_model, clip):
+    """Samples of different histories leaving the batch at different steps: each must be what it is when sampled
+    alone, and the free one the decoded answer, token for token (the cache keeps the right rows for the others)."""
+    model, processor = tiny_model
+    prompt = grounding_prompt("the man walks to the door")
+    grounder = Grounder(model, processor, GrounderConfig(model="tiny", device="cpu", max_new_tokens=100))
+    decoded = grounder.ground(clip, prompt)
+    inputs, features = _prompt_inputs(grounder, clip, prompt)
+    eos = eos_ids_of(model.generation_config)
+
+    def sampled_as(end_after: int | None, turn_from: int | None = None):
+        """The answer template, ending after ``end_after`` tokens, and from ``turn_from`` tokens on never the argmax
+        token where the template allows another (a history of its own)."""
+        template = grounder.answer_constraint(prompt)
+        assert template is not None
+
+        def constrain(tokens, logits):
+            logits = template.mask(tokens, logits)
+            if turn_from is not None and len(tokens) >= turn_from and (logits > -1e30).sum() > 1:
+                logits = logits.index_fill(1, logits.argmax(dim=-1), -float("inf"))
+            if end_after is not None and len(tokens) == end_after:
+                logits = torch.full_like(logits, -float("inf"))
+                logits[:, eos[0]] = 0.0
+            return logits
+
+        return constrain
+
+    kinds = [(30, None), (None, None), (60, 10)]
+
+    def sample(specs):
+        return sample_completions(
+            model, inputs, features, len(specs), 1e-6, eos, torch.Generator().manual_seed(0), 100,
+            constraints=[sampled_as(*spec) for spec in specs],
+        )  # fmt: skip
+
+    rows = sample(kinds)
+    assert rows == [sample([kind])[0] for kind in kinds]
+    text = processor.tokenizer.decode(rows[1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert text == decoded.text and len(rows[1]) > 61
+    assert rows[0] == rows[1][:30] + [eos[0]]
+    assert len(rows[2]) == 61 and rows[2][:10] == rows[1][:10] and rows[2] != rows[1][:60] + [eos[0]]
+
+
 def test_the_grounder_gives_the_answer_its_samples_agree_with(tiny_model, clip):
     model, processor = tiny_model
     prompt = grounding_prompt("a dog runs")
