@@ -96,7 +96,7 @@ def build_model_folder(arch: str, layers: int, folder: Path, device: str = "cpu"
 def export_bundle_folder(model: str, out: Path, device: str, llm: str, vision_dtype: str) -> dict:
     """``stvg-edge export --model MODEL --out OUT --llm LLM --vision-dtype V`` (TensorRT vision where it is
     installed)."""
-    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge.model_source import packaged_model_dir
 
     source = str(packaged_model_dir()) if model == "nano" else model
     command = [sys.executable, "-m", "stvgr1_edge", "export", "--model", source, "--out", str(out), "--llm", llm]

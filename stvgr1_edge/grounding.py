@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,21 +40,14 @@ from .answer_template import (
     is_repetition,
 )
 from .clip import PromptedClip
-from .errors import BadInputError, MissingWeightsError, read_json, require
-from .hub import hub_source
+from .errors import BadInputError, MissingWeightsError, require
+from .model_source import DEFAULT_MODEL, missing_weights_message, resolve_model_source
 from .rope_index import use_trained_rope_index
-from .safetensors_check import check_safetensors_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "XiaowenZhang/stvg-r1-model-7b"
-"""Hub id of the released STVG-R1 checkpoint (a Qwen2.5-VL-7B-Instruct fine-tune)."""
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -261,72 +253,6 @@ def check_engine_options(config: GrounderConfig) -> None:
         )
 
 
-NANO_MODEL = "nano"
-"""Name of the small grounding model shipped inside the package (trained on synthetic clips by
-``train/recipes/nano``): works offline, for demos and pipeline checks, not for real footage."""
-
-
-def packaged_model_dir(name: str = NANO_MODEL) -> Path:
-    """Folder of a model shipped inside the package (``stvgr1_edge/models/<name>``)."""
-    return Path(__file__).resolve().parent / "models" / name
-
-
-def _how_to_get(model: str) -> str:
-    return (
-        f"download it with  hf download {model}  (or --local-dir DIR and pass --model DIR); "
-        f"offline, try the packaged demo model with --model nano"
-    )
-
-
-def _missing_weights_message(model: str) -> str:
-    return f"grounding model {model!r} is not available locally: {_how_to_get(model)}"
-
-
-def named_model_folder(model: str) -> str:
-    """``model``, or the packaged model's folder when it names it ("nano") and no local ./nano model folder exists."""
-    if model == NANO_MODEL and not (Path(model) / "config.json").exists():
-        return str(packaged_model_dir())
-    return model
-
-
-def resolve_model_source(model: str) -> tuple[str, bool]:
-    """``(source, local_files_only)``; checks a local folder holds a model before loading it.
-    ``"nano"`` is the model shipped in the package (:func:`named_model_folder`)."""
-    packaged = named_model_folder(model)
-    if packaged != model:
-        model = packaged
-        if not (Path(model) / "model.safetensors").exists():
-            raise MissingWeightsError(
-                f"the packaged nano model is missing from {model}: reinstall stvg-edge "
-                f"(its wheel ships stvgr1_edge/models/nano)"
-            )
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise BadInputError(f"--model {model} is a file: pass the folder that holds config.json and the weights")
-        if not (path / "config.json").exists():
-            raise BadInputError(f"{model} is not a model folder (no config.json): pass a Qwen2.5-VL checkpoint folder")
-        model_type = read_json(path / "config.json", what="model config").get("model_type")
-        if model_type != "qwen2_5_vl":
-            raise BadInputError(
-                f"{model} holds a {model_type!r} model, not Qwen2.5-VL (model_type 'qwen2_5_vl'): "
-                f"pass an STVG-R1 / Qwen2.5-VL checkpoint folder"
-            )
-        if not any(any(path.glob(p)) for p in _WEIGHT_PATTERNS):
-            raise MissingWeightsError(
-                f"{model} has config.json but no weights (*.safetensors): "
-                f"download them with  hf download {DEFAULT_MODEL} --local-dir {model}"
-            )
-        check_safetensors_weights(path)
-        return str(path), True
-    if not _HUB_ID.match(model):
-        raise MissingWeightsError(
-            f"model folder not found: {model}: pass an existing folder or a hub id such as {DEFAULT_MODEL}"
-        )
-    # cached → no network at all; uncached and offline/unreachable → one line at once, not minutes of retries
-    return hub_source(model, _how_to_get(model))
-
-
 class _TokenClock:
     """A ``generate`` streamer that records when the first new token arrives (the end of prefill).
 
@@ -492,7 +418,7 @@ class Grounder(GroundingInputs):
                     f"cannot load the model in {source} ({str(exc).splitlines()[0]}): "
                     f"pass a complete Qwen2.5-VL checkpoint folder"
                 ) from None
-            raise MissingWeightsError(_missing_weights_message(config.model)) from None
+            raise MissingWeightsError(missing_weights_message(config.model)) from None
         if "device_map" not in kwargs:
             model = model.to(device)  # type: ignore[arg-type]  # transformers types .to as its decorated self
         model.eval()

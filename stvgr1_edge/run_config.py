@@ -175,7 +175,8 @@ def build_pipeline(config: RunConfig) -> GroundingPipeline:
     """Load the grounder and build the tracker ``config`` asks for, once (pass the pipeline around and call
     :meth:`~stvgr1_edge.pipeline.GroundingPipeline.run` per video). Conflicting options raise before any model
     loads."""
-    from .grounding import DEFAULT_MODEL, Grounder, GrounderConfig, resolve_device
+    from .grounding import Grounder, GrounderConfig, resolve_device
+    from .model_source import DEFAULT_MODEL
 
     check_run_config(config)
     device = resolve_device(config.device)

@@ -13,7 +13,8 @@ import torch
 from stvgr1_edge.answer import parse_answer
 from stvgr1_edge.answer_template import AnswerConstraint, AnswerTemplate, TemplateMachine, TokenStrings
 from stvgr1_edge.clip import PromptedClip
-from stvgr1_edge.grounding import Grounder, GrounderConfig, packaged_model_dir
+from stvgr1_edge.grounding import Grounder, GrounderConfig
+from stvgr1_edge.model_source import packaged_model_dir
 from stvgr1_edge.prompt import grounding_prompt, multi_object_prompt, time_only_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures"

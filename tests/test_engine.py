@@ -187,7 +187,7 @@ def test_weight_only_first_logits_stay_close_to_full_precision(nano, clip, weigh
     """The trained nano model: its answer's first-token logits through int8 / int4 linears (and an int8 head) keep
     a cosine >= 0.99 to fp32's, and the quantized layers really ran (the logits moved). (Its 1016-token head does
     not pack for the CPU int4 kernel: the 3B test below quantizes a real vocabulary's head to int4.)"""
-    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge.model_source import packaged_model_dir
 
     quantized = Grounder.from_pretrained(GrounderConfig(model=str(packaged_model_dir()), device="cpu"))
     counts = quantize_language_model_(quantized.model, weights, lm_head, group_size)
@@ -224,7 +224,7 @@ def test_3b_head_quantized_keeps_the_first_logits(three_b, clip, lm_head, group_
 @pytest.mark.slow
 def test_compiled_int8_engine_with_bf16_weights_answers_like_eager(clip):
     """bf16 activations, int8 weights, compiled: the fused dequantizing matmul gives the eager engine's answer."""
-    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge.model_source import packaged_model_dir
 
     config = GrounderConfig(model=str(packaged_model_dir()), device="cpu", dtype="bf16", max_new_tokens=24)
     grounder = Grounder.from_pretrained(config)

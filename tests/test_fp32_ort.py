@@ -46,7 +46,7 @@ def test_linear_is_the_fp32_product_for_any_rows_and_keeps_no_torch_weight(bias)
 @pytest.fixture(scope="module")
 def nano_pair():
     """The packaged nano model as loaded, and a copy with every language-model linear and the head on fp32-ort."""
-    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge.model_source import packaged_model_dir
 
     config = GrounderConfig(model=str(packaged_model_dir()), device="cpu", max_new_tokens=48)
     plain = Grounder.from_pretrained(config)

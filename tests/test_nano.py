@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from stvgr1_edge.errors import MissingWeightsError
-from stvgr1_edge.grounding import DEFAULT_MODEL, Grounder, GrounderConfig, packaged_model_dir
+from stvgr1_edge.grounding import Grounder, GrounderConfig
+from stvgr1_edge.model_source import DEFAULT_MODEL, packaged_model_dir
 from stvgr1_edge.pipeline import GroundingPipeline
 from stvgr1_edge.synth import SynthConfig, write_synthetic_dataset
 from stvgr1_edge.tracking.factory import make_tracker

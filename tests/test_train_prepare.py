@@ -174,7 +174,7 @@ def test_prepare_takes_the_packaged_model_by_name_as_run_does(tmp_path, monkeypa
     from transformers import AutoTokenizer
 
     from stvgr1_edge.errors import BadInputError
-    from stvgr1_edge.grounding import packaged_model_dir
+    from stvgr1_edge.model_source import packaged_model_dir
     from stvgr1_edge_train.prepare import load_clip_processor
 
     monkeypatch.chdir(tmp_path)  # no ./nano folder here

@@ -348,7 +348,7 @@ def load_processor(model: str):
     from transformers import AutoProcessor
 
     from stvgr1_edge.errors import MissingWeightsError
-    from stvgr1_edge.grounding import resolve_model_source
+    from stvgr1_edge.model_source import resolve_model_source
 
     source, local_only = resolve_model_source(model)
     try:

@@ -101,7 +101,7 @@ def load_clip_processor(source: str | None) -> ClipProcessor:
         return ClipProcessor(build_processor(build_tokenizer()))
     from transformers import AutoProcessor
 
-    from stvgr1_edge.grounding import named_model_folder
+    from stvgr1_edge.model_source import named_model_folder
 
     source = named_model_folder(source)  # "nano", as `run --model nano` takes it
     try:
