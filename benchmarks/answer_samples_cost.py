@@ -63,8 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     clip = synthetic_clip(args.frames, height, width)
     prompt = grounding_prompt(QUERY)
     encoded = grounder.encode_video(clip)
-    inputs = grounder.prepare_text(prompt, encoded.inputs.num_visual_tokens)
-    inputs.update(video_grid_thw=encoded.inputs.video_grid_thw, second_per_grid_ts=encoded.inputs.second_per_grid_ts)
+    inputs = grounder.query_inputs(encoded.inputs, prompt)
 
     greedy = [grounder.ground(clip, prompt, encoded) for _ in range(args.repeats + 1)][1:]  # the first warms up
     prefill_ms = statistics.median(g.timings_ms["prefill"] for g in greedy)

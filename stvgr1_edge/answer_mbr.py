@@ -75,43 +75,28 @@ def sample_completions(
     """``num_samples`` completions of the prompt ``inputs`` (its video as encoder ``features``), sampled at
     ``temperature``; each ends at an EOS id or after ``max_new_tokens`` tokens.
 
-    The prompt runs once through the model (the M-RoPE positions of ``get_rope_index``); its key/value cache is then
-    repeated ``num_samples`` times and each step decodes all samples together, every one at the text position
-    ``cache position + rope delta`` that ``generate`` gives a new token. ``constraints[i](tokens, logits)`` masks
-    sample ``i``'s next-token logits given its tokens so far (one answer template each: they keep state)."""
+    The prompt runs once through the model (:func:`~stvgr1_edge.backends.engine.run_prompt`, as the static engine
+    runs it); its key/value cache is then repeated ``num_samples`` times and each step decodes all samples together,
+    every one at the text position ``cache position + rope delta`` that ``generate`` gives a new token.
+    ``constraints[i](tokens, logits)`` masks sample ``i``'s next-token logits given its tokens so far (one answer
+    template each: they keep state)."""
     import torch
+
+    from .backends.engine import run_prompt
 
     if constraints is not None and len(constraints) != num_samples:
         raise ValueError(f"{len(constraints)} constraints for {num_samples} samples")
     device = inputs["input_ids"].device
-    ids = inputs["input_ids"]
-    positions, rope_delta = model.model.get_rope_index(
-        ids,
-        inputs["mm_token_type_ids"],
-        video_grid_thw=inputs.get("video_grid_thw"),
-        second_per_grid_ts=inputs.get("second_per_grid_ts"),
-        attention_mask=inputs.get("attention_mask"),
-    )
     eos = {int(e) for e in eos_ids}
     filler = min(eos) if eos else 0  # fed to finished samples, whose outputs are no longer read
     generated: list[list[int]] = [[] for _ in range(num_samples)]
     finished = [False] * num_samples
     with torch.inference_mode():
-        out = model(
-            input_ids=ids,
-            attention_mask=inputs.get("attention_mask"),
-            position_ids=positions,
-            video_grid_thw=inputs.get("video_grid_thw"),
-            second_per_grid_ts=inputs.get("second_per_grid_ts"),
-            mm_encoder_outputs={"video": features},
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5.x
+        first_logits, cache, rope_delta = run_prompt(model, inputs, {"video": features})
         cache.batch_repeat_interleave(num_samples)
         cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        logits = out.logits[:, -1].float().expand(num_samples, -1)
-        length = ids.shape[1]
+        logits = first_logits.expand(num_samples, -1)
+        length = inputs["input_ids"].shape[1]
         for step in range(max_new_tokens):
             active = [row for row in range(num_samples) if not finished[row]]
             if constraints is None:

@@ -572,23 +572,32 @@ class Grounder(GroundingInputs):
         self._sync()
         return out.tokens, out.prefill_s, out.decode_s
 
+    def query_inputs(self, video: VideoInputs, prompt_text: str) -> dict[str, Any]:
+        """What ``generate`` receives for one prompt about an encoded clip (on the model's device): the prompt's
+        tokens and the video's grid and temporal spacing; its features are passed alongside."""
+        inputs = {k: v.to(self.device) for k, v in self.prepare_text(prompt_text, video.num_visual_tokens).items()}
+        inputs.update(
+            video_grid_thw=video.video_grid_thw.to(self.device),
+            second_per_grid_ts=video.second_per_grid_ts.to(self.device),
+        )
+        return inputs
+
+    def decode_text(self, token_ids: Sequence[int]) -> str:
+        """Generated tokens as the answer's text (special tokens removed)."""
+        return self.processor.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     def ground(self, clip: PromptedClip, prompt_text: str, encoded: EncodedVideo | None = None) -> GroundingOutput:
         """Answer one prompt about ``clip``; reuses ``encoded`` (from :meth:`encode_video`) when given."""
         reused = encoded is not None
         encoded = encoded if encoded is not None else self.encode_video(clip)
         video = encoded.inputs
-        text_inputs = self.prepare_text(prompt_text, video.num_visual_tokens)
-        inputs = {k: v.to(self.device) for k, v in text_inputs.items()}
-        inputs.update(
-            video_grid_thw=video.video_grid_thw.to(self.device),
-            second_per_grid_ts=video.second_per_grid_ts.to(self.device),
-        )
+        inputs = self.query_inputs(video, prompt_text)
         self._sync()
         generate = self._generate_static if self.config.engine == "static" else self._generate_hf
         constraint = self.answer_constraint(prompt_text, clip.drawn_ids)
         new_ids, prefill_s, decode_s = generate(inputs, encoded.features, constraint)
         prompt_len = inputs["input_ids"].shape[1]
-        text = self.processor.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self.decode_text(new_ids)
         samples, sampling_s = None, 0.0
         if self.config.answer_samples > 0:
             sampling_start = time.perf_counter()
@@ -645,10 +654,7 @@ class Grounder(GroundingInputs):
             cfg.max_new_tokens,
             constraints=None if None in constraints else [c.mask for c in constraints],  # type: ignore[union-attr]
         )
-        texts = tuple(
-            self.processor.tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            for row in rows
-        )
+        texts = tuple(self.decode_text(row) for row in rows)
         answers = [parse_answer(t, clip.duration_s, time_only=time_only) for t in texts]
         chosen, score = choose_answer([*answers, parse_answer(decoded, clip.duration_s, time_only=time_only)], answers)
         return SampledAnswers(texts, -1 if chosen == len(answers) else chosen, score)

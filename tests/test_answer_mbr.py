@@ -65,9 +65,7 @@ def tiny_model():
 
 def _prompt_inputs(grounder: Grounder, clip: PromptedClip, prompt: str):
     encoded = grounder.encode_video(clip)
-    inputs = grounder.prepare_text(prompt, encoded.inputs.num_visual_tokens)
-    inputs.update(video_grid_thw=encoded.inputs.video_grid_thw, second_per_grid_ts=encoded.inputs.second_per_grid_ts)
-    return inputs, encoded.features
+    return grounder.query_inputs(encoded.inputs, prompt), encoded.features
 
 
 @pytest.mark.parametrize("prompt", [grounding_prompt("the man walks to the door"), time_only_prompt("a ball rolls")])
@@ -91,7 +89,7 @@ def test_cold_samples_are_the_decoded_answer_token_for_token(tiny_model, clip, p
         100,
         constraints=[c.mask for c in constraints],  # type: ignore[union-attr]
     )
-    texts = [processor.tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False) for r in rows]
+    texts = [grounder.decode_text(r) for r in rows]
     assert texts == [decoded.text] * 3
     assert parse_answer(decoded.text, time_only="Target ID" not in prompt).parse_ok
 
@@ -133,7 +131,7 @@ def test_samples_that_end_early_leave_the_others_decoding_as_before(tiny_model, 
 
     rows = sample(kinds)
     assert rows == [sample([kind])[0] for kind in kinds]
-    text = processor.tokenizer.decode(rows[1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    text = grounder.decode_text(rows[1])
     assert text == decoded.text and len(rows[1]) > 61
     assert rows[0] == rows[1][:30] + [eos[0]]
     assert len(rows[2]) == 61 and rows[2][:10] == rows[1][:10] and rows[2] != rows[1][:60] + [eos[0]]

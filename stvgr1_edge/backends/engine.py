@@ -129,6 +129,32 @@ def eos_ids_of(generation_config: Any) -> tuple[int, ...]:
     return () if eos is None else tuple(int(i) for i in ([eos] if isinstance(eos, int) else eos))
 
 
+def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> tuple[Any, Any, Any]:
+    """The prompt through the HF model with ``get_rope_index``'s 3-D M-RoPE positions (text only: 1-D positions on
+    all three axes), as ``generate`` runs it: ``(last-position fp32 logits (1, vocab), its key/value cache (a
+    transformers ``DynamicCache``), rope_delta (1, 1))``. A token generated after it sits at ``cache position +
+    rope_delta`` on all three axes."""
+    ids = inputs["input_ids"]
+    if inputs.get("video_grid_thw") is not None or inputs.get("image_grid_thw") is not None:
+        positions, rope_delta = model.model.get_rope_index(
+            ids,
+            inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            attention_mask=inputs.get("attention_mask"),
+        )
+    else:  # text only: 1-D positions on all three axes
+        positions = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1)
+        rope_delta = torch.zeros(1, 1, dtype=torch.long, device=ids.device)
+    kwargs = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    out = model(
+        **kwargs, position_ids=positions, mm_encoder_outputs=mm_encoder_outputs, use_cache=True, logits_to_keep=1
+    )
+    cache = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5.x
+    return out.logits[:, -1].float(), cache, rope_delta
+
+
 @dataclass
 class EngineOutput:
     """Generated token ids (the last one is the EOS when one stopped it, as ``generate`` returns them) and times."""
@@ -246,33 +272,16 @@ class StaticEngine:
 
     # ---------------------------------------------------------------------------------------------- prefill
     def prefill(self, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> tuple[torch.Tensor, Any]:
-        """The prompt through the HF model: its last-position fp32 logits; its key/values go into the static cache.
-        Returns ``(logits (1, vocab), rope_delta (1, 1))``."""
+        """The prompt through the HF model (:func:`run_prompt`): its last-position fp32 logits; its key/values go
+        into the static cache. Returns ``(logits (1, vocab), rope_delta (1, 1))``."""
         assert self.step is not None
-        ids = inputs["input_ids"]
-        length = ids.shape[1]
-        if inputs.get("video_grid_thw") is not None or inputs.get("image_grid_thw") is not None:
-            positions, rope_delta = self.model.model.get_rope_index(
-                ids,
-                inputs["mm_token_type_ids"],
-                image_grid_thw=inputs.get("image_grid_thw"),
-                video_grid_thw=inputs.get("video_grid_thw"),
-                second_per_grid_ts=inputs.get("second_per_grid_ts"),
-                attention_mask=inputs.get("attention_mask"),
-            )
-        else:  # text only: 1-D positions on all three axes
-            positions = torch.arange(length, device=ids.device).view(1, 1, -1).expand(3, 1, -1)
-            rope_delta = torch.zeros(1, 1, dtype=torch.long, device=ids.device)
-        kwargs = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
-        out = self.model(
-            **kwargs, position_ids=positions, mm_encoder_outputs=mm_encoder_outputs, use_cache=True, logits_to_keep=1
-        )
-        cache = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5.x
+        length = inputs["input_ids"].shape[1]
+        logits, cache, rope_delta = run_prompt(self.model, inputs, mm_encoder_outputs)
         statics: Any = self.step.caches
         for layer, static in zip(cache.layers, statics):
             static.k[:, :, :length].copy_(layer.keys)
             static.v[:, :, :length].copy_(layer.values)
-        return out.logits[:, -1].float(), rope_delta.to(self.device)
+        return logits, rope_delta.to(self.device)
 
     def _first_call(self, token: torch.Tensor, slot: torch.Tensor, rope_delta: torch.Tensor) -> torch.Tensor:
         try:
