@@ -6,12 +6,13 @@ widths.
 
 A 3B-wide model cut to its first ``--layers`` decoder layers (random weights, the real 151,936-token head: one decode
 step reads what a real layer and head read), a clip of random frames at the §4 size of a 20 s 16:9 clip (40 frames at
-196x364, 1,820 visual tokens), the STVG-R1 prompt. In one run, medians of ``--repeats``: the grounder's answer decoded
-greedily (exactly ``--new-tokens`` tokens: prefill, then decode), then
-:func:`stvgr1_edge.answer_mbr.sample_completions` with N rows for the same number of tokens (EOS never ends a row:
-every N pays for the full length), which is what ``--answer-samples N`` adds to a query. Beside them the machine's
-floor for one decode step: the bytes it reads (decoder layers, head, one embedding row) over the measured copy
-bandwidth. A step of N rows reads those weights once, so its time grows far slower than N.
+196x364, 1,820 visual tokens), the STVG-R1 prompt. In one run, medians of ``--repeats``: the grounder's query with its
+answer decoded greedily (exactly ``--new-tokens`` tokens: prefill, then decode), then the same query with
+``answer_samples=N``: the N samples continue the decoded answer's pass over the prompt (what the grounder does), so
+they add N rows of ``--new-tokens`` steps and no prefill. Beside each, the samples drawn with a prompt pass of their
+own (:func:`stvgr1_edge.answer_mbr.sample_completions` without one), which is what reusing the pass saves. Beside
+them the machine's floor for one decode step: the bytes it reads (decoder layers, head, one embedding row) over the
+measured copy bandwidth. A step of N rows reads those weights once, so its time grows far slower than N.
 
 Writes ``benchmarks/results/answer_samples_cost.json`` and ``.png``.
 """
@@ -19,6 +20,7 @@ Writes ``benchmarks/results/answer_samples_cost.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -65,26 +67,35 @@ def run(args: argparse.Namespace) -> dict:
     encoded = grounder.encode_video(clip)
     inputs = grounder.query_inputs(encoded.inputs, prompt)
 
+    def query_ms(samples: int, repeat: int) -> float:
+        sampling = Grounder(model, processor, dataclasses.replace(config, answer_samples=samples))
+        start = time.perf_counter()
+        sampling.ground(clip, prompt, encoded)
+        return (time.perf_counter() - start) * 1e3
+
     greedy = [grounder.ground(clip, prompt, encoded) for _ in range(args.repeats + 1)][1:]  # the first warms up
     prefill_ms = statistics.median(g.timings_ms["prefill"] for g in greedy)
     decode_ms = statistics.median(g.timings_ms["decode"] for g in greedy)
+    decoded_ms = statistics.median(query_ms(0, repeat) for repeat in range(args.repeats))
     rows = []
     for n in args.samples:
-        times = []
+        sampled_ms = statistics.median(query_ms(n, repeat) for repeat in range(args.repeats))
+        own_pass = []
         for repeat in range(args.repeats):
             start = time.perf_counter()
             tokens = sample_completions(
                 model, inputs, encoded.features, n, 1.0, (), torch.Generator().manual_seed(repeat), args.new_tokens
             )
-            times.append((time.perf_counter() - start) * 1e3)
+            own_pass.append((time.perf_counter() - start) * 1e3)
             assert all(len(t) == args.new_tokens for t in tokens)
-        sampling_ms = statistics.median(times)
+        sampling_ms = sampled_ms - decoded_ms
         rows.append(
             {
                 "samples": n,
                 "sampling_ms": round(sampling_ms, 1),
-                "step_ms": round((sampling_ms - prefill_ms) / args.new_tokens, 2),
-                "query_ratio": round((prefill_ms + decode_ms + sampling_ms) / (prefill_ms + decode_ms), 2),
+                "step_ms": round(sampling_ms / (args.new_tokens - 1), 2),
+                "query_ratio": round(sampled_ms / decoded_ms, 2),
+                "own_pass_sampling_ms": round(statistics.median(own_pass), 1),
             }
         )
         print(f"N={n}: {sampling_ms:.0f} ms of samples, query x{rows[-1]['query_ratio']}", flush=True)
@@ -92,7 +103,9 @@ def run(args: argparse.Namespace) -> dict:
     bandwidth = copy_bandwidth_gb_s()
     return {
         "what": "the cost of --answer-samples N against the decoded answer alone, medians of "
-        f"{args.repeats} (sampling_ms includes its own prefill; step_ms: (sampling_ms - prefill) / tokens)",
+        f"{args.repeats}: sampling_ms = the query with N samples (continuing the decoded answer's prompt pass) minus "
+        "the query without; step_ms = sampling_ms / (tokens - 1); own_pass_sampling_ms: the N samples with a "
+        "prompt pass of their own",
         "command": shlex.join(["python", "benchmarks/answer_samples_cost.py", *sys.argv[1:]]),
         "machine": cpu_name(),
         "torch_threads": torch.get_num_threads(),
@@ -101,6 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "new_tokens": args.new_tokens,
         "decoded": {
+            "query_ms": round(decoded_ms, 1),
             "prefill_ms": round(prefill_ms, 1),
             "decode_ms": round(decode_ms, 1),
             "step_ms": round(decode_ms / (args.new_tokens - 1), 2),
@@ -127,6 +141,14 @@ def plot(result: dict, png: Path) -> None:
     left.bar(["decoded"] + [f"+{n}" for n in ns], [base] + [base] * len(ns), label="decoded answer (prefill + decode)")
     left.bar(
         [f"+{n}" for n in ns], [r["sampling_ms"] for r in result["samples"]], bottom=base, label="N sampled answers"
+    )
+    left.scatter(
+        [f"+{n}" for n in ns],
+        [base + r["own_pass_sampling_ms"] for r in result["samples"]],
+        marker="_",
+        s=400,
+        color="black",
+        label="samples with a prompt pass of their own",
     )
     left.set_ylabel("ms per query")
     left.set_title("one query, with N sampled answers")

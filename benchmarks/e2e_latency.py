@@ -158,10 +158,10 @@ def run_column(spec: dict) -> dict:
     grounder, generated = pipeline.grounder, []
     for name in ("_generate_hf", "_generate_static"):  # keep the token ids (random weights' tokens decode to "")
 
-        def keep_ids(inputs, features, constraint=None, generate=getattr(grounder, name)):
-            ids, prefill_s, decode_s = generate(inputs, features, constraint)
+        def keep_ids(inputs, features, constraint=None, keep_prompt=False, generate=getattr(grounder, name)):
+            ids, prefill_s, decode_s, prompt = generate(inputs, features, constraint, keep_prompt)
             generated.append(list(ids))
-            return ids, prefill_s, decode_s
+            return ids, prefill_s, decode_s, prompt
 
         setattr(grounder, name, keep_ids)
     runs = []

@@ -6,13 +6,13 @@ model is unsure whether a start lies at 1 or at 4 s, greedy writes ``1.…`` whe
 digit, however much mass lies above it. The packaged nano model shows it plainly: at synth's default clip format its
 greedy ranges cluster at 1.0-4.4 s and score below the best constant range.
 
-What: :func:`sample_completions` draws ``n`` answers from the model in one batch (the prompt runs once; the key/value
-cache is then repeated per answer), each kept inside the answer template when one applies. :func:`choose_answer`
-scores every candidate (the samples and the decoded answer) by its mean agreement with the samples -- the tIoU of
-their ranges, counted only where they name the same IDs (an answer scores on vIoU only with the right ID) -- and
-gives the best one: a whole answer the model wrote, reasoning, ID and time together (the minimum-Bayes-risk rule for
-an answer scored by a metric). Off by default (``GrounderConfig.answer_samples = 0``): the STVG-R1 evaluation decodes
-greedily.
+What: :func:`sample_completions` draws ``n`` answers from the model in one batch (continuing the decoded answer's
+pass over the prompt when it is given; its key/value cache is repeated per answer), each kept inside the answer
+template when one applies. :func:`choose_answer` scores every candidate (the samples and the decoded answer) by its
+mean agreement with the samples -- the tIoU of their ranges, counted only where they name the same IDs (an answer
+scores on vIoU only with the right ID) -- and gives the best one: a whole answer the model wrote, reasoning, ID and
+time together (the minimum-Bayes-risk rule for an answer scored by a metric). Off by default
+(``GrounderConfig.answer_samples = 0``): the STVG-R1 evaluation decodes greedily.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from .metrics import temporal_iou_seconds
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from .backends.engine import PromptPass
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,15 @@ def sample_completions(
     generator: "torch.Generator",
     max_new_tokens: int,
     constraints: Sequence[Callable[[list[int], "torch.Tensor"], "torch.Tensor"]] | None = None,
+    prompt: "PromptPass | None" = None,
 ) -> list[list[int]]:
     """``num_samples`` completions of the prompt ``inputs`` (its video as encoder ``features``), sampled at
     ``temperature``; each ends at an EOS id or after ``max_new_tokens`` tokens.
 
-    The prompt runs once through the model (:func:`~stvgr1_edge.backends.engine.run_prompt`, as the static engine
-    runs it); its key/value cache is then repeated ``num_samples`` times and each step decodes all samples together,
-    every one at the text position ``cache position + rope delta`` that ``generate`` gives a new token.
+    The samples continue ``prompt``, the prompt's pass that decoding the answer already made (its cache is consumed),
+    or, without it, a pass of their own (:func:`~stvgr1_edge.backends.engine.run_prompt`, as the static engine runs
+    it); its key/value cache is repeated ``num_samples`` times and each step decodes all samples together, every one
+    at the text position ``cache position + rope delta`` that ``generate`` gives a new token.
     ``constraints[i](tokens, logits)`` masks sample ``i``'s next-token logits given its tokens so far (one answer
     template each: they keep state)."""
     import torch
@@ -92,10 +96,11 @@ def sample_completions(
     generated: list[list[int]] = [[] for _ in range(num_samples)]
     finished = [False] * num_samples
     with torch.inference_mode():
-        first_logits, cache, rope_delta = run_prompt(model, inputs, {"video": features})
+        prompt = prompt if prompt is not None else run_prompt(model, inputs, {"video": features})
+        cache, rope_delta = prompt.cache, prompt.rope_delta
         cache.batch_repeat_interleave(num_samples)
         cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        logits = first_logits.expand(num_samples, -1)
+        logits = prompt.logits.expand(num_samples, -1)
         length = inputs["input_ids"].shape[1]
         for step in range(max_new_tokens):
             active = [row for row in range(num_samples) if not finished[row]]

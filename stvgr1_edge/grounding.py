@@ -47,6 +47,8 @@ from .rope_index import use_trained_rope_index
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .backends.engine import PromptPass
+
 logger = logging.getLogger(__name__)
 
 
@@ -510,12 +512,18 @@ class Grounder(GroundingInputs):
         return constraint
 
     def _generate_hf(
-        self, inputs: dict[str, Any], features: Any, constraint: AnswerConstraint | None = None
-    ) -> tuple[list[int], float, float]:
-        """New token ids, seconds to the first one and seconds for the rest, by transformers' ``generate``."""
+        self,
+        inputs: dict[str, Any],
+        features: Any,
+        constraint: AnswerConstraint | None = None,
+        keep_prompt: bool = False,
+    ) -> tuple[list[int], float, float, PromptPass | None]:
+        """New token ids, seconds to the first one and seconds for the rest, by transformers' ``generate``; and, with
+        ``keep_prompt``, the prompt's pass it made (its first raw logits and its cache cut back to the prompt)."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
+        from .backends.engine import generated_prompt_pass
         from .backends.int4_mlas import DecodingThreads
 
         decode_threads = DecodingThreads(self.model, start_at_once=False)  # the prompt on all of torch's threads
@@ -526,18 +534,23 @@ class Grounder(GroundingInputs):
         processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
         start = time.perf_counter()
         with decode_threads, torch.inference_mode():
-            output_ids = self.model.generate(
+            output = self.model.generate(
                 **inputs,
                 mm_encoder_outputs={"video": features},
                 streamer=clock,
                 stopping_criteria=StoppingCriteriaList(stops),
                 logits_processor=LogitsProcessorList(processors),
+                return_dict_in_generate=keep_prompt,
+                output_logits=keep_prompt,  # raw, before any processor: the samples draw from these
                 **self.generation_kwargs(),
             )
         self._sync()
         end = time.perf_counter()
         first = clock.first_token_s if clock.first_token_s is not None else end
-        return output_ids[0, prompt_len:].tolist(), first - start, end - first
+        if not keep_prompt:
+            return output[0, prompt_len:].tolist(), first - start, end - first, None
+        prompt = generated_prompt_pass(self.model, inputs, output)
+        return output.sequences[0, prompt_len:].tolist(), first - start, end - first, prompt
 
     @property
     def engine(self):
@@ -549,8 +562,12 @@ class Grounder(GroundingInputs):
         return self._engine
 
     def _generate_static(
-        self, inputs: dict[str, Any], features: Any, constraint: AnswerConstraint | None = None
-    ) -> tuple[list[int], float, float]:
+        self,
+        inputs: dict[str, Any],
+        features: Any,
+        constraint: AnswerConstraint | None = None,
+        keep_prompt: bool = False,
+    ) -> tuple[list[int], float, float, PromptPass | None]:
         """:meth:`_generate_hf`'s result by the static engine, with the same token choice and stops."""
         from .backends.engine import Sampling, sampling_of
 
@@ -568,9 +585,10 @@ class Grounder(GroundingInputs):
             sampling=sampling,
             stop=(lambda tokens: is_repetition(tokens, window)) if window > 0 and constraint is None else None,
             constrain=constraint.mask if constraint is not None else None,
+            keep_prompt=keep_prompt,
         )
         self._sync()
-        return out.tokens, out.prefill_s, out.decode_s
+        return out.tokens, out.prefill_s, out.decode_s, out.prompt
 
     def query_inputs(self, video: VideoInputs, prompt_text: str) -> dict[str, Any]:
         """What ``generate`` receives for one prompt about an encoded clip (on the model's device): the prompt's
@@ -595,13 +613,13 @@ class Grounder(GroundingInputs):
         self._sync()
         generate = self._generate_static if self.config.engine == "static" else self._generate_hf
         constraint = self.answer_constraint(prompt_text, clip.drawn_ids)
-        new_ids, prefill_s, decode_s = generate(inputs, encoded.features, constraint)
+        with_samples = self.config.answer_samples > 0  # they continue the decoded answer's pass over the prompt
+        new_ids, prefill_s, decode_s, prompt = generate(inputs, encoded.features, constraint, keep_prompt=with_samples)
         prompt_len = inputs["input_ids"].shape[1]
         text = self.decode_text(new_ids)
-        samples, sampling_s = None, 0.0
-        if self.config.answer_samples > 0:
-            sampling_start = time.perf_counter()
-            samples = self.sample_answers(inputs, encoded.features, text, prompt_text, clip)
+        samples, sampling_s, sampling_start = None, 0.0, time.perf_counter()
+        if with_samples:
+            samples = self.sample_answers(inputs, encoded.features, text, prompt_text, clip, prompt)
             self._sync()
             sampling_s = time.perf_counter() - sampling_start
             if samples.chosen >= 0:
@@ -630,11 +648,17 @@ class Grounder(GroundingInputs):
         )
 
     def sample_answers(
-        self, inputs: dict[str, Any], features: Any, decoded: str, prompt_text: str, clip: PromptedClip
+        self,
+        inputs: dict[str, Any],
+        features: Any,
+        decoded: str,
+        prompt_text: str,
+        clip: PromptedClip,
+        prompt: PromptPass | None = None,
     ) -> SampledAnswers:
-        """``answer_samples`` answers sampled for the prompt ``inputs`` about ``clip``, and which of them, or the
-        ``decoded`` answer (-1), the samples agree with most (:func:`~stvgr1_edge.answer_mbr.choose_answer`), their
-        ranges clamped to the clip as the answer's will be."""
+        """``answer_samples`` answers to ``inputs`` about ``clip`` (continuing ``prompt``, the decoded answer's pass,
+        when given), and which of them, or the ``decoded`` answer (-1), the samples agree with most
+        (:func:`~stvgr1_edge.answer_mbr.choose_answer`), their ranges clamped to the clip as the answer's will be."""
         import torch
 
         from .answer import parse_answer
@@ -653,6 +677,7 @@ class Grounder(GroundingInputs):
             torch.Generator(device=self.device).manual_seed(cfg.sample_seed),
             cfg.max_new_tokens,
             constraints=None if None in constraints else [c.mask for c in constraints],  # type: ignore[union-attr]
+            prompt=prompt,
         )
         texts = tuple(self.decode_text(row) for row in rows)
         answers = [parse_answer(t, clip.duration_s, time_only=time_only) for t in texts]

@@ -158,6 +158,36 @@ def test_the_grounder_gives_the_answer_its_samples_agree_with(tiny_model, clip):
     assert decoded.samples is None
 
 
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_samples_continue_the_decoded_answers_prompt_pass(tiny_model, clip, engine, monkeypatch):
+    """The samples continue the prompt pass that decoding the answer made (generate's, its cache cut back to the
+    prompt, or the static engine's): no second pass over the prompt, and the very samples a fresh pass gives."""
+    import stvgr1_edge.backends.engine as engine_module
+
+    model, processor = tiny_model
+    prompt = grounding_prompt("a dog runs")
+    config = GrounderConfig(
+        model="tiny", device="cpu", engine=engine, compile=False, max_new_tokens=100, answer_samples=4,
+        sample_temperature=1.5,
+    )  # fmt: skip
+    grounder = Grounder(model, processor, config)
+    encoded = grounder.encode_video(clip)
+    passes = []
+    run_prompt = engine_module.run_prompt
+    monkeypatch.setattr(engine_module, "run_prompt", lambda *a: passes.append(1) or run_prompt(*a))
+    out = grounder.ground(clip, prompt, encoded)
+    assert len(passes) == (1 if engine == "static" else 0)  # the engine's own prefill; generate's is not counted
+    inputs = grounder.query_inputs(encoded.inputs, prompt)
+    constraints = [grounder.answer_constraint(prompt) for _ in range(4)]
+    rows = sample_completions(
+        model, inputs, encoded.features, 4, 1.5, eos_ids_of(model.generation_config), torch.Generator().manual_seed(0),
+        100, constraints=[c.mask for c in constraints],  # type: ignore[union-attr]
+    )  # fmt: skip
+    assert len(passes) == (2 if engine == "static" else 1)  # without a pass given, the sampler makes its own
+    assert out.samples is not None and out.samples.texts == tuple(grounder.decode_text(r) for r in rows)
+    assert len(set(out.samples.texts)) > 1
+
+
 def test_run_takes_answer_samples_and_records_them(saved_tiny, tmp_path):
     """The CLI path: `run --answer-samples N` reaches the grounder, its answer parses, and the result says how it was
     decoded and how far the samples agree with it (nothing of the kind without samples)."""

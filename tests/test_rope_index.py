@@ -98,7 +98,7 @@ def test_generate_forward_and_engine_agree_on_a_long_video(long_clip):
     assert engine.generate(inputs, video, max_new_tokens=12, sampling=Sampling()).tokens == generated
     with torch.no_grad():
         engine._prepare(length + 12)
-        _, rope_delta = engine.prefill(inputs, video)
+        rope_delta = engine.prefill(inputs, video).rope_delta
         slot = torch.tensor([length])
         for i, token in enumerate(generated[:-1]):
             step_logits = engine.step(torch.tensor([[token]]), slot, rope_delta).float()[0]

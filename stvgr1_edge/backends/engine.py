@@ -129,14 +129,12 @@ def eos_ids_of(generation_config: Any) -> tuple[int, ...]:
     return () if eos is None else tuple(int(i) for i in ([eos] if isinstance(eos, int) else eos))
 
 
-def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> tuple[Any, Any, Any]:
-    """The prompt through the HF model with ``get_rope_index``'s 3-D M-RoPE positions (text only: 1-D positions on
-    all three axes), as ``generate`` runs it: ``(last-position fp32 logits (1, vocab), its key/value cache (a
-    transformers ``DynamicCache``), rope_delta (1, 1))``. A token generated after it sits at ``cache position +
-    rope_delta`` on all three axes."""
+def prompt_positions(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``get_rope_index``'s 3-D M-RoPE positions of the prompt ``inputs`` (text only: 1-D positions on all three
+    axes) and its rope delta (1, 1): a token generated after the prompt sits at ``cache position + rope_delta``."""
     ids = inputs["input_ids"]
     if inputs.get("video_grid_thw") is not None or inputs.get("image_grid_thw") is not None:
-        positions, rope_delta = model.model.get_rope_index(
+        return model.model.get_rope_index(
             ids,
             inputs["mm_token_type_ids"],
             image_grid_thw=inputs.get("image_grid_thw"),
@@ -144,15 +142,44 @@ def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: 
             second_per_grid_ts=inputs.get("second_per_grid_ts"),
             attention_mask=inputs.get("attention_mask"),
         )
-    else:  # text only: 1-D positions on all three axes
-        positions = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1)
-        rope_delta = torch.zeros(1, 1, dtype=torch.long, device=ids.device)
+    positions = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1)
+    return positions, torch.zeros(1, 1, dtype=torch.long, device=ids.device)
+
+
+@dataclass
+class PromptPass:
+    """A prompt's pass through the model, which decoding continues from."""
+
+    logits: torch.Tensor
+    """The last prompt position's fp32 logits (1, vocab): the first token's scores."""
+    cache: Any
+    """The prompt's keys and values, and nothing after them (a transformers ``DynamicCache``)."""
+    rope_delta: torch.Tensor
+    """(1, 1): a token generated after the prompt sits at ``cache position + rope_delta`` on all three axes."""
+
+
+def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> PromptPass:
+    """The prompt through the HF model with :func:`prompt_positions`, as ``generate`` runs it."""
+    positions, rope_delta = prompt_positions(model, inputs)
     kwargs = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     out = model(
         **kwargs, position_ids=positions, mm_encoder_outputs=mm_encoder_outputs, use_cache=True, logits_to_keep=1
     )
     cache = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5.x
-    return out.logits[:, -1].float(), cache, rope_delta
+    return PromptPass(out.logits[:, -1].float(), cache, rope_delta)
+
+
+def generated_prompt_pass(model: Any, inputs: dict[str, torch.Tensor], output: Any) -> PromptPass | None:
+    """The prompt's pass inside ``generate``'s ``output`` (``return_dict_in_generate=True, output_logits=True``):
+    the first step's raw logits (before any logits processor) and the cache cut back to the prompt; None when
+    ``generate`` kept no cache."""
+    cache = getattr(output, "cache", None) or output.past_key_values  # renamed in transformers 5.x
+    if cache is None:
+        return None
+    extra = cache.get_seq_length() - inputs["input_ids"].shape[1]  # the answer's tokens but the last
+    if extra > 0:
+        cache.crop(-extra)  # a negative count: tokens removed from the end
+    return PromptPass(output.logits[0].float(), cache, prompt_positions(model, inputs)[1])
 
 
 @dataclass
@@ -168,6 +195,8 @@ class EngineOutput:
     """Time of the first decode step of a freshly built step (compile + one step); 0 when none was built."""
     first_logits: torch.Tensor | None = field(default=None, repr=False)
     """The prefill's last-position logits (fp32), for fidelity checks."""
+    prompt: PromptPass | None = field(default=None, repr=False)
+    """The prompt's pass (its own cache), kept when ``generate`` is asked to (``keep_prompt``)."""
 
 
 class KVCache(nn.Module):
@@ -271,17 +300,17 @@ class StaticEngine:
         self._fresh = True
 
     # ---------------------------------------------------------------------------------------------- prefill
-    def prefill(self, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> tuple[torch.Tensor, Any]:
-        """The prompt through the HF model (:func:`run_prompt`): its last-position fp32 logits; its key/values go
-        into the static cache. Returns ``(logits (1, vocab), rope_delta (1, 1))``."""
+    def prefill(self, inputs: dict[str, torch.Tensor], mm_encoder_outputs: dict | None) -> PromptPass:
+        """The prompt through the HF model (:func:`run_prompt`); its key/values are copied into the static cache."""
         assert self.step is not None
         length = inputs["input_ids"].shape[1]
-        logits, cache, rope_delta = run_prompt(self.model, inputs, mm_encoder_outputs)
+        prompt = run_prompt(self.model, inputs, mm_encoder_outputs)
         statics: Any = self.step.caches
-        for layer, static in zip(cache.layers, statics):
+        for layer, static in zip(prompt.cache.layers, statics):
             static.k[:, :, :length].copy_(layer.keys)
             static.v[:, :, :length].copy_(layer.values)
-        return logits, rope_delta.to(self.device)
+        prompt.rope_delta = prompt.rope_delta.to(self.device)
+        return prompt
 
     def _first_call(self, token: torch.Tensor, slot: torch.Tensor, rope_delta: torch.Tensor) -> torch.Tensor:
         try:
@@ -308,12 +337,14 @@ class StaticEngine:
         eos_token_ids: Sequence[int] | None = None,
         stop: Callable[[list[int]], bool] | None = None,
         constrain: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
+        keep_prompt: bool = False,
     ) -> EngineOutput:
         """Generate for one prompt (batch 1): ``inputs`` as for ``model.generate`` (on the model's device).
 
         ``sampling`` and ``eos_token_ids`` default to the model's ``generation_config``; ``stop(tokens)`` is asked
         after every token (e.g. the repetition stop); ``min_new_tokens`` keeps EOS out until that many tokens;
-        ``constrain(tokens, logits)`` masks the next token's logits before the choice (e.g. the answer template)."""
+        ``constrain(tokens, logits)`` masks the next token's logits before the choice (e.g. the answer template);
+        ``keep_prompt`` keeps the prompt's pass in the output (e.g. to sample more answers from it)."""
         generation_config = self.model.generation_config
         sampling = sampling if sampling is not None else sampling_of(generation_config)
         eos = tuple(eos_token_ids if eos_token_ids is not None else eos_ids_of(generation_config))
@@ -337,7 +368,8 @@ class StaticEngine:
         length = inputs["input_ids"].shape[1]
         self._prepare(length + max_new_tokens)
         start = time.perf_counter()
-        first_logits, rope_delta = self.prefill(inputs, mm_encoder_outputs)
+        prompt = self.prefill(inputs, mm_encoder_outputs)
+        first_logits, rope_delta = prompt.logits, prompt.rope_delta
         tokens = [choose(first_logits, [])]
         first = time.perf_counter()
         compile_s = 0.0
@@ -358,4 +390,6 @@ class StaticEngine:
                 token.fill_(tokens[-1])
                 slot += 1
         end = time.perf_counter()
-        return EngineOutput(tokens, first - start, end - first, compile_s, first_logits)
+        return EngineOutput(
+            tokens, first - start, end - first, compile_s, first_logits, prompt if keep_prompt else None
+        )
