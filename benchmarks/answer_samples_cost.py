@@ -67,19 +67,23 @@ def run(args: argparse.Namespace) -> dict:
     encoded = grounder.encode_video(clip)
     inputs = grounder.query_inputs(encoded.inputs, prompt)
 
-    def query_ms(samples: int, repeat: int) -> float:
+    def query_ms(samples: int) -> float:
+        """The median wall time of the query with ``samples`` sampled answers (seeded: the same draws each time)."""
         sampling = Grounder(model, processor, dataclasses.replace(config, answer_samples=samples))
-        start = time.perf_counter()
-        sampling.ground(clip, prompt, encoded)
-        return (time.perf_counter() - start) * 1e3
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            sampling.ground(clip, prompt, encoded)
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
 
     greedy = [grounder.ground(clip, prompt, encoded) for _ in range(args.repeats + 1)][1:]  # the first warms up
     prefill_ms = statistics.median(g.timings_ms["prefill"] for g in greedy)
     decode_ms = statistics.median(g.timings_ms["decode"] for g in greedy)
-    decoded_ms = statistics.median(query_ms(0, repeat) for repeat in range(args.repeats))
+    decoded_ms = query_ms(0)
     rows = []
     for n in args.samples:
-        sampled_ms = statistics.median(query_ms(n, repeat) for repeat in range(args.repeats))
+        sampled_ms = query_ms(n)
         own_pass = []
         for repeat in range(args.repeats):
             start = time.perf_counter()
