@@ -86,7 +86,7 @@ def sample_completions(
     template each: they keep state)."""
     import torch
 
-    from .backends.engine import run_prompt
+    from .backends.engine import cache_of, run_prompt
 
     if constraints is not None and len(constraints) != num_samples:
         raise ValueError(f"{len(constraints)} constraints for {num_samples} samples")
@@ -97,7 +97,7 @@ def sample_completions(
     finished = [False] * num_samples
     with torch.inference_mode():
         prompt = prompt if prompt is not None else run_prompt(model, inputs, {"video": features})
-        cache, rope_delta = prompt.cache, prompt.rope_delta
+        cache, rope_delta = prompt.cache, prompt.rope_delta.to(device)
         cache.batch_repeat_interleave(num_samples)
         cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         logits = prompt.logits.expand(num_samples, -1)
@@ -116,13 +116,13 @@ def sample_completions(
                 chosen[row] = token
             if all(finished) or step == max_new_tokens - 1:
                 break
-            position = (length + step + rope_delta.to(device)).view(1, 1, 1).expand(3, num_samples, 1)
+            position = (length + step + rope_delta).view(1, 1, 1).expand(3, num_samples, 1)
             out = model(
                 input_ids=torch.tensor(chosen, device=device).view(num_samples, 1),
                 position_ids=position,
                 use_cache=True,
                 **{cache_argument: cache},
             )
-            cache = getattr(out, "cache", None) or out.past_key_values
+            cache = cache_of(out)
             logits = out.logits[:, -1].float()
     return generated

@@ -617,8 +617,9 @@ class Grounder(GroundingInputs):
         new_ids, prefill_s, decode_s, prompt = generate(inputs, encoded.features, constraint, keep_prompt=with_samples)
         prompt_len = inputs["input_ids"].shape[1]
         text = self.decode_text(new_ids)
-        samples, sampling_s, sampling_start = None, 0.0, time.perf_counter()
+        samples, sampling_s = None, 0.0
         if with_samples:
+            sampling_start = time.perf_counter()
             samples = self.sample_answers(inputs, encoded.features, text, prompt_text, clip, prompt)
             self._sync()
             sampling_s = time.perf_counter() - sampling_start

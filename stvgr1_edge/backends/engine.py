@@ -146,6 +146,12 @@ def prompt_positions(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch
     return positions, torch.zeros(1, 1, dtype=torch.long, device=ids.device)
 
 
+def cache_of(output: Any) -> Any:
+    """The key/value cache a forward or ``generate`` returned (``cache``; ``past_key_values`` before transformers
+    renamed it), or None."""
+    return getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+
+
 @dataclass
 class PromptPass:
     """A prompt's pass through the model, which decoding continues from."""
@@ -165,15 +171,14 @@ def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: 
     out = model(
         **kwargs, position_ids=positions, mm_encoder_outputs=mm_encoder_outputs, use_cache=True, logits_to_keep=1
     )
-    cache = getattr(out, "cache", None) or out.past_key_values  # renamed in transformers 5.x
-    return PromptPass(out.logits[:, -1].float(), cache, rope_delta)
+    return PromptPass(out.logits[:, -1].float(), cache_of(out), rope_delta)
 
 
 def generated_prompt_pass(model: Any, inputs: dict[str, torch.Tensor], output: Any) -> PromptPass | None:
     """The prompt's pass inside ``generate``'s ``output`` (``return_dict_in_generate=True, output_logits=True``):
     the first step's raw logits (before any logits processor) and the cache cut back to the prompt; None when
     ``generate`` kept no cache."""
-    cache = getattr(output, "cache", None) or output.past_key_values  # renamed in transformers 5.x
+    cache = cache_of(output)
     if cache is None:
         return None
     extra = cache.get_seq_length() - inputs["input_ids"].shape[1]  # the answer's tokens but the last
