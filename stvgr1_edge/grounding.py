@@ -523,7 +523,7 @@ class Grounder(GroundingInputs):
         import torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        from .backends.engine import generated_prompt_pass
+        from .backends.engine import FirstLogits, generated_prompt_pass
         from .backends.int4_mlas import DecodingThreads
 
         decode_threads = DecodingThreads(self.model, start_at_once=False)  # the prompt on all of torch's threads
@@ -533,7 +533,7 @@ class Grounder(GroundingInputs):
         stops = [RepetitionStop(prompt_len, window)] if window > 0 and constraint is None else []
         processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
         start = time.perf_counter()
-        with decode_threads, torch.inference_mode():
+        with decode_threads, torch.inference_mode(), FirstLogits(self.model) as first_logits:
             output = self.model.generate(
                 **inputs,
                 mm_encoder_outputs={"video": features},
@@ -541,7 +541,6 @@ class Grounder(GroundingInputs):
                 stopping_criteria=StoppingCriteriaList(stops),
                 logits_processor=LogitsProcessorList(processors),
                 return_dict_in_generate=keep_prompt,
-                output_logits=keep_prompt,  # raw, before any processor: the samples draw from these
                 **self.generation_kwargs(),
             )
         self._sync()
@@ -549,7 +548,7 @@ class Grounder(GroundingInputs):
         first = clock.first_token_s if clock.first_token_s is not None else end
         if not keep_prompt:
             return output[0, prompt_len:].tolist(), first - start, end - first, None
-        prompt = generated_prompt_pass(self.model, inputs, output)
+        prompt = generated_prompt_pass(self.model, inputs, output, first_logits.logits)
         return output.sequences[0, prompt_len:].tolist(), first - start, end - first, prompt
 
     @property

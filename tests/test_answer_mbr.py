@@ -186,6 +186,12 @@ def test_samples_continue_the_decoded_answers_prompt_pass(tiny_model, clip, engi
     assert len(passes) == (2 if engine == "static" else 1)  # without a pass given, the sampler makes its own
     assert out.samples is not None and out.samples.texts == tuple(grounder.decode_text(r) for r in rows)
     assert len(set(out.samples.texts)) > 1
+    # the kept pass's scores are the prompt's last position's (the template forces the first token, so the samples
+    # above do not show them)
+    decode = grounder._generate_static if engine == "static" else grounder._generate_hf
+    kept = decode(inputs, encoded.features, None, keep_prompt=True)[3]
+    assert kept is not None
+    torch.testing.assert_close(kept.logits, run_prompt(model, inputs, {"video": encoded.features}).logits)
 
 
 def test_run_takes_answer_samples_and_records_them(saved_tiny, tmp_path):

@@ -174,17 +174,39 @@ def run_prompt(model: Any, inputs: dict[str, torch.Tensor], mm_encoder_outputs: 
     return PromptPass(out.logits[:, -1].float(), cache_of(out), rope_delta)
 
 
-def generated_prompt_pass(model: Any, inputs: dict[str, torch.Tensor], output: Any) -> PromptPass | None:
-    """The prompt's pass inside ``generate``'s ``output`` (``return_dict_in_generate=True, output_logits=True``):
-    the first step's raw logits (before any logits processor) and the cache cut back to the prompt; None when
-    ``generate`` kept no cache."""
+class FirstLogits:
+    """While active, keeps the last-position logits of the first forward through ``model``'s output layer: inside
+    ``generate``, the prompt pass's raw logits (before any logits processor). ``output_logits=True`` would keep every
+    step's (a 1,024-token answer over a 151,936-token vocabulary: 622 MB in fp32)."""
+
+    def __init__(self, model: Any) -> None:
+        self.module = model.get_output_embeddings()
+        self.logits: torch.Tensor | None = None
+
+    def __enter__(self) -> "FirstLogits":
+        self.handle = self.module.register_forward_hook(self._keep)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+    def _keep(self, module: Any, args: Any, output: torch.Tensor) -> None:
+        if self.logits is None:
+            self.logits = output[:, -1].to(torch.float32, copy=True)
+
+
+def generated_prompt_pass(
+    model: Any, inputs: dict[str, torch.Tensor], output: Any, first_logits: torch.Tensor | None
+) -> PromptPass | None:
+    """The prompt's pass inside ``generate``'s ``output`` (``return_dict_in_generate=True``): its first raw logits
+    (:class:`FirstLogits`) and the cache cut back to the prompt; None when ``generate`` kept no cache."""
     cache = cache_of(output)
-    if cache is None:
+    if cache is None or first_logits is None:
         return None
     extra = cache.get_seq_length() - inputs["input_ids"].shape[1]  # the answer's tokens but the last
     if extra > 0:
         cache.crop(-extra)  # a negative count: tokens removed from the end
-    return PromptPass(output.logits[0].float(), cache, prompt_positions(model, inputs)[1])
+    return PromptPass(first_logits, cache, prompt_positions(model, inputs)[1])
 
 
 @dataclass
