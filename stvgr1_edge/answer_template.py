@@ -395,6 +395,8 @@ class AnswerConstraint:
         self.seen = 0
         self.forced_close = ""
         """Why the thinking was closed for the model ("" if it closed it, or has not): "budget" or "repetition"."""
+        self.restricted_to: tuple[int, ...] | None = None
+        """The tokens the last :meth:`mask` allowed, where it allowed only these (None: all but a few)."""
 
     def cannot_finish(self) -> str:
         """Why this constraint cannot promise a complete answer ("" when it can): every template character must
@@ -481,6 +483,7 @@ class AnswerConstraint:
         import torch
 
         ids, all_but = self.allowed(tokens)
+        self.restricted_to = None if all_but else tuple(ids)
         index = torch.tensor(ids, dtype=torch.long, device=logits.device)
         if all_but:
             return logits.index_fill(1, index, -float("inf"))
@@ -500,6 +503,32 @@ class AnswerTemplateLogitsProcessor:
         if input_ids.shape[0] != 1:
             raise ValueError("the answer template constrains one sequence at a time")
         return self.constraint.mask(input_ids[0, self.prompt_len :].tolist(), scores)
+
+
+class AnswerTemplateBatchLogitsProcessor:
+    """One :class:`AnswerConstraint` per row of a batched ``generate`` (GRPO's rollouts: rows of different clips,
+    left-padded to one prompt length, which the first call reads off ``input_ids``). ``restricted[row][step]``: the
+    tokens the template left to choose from at each step where it allowed only those."""
+
+    def __init__(self, constraints: Sequence[AnswerConstraint]) -> None:
+        self.constraints = list(constraints)
+        self.prompt_len: int | None = None
+        self.restricted: list[dict[int, tuple[int, ...]]] = [{} for _ in self.constraints]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if input_ids.shape[0] != len(self.constraints):
+            raise ValueError(f"{input_ids.shape[0]} rows for {len(self.constraints)} answer constraints")
+        if self.prompt_len is None:
+            self.prompt_len = int(input_ids.shape[1])
+        step = int(input_ids.shape[1]) - self.prompt_len
+        rows = []
+        for i, (constraint, row) in enumerate(zip(self.constraints, input_ids)):
+            rows.append(constraint.mask(row[self.prompt_len :].tolist(), scores[i : i + 1]))
+            if constraint.restricted_to is not None:
+                self.restricted[i][step] = constraint.restricted_to
+        return torch.cat(rows)
 
 
 class RepetitionStop:

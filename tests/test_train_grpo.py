@@ -118,6 +118,75 @@ def test_forward_without_video_fails_loudly(setup, tmp_path):
         trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)
 
 
+def _rollout_answers(trainer, rows):
+    from stvgr1_edge.answer import parse_answer
+
+    batch = trainer._generate_and_score_completions(rows)
+    texts = trainer.processing_class.tokenizer.batch_decode(
+        [ids[mask.bool()] for ids, mask in zip(batch["completion_ids"], batch["completion_mask"])],
+        skip_special_tokens=True,
+    )
+    return texts, [parse_answer(t, valid_ids=row["valid_ids"]) for t, row in zip(texts, rows)]
+
+
+def test_answer_template_rollouts_all_parse_and_name_a_drawn_id(setup, tmp_path):
+    from stvgr1_edge_train.rewards import format_reward
+
+    settings = ["grpo.max_steps=1", "grpo.beta=0.0", "grpo.max_completion_length=96"]
+    rows = _mixed_grid_rows(build_grpo_trainer(_run(setup, tmp_path / "free", settings)))
+    free_texts, free = _rollout_answers(build_grpo_trainer(_run(setup, tmp_path / "free", settings)), rows)
+    assert not all(a.parse_ok for a in free)  # a random model sampled freely does not answer in the template
+
+    trainer = build_grpo_trainer(_run(setup, tmp_path / "template", [*settings, "answer_template=true"]))
+    texts, answers = _rollout_answers(trainer, rows)
+    assert all(a.parse_ok for a in answers), texts
+    assert all(a.ids == (a.ids[0],) and a.ids[0] in row["valid_ids"] for a, row in zip(answers, rows)), texts
+    assert format_reward(texts) == [1.0] * len(rows)
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    assert "generate" not in vars(model)  # the rollouts' processor does not outlive them
+
+
+def test_answer_template_log_probs_are_those_of_the_choices_the_template_left(setup, tmp_path):
+    """Every scoring forward gives a token the template chose among a few its log-prob renormalised over those
+    (a forced token: 0), checked against a plain forward's full logits; other tokens keep the policy's own."""
+    from stvgr1_edge_train.video_inputs import collate_videos, video_token_type_ids
+
+    settings = ["grpo.max_steps=1", "grpo.beta=0.04", "grpo.max_completion_length=96", "answer_template=true"]
+    trainer = build_grpo_trainer(_run(setup, tmp_path / "out", settings))
+    batch = trainer._generate_and_score_completions(_mixed_grid_rows(trainer))
+    restricted = batch["template_restricted"]
+    assert any(len(tokens) == 1 for row in restricted for tokens in row.values())  # forced tokens
+    assert any(len(tokens) > 1 for row in restricted for tokens in row.values())  # choices (ID, digits)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    keep = batch["completion_ids"].size(1)
+    trainer._active_videos, trainer._active_restricted = batch["videos"], restricted
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, keep)
+        video = collate_videos(batch["videos"])
+        full = trainer.model(
+            input_ids=ids, attention_mask=mask, mm_token_type_ids=video_token_type_ids(ids, trainer.video_token_id),
+            **video,
+        ).logits[:, -keep - 1 : -1].float().log_softmax(-1)  # fmt: skip
+    expected = full.gather(2, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    for r, row in enumerate(restricted):
+        for step, tokens in row.items():
+            expected[r, step] -= full[r, step, list(tokens)].logsumexp(0)
+    live = batch["completion_mask"].bool()
+    torch.testing.assert_close(logps[live], expected[live], atol=5e-3, rtol=0)  # TRL's fused head: ~2e-3 off
+    forced = [(r, step) for r, row in enumerate(restricted) for step, t in row.items() if len(t) == 1 and live[r, step]]
+    assert forced and all(float(logps[r, s]) == 0.0 for r, s in forced)
+    assert float(expected[live].min()) < -1.0  # a random model: the choices are far from certain
+
+
+def test_answer_template_rollouts_refuse_filters_that_could_empty_the_template(setup, tmp_path):
+    from stvgr1_edge.errors import BadInputError
+
+    for extra in ("grpo.top_k=50", "grpo.top_p=0.9"):
+        with pytest.raises(BadInputError, match="top_k=0, grpo.top_p=1.0"):
+            build_grpo_trainer(_run(setup, tmp_path / "out", ["answer_template=true", extra]))
+
+
 class _KillAfterCheckpoint:
     """A callback that aborts training right after the checkpoint at ``step`` is written (a killed job)."""
 

@@ -11,7 +11,14 @@ and the vision tower never receives a gradient — silently. :class:`VideoGRPOTr
   hands ``pixel_values_videos``/``video_grid_thw``/``second_per_grid_ts`` to ``generate``;
 * ``_get_per_token_logps_and_entropies`` — used for the policy loss, old-policy log-probs (``num_iterations > 1``)
   and reference log-probs (``beta > 0``) — adds the rows' video tensors (patches concatenated, grids stacked)
-  and ``mm_token_type_ids``, and **raises** when no video is attached or the placeholder count disagrees.
+  and ``mm_token_type_ids``, and **raises** when no video is attached or the placeholder count disagrees;
+* with ``answer_template`` (off by default: STVG-R1 samples freely) every rollout is sampled inside the answer
+  template the grounder decodes with (``stvgr1_edge.answer_template``: the thinking free, then ``<answer>Target ID:
+  k, Time range: a to b</answer>``, ``k`` among the clip's drawn IDs), so the rewards judge the answers inference
+  can give. Where the template left only some tokens to choose from, every log-prob (policy, old policy, reference)
+  is the one of that choice: renormalised over those tokens, so a forced token has log-prob 0 and the KL and the
+  ratio compare the distributions the rollouts were drawn from (the unmasked log-prob of a token the policy would
+  not have chosen sends the KL estimate to thousands).
 
 Run with ``stvg-edge train grpo --config train/configs/grpo_stvg_r1.yaml`` (single process) or
 ``accelerate launch --config_file train/configs/zero3.yaml -m stvgr1_edge_train grpo --config ...`` (DeepSpeed).
@@ -30,6 +37,12 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
+from stvgr1_edge.answer_template import (
+    AnswerConstraint,
+    AnswerTemplate,
+    AnswerTemplateBatchLogitsProcessor,
+    TokenStrings,
+)
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
 from stvgr1_edge.prepared import read_video_tensors
 from stvgr1_edge.rope_index import use_trained_rope_index
@@ -66,7 +79,7 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
     """``GRPOTrainer`` for rows ``{"prompt": STVG-R1 prompt text, "video_file": cached tensors, ...}``; resumes
     full-weight checkpoints exactly (:class:`~stvgr1_edge_train.checkpoint.ExactResumeMixin`)."""
 
-    def __init__(self, *args: Any, video_cache_size: int = 64, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, video_cache_size: int = 64, answer_template: bool = False, **kwargs: Any) -> None:
         hooks = ("_tokenize_prompts", "_generate_single_turn", "_get_per_token_logps_and_entropies", "_compute_loss")
         if not all(hasattr(GRPOTrainer, h) for h in hooks):
             import trl
@@ -87,6 +100,14 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
                 "VideoGRPOTrainer generates with transformers `generate` (the video reaches it there): "
                 "set grpo.use_vllm=false and grpo.use_transformers_continuous_batching=false"
             )
+        if answer_template and grpo_args is not None:
+            # generate applies its top-k/top-p/min-p filters before a caller's logits processors: they could leave
+            # none of the tokens the template allows
+            if (grpo_args.top_k or 0) > 0 or grpo_args.top_p < 1.0 or grpo_args.min_p:
+                raise BadInputError(
+                    "answer_template rollouts need grpo.top_k=0, grpo.top_p=1.0 and no grpo.min_p "
+                    f"(got {grpo_args.top_k}, {grpo_args.top_p}, {grpo_args.min_p})"
+                )
         tokenizer = processing_class.tokenizer
         suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
         if grpo_args is not None:
@@ -101,6 +122,10 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         self.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
         self.merge_size = int(self.processing_class.video_processor.merge_size)
         self._active_videos: list[VideoTensors] | None = None
+        self._active_rows: list[dict[str, Any]] | None = None
+        self._active_restricted: list[dict[int, tuple[int, ...]]] | None = None
+        self.answer_template = answer_template
+        self._token_strings: TokenStrings | None = None
         self._video_cache: OrderedDict[str, VideoTensors] = OrderedDict()
         self._video_cache_size = video_cache_size
         self.seen_sample_ids: list[str] = []
@@ -152,11 +177,13 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         videos = [self.load_video(row["video_file"]) for row in inputs]
         if self.model.training:
             self.seen_sample_ids.extend(str(row.get("sample_id", "")) for row in inputs)
-        self._active_videos = videos
+        self._active_videos, self._active_rows = videos, inputs
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self.answer_template:  # one entry per row, so TRL's shuffling and splitting keep them aligned
+                output["template_restricted"] = self._active_restricted
         finally:
-            self._active_videos = None
+            self._active_videos, self._active_rows, self._active_restricted = None, None, None
         output["videos"] = videos
         return output
 
@@ -165,10 +192,11 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         if videos is None:
             raise MissingVideoError("the loss batch carries no 'videos': the policy loss would ignore the video")
         self._active_videos = list(videos)
+        self._active_restricted = inputs.get("template_restricted")
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._active_videos = None
+            self._active_videos, self._active_restricted = None, None
 
     # --------------------------------------------------------------- prompts → generation inputs
     def _tokenize_prompts(self, prompts: list):
@@ -185,6 +213,79 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
         multimodal_fields: dict[str, Any] = dict(collate_videos(videos))
         multimodal_fields["mm_token_type_ids"] = token_types
         return prompt_ids, None, multimodal_fields
+
+    # --------------------------------------------------------------- rollouts inside the answer template
+    def rollout_constraints(self, rows: Sequence[dict[str, Any]]) -> list[AnswerConstraint]:
+        """One answer constraint per rollout row: the template its prompt asks for, IDs among its drawn IDs."""
+        if self._token_strings is None:
+            vocab_size = self.model.get_output_embeddings().out_features
+            self._token_strings = TokenStrings(self.processing_class.tokenizer, vocab_size)
+        constraints = []
+        for row in rows:
+            template = AnswerTemplate.for_prompt(row["prompt"], row.get("valid_ids"))
+            constraint = AnswerConstraint(
+                self._token_strings, template, self.eos_token_ids, self.args.max_completion_length
+            )
+            problem = constraint.cannot_finish()
+            if problem:
+                raise BadInputError(f"answer_template rollouts: {problem}")
+            constraints.append(constraint)
+        return constraints
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        generate = functools.partial(
+            super()._generate_single_turn, prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
+        if not self.answer_template:
+            return generate()
+        rows = self._active_rows
+        if rows is None or len(rows) != len(prompt_ids):
+            raise RuntimeError("answer_template rollouts need the rows being generated for (one per prompt)")
+        from transformers import LogitsProcessorList
+
+        processor = AnswerTemplateBatchLogitsProcessor(self.rollout_constraints(rows))
+        # TRL's generate call takes no logits processor: the model TRL unwraps for generation gets one for the span
+        # of this call (an instance attribute over the class's generate)
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        model.generate = functools.partial(model.generate, logits_processor=LogitsProcessorList([processor]))
+        try:
+            completions = generate()
+        finally:
+            del model.generate
+        self._active_restricted = processor.restricted
+        return completions
+
+    def _log_probs_of_template_choices(
+        self,
+        model,
+        hidden: torch.Tensor,
+        logps: torch.Tensor,
+        tokens: torch.Tensor,
+        rows: Sequence[dict[int, tuple[int, ...]]],
+    ) -> torch.Tensor:
+        """``logps`` (rows, completion ``tokens``) where each token the template chose among a few has its log-prob
+        among those instead: ``logit - logsumexp(logits of those)``, from the hidden state before it (``hidden``: the
+        language model's last hidden states of the whole prompt + completion). A forced token gets exactly 0."""
+        where, allowed = [], []
+        start = hidden.size(1) - logps.size(1)  # the first completion token's position
+        for r, steps in enumerate(rows):
+            for step, choices in steps.items():
+                if step < logps.size(1):
+                    where.append((r, step))
+                    allowed.append(choices)
+        if not where:
+            return logps
+        r_index = torch.tensor([r for r, _ in where], device=logps.device)
+        s_index = torch.tensor([s for _, s in where], device=logps.device)
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        states = hidden[r_index, start + s_index - 1].to(head.weight.dtype)
+        logits = head(states).float() / self.temperature
+        width = max(len(t) for t in allowed)
+        choice_index = torch.tensor([list(t) + [t[0]] * (width - len(t)) for t in allowed], device=logps.device)
+        padding = torch.tensor([[k >= len(t) for k in range(width)] for t in allowed], device=logps.device)
+        among = logits.gather(1, choice_index).masked_fill(padding, -float("inf")).logsumexp(dim=1)
+        chosen = logits.gather(1, tokens[r_index, s_index].unsqueeze(1)).squeeze(1)
+        return logps.index_put((r_index, s_index), (chosen - among).to(logps.dtype))
 
     # --------------------------------------------------------------- every scoring forward
     def _get_per_token_logps_and_entropies(
@@ -227,9 +328,23 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
                 model_inputs["output_router_logits"] = True
             labels = ids.masked_fill(mask == 0, -100)
             labels[:, :-logits_to_keep] = -100
-            with self.accelerator.autocast():
-                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
-            all_logps.append(outputs.log_probs[:, -logits_to_keep:])
+            restricted = None if self._active_restricted is None else self._active_restricted[start:end]
+            hidden: list[torch.Tensor] = []  # the language model's last hidden states, for the template's choices
+            hook = None
+            if restricted is not None:
+                decoder = self.accelerator.unwrap_model(model).get_decoder()
+                hook = decoder.register_forward_hook(lambda m, a, out: hidden.append(out.last_hidden_state))
+            try:
+                with self.accelerator.autocast():
+                    outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+                    logps = outputs.log_probs[:, -logits_to_keep:]
+                    if restricted is not None:
+                        completion = ids[:, -logits_to_keep:]
+                        logps = self._log_probs_of_template_choices(model, hidden[-1], logps, completion, restricted)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            all_logps.append(logps)
             if compute_entropy:
                 all_entropies.append(outputs.entropy[:, -logits_to_keep:])
             if compute_aux_loss:
@@ -275,6 +390,9 @@ class GRPORunConfig:
     lora: LoraSettings = LoraSettings()
     grpo: dict[str, Any] = field(default_factory=dict)
     """``trl.GRPOConfig`` keyword arguments (paper defaults in ``train/configs/grpo_stvg_r1.yaml``)."""
+    answer_template: bool = False
+    """Sample the rollouts inside the grounder's answer template, IDs among each clip's drawn IDs (False: freely,
+    as STVG-R1 was trained)."""
 
 
 def _typed(cls, values: dict[str, Any] | None, where: str):
@@ -445,6 +563,7 @@ def build_grpo_trainer(run: GRPORunConfig, callbacks: list | None = None) -> Vid
         processing_class=processor,
         peft_config=peft_config,
         callbacks=callbacks,
+        answer_template=run.answer_template,
         **kwargs,
     )
 
