@@ -493,22 +493,10 @@ class AnswerConstraint:
 
 
 class AnswerTemplateLogitsProcessor:
-    """:class:`AnswerConstraint` as a transformers ``LogitsProcessor`` (batch 1; ``generate`` passes the prompt
-    and the tokens generated so far)."""
-
-    def __init__(self, constraint: AnswerConstraint, prompt_len: int) -> None:
-        self.constraint, self.prompt_len = constraint, prompt_len
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if input_ids.shape[0] != 1:
-            raise ValueError("the answer template constrains one sequence at a time")
-        return self.constraint.mask(input_ids[0, self.prompt_len :].tolist(), scores)
-
-
-class AnswerTemplateBatchLogitsProcessor:
-    """One :class:`AnswerConstraint` per row of a batched ``generate`` (GRPO's rollouts: rows of different clips,
-    left-padded to one prompt length, which the first call reads off ``input_ids``). ``restricted[row][step]``: the
-    tokens the template left to choose from at each step where it allowed only those."""
+    """:class:`AnswerConstraint` as a transformers ``LogitsProcessor``, one per row of ``generate``'s batch (the
+    grounder's one answer, or GRPO's rollouts: rows of different clips, left-padded to one prompt length, which the
+    first call reads off ``input_ids``). ``restricted[row][step]``: the tokens the template left to choose from at
+    each step where it allowed only those."""
 
     def __init__(self, constraints: Sequence[AnswerConstraint]) -> None:
         self.constraints = list(constraints)

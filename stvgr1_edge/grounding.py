@@ -531,7 +531,7 @@ class Grounder(GroundingInputs):
         prompt_len = inputs["input_ids"].shape[1]
         window = self.config.stop_on_repetition
         stops = [RepetitionStop(prompt_len, window)] if window > 0 and constraint is None else []
-        processors = [AnswerTemplateLogitsProcessor(constraint, prompt_len)] if constraint is not None else []
+        processors = [AnswerTemplateLogitsProcessor([constraint])] if constraint is not None else []
         start = time.perf_counter()
         with decode_threads, torch.inference_mode(), FirstLogits(self.model) as first_logits:
             output = self.model.generate(

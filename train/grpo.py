@@ -40,7 +40,7 @@ from trl.trainer.utils import RepeatSampler
 from stvgr1_edge.answer_template import (
     AnswerConstraint,
     AnswerTemplate,
-    AnswerTemplateBatchLogitsProcessor,
+    AnswerTemplateLogitsProcessor,
     TokenStrings,
 )
 from stvgr1_edge.errors import BadInputError, MissingDependencyError
@@ -243,7 +243,7 @@ class VideoGRPOTrainer(ExactResumeMixin, GRPOTrainer):
             raise RuntimeError("answer_template rollouts need the rows being generated for (one per prompt)")
         from transformers import LogitsProcessorList
 
-        processor = AnswerTemplateBatchLogitsProcessor(self.rollout_constraints(rows))
+        processor = AnswerTemplateLogitsProcessor(self.rollout_constraints(rows))
         # TRL's generate call takes no logits processor: the model TRL unwraps for generation gets one for the span
         # of this call (an instance attribute over the class's generate)
         model = self.accelerator.unwrap_model(self.model_wrapped)
