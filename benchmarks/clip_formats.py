@@ -5,8 +5,11 @@ clips at the default size) the same fresh synthetic clips go through the dataset
 predict, eval --baseline prior) for every model named, once with the answer template (the default) and, with
 ``--free``, once decoding freely (`predict --free-answer`), and with ``--answer-samples N`` once giving the answer
 that N sampled answers agree with most (`predict --answer-samples N`). Several models (e.g. a GRPO model and its SFT
-start) are scored on the very same clips in one run. One JSON with every report and a PNG: m_tIoU and m_vIoU per
-format, each model beside the prior, and the share of answers that parsed.
+start) are scored on the very same clips in one run, so every column after the first also gets its paired difference
+from the first (``vs_first``: m_tIoU and m_vIoU, the mean over clips of the per-clip difference, with a 95%
+bootstrap interval over clips): on 16 clips a few points are within noise. One JSON with every report (each clip's
+scores included) and a PNG: m_tIoU and m_vIoU per format, each model beside the prior, and the share of answers that
+parsed.
 
     python benchmarks/clip_formats.py [--models nano [WORK/sft ...]] [--num 16] [--seed 9000] [--free]
                                       [--answer-samples N] [--out F.json]
@@ -18,6 +21,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset_eval import evaluate_on_synth  # noqa: E402
@@ -44,6 +49,26 @@ def row(summary: dict) -> dict:
         "prior_m_tIoU": prior["m_tIoU"],
         "prior_m_vIoU": prior["m_vIoU"],
     }
+
+
+def paired_difference(first: dict, other: dict, metric: str, resamples: int = 10_000) -> dict:
+    """``other`` minus ``first`` on the same clips (eval's ``per_video`` rows; a clip without a tube scores 0, as in
+    the mean): the mean difference -- exactly the difference of the two m_ scores -- and a 95% percentile-bootstrap
+    interval over clips, seeded so a rerun gives the same interval."""
+    from scipy.stats import bootstrap
+
+    if set(first) != set(other):
+        raise ValueError(f"paired scores need the same clips: {sorted(set(first) ^ set(other))} in only one")
+    keys = sorted(first)
+    diff = np.array([(other[k][metric] or 0.0) - (first[k][metric] or 0.0) for k in keys])
+    if np.ptp(diff) == 0:  # every clip moved by the same amount (often 0): no spread to resample
+        low = high = float(diff[0])
+    else:
+        ci = bootstrap(
+            (diff,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile", random_state=0
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return {"mean": float(diff.mean()), "ci95": [low, high], "clips": len(keys)}
 
 
 def plot(table: dict, path: Path, title: str) -> None:
@@ -105,6 +130,14 @@ def main() -> None:
                     f"m_vIoU {r['m_vIoU']:.3f}, ID {r['id_accuracy']:.3f}, parsed {r['parsed']:.3f}",
                     flush=True,
                 )
+        first, *others = reports[name]
+        for column in others:
+            rows = [reports[name][c]["results"][CONVENTION]["per_video"] for c in (first, column)]
+            table[name][column]["vs_first"] = d = {
+                f"m_{m}": paired_difference(*rows, metric=m) for m in ("tIoU", "vIoU")
+            }
+            shown = [f"{k} {v['mean']:+.3f} (95% {v['ci95'][0]:+.3f} to {v['ci95'][1]:+.3f})" for k, v in d.items()]
+            print(f"{name:>20} {column} - {first}: " + ", ".join(shown), flush=True)
     what = (
         f"{', '.join(args.models)} on {args.num} fresh synthetic clips per format (seed {args.seed}), "
         f"{CONVENTION} convention"

@@ -65,8 +65,9 @@ def evaluate_on_synth(
     synth_options: dict | None = None,
     predict_flags: tuple[str, ...] = (),
 ) -> dict:
-    """synth -> predict -> eval in a temporary folder: the eval report with the commands, wall times and the share
-    of answers that parsed. ``synth_options``: synth's --width/--height/--seconds (None: its default)."""
+    """synth -> predict -> eval in a temporary folder: the eval report (with each clip's scores) with the commands,
+    wall times and the share of answers that parsed. ``synth_options``: synth's --width/--height/--seconds (None:
+    its default)."""
     cli = [sys.executable, "-m", "stvgr1_edge"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -79,7 +80,7 @@ def evaluate_on_synth(
         predict += ["--model", model, "--device", device, *predict_flags]
         report_file = Path(tmp) / "report.json"
         evaluate = [*cli, "eval", str(pred), str(data / "annotations.json"), "--baseline", "prior"]
-        evaluate += ["--json", str(report_file)]
+        evaluate += ["--json", str(report_file), "--per-video"]
         seconds = {"synth": run(synth), "predict": run(predict), "eval": run(evaluate)}
         report = json.loads(report_file.read_text())
         lines = [json.loads(line) for line in pred.read_text().splitlines()]
