@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,3 +58,19 @@ def test_the_interval_tells_a_consistent_gain_from_noise(bench):
 def test_different_clips_are_refused(bench):
     with pytest.raises(ValueError, match="clip_15"):
         bench.paired_difference(per_video([0.1] * 15), per_video([0.2] * 16), "vIoU")
+
+
+def test_a_model_against_itself_differs_by_nothing_on_the_same_clips(tmp_path):
+    # the whole path: synth, predict and eval per column, eval's per-video rows keyed by the same clips
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "formats.json"
+    same = str(root / "stvgr1_edge" / "models" / "nano")  # the packaged model under a second name
+    argv = [sys.executable, str(root / "benchmarks" / "clip_formats.py"), "--models", "nano", same]
+    argv += ["--num", "2", "--formats", "320x240 4s", "--out", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=900)
+    table = json.loads(out.read_text())["table"]["320x240 4s"]
+    assert "vs_first" not in table["nano template"]  # the column the others are compared with
+    assert table[f"{same} template"]["vs_first"] == {
+        "m_tIoU": {"mean": 0.0, "ci95": [0.0, 0.0], "clips": 2},
+        "m_vIoU": {"mean": 0.0, "ci95": [0.0, 0.0], "clips": 2},
+    }
