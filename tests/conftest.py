@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -93,3 +95,12 @@ def saved_tiny(tmp_path_factory):
 
     folder = save_tiny_model(tmp_path_factory.mktemp("saved_tiny") / "model")
     return types.SimpleNamespace(folder=folder, processor=AutoProcessor.from_pretrained(folder))
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/{name}.py`` as a module (the scripts put their folder on ``sys.path`` to import each other)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

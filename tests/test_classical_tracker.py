@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from stvgr1_edge.masks import rle_to_mask
 from stvgr1_edge.tracking.base import StreamingTracker
@@ -188,16 +186,8 @@ def test_tracker_is_reusable_across_videos():
         assert tracker.finish().ids == [1]
 
 
-def _benchmark_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tracking_accuracy.py"
-    spec = importlib.util.spec_from_file_location("tracking_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_mot_scores_by_hand():
-    bench = _benchmark_module()
+    bench = load_benchmark("tracking_accuracy")
     gt = TrackSet(W, H, 10.0, 3)
     pred = TrackSet(W, H, 10.0, 3)
     for f in range(3):
@@ -214,7 +204,7 @@ def test_mot_scores_by_hand():
 @pytest.mark.parametrize("seed", [8, 26])
 def test_synthetic_dev_clip_idf1_at_least_0_9(tmp_path, seed):
     pytest.importorskip("motmetrics")
-    bench = _benchmark_module()
+    bench = load_benchmark("tracking_accuracy")
     gt, pred, _ = bench.track_synthetic_clip(seed, tmp_path)
     scores = bench.mot_scores(gt, pred)
     assert scores["idf1"] >= 0.9, scores

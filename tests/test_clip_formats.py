@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,19 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))  # the script imports dataset_eval beside it
-    try:
-        spec = importlib.util.spec_from_file_location("clip_formats", root / "clip_formats.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(root))
+    return load_benchmark("clip_formats")
 
 
 def per_video(values) -> dict:

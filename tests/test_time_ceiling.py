@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(root))  # the script imports clip_formats beside it
-    try:
-        spec = importlib.util.spec_from_file_location("time_ceiling", root / "time_ceiling.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(root))
+    return load_benchmark("time_ceiling")
 
 
 def test_readers_answer_halfway_to_the_neighbouring_sample(bench):
