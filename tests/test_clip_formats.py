@@ -37,7 +37,7 @@ def test_the_interval_tells_a_consistent_gain_from_noise(bench):
     base = rng.uniform(0.2, 0.8, 16)
     gain = bench.paired_difference(per_video(base), per_video(base + 0.05 + rng.normal(0, 0.01, 16)), "vIoU")
     assert gain["ci95"][0] > 0.03 and gain["ci95"][1] < 0.07
-    # the same mean gain spread over a few clips: the interval reaches below 0
+    # the same mean gain carried by two clips of 16: the interval reaches 0
     spread = base.copy()
     spread[:2] += 0.4
     noisy = bench.paired_difference(per_video(base), per_video(spread), "vIoU")
