@@ -67,30 +67,24 @@ def run(args: argparse.Namespace) -> dict:
     encoded = grounder.encode_video(clip)
     inputs = grounder.query_inputs(encoded.inputs, prompt)
 
-    def query_ms(samples: int) -> float:
-        """The median wall time of the query with ``samples`` (> 0) sampled answers (seeded: the same draws each
-        time)."""
-        sampling = Grounder(model, processor, dataclasses.replace(config, answer_samples=samples))
-        times = []
-        for _ in range(args.repeats):
+    def timed_queries(sampling: Grounder, runs: int) -> tuple[list[float], list]:
+        """Wall times (ms) and answers of ``runs`` queries (seeded samples: the same draws each time)."""
+        times, answers = [], []
+        for _ in range(runs):
             start = time.perf_counter()
-            sampling.ground(clip, prompt, encoded)
+            answers.append(sampling.ground(clip, prompt, encoded))
             times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return times, answers
 
-    greedy, decoded_times = [], []
-    for repeat in range(args.repeats + 1):  # the first warms up
-        start = time.perf_counter()
-        answer = grounder.ground(clip, prompt, encoded)
-        if repeat:
-            greedy.append(answer)
-            decoded_times.append((time.perf_counter() - start) * 1e3)
+    times, greedy = timed_queries(grounder, args.repeats + 1)
+    times, greedy = times[1:], greedy[1:]  # the first warms up
     prefill_ms = statistics.median(g.timings_ms["prefill"] for g in greedy)
     decode_ms = statistics.median(g.timings_ms["decode"] for g in greedy)
-    decoded_ms = statistics.median(decoded_times)  # the query without samples, the same runs as the split
+    decoded_ms = statistics.median(times)  # the query without samples, the same runs as the split
     rows = []
     for n in args.samples:
-        sampled_ms = query_ms(n)
+        sampling = Grounder(model, processor, dataclasses.replace(config, answer_samples=n))
+        sampled_ms = statistics.median(timed_queries(sampling, args.repeats)[0])
         own_pass = []
         for repeat in range(args.repeats):
             start = time.perf_counter()
