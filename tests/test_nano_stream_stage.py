@@ -157,10 +157,11 @@ def test_unknown_event_is_one_line_and_exit_2(capsys):
 
 def test_carry_loss_reaches_the_update_and_is_reported(saved_tiny, tmp_path):
     """Two steps with the carry loss weighted up end in other language-model weights than the same steps (same clips,
-    same seed) without it, and each evaluation after a step reports its running value; without it none is reported."""
+    same seed) without it, and other ones again when it classifies seconds instead of regressing them; each evaluation
+    after a step reports its running value; without it none is reported."""
     from safetensors.torch import load_file
 
-    def run(name, carry_weight):
+    def run(name, carry_weight, time_classes=0):
         config = StreamSFTConfig(
             steps=2,
             batch_size=2,
@@ -170,6 +171,7 @@ def test_carry_loss_reaches_the_update_and_is_reported(saved_tiny, tmp_path):
             attention_layer=1,
             attention_head=3,
             carry_weight=carry_weight,
+            time_classes=time_classes,
         )
         report = stream_sft(saved_tiny.folder, tmp_path / name, config)
         return report, load_file(tmp_path / name / "model.safetensors")
@@ -182,3 +184,6 @@ def test_carry_loss_reaches_the_update_and_is_reported(saved_tiny, tmp_path):
     assert layer0 and any(not torch.equal(plain_weights[k], carried_weights[k]) for k in layer0)
     # the carry head is a probe: the saved model has the same tensors either way
     assert set(plain_weights) == set(carried_weights)
+    classified, classified_weights = run("classified", 100.0, time_classes=7)
+    assert classified["history"][-1]["carry_loss"] > 0 and set(classified_weights) == set(plain_weights)
+    assert any(not torch.equal(classified_weights[k], carried_weights[k]) for k in layer0)

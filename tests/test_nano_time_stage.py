@@ -24,6 +24,7 @@ from stvgr1_edge_train.sft import (
     attention_mass_loss,
     carried_states,
     event_edge_token_masks,
+    time_head_loss,
     time_token_positions,
 )
 
@@ -262,6 +263,24 @@ def test_each_auxiliary_loss_reaches_the_update(saved_tiny, tmp_path):
     assert differ(one_step("attention", clock_weight=1.0, attention_weight=100.0), both)
     assert differ(one_step("carry", clock_weight=1.0, attention_weight=1.0, carry_weight=100.0), both)
     assert not differ(one_step("again", clock_weight=1.0, attention_weight=1.0), both)  # the steps are reproducible
+    classes = dict(clock_weight=100.0, attention_weight=1.0, carry_weight=100.0)
+    assert differ(one_step("classes", time_classes=7, **classes), one_step("regress", **classes))
+
+
+def test_time_heads_classify_whole_seconds_or_regress_tens_of_seconds():
+    """With classes the loss is the cross-entropy against the whole second, late times in the last class: a head
+    whose logits peak at exactly those classes scores near 0, one a second late scores high. Without, it is the
+    squared error in tens of seconds."""
+    seconds = torch.tensor([0.25, 0.75, 1.5, 2.99, 3.0, 9.7])
+    wanted = torch.tensor([0, 0, 1, 2, 3, 4])  # 9.7 s counts as the last of 5 classes
+    head = torch.nn.Identity()
+    exact = 30.0 * torch.nn.functional.one_hot(wanted, 5).float()
+    late = 30.0 * torch.nn.functional.one_hot((wanted + 1).clamp(max=4), 5).float()
+    assert time_head_loss(head, exact, seconds, 5) < 1e-6
+    assert time_head_loss(head, late, seconds, 5) > 10.0
+    states = torch.tensor([[0.1], [0.2], [0.3], [0.3], [0.3], [1.0]])
+    expected = torch.nn.functional.mse_loss(states.squeeze(-1), seconds / 10)
+    assert torch.isclose(time_head_loss(head, states, seconds, 0), expected)
 
 
 def test_carried_states_are_the_positions_that_write_each_time_with_that_time(saved_tiny):

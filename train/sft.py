@@ -263,15 +263,32 @@ def unit_rms(states: torch.Tensor) -> torch.Tensor:
     return states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
-def carry_loss(
-    head: torch.nn.Module, states: torch.Tensor, queries: Sequence[tuple], ranges: Sequence[tuple[float, float]]
+def time_head_loss(
+    head: torch.nn.Module, states: torch.Tensor, seconds: torch.Tensor, classes: int = 0
 ) -> torch.Tensor:
-    """Mean squared error of ``head`` (a linear map to one value) reading, from ``states`` (the state after the layer
-    whose attention :func:`attention_mass_loss` trains) at each position that writes a time, that time in tens of
-    seconds. The attention loss teaches where to look, not what the look brings: this asks the look's output to hold
-    the time it looked at. ``head`` is a probe, thrown away after training."""
+    """A time probe's loss on ``states`` (one row per visual token or time-writing position) against ``seconds``:
+    with ``classes`` 0, the mean squared error of ``head``'s one value against the time in tens of seconds; otherwise
+    the cross-entropy of its ``classes`` logits against the whole second (capped at ``classes - 1``). A digit is a
+    class: a regressed time need only be near, a classified one must be apart from its neighbours."""
+    if not classes:
+        return torch.nn.functional.mse_loss(head(states).squeeze(-1), seconds / 10)
+    target = seconds.floor().long().clamp(0, classes - 1)
+    return torch.nn.functional.cross_entropy(head(states), target)
+
+
+def carry_loss(
+    head: torch.nn.Module,
+    states: torch.Tensor,
+    queries: Sequence[tuple],
+    ranges: Sequence[tuple[float, float]],
+    classes: int = 0,
+) -> torch.Tensor:
+    """:func:`time_head_loss` of ``head`` reading, from ``states`` (the state after the layer whose attention
+    :func:`attention_mass_loss` trains) at each position that writes a time, that time. The attention loss teaches
+    where to look, not what the look brings: this asks the look's output to hold the time it looked at. ``head`` is a
+    probe (one output, or ``classes``), thrown away after training."""
     picked, written = carried_states(states, queries, ranges)
-    return torch.nn.functional.mse_loss(head(unit_rms(picked)).squeeze(-1), written.to(picked.device) / 10)
+    return time_head_loss(head, unit_rms(picked), written.to(picked.device), classes)
 
 
 def weighted_next_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

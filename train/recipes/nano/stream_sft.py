@@ -1,7 +1,7 @@
 """A nano recipe stage: SFT on a fresh stream of synthetic clips — no clip is ever seen twice.
 
     python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR OUT_DIR [--steps 600] [--attention-weight 1]
-                                                        [--carry-weight 0]
+                                                        [--carry-weight 0] [--time-classes 0]
     python -m stvgr1_edge_train.recipes.nano.stream_sft MODEL_DIR - --steps 0 --eval-clips 72   # its evaluation only
 
 Why: on the prepared caches (1,279 clips in the clip formats) the event-edge attention loss builds event features in
@@ -75,6 +75,9 @@ class StreamSFTConfig:
     carry_weight: float = 0.0
     """Weight of the carry loss (:func:`stvgr1_edge_train.sft.carry_loss`): the state after LM layer
     ``attention_layer``, at the positions that write a time, must hold that time as a linear feature (0: off)."""
+    time_classes: int = 0
+    """With N > 0 the carry head classifies the whole second of the time written into N classes instead of regressing
+    the time (:func:`stvgr1_edge_train.sft.time_head_loss`)."""
     attention_span: bool = False
     """Attend to the target in every tube of its GT range for both times (the event's tokens), not to its first
     (start) and last (end) tube."""
@@ -251,7 +254,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
     if config.attention_weight or config.carry_weight:
         check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
     params = [p for p in model.parameters() if p.requires_grad]
-    carry = torch.nn.Linear(model.config.text_config.hidden_size, 1).to(device)  # a probe: not saved
+    carry = torch.nn.Linear(model.config.text_config.hidden_size, config.time_classes or 1).to(device)  # a probe
     params += list(carry.parameters()) if config.carry_weight else []
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -296,7 +299,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
             if config.carry_weight and batch["attention_queries"]:
                 ranges = [(c.sample.gt_start_s, c.sample.gt_end_s) for c in clips]
                 after = loss.outputs.hidden_states[config.attention_layer + 1]
-                carried = carry_loss(carry, after, batch["attention_queries"], ranges)
+                carried = carry_loss(carry, after, batch["attention_queries"], ranges, config.time_classes)
                 total = total + config.carry_weight * carried
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -350,6 +353,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention-weight", type=float, default=StreamSFTConfig.attention_weight)
     parser.add_argument("--carry-weight", type=float, default=StreamSFTConfig.carry_weight)
     parser.add_argument(
+        "--time-classes",
+        type=int,
+        default=StreamSFTConfig.time_classes,
+        metavar="N",
+        help="The carry head classifies whole seconds into N classes instead of regressing the time (0).",
+    )
+    parser.add_argument(
         "--attention-span", action="store_true", help="Attention targets: the target's tokens over its whole range."
     )
     parser.add_argument("--freeze-tower", action="store_true", help="Keep the vision tower's weights.")
@@ -371,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         attention_weight=args.attention_weight,
         attention_span=args.attention_span,
         carry_weight=args.carry_weight,
+        time_classes=args.time_classes,
         train_tower=not args.freeze_tower,
         eval_clips=args.eval_clips,
         eval_every=args.eval_every,
