@@ -263,6 +263,11 @@ def unit_rms(states: torch.Tensor) -> torch.Tensor:
     return states * torch.rsqrt(states.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
+def time_head(hidden_size: int, classes: int = 0) -> torch.nn.Linear:
+    """A time probe for :func:`time_head_loss`: a linear map to one value, or to ``classes`` logits."""
+    return torch.nn.Linear(hidden_size, classes or 1)
+
+
 def time_head_loss(
     head: torch.nn.Module, states: torch.Tensor, seconds: torch.Tensor, classes: int = 0
 ) -> torch.Tensor:
@@ -286,7 +291,7 @@ def carry_loss(
     """:func:`time_head_loss` of ``head`` reading, from ``states`` (the state after the layer whose attention
     :func:`attention_mass_loss` trains) at each position that writes a time, that time. The attention loss teaches
     where to look, not what the look brings: this asks the look's output to hold the time it looked at. ``head`` is a
-    probe (one output, or ``classes``), thrown away after training."""
+    probe (:func:`time_head`), thrown away after training."""
     picked, written = carried_states(states, queries, ranges)
     return time_head_loss(head, unit_rms(picked), written.to(picked.device), classes)
 

@@ -413,7 +413,7 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import carry_loss, check_attention_head, sft_loss, time_head_loss, unit_rms
+    from stvgr1_edge_train.sft import carry_loss, check_attention_head, sft_loss, time_head, time_head_loss, unit_rms
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -426,11 +426,11 @@ def pretrain_time(model_dir, out_dir, config: TimeReadingConfig = TimeReadingCon
     if not 0 < config.clock_layer <= layers:
         raise ValueError(f"clock_layer must be an LM layer, 1..{layers}")
     check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
-    outputs = config.time_classes or 1
-    clock = torch.nn.Linear(model.config.text_config.hidden_size, outputs).to(device)
+    hidden = model.config.text_config.hidden_size
+    clock = time_head(hidden, config.time_classes).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(clock.parameters()) if config.clock_weight else []
-    carry = torch.nn.Linear(model.config.text_config.hidden_size, outputs).to(device)  # used with carry_weight only
+    carry = time_head(hidden, config.time_classes).to(device)  # used with carry_weight only
     params += list(carry.parameters()) if config.carry_weight else []
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)

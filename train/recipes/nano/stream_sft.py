@@ -241,7 +241,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
 
     from stvgr1_edge.rope_index import use_trained_rope_index
     from stvgr1_edge_train.grpo import load_processor
-    from stvgr1_edge_train.sft import SFTCollator, carry_loss, check_attention_head, sft_loss
+    from stvgr1_edge_train.sft import SFTCollator, carry_loss, check_attention_head, sft_loss, time_head
 
     from .pretrain_vision import clip_seed, save_stage
 
@@ -254,7 +254,7 @@ def stream_sft(model_dir, out_dir, config: StreamSFTConfig = StreamSFTConfig(), 
     if config.attention_weight or config.carry_weight:
         check_attention_head(model.config.text_config, config.attention_layer, config.attention_head)
     params = [p for p in model.parameters() if p.requires_grad]
-    carry = torch.nn.Linear(model.config.text_config.hidden_size, config.time_classes or 1).to(device)  # a probe
+    carry = time_head(model.config.text_config.hidden_size, config.time_classes).to(device)  # a probe: not saved
     params += list(carry.parameters()) if config.carry_weight else []
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
